@@ -498,3 +498,20 @@ def open_store(uri: str | os.PathLike) -> ObjectStore:
     raise ValueError(
         f"Unsupported storage URI: {text!r}. Expect s3://bucket/prefix, file:///path or a path."
     )
+
+
+def split_uri(uri: str) -> tuple[ObjectStore, str]:
+    """Opens the store of a URI's parent and returns it with the last segment as key."""
+    text = os.fspath(uri).rstrip("/")
+    parent, _, name = text.rpartition("/")
+    if not name or not parent:
+        raise ValueError(f"Invalid object URI: {uri!r}. Expect s3://bucket/path/file or a path.")
+    if parent in ("s3:/", "s3:"):
+        raise ValueError(f"Invalid object URI: {uri!r}. Expect s3://bucket/key.")
+    return open_store(parent if parent != "file://" else "/"), name
+
+
+def read_uri(uri: str) -> bytes:
+    """Reads one object by its full URI (``s3://b/k``, ``file:///p`` or a path)."""
+    store, name = split_uri(uri)
+    return store.get(name)

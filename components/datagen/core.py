@@ -1,0 +1,244 @@
+"""A deterministic sample data lake of pet-park camera shots: cats and dogs.
+
+The images stand in for real photos so that the whole workflow runs and is tested without
+downloads. Class cues are shapes (pointed ears, whiskers and slit pupils for cats; floppy ears,
+a muzzle and a round nose for dogs). Fur colour, background, position, scale, pose, lighting
+and noise are drawn from the *same* distributions for both classes, so global pixel statistics
+carry almost no class signal while a small CNN can learn the shapes.
+
+Each image is a pure function of ``(seed, index, size, condition)``: the lake is identical
+byte for byte on every run and every machine with the pinned Pillow and NumPy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from components.common.storage import ObjectStore, join_key
+
+logger = logging.getLogger(__name__)
+
+CONDITIONS = ("day", "night", "blur")
+LAYOUTS = ("folders", "kaggle")
+CLASSES = ("cat", "dog")
+JPEG_QUALITY = 90
+
+# Fur colours shared by both classes (RGB): black, white, grey, ginger, brown, cream, tabby.
+_FUR = np.array([(30, 30, 32), (235, 235, 228), (128, 128, 130), (205, 120, 45),
+                 (110, 70, 40), (225, 200, 150), (150, 120, 90)], dtype=float)
+
+
+@dataclass(frozen=True)
+class LakeSpec:
+    """What to generate.
+
+    Attributes:
+        n: Number of images.
+        size: Side of the square images in pixels.
+        seed: Seed; the same spec gives the same bytes.
+        condition: ``day`` (default), ``night`` (dark, low-contrast, IR-like greyscale) or
+            ``blur`` (out-of-focus lens).
+        cat_fraction: Class prior of cats; 0.5 by default, other values shift the prior.
+        layout: ``folders`` (``cats/…``, ``dogs/…``) or ``kaggle`` (flat ``cat.12.jpg``).
+    """
+
+    n: int
+    size: int = 64
+    seed: int = 0
+    condition: str = "day"
+    cat_fraction: float = 0.5
+    layout: str = "folders"
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"Invalid n: {self.n}. Expect at least 1 image.")
+        if not 16 <= self.size <= 1024:
+            raise ValueError(f"Invalid size: {self.size}. Expect 16 to 1024 pixels.")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"Invalid condition: {self.condition!r}. Expect one of {CONDITIONS}.")
+        if not 0.0 <= self.cat_fraction <= 1.0:
+            raise ValueError(f"Invalid cat_fraction: {self.cat_fraction}. Expect 0.0 to 1.0.")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"Invalid layout: {self.layout!r}. Expect one of {LAYOUTS}.")
+
+
+def _rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, index, stream])
+
+
+def label_of(spec: LakeSpec, index: int) -> str:
+    """The class of image ``index``; depends only on seed, index and the class prior."""
+    return "cat" if _rng(spec.seed, index, 1).random() < spec.cat_fraction else "dog"
+
+
+def key_of(spec: LakeSpec, index: int, label: str) -> str:
+    if spec.layout == "kaggle":
+        return f"{label}.{index}.jpg"
+    return f"{label}s/{label}_{index:06d}.jpg"
+
+
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    base = _FUR[rng.integers(len(_FUR))]
+    return tuple(int(v) for v in np.clip(base * rng.uniform(0.8, 1.2) + rng.normal(0, 12, 3),
+                                         0, 255))
+
+
+def _background(rng: np.random.Generator, s: int) -> Image.Image:
+    """Grass, sky, paths, benches and bushes: the same scene distribution for both classes."""
+    top = rng.uniform(40, 230, 3)
+    bottom = rng.uniform(40, 230, 3)
+    t = np.linspace(0, 1, s)[:, None, None]
+    arr = top * (1 - t) + bottom * t
+    arr = np.broadcast_to(arr, (s, s, 3)).copy()
+    img = Image.fromarray(arr.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    if rng.random() < 0.6:  # horizon: lawn below, sky or fence above
+        y = int(rng.uniform(0.3, 0.8) * s)
+        draw.rectangle([0, y, s, s], fill=tuple(int(v) for v in rng.uniform(30, 200, 3)))
+    for _ in range(rng.integers(0, 7)):  # clutter: benches, bins, bushes, balls
+        c = tuple(int(v) for v in rng.uniform(0, 255, 3))
+        x0, y0 = rng.uniform(-0.1, 1.0, 2) * s
+        w, h = rng.uniform(0.05, 0.35, 2) * s
+        if rng.random() < 0.5:
+            draw.rectangle([x0, y0, x0 + w, y0 + h], fill=c)
+        else:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=c)
+    return img
+
+
+def _draw_animal(label: str, rng: np.random.Generator, s: int) -> Image.Image:
+    """The animal on a transparent layer, centred, upright; pose is applied by the caller."""
+    layer = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    fur = _colour(rng)
+    dark = tuple(int(v * 0.55) for v in fur)
+    light = tuple(int(min(255, v * 0.6 + 110)) for v in fur)
+    eye = tuple(int(v) for v in rng.uniform(60, 200, 3))
+    cx, cy = s / 2, s / 2
+    r = s * 0.20
+    rx, ry = r * rng.uniform(0.95, 1.1), r * rng.uniform(0.85, 1.0)
+    # Body below the head, same for both classes.
+    d.ellipse([cx - r * 1.3, cy + ry * 0.5, cx + r * 1.3, cy + ry * 2.6], fill=fur)
+    if label == "cat":
+        for side in (-1, 1):  # tall pointed ears standing on top of the head
+            base_outer = (cx + side * rx * 0.95, cy - ry * 0.35)
+            base_inner = (cx + side * rx * 0.15, cy - ry * 0.85)
+            tip = (cx + side * rx * rng.uniform(0.6, 0.85), cy - ry * rng.uniform(1.75, 2.05))
+            d.polygon([base_outer, base_inner, tip], fill=fur)
+            inner_tip = (tip[0] * 0.8 + cx * 0.2 * 1, tip[1] + ry * 0.35)
+            d.polygon([(base_outer[0] * 0.8 + base_inner[0] * 0.2, base_outer[1] - ry * 0.1),
+                       (base_inner[0] * 0.8 + base_outer[0] * 0.2, base_inner[1] + ry * 0.05),
+                       inner_tip], fill=light)
+    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fur)
+    ey = cy - ry * 0.2
+    for side in (-1, 1):
+        ex = cx + side * rx * 0.42
+        if label == "cat":  # almond eyes with vertical slit pupils
+            d.ellipse([ex - r * 0.22, ey - r * 0.14, ex + r * 0.22, ey + r * 0.14], fill=eye)
+            d.rectangle([ex - r * 0.04, ey - r * 0.14, ex + r * 0.04, ey + r * 0.14],
+                        fill=(10, 10, 10))
+        else:  # round eyes with round pupils
+            d.ellipse([ex - r * 0.16, ey - r * 0.16, ex + r * 0.16, ey + r * 0.16],
+                      fill=(245, 245, 245))
+            d.ellipse([ex - r * 0.09, ey - r * 0.09, ex + r * 0.09, ey + r * 0.09],
+                      fill=(15, 10, 5))
+    if label == "cat":
+        ny = cy + ry * 0.25
+        d.polygon([(cx - r * 0.12, ny), (cx + r * 0.12, ny), (cx, ny + r * 0.12)],
+                  fill=(230, 140, 150))
+        whisker = (235, 235, 235) if sum(fur) < 360 else (40, 40, 40)
+        for side in (-1, 1):
+            for k in (-1, 0, 1):
+                d.line([(cx + side * r * 0.2, ny + r * 0.1),
+                        (cx + side * rx * 1.35, ny + r * 0.1 + k * r * 0.25)],
+                       fill=whisker, width=max(1, int(s / 110)))
+    else:
+        for side in (-1, 1):  # long floppy ears hanging down the sides of the head
+            top = (cx + side * rx * 0.75, cy - ry * 0.75)
+            w = rx * rng.uniform(0.45, 0.6)
+            length = ry * rng.uniform(1.5, 1.9)
+            ear = [top[0] - w / 2 + side * w * 0.45, top[1], top[0] + w / 2 + side * w * 0.45,
+                   top[1] + length]
+            d.ellipse(ear, fill=dark)
+        my = cy + ry * 0.45  # muzzle and big round nose
+        d.ellipse([cx - rx * 0.5, my - ry * 0.35, cx + rx * 0.5, my + ry * 0.45], fill=light)
+        d.ellipse([cx - r * 0.2, my - ry * 0.3, cx + r * 0.2, my + ry * 0.02], fill=(20, 15, 15))
+        if rng.random() < 0.5:  # tongue
+            d.ellipse([cx - r * 0.12, my + ry * 0.25, cx + r * 0.12, my + ry * 0.6],
+                      fill=(220, 90, 110))
+    return layer
+
+
+def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
+    """Renders image ``index`` of the lake; returns ``(label, jpeg_bytes)``."""
+    label = label_of(spec, index)
+    rng = _rng(spec.seed, index, 2)
+    s = spec.size * 2  # draw at 2x and downsample, for anti-aliased edges
+    img = _background(rng, s)
+    animal = _draw_animal(label, rng, s)
+    scale = rng.uniform(0.75, 1.35)
+    angle = rng.uniform(-25, 25)
+    side = max(8, int(s * scale))
+    animal = animal.resize((side, side), Image.BILINEAR).rotate(angle, Image.BILINEAR)
+    if rng.random() < 0.5:
+        animal = animal.transpose(Image.FLIP_LEFT_RIGHT)
+    ox = int(rng.uniform(-0.22, 0.22) * s + (s - side) / 2)
+    oy = int(rng.uniform(-0.18, 0.22) * s + (s - side) / 2)
+    img.paste(animal, (ox, oy), animal)
+    img = img.resize((spec.size, spec.size), Image.LANCZOS)
+
+    arr = np.asarray(img, dtype=float)
+    gain = rng.uniform(0.65, 1.3)  # lighting
+    contrast = rng.uniform(0.7, 1.2)
+    arr = (arr - 128) * contrast + 128
+    arr = arr * gain
+    noise = rng.uniform(0, 10)
+    arr = arr + rng.normal(0, noise, arr.shape)
+    if spec.condition == "night":
+        # IR night mode: greyscale, dark, low contrast, sensor noise.
+        grey = arr @ np.array([0.299, 0.587, 0.114])
+        grey = (grey - grey.mean()) * 0.45 + grey.mean() * 0.35 + 10
+        grey = grey + rng.normal(0, 6, grey.shape)
+        arr = np.repeat(grey[..., None], 3, axis=2)
+    img = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8), "RGB")
+    if spec.condition == "blur":
+        img = img.filter(ImageFilter.GaussianBlur(radius=spec.size / 28))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return label, buf.getvalue()
+
+
+def generate(spec: LakeSpec, store: ObjectStore, *, prefix: str = "",
+             progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Writes the lake into ``store`` under ``prefix``.
+
+    Returns:
+        Image counts per class.
+    """
+    counts = {c: 0 for c in CLASSES}
+    for i in range(spec.n):
+        label, data = render(spec, i)
+        store.put(join_key(prefix, key_of(spec, i, label)), data)
+        counts[label] += 1
+        if progress:
+            progress(i + 1, spec.n)
+    logger.info("Generated %d images (%s) at %s", spec.n, counts, store.uri_of(prefix))
+    return counts
+
+
+def render_grid(spec: LakeSpec, indices: list[int]) -> Image.Image:
+    """A contact sheet of some images, for docs and notebooks."""
+    cols = min(8, len(indices))
+    rows = math.ceil(len(indices) / cols)
+    sheet = Image.new("RGB", (cols * spec.size, rows * spec.size), "white")
+    for n, i in enumerate(indices):
+        _, data = render(spec, i)
+        sheet.paste(Image.open(io.BytesIO(data)), ((n % cols) * spec.size, (n // cols) * spec.size))
+    return sheet
