@@ -1,0 +1,16 @@
+"""The pipelines of the collection, by the name the CLI uses."""
+
+import importlib
+
+#: CLI name -> (module, pipeline function).
+PIPELINES = {
+    "ingest": ("pipelines.ingest", "ingest_pipeline"),
+}
+
+
+def load(name: str):
+    """Returns the pipeline function registered under ``name``."""
+    if name not in PIPELINES:
+        raise KeyError(f"Unknown pipeline: {name!r}. Expect one of {sorted(PIPELINES)}.")
+    module, attr = PIPELINES[name]
+    return getattr(importlib.import_module(module), attr)

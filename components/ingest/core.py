@@ -494,3 +494,95 @@ def list_versions(dataset_root_uri: str) -> list[str]:
     root = open_store(dataset_root_uri)
     return sorted({o.key.split("/")[1] for o in root.list("versions")
                    if o.key.endswith("/_PUBLISHED")})
+
+
+def write_split(result: IngestResult, split: str, path: str) -> dict:
+    """Writes one split as a dataset folder (``manifest.csv``, ``dataset.json``).
+
+    The folder holds a manifest, not the images: every row has the ``uri`` of its image in the
+    snapshot's content-addressed store, so a split of 80,000 images is a small artifact and
+    the images are never copied twice.
+
+    Returns:
+        The metadata to attach to the KFP artifact.
+    """
+    import os
+
+    rows = result.split_manifest(split)
+    os.makedirs(path, exist_ok=True)
+    rows.to_csv(os.path.join(path, "manifest.csv"), index=False, lineterminator="\n")
+    stats = result.stats[split]
+    meta = {
+        "dataset_version": result.version,
+        "split": split,
+        "count": int(len(rows)),
+        "classes": result.report["classes"],
+        "class_counts": stats["class_counts"],
+        "source_uri": result.report["source_uri"],
+        "snapshot_uri": result.snapshot_uri,
+        "objects_uri": result.objects_uri,
+    }
+    with open(os.path.join(path, "dataset.json"), "w") as f:
+        json.dump({**meta, "statistics": stats}, f, indent=2, sort_keys=True)
+    return meta
+
+
+def read_split(path: str) -> tuple[pd.DataFrame, dict]:
+    """Reads a dataset folder written by :func:`write_split`."""
+    import os
+
+    with open(os.path.join(path, "dataset.json")) as f:
+        meta = json.load(f)
+    rows = pd.read_csv(os.path.join(path, "manifest.csv"), dtype={"key": str, "sha256": str,
+                                                                  "label": str, "uri": str},
+                       keep_default_na=False)
+    return rows, meta
+
+
+def report_markdown(result: IngestResult) -> str:
+    """The ingestion report for people (rendered by the Kubeflow UI)."""
+    r = result.report
+    lines = [
+        f"# Dataset {r['dataset_version']}",
+        "",
+        f"Source: `{r['source_uri']}` (layout: {r['layout']})  ",
+        f"Snapshot: `{result.snapshot_uri}` ({'new' if result.created else 'already published'})",
+        "",
+        f"**{r['accounting']}**",
+        "",
+        "| split | " + " | ".join(r["classes"]) + " | total |",
+        "|---|" + "---|" * (len(r["classes"]) + 1),
+    ]
+    for split in ("train", "test"):
+        counts = r["splits"][split]
+        lines.append(f"| {split} | " + " | ".join(str(counts.get(c, 0)) for c in r["classes"])
+                     + f" | {sum(counts.values())} |")
+    lines += ["", "Test share per class: " + ", ".join(
+        f"{c} {v:.1%}" for c, v in r["test_share_per_class"].items()), ""]
+    if r["quarantine_reasons"]:
+        lines += ["## Quarantined", "", "| reason | objects | meaning |", "|---|---|---|"]
+        lines += [f"| {k} | {v} | {QUARANTINE_REASONS.get(k, '')} |"
+                  for k, v in r["quarantine_reasons"].items()]
+        shown = result.quarantine.head(20)
+        lines += ["", "First quarantined keys:", ""]
+        lines += [f"- `{k}`: {reason} ({detail})"
+                  for k, reason, detail in zip(shown["key"], shown["reason"], shown["detail"])]
+        lines.append("")
+    if r["duplicates"]:
+        lines += [f"## Duplicates: {r['duplicates']} removed", ""]
+        lines += [f"- `{k}` = `{d}`" for k, d in zip(result.duplicates["key"].head(20),
+                                                   result.duplicates["duplicate_of"].head(20))]
+        lines.append("")
+    for name in ("label_rows_rejected", "labels_missing_from_lake"):
+        if r[name]:
+            lines += [f"## {name.replace('_', ' ').capitalize()}: {len(r[name])}", ""]
+            lines += [f"- {item}" for item in r[name][:20]] + [""]
+    for split in ("train", "test"):
+        s = result.stats[split]
+        if s["count"]:
+            lines.append(
+                f"{split}: brightness mean {s['brightness']['mean']:.3f}, contrast mean "
+                f"{s['contrast']['mean']:.3f}, width p50 {s['width']['p50']:.0f}px, height p50 "
+                f"{s['height']['p50']:.0f}px  ")
+    lines += ["", f"Decoded this run: {r['decoded']}; reused from cache: {r['cache_hits']}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,57 @@
+"""KFP component: data ingestion. A thin wrapper over :mod:`components.ingest.core`."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Metrics, Output
+
+from components.settings import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def ingest_data(
+    data_uri: str,
+    dataset_root: str,
+    train: Output[Dataset],
+    test: Output[Dataset],
+    report: Output[Markdown],
+    metrics: Output[Metrics],
+    labels_csv: str = "",
+    layout: str = "auto",
+    test_fraction: float = 0.2,
+    workers: int = 8,
+    use_cache: bool = True,
+) -> NamedTuple("IngestOutputs", dataset_version=str, num_train=int, num_test=int):
+    """Ingests a data lake into a validated, de-duplicated, split and versioned dataset.
+
+    Args:
+        data_uri: The data lake: s3://bucket/prefix (credentials from the environment) or a
+            local path.
+        dataset_root: Where dataset snapshots are published (s3://… or a path).
+        train: The training split: its manifest, readable image URIs and statistics.
+        test: The test split, likewise.
+        report: Counts, quarantine reasons and per-split statistics for people.
+        metrics: Counts as scalar metrics.
+        labels_csv: Optional URI of a CSV of key,label; empty means labels from the layout.
+        layout: auto, folders, kaggle or csv.
+        test_fraction: Share of each class in the test split.
+        workers: Parallel reads and decodes.
+        use_cache: Skip re-decoding objects unchanged since the last ingestion.
+    """
+    import logging
+
+    from components.ingest import core
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = core.ingest(data_uri, dataset_root, core.IngestConfig(
+        test_fraction=test_fraction, layout=layout, labels_csv=labels_csv or None,
+        workers=workers, use_cache=use_cache))
+    for name, artifact in (("train", train), ("test", test)):
+        artifact.metadata.update(core.write_split(result, name, artifact.path))
+    report.metadata.update({"dataset_version": result.version, "source_uri": data_uri})
+    with open(report.path, "w") as f:
+        f.write(core.report_markdown(result))
+    for key in ("listed", "ingested", "quarantined", "duplicates"):
+        metrics.log_metric(key, result.report[key])
+    outputs = NamedTuple("IngestOutputs", dataset_version=str, num_train=int, num_test=int)
+    return outputs(result.version, int(train.metadata["count"]), int(test.metadata["count"]))
