@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 
 import pytest
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
 def _free_port() -> int:

@@ -119,9 +119,18 @@ def _cmd_submit(args) -> int:
             arguments[key] = json.loads(value)
         except json.JSONDecodeError:
             arguments[key] = value
-    client = kfp.Client(host=args.host, namespace=args.namespace)
-    run = client.create_run_from_pipeline_func(load(args.pipeline), arguments=arguments,
-                                               experiment_name=args.experiment)
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        client = kfp.Client(host=args.host, namespace=args.namespace)
+        run = client.create_run_from_pipeline_func(load(args.pipeline), arguments=arguments,
+                                                   experiment_name=args.experiment)
+    except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+        print(f"error: cannot submit to the Kubeflow Pipelines API at {args.host}: {exc}. "
+              "Check --host (port-forward ml-pipeline-ui, or the KFP endpoint) and your "
+              "credentials.", file=sys.stderr)
+        return 1
     print(f"Submitted run {run.run_id} to {args.host}")
     return 0
 

@@ -72,7 +72,8 @@ def _validated(data: bytes, max_pixels: int, min_side: int) -> tuple[Image.Image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("decompression_bomb", str(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected("corrupt", f"header: {exc}") from exc
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageRejected(reason, f"header: {exc}") from exc
     fmt, mode = img.format or "", img.mode
     if fmt not in SUPPORTED_FORMATS:
         raise ImageRejected("unsupported_format",

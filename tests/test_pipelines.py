@@ -1,0 +1,131 @@
+"""Tier 3: pipelines under kfp.local, compiled IR YAML, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from components.ingest.core import list_versions
+from pipelines import PIPELINES
+from pipelines.local import run_local
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _read_ir(path: Path) -> tuple[dict, dict]:
+    """A compiled pipeline: the pipeline spec and the (Kubernetes) platform spec."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    spec = next(d for d in docs if "deploymentSpec" in d)
+    platform = next((d for d in docs if "platforms" in d), {})
+    return spec, platform
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ingest_pipeline_runs_locally(tmp_path):
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=40, size=32, seed=10), lake)
+    outputs = run_local("ingest", {"data_uri": lake.uri, "dataset_root": str(tmp_path / "ds")},
+                        tmp_path / "runs")
+    version = outputs["dataset_version"]
+    assert list_versions(str(tmp_path / "ds")) == [version]
+    assert outputs["train"].metadata["dataset_version"] == version
+    total = outputs["train"].metadata["count"] + outputs["test"].metadata["count"]
+    assert total == 40
+    assert os.path.exists(os.path.join(outputs["train"].path, "manifest.csv"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_failed_task_fails_the_local_run(tmp_path):
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        run_local("ingest", {"data_uri": str(tmp_path / "nothing-here"),
+                             "dataset_root": str(tmp_path / "ds")}, tmp_path / "runs")
+
+
+def _compile(tmp_path, *extra, env=None):
+    out = tmp_path / "compiled"
+    subprocess.run([sys.executable, "-m", "components.cli", "compile", "--out", str(out),
+                    *extra], check=True, cwd=REPO, env={**os.environ, **(env or {})},
+                   capture_output=True, text=True)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_every_pipeline_compiles_to_loadable_ir_with_our_image(tmp_path):
+    from kfp import components
+
+    out = _compile(tmp_path, "--image", "registry.example/pets/mlops:1.2.3",
+                   "--storage-secret", "lake-creds")
+    for name in PIPELINES:
+        path = out / f"{name}.yaml"
+        spec, platform = _read_ir(path)
+        executors = spec["deploymentSpec"]["executors"]
+        assert executors, name
+        images = {e["container"]["image"] for e in executors.values()}
+        assert images == {"registry.example/pets/mlops:1.2.3"}, (name, images)
+        # The image already holds kfp and the package: no pip install at task start.
+        assert not any("pip install" in " ".join(e["container"].get("command", []))
+                       for e in executors.values())
+        secret_env = [s for e in platform["platforms"]["kubernetes"]["deploymentSpec"][
+            "executors"].values() for s in e.get("secretAsEnv", [])]
+        assert secret_env and all(s["secretName"] == "lake-creds" and s["optional"]
+                                  for s in secret_env)
+        loaded = components.load_component_from_file(str(path))
+        assert loaded.name == spec["pipelineInfo"]["name"]
+
+
+@pytest.mark.timeout(300)
+def test_default_compile_uses_the_project_image_not_a_bare_python_image(tmp_path):
+    from components.settings import DEFAULT_IMAGE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    out = tmp_path / "c"
+    subprocess.run([sys.executable, "-m", "components.cli", "compile", "--out", str(out)],
+                   check=True, cwd=REPO, env=env, capture_output=True)
+    for name in PIPELINES:
+        spec, _ = _read_ir(out / f"{name}.yaml")
+        for e in spec["deploymentSpec"]["executors"].values():
+            assert e["container"]["image"] == DEFAULT_IMAGE
+
+
+def _mlops(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+def test_cli_generate_prints_counts_and_bad_input_says_what_to_fix(tmp_path):
+    ok = _mlops("data", "generate", "--out", str(tmp_path / "lake"), "--n", "12", "--size", "32")
+    assert ok.returncode == 0, ok.stderr
+    assert "Wrote 12 images" in ok.stdout
+    bad = _mlops("data", "generate", "--out", str(tmp_path / "lake"), "--n", "0")
+    assert bad.returncode == 2 and "Invalid n: 0" in bad.stderr
+    bad_uri = _mlops("data", "generate", "--out", "gs://bucket/x", "--n", "1")
+    assert bad_uri.returncode == 2 and "Unsupported storage URI" in bad_uri.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_run_ingest_prints_version_counts_and_outputs(tmp_path):
+    generate(LakeSpec(n=30, size=32, seed=11), open_store(tmp_path / "lake"))
+    res = _mlops("run", "ingest", "--data", str(tmp_path / "lake"), "--dataset-root",
+                 str(tmp_path / "ds"), "--outputs", str(tmp_path / "runs"))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    version = list_versions(str(tmp_path / "ds"))[0]
+    assert f"Dataset version: {version}" in res.stdout
+    assert "30 ingested + 0 quarantined + 0 duplicates == 30 listed" in res.stdout
+
+
+def test_cli_submit_to_an_unreachable_api_fails_with_the_host_named(tmp_path):
+    res = _mlops("submit", "ingest", "--host", "http://127.0.0.1:9", "--arg", "data_uri=s3://x",
+                 "--arg", "dataset_root=s3://y")
+    assert res.returncode != 0
+    assert "127.0.0.1:9" in res.stderr
