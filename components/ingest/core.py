@@ -49,6 +49,7 @@ from components.common.storage import (
     open_store,
     read_uri,
     sha256_bytes,
+    split_uri,
 )
 
 logger = logging.getLogger(__name__)
@@ -271,10 +272,11 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     listing: list[ObjectInfo] = list(lake.list())
     excluded = []
     if config.labels_csv:
-        csv_store_uri = config.labels_csv.rstrip("/")
-        inside = csv_store_uri.startswith(lake.uri.rstrip("/") + "/")
-        if inside:  # the labels file itself is metadata, not an image of the lake
-            csv_key = csv_store_uri[len(lake.uri.rstrip("/")) + 1:]
+        csv_store, csv_name = split_uri(config.labels_csv)
+        csv_uri = csv_store.uri_of(csv_name)  # normalised: a path and a file:// URI compare
+        if csv_uri.startswith(lake.uri.rstrip("/") + "/"):
+            # The labels file itself is metadata, not an image of the lake.
+            csv_key = csv_uri[len(lake.uri.rstrip("/")) + 1:]
             excluded = [o.key for o in listing if o.key == csv_key]
             listing = [o for o in listing if o.key != csv_key]
         labels_map, rejected_rows = read_labels_csv(config.labels_csv)
@@ -286,7 +288,8 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     logger.info("Listed %d objects under %s", len(listing), lake.uri)
 
     cache = _load_cache(root, lake.uri) if config.use_cache else {}
-    known_objects = {o.key.rsplit("/", 1)[-1] for o in objects.list()} if cache else set()
+    # One listing instead of a HEAD request per image.
+    known_objects = {o.key.rsplit("/", 1)[-1] for o in objects.list()}
 
     records: list[dict] = []  # one per listed object, in listing order
     to_read: list[int] = []
@@ -321,6 +324,7 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         records.append(rec)
 
     decoded = 0
+    log_every = max(1, len(to_read) // 10)
     lock = threading.Lock()
     done = [0]
 
@@ -337,14 +341,15 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         else:
             rec.update(status="ok", format=info.format, mode=info.mode, width=info.width,
                        height=info.height, brightness=info.brightness, contrast=info.contrast)
-            okey = object_key(rec["sha256"])
-            if rec["sha256"] not in known_objects and not objects.exists(okey):
-                objects.put(okey, data)
+            if rec["sha256"] not in known_objects:
+                objects.put(object_key(rec["sha256"]), data)  # same bytes if two threads race
         with lock:
             decoded += 1
             done[0] += 1
             if progress:
                 progress(done[0], len(to_read))
+            elif done[0] % log_every == 0 or done[0] == len(to_read):
+                logger.info("Checked %d/%d objects", done[0], len(to_read))
 
     if to_read:
         logger.info("Reading and decoding %d objects with %d workers (%d from cache)",

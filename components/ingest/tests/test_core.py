@@ -203,8 +203,9 @@ def test_labels_csv_layout(tmp_path):
     rows = [f"{k},{lab}" for k, lab in keys[:10]]
     rows += ["missing.jpg,cat", "../outside.jpg,dog", f"{keys[0][0]},{keys[0][1]}"]
     store.put("labels.csv", ("filename,label\n" + "\n".join(rows) + "\n").encode())
+    # Given as a plain path while the lake is a file:// URI: still recognised as inside it.
     result = ingest(store.uri, str(tmp_path / "ds"),
-                    IngestConfig(labels_csv=store.uri + "/labels.csv"))
+                    IngestConfig(labels_csv=str(tmp_path / "flat" / "labels.csv")))
     r = result.report
     assert r["excluded_from_listing"] == ["labels.csv"]
     assert r["ingested"] == 10 and r["listed"] == 12

@@ -1,0 +1,245 @@
+"""A model registry on the storage layer: versions, aliases with history, lineage.
+
+Layout under the registry root (any store URI)::
+
+    <model>/claims/<n>                  create-only claim of version number n
+    <model>/versions/<n>/               the package, published atomically with checksums
+        lineage.json                    data, code, run, parameters, metrics, parent
+        …files of the package…
+    <model>/aliases/<alias>/<seq>.json  every move of an alias, create-only; the highest
+                                        sequence number is where the alias points now
+
+Version numbers are claimed with a create-only write (``If-None-Match: *`` on S3, ``link()``
+on a directory), so two concurrent registrations always get two different numbers and neither
+is lost. A version whose publish failed leaves a claimed number unused; numbers are never
+reused. Versions are immutable, and every download is checked against the recorded sha256.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.common.storage import (
+    AlreadyExistsError,
+    ObjectStore,
+    check_key,
+    open_store,
+)
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+LINEAGE_FILE = "lineage.json"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    uri: str
+    lineage: dict
+    files: dict  # name -> {"size", "sha256"}
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise RegistryError(f"Invalid {kind}: {value!r}. Expect lowercase letters, digits and "
+                            "'-', at most 63 characters (a Kubernetes-style name).")
+    return value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _actor() -> str:
+    for var in ("MLOPS_ACTOR", "KFP_RUN_ID", "USER"):
+        if os.environ.get(var):
+            return os.environ[var] if var != "KFP_RUN_ID" else f"kfp-run:{os.environ[var]}"
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class ModelRegistry:
+    """Models and their versions under one store URI."""
+
+    def __init__(self, root_uri: str):
+        self.store: ObjectStore = open_store(root_uri)
+        self.uri = self.store.uri
+
+    # -- versions -----------------------------------------------------------------------
+
+    def _numbers(self, model: str, folder: str) -> list[int]:
+        nums = set()
+        for obj in self.store.list(f"{model}/{folder}"):
+            part = obj.key.split("/")[2]
+            if part.isdigit():
+                nums.add(int(part))
+        return sorted(nums)
+
+    def _claim(self, model: str, folder: str, payload: bytes) -> int:
+        """Claims the next free number in ``folder`` with create-only writes."""
+        existing = self._numbers(model, folder)
+        n = (existing[-1] if existing else 0) + 1
+        for _ in range(1000):
+            key = f"{model}/{folder}/{n}"
+            try:
+                self.store.put(key, payload, if_absent=True)
+                return n
+            except AlreadyExistsError:
+                n += 1  # somebody else took it: try the next one
+        raise RegistryError(f"Could not claim a number under {model}/{folder} after 1000 tries.")
+
+    def register(self, model: str, files: Mapping[str, bytes], lineage: dict) -> ModelVersion:
+        """Publishes a new immutable version of ``model``.
+
+        Args:
+            model: Model name (Kubernetes-style).
+            files: The package: file name -> bytes.
+            lineage: Where the model comes from (dataset version, code version, run,
+                parameters, metrics, parent version). Stored as ``lineage.json``.
+
+        Returns:
+            The new version.
+        """
+        _check_name("model name", model)
+        if not files:
+            raise RegistryError("Nothing to register: the package has no files.")
+        if LINEAGE_FILE in files:
+            raise RegistryError(f"{LINEAGE_FILE!r} is written by the registry; pass lineage=.")
+        claim = json.dumps({"claimed_at": _now(), "by": _actor()}).encode()
+        version = self._claim(model, "claims", claim)
+        record = {**lineage, "model": model, "version": version, "registered_at": _now(),
+                  "registered_by": _actor()}
+        payload = dict(files)
+        payload[LINEAGE_FILE] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+        marker = self.store.publish(f"{model}/versions/{version}", payload)
+        logger.info("Registered %s version %d at %s", model, version, self.version_uri(model,
+                                                                                        version))
+        return ModelVersion(model, version, self.version_uri(model, version), record,
+                            marker["files"])
+
+    def version_uri(self, model: str, version: int) -> str:
+        return self.store.uri_of(f"{model}/versions/{version}")
+
+    def models(self) -> list[str]:
+        return sorted({o.key.split("/")[0] for o in self.store.list()
+                       if o.key.count("/") >= 2 and o.key.split("/")[1] == "versions"})
+
+    def versions(self, model: str) -> list[int]:
+        """Completely published versions, oldest first."""
+        _check_name("model name", model)
+        return sorted(int(o.key.split("/")[2]) for o in self.store.list(f"{model}/versions")
+                      if o.key.endswith("/_PUBLISHED"))
+
+    def resolve(self, model: str, ref: str | int | None = None) -> int:
+        """A version number from ``N``, ``latest`` (or None), or an alias (``@production``)."""
+        versions = self.versions(model)
+        if not versions:
+            raise RegistryError(f"Model {model!r} has no version in {self.uri}. Register one "
+                                "first (the training pipeline does).")
+        if ref is None or ref == "latest":
+            return versions[-1]
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            n = int(ref)
+            if n not in versions:
+                raise RegistryError(f"Model {model!r} has no version {n}. Versions: {versions}.")
+            return n
+        alias = ref[1:] if ref.startswith("@") else ref
+        return self.alias(model, alias)["version"]
+
+    def get(self, model: str, ref: str | int | None = None) -> ModelVersion:
+        version = self.resolve(model, ref)
+        prefix = f"{model}/versions/{version}"
+        marker = self.store.get_json(f"{prefix}/_PUBLISHED")
+        lineage = json.loads(self.store.read_published(prefix, LINEAGE_FILE))
+        return ModelVersion(model, version, self.version_uri(model, version), lineage,
+                            marker["files"])
+
+    def read_file(self, model: str, version: int, name: str) -> bytes:
+        """One file of a version, verified against its recorded sha256."""
+        return self.store.read_published(f"{model}/versions/{version}", check_key(name))
+
+    def download(self, model: str, ref: str | int | None, dest: str | os.PathLike) -> Path:
+        """Copies a version's files into ``dest``, verifying every checksum first."""
+        mv = self.get(model, ref)
+        out = Path(dest)
+        data = {name: self.read_file(model, mv.version, name) for name in mv.files}
+        for name, content in data.items():
+            path = out.joinpath(*name.split("/"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        return out
+
+    # -- aliases ------------------------------------------------------------------------
+
+    def set_alias(self, model: str, alias: str, version: int, *, reason: str = "",
+                  actor: str | None = None) -> dict:
+        """Points ``alias`` at ``version``; the move is appended to the alias's history."""
+        _check_name("alias", alias)
+        if version not in self.versions(model):
+            raise RegistryError(f"Model {model!r} has no version {version} to point "
+                                f"{alias!r} at. Versions: {self.versions(model)}.")
+        previous = self._alias_events(model, alias)
+        event = {"alias": alias, "version": int(version), "at": _now(),
+                 "by": actor or _actor(), "reason": reason,
+                 "previous": previous[-1]["version"] if previous else None}
+        n = self._claim_alias_event(model, alias, event)
+        event["seq"] = n
+        logger.info("Alias %s@%s -> version %d (%s)", model, alias, version, reason or "no reason")
+        return event
+
+    def _claim_alias_event(self, model: str, alias: str, event: dict) -> int:
+        folder = f"{model}/aliases/{alias}"
+        seqs = sorted(int(o.key.rsplit("/", 1)[1][:-5]) for o in self.store.list(folder)
+                      if o.key.endswith(".json"))
+        n = (seqs[-1] if seqs else 0) + 1
+        while True:
+            try:
+                self.store.put(f"{folder}/{n:08d}.json",
+                               json.dumps({**event, "seq": n}, sort_keys=True).encode(),
+                               if_absent=True)
+                return n
+            except AlreadyExistsError:
+                n += 1
+
+    def _alias_events(self, model: str, alias: str) -> list[dict]:
+        folder = f"{model}/aliases/{alias}"
+        keys = sorted(o.key for o in self.store.list(folder) if o.key.endswith(".json"))
+        return [self.store.get_json(k) for k in keys]
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """Every alias of ``model`` and the version it points at now."""
+        names = sorted({o.key.split("/")[2] for o in self.store.list(f"{model}/aliases")})
+        return {name: self._alias_events(model, name)[-1]["version"] for name in names}
+
+    def alias(self, model: str, alias: str) -> dict:
+        """The current event of an alias; a clear error if the alias was never set."""
+        _check_name("alias", alias)
+        events = self._alias_events(model, alias)
+        if not events:
+            known = sorted(self.aliases(model))
+            raise RegistryError(
+                f"Model {model!r} has no alias {alias!r}. Known aliases: "
+                f"{', '.join(known) if known else 'none'}. Set one with "
+                f"`mlops registry alias {model} {alias} VERSION`.")
+        return events[-1]
+
+    def alias_history(self, model: str, alias: str) -> list[dict]:
+        """Every move of an alias, oldest first: version, when, by whom, why."""
+        _check_name("alias", alias)
+        return self._alias_events(model, alias)
