@@ -1,0 +1,210 @@
+"""Model testing on the test split: metrics, per-class bias check, quality gate, report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds a model must meet to be blessed.
+
+    Attributes:
+        min_accuracy: Lowest acceptable test accuracy.
+        min_macro_f1: Lowest acceptable macro F1.
+        max_recall_gap: Largest acceptable gap between the best and worst per-class recall
+            (a model that finds dogs far better than cats is biased).
+        champion_tolerance: How much worse than the production model the candidate may be
+            on accuracy and macro F1 (0 = not worse at all).
+    """
+
+    min_accuracy: float = 0.9
+    min_macro_f1: float = 0.9
+    max_recall_gap: float = 0.1
+    champion_tolerance: float = 0.0
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, per-class and macro precision/recall/F1, ROC AUC and the confusion matrix.
+
+    ``confusion[i][j]`` counts images of class ``i`` predicted as class ``j``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    k = len(classes)
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y_true, y_pred), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = cm[i, i]
+        predicted = cm[:, i].sum()
+        actual = cm[i, :].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": float(precision), "recall": float(recall),
+                           "f1": float(f1), "support": int(actual)}
+    present = [c for c in classes if per_class[c]["support"]]
+    try:
+        if k == 2:
+            auc = float(roc_auc_score(y_true, probs[:, 1]))
+        else:
+            auc = float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro",
+                                      labels=list(range(k))))
+    except ValueError:  # a single class present in the test split
+        auc = float("nan")
+    return {
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "per_class": per_class,
+        "macro": {m: float(np.mean([per_class[c][m] for c in present])) if present else 0.0
+                  for m in ("precision", "recall", "f1")},
+        "roc_auc": auc,
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+        "count": int(len(y_true)),
+    }
+
+
+def bias_check(metrics: dict, max_recall_gap: float) -> dict:
+    """The gap between the best and worst per-class recall, against a threshold."""
+    recalls = {c: v["recall"] for c, v in metrics["per_class"].items() if v["support"]}
+    best = max(recalls, key=recalls.get)
+    worst = min(recalls, key=recalls.get)
+    gap = recalls[best] - recalls[worst]
+    return {"recall_gap": round(gap, 6), "best_class": best, "worst_class": worst,
+            "threshold": max_recall_gap, "passed": gap <= max_recall_gap}
+
+
+def quality_gate(metrics: dict, config: GateConfig, champion: dict | None = None) -> dict:
+    """Decides whether a candidate is blessed; every failed rule is listed with numbers."""
+    reasons = []
+    if metrics["accuracy"] < config.min_accuracy:
+        reasons.append(f"accuracy {metrics['accuracy']:.4f} < minimum {config.min_accuracy}")
+    if metrics["macro"]["f1"] < config.min_macro_f1:
+        reasons.append(f"macro F1 {metrics['macro']['f1']:.4f} < minimum {config.min_macro_f1}")
+    bias = bias_check(metrics, config.max_recall_gap)
+    if not bias["passed"]:
+        reasons.append(f"recall gap {bias['recall_gap']:.4f} between {bias['best_class']} and "
+                       f"{bias['worst_class']} > maximum {config.max_recall_gap}")
+    if champion is not None:
+        for name, ours, theirs in (("accuracy", metrics["accuracy"], champion["accuracy"]),
+                                   ("macro F1", metrics["macro"]["f1"],
+                                    champion["macro"]["f1"])):
+            if ours < theirs - config.champion_tolerance:
+                reasons.append(f"{name} {ours:.4f} is worse than the production model's "
+                               f"{theirs:.4f} on the same test split")
+    return {"blessed": not reasons, "reasons": reasons, "bias": bias,
+            "champion": {"accuracy": champion["accuracy"], "macro_f1": champion["macro"]["f1"]}
+            if champion else None, "config": asdict(config)}
+
+
+def predict_in_batches(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                       batch: int = 256) -> np.ndarray:
+    """Runs a ``uint8 NCHW -> probabilities`` function over all images."""
+    return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def torch_predictor(model, mean, std) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            t = (torch.from_numpy(x).float() / 255.0 - m) / s
+            return torch.softmax(model(t), dim=1).numpy()
+
+    return predict
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def html_report(metrics: dict, gate: dict, images: np.ndarray, y_true: np.ndarray,
+                probs: np.ndarray, keys: list[str], title: str, worst: int = 12) -> str:
+    """A self-contained HTML page: metrics, confusion matrix, ROC, worst misclassifications."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    classes = metrics["classes"]
+    cm = np.array(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if v > cm.max() / 2 else "black")
+    fig.tight_layout()
+    cm_png = _png(fig)
+    plt.close(fig)
+    roc_png = ""
+    if len(classes) == 2 and len(set(y_true.tolist())) == 2:
+        fpr, tpr, _ = roc_curve(y_true, probs[:, 1])
+        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+        ax.plot(fpr, tpr)
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel(f"true positive rate ({classes[1]})")
+        ax.set_title(f"ROC AUC {metrics['roc_auc']:.4f}")
+        fig.tight_layout()
+        roc_png = _png(fig)
+        plt.close(fig)
+    pred = probs.argmax(1)
+    wrong = np.where(pred != y_true)[0]
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:worst]
+    thumbs = []
+    from PIL import Image
+
+    for i in wrong:
+        buf = io.BytesIO()
+        Image.fromarray(images[i].transpose(1, 2, 0)).resize((96, 96)).save(buf, "PNG")
+        thumbs.append(
+            f'<figure><img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+            f"<figcaption>{html.escape(keys[i])}<br>{classes[y_true[i]]} → "
+            f"{classes[pred[i]]} ({probs[i, pred[i]]:.2f})</figcaption></figure>")
+    rows = "".join(
+        f"<tr><td>{html.escape(c)}</td><td>{v['precision']:.4f}</td><td>{v['recall']:.4f}</td>"
+        f"<td>{v['f1']:.4f}</td><td>{v['support']}</td></tr>"
+        for c, v in metrics["per_class"].items())
+    verdict = ("<p class=ok>Blessed: meets every rule.</p>" if gate["blessed"] else
+               "<p class=bad>Not blessed:</p><ul>" + "".join(
+                   f"<li>{html.escape(r)}</li>" for r in gate["reasons"]) + "</ul>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;text-align:right}}
+.ok{{color:#1a7f37;font-weight:bold}} .bad{{color:#c62828;font-weight:bold}}
+figure{{display:inline-block;margin:6px;font-size:11px;text-align:center}}</style></head><body>
+<h1>{html.escape(title)}</h1>{verdict}
+<p>Accuracy <b>{metrics['accuracy']:.4f}</b> · macro F1 {metrics['macro']['f1']:.4f} ·
+ROC AUC {metrics['roc_auc']:.4f} · {metrics['count']} test images ·
+recall gap {gate['bias']['recall_gap']:.4f} (max {gate['bias']['threshold']})</p>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}
+</table>
+<img src="data:image/png;base64,{cm_png}">{f'<img src="data:image/png;base64,{roc_png}">' if roc_png else ''}
+<h2>Most confident mistakes</h2>{''.join(thumbs) or '<p>None.</p>'}
+</body></html>"""
