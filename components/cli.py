@@ -88,6 +88,95 @@ def _cmd_run(args) -> int:
               file=sys.stderr)
         outputs = run_local("ingest", arguments, args.outputs)
         _print_ingest(outputs)
+    elif args.pipeline == "training":
+        arguments = _training_arguments(args, home)
+        print(f"Running pipeline 'training' locally (kfp.local, outputs under {args.outputs})",
+              file=sys.stderr)
+        outputs = run_local("training", arguments, args.outputs)
+        _print_training(outputs, arguments)
+    return 0
+
+
+def _training_arguments(args, home: Path) -> dict:
+    arguments = {"data_uri": args.data,
+                 "dataset_root": args.dataset_root or str(home / "datasets"),
+                 "registry_uri": args.registry or str(home / "registry"),
+                 "work_root": args.work_root or str(home / "work"),
+                 "model_name": args.model_name}
+    for name in ("search_mode", "trial_epochs", "epochs", "seed", "min_accuracy",
+                 "min_macro_f1", "max_recall_gap"):
+        value = getattr(args, name, None)
+        if value is not None:
+            arguments[name] = value
+    if getattr(args, "search_space", None):
+        arguments["search_space"] = args.search_space
+    return arguments
+
+
+def _print_training(outputs: dict, arguments: dict) -> None:
+    from components.common.registry import ModelRegistry
+
+    print()
+    print(f"Dataset version: {outputs['dataset_version']}")
+    print(f"Quality gate: {outputs['evaluation'].metadata.get('gate')}")
+    if not outputs["blessed"]:
+        print("No model was registered.")
+        return
+    registry = ModelRegistry(arguments["registry_uri"])
+    mv = registry.get(arguments["model_name"], "latest")
+    _print_version(mv)
+
+
+def _print_version(mv) -> None:
+    lin = mv.lineage
+    m = lin.get("metrics", {})
+    print(f"Registered: {mv.name} version {mv.version} at {mv.uri}")
+    print(f"  test accuracy {m.get('accuracy', float('nan')):.4f}, macro F1 "
+          f"{m.get('macro_f1', float('nan')):.4f}, ROC AUC {m.get('roc_auc', float('nan')):.4f},"
+          f" recall gap {m.get('recall_gap', float('nan')):.4f}")
+    print("  lineage:")
+    print(f"    dataset version  {lin.get('dataset_version')}  ({lin.get('dataset_manifest')})")
+    print(f"    code version     {lin.get('code_version')}")
+    print(f"    pipeline run     {lin.get('pipeline_run')}")
+    print(f"    architecture     {lin.get('arch')}")
+    hp = lin.get("hyperparameters", {})
+    print(f"    hyperparameters  lr={hp.get('lr')} batch_size={hp.get('batch_size')} "
+          f"weight_decay={hp.get('weight_decay')} epochs<={hp.get('epochs')} seed={hp.get('seed')}")
+    print(f"    parent version   {lin.get('parent_version')}")
+
+
+def _cmd_registry(args) -> int:
+    from components.common.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry or str(mlops_home() / "registry"))
+    if args.registry_command == "list":
+        models = [args.model] if args.model else registry.models()
+        if not models:
+            print(f"No model in {registry.uri}.")
+        for name in models:
+            aliases = registry.aliases(name)
+            for v in registry.versions(name):
+                mv = registry.get(name, v)
+                tags = ",".join(a for a, n in aliases.items() if n == v)
+                acc = mv.lineage.get("metrics", {}).get("accuracy")
+                print(f"{name}\tv{v}\tdataset {mv.lineage.get('dataset_version')}\t"
+                      f"accuracy {acc if acc is None else round(acc, 4)}\t{tags}")
+    elif args.registry_command == "show":
+        mv = registry.get(args.model, args.ref)
+        _print_version(mv)
+        print(f"  files: {', '.join(sorted(mv.files))}")
+    elif args.registry_command == "lineage":
+        print(json.dumps(registry.get(args.model, args.ref).lineage, indent=2))
+    elif args.registry_command == "download":
+        out = registry.download(args.model, args.ref, args.dest)
+        print(f"Downloaded {args.model}:{args.ref} to {out} (checksums verified)")
+    elif args.registry_command == "alias":
+        event = registry.set_alias(args.model, args.alias, int(args.version), reason=args.reason)
+        print(f"{args.model}@{args.alias} -> version {event['version']} "
+              f"(was {event['previous']})")
+    elif args.registry_command == "history":
+        for e in registry.alias_history(args.model, args.alias):
+            print(f"{e['at']}  v{e['previous']} -> v{e['version']}  by {e['by']}  {e['reason']}")
     return 0
 
 
@@ -96,6 +185,8 @@ def _cmd_compile(args) -> int:
         os.environ["MLOPS_COMPONENT_IMAGE"] = args.image
     if args.storage_secret:
         os.environ["MLOPS_STORAGE_SECRET"] = args.storage_secret
+    if args.trials:
+        os.environ["MLOPS_HPO_SLOTS"] = str(args.trials)
     if "components.settings" in sys.modules:
         raise SystemExit("compile must run before the components are imported; run it alone.")
     from pipelines.local import compile_all
@@ -193,10 +284,52 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local pipeline root for task outputs")
     ing.set_defaults(func=_cmd_run)
 
+    tr = run_sub.add_parser("training", help="the training pipeline")
+    tr.add_argument("--data", required=True, help="data lake URI")
+    tr.add_argument("--dataset-root", default="")
+    tr.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
+    tr.add_argument("--work-root", default="", help="scratch URI (default $MLOPS_HOME/work)")
+    tr.add_argument("--model-name", default="pet-classifier")
+    tr.add_argument("--search-space", default="", help="JSON: parameter -> values")
+    tr.add_argument("--search-mode", choices=["grid", "random"], default=None)
+    tr.add_argument("--trial-epochs", type=int, default=None)
+    tr.add_argument("--epochs", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--min-accuracy", type=float, default=None)
+    tr.add_argument("--min-macro-f1", type=float, default=None)
+    tr.add_argument("--max-recall-gap", type=float, default=None)
+    tr.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"))
+    tr.set_defaults(func=_cmd_run)
+
+    reg = sub.add_parser("registry", help="list, show, trace and download registered models")
+    reg.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True)
+    r = reg_sub.add_parser("list", help="models and versions")
+    r.add_argument("model", nargs="?", default="")
+    for name, helptext in (("show", "one version"), ("lineage", "a version's lineage as JSON")):
+        r = reg_sub.add_parser(name, help=helptext)
+        r.add_argument("model")
+        r.add_argument("ref", nargs="?", default="latest", help="N, latest or @alias")
+    r = reg_sub.add_parser("download", help="copy a version's files, verifying checksums")
+    r.add_argument("model")
+    r.add_argument("ref", nargs="?", default="latest")
+    r.add_argument("--dest", required=True)
+    r = reg_sub.add_parser("alias", help="point an alias at a version")
+    r.add_argument("model")
+    r.add_argument("alias")
+    r.add_argument("version")
+    r.add_argument("--reason", default="set by hand")
+    r = reg_sub.add_parser("history", help="every move of an alias")
+    r.add_argument("model")
+    r.add_argument("alias")
+    reg.set_defaults(func=_cmd_registry)
+
     comp = sub.add_parser("compile", help="compile every pipeline to KFP IR YAML")
     comp.add_argument("--out", default="compiled")
     comp.add_argument("--image", default="", help="component image (default: settings)")
     comp.add_argument("--storage-secret", default="", help="Kubernetes Secret with S3 keys")
+    comp.add_argument("--trials", type=int, default=0,
+                      help="hyperparameter-search trial slots in the training pipeline")
     comp.add_argument("pipelines", nargs="*", help="names (default: all)")
     comp.set_defaults(func=_cmd_compile)
 

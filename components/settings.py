@@ -25,3 +25,26 @@ STORAGE_SECRET_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
     "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
 }
+
+
+def code_version() -> str:
+    """The code that is running: ``git:<commit>[-dirty]``, else ``MLOPS_CODE_VERSION`` (set in
+    the image at build time), else ``package:<version>``."""
+    import subprocess
+    from pathlib import Path
+
+    if os.environ.get("MLOPS_CODE_VERSION"):
+        return os.environ["MLOPS_CODE_VERSION"]
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout
+        return f"git:{commit}" + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"package:{__version__}"
+
+
+#: Hyperparameter-search trial slots compiled into the training pipeline (each a task).
+HPO_SLOTS = int(os.environ.get("MLOPS_HPO_SLOTS", "4"))

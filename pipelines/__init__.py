@@ -5,6 +5,7 @@ import importlib
 #: CLI name -> (module, pipeline function).
 PIPELINES = {
     "ingest": ("pipelines.ingest", "ingest_pipeline"),
+    "training": ("pipelines.training", "training_pipeline"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -208,3 +209,58 @@ recall gap {gate['bias']['recall_gap']:.4f} (max {gate['bias']['threshold']})</p
 <img src="data:image/png;base64,{cm_png}">{f'<img src="data:image/png;base64,{roc_png}">' if roc_png else ''}
 <h2>Most confident mistakes</h2>{''.join(thumbs) or '<p>None.</p>'}
 </body></html>"""
+
+
+def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_true: np.ndarray,
+                     classes: list[str]) -> tuple[dict | None, int | None]:
+    """Metrics of the registry's production model on the same test images, if there is one."""
+    from components.common.registry import ModelRegistry, RegistryError
+    from components.package.core import onnx_predictor, read_onnx_metadata
+
+    if not registry_uri:
+        return None, None
+    registry = ModelRegistry(registry_uri)
+    try:
+        version = registry.resolve(model_name, "@production")
+    except RegistryError as exc:
+        logger.info("No production model to compare with: %s", exc)
+        return None, None
+    onnx_bytes = registry.read_file(model_name, version, "model.onnx")
+    theirs = json.loads(read_onnx_metadata(onnx_bytes)["classes"])
+    if theirs != list(classes):
+        raise ValueError(f"The production model {model_name} v{version} predicts {theirs} but "
+                         f"the candidate predicts {classes}; they cannot be compared on one "
+                         "test split. Register the new class set under another model name.")
+    probs = predict_in_batches(onnx_predictor(onnx_bytes), images)
+    return classification_metrics(y_true, probs, classes), version
+
+
+def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str = "",
+             model_name: str = "") -> dict:
+    """Tests a trained model folder on a test split folder; returns metrics, gate and report."""
+    from components.ingest.core import read_split
+    from components.train.core import load_images, load_model
+
+    model, meta = load_model(model_dir)
+    rows, split_meta = read_split(test_dir)
+    if rows.empty:
+        raise ValueError(f"Empty test split in {test_dir}: nothing to evaluate on.")
+    if split_meta["dataset_version"] != meta["dataset_version"]:
+        raise ValueError(f"The model was trained on dataset {meta['dataset_version']} but the "
+                         f"test split is from {split_meta['dataset_version']}.")
+    index = {c: i for i, c in enumerate(meta["classes"])}
+    unknown = sorted(set(rows["label"]) - set(index))
+    if unknown:
+        raise ValueError(f"Test labels {unknown} are not classes of the model {meta['classes']}.")
+    images = load_images(rows, meta["image_size"])
+    y_true = rows["label"].map(index).to_numpy()
+    probs = predict_in_batches(torch_predictor(model, meta["mean"], meta["std"]), images)
+    metrics = classification_metrics(y_true, probs, meta["classes"])
+    champion, champion_version = champion_metrics(registry_uri, model_name, images, y_true,
+                                                  meta["classes"])
+    decision = quality_gate(metrics, gate, champion)
+    decision["champion_version"] = champion_version
+    report = html_report(metrics, decision, images, y_true, probs, list(rows["key"]),
+                         f"Model test: {meta['arch']} on dataset {meta['dataset_version']}")
+    return {"metrics": metrics, "gate": decision, "report_html": report,
+            "dataset_version": meta["dataset_version"]}

@@ -1,0 +1,63 @@
+"""Registering: a package folder + where it came from -> a registry version."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from components.common.registry import ModelRegistry, ModelVersion, RegistryError
+from components.settings import code_version
+
+logger = logging.getLogger(__name__)
+
+
+def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
+                     registry_uri: str, model_name: str, alias: str = "staging",
+                     pipeline_run: str = "") -> ModelVersion:
+    """Registers the files of ``package_dir`` with a full lineage record."""
+    package = Path(package_dir)
+    files = {p.relative_to(package).as_posix(): p.read_bytes()
+             for p in sorted(package.rglob("*")) if p.is_file()}
+    if "model.onnx" not in files:
+        raise RegistryError(f"No model.onnx in {package_dir}: register a package built by the "
+                            "package step.")
+    model_meta = json.loads((Path(model_dir) / "model.json").read_text())
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    dataset = json.loads((Path(train_dir) / "dataset.json").read_text())
+    registry = ModelRegistry(registry_uri)
+    try:
+        parent = registry.resolve(model_name, "@production")
+    except RegistryError:
+        parent = None
+    trials_path = Path(model_dir) / "trials.json"
+    lineage = {
+        "dataset_version": dataset["dataset_version"],
+        "dataset_snapshot": dataset["snapshot_uri"],
+        "dataset_manifest": dataset["snapshot_uri"] + "/manifest.csv",
+        "dataset_source": dataset["source_uri"],
+        "code_version": code_version(),
+        "pipeline_run": pipeline_run,
+        "arch": model_meta["arch"],
+        "hyperparameters": model_meta["hparams"],
+        "training": {"best_epoch": model_meta["best_epoch"],
+                     "val_accuracy": model_meta["val_accuracy"],
+                     "history": model_meta["history"]},
+        "search_trials": json.loads(trials_path.read_text()) if trials_path.exists() else [],
+        "metrics": {"accuracy": evaluation["metrics"]["accuracy"],
+                    "macro_f1": evaluation["metrics"]["macro"]["f1"],
+                    "roc_auc": evaluation["metrics"]["roc_auc"],
+                    "per_class": evaluation["metrics"]["per_class"],
+                    "recall_gap": evaluation["gate"]["bias"]["recall_gap"]},
+        "gate": {"blessed": evaluation["gate"]["blessed"],
+                 "champion_version": evaluation["gate"].get("champion_version")},
+        "parent_version": parent,
+    }
+    if not evaluation["gate"]["blessed"]:
+        raise RegistryError("Refusing to register a model the quality gate did not bless: "
+                            + "; ".join(evaluation["gate"]["reasons"]))
+    mv = registry.register(model_name, files, lineage)
+    if alias:
+        registry.set_alias(model_name, alias, mv.version,
+                           reason=f"registered by {pipeline_run or 'a local run'}")
+    return mv

@@ -1,0 +1,106 @@
+"""The training pipeline: ingest → search → train best → test → (blessed?) package → register."""
+
+import json
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact
+
+from components.evaluate.component import evaluate_model, quality_gate
+from components.ingest.component import ingest_data
+from components.package.component import package_model
+from components.register.component import register_model
+from components.settings import HPO_SLOTS
+from components.train.component import hpo_trial, train_best
+from components.train.core import DEFAULT_SPACE
+from pipelines.common import with_storage_credentials
+
+
+@dsl.pipeline(
+    name="pet-classifier-training",
+    description="Builds a cat/dog classifier from the data lake: ingestion, hyperparameter "
+                "search, training, testing with a quality gate, ONNX packaging, registering.",
+)
+def training_pipeline(
+    data_uri: str,
+    dataset_root: str,
+    registry_uri: str,
+    work_root: str,
+    model_name: str = "pet-classifier",
+    labels_csv: str = "",
+    test_fraction: float = 0.2,
+    search_space: str = json.dumps(DEFAULT_SPACE),
+    search_mode: str = "random",
+    seed: int = 0,
+    trial_epochs: int = 3,
+    epochs: int = 10,
+    image_size: int = 64,
+    min_accuracy: float = 0.9,
+    min_macro_f1: float = 0.9,
+    max_recall_gap: float = 0.1,
+    champion_tolerance: float = 0.0,
+) -> NamedTuple("TrainingOutputs", dataset_version=str, blessed=bool, evaluation=Artifact):
+    """Trains, tests, packages and registers a model.
+
+    Args:
+        data_uri: The data lake, s3://bucket/prefix or a local path.
+        dataset_root: Where dataset snapshots are published.
+        registry_uri: The model registry root.
+        work_root: Scratch storage for the run (trial results).
+        model_name: Registered model name.
+        labels_csv: Optional URI of a key,label CSV.
+        test_fraction: Share of each class in the test split.
+        search_space: JSON: hyperparameter -> candidate values (lr, batch_size, weight_decay,
+            arch).
+        search_mode: grid or random (random samples one configuration per trial slot).
+        seed: Seed of sampling and training.
+        trial_epochs: Epochs per search trial.
+        epochs: Maximum epochs of the final training (early stopping may end it sooner).
+        image_size: Network input side in pixels.
+        min_accuracy: Quality gate: lowest test accuracy.
+        min_macro_f1: Quality gate: lowest macro F1.
+        max_recall_gap: Quality gate: largest gap between per-class recalls.
+        champion_tolerance: Quality gate: how much worse than production a candidate may be.
+    """
+    ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
+                         test_fraction=test_fraction)
+    ingest.set_display_name("ingest data")
+    trials = []
+    # Trial slots are unrolled here instead of a dsl.ParallelFor: the cluster runs them in
+    # parallel all the same, and kfp.local (2.16) cannot run anything that depends on a loop.
+    for slot in range(HPO_SLOTS):
+        trial = hpo_trial(train=ingest.outputs["train"], slot=slot, n_slots=HPO_SLOTS,
+                          work_root=work_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                          search_space=search_space, search_mode=search_mode, seed=seed,
+                          trial_epochs=trial_epochs, image_size=image_size)
+        trial.set_display_name(f"hpo trial {slot}")
+        trials.append(trial)
+    best = train_best(train=ingest.outputs["train"], work_root=work_root,
+                      run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, n_slots=HPO_SLOTS,
+                      epochs=epochs).after(*trials)
+    best.set_display_name("train best")
+    test = evaluate_model(model=best.outputs["model"], test=ingest.outputs["test"],
+                          registry_uri=registry_uri, model_name=model_name,
+                          min_accuracy=min_accuracy, min_macro_f1=min_macro_f1,
+                          max_recall_gap=max_recall_gap, champion_tolerance=champion_tolerance)
+    test.set_display_name("test model")
+    gate = quality_gate(evaluation=test.outputs["evaluation"])
+    gate.set_display_name("quality gate")
+    with dsl.If(gate.output == True, name="blessed"):  # noqa: E712 (KFP DSL)
+        package = package_model(model=best.outputs["model"], test=ingest.outputs["test"],
+                                evaluation=test.outputs["evaluation"], model_name=model_name)
+        package.set_display_name("package ONNX")
+        register = register_model(package=package.outputs["package"],
+                                  model=best.outputs["model"],
+                                  evaluation=test.outputs["evaluation"],
+                                  train=ingest.outputs["train"], registry_uri=registry_uri,
+                                  model_name=model_name,
+                                  pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+        register.set_display_name("register")
+    for task in [ingest, *trials, best, test, gate, package, register]:
+        with_storage_credentials(task)
+        task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+    outputs = NamedTuple("TrainingOutputs", dataset_version=str, blessed=bool,
+                         evaluation=Artifact)
+    return outputs(ingest.outputs["dataset_version"], gate.output,
+                   test.outputs["evaluation"])
