@@ -55,3 +55,33 @@ def store_uri(request, tmp_path):
     if request.param == "local":
         return (tmp_path / "store").as_uri()
     return request.getfixturevalue("s3_uri")
+
+
+@pytest.fixture(scope="session")
+def dataset_dirs(tmp_path_factory):
+    """(train_dir, test_dir) of an ingested 600-image, 32 px sample lake."""
+    from components.common.storage import open_store
+    from components.datagen.core import LakeSpec, generate
+    from components.ingest.core import ingest, write_split
+
+    base = tmp_path_factory.mktemp("data")
+    generate(LakeSpec(n=600, size=32, seed=21), open_store(base / "lake"))
+    result = ingest(str(base / "lake"), str(base / "ds"))
+    dirs = []
+    for split in ("train", "test"):
+        write_split(result, split, str(base / split))
+        dirs.append(str(base / split))
+    return tuple(dirs)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(dataset_dirs, tmp_path_factory):
+    """A small CNN trained for a few epochs on ``dataset_dirs`` (a model folder)."""
+    from components.ingest.core import read_split
+    from components.train import core
+
+    rows, meta = read_split(dataset_dirs[0])
+    data = core.prepare(rows, meta["dataset_version"], 32)
+    out = tmp_path_factory.mktemp("model")
+    core.train(data, core.HParams(epochs=6, image_size=32, lr=3e-3), out)
+    return str(out)

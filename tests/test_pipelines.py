@@ -129,3 +129,48 @@ def test_cli_submit_to_an_unreachable_api_fails_with_the_host_named(tmp_path):
                  "--arg", "dataset_root=s3://y")
     assert res.returncode != 0
     assert "127.0.0.1:9" in res.stderr
+
+
+def _training_args(tmp_path, lake_uri, **extra):
+    return {"data_uri": lake_uri, "dataset_root": str(tmp_path / "ds"),
+            "registry_uri": str(tmp_path / "registry"), "work_root": str(tmp_path / "work"),
+            "trial_epochs": 1, "epochs": 3, "image_size": 32, **extra}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_pipeline_registers_a_model_traceable_to_its_data(tmp_path):
+    from components.common.registry import ModelRegistry
+
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=300, size=32, seed=12), lake)
+    outputs = run_local("training", _training_args(
+        tmp_path, lake.uri, min_accuracy=0.0, min_macro_f1=0.0, max_recall_gap=1.0),
+        tmp_path / "runs")
+    assert outputs["blessed"] is True
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    mv = registry.get("pet-classifier", "latest")
+    assert mv.version == 1 and registry.aliases("pet-classifier") == {"staging": 1}
+    lin = mv.lineage
+    assert lin["dataset_version"] == outputs["dataset_version"]
+    assert lin["dataset_manifest"].endswith(f"{outputs['dataset_version']}/manifest.csv")
+    assert lin["code_version"].startswith(("git:", "package:"))
+    assert lin["pipeline_run"] and lin["hyperparameters"]["arch"] == "small_cnn"
+    assert len(lin["search_trials"]) == 4  # every trial slot ran and was recorded
+    assert {"model.onnx", "metadata.json", "MODEL_CARD.md", "lineage.json"} <= set(mv.files)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_pipeline_stops_an_unblessed_model_before_packaging(tmp_path):
+    from components.common.registry import ModelRegistry
+
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=200, size=32, seed=13), lake)
+    outputs = run_local("training", _training_args(tmp_path, lake.uri, min_accuracy=1.01,
+                                                   epochs=1), tmp_path / "runs")
+    assert outputs["blessed"] is False
+    assert "accuracy" in outputs["evaluation"].metadata["gate"]
+    assert ModelRegistry(str(tmp_path / "registry")).models() == []
+    runs = list((tmp_path / "runs").iterdir())
+    assert not any((run / "package-model").exists() for run in runs)

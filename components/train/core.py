@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -163,7 +164,7 @@ def _load_pretrained(model, ref: str) -> None:
     try:
         data = open_store(parent).get(name)
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (FileNotFoundError, OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
         raise TrainError(f"Cannot read pretrained weights {ref!r}: {exc}. Expect a state dict "
                          "saved with torch.save(model.state_dict()).") from exc
     own = model.state_dict()
@@ -352,7 +353,8 @@ def load_model(model_dir: str | os.PathLike):
         model = build_model(meta["arch"], len(meta["classes"]))
         model.load_state_dict(torch.load(path / "model.pt", map_location="cpu",
                                          weights_only=True))
-    except (OSError, KeyError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, json.JSONDecodeError,
+            pickle.UnpicklingError) as exc:
         raise TrainError(f"Unreadable model folder {path}: {exc}. Expect model.pt and "
                          "model.json as written by the training step.") from exc
     return model.eval(), meta
