@@ -241,11 +241,15 @@ def _cmd_demo(args) -> int:
         generate(spec, lake, progress=Progress("generating"))
     else:
         print(f"Step 1/2: sample data lake already at {lake.uri}", file=sys.stderr)
-    print("Step 2/2: running the ingestion pipeline locally (kfp.local)", file=sys.stderr)
-    outputs = run_local("ingest", {"data_uri": lake_uri,
-                                   "dataset_root": str(home / "datasets")},
-                        home / "pipeline-runs")
-    _print_ingest(outputs)
+    print("Step 2/2: running the training pipeline locally (kfp.local): ingest, "
+          "hyperparameter search, train, test, gate, package, register", file=sys.stderr)
+    arguments = {"data_uri": lake_uri, "dataset_root": str(home / "datasets"),
+                 "registry_uri": str(home / "registry"), "work_root": str(home / "work"),
+                 "model_name": "pet-classifier", "image_size": args.size}
+    started = time.monotonic()
+    outputs = run_local("training", arguments, home / "pipeline-runs")
+    _print_training(outputs, arguments)
+    print(f"Pipeline wall time: {time.monotonic() - started:.0f} s")
     return 0
 
 
@@ -341,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--arg", action="append", default=[], help="NAME=VALUE, repeatable")
     sb.set_defaults(func=_cmd_submit)
 
-    demo = sub.add_parser("demo", help="generate the sample lake and run the pipeline")
+    demo = sub.add_parser("demo", help="generate the sample lake and run the training pipeline")
     demo.add_argument("--n", type=int, default=2000)
     demo.add_argument("--size", type=int, default=64)
     demo.set_defaults(func=_cmd_demo)

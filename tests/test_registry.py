@@ -93,3 +93,32 @@ def test_bad_references_are_clear_errors(store_uri):
         reg.set_alias("pets", "staging", 9)
     with pytest.raises(RegistryError, match="Invalid model name"):
         reg.register("Pets Model", {"a": b"x"}, {})
+
+
+def test_registry_cli_for_people(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    reg = ModelRegistry(str(tmp_path / "reg"))
+    reg.register("pets", {"model.onnx": b"one"}, LINEAGE)
+    reg.register("pets", {"model.onnx": b"two"}, {**LINEAGE, "dataset_version": "def456"})
+    reg.set_alias("pets", "staging", 2, reason="test", actor="ci")
+
+    def mlops(*args):
+        return subprocess.run([sys.executable, "-m", "components.cli", "registry", "--registry",
+                               str(tmp_path / "reg"), *args], capture_output=True, text=True,
+                              timeout=120, env=os.environ.copy())
+
+    listing = mlops("list")
+    assert listing.returncode == 0, listing.stderr
+    assert "pets\tv1\tdataset abc123" in listing.stdout
+    assert "pets\tv2\tdataset def456" in listing.stdout and "staging" in listing.stdout
+    lineage = mlops("lineage", "pets", "@staging")
+    assert '"dataset_version": "def456"' in lineage.stdout
+    download = mlops("download", "pets", "1", "--dest", str(tmp_path / "dl"))
+    assert download.returncode == 0 and (tmp_path / "dl" / "model.onnx").read_bytes() == b"one"
+    missing = mlops("show", "pets", "@production")
+    assert missing.returncode == 2 and "no alias 'production'" in missing.stderr
+    history = mlops("history", "pets", "staging")
+    assert "vNone -> v2  by ci  test" in history.stdout

@@ -98,3 +98,20 @@ def test_torchvision_architectures_build_without_downloads(arch):
     model = core.build_model(arch, 2).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_pretrained_weights_come_from_a_given_path_never_a_download(dataset_dirs,
+                                                                   trained_model_dir, tmp_path):
+    import shutil
+
+    rows, meta = read_split(dataset_dirs[0])
+    data = core.prepare(rows, meta["dataset_version"], 32)
+    shutil.copy(f"{trained_model_dir}/model.pt", tmp_path / "weights.pt")
+    warm, _ = core.train(data, core.HParams(epochs=1, image_size=32, lr=1e-5,
+                                            pretrained=str(tmp_path / "weights.pt")))
+    cold, _ = core.train(data, core.HParams(epochs=1, image_size=32, lr=1e-5))
+    assert warm.val_accuracy >= 0.8 > cold.val_accuracy  # it starts from the trained weights
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(core.TrainError, match="Cannot read pretrained weights"):
+        core.train(data, core.HParams(epochs=1, image_size=32,
+                                      pretrained=str(tmp_path / "junk.pt")))
