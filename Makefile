@@ -22,10 +22,11 @@ demo: venv
 	$(BIN)/mlops demo
 
 test: venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/python -m ruff check . || echo "ruff not installed: pip install ruff"
+	$(BIN)/ruff check .
 
 compile: venv
 	$(BIN)/mlops compile --out compiled

@@ -69,7 +69,7 @@ def main() -> None:
         except OSError:
             if time.monotonic() > deadline:
                 server.kill()
-                raise SystemExit("moto server did not start within 30 s")
+                raise SystemExit("moto server did not start within 30 s") from None
             time.sleep(0.2)
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                        "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

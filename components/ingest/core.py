@@ -172,7 +172,7 @@ def read_labels_csv(uri: str) -> tuple[dict[str, str], list[dict]]:
     labels: dict[str, str] = {}
     conflicts: set[str] = set()
     rejected: list[dict] = []
-    for row_no, (key, label) in enumerate(zip(table[key_col], table[label_col]), start=2):
+    for row_no, (key, label) in enumerate(zip(table[key_col], table[label_col], strict=False), start=2):
         key, label = key.strip().removeprefix("./"), label.strip()
         try:
             check_key(key)
@@ -367,12 +367,12 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     for sha, group in ok.groupby("sha256", sort=False):
         if group["label"].nunique() > 1:
             detail = "same bytes labelled " + ", ".join(
-                f"{k}={v}" for k, v in zip(group["key"], group["label"]))
+                f"{k}={v}" for k, v in zip(group["key"], group["label"], strict=False))
             table.loc[group.index, "status"] = "conflicting_labels"
             table.loc[group.index, "detail"] = detail
         elif len(group) > 1:
             first = group["key"].iloc[0]
-            for idx, key in zip(group.index[1:], group["key"].iloc[1:]):
+            for idx, key in zip(group.index[1:], group["key"].iloc[1:], strict=False):
                 table.loc[idx, "status"] = "duplicate"
                 dup_rows.append({"key": key, "sha256": sha, "duplicate_of": first})
 
@@ -571,12 +571,12 @@ def report_markdown(result: IngestResult) -> str:
         shown = result.quarantine.head(20)
         lines += ["", "First quarantined keys:", ""]
         lines += [f"- `{k}`: {reason} ({detail})"
-                  for k, reason, detail in zip(shown["key"], shown["reason"], shown["detail"])]
+                  for k, reason, detail in zip(shown["key"], shown["reason"], shown["detail"], strict=False)]
         lines.append("")
     if r["duplicates"]:
         lines += [f"## Duplicates: {r['duplicates']} removed", ""]
         lines += [f"- `{k}` = `{d}`" for k, d in zip(result.duplicates["key"].head(20),
-                                                   result.duplicates["duplicate_of"].head(20))]
+                                                   result.duplicates["duplicate_of"].head(20), strict=False)]
         lines.append("")
     for name in ("label_rows_rejected", "labels_missing_from_lake"):
         if r[name]:

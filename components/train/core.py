@@ -307,7 +307,7 @@ def search_space_trials(space: dict[str, list], mode: str = "grid", n_trials: in
         raise TrainError("Empty search space: give each parameter at least one value.")
     base_dict = asdict(base or HParams())
     names = sorted(space)
-    combos = [dict(zip(names, values)) for values in itertools.product(*(space[k]
+    combos = [dict(zip(names, values, strict=False)) for values in itertools.product(*(space[k]
                                                                         for k in names))]
     if mode == "random":
         rng = random.Random(seed)

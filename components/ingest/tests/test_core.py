@@ -76,7 +76,7 @@ def test_every_quarantine_reason_is_reported_and_nothing_is_lost(tmp_path, lake)
     for key, (_, data) in bad.items():
         lake.put(key, data)
     result = ingest(lake.uri, str(tmp_path / "ds"))
-    q = dict(zip(result.quarantine["key"], result.quarantine["reason"]))
+    q = dict(zip(result.quarantine["key"], result.quarantine["reason"], strict=False))
     assert q == {key: reason for key, (reason, _) in bad.items()}
     r = result.report
     assert r["listed"] == 60 + len(bad)
