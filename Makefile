@@ -33,6 +33,7 @@ compile: venv
 
 bench: venv
 	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/training.py
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^mlops-workflow' > constraints.txt.new

@@ -23,12 +23,13 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchdoc import write_section  # noqa: E402
 
 from components.common.storage import S3Store, open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate  # noqa: E402
 from components.ingest.core import IngestConfig, ingest  # noqa: E402
-
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def _free_port() -> int:
@@ -119,15 +120,7 @@ def main() -> None:
         "",
     ])
     if not args.no_write:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-        start = text.find("## Ingestion")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip() + "\n\n" + section
-        DOC.write_text(text)
-        print(f"wrote {DOC}")
+        write_section(section)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+\nfrom benchdoc import write_section  # noqa: E402
 
 
 def bare_loop(data, hp) -> float:
@@ -213,15 +212,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-        start = text.find("## Training")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip() + "\n\n" + section
-        DOC.write_text(text)
-        print(f"wrote {DOC}")
+        write_section(section)
 
 
 if __name__ == "__main__":
