@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-\nfrom benchdoc import write_section  # noqa: E402
+from benchdoc import write_section  # noqa: E402
 
 
 def bare_loop(data, hp) -> float:
