@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--arg", action="append", default=[], help="NAME=VALUE, repeatable")
     sb.set_defaults(func=_cmd_submit)
 
+    # Listed for --help only: main() hands `serve` its arguments before parsing.
+    sub.add_parser("serve", help="serve a registered model with KServe (mlops serve --help)")
+
     demo = sub.add_parser("demo", help="generate the sample lake and run the training pipeline")
     demo.add_argument("--n", type=int, default=2000)
     demo.add_argument("--size", type=int, default=64)
@@ -353,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the server has its own parser (mlops serve --help)
+        from components.serve.server import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,288 @@
+"""The KServe predictor: a registered ONNX package behind the V1 and V2 inference protocols.
+
+Everything the model needs (class names, input size, normalisation) is read from the package,
+never from code. Camera clients send encoded JPEG/PNG images:
+
+* V1: ``POST /v1/models/<name>:predict`` with
+  ``{"instances": [{"image_bytes": {"b64": "…"}}, …]}`` (``{"b64": "…"}`` also accepted);
+  answers ``{"predictions": [{"label": "cats", "probabilities": {"cats": 0.98, …}}, …]}``.
+* V2 (Open Inference Protocol): ``POST /v2/models/<name>/infer`` with one input that is either
+  ``BYTES`` (encoded images: raw bytes with the binary extension, or base64 strings in JSON)
+  or ``FP32`` of shape ``[N, 3, S, S]`` already preprocessed; answers two outputs,
+  ``label`` (BYTES ``[N]``) and ``probabilities`` (FP32 ``[N, classes]``).
+
+All instances of a request go through ONNX Runtime in one call. Bad input is answered with
+``kserve.errors.InvalidInput`` (HTTP 400) and a message saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from prometheus_client import Counter, Histogram
+
+from components.common.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from components.common.storage import StorageError
+
+logger = logging.getLogger(__name__)
+
+REQUESTS = Counter("pet_classifier_requests_total", "Inference requests", ["model", "protocol",
+                                                                           "outcome"])
+IMAGES = Counter("pet_classifier_images_total", "Images classified", ["model"])
+PREDICTED = Counter("pet_classifier_predicted_class_total", "Predictions per class",
+                    ["model", "label"])
+LATENCY = Histogram("pet_classifier_request_seconds", "Preprocess + predict + postprocess",
+                    ["model", "protocol"],
+                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+
+
+@dataclass
+class _Batch:
+    """What flows from preprocess to postprocess for one request."""
+
+    x: np.ndarray
+    protocol: str
+    request_id: str
+    started: float
+    probs: np.ndarray | None = None
+    sizes: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Bounds that keep one request from hurting the server.
+
+    Attributes:
+        max_instances: Most images in one request.
+        max_body_bytes: Largest request body (by Content-Length).
+        max_pixels: Largest declared image (width x height), checked before decoding.
+    """
+
+    max_instances: int = 256
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class PetClassifier(Model):
+    """A ``kserve.Model`` over an ONNX package folder (``model.onnx`` + metadata)."""
+
+    def __init__(self, name: str, package_dir: str, limits: ServingLimits = ServingLimits(),
+                 log_uri: str = "", log_sample_rate: float = 1.0):
+        super().__init__(name)
+        self.package_dir = Path(package_dir)
+        self.limits = limits
+        self.log_uri = log_uri
+        self.log_sample_rate = log_sample_rate
+        self._log_store = None
+        self.session = None
+        self.classes: list[str] = []
+
+    def load(self) -> bool:
+        import onnxruntime as ort
+
+        from components.package.core import read_onnx_metadata
+
+        path = self.package_dir / "model.onnx"
+        if not path.is_file():
+            raise FileNotFoundError(f"No model.onnx in {self.package_dir}: point the predictor "
+                                    "at a package folder (mlops registry download …).")
+        onnx_bytes = path.read_bytes()
+        meta = read_onnx_metadata(onnx_bytes)
+        missing = {"classes", "input_size", "mean", "std"} - set(meta)
+        if missing:
+            raise ValueError(f"{path} lacks metadata {sorted(missing)}: package it with the "
+                             "package step, which records what serving needs.")
+        self.classes = json.loads(meta["classes"])
+        self.size = int(meta["input_size"])
+        self.mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
+        self.std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
+        self.model_version = meta.get("model_version", "")
+        self.dataset_version = meta.get("dataset_version", "")
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(onnx_bytes, providers=providers)
+        if self.log_uri:
+            from components.common.storage import open_store
+
+            self._log_store = open_store(self.log_uri)
+        self.ready = True
+        logger.info("Loaded %s (model %s, data %s, classes %s) from %s", self.name,
+                    self.model_version, self.dataset_version, self.classes, self.package_dir)
+        return self.ready
+
+    async def __call__(self, body, headers=None, verb=None):
+        protocol = "v2" if isinstance(body, InferRequest) else "v1"
+        try:
+            if verb is None:
+                return await super().__call__(body, headers)
+            return await super().__call__(body, headers, verb)
+        except InvalidInput:
+            REQUESTS.labels(self.name, protocol, "invalid").inc()
+            raise
+
+    # ---- preprocess --------------------------------------------------------------------
+
+    def _images_to_batch(self, encoded: list[bytes]) -> np.ndarray:
+        from PIL import Image
+
+        out = np.empty((len(encoded), 3, self.size, self.size), np.float32)
+        for i, data in enumerate(encoded):
+            try:
+                img = decode_image(data, max_pixels=self.limits.max_pixels, min_side=1)
+            except ImageRejected as exc:
+                raise InvalidInput(f"Instance {i} is not a usable image ({exc.reason}): "
+                                   f"{exc.detail}. Send JPEG or PNG bytes.") from exc
+            if img.size != (self.size, self.size):
+                img = img.resize((self.size, self.size), Image.BILINEAR)
+            out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
+        return (out - self.mean) / self.std
+
+    def _check_count(self, n: int) -> None:
+        if n == 0:
+            raise InvalidInput("The request has no instances: send at least one image.")
+        if n > self.limits.max_instances:
+            raise InvalidInput(f"The request has {n} instances; the limit is "
+                               f"{self.limits.max_instances}. Split it into smaller requests.")
+
+    def _from_v1(self, payload: dict) -> list[bytes]:
+        instances = payload.get("instances")
+        if not isinstance(instances, list):
+            raise InvalidInput('Expected {"instances": [{"image_bytes": {"b64": "..."}}, ...]}.')
+        self._check_count(len(instances))
+        encoded = []
+        for i, inst in enumerate(instances):
+            b64 = None
+            if isinstance(inst, dict):
+                inner = inst.get("image_bytes", inst)
+                b64 = inner.get("b64") if isinstance(inner, dict) else None
+            if not isinstance(b64, str):
+                raise InvalidInput(f'Instance {i}: expected {{"image_bytes": {{"b64": "..."}}}} '
+                                   "with base64-encoded JPEG or PNG bytes.")
+            try:
+                encoded.append(base64.b64decode(b64, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidInput(f"Instance {i}: the b64 field is not valid base64.") from exc
+        return encoded
+
+    def _from_v2(self, request: InferRequest) -> tuple[np.ndarray | None, list[bytes] | None]:
+        if len(request.inputs) != 1:
+            raise InvalidInput(f"Expected exactly one input, got {len(request.inputs)}: BYTES "
+                               "(encoded images) or FP32 [N, 3, S, S] (preprocessed).")
+        inp = request.inputs[0]
+        if inp.datatype == "BYTES":
+            try:
+                values = inp.as_numpy().reshape(-1).tolist()
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput(f"Input {inp.name!r}: cannot read BYTES data: {exc}") from exc
+            self._check_count(len(values))
+            encoded = []
+            for i, v in enumerate(values):
+                if isinstance(v, str):  # JSON clients send base64 strings
+                    try:
+                        v = base64.b64decode(v, validate=True)
+                    except (binascii.Error, ValueError) as exc:
+                        raise InvalidInput(f"Input {inp.name!r} element {i}: a string must be "
+                                           "base64-encoded image bytes.") from exc
+                encoded.append(bytes(v))
+            return None, encoded
+        if inp.datatype == "FP32":
+            shape = list(inp.shape)
+            expected = [3, self.size, self.size]
+            if len(shape) != 4 or shape[1:] != expected:
+                raise InvalidInput(f"Input {inp.name!r} has shape {shape}; expected "
+                                   f"[N, {', '.join(map(str, expected))}] (normalised NCHW).")
+            self._check_count(shape[0])
+            try:
+                x = inp.as_numpy().astype(np.float32, copy=False)
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput(f"Input {inp.name!r}: data does not match shape {shape}: "
+                                   f"{exc}") from exc
+            if not np.isfinite(x).all():
+                raise InvalidInput(f"Input {inp.name!r} contains NaN or infinite values.")
+            return x, None
+        raise InvalidInput(f"Input {inp.name!r} has datatype {inp.datatype}; expected BYTES "
+                           "(encoded images) or FP32 (preprocessed tensor).")
+
+    async def preprocess(self, payload, headers: dict[str, str] | None = None) -> _Batch:
+        started = time.perf_counter()
+        length = (headers or {}).get("content-length")
+        if length and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            raise InvalidInput(f"The request body is {int(length)} bytes; the limit is "
+                               f"{self.limits.max_body_bytes}. Send fewer or smaller images.")
+        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
+        if isinstance(payload, (bytes, str)):  # a V1 body sent without a JSON content type
+            try:
+                payload = json.loads(payload)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidInput(f"The request body is not JSON: {exc}.") from exc
+        if isinstance(payload, InferRequest):
+            x, encoded = self._from_v2(payload)
+            protocol = "v2"
+            request_id = payload.id or request_id
+        elif isinstance(payload, dict):
+            x, encoded, protocol = None, self._from_v1(payload), "v1"
+        else:
+            raise InvalidInput("Unsupported request: send V1 JSON with 'instances' or a V2 "
+                               "inference request.")
+        if x is None:
+            x = self._images_to_batch(encoded)
+        batch = _Batch(x=x, protocol=protocol, request_id=request_id, started=started)
+        if encoded is not None:
+            batch.sizes = [len(e) for e in encoded]
+        return batch
+
+    # ---- predict / postprocess ---------------------------------------------------------
+
+    async def predict(self, batch: _Batch, headers: dict[str, str] | None = None) -> _Batch:
+        # One ONNX Runtime call for every instance of the request.
+        batch.probs = self.session.run(["probabilities"], {"input": batch.x})[0]
+        return batch
+
+    async def postprocess(self, batch: _Batch, headers: dict[str, str] | None = None):
+        probs = batch.probs
+        labels = [self.classes[i] for i in probs.argmax(axis=1)]
+        IMAGES.labels(self.name).inc(len(labels))
+        for label in labels:
+            PREDICTED.labels(self.name, label).inc()
+        REQUESTS.labels(self.name, batch.protocol, "ok").inc()
+        LATENCY.labels(self.name, batch.protocol).observe(time.perf_counter() - batch.started)
+        self._log(batch, labels)
+        if batch.protocol == "v1":
+            return {"predictions": [
+                {"label": label, "probabilities": dict(zip(self.classes, map(float, row),
+                                                           strict=True))}
+                for label, row in zip(labels, probs, strict=True)],
+                "model_version": self.model_version}
+        return InferResponse(
+            response_id=batch.request_id, model_name=self.name,
+            model_version=self.model_version,
+            infer_outputs=[
+                InferOutput("label", [len(labels)], "BYTES", labels),
+                InferOutput("probabilities", list(probs.shape), "FP32",
+                            probs.astype(np.float32).reshape(-1).tolist()),
+            ])
+
+    def _log(self, batch: _Batch, labels: list[str]) -> None:
+        """Writes a request/response sample for monitoring (the cluster uses KServe's logger)."""
+        if self._log_store is None or np.random.random() >= self.log_sample_rate:
+            return
+        record = {"request_id": batch.request_id, "model": self.name,
+                  "model_version": self.model_version, "protocol": batch.protocol,
+                  "time": time.time(), "image_bytes": batch.sizes, "labels": labels,
+                  "probabilities": batch.probs.round(6).tolist()}
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        try:
+            self._log_store.put_json(f"{day}/{batch.request_id}.json", record)
+        except (OSError, StorageError) as exc:  # logging must never fail a prediction
+            logger.warning("Could not write the request log: %s", exc)
