@@ -180,6 +180,17 @@ def _cmd_registry(args) -> int:
     return 0
 
 
+def _cmd_manifests(args) -> int:
+    from components.common.k8s import render_manifests
+
+    for rel, text in render_manifests().items():
+        path = Path(args.out) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_compile(args) -> int:
     if args.image:
         os.environ["MLOPS_COMPONENT_IMAGE"] = args.image
@@ -327,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model")
     r.add_argument("alias")
     reg.set_defaults(func=_cmd_registry)
+
+    man = sub.add_parser("manifests", help="write manifests/ from the Kubernetes object builders")
+    man.add_argument("--out", default="manifests")
+    man.set_defaults(func=_cmd_manifests)
 
     comp = sub.add_parser("compile", help="compile every pipeline to KFP IR YAML")
     comp.add_argument("--out", default="compiled")
