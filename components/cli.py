@@ -110,6 +110,13 @@ def _training_arguments(args, home: Path) -> dict:
             arguments[name] = value
     if getattr(args, "search_space", None):
         arguments["search_space"] = args.search_space
+    # Locally, the application test and the release use model servers on this machine.
+    arguments["deploy_target"] = "local"
+    arguments["serving_root"] = str(home / "deployments")
+    for name in ("canary_steps", "require_approval", "approval_timeout_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            arguments[name] = value
     return arguments
 
 
@@ -125,6 +132,19 @@ def _print_training(outputs: dict, arguments: dict) -> None:
     registry = ModelRegistry(arguments["registry_uri"])
     mv = registry.get(arguments["model_name"], "latest")
     _print_version(mv)
+    releases = [r for r in registry.releases(mv.name) if r["version"] == mv.version]
+    if not releases:
+        print("Release: none (the application test did not pass, or the release step failed;"
+              " see the task logs above)")
+        return
+    rec = releases[-1]
+    print(f"Release: {rec['decision']} (production was version {rec['previous_version']}; "
+          f"now {registry.aliases(mv.name).get('production')})")
+    for step in rec["steps"]:
+        c = step["canary"]
+        print(f"  {step['percent']:>3}% traffic: {c['errors']}/{c['requests']} errors, p95 "
+              f"{c['p95_ms']:.1f} ms, accuracy {c['accuracy']}"
+              f"{'' if step['passed'] else '  FAILED: ' + '; '.join(step['reasons'])}")
 
 
 def _print_version(mv) -> None:
@@ -174,9 +194,57 @@ def _cmd_registry(args) -> int:
         event = registry.set_alias(args.model, args.alias, int(args.version), reason=args.reason)
         print(f"{args.model}@{args.alias} -> version {event['version']} "
               f"(was {event['previous']})")
+    elif args.registry_command == "approve":
+        rec = registry.approve(args.model, int(args.version), note=args.note)
+        print(f"{args.model} version {rec['version']} approved by {rec['by']} at {rec['at']}")
+    elif args.registry_command == "releases":
+        for r in registry.releases(args.model):
+            why = "; ".join(r["reasons"])
+            print(f"{r['at']}  v{r['version']} -> {r['environment']}: {r['decision']} "
+                  f"(previous v{r['previous_version']}){'  ' + why if why else ''}")
     elif args.registry_command == "history":
         for e in registry.alias_history(args.model, args.alias):
             print(f"{e['at']}  v{e['previous']} -> v{e['version']}  by {e['by']}  {e['reason']}")
+    return 0
+
+
+def _local_target(args):
+    from components.deploy.targets import LocalTarget
+
+    home = mlops_home()
+    return LocalTarget(args.registry or str(home / "registry"), args.model,
+                       args.serving_root or str(home / "deployments"))
+
+
+def _cmd_deploy(args) -> int:
+    target = _local_target(args)
+    if args.deploy_command == "status":
+        for env in ("test", "production"):
+            dep = target.status(env)
+            if dep is None:
+                print(f"{env}: nothing deployed")
+                continue
+            print(f"{env}: version {dep.stable.version} at {dep.url} "
+                  f"(/v1/models/{dep.name}:predict)"
+                  + ("" if dep.stable.detail.get("running", True) else "  NOT RUNNING"))
+            if dep.canary:
+                print(f"  canary: version {dep.canary.version} at {dep.canary.url} "
+                      f"({dep.canary_percent}% recorded)")
+    elif args.deploy_command == "stop":
+        for env in args.env or ["test", "production"]:
+            target.delete(env)
+            print(f"stopped {env}")
+    elif args.deploy_command == "predict":
+        from components.deploy.client import predict
+
+        dep = target.status(args.env)
+        if dep is None:
+            raise ValueError(f"Nothing is deployed in {args.env!r}: run the training pipeline "
+                             "(mlops run training) or `make demo` first.")
+        images = [Path(p).read_bytes() for p in args.images]
+        for path, p in zip(args.images, predict(dep.url, dep.name, images), strict=True):
+            prob = p["probabilities"][p["label"]]
+            print(f"{path}\t{p['label']}\t{prob:.3f}")
     return 0
 
 
@@ -252,15 +320,50 @@ def _cmd_demo(args) -> int:
         generate(spec, lake, progress=Progress("generating"))
     else:
         print(f"Step 1/2: sample data lake already at {lake.uri}", file=sys.stderr)
-    print("Step 2/2: running the training pipeline locally (kfp.local): ingest, "
-          "hyperparameter search, train, test, gate, package, register", file=sys.stderr)
+    print("Step 2/3: running the training pipeline locally (kfp.local): ingest, "
+          "hyperparameter search, train, test, gate, package, register, application test, "
+          "canary release", file=sys.stderr)
     arguments = {"data_uri": lake_uri, "dataset_root": str(home / "datasets"),
                  "registry_uri": str(home / "registry"), "work_root": str(home / "work"),
-                 "model_name": "pet-classifier", "image_size": args.size}
+                 "model_name": "pet-classifier", "image_size": args.size,
+                 "deploy_target": "local", "serving_root": str(home / "deployments")}
     started = time.monotonic()
     outputs = run_local("training", arguments, home / "pipeline-runs")
     _print_training(outputs, arguments)
     print(f"Pipeline wall time: {time.monotonic() - started:.0f} s")
+    print("Step 3/3: asking the production endpoint about a few sample images",
+          file=sys.stderr)
+    return _demo_answers(arguments, outputs, keep_serving=args.keep_serving)
+
+
+def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
+    """Sends test images of each class to the production endpoint and prints its answers."""
+    from components.common.storage import read_uri
+    from components.deploy.client import predict
+    from components.deploy.targets import LocalTarget
+    from components.ingest.core import read_split
+
+    target = LocalTarget(arguments["registry_uri"], arguments["model_name"],
+                         arguments["serving_root"])
+    dep = target.status("production")
+    if dep is None:
+        print("Nothing is deployed in production (see the release above).")
+        return 1
+    rows, _ = read_split(outputs["test_split"].path)
+    sample = rows.sort_values("sha256").groupby("label").head(3).sort_values("label")
+    answers = predict(dep.url, dep.name, [read_uri(u) for u in sample["uri"]])
+    print()
+    print(f"Production endpoint {dep.url}/v1/models/{dep.name}:predict "
+          f"(version {dep.stable.version}):")
+    for (_, row), a in zip(sample.iterrows(), answers, strict=True):
+        mark = "ok" if a["label"] == row["label"] else "WRONG"
+        print(f"  {row['key']:<28} true {row['label']:<5} -> {a['label']:<5} "
+              f"p={a['probabilities'][a['label']]:.3f}  {mark}")
+    if keep_serving:
+        print(f"Still serving at {dep.url}; stop with `mlops deploy stop`.")
+    else:
+        target.delete_all()
+        print("Stopped the local model servers (use --keep-serving to leave them running).")
     return 0
 
 
@@ -313,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--min-accuracy", type=float, default=None)
     tr.add_argument("--min-macro-f1", type=float, default=None)
     tr.add_argument("--max-recall-gap", type=float, default=None)
+    tr.add_argument("--canary-steps", default=None, help="e.g. 10,50")
+    tr.add_argument("--require-approval", action="store_true", default=None,
+                    help="hold the release until `mlops registry approve`")
+    tr.add_argument("--approval-timeout-s", type=float, default=None)
     tr.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"))
     tr.set_defaults(func=_cmd_run)
 
@@ -334,10 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("alias")
     r.add_argument("version")
     r.add_argument("--reason", default="set by hand")
+    r = reg_sub.add_parser("approve", help="approve a version for production (manual gate)")
+    r.add_argument("model")
+    r.add_argument("version")
+    r.add_argument("--note", default="")
+    r = reg_sub.add_parser("releases", help="every release decision, oldest first")
+    r.add_argument("model")
     r = reg_sub.add_parser("history", help="every move of an alias")
     r.add_argument("model")
     r.add_argument("alias")
     reg.set_defaults(func=_cmd_registry)
+
+    dp = sub.add_parser("deploy", help="local deployments: status, stop, predict")
+    dp.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
+    dp.add_argument("--serving-root", default="",
+                    help="local target state (default $MLOPS_HOME/deployments)")
+    dp.add_argument("--model", default="pet-classifier")
+    dp_sub = dp.add_subparsers(dest="deploy_command", required=True)
+    dp_sub.add_parser("status", help="what runs in test and production")
+    d = dp_sub.add_parser("stop", help="stop the local model servers")
+    d.add_argument("--env", action="append", choices=["test", "production"])
+    d = dp_sub.add_parser("predict", help="classify image files with a deployed model")
+    d.add_argument("images", nargs="+")
+    d.add_argument("--env", default="production", choices=["test", "production"])
+    dp.set_defaults(func=_cmd_deploy)
 
     man = sub.add_parser("manifests", help="write manifests/ from the Kubernetes object builders")
     man.add_argument("--out", default="manifests")
@@ -366,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate the sample lake and run the training pipeline")
     demo.add_argument("--n", type=int, default=2000)
     demo.add_argument("--size", type=int, default=64)
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="leave the production model server running afterwards")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,11 +1,13 @@
-"""The training pipeline: ingest → search → train best → test → (blessed?) package → register."""
+"""The training pipeline: ingest → search → train best → test → (blessed?) package → register
+→ application test → (passed?) canary release."""
 
 import json
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact
+from kfp.dsl import Artifact, Dataset
 
+from components.deploy.component import application_test, qa_gate, release_model
 from components.evaluate.component import evaluate_model, quality_gate
 from components.ingest.component import ingest_data
 from components.package.component import package_model
@@ -18,8 +20,9 @@ from pipelines.common import with_storage_credentials
 
 @dsl.pipeline(
     name="pet-classifier-training",
-    description="Builds a cat/dog classifier from the data lake: ingestion, hyperparameter "
-                "search, training, testing with a quality gate, ONNX packaging, registering.",
+    description="Builds a cat/dog classifier from the data lake and releases it: ingestion, "
+                "hyperparameter search, training, testing with a quality gate, ONNX packaging, "
+                "registering, application testing in a test environment, canary release.",
 )
 def training_pipeline(
     data_uri: str,
@@ -39,8 +42,18 @@ def training_pipeline(
     min_macro_f1: float = 0.9,
     max_recall_gap: float = 0.1,
     champion_tolerance: float = 0.0,
-) -> NamedTuple("TrainingOutputs", dataset_version=str, blessed=bool, evaluation=Artifact):
-    """Trains, tests, packages and registers a model.
+    deploy_target: str = "kserve",
+    namespace: str = "kubeflow-user-example-com",
+    serving_root: str = "",
+    p95_slo_ms: float = 250.0,
+    canary_steps: str = "10,50",
+    canary_requests_per_step: int = 100,
+    canary_bake_seconds: float = 0.0,
+    require_approval: bool = False,
+    approval_timeout_s: float = 0.0,
+) -> NamedTuple("TrainingOutputs", dataset_version=str, blessed=bool, evaluation=Artifact,
+                test_split=Dataset):
+    """Trains, tests, packages, registers and releases a model.
 
     Args:
         data_uri: The data lake, s3://bucket/prefix or a local path.
@@ -97,10 +110,30 @@ def training_pipeline(
                                   model_name=model_name,
                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         register.set_display_name("register")
-    for task in [ingest, *trials, best, test, gate, package, register]:
+        apptest = application_test(test=ingest.outputs["test"],
+                                   evaluation=test.outputs["evaluation"],
+                                   registry_uri=registry_uri, version=register.outputs["version"],
+                                   model_name=model_name, target=deploy_target,
+                                   namespace=namespace, serving_root=serving_root,
+                                   p95_slo_ms=p95_slo_ms)
+        apptest.set_display_name("application test")
+        qa = qa_gate(qa_report=apptest.outputs["qa_report"])
+        qa.set_display_name("QA gate")
+        with dsl.If(qa.output == True, name="qa-passed"):  # noqa: E712 (KFP DSL)
+            release = release_model(test=ingest.outputs["test"], registry_uri=registry_uri,
+                                    version=register.outputs["version"], model_name=model_name,
+                                    target=deploy_target, namespace=namespace,
+                                    serving_root=serving_root, canary_steps=canary_steps,
+                                    requests_per_step=canary_requests_per_step,
+                                    bake_seconds=canary_bake_seconds, max_p95_ms=p95_slo_ms,
+                                    require_approval=require_approval,
+                                    approval_timeout_s=approval_timeout_s,
+                                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+            release.set_display_name("canary release")
+    for task in [ingest, *trials, best, test, gate, package, register, apptest, qa, release]:
         with_storage_credentials(task)
         task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
     outputs = NamedTuple("TrainingOutputs", dataset_version=str, blessed=bool,
-                         evaluation=Artifact)
+                         evaluation=Artifact, test_split=Dataset)
     return outputs(ingest.outputs["dataset_version"], gate.output,
-                   test.outputs["evaluation"])
+                   test.outputs["evaluation"], ingest.outputs["test"])

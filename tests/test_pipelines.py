@@ -134,13 +134,28 @@ def test_cli_submit_to_an_unreachable_api_fails_with_the_host_named(tmp_path):
 def _training_args(tmp_path, lake_uri, **extra):
     return {"data_uri": lake_uri, "dataset_root": str(tmp_path / "ds"),
             "registry_uri": str(tmp_path / "registry"), "work_root": str(tmp_path / "work"),
-            "trial_epochs": 1, "epochs": 3, "image_size": 32, **extra}
+            "trial_epochs": 1, "epochs": 3, "image_size": 32, "deploy_target": "local",
+            "serving_root": str(tmp_path / "deployments"), "p95_slo_ms": 2000.0,
+            "canary_requests_per_step": 20, **extra}
+
+
+@pytest.fixture
+def local_servers(tmp_path):
+    """Stops whatever model servers a pipeline run left in production or test."""
+    from components.deploy.targets import LocalTarget
+
+    yield
+    LocalTarget(str(tmp_path / "registry"), "pet-classifier",
+                tmp_path / "deployments").delete_all()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_training_pipeline_registers_a_model_traceable_to_its_data(tmp_path):
+def test_training_pipeline_registers_tests_and_releases_a_traceable_model(tmp_path,
+                                                                           local_servers):
     from components.common.registry import ModelRegistry
+    from components.deploy.client import predict
+    from components.deploy.targets import LocalTarget
 
     lake = open_store(tmp_path / "lake")
     generate(LakeSpec(n=300, size=32, seed=12), lake)
@@ -150,7 +165,14 @@ def test_training_pipeline_registers_a_model_traceable_to_its_data(tmp_path):
     assert outputs["blessed"] is True
     registry = ModelRegistry(str(tmp_path / "registry"))
     mv = registry.get("pet-classifier", "latest")
-    assert mv.version == 1 and registry.aliases("pet-classifier") == {"staging": 1}
+    # Released (the first release deploys directly) and serving from production.
+    assert registry.aliases("pet-classifier") == {"staging": 1, "production": 1}
+    assert mv.version == 1 and registry.releases("pet-classifier")[-1]["decision"] == "deployed"
+    target = LocalTarget(registry.uri, "pet-classifier", tmp_path / "deployments")
+    prod = target.status("production")
+    assert prod.stable.version == 1 and target.status("test") is None
+    image = next(iter(lake.list())).key
+    assert predict(prod.url, prod.name, [lake.get(image)])[0]["label"] in ("cats", "dogs")
     lin = mv.lineage
     assert lin["dataset_version"] == outputs["dataset_version"]
     assert lin["dataset_manifest"].endswith(f"{outputs['dataset_version']}/manifest.csv")

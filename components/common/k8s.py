@@ -85,7 +85,10 @@ def inference_service(cfg: ServingConfig) -> dict:
         "metadata": {"name": cfg.name, "namespace": cfg.namespace,
                      "labels": {"app.kubernetes.io/name": "pet-classifier",
                                 "app.kubernetes.io/part-of": "mlops-workflow", **cfg.labels},
-                     "annotations": {"serving.kserve.io/enable-prometheus-scraping": "true"}},
+                     # Tag routing gives the canary ("latest") and the previous revision
+                     # ("prev") URLs of their own, which the canary analysis probes.
+                     "annotations": {"serving.kserve.io/enable-prometheus-scraping": "true",
+                                     "serving.kserve.io/enable-tag-routing": "true"}},
         "spec": {"predictor": predictor},
     }
 
@@ -176,6 +179,66 @@ ENVIRONMENTS = {
     "test": {"suffix": "-test", "min_replicas": 1, "max_replicas": 1},
     "production": {"suffix": "", "min_replicas": 2, "max_replicas": 6},
 }
+
+
+def _strip_none(value):
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def validate_object(obj: dict) -> dict:
+    """Checks an object against the typed model classes of the Kubernetes or KServe client.
+
+    The object is deserialised into its model class and serialised back: a field the schema
+    does not know is dropped on the way, so any difference means a mistyped or unknown field.
+
+    Raises:
+        ValueError: Naming the object and the fields that differ.
+    """
+    kind = obj.get("kind", "")
+    if kind == "InferenceService":
+        import kserve.models
+        import kubernetes.client.models
+        from kserve import ApiClient
+
+        # KServe's models nest Kubernetes' (V1ObjectMeta, V1Container …), but its ApiClient
+        # looks classes up in kserve.models only: make the Kubernetes ones visible there.
+        for name in dir(kubernetes.client.models):
+            if name.startswith("V1") and not hasattr(kserve.models, name):
+                setattr(kserve.models, name, getattr(kubernetes.client.models, name))
+        client, model = ApiClient(), "V1beta1InferenceService"
+    else:
+        from kubernetes.client import ApiClient
+
+        client, model = ApiClient(), f"V1{kind}"
+    try:
+        typed = client._ApiClient__deserialize(obj, model)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{kind} {obj.get('metadata', {}).get('name')!r} does not match the "
+                         f"{model} schema: {exc}") from exc
+    back = _strip_none(client.sanitize_for_serialization(typed))
+    if back != _strip_none(obj):
+        missing = sorted(_diff_paths(_strip_none(obj), back))
+        raise ValueError(f"{kind} {obj.get('metadata', {}).get('name')!r} has fields the "
+                         f"{model} schema does not know or types it rejects: {missing}")
+    return obj
+
+
+def _diff_paths(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _diff_paths(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            out += _diff_paths(x, y, f"{prefix}[{i}]")
+        return out
+    return [] if a == b else [prefix]
 
 
 def _yaml(*docs: dict) -> str:

@@ -204,7 +204,10 @@ class ModelRegistry:
         return event
 
     def _claim_alias_event(self, model: str, alias: str, event: dict) -> int:
-        folder = f"{model}/aliases/{alias}"
+        return self._append(f"{model}/aliases/{alias}", event)
+
+    def _append(self, folder: str, event: dict) -> int:
+        """Adds ``event`` as the next numbered record of ``folder``; never overwrites one."""
         seqs = sorted(int(o.key.rsplit("/", 1)[1][:-5]) for o in self.store.list(folder)
                       if o.key.endswith(".json"))
         n = (seqs[-1] if seqs else 0) + 1
@@ -243,3 +246,39 @@ class ModelRegistry:
         """Every move of an alias, oldest first: version, when, by whom, why."""
         _check_name("alias", alias)
         return self._alias_events(model, alias)
+
+    # -- approvals and release records --------------------------------------------------
+
+    def approve(self, model: str, version: int, *, note: str = "",
+                actor: str | None = None) -> dict:
+        """Records that a person approved ``version`` for production (kept forever)."""
+        if version not in self.versions(model):
+            raise RegistryError(f"Model {model!r} has no version {version} to approve. "
+                                f"Versions: {self.versions(model)}.")
+        record = {"version": int(version), "at": _now(), "by": actor or _actor(), "note": note}
+        try:
+            self.store.put(f"{model}/approvals/{int(version)}.json",
+                           json.dumps(record, sort_keys=True).encode(), if_absent=True)
+        except AlreadyExistsError:
+            existing = self.approval(model, version)
+            logger.info("Version %d of %s was already approved by %s", version, model,
+                        existing["by"])
+            return existing
+        logger.info("Version %d of %s approved by %s", version, model, record["by"])
+        return record
+
+    def approval(self, model: str, version: int) -> dict | None:
+        """The approval of ``version``, or None."""
+        key = f"{model}/approvals/{int(version)}.json"
+        return self.store.get_json(key) if self.store.exists(key) else None
+
+    def record_release(self, model: str, record: dict) -> int:
+        """Appends a release decision (canary steps, measurements, outcome) to the audit log."""
+        _check_name("model name", model)
+        return self._append(f"{model}/releases", {**record, "at": _now()})
+
+    def releases(self, model: str) -> list[dict]:
+        """Every recorded release decision, oldest first."""
+        keys = sorted(o.key for o in self.store.list(f"{model}/releases")
+                      if o.key.endswith(".json"))
+        return [self.store.get_json(k) for k in keys]

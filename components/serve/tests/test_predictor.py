@@ -35,23 +35,6 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def package_dir(dataset_dirs, trained_model_dir, tmp_path_factory):
-    from components.ingest.core import read_split
-    from components.package.core import build_package
-    from components.train.core import load_images, load_model
-
-    model, meta = load_model(trained_model_dir)
-    rows, _ = read_split(dataset_dirs[1])
-    evaluation = {"metrics": {"accuracy": 1.0, "macro": {"f1": 1.0}, "roc_auc": 1.0, "count": 1,
-                              "per_class": {}},
-                  "gate": {"bias": {"recall_gap": 0.0, "best_class": "cats",
-                                    "worst_class": "dogs", "threshold": 0.1, "passed": True}}}
-    out = tmp_path_factory.mktemp("package")
-    build_package(model, meta, evaluation, load_images(rows.head(20), 32), MODEL, out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(package_dir, tmp_path_factory):
     """`mlops serve --model pets@production` from a registry, as a separate process."""
     base = tmp_path_factory.mktemp("serving")
