@@ -34,6 +34,7 @@ compile: venv
 bench: venv
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/serving.py
 
 lock: venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^mlops-workflow' > constraints.txt.new

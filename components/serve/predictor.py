@@ -121,6 +121,17 @@ class PetClassifier(Model):
                     self.model_version, self.dataset_version, self.classes, self.package_dir)
         return self.ready
 
+    def __getstate__(self) -> dict:
+        # KServe's multi-worker server (--workers N) pickles the model into each worker
+        # process: send the settings, and let every worker load its own session.
+        state = self.__dict__.copy()
+        state.update(session=None, _log_store=None, ready=False)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.load()
+
     async def __call__(self, body, headers=None, verb=None):
         protocol = "v2" if isinstance(body, InferRequest) else "v1"
         try:

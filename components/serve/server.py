@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-uri", default="", help="store URI for request/response samples")
     p.add_argument("--log-sample-rate", type=float, default=1.0)
     p.add_argument("--cache-dir", default=str(home / "serving"))
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (each loads the model)")
+    p.add_argument("--log-each-request", action="store_true",
+                   help="an access-log and a latency line per request (off: they cost about "
+                        "as much as the inference; Prometheus metrics count every request)")
     return p
 
 
@@ -76,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # KServe's REST server binds every interface (0.0.0.0), as it does in a container.
-    server = ModelServer(http_port=args.port, enable_grpc=False, workers=1)
+    server = ModelServer(http_port=args.port, enable_grpc=False, workers=args.workers,
+                         enable_latency_logging=args.log_each_request)
+    if not args.log_each_request:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     print(f"Serving {model.name} on http://127.0.0.1:{args.port} "
           f"(V1 /v1/models/{model.name}:predict, V2 /v2/models/{model.name}/infer, /metrics)",
           file=sys.stderr, flush=True)

@@ -1,0 +1,303 @@
+"""Serving benchmark, written to docs/benchmarks.md ("Serving" section).
+
+Measures, for JPEG camera frames sent over HTTP as V1 ``:predict`` requests (one image per
+request, like a camera):
+
+1. throughput and p50/p95/p99 latency at concurrency 1, 8 and 32 against the KServe model
+   server with the ONNX package (``components.serve.server``),
+2. the in-process limit: decode + preprocess + ONNX Runtime in a loop, no HTTP, same cores,
+3. the same predictor with the PyTorch eager model in place of ONNX Runtime, same load,
+4. cold start: process start to ``ready`` for both servers.
+
+    .venv/bin/python bench/serving.py [--frame 256] [--seconds 8]
+
+The load generator (asyncio + httpx) runs on the same machine as the server and takes CPU
+from it; the in-process limit does not pay that, so the ratio is a lower bound of what a
+separate client machine would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchdoc import write_section  # noqa: E402
+
+NAME = "pets"
+
+
+# --------------------------------------------------------------------------- torch server
+
+
+def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
+    """The same predictor class with PyTorch eager in place of ONNX Runtime."""
+    import torch
+    from kserve import ModelServer
+
+    from components.serve.predictor import PetClassifier
+    from components.train.core import load_model
+
+    class TorchPetClassifier(PetClassifier):
+        def load(self) -> bool:
+            super().load()  # labels, size, normalisation from the package, as in production
+            self.torch_model, _ = load_model(model_dir)
+            self.torch_model.eval()
+            return self.ready
+
+        async def predict(self, batch, headers=None):
+            with torch.inference_mode():
+                logits = self.torch_model(torch.from_numpy(batch.x))
+                batch.probs = torch.softmax(logits, dim=1).numpy()
+            return batch
+
+    model = TorchPetClassifier(NAME, package_dir)
+    model.load()
+    ModelServer(http_port=port, enable_grpc=False, workers=1).start([model])
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cmd: list[str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
+    """Starts a server; returns it and the seconds from process start to ready."""
+    import httpx
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models/{NAME}", timeout=1).json().get(
+                    "ready"):
+                return proc, time.perf_counter() - t0
+        except (httpx.HTTPError, ValueError):
+            pass
+        if proc.poll() is not None or time.perf_counter() - t0 > 120:
+            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.02)
+
+
+async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float,
+                method: str = "POST") -> dict:
+    import httpx
+
+    latencies, errors, stop = [], 0, time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                if method == "GET":
+                    r = await client.get(url)
+                else:
+                    r = await client.post(url, content=bodies[i % len(bodies)],
+                                          headers=headers)
+                latencies.append((time.perf_counter() - t) * 1000)
+                errors += r.status_code != 200
+                i += concurrency
+        for k in range(min(concurrency, 4) if bodies else 0):  # warm up
+            await client.post(url, content=bodies[k], headers=headers)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies)
+    return {"concurrency": concurrency, "requests": len(lat), "errors": errors,
+            "throughput": len(lat) / wall, "p50": float(np.percentile(lat, 50)),
+            "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99))}
+
+
+def in_process_limit(package_dir: str, frames: list[bytes], seconds: float) -> float:
+    """Images/s of decode + preprocess + ONNX Runtime in a plain loop, batch 1."""
+    from components.serve.predictor import PetClassifier
+
+    model = PetClassifier(NAME, package_dir)
+    model.load()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x = model._images_to_batch([frames[n % len(frames)]])
+        model.session.run(["probabilities"], {"input": x})
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def camera_frames(test_dir: str, side: int, limit: int = 200) -> list[bytes]:
+    """Test images re-encoded as ``side`` x ``side`` JPEG frames (quality 90)."""
+    from PIL import Image
+
+    from components.common.storage import read_uri
+    from components.ingest.core import read_split
+
+    rows, _ = read_split(test_dir)
+    out = []
+    for uri in rows["uri"].head(limit):
+        img = Image.open(io.BytesIO(read_uri(uri))).convert("RGB").resize((side, side))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def build_model(tmp: Path, n: int, size: int) -> tuple[str, str, str]:
+    """A small trained model and its package: (model dir, package dir, test split dir)."""
+    from components.common.storage import open_store
+    from components.datagen.core import LakeSpec, generate
+    from components.evaluate.core import GateConfig, evaluate
+    from components.ingest.core import ingest, read_split, write_split
+    from components.package.core import build_package
+    from components.train import core
+
+    generate(LakeSpec(n=n, size=size, seed=0), open_store(tmp / "lake"))
+    result = ingest(str(tmp / "lake"), str(tmp / "ds"))
+    for split in ("train", "test"):
+        write_split(result, split, str(tmp / split))
+    rows, meta = read_split(str(tmp / "train"))
+    data = core.prepare(rows, meta["dataset_version"], size)
+    core.train(data, core.HParams(epochs=3, image_size=size, lr=3e-3), tmp / "model")
+    ev = evaluate(str(tmp / "model"), str(tmp / "test"), GateConfig())
+    model, mmeta = core.load_model(tmp / "model")
+    test_rows, _ = read_split(str(tmp / "test"))
+    build_package(model, mmeta, ev, core.load_images(test_rows.head(64), size), NAME,
+                  tmp / "pkg")
+    return str(tmp / "model"), str(tmp / "pkg"), str(tmp / "test")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="sample lake size for the model")
+    parser.add_argument("--size", type=int, default=64, help="model input side")
+    parser.add_argument("--frame", type=int, default=256, help="camera frame side (JPEG)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--serve-torch", nargs=3, metavar=("MODEL_DIR", "PACKAGE_DIR", "PORT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_torch:
+        serve_torch(args.serve_torch[0], args.serve_torch[1], int(args.serve_torch[2]))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    print("training a model to serve ...", flush=True)
+    model_dir, package_dir, test_dir = build_model(tmp, args.n, args.size)
+    frames = camera_frames(test_dir, args.frame)
+    bodies = [json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(f).decode()}}
+                                        ]}).encode() for f in frames]
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    limit = in_process_limit(package_dir, frames, args.seconds)
+    print(f"in-process limit: {limit:.0f} images/s", flush=True)
+    onnx = [sys.executable, "-m", "components.serve.server", f"--package-dir={package_dir}",
+            f"--name={NAME}"]
+    servers = {
+        "ONNX Runtime": (onnx, levels, 1),
+        "ONNX Runtime, 2 workers": (onnx + ["--workers=2"], levels, 1),
+        "ONNX Runtime, 8 frames/request": (onnx, [8], 8),
+        "PyTorch eager": ([sys.executable, str(Path(__file__).resolve()), "--serve-torch",
+                           model_dir, package_dir], levels, 1),
+    }
+    results, cold = {}, {}
+    for label, (base, concurrencies, per_request) in servers.items():
+        port = _free_port()
+        cmd = base + ([str(port)] if "--serve-torch" in base else [f"--port={port}"])
+        proc, ready_s = start_server(cmd, port, tmp / f"server-{len(cold)}.log")
+        if "," not in label:
+            cold[label] = ready_s
+        print(f"{label}: ready in {ready_s:.2f} s", flush=True)
+        url = f"http://127.0.0.1:{port}/v1/models/{NAME}:predict"
+        payloads = bodies if per_request == 1 else [
+            json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(f).decode()}}
+                                      for f in frames[i:i + per_request]]}).encode()
+            for i in range(0, len(frames) - per_request + 1, per_request)]
+        try:
+            if label == "ONNX Runtime":
+                floor = asyncio.run(_load(f"http://127.0.0.1:{port}/v1/models/{NAME}", [],
+                                          1, args.seconds, method="GET"))
+                print(f"  HTTP floor (GET model metadata): {floor['throughput']:.0f} req/s")
+            for c in concurrencies:
+                r = asyncio.run(_load(url, payloads, c, args.seconds))
+                r["throughput"] *= per_request
+                results[(label, c)] = r
+                print(f"  concurrency {c:>2}: {r['throughput']:.0f} img/s, p50 {r['p50']:.1f} "
+                      f"p95 {r['p95']:.1f} p99 {r['p99']:.1f} ms, errors {r['errors']}",
+                      flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    frame_kb = np.mean([len(f) for f in frames]) / 1024
+    lines = [
+        "## Serving",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPU "
+        f"cores, Python {platform.python_version()}, no GPU. Rerun: `make bench` or "
+        "`.venv/bin/python bench/serving.py`.",
+        "",
+        f"{args.frame}x{args.frame} JPEG camera frames (mean {frame_kb:.1f} KiB, base64 in V1 "
+        f"JSON), one per request unless the row says otherwise, {args.seconds:.0f} s per row, "
+        f"model `small_cnn` at {args.size} px. The client (asyncio + httpx) runs on the same "
+        "cores as the server.",
+        "",
+        f"**In-process limit** (decode + resize + normalise + ONNX Runtime, batch 1, no HTTP): "
+        f"**{limit:.0f} images/s**. HTTP floor of this client and server (a `GET` of the model "
+        f"metadata, no inference, concurrency 1): {floor['throughput']:.0f} requests/s.",
+        "",
+        "| predictor | concurrency | images/s | % of limit | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, c), r in results.items():
+        lines.append(f"| {label} | {c} | {r['throughput']:.0f} | "
+                     f"{100 * r['throughput'] / limit:.0f}% | {r['p50']:.1f} | {r['p95']:.1f} | "
+                     f"{r['p99']:.1f} | {r['errors']} |")
+    single = max(r["throughput"] for (label, _), r in results.items()
+                 if label.startswith("ONNX Runtime") and "frames" not in label)
+    lines += [
+        "",
+        f"Best served ONNX throughput with one frame per request: {single:.0f} images/s = "
+        f"**{100 * single / limit:.0f}% of the in-process limit** (target: at least 70%).",
+        "",
+        f"Reading: with no inference at all, this client and KServe's REST stack complete "
+        f"{floor['throughput']:.0f} requests/s on these cores, "
+        f"{100 * floor['throughput'] / limit:.0f}% of the in-process limit: per request, the "
+        "HTTP and ASGI work (parsing, KServe's middleware, and the client's own CPU on the same "
+        "two cores) costs more than decoding and classifying one frame with a 64 px model. "
+        "Several frames per request amortise it (the 8-frames row). A second worker process "
+        "does not help when the client shares the two cores. With the client on another "
+        "machine, or a model whose inference dominates, the ratio rises; here the 70% target "
+        "is met only with batched requests, not with one frame per request.",
+        "",
+        "**Cold start** (process start to `GET /v1/models/<name>` ready, package on local "
+        "disk): " + ", ".join(f"{k} {v:.2f} s" for k, v in cold.items()) + ".",
+        "",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_write:
+        write_section(section)
+
+
+if __name__ == "__main__":
+    main()
