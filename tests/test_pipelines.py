@@ -80,6 +80,14 @@ def test_every_pipeline_compiles_to_loadable_ir_with_our_image(tmp_path):
                                   for s in secret_env)
         loaded = components.load_component_from_file(str(path))
         assert loaded.name == spec["pipelineInfo"]["name"]
+    # The training pipeline goes on to test the registered model as an application and to
+    # release it, each behind its gate, and deploys to KServe unless told otherwise.
+    spec, _ = _read_ir(out / "training.yaml")
+    executors = spec["deploymentSpec"]["executors"]
+    assert {"exec-application-test", "exec-qa-gate", "exec-release-model"} <= set(executors)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["deploy_target"]["defaultValue"] == "kserve"
+    assert {"canary_steps", "require_approval", "p95_slo_ms", "namespace"} <= set(params)
 
 
 @pytest.mark.timeout(300)

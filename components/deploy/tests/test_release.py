@@ -229,3 +229,33 @@ def _served_version(url: str, images) -> str:
 
     r = requests.post(f"{url}/v1/models/{MODEL}:predict", json=v1_body(images[:1]), timeout=10)
     return r.json()["model_version"]
+
+
+def test_cli_shows_deployments_classifies_files_and_lists_releases(setup, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    registry, target, images, labels = setup
+    if target.status("production") is None:
+        release(target, 1, images, labels, POLICY)
+    frame = tmp_path / "frame.jpg"
+    frame.write_bytes(images[0])
+    common = ["--registry", registry.uri, "--serving-root", str(target.state_dir),
+              "--model", MODEL]
+
+    def mlops(*args):
+        return subprocess.run([sys.executable, "-m", "components.cli", *args],
+                              capture_output=True, text=True, env=dict(os.environ), timeout=120)
+
+    status = mlops("deploy", *common, "status")
+    assert status.returncode == 0, status.stderr
+    prod = target.status("production")
+    assert f"production: version {prod.stable.version} at {prod.url}" in status.stdout
+    answer = mlops("deploy", *common, "predict", str(frame))
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split("\t")[1] in ("cats", "dogs")
+    missing = mlops("deploy", *common, "predict", "--env", "test", str(frame))
+    assert missing.returncode == 2 and "Nothing is deployed in 'test'" in missing.stderr
+    releases = mlops("registry", "--registry", registry.uri, "releases", MODEL)
+    assert releases.returncode == 0 and "-> production: deployed" in releases.stdout

@@ -250,3 +250,18 @@ def test_unknown_model_reference_is_a_clear_error(tmp_path):
                           "pets@production", "--registry", str(tmp_path / "empty")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "has no version" in res.stderr
+
+
+def test_model_pickles_for_kserve_workers_and_reloads_its_session(package_dir, images):
+    """KServe's --workers N pickles the model into each worker process."""
+    import pickle
+
+    from components.serve.predictor import PetClassifier
+
+    model = PetClassifier(MODEL, str(package_dir))
+    model.load()
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.ready and clone.session is not model.session
+    x = model._images_to_batch([data for data, _ in images[:4]])
+    np.testing.assert_allclose(clone.session.run(["probabilities"], {"input": x})[0],
+                               model.session.run(["probabilities"], {"input": x})[0])
