@@ -164,6 +164,28 @@ def wait_for_approval(registry: ModelRegistry, model: str, version: int,
         time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.1)))
 
 
+def _restore_stable(target: DeploymentTarget, environment: str):
+    """The environment's state, with its stable revision running.
+
+    The registry's ``production`` alias says what production serves. When nothing serves it
+    (a local machine restarted, servers stopped) or its server is down, that version is
+    deployed again first, so that a canary is always compared with the real production model.
+    """
+    dep = target.status(environment)
+    if dep is not None and dep.stable is not None and \
+            dep.stable.detail.get("running") is False:
+        logger.warning("The stable revision (version %d) in %s is not running; restarting it",
+                       dep.stable.version, environment)
+        return target.deploy(environment, dep.stable.version)
+    if dep is None and environment == PRODUCTION:
+        aliases = target.registry.aliases(target.model_name)
+        if "production" in aliases:
+            logger.info("Nothing serves %s; restoring version %d (the registry's production "
+                        "alias) before the release", environment, aliases["production"])
+            return target.deploy(environment, aliases["production"])
+    return dep
+
+
 def release(target: DeploymentTarget, version: int, probe_images: Sequence[bytes],
             probe_labels: Sequence[str], policy: CanaryPolicy = CanaryPolicy(),
             environment: str = PRODUCTION, reason: str = "") -> dict:
@@ -187,7 +209,7 @@ def release(target: DeploymentTarget, version: int, probe_images: Sequence[bytes
     if policy.require_approval:
         record["approval"] = wait_for_approval(registry, model, version,
                                                policy.approval_timeout_s)
-    dep = target.status(environment)
+    dep = _restore_stable(target, environment)
     if dep is not None and dep.canary is not None:
         logger.warning("A canary of version %d was left running in %s by an earlier release; "
                        "rolling it back first", dep.canary.version, environment)

@@ -409,17 +409,21 @@ class KServeTarget(DeploymentTarget):
             its name and namespace are replaced by ``model_name``/``namespace``.
         client: A ``kserve.KServeClient``; by default one from the in-cluster configuration
             or ``~/.kube/config``.
+        cluster_local: Use the cluster-local addresses (the pipeline runs in the cluster);
+            False for the external URLs, when driving a release from outside.
     """
 
     GROUP, VERSION, PLURAL = k8s.KSERVE_GROUP, k8s.KSERVE_VERSION, "inferenceservices"
 
     def __init__(self, registry_uri: str, model_name: str, namespace: str,
-                 config: k8s.ServingConfig | None = None, client=None):
+                 config: k8s.ServingConfig | None = None, client=None,
+                 cluster_local: bool = True):
         super().__init__(registry_uri, model_name)
         if not registry_uri.startswith("s3://"):
             raise DeploymentError(f"KServe cannot read the registry at {registry_uri!r}: use an "
                                   "s3:// registry the cluster can reach.")
         self.namespace = namespace
+        self.cluster_local = cluster_local
         self.config = replace(config or k8s.ServingConfig(), namespace=namespace)
         if client is None:
             from kserve import KServeClient
@@ -479,6 +483,20 @@ class KServeTarget(DeploymentTarget):
             ann[CANARY_VERSION] = None
         return obj
 
+    def _reachable(self, url: str) -> str:
+        """A tagged revision URL as the pipeline's pods reach it.
+
+        The status lists external URLs (``http://latest-<isvc>-predictor.<ns>.<domain>``);
+        Knative also gives every tag route a Service in the namespace, reachable without the
+        ingress as ``<tag>-<isvc>-predictor.<ns>.svc.cluster.local``.
+        """
+        if not self.cluster_local or not url:
+            return url
+        from urllib.parse import urlparse
+
+        host = urlparse(url).hostname or ""
+        return f"http://{host.split('.')[0]}.{self.namespace}.svc.cluster.local"
+
     def status(self, environment: str) -> Deployment | None:
         obj = self._get(_check_env(environment))
         if obj is None:
@@ -486,7 +504,8 @@ class KServeTarget(DeploymentTarget):
         ann = obj["metadata"].get("annotations") or {}
         pred = obj["spec"]["predictor"]
         comp = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
-        urls = {t.get("tag"): t.get("url") for t in comp.get("traffic", []) if t.get("tag")}
+        urls = {t.get("tag"): self._reachable(t.get("url", ""))
+                for t in comp.get("traffic", []) if t.get("tag")}
         st = obj.get("status") or {}
         # Inside the cluster (where the pipeline's pods run) the cluster-local address works
         # without the ingress; status.url is the external one.

@@ -108,9 +108,14 @@ def test_canary_promote_and_rollback_apply_the_right_objects(target):
     assert _storage_uri(canary) == target.registry.version_uri("pets", 2)
     assert canary["metadata"]["annotations"][STABLE_VERSION] == "1"
     assert dep.stable.version == 1 and dep.canary.version == 2 and dep.canary_percent == 10
+    # Probed from inside the cluster: the tag routes' cluster-local Services.
     assert target.revision_urls("production") == {
-        "stable": f"http://prev-pets-predictor.{NS}.example.com",
-        "canary": f"http://latest-pets-predictor.{NS}.example.com"}
+        "stable": f"http://prev-pets-predictor.{NS}.svc.cluster.local",
+        "canary": f"http://latest-pets-predictor.{NS}.svc.cluster.local"}
+    target.cluster_local = False
+    assert target.revision_urls("production")["canary"] == \
+        f"http://latest-pets-predictor.{NS}.example.com"
+    target.cluster_local = True
 
     with pytest.raises(DeploymentError, match="already running"):
         target.start_canary("production", 3, 10)

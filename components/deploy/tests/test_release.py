@@ -259,3 +259,19 @@ def test_cli_shows_deployments_classifies_files_and_lists_releases(setup, tmp_pa
     assert missing.returncode == 2 and "Nothing is deployed in 'test'" in missing.stderr
     releases = mlops("registry", "--registry", registry.uri, "releases", MODEL)
     assert releases.returncode == 0 and "-> production: deployed" in releases.stdout
+
+
+def test_release_restores_production_from_the_registry_when_nothing_serves_it(setup):
+    """After the servers were stopped (a restart), the canary is still compared with the
+    version the registry says is in production, not deployed as if it were the first."""
+    registry, target, images, labels = setup
+    if target.status("production") is None:
+        release(target, 1, images, labels, POLICY)
+    in_production = registry.aliases(MODEL)["production"]
+    candidate = 1 if in_production != 1 else 3
+    target.delete("production")
+    record = release(target, candidate, images, labels, POLICY)
+    assert record["previous_version"] == in_production
+    assert record["decision"] == "promoted" and len(record["steps"]) == 2
+    assert all(s["stable"]["accuracy"] is not None for s in record["steps"])
+    assert registry.aliases(MODEL)["production"] == candidate
