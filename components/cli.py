@@ -141,9 +141,11 @@ def _print_training(outputs: dict, arguments: dict) -> None:
     print(f"Release: {rec['decision']} (production was version {rec['previous_version']}; "
           f"now {registry.aliases(mv.name).get('production')})")
     for step in rec["steps"]:
-        c = step["canary"]
+        c, st = step["canary"], step.get("stable") or {}
+        versus = (f" (stable: p95 {st['p95_ms']:.1f} ms, accuracy {st['accuracy']:.3f})"
+                  if st.get("accuracy") is not None else "")
         print(f"  {step['percent']:>3}% traffic: {c['errors']}/{c['requests']} errors, p95 "
-              f"{c['p95_ms']:.1f} ms, accuracy {c['accuracy']}"
+              f"{c['p95_ms']:.1f} ms, accuracy {c['accuracy']:.3f}{versus}"
               f"{'' if step['passed'] else '  FAILED: ' + '; '.join(step['reasons'])}")
 
 
