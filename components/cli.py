@@ -210,16 +210,36 @@ def _cmd_registry(args) -> int:
     return 0
 
 
-def _local_target(args):
-    from components.deploy.targets import LocalTarget
+def _deploy_target(args):
+    from components.deploy.targets import KServeTarget, LocalTarget
 
     home = mlops_home()
-    return LocalTarget(args.registry or str(home / "registry"), args.model,
-                       args.serving_root or str(home / "deployments"))
+    registry = args.registry or str(home / "registry")
+    if args.target == "kserve":
+        if not args.namespace:
+            raise ValueError("--target kserve needs --namespace.")
+        # From outside the cluster: probe the revisions at their external URLs.
+        return KServeTarget(registry, args.model, args.namespace, cluster_local=False)
+    return LocalTarget(registry, args.model, args.serving_root or str(home / "deployments"))
 
 
 def _cmd_deploy(args) -> int:
-    target = _local_target(args)
+    target = _deploy_target(args)
+    if args.deploy_command == "release":
+        from components.deploy.apptest import load_labelled_split
+        from components.deploy.release import CanaryPolicy, release, release_markdown
+
+        policy = CanaryPolicy.from_steps_text(
+            args.canary_steps, requests_per_step=args.requests_per_step,
+            max_p95_ms=args.max_p95_ms, require_approval=args.require_approval,
+            approval_timeout_s=args.approval_timeout_s)
+        images, labels = load_labelled_split(args.probes)
+        print(f"Releasing {args.model} version {args.version} to production "
+              f"(canary steps {args.canary_steps}) ...", file=sys.stderr)
+        record = release(target, int(args.version), images, labels, policy,
+                         reason="released from the command line")
+        print(release_markdown(record))
+        return 0 if record["decision"] != "rolled_back" else 1
     if args.deploy_command == "status":
         for env in ("test", "production"):
             dep = target.status(env)
@@ -454,12 +474,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("alias")
     reg.set_defaults(func=_cmd_registry)
 
-    dp = sub.add_parser("deploy", help="local deployments: status, stop, predict")
+    dp = sub.add_parser("deploy", help="deployments: status, release, predict, stop")
     dp.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
     dp.add_argument("--serving-root", default="",
                     help="local target state (default $MLOPS_HOME/deployments)")
     dp.add_argument("--model", default="pet-classifier")
+    dp.add_argument("--target", choices=["local", "kserve"], default="local",
+                    help="local model servers (default) or InferenceServices in --namespace")
+    dp.add_argument("--namespace", default="", help="Kubernetes namespace (kserve target)")
     dp_sub = dp.add_subparsers(dest="deploy_command", required=True)
+    d = dp_sub.add_parser("release", help="release a registered version by canary")
+    d.add_argument("version")
+    d.add_argument("--probes", required=True,
+                   help="a labelled dataset folder (a split written by the ingest step)")
+    d.add_argument("--canary-steps", default="10,50")
+    d.add_argument("--requests-per-step", type=int, default=100)
+    d.add_argument("--max-p95-ms", type=float, default=250.0)
+    d.add_argument("--require-approval", action="store_true")
+    d.add_argument("--approval-timeout-s", type=float, default=0.0)
     dp_sub.add_parser("status", help="what runs in test and production")
     d = dp_sub.add_parser("stop", help="stop the local model servers")
     d.add_argument("--env", action="append", choices=["test", "production"])
@@ -508,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from components.deploy.targets import DeploymentError
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -516,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: say what to fix, without a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DeploymentError as exc:  # a deployment that could not be done, and what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except RuntimeError as exc:  # a failed pipeline task; its log is printed above
         print(f"error: {exc} (see the task log above for the cause)", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import onnx
 import pytest
@@ -231,7 +232,7 @@ def _served_version(url: str, images) -> str:
     return r.json()["model_version"]
 
 
-def test_cli_shows_deployments_classifies_files_and_lists_releases(setup, tmp_path):
+def test_cli_shows_deployments_classifies_files_and_releases(setup, dataset_dirs, tmp_path):
     import os
     import subprocess
     import sys
@@ -259,6 +260,20 @@ def test_cli_shows_deployments_classifies_files_and_lists_releases(setup, tmp_pa
     assert missing.returncode == 2 and "Nothing is deployed in 'test'" in missing.stderr
     releases = mlops("registry", "--registry", registry.uri, "releases", MODEL)
     assert releases.returncode == 0 and "-> production: deployed" in releases.stdout
+
+    # A release from the command line: held without approval, then a canary that promotes.
+    split = str(Path(dataset_dirs[1]))
+    candidate = 3 if prod.stable.version != 3 else 1
+    held = mlops("deploy", *common, "release", str(candidate), "--probes", split,
+                 "--require-approval")
+    assert held.returncode == 1
+    assert f"mlops registry approve {MODEL} {candidate}" in held.stderr
+    assert "Traceback" not in held.stderr
+    done = mlops("deploy", *common, "release", str(candidate), "--probes", split,
+                 "--requests-per-step", "20", "--max-p95-ms", "2000")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PROMOTED" in done.stdout and "| 10% |" in done.stdout
+    assert registry.aliases(MODEL)["production"] == candidate
 
 
 def test_release_restores_production_from_the_registry_when_nothing_serves_it(setup):
