@@ -232,7 +232,8 @@ def _served_version(url: str, images) -> str:
     return r.json()["model_version"]
 
 
-def test_cli_shows_deployments_classifies_files_and_releases(setup, dataset_dirs, tmp_path):
+def test_cli_shows_deployments_classifies_files_and_releases(setup, dataset_dirs, package_dir,
+                                                             tmp_path):
     import os
     import subprocess
     import sys
@@ -261,16 +262,19 @@ def test_cli_shows_deployments_classifies_files_and_releases(setup, dataset_dirs
     releases = mlops("registry", "--registry", registry.uri, "releases", MODEL)
     assert releases.returncode == 0 and "-> production: deployed" in releases.stdout
 
-    # A release from the command line: held without approval, then a canary that promotes.
+    # A release from the command line: held until a person approves, then a canary.
     split = str(Path(dataset_dirs[1]))
-    candidate = 3 if prod.stable.version != 3 else 1
-    held = mlops("deploy", *common, "release", str(candidate), "--probes", split,
-                 "--require-approval")
+    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    candidate = registry.register(MODEL, files, {"dataset_version": "test"}).version
+    release_args = ("deploy", *common, "release", str(candidate), "--probes", split,
+                    "--require-approval", "--requests-per-step", "20", "--max-p95-ms", "2000")
+    held = mlops(*release_args)
     assert held.returncode == 1
     assert f"mlops registry approve {MODEL} {candidate}" in held.stderr
     assert "Traceback" not in held.stderr
-    done = mlops("deploy", *common, "release", str(candidate), "--probes", split,
-                 "--requests-per-step", "20", "--max-p95-ms", "2000")
+    approved = mlops("registry", "--registry", registry.uri, "approve", MODEL, str(candidate))
+    assert approved.returncode == 0 and "approved by" in approved.stdout
+    done = mlops(*release_args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "PROMOTED" in done.stdout and "| 10% |" in done.stdout
     assert registry.aliases(MODEL)["production"] == candidate
