@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+# What each notebook must show a reader (its printed or displayed results).
+EXPECTED = {
+    "01_data_lake_and_ingestion.ipynb": ["ingested", "quarantined"],
+    "02_serving_and_release.ipynb": ["Application test", "PASSED", "Release of pet-classifier",
+                                     "production alias ->", "true "],
+}
 
 
 @pytest.mark.slow
@@ -23,4 +29,5 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(str(o.get("text", "")) + str(o.get("data", {})) for o in outputs)
-    assert "ingested" in text and "quarantined" in text
+    missing = [phrase for phrase in EXPECTED[path.name] if phrase not in text]
+    assert not missing, f"{path.name} does not show {missing}"
