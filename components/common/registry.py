@@ -8,6 +8,8 @@ Layout under the registry root (any store URI)::
         …files of the package…
     <model>/aliases/<alias>/<seq>.json  every move of an alias, create-only; the highest
                                         sequence number is where the alias points now
+    <model>/approvals/<n>.json          a person's approval of version n, create-only
+    <model>/releases/<seq>.json         every release decision with its measurements
 
 Version numbers are claimed with a create-only write (``If-None-Match: *`` on S3, ``link()``
 on a directory), so two concurrent registrations always get two different numbers and neither
