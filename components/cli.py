@@ -540,8 +540,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from components.deploy.targets import DeploymentError
-
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -550,10 +548,14 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: say what to fix, without a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except DeploymentError as exc:  # a deployment that could not be done, and what to do
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # a failed pipeline task; its log is printed above
+    except RuntimeError as exc:
+        # Imported here: `compile` must run before anything imports the components' settings.
+        from components.deploy.targets import DeploymentError
+
+        if isinstance(exc, DeploymentError):  # a deployment that could not be done, and why
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        # A failed pipeline task; its log is printed above.
         print(f"error: {exc} (see the task log above for the cause)", file=sys.stderr)
         return 1
 
