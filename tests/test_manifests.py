@@ -69,6 +69,13 @@ def test_predictor_runs_as_non_root_with_resources_and_the_logger():
     assert {"name": "STORAGE_URI", "value": k8s.ServingConfig().storage_uri} in container["env"]
 
 
+@pytest.mark.parametrize("cpu, threads", [("500m", 1), ("1", 2), ("2", 4)])
+def test_onnx_runtime_threads_follow_the_cpu_limit_not_the_node(cpu, threads):
+    container = k8s.inference_service(k8s.ServingConfig(cpu=cpu))["spec"]["predictor"][
+        "containers"][0]
+    assert f"--ort-threads={threads}" in container["args"]
+
+
 def test_rbac_is_limited_to_inference_services_in_one_namespace():
     role, binding = k8s.deployer_rbac("team-a")
     assert role["kind"] == "Role" and role["metadata"]["namespace"] == "team-a"

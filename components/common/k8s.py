@@ -56,7 +56,9 @@ def inference_service(cfg: ServingConfig) -> dict:
     container = {
         "name": "kserve-container",
         "image": cfg.image,
-        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--port=8080"],
+        # ONNX Runtime would start one thread per core of the node, not of the CPU limit.
+        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--port=8080",
+                 f"--ort-threads={_whole_cpus(_double_cpu(cfg.cpu))}"],
         # A custom container gets its model through STORAGE_URI and the storage initializer.
         "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri}],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
@@ -132,6 +134,11 @@ def _set_storage_uri(predictor: dict, uri: str) -> None:
             env["value"] = uri
             return
     predictor["containers"][0]["env"].append({"name": "STORAGE_URI", "value": uri})
+
+
+def _whole_cpus(cpu: str) -> int:
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, int(cores))
 
 
 def _double_cpu(cpu: str) -> str:

@@ -52,21 +52,28 @@ def server(package_dir, tmp_path_factory):
          "--log-uri", str(log_dir)],
         stdout=server_log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
+    _wait_ready(proc, url, base / "server.log")
+    yield {"url": url, "log_dir": log_dir, "proc": proc, "server_log": base / "server.log"}
+    proc.terminate()
+    proc.wait(timeout=30)
+    server_log.close()
+
+
+def _wait_ready(proc, url: str, log_path) -> None:
     deadline = time.monotonic() + 90
     while True:
         try:
             if httpx.get(f"{url}/v1/models/{MODEL}", timeout=2).json().get("ready"):
-                break
+                return
         except (httpx.HTTPError, ValueError):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"server did not start: {(base / 'server.log').read_text()[-3000:]}")
+            pytest.fail(f"server did not start: {log_path.read_text()[-3000:]}")
         time.sleep(0.3)
-    yield {"url": url, "log_dir": log_dir, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
-    server_log.close()
+
+
+PER_REQUEST_LOG_MARKS = ("kserve.trace", "ORJSONResponse", "POST /v1")
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +272,52 @@ def test_model_pickles_for_kserve_workers_and_reloads_its_session(package_dir, i
     x = model._images_to_batch([data for data, _ in images[:4]])
     np.testing.assert_allclose(clone.session.run(["probabilities"], {"input": x})[0],
                                model.session.run(["probabilities"], {"input": x})[0])
+
+
+def test_no_log_line_per_request_unless_asked(server, images):
+    """A camera-rate server must not write a line (or a warning) per request: KServe 0.20
+    logs two trace lines, uvicorn an access line and FastAPI a deprecation warning."""
+    for _ in range(20):
+        assert _v1(server, [_b64(images[0][0])]).status_code == 200
+    text = server["server_log"].read_text()
+    assert not [mark for mark in PER_REQUEST_LOG_MARKS if mark in text], text[-2000:]
+
+
+def test_worker_processes_serve_the_same_answers_quietly(server, package_dir, images,
+                                                         tmp_path):
+    """--workers 2: KServe spawns two processes; each loads the package, answers like the
+    one-process server, and inherits the quiet logging."""
+    port = _free_port()
+    log_path = tmp_path / "workers.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "components.cli", "serve", "--package-dir",
+             str(package_dir), "--name", MODEL, "--port", str(port), "--workers", "2",
+             "--ort-threads", "1"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(proc, url, log_path)
+            instances = [_b64(data) for data, _ in images]
+            expected = _v1(server, instances).json()["predictions"]
+
+            async def many() -> list[dict]:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    async def one():
+                        r = await client.post(f"{url}/v1/models/{MODEL}:predict",
+                                              json={"instances": instances})
+                        assert r.status_code == 200, r.text
+                        return r.json()["predictions"]
+                    return await asyncio.gather(*(one() for _ in range(24)))
+            answers = asyncio.run(many())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    for got in answers:
+        assert [p["label"] for p in got] == [p["label"] for p in expected]
+        np.testing.assert_allclose([list(p["probabilities"].values()) for p in got],
+                                   [list(p["probabilities"].values()) for p in expected],
+                                   atol=1e-5)
+    text = log_path.read_text()
+    assert text.count("Started server process") == 2, text[-2000:]
+    assert not [mark for mark in PER_REQUEST_LOG_MARKS if mark in text], text[-2000:]
