@@ -337,11 +337,11 @@ def _cmd_demo(args) -> int:
     lake = open_store(lake_uri)
     spec = LakeSpec(n=args.n, size=args.size, seed=0)
     if sum(1 for _ in lake.list()) != spec.n:
-        print(f"Step 1/2: generating the sample data lake ({spec.n} images) at {lake.uri}",
+        print(f"Step 1/3: generating the sample data lake ({spec.n} images) at {lake.uri}",
               file=sys.stderr)
         generate(spec, lake, progress=Progress("generating"))
     else:
-        print(f"Step 1/2: sample data lake already at {lake.uri}", file=sys.stderr)
+        print(f"Step 1/3: sample data lake already at {lake.uri}", file=sys.stderr)
     print("Step 2/3: running the training pipeline locally (kfp.local): ingest, "
           "hyperparameter search, train, test, gate, package, register, application test, "
           "canary release", file=sys.stderr)
