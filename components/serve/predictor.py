@@ -102,6 +102,10 @@ class PetClassifier(Model):
         import onnxruntime as ort
 
         from components.package.core import read_onnx_metadata
+        from components.serve import v2_compat
+
+        # In every process that serves this model, including --workers children.
+        v2_compat.install()
 
         path = self.package_dir / "model.onnx"
         if not path.is_file():

@@ -53,7 +53,8 @@ def server(package_dir, tmp_path_factory):
         stdout=server_log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, base / "server.log")
-    yield {"url": url, "log_dir": log_dir, "proc": proc, "server_log": base / "server.log"}
+    yield {"url": url, "log_dir": log_dir, "proc": proc, "server_log": base / "server.log",
+           "package_dir": package_dir}
     proc.terminate()
     proc.wait(timeout=30)
     server_log.close()
@@ -155,19 +156,76 @@ def test_v2_with_kserves_rest_client_bytes_and_fp32(server, images):
     assert np.allclose(fp32[0], probs[0], atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="kserve 0.20's REST parser turns binary-extension BYTES "
-                                       "into UTF-8 text and fails with a 500 before the model "
-                                       "is called; send base64 strings in JSON instead")
-def test_v2_binary_bytes_extension_with_kserve_0_20(server, images):
+def test_v2_binary_bytes_extension_with_kserves_own_client_encoding(server, images):
+    """KServe 0.20 alone answers this with a 500 (it turns binary BYTES into UTF-8 text)."""
     from kserve.protocol.infer_type import InferInput, InferRequest
 
-    raw = InferInput("image", [1], "BYTES")
-    raw.set_data_from_numpy(np.array([images[0][0]], dtype=object), binary_data=True)
+    raw = InferInput("image", [2], "BYTES")
+    raw.set_data_from_numpy(np.array([images[0][0], images[1][0]], dtype=object),
+                            binary_data=True)
     body, json_length = InferRequest(MODEL, [raw]).to_rest()
     r = httpx.post(f"{server['url']}/v2/models/{MODEL}/infer", content=body, timeout=30,
                    headers={"inference-header-content-length": str(json_length),
                             "content-type": "application/octet-stream"})
     assert r.status_code == 200, r.text
+    labels = next(o for o in r.json()["outputs"] if o["name"] == "label")["data"]
+    v1 = _v1(server, [_b64(images[0][0]), _b64(images[1][0])]).json()["predictions"]
+    assert labels == [p["label"] for p in v1]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_bytes_and_fp32(server, images, binary):
+    """NVIDIA's own V2 client, as a camera gateway would use it: encoded images as BYTES
+    (binary extension, its default, or base64 strings in JSON with no Content-Type header,
+    which KServe 0.20 alone refuses), and a preprocessed FP32 tensor with its output
+    requested in the same encoding."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server["url"].removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready(MODEL)
+    frames = [data for data, _ in images[:4]]
+    data = frames if binary else [base64.b64encode(f) for f in frames]
+    image = triton.InferInput("image", [len(frames)], "BYTES")
+    image.set_data_from_numpy(np.array(data, dtype=object), binary_data=binary)
+    result = client.infer(MODEL, [image])
+    labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]
+    v1 = _v1(server, [_b64(f) for f in frames]).json()["predictions"]
+    assert labels == [p["label"] for p in v1]
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (4, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+    from components.serve.predictor import PetClassifier
+
+    offline = PetClassifier(MODEL, str(server["package_dir"]))
+    offline.load()
+    x = offline._images_to_batch(frames)
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    out = triton.InferRequestedOutput("probabilities", binary_data=binary)
+    result = client.infer(MODEL, [tensor], outputs=[out])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-5)
+
+
+@pytest.mark.parametrize("header, tail, expect", [
+    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 999}}]}, b"\x03\x00\x00\x00abc",
+     "does not fit"),
+    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 7}}]}, b"\x09\x00\x00\x00abc",
+     "declares 9 bytes"),
+    ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 7}}]}, b"\x03\x00\x00\x00abcXYZ",
+     "bytes after the declared inputs"),
+    ({"no_inputs": []}, b"", "'inputs' list"),
+])
+def test_malformed_binary_v2_bodies_are_400s(server, header, tail, expect):
+    json_header = json.dumps(header).encode()
+    r = httpx.post(f"{server['url']}/v2/models/{MODEL}/infer", content=json_header + tail,
+                   headers={"inference-header-content-length": str(len(json_header))},
+                   timeout=30)
+    assert r.status_code == 400 and expect in r.json()["error"], r.text
+    assert server["proc"].poll() is None
 
 
 def _png_bomb() -> bytes:
