@@ -144,8 +144,12 @@ def _print_training(outputs: dict, arguments: dict) -> None:
         c, st = step["canary"], step.get("stable") or {}
         versus = (f" (stable: p95 {st['p95_ms']:.1f} ms, accuracy {st['accuracy']:.3f})"
                   if st.get("accuracy") is not None else "")
+        accuracy = "-" if c.get("accuracy") is None else f"{c['accuracy']:.3f}"
+        served = c.get("served") or {}
+        served_text = (f"; served {served['requests']} requests, {served['errors']} server "
+                       "errors" if served.get("available") else "")
         print(f"  {step['percent']:>3}% traffic: {c['errors']}/{c['requests']} errors, p95 "
-              f"{c['p95_ms']:.1f} ms, accuracy {c['accuracy']:.3f}{versus}"
+              f"{c['p95_ms']:.1f} ms, accuracy {accuracy}{versus}{served_text}"
               f"{'' if step['passed'] else '  FAILED: ' + '; '.join(step['reasons'])}")
 
 

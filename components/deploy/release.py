@@ -10,7 +10,10 @@ the same time, and the canary must
   revision's (plus ``latency_slack_ms``, so that two fast revisions are not told apart by
   scheduler noise),
 * lose no more than ``max_accuracy_drop`` accuracy against the stable revision on the same
-  labelled requests.
+  labelled requests,
+* and, over everything it served during the step (real users' requests included, read from
+  its Prometheus metrics before and after the step), keep its server error rate within
+  ``max_error_rate`` and its p95 latency within ``max_p95_ms``.
 
 One failed step rolls the canary back at once; the stable revision serves throughout. Only
 after the last step does the canary take all traffic and the registry's ``production`` alias
@@ -30,6 +33,7 @@ import numpy as np
 from components.common.registry import ModelRegistry
 from components.deploy.client import LoadResult, run_load
 from components.deploy.targets import DeploymentError, DeploymentTarget
+from components.deploy.telemetry import scrape, served_between
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +97,27 @@ def _accuracy(load: LoadResult, labels: Sequence[str]) -> float | None:
 
 
 def judge(canary: LoadResult, stable: LoadResult | None, labels: Sequence[str],
-          policy: CanaryPolicy) -> tuple[list[str], dict]:
+          policy: CanaryPolicy, served: dict | None = None) -> tuple[list[str], dict]:
     """The rules of the policy applied to one step's measurements: (reasons to roll back,
-    measurements). No reasons means the step passed."""
+    measurements). No reasons means the step passed. ``served`` holds, per role, what
+    :func:`~components.deploy.telemetry.served_between` measured over the step."""
     c = canary.summary()
     c["accuracy"] = _accuracy(canary, labels)
     measured = {"canary": c}
     reasons = []
+    served = served or {}
+    if "canary" in served:
+        c["served"] = cs = served["canary"]
+        if cs["available"]:
+            answered = cs["requests"] - cs["invalid"]
+            if cs["error_rate"] > policy.max_error_rate:
+                reasons.append(f"canary server error rate {cs['error_rate']:.3f} > "
+                               f"{policy.max_error_rate} over all it served in the step "
+                               f"({cs['errors']} of {answered} requests)")
+            above_buckets = cs.get("note", "").startswith("p95 above")
+            if above_buckets or (cs["p95_ms"] is not None and cs["p95_ms"] > policy.max_p95_ms):
+                reasons.append(f"canary p95 over all it served in the step "
+                               f"{cs['p95_ms'] or 'above 5000'} ms > {policy.max_p95_ms} ms")
     if canary.error_rate > policy.max_error_rate:
         first = canary.errors[0][1] if canary.errors else ""
         reasons.append(f"canary error rate {canary.error_rate:.3f} > {policy.max_error_rate} "
@@ -115,6 +133,8 @@ def judge(canary: LoadResult, stable: LoadResult | None, labels: Sequence[str],
     elif stable is not None:
         s = stable.summary()
         s["accuracy"] = _accuracy(stable, labels)
+        if "stable" in served:
+            s["served"] = served["stable"]
         measured["stable"] = s
         limit = policy.max_latency_ratio * (s["p95_ms"] + policy.latency_slack_ms)
         if c["p95_ms"] > limit:
@@ -131,8 +151,11 @@ def judge(canary: LoadResult, stable: LoadResult | None, labels: Sequence[str],
 
 
 def _probe(urls: dict[str, str], name: str, images: Sequence[bytes], labels: Sequence[str],
-           step: int, policy: CanaryPolicy) -> tuple[dict[str, LoadResult], list[str]]:
-    """Sends the same labelled probes to every revision at the same time."""
+           step: int, policy: CanaryPolicy
+           ) -> tuple[dict[str, LoadResult], list[str], dict[str, dict]]:
+    """Sends the same labelled probes to every revision at the same time, waits out the bake
+    time, and reads what each revision served meanwhile from its metrics."""
+    before = {role: scrape(url, name) for role, url in urls.items()}
     n = policy.requests_per_step
     idx = [(step * n + i) % len(images) for i in range(n)]
     batches, truth = [[images[i]] for i in idx], [labels[i] for i in idx]
@@ -144,7 +167,9 @@ def _probe(urls: dict[str, str], name: str, images: Sequence[bytes], labels: Seq
     remaining = policy.bake_seconds - (time.monotonic() - started)
     if remaining > 0:
         time.sleep(remaining)
-    return loads, truth
+    served = {role: served_between(before[role], scrape(url, name))
+              for role, url in urls.items()}
+    return loads, truth, served
 
 
 def wait_for_approval(registry: ModelRegistry, model: str, version: int,
@@ -221,9 +246,9 @@ def release(target: DeploymentTarget, version: int, probe_images: Sequence[bytes
         record["decision"] = "unchanged"
     elif dep is None or dep.stable is None:
         new = target.deploy(environment, version)
-        loads, truth = _probe({"canary": new.stable.url}, name, probe_images, probe_labels, 0,
-                              policy)
-        reasons, measured = judge(loads["canary"], None, truth, policy)
+        loads, truth, served = _probe({"canary": new.stable.url}, name, probe_images,
+                                      probe_labels, 0, policy)
+        reasons, measured = judge(loads["canary"], None, truth, policy, served)
         record["steps"].append({"percent": 100, "passed": not reasons, "reasons": reasons,
                                 **measured})
         if reasons:
@@ -258,8 +283,8 @@ def _canary(target: DeploymentTarget, environment: str, version: int,
         if k:
             target.set_canary_traffic(environment, percent)
         urls = target.revision_urls(environment)
-        loads, truth = _probe(urls, name, images, labels, k, policy)
-        reasons, measured = judge(loads["canary"], loads.get("stable"), truth, policy)
+        loads, truth, served = _probe(urls, name, images, labels, k, policy)
+        reasons, measured = judge(loads["canary"], loads.get("stable"), truth, policy, served)
         out["steps"].append({"percent": percent, "passed": not reasons, "reasons": reasons,
                              **measured})
         logger.info("Canary step %d%%: %s", percent,
@@ -280,17 +305,21 @@ def release_markdown(record: dict) -> str:
              f"**{record['decision'].upper().replace('_', ' ')}** (previous production "
              f"version: {record.get('previous_version')})", ""]
     if record["steps"]:
-        lines += ["| traffic | canary errors | canary p95 ms | stable p95 ms | canary acc | "
-                  "stable acc | result |", "|---|---|---|---|---|---|---|"]
+        lines += ["| traffic | canary probe errors | canary p95 ms | stable p95 ms | "
+                  "canary acc | stable acc | canary served (server errors) | result |",
+                  "|---|---|---|---|---|---|---|---|"]
         for s in record["steps"]:
             c, st = s["canary"], s.get("stable") or {}
 
             def f(v, fmt):
                 return "–" if v is None else format(v, fmt)
+            cs = c.get("served") or {}
+            served = (f"{cs['requests']} ({cs['errors']})" if cs.get("available")
+                      else cs.get("note", "–"))
             lines.append(f"| {s['percent']}% | {c['errors']}/{c['requests']} | "
                          f"{f(c['p95_ms'], '.1f')} | {f(st.get('p95_ms'), '.1f')} | "
                          f"{f(c['accuracy'], '.3f')} | {f(st.get('accuracy'), '.3f')} | "
-                         f"{'pass' if s['passed'] else 'FAIL'} |")
+                         f"{served} | {'pass' if s['passed'] else 'FAIL'} |")
     if record["reasons"]:
         lines += ["", "Why:", ""] + [f"- {r}" for r in record["reasons"]]
     return "\n".join(lines) + "\n"

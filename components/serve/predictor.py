@@ -21,6 +21,8 @@ import base64
 import binascii
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from components.common.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from components.common.storage import StorageError
@@ -45,6 +47,12 @@ PREDICTED = Counter("pet_classifier_predicted_class_total", "Predictions per cla
 LATENCY = Histogram("pet_classifier_request_seconds", "Preprocess + predict + postprocess",
                     ["model", "protocol"],
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+
+
+# Which process answered a scrape: counters can only be differenced within one process (in
+# a cluster, two scrapes of a revision's URL may reach different replicas).
+SERVER = Gauge("pet_classifier_server_info", "This server process (value 1)",
+               ["instance", "model", "model_version"])
 
 
 @dataclass
@@ -134,6 +142,8 @@ class PetClassifier(Model):
             from components.common.storage import open_store
 
             self._log_store = open_store(self.log_uri)
+        SERVER.labels(f"{socket.gethostname()}:{os.getpid()}", self.name,
+                      self.model_version).set(1)
         self.ready = True
         logger.info("Loaded %s (model %s, data %s, classes %s) from %s", self.name,
                     self.model_version, self.dataset_version, self.classes, self.package_dir)
@@ -158,6 +168,10 @@ class PetClassifier(Model):
             return await super().__call__(body, headers, verb)
         except InvalidInput:
             REQUESTS.labels(self.name, protocol, "invalid").inc()
+            raise
+        except Exception:
+            # Answered 500 by KServe; the release's canary analysis reads this count.
+            REQUESTS.labels(self.name, protocol, "error").inc()
             raise
 
     # ---- preprocess --------------------------------------------------------------------

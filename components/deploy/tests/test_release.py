@@ -195,6 +195,11 @@ def test_good_candidate_is_promoted_and_moves_the_production_alias(setup):
     assert [s["percent"] for s in record["steps"]] == [10, 50]
     assert all(s["passed"] and s["canary"]["errors"] == 0 for s in record["steps"])
     assert all(s["canary"]["accuracy"] == s["stable"]["accuracy"] for s in record["steps"])
+    for s in record["steps"]:  # what each revision served, read from its /metrics
+        for role in ("canary", "stable"):
+            served = s[role]["served"]
+            assert served["available"] and served["errors"] == 0, served
+            assert served["requests"] >= POLICY.requests_per_step
     new = target.status("production")
     assert new.stable.version == 3 and new.canary is None
     assert predict(new.url, new.name, images[:1])
@@ -220,6 +225,73 @@ def test_a_canary_that_cannot_start_is_rolled_back(setup, package_dir):
     after = target.status("production")
     assert after.stable.version == before.stable.version and after.canary is None
     assert predict(after.url, after.name, images[:1])
+
+
+def _batch_of_one_model(good: bytes) -> bytes:
+    """A packaging bug the probes cannot see: the same model with its batch axis fixed to 1,
+    so that any request with two images fails inside ONNX Runtime (HTTP 500)."""
+    model = onnx.load_from_string(good)
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = 1
+    return model.SerializeToString()
+
+
+def test_canary_failing_real_traffic_is_rolled_back_though_probes_pass(setup, package_dir):
+    """Users' requests reach the canary (in a cluster, Knative routes its share there); here a
+    client sends two-image requests straight to the canary during the step. The canary answers
+    every one-image probe correctly but fails every user request; its metrics show it, and
+    the release rolls it back."""
+    import requests
+
+    from components.deploy.client import v1_body
+
+    registry, target, images, labels = setup
+    if target.status("production") is None:
+        release(target, 1, images, labels, POLICY)
+    before = target.status("production")
+    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    files["model.onnx"] = _batch_of_one_model(files["model.onnx"])
+    candidate = registry.register(MODEL, files, {"dataset_version": "test"}).version
+    stop, statuses = threading.Event(), []
+
+    def users() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            dep = target.status("production")
+            if dep is None or dep.canary is None or dep.canary.version != candidate:
+                time.sleep(0.05)
+                continue
+            try:
+                r = session.post(f"{dep.canary.url}/v1/models/{MODEL}:predict",
+                                 json=v1_body(images[:2]), timeout=10)
+                statuses.append(r.status_code)
+            except requests.RequestException:
+                time.sleep(0.05)  # the canary was stopped by the rollback
+
+    caller = threading.Thread(target=users)
+    caller.start()
+    try:
+        policy = CanaryPolicy(steps=(10, 50), requests_per_step=40, max_p95_ms=2000,
+                              bake_seconds=2.0)
+        record = release(target, candidate, images, labels, policy)
+    finally:
+        stop.set()
+        caller.join()
+    assert 500 in statuses
+    step = record["steps"][0]
+    assert step["canary"]["errors"] == 0  # every probe passed ...
+    assert step["canary"]["accuracy"] == step["stable"]["accuracy"]
+    served = step["canary"]["served"]  # ... but not what users sent
+    assert served["available"] and served["errors"] >= 1
+    assert served["requests"] >= served["errors"] + 40  # the probes are counted too
+    assert step["stable"]["served"]["errors"] == 0
+    assert record["decision"] == "rolled_back"
+    assert any("server error rate" in r for r in record["reasons"]), record["reasons"]
+    after = target.status("production")
+    assert after.stable.version == before.stable.version and after.canary is None
+    assert registry.aliases(MODEL)["production"] == before.stable.version
 
 
 def _served_version(url: str, images) -> str:
