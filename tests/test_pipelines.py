@@ -185,7 +185,10 @@ def test_training_pipeline_registers_tests_and_releases_a_traceable_model(tmp_pa
     assert lin["dataset_version"] == outputs["dataset_version"]
     assert lin["dataset_manifest"].endswith(f"{outputs['dataset_version']}/manifest.csv")
     assert lin["code_version"].startswith(("git:", "package:"))
-    assert lin["pipeline_run"] and lin["hyperparameters"]["arch"] == "small_cnn"
+    # The run itself, not kfp.local's name for the job inside dsl.If ("<run>/condition-1").
+    assert lin["pipeline_run"].startswith("pet-classifier-training-")
+    assert "/" not in lin["pipeline_run"]
+    assert lin["hyperparameters"]["arch"] == "small_cnn"
     assert len(lin["search_trials"]) == 4  # every trial slot ran and was recorded
     assert {"model.onnx", "metadata.json", "MODEL_CARD.md", "lineage.json"} <= set(mv.files)
 

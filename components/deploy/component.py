@@ -175,8 +175,11 @@ def release_model(
     images, labels = apptest.load_labelled_split(test.path)
     deployer = open_target(target, registry_uri, model_name, namespace=namespace,
                            state_dir=serving_root)
+    from components.register.core import run_name
+
     record = release.release(deployer, version, images, labels, policy,
-                             reason=f"pipeline run {pipeline_run}" if pipeline_run else "")
+                             reason=f"pipeline run {run_name(pipeline_run)}"
+                             if pipeline_run else "")
     with open(release_report.path, "w") as f:
         json.dump(record, f, indent=2)
     with open(release_summary.path, "w") as f:

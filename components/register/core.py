@@ -12,10 +12,18 @@ from components.settings import code_version
 logger = logging.getLogger(__name__)
 
 
+def run_name(job_name: str) -> str:
+    """The pipeline run of a task's job name: kfp.local names the job of a task inside
+    ``dsl.If`` ``<run>/condition-N``; a Kubernetes name has no ``/``, so the run is the part
+    before it."""
+    return job_name.split("/", 1)[0]
+
+
 def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
                      registry_uri: str, model_name: str, alias: str = "staging",
                      pipeline_run: str = "") -> ModelVersion:
     """Registers the files of ``package_dir`` with a full lineage record."""
+    pipeline_run = run_name(pipeline_run)
     package = Path(package_dir)
     files = {p.relative_to(package).as_posix(): p.read_bytes()
              for p in sorted(package.rglob("*")) if p.is_file()}
