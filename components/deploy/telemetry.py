@@ -67,8 +67,8 @@ def served_between(before: Snapshot | None, after: Snapshot | None) -> dict:
 
     ``error_rate`` counts server errors (HTTP 500) among the requests the server could answer
     (client errors, HTTP 400, are the caller's fault and not held against a revision).
-    ``p95_ms`` is the upper bound of the latency bucket holding the 95th percentile of the
-    successful requests. ``available`` is False, with a ``note``, when the window cannot be
+    ``p95_ms`` is the 95th percentile latency of the successful requests, interpolated within
+    its histogram bucket. ``available`` is False, with a ``note``, when the window cannot be
     measured.
     """
     if before is None or after is None:
@@ -90,10 +90,14 @@ def served_between(before: Snapshot | None, after: Snapshot | None) -> dict:
                     for le in after.buckets)
     total = counts[-1][1] if counts else 0.0
     if total > 0:
+        rank, lower, below = 0.95 * total, 0.0, 0.0
         for le, cumulative in counts:
-            if cumulative >= 0.95 * total:
-                out["p95_ms"] = None if math.isinf(le) else le * 1000
+            if cumulative >= rank:
                 if math.isinf(le):
                     out["note"] = "p95 above the largest latency bucket"
+                else:  # linear within the bucket, as Prometheus' histogram_quantile()
+                    share = (rank - below) / (cumulative - below)
+                    out["p95_ms"] = round((lower + share * (le - lower)) * 1000, 3)
                 break
+            lower, below = le, cumulative
     return out
