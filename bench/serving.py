@@ -88,20 +88,17 @@ def _free_port() -> int:
 
 def start_server(cmd: list[str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
     """Starts a server; returns it and the seconds from process start to ready."""
-    import httpx
+    from components.deploy.client import EndpointError, wait_ready
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models/{NAME}", timeout=1).json().get(
-                    "ready"):
-                return proc, time.perf_counter() - t0
-        except (httpx.HTTPError, ValueError):
-            pass
-        if proc.poll() is not None or time.perf_counter() - t0 > 120:
-            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.02)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", NAME, timeout=120,
+                   alive=lambda: proc.poll() is None, poll_s=0.02)
+    except EndpointError as exc:
+        proc.kill()
+        raise RuntimeError(f"server did not start ({exc}): {log.read_text()[-2000:]}") from exc
+    return proc, time.perf_counter() - t0
 
 
 async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float,

@@ -53,17 +53,18 @@ def inference_service(cfg: ServingConfig) -> dict:
     if cfg.canary_traffic_percent is not None and not 0 <= cfg.canary_traffic_percent <= 100:
         raise ValueError(f"Invalid canary_traffic_percent: {cfg.canary_traffic_percent}. "
                          "Expect 0 to 100.")
+    cpu_limit = _double_cpu(cfg.cpu)
     container = {
         "name": "kserve-container",
         "image": cfg.image,
         # ONNX Runtime would start one thread per core of the node, not of the CPU limit.
         "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--port=8080",
-                 f"--ort-threads={_whole_cpus(_double_cpu(cfg.cpu))}"],
+                 f"--ort-threads={_whole_cpus(cpu_limit)}"],
         # A custom container gets its model through STORAGE_URI and the storage initializer.
         "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri}],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory},
-                      "limits": {"cpu": _double_cpu(cfg.cpu), "memory": cfg.memory}},
+                      "limits": {"cpu": cpu_limit, "memory": cfg.memory}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
                             "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True,

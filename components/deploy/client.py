@@ -47,11 +47,12 @@ def predict(url: str, model: str, images: Sequence[bytes], timeout: float = 30.0
 
 
 def wait_ready(url: str, model: str, timeout: float = 60.0,
-               alive: Callable[[], bool] | None = None) -> float:
+               alive: Callable[[], bool] | None = None, poll_s: float = 0.1) -> float:
     """Waits until ``GET /v1/models/<model>`` says ready; returns the seconds waited.
 
     Args:
         alive: Optional check that the server process still runs, to fail fast on a crash.
+        poll_s: Pause between checks.
     """
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -63,7 +64,7 @@ def wait_ready(url: str, model: str, timeout: float = 60.0,
                 return time.perf_counter() - started
         except requests.RequestException:
             pass
-        time.sleep(0.1)
+        time.sleep(poll_s)
     raise EndpointError(f"{url} did not report model {model!r} ready within {timeout:.0f} s.")
 
 
