@@ -1,0 +1,128 @@
+"""The shapes the monitor, govern and continuous-training steps share.
+
+One verdict shape travels from every check to the report, the history, the alert and the
+audit record (name, value, threshold, status, evidence), so nothing downstream branches on
+which check produced it. One store layout is shared by the predictor's capture, the feedback
+path, the monitoring pipeline and governance, so the monitor reads only the store, the
+registry and metrics, never the predictor's internals.
+
+Monitoring store layout (any store URI; default ``$MLOPS_HOME/monitoring``)::
+
+    capture/records/model=<model>/date=<YYYY-MM-DD>/<HHMMSS>-<host>-<pid>-<seq>.jsonl
+                                one batch of capture records (one JSON object a line)
+    capture/images/<sha256[:2]>/<sha256>
+                                sampled input images, content-addressed, written once
+    capture/labels/model=<model>/<request_id>/<index>/<seq>.json
+                                ground truth for one captured instance, create-only;
+                                the highest sequence number is the current label
+    monitoring/<model>/history/<window_end>-<run_id>.json
+                                one monitoring run's verdict, create-only (never torn)
+    monitoring/<model>/reports/<run_id>/report.html, summary.md, gallery/…
+    monitoring/<model>/telemetry/<unix_ms>-<instance>.json
+                                one scrape of a predictor's /metrics, parsed
+    governance/<model>/alerts/<seq>.json, audit/<seq>.json, episodes/<key>.json
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+
+#: Ordered from best to worst; a verdict's status is the worst of its checks' statuses,
+#: where ``unknown`` (not measurable in this window) ranks below ``warning``.
+STATUSES = ("ok", "unknown", "warning", "alarm")
+
+#: The kinds of check, as the workflow names them.
+KINDS = ("traffic", "integrity", "drift", "prediction_drift", "performance", "telemetry")
+
+# Capture record fields (one JSON object per served instance). Optional fields may be absent.
+RECORD_FIELDS = {
+    "request_id": "str: the request's id (x-request-id or V2 id, else generated)",
+    "index": "int: the instance's position in the request",
+    "time": "float: unix seconds when the answer was made",
+    "model": "str: the served model's name",
+    "model_version": "str: the registry version the predictor serves",
+    "revision": "str: 'stable' or 'canary' (MLOPS_REVISION in the predictor's environment)",
+    "protocol": "str: 'v1' or 'v2'",
+    "stats": "dict: width, height, mode, brightness, contrast, sharpness of the input",
+    "embedding": "list[float]: the model's penultimate-layer output for the input",
+    "label": "str: the predicted class",
+    "probabilities": "dict[str, float]: class -> probability",
+    "image_sha256": "str, optional: key of the sampled input under capture/images/",
+    "latency_ms": "float, optional: server-side time of the whole request",
+}
+STAT_FIELDS = ("width", "height", "brightness", "contrast", "sharpness")
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Check:
+    """The verdict of one check on one window.
+
+    Attributes:
+        name: Stable dotted id, e.g. ``drift.embedding``, ``integrity.parse_errors``,
+            ``performance.accuracy``, ``telemetry.p95_latency``.
+        kind: One of ``KINDS``.
+        value: The measured value (None when it could not be measured).
+        threshold: The value at which the status changes to alarm (None when not applicable).
+        status: One of ``STATUSES``.
+        detail: One sentence a person reads ("p=0.0003 < 0.05: embeddings moved").
+        evidence: Where to look (a report or file URI), may be empty.
+        extra: Check-specific numbers (p_val, distance, n, ci_low, ci_high, estimated, …).
+    """
+
+    name: str
+    kind: str
+    value: float | None
+    threshold: float | None
+    status: str
+    detail: str
+    evidence: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"Check {self.name!r}: status {self.status!r} is not one of "
+                             f"{', '.join(STATUSES)}.")
+        if self.kind not in KINDS:
+            raise ValueError(f"Check {self.name!r}: kind {self.kind!r} is not one of "
+                             f"{', '.join(KINDS)}.")
+
+
+@dataclass
+class Verdict:
+    """Everything one monitoring run concluded about one window of one model."""
+
+    model: str
+    model_version: str
+    window_start: str
+    window_end: str
+    run_id: str
+    n_requests: int
+    n_labelled: int
+    checks: list[Check]
+    created: str = field(default_factory=utcnow)
+    report_uri: str = ""
+
+    @property
+    def status(self) -> str:
+        if not self.checks:
+            return "unknown"
+        return max((c.status for c in self.checks), key=STATUSES.index)
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = self.status
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Verdict:
+        d = {k: v for k, v in d.items() if k != "status"}
+        d["checks"] = [Check(**c) for c in d.get("checks", [])]
+        return cls(**d)
