@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -393,6 +394,10 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
     return 0
 
 
+#: Modules that add their own verb groups: each has ``add_commands(sub)``.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -534,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-serving", action="store_true",
                       help="leave the production model server running afterwards")
     demo.set_defaults(func=_cmd_demo)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
