@@ -55,7 +55,7 @@ STAT_FIELDS = ("width", "height", "brightness", "contrast", "sharpness")
 
 
 def utcnow() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -126,3 +126,53 @@ class Verdict:
         d = {k: v for k, v in d.items() if k != "status"}
         d["checks"] = [Check(**c) for c in d.get("checks", [])]
         return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Monitoring reference (added by the monitor's analysis half; the data half builds it)
+# --------------------------------------------------------------------------------------------
+
+#: What the monitor needs from a model version's reference. The data half
+#: (``components.monitor.reference``) provides
+#: ``load_reference(registry_uri, model, version, monitoring_uri="") -> Reference``, building
+#: one on demand from the version's dataset when the version has none.
+REFERENCE_FIELDS = {
+    "embeddings": "float32 [n, d]: embeddings of a held-out sample of the training data",
+    "stats": "dict[str, list[float]]: STAT_FIELDS -> the sample's values (same order)",
+    "modes": "dict[str, int]: input image mode -> count in the sample (e.g. {'RGB': 400})",
+    "labels": "list[str]: the sample's true classes (same order)",
+    "probabilities": "float32 [n, classes]: the model's probabilities on the sample",
+    "prior": "dict[str, float]: class -> share of the training split",
+}
+
+
+@dataclass
+class Reference:
+    """The training-side view of one model version that a monitoring window is judged against.
+
+    Attributes:
+        model, model_version: Which version (registry integer version as a string).
+        classes: The model's classes, in output order.
+        prior: Class shares of the training split.
+        embeddings: ``[n, d]`` array (numpy) of held-out training embeddings.
+        stats: STAT_FIELDS -> list of the sample's values.
+        modes: image mode -> count in the sample.
+        labels: The sample's true classes, or empty.
+        probabilities: ``[n, classes]`` array of the model's probabilities, or None.
+        dataset_version: The dataset the sample came from (lineage).
+        detector_uri: Where a fitted drift detector was saved for this reference, or "".
+        uri: Where the reference is stored.
+    """
+
+    model: str
+    model_version: str
+    classes: list
+    prior: dict
+    embeddings: object
+    stats: dict
+    modes: dict = field(default_factory=dict)
+    labels: list = field(default_factory=list)
+    probabilities: object = None
+    dataset_version: str = ""
+    detector_uri: str = ""
+    uri: str = ""
