@@ -58,7 +58,8 @@ def inference_service(cfg: ServingConfig) -> dict:
         "name": "kserve-container",
         "image": cfg.image,
         # ONNX Runtime would start one thread per core of the node, not of the CPU limit.
-        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--port=8080",
+        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--host=0.0.0.0",
+                 "--port=8080",
                  f"--ort-threads={_whole_cpus(cpu_limit)}"],
         # A custom container gets its model through STORAGE_URI and the storage initializer.
         "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri}],

@@ -276,7 +276,7 @@ class LocalTarget(DeploymentTarget):
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{name}-v{version}-{port}.log"
         cmd = [sys.executable, "-m", "components.serve.server", f"--package-dir={package}",
-               f"--name={name}", f"--port={port}", *self.server_args]
+               f"--name={name}", f"--host={self.host}", f"--port={port}", *self.server_args]
         started = time.perf_counter()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

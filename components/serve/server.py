@@ -95,6 +95,24 @@ def _time_requests_by_wall_clock_only() -> None:
     timing_asgi.middleware.TimingStats = WallClockTimingStats
 
 
+def bind_host(host: str) -> None:
+    """Makes KServe's REST server bind ``host``; KServe 0.20 always binds 0.0.0.0.
+
+    Both of its servers (one process, or the ``--workers`` parent that binds the socket its
+    children share) take the address from the ``uvicorn.Config`` their ``RESTServer`` builds.
+    """
+    from kserve.protocol.rest import server as rest
+
+    original = getattr(rest.RESTServer.__init__, "wrapped", rest.RESTServer.__init__)
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.config.host = host
+
+    __init__.wrapped = original
+    rest.RESTServer.__init__ = __init__
+
+
 def build_parser() -> argparse.ArgumentParser:
     home = Path(os.environ.get("MLOPS_HOME") or Path.home() / ".mlops")
     p = argparse.ArgumentParser(prog="mlops serve", description=__doc__.splitlines()[0])
@@ -103,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--package-dir", help="a package folder (KServe mounts it at /mnt/models)")
     p.add_argument("--registry", default=str(home / "registry"), help="registry URI")
     p.add_argument("--name", default="", help="served model name (default: the model's name)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind: 127.0.0.1 serves this machine only; 0.0.0.0 (as in "
+                        "the container) every interface")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-instances", type=int, default=256)
     p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
@@ -149,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # KServe's REST server binds every interface (0.0.0.0), as it does in a container.
     trim_kserve_request_path(args.log_each_request, args.workers)
+    bind_host(args.host)
     server = ModelServer(http_port=args.port, enable_grpc=False, workers=args.workers,
                          enable_latency_logging=args.log_each_request)
-    print(f"Serving {model.name} on http://127.0.0.1:{args.port} "
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"Serving {model.name} on http://{shown}:{args.port} "
           f"(V1 /v1/models/{model.name}:predict, V2 /v2/models/{model.name}/infer, /metrics)",
           file=sys.stderr, flush=True)
     server.start([model])
