@@ -20,7 +20,8 @@ def package_model(
         model: The trained (and blessed) model.
         test: The test split, for the parity check.
         evaluation: The evaluation JSON, for the model card.
-        package: model.onnx, metadata.json and MODEL_CARD.md.
+        package: model.onnx (probabilities and embedding outputs), metadata.json,
+            MODEL_CARD.md and the PyTorch weights (torch/).
         model_name: Registered model name.
     """
     import json
@@ -41,4 +42,5 @@ def package_model(
     package.metadata.update({"framework": "onnx", "opset": metadata["opset"],
                              "model_version": metadata["model_version"],
                              "dataset_version": metadata["dataset_version"],
-                             "parity_max_abs_diff": metadata["parity"]["max_abs_diff"]})
+                             "parity_max_abs_diff": metadata["parity"]["max_abs_diff"],
+                             "embedding_dim": metadata["embedding_dim"]})

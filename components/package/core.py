@@ -2,11 +2,17 @@
 
 A package is a folder that serving needs and nothing else:
 
-    model.onnx     input ``input`` float32 [batch, 3, S, S] (normalised), output
-                   ``probabilities`` float32 [batch, classes]; metadata_props carry the class
-                   names, input size, normalisation, dataset version and model version
+    model.onnx     input ``input`` float32 [batch, 3, S, S] (normalised), outputs
+                   ``probabilities`` float32 [batch, classes] and ``embedding`` float32
+                   [batch, D] (the penultimate layer, for drift detection); metadata_props
+                   carry the class names, input size, normalisation, dataset version and
+                   model version
     metadata.json  the same facts, plus metrics and parity results
     MODEL_CARD.md  intended use, data version, metrics, bias check, limits
+    torch/model.pt, torch/model.json
+                   the trained PyTorch weights and their description (the training step's
+                   model folder), registered with the ONNX model as one version, for what
+                   needs gradients (saliency maps) or further training
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_ATOL = 1e-4
+TORCH_DIR = "torch"
 
 
 class PackageError(RuntimeError):
@@ -35,26 +42,77 @@ def model_version_id(state_dict_bytes: bytes) -> str:
     return hashlib.sha256(state_dict_bytes).hexdigest()[:16]
 
 
-def export_onnx(model, meta: dict, model_version: str) -> bytes:
-    """Exports ``softmax(model(x))`` to ONNX with a dynamic batch axis and metadata."""
-    import onnx
+def penultimate_layer(model):
+    """The classifier head: the last ``nn.Linear`` of the network, whose input is the
+    embedding (the penultimate layer's output). Every architecture in ``train.core`` ends in
+    one (small_cnn's ``Linear``, resnet18's ``fc``, mobilenet_v3_small's last classifier
+    layer)."""
     import torch
 
-    class WithSoftmax(torch.nn.Module):
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise PackageError(f"{type(model).__name__} has no Linear layer: the embedding output "
+                           "is the input of the classifier's last Linear layer.")
+    return linears[-1]
+
+
+def with_embedding(model):
+    """A copy of ``model`` as a module ``x -> (softmax(model(x)), embedding)``, where the
+    embedding is the input of the last Linear layer. The caller's model is not changed."""
+    import copy
+
+    import torch
+
+    class WithEmbedding(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
+            self._captured: list = []
+            penultimate_layer(inner).register_forward_pre_hook(self._keep)
+
+        def _keep(self, module, args):
+            self._captured.append(torch.flatten(args[0], 1))
 
         def forward(self, x):
-            return torch.softmax(self.inner(x), dim=1)
+            self._captured.clear()
+            probs = torch.softmax(self.inner(x), dim=1)
+            return probs, self._captured[-1]
+
+    return WithEmbedding(copy.deepcopy(model)).eval()
+
+
+def torch_embedder(model, mean, std):
+    """A ``uint8 NCHW -> embeddings`` function over the torch model."""
+    import torch
+
+    wrapped = with_embedding(model)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return wrapped((torch.from_numpy(x).float() / 255.0 - m) / s)[1].numpy()
+
+    return embed
+
+
+def export_onnx(model, meta: dict, model_version: str) -> bytes:
+    """Exports ``softmax(model(x))`` and the embedding to ONNX with a dynamic batch axis.
+
+    Outputs: ``probabilities`` [batch, classes] and ``embedding`` [batch, D], the input of the
+    classifier's last Linear layer (what drift detection compares).
+    """
+    import onnx
+    import torch
 
     size = meta["image_size"]
     buf = io.BytesIO()
-    wrapped = WithSoftmax(model).eval()
+    wrapped = with_embedding(model)
     try:
         torch.onnx.export(wrapped, (torch.zeros(2, 3, size, size),), buf, dynamo=False,
-                          input_names=["input"], output_names=["probabilities"],
-                          dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+                          input_names=["input"], output_names=["probabilities", "embedding"],
+                          dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"},
+                                        "embedding": {0: "batch"}},
                           opset_version=OPSET)
     except Exception as exc:  # torch raises many types; the step must fail with context
         raise PackageError(f"ONNX export of {meta['arch']} failed: {exc}") from exc
@@ -102,9 +160,33 @@ def onnx_predictor(onnx_bytes: bytes):
     return predict
 
 
+def onnx_embedder(onnx_bytes: bytes):
+    """A ``uint8 NCHW -> embeddings`` function over the package's ``embedding`` output."""
+    import onnxruntime as ort
+
+    meta = read_onnx_metadata(onnx_bytes)
+    mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
+    std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    if "embedding" not in {o.name for o in session.get_outputs()}:
+        raise PackageError("The ONNX model has no 'embedding' output: package it again with "
+                           "this version of the package step.")
+
+    def embed(x: np.ndarray) -> np.ndarray:
+        return session.run(["embedding"],
+                           {"input": ((x.astype(np.float32) / 255.0) - mean) / std})[0]
+
+    return embed
+
+
 def parity_check(torch_predict, onnx_predict, images: np.ndarray,
-                 atol: float = PARITY_ATOL) -> dict:
-    """Same argmax everywhere and probabilities within ``atol``; raises otherwise."""
+                 atol: float = PARITY_ATOL, torch_embed=None, onnx_embed=None) -> dict:
+    """Same argmax everywhere and probabilities within ``atol``; raises otherwise.
+
+    With ``torch_embed`` and ``onnx_embed`` (``uint8 NCHW -> embeddings`` functions) the
+    embedding output is held to the same tolerance, relative to the embedding's scale
+    (``max |a - b| <= atol * max(1, max |a|)``), since its values are not bounded by 1.
+    """
     from components.evaluate.core import predict_in_batches
 
     if len(images) == 0:
@@ -115,10 +197,28 @@ def parity_check(torch_predict, onnx_predict, images: np.ndarray,
     mismatches = int((a.argmax(1) != b.argmax(1)).sum())
     result = {"images": int(len(images)), "max_abs_diff": diff, "argmax_mismatches": mismatches,
               "atol": atol, "passed": diff <= atol and mismatches == 0}
+    problems = []
     if not result["passed"]:
-        raise PackageError(f"ONNX parity check failed on {len(images)} test images: max abs "
-                           f"difference {diff:.2e} (allowed {atol:.0e}), {mismatches} argmax "
-                           "mismatches. The exported graph does not match the trained model.")
+        problems.append(f"probabilities: max abs difference {diff:.2e} (allowed {atol:.0e}), "
+                        f"{mismatches} argmax mismatches")
+    if torch_embed is not None and onnx_embed is not None:
+        ea = predict_in_batches(torch_embed, images)
+        eb = predict_in_batches(onnx_embed, images)
+        if ea.shape != eb.shape:
+            raise PackageError(f"ONNX parity check failed: the embedding has shape {eb.shape}, "
+                               f"the trained model's {ea.shape}.")
+        scale = max(1.0, float(np.abs(ea).max()))
+        ediff = float(np.abs(ea - eb).max())
+        result["embedding"] = {"dim": int(ea.shape[1]), "max_abs_diff": ediff,
+                               "scale": scale, "passed": ediff <= atol * scale}
+        if not result["embedding"]["passed"]:
+            result["passed"] = False
+            problems.append(f"embedding: max abs difference {ediff:.2e} (allowed "
+                            f"{atol * scale:.1e} = {atol:.0e} x scale {scale:.3g})")
+    if problems:
+        raise PackageError(f"ONNX parity check failed on {len(images)} test images: "
+                           + "; ".join(problems)
+                           + ". The exported graph does not match the trained model.")
     return result
 
 
@@ -128,6 +228,9 @@ def model_card(meta: dict, evaluation: dict, parity: dict, model_name: str) -> s
     rows = "\n".join(f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
                      f"{v['support']} |" for c, v in m["per_class"].items())
     hp = meta["hparams"]
+    e = parity.get("embedding")
+    emb = (f"; embedding ({e['dim']} values, the monitor's drift input) max abs difference "
+           f"{e['max_abs_diff']:.2e}" if e else "")
     return f"""# Model card: {model_name}
 
 ## Intended use
@@ -158,7 +261,7 @@ Accuracy {m['accuracy']:.4f}, macro F1 {m['macro']['f1']:.4f}, ROC AUC {m['roc_a
 {bias['worst_class']} (maximum {bias['threshold']}): {'passed' if bias['passed'] else 'FAILED'}.
 
 **ONNX parity:** {parity['images']} test images, max abs difference
-{parity['max_abs_diff']:.2e}, {parity['argmax_mismatches']} argmax mismatches.
+{parity['max_abs_diff']:.2e}, {parity['argmax_mismatches']} argmax mismatches{emb}.
 
 ## Limits
 - Trained on the data version above only; new camera positions, night IR mode, blur or a
@@ -180,12 +283,18 @@ def build_package(model, meta: dict, evaluation: dict, test_images: np.ndarray, 
     version_id = model_version_id(buf.getvalue())
     onnx_bytes = export_onnx(model, meta, version_id)
     parity = parity_check(torch_predictor(model, meta["mean"], meta["std"]),
-                          onnx_predictor(onnx_bytes), test_images)
-    logger.info("ONNX parity: max abs diff %.2e over %d images", parity["max_abs_diff"],
+                          onnx_predictor(onnx_bytes), test_images,
+                          torch_embed=torch_embedder(model, meta["mean"], meta["std"]),
+                          onnx_embed=onnx_embedder(onnx_bytes))
+    logger.info("ONNX parity: max abs diff %.2e (probabilities), %.2e (embedding) over %d "
+                "images", parity["max_abs_diff"], parity["embedding"]["max_abs_diff"],
                 parity["images"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.onnx").write_bytes(onnx_bytes)
+    (out / TORCH_DIR).mkdir(exist_ok=True)
+    (out / TORCH_DIR / "model.pt").write_bytes(buf.getvalue())
+    (out / TORCH_DIR / "model.json").write_text(json.dumps(meta, indent=2))
     metadata = {
         "model_name": model_name, "model_version": version_id, "arch": meta["arch"],
         "classes": meta["classes"], "image_size": meta["image_size"], "mean": meta["mean"],
@@ -194,9 +303,27 @@ def build_package(model, meta: dict, evaluation: dict, test_images: np.ndarray, 
             "accuracy": evaluation["metrics"]["accuracy"],
             "macro_f1": evaluation["metrics"]["macro"]["f1"],
             "roc_auc": evaluation["metrics"]["roc_auc"]},
+        "embedding_dim": parity["embedding"]["dim"],
         "parity": parity,
+        "torch_weights": f"{TORCH_DIR}/model.pt",
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (out / "MODEL_CARD.md").write_text(model_card({**meta, "model_version": version_id},
                                                   evaluation, parity, model_name))
     return metadata
+
+
+def load_torch_model(package_dir: str | os.PathLike):
+    """The PyTorch model registered with a package: ``(module in eval mode, model.json)``.
+
+    Raises:
+        FileNotFoundError: The package predates registering the weights with it.
+    """
+    from components.train.core import load_model
+
+    folder = Path(package_dir) / TORCH_DIR
+    if not (folder / "model.pt").is_file():
+        raise FileNotFoundError(f"No {TORCH_DIR}/model.pt in {package_dir}: the package was "
+                                "built before the PyTorch weights were registered with it; "
+                                "package and register the model again.")
+    return load_model(folder)

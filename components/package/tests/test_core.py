@@ -41,9 +41,23 @@ def test_package_is_checked_faithful_and_self_describing(dataset_dirs, trained_m
     assert props["dataset_version"] == meta["dataset_version"]
     assert props["model_version"] == md["model_version"]
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "embedding"]
     for batch in (1, 7):  # dynamic batch axis
-        out = session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0]
+        out, emb = session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})
         assert out.shape == (batch, 2) and np.allclose(out.sum(1), 1, atol=1e-5)
+        assert emb.shape == (batch, 64)  # small_cnn's penultimate layer
+    # The embedding is held to the same parity check as the probabilities.
+    assert md["parity"]["embedding"]["passed"] and md["embedding_dim"] == 64
+    assert md["parity"]["embedding"]["max_abs_diff"] <= 1e-4 * md["parity"]["embedding"]["scale"]
+    onnx_emb = core.onnx_embedder(onnx_bytes)(images[:9])
+    torch_emb = core.torch_embedder(model, meta["mean"], meta["std"])(images[:9])
+    assert np.abs(onnx_emb - torch_emb).max() <= 1e-4 * max(1.0, np.abs(torch_emb).max())
+    assert np.abs(onnx_emb).max() > 0  # a real layer output, not zeros
+    # The PyTorch weights are part of the package and give the same answers.
+    torch_model, torch_meta = core.load_torch_model(tmp_path)
+    assert torch_meta["classes"] == meta["classes"]
+    assert np.allclose(core.torch_embedder(torch_model, meta["mean"], meta["std"])(images[:9]),
+                       torch_emb, atol=1e-6)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert meta["dataset_version"] in card and "Intended use" in card and "Limits" in card
     assert json.loads((tmp_path / "metadata.json").read_text())["opset"] == core.OPSET
@@ -62,3 +76,27 @@ def test_parity_check_fails_when_the_exported_graph_differs(trained_model_dir, d
     with pytest.raises(core.PackageError, match="parity check failed"):
         core.parity_check(torch_predictor(model, meta["mean"], meta["std"]),
                           core.onnx_predictor(onnx_bytes), load_images(rows.head(40), 32))
+
+
+def test_embedding_parity_fails_when_the_exported_embedding_differs(trained_model_dir,
+                                                                    dataset_dirs):
+    import torch
+
+    from components.evaluate.core import torch_predictor
+
+    model, meta = load_model(trained_model_dir)
+    onnx_bytes = core.export_onnx(model, meta, "x")
+    torch.manual_seed(1)
+    other = build_model("small_cnn", 2).eval()
+    rows, _ = read_split(dataset_dirs[1])
+    images = load_images(rows.head(20), 32)
+    with pytest.raises(core.PackageError, match="embedding: max abs difference"):
+        core.parity_check(torch_predictor(model, meta["mean"], meta["std"]),
+                          core.onnx_predictor(onnx_bytes), images,
+                          torch_embed=core.torch_embedder(other, meta["mean"], meta["std"]),
+                          onnx_embed=core.onnx_embedder(onnx_bytes))
+
+
+def test_a_package_without_torch_weights_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="package and register the model again"):
+        core.load_torch_model(tmp_path)
