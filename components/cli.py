@@ -11,10 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def mlops_home() -> Path:
-    """Where local stores live by default: ``$MLOPS_HOME``, else ``~/.mlops``."""
-    return Path(os.environ.get("MLOPS_HOME") or Path.home() / ".mlops").expanduser().resolve()
+from components.common.paths import mlops_home
 
 
 class Progress:
