@@ -166,3 +166,164 @@ def test_s3_settings_follow_conventional_variables():
         "seaweedfs.kubeflow:8333", True, False, "eu-west-1")
     with pytest.raises(ValueError, match="Invalid S3 endpoint"):
         s3_settings_from_env({"S3_ENDPOINT": "ftp://x"})
+
+
+# --- faults: lost replies, partitions, missing settings, concurrent publishers ---------------
+
+def _s3_store_via(proxy_url, bucket, monkeypatch, **env):
+    """An S3Store whose requests go through ``proxy_url`` (the fault proxy)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy_url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return S3Store(bucket, "root")
+
+
+def _conditional_put_to(suffix):
+    return lambda method, path, headers: (method == "PUT" and path.endswith(suffix)
+                                          and headers.get("if-none-match") == "*")
+
+
+@pytest.mark.timeout(60)
+def test_s3_create_only_write_whose_reply_was_lost_succeeds(s3_uri, monkeypatch):
+    from faultproxy import FaultProxy
+
+    base = open_store(s3_uri)
+    with FaultProxy(s3_env_endpoint(), drop_reply=_conditional_put_to("/once")) as proxy:
+        store = _s3_store_via(proxy.url, base.bucket, monkeypatch)
+        store.put("once", b"mine", if_absent=True)  # written, reply lost, retried: 412
+        assert proxy.dropped == [("PUT", f"/{base.bucket}/root/once")]
+        with pytest.raises(AlreadyExistsError, match="different content"):
+            store.put("once", b"someone else's", if_absent=True)
+    assert base.get("once") == b"mine"
+
+
+def s3_env_endpoint():
+    import os
+
+    return os.environ["AWS_ENDPOINT_URL"]
+
+
+@pytest.mark.timeout(60)
+def test_s3_publish_whose_marker_reply_was_lost_succeeds(s3_uri, monkeypatch):
+    from faultproxy import FaultProxy
+
+    base = open_store(s3_uri)
+    files = {"manifest.csv": b"key,label\n", "report.json": b"{}"}
+    with FaultProxy(s3_env_endpoint(), drop_reply=_conditional_put_to(PUBLISHED_MARKER)) as proxy:
+        store = _s3_store_via(proxy.url, base.bucket, monkeypatch)
+        marker = store.publish("versions/abc", files)
+        assert len(proxy.dropped) == 1
+    assert base.published_marker("versions/abc") == marker
+    assert base.read_published("versions/abc", "report.json") == b"{}"
+    assert not any("_PUBLISHING" in o.key for o in base.list())  # the lock is gone
+
+
+@pytest.mark.timeout(60)
+def test_s3_partition_fails_fast_and_names_the_endpoint(s3_uri, monkeypatch):
+    import time
+
+    from faultproxy import FaultProxy
+
+    with FaultProxy(blackhole=True) as proxy:
+        store = _s3_store_via(proxy.url, "any-bucket", monkeypatch,
+                              MLOPS_S3_CONNECT_TIMEOUT="1", MLOPS_S3_READ_TIMEOUT="0.5",
+                              MLOPS_S3_RETRIES="1")
+        for op in (lambda: store.get("k"), lambda: store.put("k", b"x", if_absent=True),
+                   lambda: list(store.list()), lambda: store.exists("k")):
+            started = time.monotonic()
+            with pytest.raises(StorageError, match=f"{proxy.url} did not answer.*READ_TIMEOUT"):
+                op()
+            assert time.monotonic() - started < 8  # (read 0.5 s) x 2 tries + back-off
+
+
+def test_s3_without_an_endpoint_names_the_variables(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "S3_", "MINIO_")):
+            monkeypatch.delenv(name)
+    with pytest.raises(ValueError, match="AWS_ENDPOINT_URL.*https://s3.amazonaws.com"):
+        open_store("s3://bucket/prefix")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.amazonaws.com")  # asked for explicitly
+    assert open_store("s3://bucket/prefix").settings.endpoint == "s3.amazonaws.com"
+    monkeypatch.setenv("MLOPS_S3_READ_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MLOPS_S3_READ_TIMEOUT: 'soon'"):
+        open_store("s3://bucket/prefix")
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_publishers_of_one_folder_leave_one_intact_version(store_uri):
+    """Same version, different report (two lakes with the same images): one wins, whole."""
+    store = open_store(store_uri)
+    files = {f"part-{i:02d}.csv": f"row {i}\n".encode() * 50 for i in range(12)}
+    outcomes: dict[int, object] = {}
+
+    def publish(i):
+        mine = {**files, "report.json": f'{{"source": "lake-{i}"}}'.encode()}
+        try:
+            outcomes[i] = store.publish("versions/v", mine)
+        except AlreadyExistsError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, o in outcomes.items() if isinstance(o, dict)]
+    assert len(winners) == 1 and len(outcomes) == 4
+    marker = store.published_marker("versions/v")
+    for name in marker["files"]:
+        store.read_published("versions/v", name)  # every checksum holds
+    assert store.read_published("versions/v", "report.json") == (
+        f'{{"source": "lake-{winners[0]}"}}'.encode())
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_publishers_of_identical_files_all_succeed(store_uri):
+    store = open_store(store_uri)
+    files = {f"part-{i:02d}.csv": f"row {i}\n".encode() for i in range(8)}
+    results, errors = [], []
+
+    def publish():
+        try:
+            results.append(store.publish("versions/same", files))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    assert all(r["files"] == results[0]["files"] for r in results)
+    assert store.publish("versions/same", files) == results[0]  # a retry later is a no-op
+
+
+@pytest.mark.timeout(60)
+def test_s3_publish_takes_over_the_lock_of_a_dead_publisher(s3_uri, monkeypatch):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    store = open_store(s3_uri)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    # A crashed publisher on this host left a lock and half its files.
+    store.put("v/_PUBLISHING-000001", json.dumps(
+        {"owner": "x", "host": socket.gethostname(), "pid": int(gone.stdout), "beat": 0}).encode())
+    store.put("v/a.csv", b"half-written")
+    started = time.monotonic()
+    store.publish("v", {"a.csv": b"complete"})
+    assert time.monotonic() - started < 10
+    assert store.read_published("v", "a.csv") == b"complete"
+    # A lock from another machine that stops renewing is taken over after the lease.
+    monkeypatch.setenv("MLOPS_PUBLISH_LEASE", "1")
+    store.put("w/_PUBLISHING-000001", json.dumps(
+        {"owner": "y", "host": "another-host", "pid": 1, "beat": 0}).encode())
+    store.publish("w", {"b.csv": b"b"})
+    assert store.read_published("w", "b.csv") == b"b"
+    assert not any("_PUBLISHING" in o.key for o in store.list())

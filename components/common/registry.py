@@ -13,8 +13,13 @@ Layout under the registry root (any store URI)::
 
 Version numbers are claimed with a create-only write (``If-None-Match: *`` on S3, ``link()``
 on a directory), so two concurrent registrations always get two different numbers and neither
-is lost. A version whose publish failed leaves a claimed number unused; numbers are never
-reused. Versions are immutable, and every download is checked against the recorded sha256.
+is lost. Every claim and record carries a random ``nonce``: a create-only write that finds
+exactly its own bytes is the retry of a write whose reply was lost (see ``storage``), and the
+nonce makes sure that can never be somebody else's record. An alias event is written at the
+sequence number right after the event it names as ``previous``; if another move took that
+number first, the event is rebuilt on top of that move, so the history is a chain in which
+``previous`` is always what the alias pointed to immediately before. A version whose publish
+failed leaves a claimed number unused; numbers are never reused. Versions are immutable, and every download is checked against the recorded sha256.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +129,8 @@ class ModelRegistry:
             raise RegistryError("Nothing to register: the package has no files.")
         if LINEAGE_FILE in files:
             raise RegistryError(f"{LINEAGE_FILE!r} is written by the registry; pass lineage=.")
-        claim = json.dumps({"claimed_at": _now(), "by": _actor()}).encode()
+        claim = json.dumps({"claimed_at": _now(), "by": _actor(),
+                            "nonce": uuid.uuid4().hex}).encode()
         version = self._claim(model, "claims", claim)
         record = {**lineage, "model": model, "version": version, "registered_at": _now(),
                   "registered_by": _actor()}
@@ -196,23 +203,34 @@ class ModelRegistry:
         if version not in self.versions(model):
             raise RegistryError(f"Model {model!r} has no version {version} to point "
                                 f"{alias!r} at. Versions: {self.versions(model)}.")
-        previous = self._alias_events(model, alias)
+        folder = f"{model}/aliases/{alias}"
+        seqs = self._seqs(folder)
+        n = (seqs[-1] if seqs else 0) + 1
+        previous = self.store.get_json(f"{folder}/{n - 1:08d}.json")["version"] if seqs else None
         event = {"alias": alias, "version": int(version), "at": _now(),
-                 "by": actor or _actor(), "reason": reason,
-                 "previous": previous[-1]["version"] if previous else None}
-        n = self._claim_alias_event(model, alias, event)
-        event["seq"] = n
+                 "by": actor or _actor(), "reason": reason, "nonce": uuid.uuid4().hex}
+        while True:
+            record = {**event, "previous": previous, "seq": n}
+            try:
+                self.store.put(f"{folder}/{n:08d}.json",
+                               json.dumps(record, sort_keys=True).encode(), if_absent=True)
+                break
+            except AlreadyExistsError:
+                # Another move took number n: this one comes after it.
+                previous = self.store.get_json(f"{folder}/{n:08d}.json")["version"]
+                n += 1
         logger.info("Alias %s@%s -> version %d (%s)", model, alias, version, reason or "no reason")
-        return event
+        return record
 
-    def _claim_alias_event(self, model: str, alias: str, event: dict) -> int:
-        return self._append(f"{model}/aliases/{alias}", event)
+    def _seqs(self, folder: str) -> list[int]:
+        return sorted(int(o.key.rsplit("/", 1)[1][:-5]) for o in self.store.list(folder)
+                      if o.key.endswith(".json") and o.key.rsplit("/", 1)[1][:-5].isdigit())
 
     def _append(self, folder: str, event: dict) -> int:
         """Adds ``event`` as the next numbered record of ``folder``; never overwrites one."""
-        seqs = sorted(int(o.key.rsplit("/", 1)[1][:-5]) for o in self.store.list(folder)
-                      if o.key.endswith(".json"))
+        seqs = self._seqs(folder)
         n = (seqs[-1] if seqs else 0) + 1
+        event = {**event, "nonce": uuid.uuid4().hex}
         while True:
             try:
                 self.store.put(f"{folder}/{n:08d}.json",

@@ -12,7 +12,18 @@ that root, written with ``/`` separators:
 
 A folder can be *published* atomically: readers either see a folder with every file in it and
 its ``_PUBLISHED`` marker, or they do not see it as published at all. Published folders are
-immutable: publishing to the same prefix again raises :class:`AlreadyExistsError`.
+immutable: publishing different files to the same prefix again raises
+:class:`AlreadyExistsError`; publishing the very same files again (a retry, or a concurrent
+publisher of the same content) returns the existing marker. Concurrent publishers of one prefix
+never mix their files: on S3 they take turns through a lease-based lock (see
+:class:`_PublishLock`), on a directory the atomic rename of a private staging folder decides.
+
+Create-only writes (``put(..., if_absent=True)``) are idempotent: when the object already holds
+exactly the bytes being written, the write succeeds. That is what makes a retried S3 request
+safe: when the reply to a conditional PUT is lost, the client retries, gets ``412 Precondition
+Failed`` for its own first write, and must not report that as somebody else's object. Callers
+that need exactly one winner among several writers write distinct bytes (the registry puts a
+nonce in every claim and event).
 """
 
 from __future__ import annotations
@@ -24,6 +35,9 @@ import logging
 import os
 import re
 import shutil
+import socket
+import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -37,6 +51,8 @@ PUBLISHED_MARKER = "_PUBLISHED"
 
 # Names the local backend uses while it writes; never listed, never visible as objects.
 _INTERNAL_NAME = re.compile(r"^\..+\.(tmp|staging)-[0-9a-f]{32}$")
+# The S3 publish lock of a folder: <prefix>/_PUBLISHING-<generation>.
+_LOCK_NAME = "_PUBLISHING"
 
 
 class StorageError(Exception):
@@ -52,7 +68,15 @@ class ObjectNotFoundError(StorageError, FileNotFoundError):
 
 
 class AlreadyExistsError(StorageError, FileExistsError):
-    """A write-once object or a published folder already exists."""
+    """A write-once object or a published folder already exists with different content."""
+
+
+class StorageConfigError(StorageError, ValueError):
+    """The storage settings are missing or invalid; the message names the variables to set."""
+
+
+class StorageUnavailableError(StorageError, ConnectionError):
+    """The storage server did not answer in time or dropped the connection; names the endpoint."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +146,9 @@ class ObjectStore(ABC):
         Args:
             key: Relative key.
             data: The content.
-            if_absent: Fail with :class:`AlreadyExistsError` instead of overwriting.
+            if_absent: Create-only: fail with :class:`AlreadyExistsError` if an object with
+                different bytes exists. An object with exactly these bytes is success (an
+                idempotent retry), never an error.
         """
 
     @abstractmethod
@@ -159,7 +185,10 @@ class ObjectStore(ABC):
 
         Readers that check :meth:`is_published` (or read the marker) never see a half-written
         folder. The marker records every file's size and sha256 so that readers can verify
-        what they download.
+        what they download. Publishing is idempotent: if the folder is already published with
+        exactly these files (a retry, or another process publishing the same content at the
+        same time), the existing marker is returned. Concurrent publishers of one prefix never
+        overwrite each other's files; on S3 a later one waits for the earlier one to finish.
 
         Args:
             prefix: Folder key, relative to the store root.
@@ -169,30 +198,55 @@ class ObjectStore(ABC):
             The marker's content.
 
         Raises:
-            AlreadyExistsError: The folder was already published; published folders are
-                immutable.
+            AlreadyExistsError: The folder was already published with different files;
+                published folders are immutable.
         """
         check_key(prefix)
         if not files:
             raise ValueError(f"Nothing to publish at {prefix!r}: expect at least one file.")
         for name in files:
             check_key(name)
-            if name == PUBLISHED_MARKER:
-                raise UnsafeKeyError(f"{PUBLISHED_MARKER!r} is reserved for the publish marker.")
-        if self.is_published(prefix):
-            raise AlreadyExistsError(
-                f"{self.uri_of(prefix)} is already published and published folders are "
-                "immutable; publish a new version instead."
-            )
+            if name == PUBLISHED_MARKER or name.startswith(_LOCK_NAME):
+                raise UnsafeKeyError(f"{name!r} is reserved for the publish marker and lock.")
         marker = {
             "files": {
                 name: {"size": len(data), "sha256": sha256_bytes(data)}
                 for name, data in sorted(files.items())
             }
         }
-        self._publish_files(prefix, files, json.dumps(marker, indent=2, sort_keys=True).encode())
+        existing = self.published_marker(prefix)
+        if existing is not None:
+            return self._same_or_raise(prefix, existing, marker)
+        try:
+            self._publish_files(prefix, files,
+                                json.dumps(marker, indent=2, sort_keys=True).encode())
+        except AlreadyExistsError:
+            existing = self.published_marker(prefix)
+            if existing is None:
+                raise
+            return self._same_or_raise(prefix, existing, marker)
         logger.info("Published %d files at %s", len(files), self.uri_of(prefix))
         return marker
+
+    def published_marker(self, prefix: str) -> dict | None:
+        """The marker of a published folder (its files' sizes and sha256), or None."""
+        try:
+            return json.loads(self.get(join_key(check_key(prefix), PUBLISHED_MARKER)))
+        except ObjectNotFoundError:
+            return None
+
+    def _same_or_raise(self, prefix: str, existing: dict, marker: dict) -> dict:
+        if existing.get("files") == marker["files"]:
+            logger.info("%s is already published with the same files; nothing to do",
+                        self.uri_of(prefix))
+            return existing
+        differ = sorted(set(existing.get("files", {})) ^ set(marker["files"]) | {
+            n for n in set(existing.get("files", {})) & set(marker["files"])
+            if existing["files"][n] != marker["files"][n]})
+        raise AlreadyExistsError(
+            f"{self.uri_of(prefix)} is already published with different files "
+            f"({', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} differ) and "
+            "published folders are immutable; publish a new version instead.")
 
     def read_published(self, prefix: str, name: str) -> bytes:
         """Reads one file of a published folder and verifies it against the marker.
@@ -218,6 +272,13 @@ class ObjectStore(ABC):
 
     def uri_of(self, key: str) -> str:
         return self.uri.rstrip("/") + "/" + key if key else self.uri
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +330,11 @@ class LocalStore(ObjectStore):
                 try:
                     os.link(tmp, path)
                 except FileExistsError as exc:
-                    raise AlreadyExistsError(f"{self.uri_of(key)} already exists.") from exc
+                    if _same_bytes(path, data):
+                        logger.debug("%s already holds these bytes", self.uri_of(key))
+                        return
+                    raise AlreadyExistsError(
+                        f"{self.uri_of(key)} already exists with different content.") from exc
             else:
                 os.replace(tmp, path)
         finally:
@@ -316,18 +381,36 @@ class LocalStore(ObjectStore):
 
 @dataclass(frozen=True)
 class S3Settings:
+    """Where the S3 server is, how to sign requests, and how long to wait for it.
+
+    A request waits at most ``connect_timeout`` for the connection and ``read_timeout`` for
+    each read of the answer, and is tried ``1 + retries`` times, so an endpoint that never
+    answers fails a request after about ``(connect_timeout + read_timeout) * (1 + retries)``
+    seconds (plus a few seconds of back-off) with :class:`StorageUnavailableError`.
+    """
+
     endpoint: str  # host[:port]
     secure: bool
     access_key: str | None
     secret_key: str | None
     region: str | None
     verify_tls: bool = True
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 2
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
 
 
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "S3_ENDPOINT",
                   "MINIO_ENDPOINT")
 _ACCESS_VARS = ("AWS_ACCESS_KEY_ID", "MINIO_ACCESS_KEY", "MINIO_ROOT_USER")
 _SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_PASSWORD")
+_TIMEOUT_VARS = {"connect_timeout": ("MLOPS_S3_CONNECT_TIMEOUT", 5.0),
+                 "read_timeout": ("MLOPS_S3_READ_TIMEOUT", 30.0)}
+_RETRIES_VAR = ("MLOPS_S3_RETRIES", 2)
 
 
 def _first_env(names: tuple[str, ...], env: Mapping[str, str]) -> str | None:
@@ -343,29 +426,61 @@ def _truthy(value: str | None, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _number_env(env: Mapping[str, str], name: str, default: float, *, integer: bool = False,
+                minimum: float = 0.0):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (not integer and value == 0):
+        kind = "an integer >= 0" if integer else "a number of seconds > 0"
+        raise StorageConfigError(f"Invalid {name}: {raw!r}. Expect {kind}.")
+    return value
+
+
 def s3_settings_from_env(env: Mapping[str, str] | None = None) -> S3Settings:
-    """Reads the S3 endpoint and credentials from the conventional variables.
+    """Reads the S3 endpoint, credentials and timeouts from the conventional variables.
 
     Endpoint: the first of ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``S3_ENDPOINT_URL``,
-    ``S3_ENDPOINT``, ``MINIO_ENDPOINT`` (``http://host:port``, ``https://host`` or ``host:port``),
-    else AWS S3. TLS: the URL's scheme, else ``S3_USE_HTTPS`` / ``MINIO_SECURE`` (default on);
+    ``S3_ENDPOINT``, ``MINIO_ENDPOINT`` (``http://host:port``, ``https://host`` or ``host:port``).
+    There is no default: AWS S3 is used only when asked for explicitly
+    (``AWS_ENDPOINT_URL=https://s3.amazonaws.com``), so that a machine without a configured
+    endpoint fails with a clear message instead of trying the internet.
+    TLS: the URL's scheme, else ``S3_USE_HTTPS`` / ``MINIO_SECURE`` (default on);
     ``S3_VERIFY_SSL=0`` turns certificate checks off (KServe's annotation names).
     Credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, or MinIO's
     ``MINIO_ACCESS_KEY`` / ``MINIO_SECRET_KEY`` (``MINIO_ROOT_USER`` / ``MINIO_ROOT_PASSWORD``).
     Region: ``AWS_REGION`` or ``AWS_DEFAULT_REGION``.
+    Timeouts: ``MLOPS_S3_CONNECT_TIMEOUT`` (seconds, default 5), ``MLOPS_S3_READ_TIMEOUT``
+    (seconds, default 30), ``MLOPS_S3_RETRIES`` (default 2).
+
+    Raises:
+        StorageConfigError: No endpoint is set, or a value is invalid.
     """
     env = os.environ if env is None else env
-    raw = _first_env(_ENDPOINT_VARS, env) or "https://s3.amazonaws.com"
+    raw = _first_env(_ENDPOINT_VARS, env)
+    if not raw:
+        raise StorageConfigError(
+            "No S3 endpoint is configured for an s3:// URI. Set AWS_ENDPOINT_URL (or "
+            "AWS_ENDPOINT_URL_S3, S3_ENDPOINT_URL, S3_ENDPOINT, MINIO_ENDPOINT) to the server, "
+            "e.g. http://minio-service.kubeflow:9000, and AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY to its keys; for AWS S3 itself set "
+            "AWS_ENDPOINT_URL=https://s3.amazonaws.com. Or use a local path instead.")
     secure_default = _truthy(env.get("S3_USE_HTTPS", env.get("MINIO_SECURE")), True)
     if "://" in raw:
         parsed = urlparse(raw)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(
+            raise StorageConfigError(
                 f"Invalid S3 endpoint: {raw!r}. Expect http://host:port, https://host or host:port."
             )
         endpoint, secure = parsed.netloc, parsed.scheme == "https"
     else:
         endpoint, secure = raw.rstrip("/"), secure_default
+    timeouts = {field: _number_env(env, name, default)
+                for field, (name, default) in _TIMEOUT_VARS.items()}
     return S3Settings(
         endpoint=endpoint,
         secure=secure,
@@ -373,6 +488,8 @@ def s3_settings_from_env(env: Mapping[str, str] | None = None) -> S3Settings:
         secret_key=_first_env(_SECRET_VARS, env),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         verify_tls=_truthy(env.get("S3_VERIFY_SSL"), True),
+        retries=_number_env(env, _RETRIES_VAR[0], _RETRIES_VAR[1], integer=True),
+        **timeouts,
     )
 
 
@@ -389,40 +506,64 @@ class S3Store(ObjectStore):
             check_key(self.prefix)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         if client is None:
-            client = _make_minio_client(settings or s3_settings_from_env())
+            settings = settings or s3_settings_from_env()
+            client = _make_minio_client(settings)
+        self.settings = settings
         self.client = client
 
     def _key(self, key: str) -> str:
         return join_key(self.prefix, check_key(key))
 
+    def _unavailable(self, what: str, key: str, exc: Exception) -> StorageUnavailableError:
+        reason = getattr(exc, "reason", None) or exc
+        s = self.settings
+        limits = (f" (connect timeout {s.connect_timeout:g} s, read timeout "
+                  f"{s.read_timeout:g} s, {s.retries} retries)") if s else ""
+        endpoint = s.url if s else "the S3 endpoint"
+        return StorageUnavailableError(
+            f"S3 endpoint {endpoint} did not answer {what} {self.uri_of(key)}{limits}: "
+            f"{reason}. Check that the endpoint (AWS_ENDPOINT_URL) is right and reachable; "
+            "the limits are set with MLOPS_S3_CONNECT_TIMEOUT, MLOPS_S3_READ_TIMEOUT and "
+            "MLOPS_S3_RETRIES.")
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        import urllib3
+
         base = join_key(self.prefix, prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         found = []
-        for obj in self.client.list_objects(self.bucket, prefix=(base + "/") if base else None,
-                                            recursive=True):
-            if obj.is_dir:
-                continue
-            found.append(ObjectInfo(obj.object_name[strip:], obj.size or 0,
-                                    (obj.etag or "").strip('"')))
+        try:
+            for obj in self.client.list_objects(self.bucket,
+                                                prefix=(base + "/") if base else None,
+                                                recursive=True):
+                if obj.is_dir:
+                    continue
+                found.append(ObjectInfo(obj.object_name[strip:], obj.size or 0,
+                                        (obj.etag or "").strip('"')))
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unavailable("a listing of", prefix, exc) from exc
         yield from sorted(found, key=lambda o: o.key)
 
     def get(self, key: str) -> bytes:
+        import urllib3
         from minio.error import S3Error
 
         try:
             response = self.client.get_object(self.bucket, self._key(key))
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 raise ObjectNotFoundError(f"No object {self.uri_of(key)}") from exc
             raise StorageError(f"Cannot read {self.uri_of(key)}: {exc.code}: {exc.message}") from exc
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unavailable("a read of", key, exc) from exc
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        import urllib3
         from minio.error import S3Error
 
         try:
@@ -436,10 +577,24 @@ class S3Store(ObjectStore):
                 self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
         except S3Error as exc:
             if exc.code == "PreconditionFailed":
-                raise AlreadyExistsError(f"{self.uri_of(key)} already exists.") from exc
+                # Either somebody else's object, or our own: the client retries a PUT whose
+                # reply was lost, and the retry finds what the first attempt wrote.
+                try:
+                    same = self.get(key) == data
+                except ObjectNotFoundError:
+                    same = False
+                if same:
+                    logger.debug("%s already holds these bytes (a retried or identical write)",
+                                 self.uri_of(key))
+                    return
+                raise AlreadyExistsError(
+                    f"{self.uri_of(key)} already exists with different content.") from exc
             raise StorageError(f"Cannot write {self.uri_of(key)}: {exc.code}: {exc.message}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unavailable("a write of", key, exc) from exc
 
     def exists(self, key: str) -> bool:
+        import urllib3
         from minio.error import S3Error
 
         try:
@@ -449,38 +604,235 @@ class S3Store(ObjectStore):
             if exc.code in ("NoSuchKey", "NoSuchBucket", "ResourceNotFound", "NoSuchObject"):
                 return False
             raise StorageError(f"Cannot stat {self.uri_of(key)}: {exc.code}: {exc.message}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unavailable("a stat of", key, exc) from exc
 
     def delete(self, key: str) -> None:
-        self.client.remove_object(self.bucket, self._key(key))
+        import urllib3
+
+        try:
+            self.client.remove_object(self.bucket, self._key(key))
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unavailable("a delete of", key, exc) from exc
 
     def child(self, prefix: str) -> S3Store:
-        return S3Store(self.bucket, join_key(self.prefix, check_key(prefix)), client=self.client)
+        return S3Store(self.bucket, join_key(self.prefix, check_key(prefix)), client=self.client,
+                       settings=self.settings)
 
     def _publish_files(self, prefix: str, files: Mapping[str, bytes], marker: bytes) -> None:
         # S3 has no rename: upload every file, then the marker last, written only if absent.
-        # Readers go by the marker, so until it lands the folder does not exist for them;
-        # a crash leaves unmarked files that a retry overwrites.
-        for name, data in files.items():
-            self.put(join_key(prefix, name), data)
-        self.put(join_key(prefix, PUBLISHED_MARKER), marker, if_absent=True)
+        # Readers go by the marker, so until it lands the folder does not exist for them.
+        # Publishers of one prefix take turns through a lock, so one never overwrites the files
+        # of a folder another is writing; a crashed publisher's unmarked files are overwritten
+        # by the next one once its lock is found dead or stale.
+        lock = _PublishLock(self, prefix)
+        if not lock.acquire():
+            raise AlreadyExistsError(f"{self.uri_of(prefix)} was published while this "
+                                     "publisher waited for its turn.")
+        try:
+            if self.exists(join_key(prefix, PUBLISHED_MARKER)):
+                raise AlreadyExistsError(f"{self.uri_of(prefix)} is already published.")
+            for name, data in files.items():
+                lock.check()
+                self.put(join_key(prefix, name), data)
+            lock.check()
+            self.put(join_key(prefix, PUBLISHED_MARKER), marker, if_absent=True)
+        finally:
+            lock.release()
 
     def ensure_bucket(self) -> None:
         """Creates the bucket if it does not exist (for tests, demos and first runs)."""
-        if not self.client.bucket_exists(self.bucket):
-            self.client.make_bucket(self.bucket)
+        import urllib3
+
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unavailable("a bucket check of", "", exc) from exc
+
+
+def _publish_lease() -> float:
+    return _number_env(os.environ, "MLOPS_PUBLISH_LEASE", 60.0)
+
+
+def _publish_wait() -> float:
+    return _number_env(os.environ, "MLOPS_PUBLISH_WAIT", 900.0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _PublishLock:
+    """A lease on publishing one S3 folder: ``<prefix>/_PUBLISHING-<generation>``.
+
+    Acquire: create generation 1 with a create-only write. A publisher that finds a lock waits
+    until the folder is published (then it compares files), the lock is released (then it
+    tries again), or the lock is dead: its holder ran on this host and its process is gone, or
+    its heartbeat (the holder rewrites the lock every lease/4 seconds) has not changed for a
+    lease (``MLOPS_PUBLISH_LEASE``, 60 s), measured on the waiter's own monotonic clock so that
+    clock skew between machines does not matter. A dead lock of generation g is taken over by
+    creating generation g+1 create-only: exactly one waiter wins. The holder checks before
+    every write that its generation is still current, so a holder that was only slow stops
+    instead of overwriting its successor's files. Waiting is bounded by ``MLOPS_PUBLISH_WAIT``
+    (900 s).
+    """
+
+    def __init__(self, store: S3Store, prefix: str):
+        self.store = store
+        self.prefix = prefix
+        self.owner = uuid.uuid4().hex
+        self.generation = 0
+        self.lease = _publish_lease()
+        self._beat = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _key(self, generation: int) -> str:
+        return join_key(self.prefix, f"{_LOCK_NAME}-{generation:06d}")
+
+    def _body(self) -> bytes:
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(),
+                           "pid": os.getpid(), "beat": self._beat}).encode()
+
+    def _generations(self) -> list[int]:
+        found = []
+        for obj in self.store.list(self.prefix):
+            name = obj.key.rsplit("/", 1)[-1]
+            if name.startswith(_LOCK_NAME + "-") and name[len(_LOCK_NAME) + 1:].isdigit():
+                found.append(int(name[len(_LOCK_NAME) + 1:]))
+        return sorted(found)
+
+    def _try(self, generation: int) -> bool:
+        self.generation = generation
+        try:
+            self.store.put(self._key(generation), self._body(), if_absent=True)
+        except AlreadyExistsError:
+            return False
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True,
+                                        name=f"publish-lease-{self.prefix}")
+        self._thread.start()
+        return True
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease / 4):
+            self._beat += 1
+            try:
+                self.store.put(self._key(self.generation), self._body())
+            except StorageError as exc:  # the next check() or the marker write decides
+                logger.warning("Could not renew the publish lease of %s: %s",
+                               self.store.uri_of(self.prefix), exc)
+
+    def acquire(self) -> bool:
+        """True once this publisher holds the lock; False if the folder got published."""
+        marker = join_key(self.prefix, PUBLISHED_MARKER)
+        deadline = time.monotonic() + _publish_wait()
+        seen: tuple[int, bytes] | None = None
+        seen_at = time.monotonic()
+        delay = 0.05
+        while True:
+            if self.store.exists(marker):
+                return False
+            generations = self._generations()
+            if not generations:
+                if self._try(1):
+                    return True
+                continue
+            top = generations[-1]
+            try:
+                body = self.store.get(self._key(top))
+            except ObjectNotFoundError:
+                continue  # released meanwhile
+            now = time.monotonic()
+            if seen is None or seen != (top, body):
+                seen, seen_at = (top, body), now
+            holder = _parse_lock(body)
+            dead = (holder.get("host") == socket.gethostname()
+                    and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid()
+                    and not _pid_alive(holder["pid"]))
+            if dead or now - seen_at > self.lease:
+                logger.warning("Taking over the publish lock of %s from %s (%s)",
+                               self.store.uri_of(self.prefix), holder or "an unreadable lock",
+                               "its process is gone" if dead else
+                               f"no heartbeat for {now - seen_at:.0f} s")
+                if self._try(top + 1):
+                    return True
+                continue
+            if now > deadline:
+                raise StorageError(
+                    f"Gave up waiting for another publisher of {self.store.uri_of(self.prefix)}"
+                    f" ({holder}) after {_publish_wait():.0f} s (MLOPS_PUBLISH_WAIT); it is "
+                    "still renewing its lock.")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def check(self) -> None:
+        """Raises if another publisher took the lock over (this one was presumed dead)."""
+        if self.store.exists(self._key(self.generation + 1)):
+            raise StorageError(
+                f"Lost the publish lock of {self.store.uri_of(self.prefix)}: another publisher "
+                f"took it over after no heartbeat for {self.lease:.0f} s (MLOPS_PUBLISH_LEASE)."
+                " Nothing more was written by this one.")
+        try:
+            holder = _parse_lock(self.store.get(self._key(self.generation)))
+        except ObjectNotFoundError:
+            holder = {}
+        if holder.get("owner") != self.owner:
+            raise StorageError(f"Lost the publish lock of {self.store.uri_of(self.prefix)} to "
+                               f"{holder or 'nobody'}; nothing more was written by this one.")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.store.settings.read_timeout * 2
+                              if self.store.settings else 60)
+        try:
+            for generation in range(1, self.generation + 1):
+                self.store.delete(self._key(generation))
+        except StorageError as exc:
+            logger.warning("Could not remove the publish lock of %s: %s",
+                           self.store.uri_of(self.prefix), exc)
+
+
+def _parse_lock(body: bytes) -> dict:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _make_minio_client(settings: S3Settings):
+    import urllib3
     from minio import Minio
 
-    http_client = None
-    if settings.secure and not settings.verify_tls:
-        import urllib3
-
-        http_client = urllib3.PoolManager(cert_reqs="CERT_NONE")
+    # minio's own default waits 300 s to connect and per read, with 5 retries: a partition
+    # hangs a step for many minutes. Bounded, configurable limits instead (see S3Settings).
+    http_client = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED" if (settings.verify_tls or not settings.secure) else "CERT_NONE",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or _certifi_where(),
+        retries=urllib3.Retry(total=settings.retries, backoff_factor=0.2,
+                              status_forcelist=[500, 502, 503, 504]),
+    )
     return Minio(settings.endpoint, access_key=settings.access_key,
                  secret_key=settings.secret_key, secure=settings.secure,
                  region=settings.region, http_client=http_client)
+
+
+def _certifi_where() -> str | None:
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
 
 
 def open_store(uri: str | os.PathLike) -> ObjectStore:
