@@ -122,3 +122,80 @@ def test_registry_cli_for_people(tmp_path):
     assert missing.returncode == 2 and "no alias 'production'" in missing.stderr
     history = mlops("history", "pets", "staging")
     assert "vNone -> v2  by ci  test" in history.stdout
+
+
+@pytest.mark.timeout(120)
+def test_alias_history_previous_is_the_move_before_under_concurrency(store_uri):
+    """8 registrations at once, each moving the alias: the history is an unbroken chain."""
+    reg = ModelRegistry(store_uri)
+    errors = []
+
+    def register_and_promote(i):
+        try:
+            mv = reg.register("pets", {"model.onnx": f"m{i}".encode()}, {"i": i})
+            reg.set_alias("pets", "production", mv.version, reason=f"run {i}", actor=f"run-{i}")
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register_and_promote, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    history = reg.alias_history("pets", "production")
+    assert [e["seq"] for e in history] == list(range(1, 9))
+    assert sorted(e["version"] for e in history) == list(range(1, 9))
+    assert history[0]["previous"] is None
+    for before, event in zip(history, history[1:], strict=False):
+        assert event["previous"] == before["version"], (before, event)
+    assert reg.resolve("pets", "@production") == history[-1]["version"]
+
+
+def _via_proxy(s3_uri, proxy, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    return ModelRegistry(s3_uri)
+
+
+def _direct(s3_uri, proxy, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.upstream.geturl())
+    return ModelRegistry(s3_uri)
+
+
+def _conditional_put(fragment):
+    return lambda method, path, headers: (method == "PUT" and fragment in path
+                                          and headers.get("if-none-match") == "*")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("lost", ["/claims/1", "/versions/1/_PUBLISHED"])
+def test_register_survives_a_lost_reply_without_a_duplicate_version(s3_uri, monkeypatch, lost):
+    import os
+
+    from faultproxy import FaultProxy
+
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"], drop_reply=_conditional_put(lost)) as proxy:
+        reg = _via_proxy(s3_uri, proxy, monkeypatch)
+        mv = reg.register("pets", {"model.onnx": b"weights"}, LINEAGE)
+        assert proxy.dropped and mv.version == 1
+        reg.set_alias("pets", "staging", mv.version, actor="ci")
+    reg = _direct(s3_uri, proxy, monkeypatch)
+    assert reg.versions("pets") == [1]
+    assert [o.key for o in reg.store.list("pets/claims")] == ["pets/claims/1"]
+    assert reg.resolve("pets", "@staging") == 1
+
+
+@pytest.mark.timeout(60)
+def test_alias_move_with_a_lost_reply_is_recorded_once(s3_uri, monkeypatch):
+    import os
+
+    from faultproxy import FaultProxy
+
+    ModelRegistry(s3_uri).register("pets", {"model.onnx": b"weights"}, LINEAGE)
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"],
+                    drop_reply=_conditional_put("/aliases/production/")) as proxy:
+        reg = _via_proxy(s3_uri, proxy, monkeypatch)
+        event = reg.set_alias("pets", "production", 1, reason="release", actor="ci")
+        assert proxy.dropped and event["seq"] == 1
+    history = _direct(s3_uri, proxy, monkeypatch).alias_history("pets", "production")
+    assert [(e["seq"], e["version"], e["previous"]) for e in history] == [(1, 1, None)]
