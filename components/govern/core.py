@@ -1,0 +1,424 @@
+"""Govern: a monitoring verdict and a policy in, alerts and actions out, every one recorded.
+
+:func:`govern` applies the policy to one verdict; :func:`govern_pending` applies it to every
+verdict in the monitoring history that was not governed yet (oldest first), which is what
+``mlops govern run`` and the monitoring pipeline's last step call. A verdict counts as
+governed only when its marker ``governance/<model>/governed/<run_id>.json`` is written, and
+that is written last: if storage fails in between, every record already written is whole
+(create-only objects), and the next run governs the verdict again; deduplication, episode
+claims and the idempotent actions make that repeat send, start and change nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import fields
+
+from components.common.storage import open_store
+from components.govern.alerts import AlertBook, AlertSink, fingerprint, send_to
+from components.govern.audit import AuditLog
+from components.govern.policy import Policy, Rule
+from components.govern.records import GovernanceStore, now_iso, parse_time
+from components.govern.trigger import (
+    RELAUNCH_AFTER_S,
+    Episodes,
+    LaunchError,
+    RetrainLauncher,
+    episode_age_s,
+)
+from components.monitor.contract import Check, Verdict
+
+logger = logging.getLogger(__name__)
+
+GOVERNED = "governed"
+_SEVERITY = ("info", "warning", "critical")
+
+
+def load_verdict(d: dict) -> Verdict:
+    """A verdict from its stored JSON, ignoring fields this version does not know."""
+    known = {f.name for f in fields(Verdict)}
+    check_fields = {f.name for f in fields(Check)}
+    d = {k: v for k, v in d.items() if k in known}
+    d["checks"] = [{k: v for k, v in c.items() if k in check_fields} for c in d.get("checks", [])]
+    return Verdict.from_dict(d)
+
+
+def history(store_uri: str, model: str) -> list[tuple[str, Verdict]]:
+    """The monitoring history of ``model`` as (URI, verdict), oldest window first."""
+    store = open_store(store_uri)
+    out = []
+    for o in store.list(f"monitoring/{model}/history"):
+        if not o.key.endswith(".json"):
+            continue
+        try:
+            out.append((store.uri_of(o.key), load_verdict(store.get_json(o.key))))
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("Skipping unreadable verdict %s: %s", store.uri_of(o.key), exc)
+    return sorted(out, key=lambda x: (x[1].window_end, x[1].created))
+
+
+def _verdict_time(verdict: Verdict) -> _dt.datetime:
+    for text in (verdict.window_end, verdict.created):
+        try:
+            return parse_time(text)
+        except (TypeError, ValueError):
+            continue
+    return _dt.datetime.now(_dt.UTC)
+
+
+def _evidence(verdict: Verdict, check: Check) -> str:
+    return check.evidence or verdict.report_uri
+
+
+def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: str = "",
+           target=None, launcher: RetrainLauncher | None = None,
+           sinks: dict[str, AlertSink] | None = None, redeliver: bool = True,
+           verdict_uri: str = "", sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """Applies ``policy`` to ``verdict``: alerts, rollback, hold, retraining trigger.
+
+    Args:
+        verdict: One monitoring run's verdict.
+        policy: A validated policy (:func:`~components.govern.policy.load_policy`).
+        store_uri: The monitoring store (governance records go under ``governance/<model>``).
+        registry_uri: The model registry (holds, rollbacks, the audit view); without it,
+            rollback and hold are recorded as not possible.
+        target: The :class:`~components.deploy.targets.DeploymentTarget` of production, for
+            rollbacks; without it a rollback is recorded as not possible.
+        launcher: Starts retraining runs; without it a trigger is recorded but no run starts.
+        sinks: recipient name -> sink, overriding the policy's webhooks.
+        redeliver: First retry the delivery of alerts still undelivered.
+        verdict_uri: Where the verdict is stored (the evidence of a trigger).
+
+    Returns:
+        The actions taken or refused, each ``{"action", "rule", "detail", …}``.
+    """
+    if policy.model and verdict.model != policy.model:
+        raise ValueError(f"The policy {policy.source or ''} is for model {policy.model!r}, "
+                         f"the verdict for {verdict.model!r}. Use a policy for this model.")
+    gov = GovernanceStore(store_uri, verdict.model)
+    audit = AuditLog(gov)
+    taken: list[dict] = []
+    if redeliver:
+        taken += redeliver_alerts(gov, policy, sinks, sleep)
+    matched = policy.matched(verdict.checks)
+    taken += _alerts(gov, verdict, policy, matched, sinks, sleep)
+    taken += _production_actions(verdict, policy, matched, audit, registry_uri, target)
+    taken += _retrain(gov, audit, verdict, policy, matched, launcher, store_uri, verdict_uri)
+    gov.create(f"{GOVERNED}/{verdict.run_id}.json", {
+        "verdict": verdict.run_id, "model_version": verdict.model_version,
+        "window_end": verdict.window_end, "status": verdict.status, "at": now_iso(),
+        "actions": [{k: v for k, v in a.items() if k in ("action", "rule", "check", "seq")}
+                    for a in taken]})
+    for a in taken:
+        logger.info("govern %s: %s %s", verdict.run_id, a["action"], a.get("detail", ""))
+    return taken
+
+
+def govern_pending(store_uri: str, model: str, policy: Policy, *, limit: int = 20,
+                   **kwargs) -> list[tuple[str, list[dict]]]:
+    """Governs every verdict of ``model`` in the monitoring history that has no governed
+    marker yet, oldest first (at most the ``limit`` newest of them); then redelivers.
+
+    Returns:
+        (verdict run id, actions) for each verdict governed; ``("", actions)`` for a
+        redelivery-only run when nothing was pending.
+    """
+    gov = GovernanceStore(store_uri, model)
+    done = {o.key.rsplit("/", 1)[1][:-5] for o in gov.store.list(GOVERNED)}
+    pending = [(uri, v) for uri, v in history(store_uri, model) if v.run_id not in done]
+    pending = pending[-limit:] if limit else pending
+    out = []
+    for i, (uri, verdict) in enumerate(pending):
+        out.append((verdict.run_id, govern(verdict, policy, store_uri=store_uri,
+                                           verdict_uri=uri, redeliver=(i == 0), **kwargs)))
+    if not pending:
+        out.append(("", redeliver_alerts(gov, policy, kwargs.get("sinks"),
+                                         kwargs.get("sleep", time.sleep))))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Alerts: deduplicated per condition, cool-down, resolved notices, redelivery
+# ------------------------------------------------------------------------------------------
+
+
+def redeliver_alerts(gov: GovernanceStore, policy: Policy, sinks=None,
+                     sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """One more delivery round for every alert a recipient has not got yet."""
+    book = AlertBook(gov)
+    taken = []
+    for alert, missing in book.undelivered():
+        results = send_to(book, alert, missing, policy.recipients, policy.delivery, sinks, sleep)
+        taken.append({"action": "redeliver", "seq": alert["seq"], "rule": alert["rule"],
+                      "check": alert["check"],
+                      "delivered": {r.recipient: r.delivered for r in results},
+                      "detail": "; ".join(f"{r.recipient}: "
+                                          + ("delivered" if r.delivered else r.error)
+                                          for r in results)})
+    return taken
+
+
+def _alert_record(verdict: Verdict, rule: Rule, check: Check, status: str,
+                  recipients: list[str], severity: str, starts_at: str = "") -> dict:
+    value = check.value
+    summary = (f"{check.name} = {value:.4g}" if isinstance(value, float)
+               else f"{check.name} = {value}")
+    if status == "resolved":
+        summary = f"{check.name} is back to {check.status} ({summary})"
+    return {"model": verdict.model, "model_version": str(verdict.model_version),
+            "rule": rule.name, "check": check.name, "kind": check.kind, "status": status,
+            "severity": severity, "summary": summary,
+            "detail": " ".join(x for x in (check.detail, rule.description) if x),
+            "value": value, "threshold": check.threshold, "check_status": check.status,
+            "evidence": _evidence(verdict, check), "verdict_run_id": verdict.run_id,
+            "window_start": verdict.window_start, "window_end": verdict.window_end,
+            "recipients": recipients, "fingerprint": fingerprint(verdict.model, rule.name,
+                                                                 check.name),
+            "starts_at": starts_at, "created": now_iso()}
+
+
+def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> list[dict]:
+    book = AlertBook(gov)
+    last = book.last_by_condition()
+    at = _verdict_time(verdict)
+    taken, firing_now = [], set()
+    for rule, check in matched:
+        alerts = [a for a in rule.actions if a.type == "alert"]
+        if not alerts:
+            continue
+        fp = fingerprint(verdict.model, rule.name, check.name)
+        firing_now.add(fp)
+        prev = last.get(fp)
+        if prev and prev["status"] == "firing":
+            if prev.get("verdict_run_id") == verdict.run_id:
+                continue  # alerted for this very verdict by an earlier (interrupted) run
+            since = (at - parse_time(prev.get("window_end") or prev["created"])).total_seconds()
+            if since < policy.cooldown_of(rule):
+                taken.append({"action": "alert_suppressed", "rule": rule.name,
+                              "check": check.name, "seq": prev["seq"],
+                              "detail": f"alert #{prev['seq']} for this condition is still "
+                                        f"firing ({since / 3600:.1f} h < cool-down "
+                                        f"{policy.cooldown_of(rule) / 3600:.1f} h)"})
+                continue
+        recipients = list(dict.fromkeys(r for a in alerts for r in a.to))
+        severity = max((a.severity for a in alerts), key=_SEVERITY.index)
+        alert = book.create(_alert_record(verdict, rule, check, "firing", recipients, severity))
+        results = send_to(book, alert, recipients, policy.recipients, policy.delivery, sinks,
+                          sleep)
+        taken.append({"action": "alert", "rule": rule.name, "check": check.name,
+                      "seq": alert["seq"], "severity": severity,
+                      "delivered": {r.recipient: r.delivered for r in results},
+                      "detail": alert["summary"]})
+    if policy.send_resolved:
+        rules = {r.name: r for r in policy.rules}
+        for fp, prev in last.items():
+            rule = rules.get(prev["rule"])
+            check = verdict.check(prev["check"])
+            if prev["status"] != "firing" or fp in firing_now or rule is None or check is None \
+                    or check.status == "unknown" or rule.match.matches(check):
+                continue
+            alert = book.create(_alert_record(verdict, rule, check, "resolved",
+                                              prev["recipients"], prev["severity"],
+                                              starts_at=prev["created"]))
+            results = send_to(book, alert, alert["recipients"], policy.recipients,
+                              policy.delivery, sinks, sleep)
+            taken.append({"action": "resolved", "rule": rule.name, "check": check.name,
+                          "seq": alert["seq"],
+                          "delivered": {r.recipient: r.delivered for r in results},
+                          "detail": alert["summary"]})
+    return taken
+
+
+# ------------------------------------------------------------------------------------------
+# Rollback and hold
+# ------------------------------------------------------------------------------------------
+
+
+def _production_actions(verdict, policy, matched, audit: AuditLog, registry_uri, target):
+    taken = []
+    for kind in ("rollback", "hold"):
+        hits = [(r, c) for r, c in matched if r.does(kind)]
+        if not hits:
+            continue
+        rule, check = hits[0]
+        reason = (f"rule {rule.name}: {check.name} = {check.value} on version "
+                  f"{verdict.model_version} (window ending {verdict.window_end})")
+        evidence = _evidence(verdict, check)
+        once = f"{kind}:{verdict.run_id}"
+        if kind == "rollback":
+            if target is None:
+                result = {"action": "rollback_skipped",
+                          "detail": "no deployment target was given to govern, so production "
+                                    "could not be rolled back; roll back by hand"}
+            else:
+                from components.govern.actions import rollback
+
+                result = rollback(target, verdict.model_version, reason, evidence,
+                                  verdict.run_id)
+        else:
+            if not registry_uri:
+                result = {"action": "hold_skipped",
+                          "detail": "no registry was given to govern, so releases could not "
+                                    "be held"}
+            else:
+                from components.common.registry import ModelRegistry
+                from components.govern.actions import hold
+
+                result = hold(ModelRegistry(registry_uri), verdict.model, reason, evidence)
+        result.update(rule=rule.name, check=check.name)
+        audit_kind = {"rollback": "rollback", "rollback_skipped": "rollback_skipped",
+                      "hold": "hold"}.get(result["action"])
+        if audit_kind:
+            audit.append(audit_kind, result.get("detail", reason),
+                         subject=f"version {verdict.model_version}", evidence=evidence,
+                         details={k: v for k, v in result.items() if k != "detail"}
+                         | {"verdict": verdict.run_id}, once_key=once)
+        taken.append(result)
+    return taken
+
+
+# ------------------------------------------------------------------------------------------
+# Retraining episodes
+# ------------------------------------------------------------------------------------------
+
+
+def _retrain_rules(policy: Policy) -> list[Rule]:
+    return [r for r in policy.rules if r.does("retrain")]
+
+
+def _clean(verdict: Verdict, rules: list[Rule]) -> bool:
+    """No retrain rule matches, and the checks they look at were measured."""
+    covered = [c for c in verdict.checks if any(r.match.covers(c) for r in rules)]
+    return bool(covered) and all(c.status != "unknown" for c in covered) and \
+        not any(r.match.matches(c) for r in rules for c in verdict.checks)
+
+
+def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri,
+             verdict_uri) -> list[dict]:
+    rules = _retrain_rules(policy)
+    hits = [(r, c) for r, c in matched if r.does("retrain")]
+    episodes = Episodes(gov)
+    version = str(verdict.model_version)
+    mine = episodes.of_version(version)
+    current = mine[-1] if mine and "closed" not in mine[-1] else None
+    at = _verdict_time(verdict)
+    if not hits:
+        if current is None or not _clean(verdict, rules):
+            return []
+        # The episode ends after `clear_after` consecutive clean windows of this version.
+        recent = [v for _, v in history(store_uri, verdict.model)
+                  if str(v.model_version) == version and v.run_id != verdict.run_id
+                  and v.window_end <= verdict.window_end]
+        window = (recent + [verdict])[-policy.retrain.clear_after:]
+        if len(window) < policy.retrain.clear_after or not all(_clean(v, rules)
+                                                               for v in window):
+            return []
+        if episodes.record(current["key"], "closed", {"reason": "cleared",
+                                                      "verdict": verdict.run_id}):
+            return [{"action": "episode_closed", "episode": current["key"],
+                     "detail": f"{len(window)} clean window(s) of version {version}"}]
+        return []
+
+    if current is not None and episode_age_s(current, at) > policy.retrain.max_episode_age_s:
+        episodes.record(current["key"], "closed", {"reason": "expired",
+                                                   "verdict": verdict.run_id})
+        current = None
+    names = sorted({r.name for r, _ in hits})
+    if current is not None:
+        result = _join_episode(episodes, audit, current, verdict, launcher)
+        if result["action"] == "retrain_skipped":
+            audit.append("retrain_skipped", result["detail"], subject=f"version {version}",
+                         evidence=verdict_uri or verdict.report_uri,
+                         details={"verdict": verdict.run_id, "rules": names,
+                                  "episode": current["key"]},
+                         once_key=f"retrain_skipped:{verdict.run_id}")
+        return [result]
+
+    # A new episode: but no second run while one of the model is still going.
+    if launcher is not None:
+        for ep in episodes.all():
+            launch = ep.get("launch") or {}
+            if launch.get("run_id") and launcher.kind == launch.get("launcher") and \
+                    launcher.state(launch) == "running":
+                detail = (f"retraining run {launch['run_id']} (episode {ep['key']}) is still "
+                          "in progress; none started")
+                audit.append("retrain_skipped", detail, subject=f"version {version}",
+                             evidence=verdict_uri or verdict.report_uri,
+                             details={"verdict": verdict.run_id, "rules": names,
+                                      "running": launch["run_id"]},
+                             once_key=f"retrain_skipped:{verdict.run_id}")
+                return [{"action": "retrain_skipped", "rule": names[0], "detail": detail}]
+    trigger_checks = [{"name": c.name, "kind": c.kind, "value": c.value,
+                       "threshold": c.threshold, "status": c.status} for _, c in hits]
+    episode, claimed = episodes.claim(version, {
+        "model": verdict.model, "verdict": verdict.run_id, "verdict_uri": verdict_uri,
+        "window_start": verdict.window_start, "window_end": verdict.window_end,
+        "report_uri": verdict.report_uri, "rules": names, "checks": trigger_checks})
+    if not claimed:
+        return [{"action": "retrain_skipped", "rule": names[0], "episode": episode["key"],
+                 "detail": f"episode {episode['key']} was claimed at once by another govern "
+                           f"run (verdict {episode['verdict']}); none started"}]
+    return [_launch(episodes, audit, episode, launcher, verdict, "launch")]
+
+
+def _trigger(episodes: Episodes, episode: dict) -> dict:
+    return {"episode": episode["key"], "model": episode["model"],
+            "model_version": episode["model_version"], "verdict": episode["verdict"],
+            "verdict_uri": episode.get("verdict_uri", ""),
+            "window_start": episode.get("window_start"), "window_end": episode.get("window_end"),
+            "rules": episode["rules"], "checks": episode["checks"],
+            "episode_uri": episodes.uri(episode["key"])}
+
+
+def _launch(episodes: Episodes, audit: AuditLog, episode: dict, launcher, verdict,
+            part: str) -> dict:
+    trigger = _trigger(episodes, episode)
+    subject = f"version {episode['model_version']}, episode {episode['key']}"
+    if launcher is None:
+        launch = {"state": "not_started", "launcher": None,
+                  "detail": "no retraining launcher was given to govern; start the "
+                            "continuous-training pipeline by hand with this trigger"}
+    else:
+        try:
+            launch = launcher.launch(trigger)
+        except LaunchError as exc:
+            launch = {"state": "failed", "launcher": launcher.kind, "error": str(exc)}
+    episodes.record(episode["key"], part, {**launch, "trigger": trigger})
+    if launch["state"] == "failed" and not launch.get("run_id"):
+        audit.append("retrain_failed", f"retraining could not start: {launch['error']}",
+                     subject=subject, evidence=episodes.uri(episode["key"]),
+                     details={"verdict": verdict.run_id, "trigger": trigger},
+                     once_key=f"{part}:{episode['key']}")
+        return {"action": "retrain_failed", "rule": episode["rules"][0],
+                "episode": episode["key"], "detail": launch["error"]}
+    detail = (f"episode {episode['key']} started run {launch.get('run_id')} "
+              f"({launch.get('launcher')})" if launch.get("run_id")
+              else f"episode {episode['key']}: {launch['detail']}")
+    audit.append("trigger", detail, subject=subject,
+                 evidence=trigger["verdict_uri"] or verdict.report_uri,
+                 details={"verdict": episode["verdict"], "rules": episode["rules"],
+                          "checks": episode["checks"], "run": launch},
+                 once_key=f"{part}:{episode['key']}")
+    return {"action": "retrain", "rule": episode["rules"][0], "episode": episode["key"],
+            "run_id": launch.get("run_id"), "url": launch.get("url"), "detail": detail}
+
+
+def _join_episode(episodes: Episodes, audit: AuditLog, episode: dict, verdict, launcher):
+    launch = episode.get("launch") or episode.get("relaunch")
+    if launch is None:
+        age = episode_age_s(episode, _dt.datetime.now(_dt.UTC))
+        if age > RELAUNCH_AFTER_S and "relaunch" not in episode and \
+                episodes.record(episode["key"], "relaunch_claim", {"verdict": verdict.run_id}):
+            # The run that claimed the episode died before recording its launch.
+            return _launch(episodes, audit, episode, launcher, verdict, "relaunch")
+        return {"action": "retrain_skipped", "rule": episode["rules"][0],
+                "episode": episode["key"],
+                "detail": f"episode {episode['key']} is being started by another govern run"}
+    state = launcher.state(launch) if launcher is not None and launch.get("run_id") and \
+        launcher.kind == launch.get("launcher") else launch.get("state", "unknown")
+    return {"action": "retrain_skipped", "rule": episode["rules"][0], "episode": episode["key"],
+            "detail": f"episode {episode['key']} (since verdict {episode['verdict']}) already "
+                      f"started run {launch.get('run_id')} ({state}); none started"}
