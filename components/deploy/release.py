@@ -109,7 +109,7 @@ def judge(canary: LoadResult, stable: LoadResult | None, labels: Sequence[str],
     if "canary" in served:
         c["served"] = cs = served["canary"]
         if cs["available"]:
-            answered = cs["requests"] - cs["invalid"]
+            answered = cs["requests"] - cs["bad_requests"]  # a client's mistake is no error
             if cs["error_rate"] > policy.max_error_rate:
                 reasons.append(f"canary server error rate {cs['error_rate']:.3f} > "
                                f"{policy.max_error_rate} over all it served in the step "

@@ -65,8 +65,11 @@ def scrape(url: str, model: str, timeout: float = 10.0) -> Snapshot | None:
 def served_between(before: Snapshot | None, after: Snapshot | None) -> dict:
     """Requests, server errors, client errors and p95 latency served between two snapshots.
 
-    ``error_rate`` counts server errors (HTTP 500) among the requests the server could answer
-    (client errors, HTTP 400, are the caller's fault and not held against a revision).
+    ``error_rate`` counts server errors (``outcome="error"``, HTTP 5xx) among the requests
+    the server could answer. Bad requests (``outcome="bad_request"``, HTTP 4xx: malformed
+    bodies, unknown routes, bodies over the limit) are the caller's fault and are counted
+    apart as ``bad_requests``, never held against a revision. (Servers before the
+    ``bad_request`` label counted them as ``invalid``; both are read.)
     ``p95_ms`` is the 95th percentile latency of the successful requests, interpolated within
     its histogram bucket. ``available`` is False, with a ``note``, when the window cannot be
     measured.
@@ -81,10 +84,11 @@ def served_between(before: Snapshot | None, after: Snapshot | None) -> dict:
     def delta(key: str) -> float:
         return after.outcomes.get(key, 0.0) - before.outcomes.get(key, 0.0)
 
-    ok, errors, invalid = delta("ok"), delta("error"), delta("invalid")
+    ok, errors = delta("ok"), delta("error")
+    bad = delta("bad_request") + delta("invalid")
     answered = ok + errors
-    out = {"available": True, "requests": int(ok + errors + invalid), "errors": int(errors),
-           "invalid": int(invalid),
+    out = {"available": True, "requests": int(ok + errors + bad), "errors": int(errors),
+           "bad_requests": int(bad),
            "error_rate": errors / answered if answered else 0.0, "p95_ms": None}
     counts = sorted((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0))
                     for le in after.buckets)

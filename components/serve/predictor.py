@@ -12,35 +12,41 @@ never from code. Camera clients send encoded JPEG/PNG images:
   ``label`` (BYTES ``[N]``) and ``probabilities`` (FP32 ``[N, classes]``).
 
 All instances of a request go through ONNX Runtime in one call. Bad input is answered with
-``kserve.errors.InvalidInput`` (HTTP 400) and a message saying what was wrong.
+``kserve.errors.InvalidInput`` (HTTP 400) and a message saying what was wrong. Images are
+decoded in a thread pool, never on the event loop, within a pixel budget per image and per
+request that is checked from the image headers before any pixel is decoded. The HTTP edge
+(body size, outcome counting, refused routes) is ``guard.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import io
 import json
 import logging
 import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 from kserve import Model
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.model import InferenceVerb
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 from prometheus_client import Counter, Gauge, Histogram
 
-from components.common.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from components.common.images import ImageRejected, decode_image
 from components.common.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
-REQUESTS = Counter("pet_classifier_requests_total", "Inference requests", ["model", "protocol",
-                                                                           "outcome"])
 IMAGES = Counter("pet_classifier_images_total", "Images classified", ["model"])
 PREDICTED = Counter("pet_classifier_predicted_class_total", "Predictions per class",
                     ["model", "label"])
@@ -55,9 +61,16 @@ SERVER = Gauge("pet_classifier_server_info", "This server process (value 1)",
                ["instance", "model", "model_version"])
 
 
+OUTPUTS = ("label", "probabilities")
+
+
 @dataclass
 class _Batch:
-    """What flows from preprocess to postprocess for one request."""
+    """What flows from preprocess to postprocess for one request.
+
+    ``instances`` holds, per instance, what :meth:`PetClassifier.describe_image` returned for
+    the decoded image (before resizing); it is empty for preprocessed FP32 requests.
+    """
 
     x: np.ndarray
     protocol: str
@@ -65,6 +78,13 @@ class _Batch:
     started: float
     probs: np.ndarray | None = None
     sizes: list = field(default_factory=list)
+    instances: list = field(default_factory=list)
+    outputs: list[RequestedOutput] | None = None
+    binary_outputs: bool = False
+
+
+# A camera sends 2 MP (1080p) to 8 MP (4K) frames; phones 12 MP, some 16 MP (4608x3456).
+CAMERA_MAX_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -73,13 +93,20 @@ class ServingLimits:
 
     Attributes:
         max_instances: Most images in one request.
-        max_body_bytes: Largest request body (by Content-Length).
-        max_pixels: Largest declared image (width x height), checked before decoding.
+        max_body_bytes: Largest request body, counted while it is read (chunked too).
+        max_pixels: Largest declared image (width x height), read from its header before
+            any pixel is decoded.
+        max_request_pixels: Most declared pixels of all images of one request together.
+        body_timeout_s: Time for a request body to arrive.
+        decode_threads: Threads that decode images (0: one per core).
     """
 
     max_instances: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = CAMERA_MAX_PIXELS
+    max_request_pixels: int = 4 * CAMERA_MAX_PIXELS
+    body_timeout_s: float = 30.0
+    decode_threads: int = 0
 
 
 class PetClassifier(Model):
@@ -103,17 +130,20 @@ class PetClassifier(Model):
         self.log_uri = log_uri
         self.log_sample_rate = log_sample_rate
         self._log_store = None
+        self._decoder: ThreadPoolExecutor | None = None
         self.session = None
         self.classes: list[str] = []
+        self.size = 0
 
     def load(self) -> bool:
         import onnxruntime as ort
 
         from components.package.core import read_onnx_metadata
-        from components.serve import v2_compat
+        from components.serve import guard, v2_compat
 
         # In every process that serves this model, including --workers children.
         v2_compat.install()
+        guard.install(self.limits.max_body_bytes, self.limits.body_timeout_s)
 
         path = self.package_dir / "model.onnx"
         if not path.is_file():
@@ -153,7 +183,7 @@ class PetClassifier(Model):
         # KServe's multi-worker server (--workers N) pickles the model into each worker
         # process: send the settings, and let every worker load its own session.
         state = self.__dict__.copy()
-        state.update(session=None, _log_store=None, ready=False)
+        state.update(session=None, _log_store=None, _decoder=None, ready=False)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -161,24 +191,60 @@ class PetClassifier(Model):
         self.load()
 
     async def __call__(self, body, headers=None, verb=None):
-        protocol = "v2" if isinstance(body, InferRequest) else "v1"
-        try:
-            if verb is None:
-                return await super().__call__(body, headers)
-            return await super().__call__(body, headers, verb)
-        except InvalidInput:
-            REQUESTS.labels(self.name, protocol, "invalid").inc()
-            raise
-        except Exception:
-            # Answered 500 by KServe; the release's canary analysis reads this count.
-            REQUESTS.labels(self.name, protocol, "error").inc()
-            raise
+        if verb == InferenceVerb.EXPLAIN:
+            # Answered 404 (the resource is not served here) before any image is decoded.
+            raise NotImplementedError(f"model {self.name!r} has no explainer; use :predict.")
+        if verb is None:
+            return await super().__call__(body, headers)
+        return await super().__call__(body, headers, verb)
+
+    # ---- metadata (Open Inference Protocol) ----------------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        """The two inputs a request may send (exactly one of them)."""
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]},
+                {"name": "input", "datatype": "FP32", "shape": [-1, 3, self.size, self.size]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP32",
+                 "shape": [-1, len(self.classes)]}]
 
     # ---- preprocess --------------------------------------------------------------------
 
-    def _images_to_batch(self, encoded: list[bytes]) -> np.ndarray:
+    def describe_image(self, index: int, image) -> dict | None:
+        """What to keep about one decoded image (upright RGB, before resizing), called in the
+        decoding thread; the result goes to ``_Batch.instances``."""
+        return {"width": image.width, "height": image.height}
+
+    def _check_pixels(self, encoded: list[bytes]) -> None:
+        """Refuses a request from the declared dimensions alone, before decoding a pixel."""
         from PIL import Image
 
+        total = 0
+        for i, data in enumerate(encoded):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    width, height = img.size
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                    Image.DecompressionBombWarning):
+                continue  # not readable: decode_image says why, with the reason
+            if width * height > self.limits.max_pixels:
+                raise InvalidInput(f"Instance {i} declares {width}x{height} = "
+                                   f"{width * height} pixels; the limit is "
+                                   f"{self.limits.max_pixels} per image (--max-pixels).")
+            total += width * height
+        if total > self.limits.max_request_pixels:
+            raise InvalidInput(f"The request's images declare {total} pixels together; the "
+                               f"limit is {self.limits.max_request_pixels} per request "
+                               "(--max-request-pixels). Send fewer or smaller images.")
+
+    def _images_to_batch(self, encoded: list[bytes], instances: list | None = None
+                         ) -> np.ndarray:
+        """Decodes, resizes and normalises; blocking (the server calls it in a thread)."""
+        from PIL import Image
+
+        self._check_pixels(encoded)
         out = np.empty((len(encoded), 3, self.size, self.size), np.float32)
         for i, data in enumerate(encoded):
             try:
@@ -186,10 +252,20 @@ class PetClassifier(Model):
             except ImageRejected as exc:
                 raise InvalidInput(f"Instance {i} is not a usable image ({exc.reason}): "
                                    f"{exc.detail}. Send JPEG or PNG bytes.") from exc
+            if instances is not None:
+                instances.append(self.describe_image(i, img))
             if img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.BILINEAR)
             out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
         return (out - self.mean) / self.std
+
+    async def _decode(self, encoded: list[bytes], instances: list) -> np.ndarray:
+        if self._decoder is None:
+            threads = self.limits.decode_threads or os.cpu_count() or 1
+            self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, self._images_to_batch, encoded,
+                                          instances)
 
     def _check_count(self, n: int) -> None:
         if n == 0:
@@ -223,12 +299,16 @@ class PetClassifier(Model):
             raise InvalidInput(f"Expected exactly one input, got {len(request.inputs)}: BYTES "
                                "(encoded images) or FP32 [N, 3, S, S] (preprocessed).")
         inp = request.inputs[0]
+        shape = list(inp.shape)
         if inp.datatype == "BYTES":
+            if len(shape) != 1:
+                raise InvalidInput(f"Input {inp.name!r} has shape {shape}; BYTES images are "
+                                   "a list: shape [N].")
+            self._check_count(shape[0])
             try:
                 values = inp.as_numpy().reshape(-1).tolist()
             except (ValueError, TypeError) as exc:
                 raise InvalidInput(f"Input {inp.name!r}: cannot read BYTES data: {exc}") from exc
-            self._check_count(len(values))
             encoded = []
             for i, v in enumerate(values):
                 if isinstance(v, str):  # JSON clients send base64 strings
@@ -237,10 +317,12 @@ class PetClassifier(Model):
                     except (binascii.Error, ValueError) as exc:
                         raise InvalidInput(f"Input {inp.name!r} element {i}: a string must be "
                                            "base64-encoded image bytes.") from exc
-                encoded.append(bytes(v))
+                if not isinstance(v, bytes):
+                    raise InvalidInput(f"Input {inp.name!r} element {i}: expected image bytes "
+                                       f"or a base64 string, got {type(v).__name__}.")
+                encoded.append(v)
             return None, encoded
         if inp.datatype == "FP32":
-            shape = list(inp.shape)
             expected = [3, self.size, self.size]
             if len(shape) != 4 or shape[1:] != expected:
                 raise InvalidInput(f"Input {inp.name!r} has shape {shape}; expected "
@@ -248,28 +330,43 @@ class PetClassifier(Model):
             self._check_count(shape[0])
             try:
                 x = inp.as_numpy().astype(np.float32, copy=False)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise InvalidInput(f"Input {inp.name!r}: data does not match shape {shape}: "
                                    f"{exc}") from exc
             if not np.isfinite(x).all():
-                raise InvalidInput(f"Input {inp.name!r} contains NaN or infinite values.")
+                raise InvalidInput(f"Input {inp.name!r} contains NaN or infinite values "
+                                   "(or values beyond the FP32 range).")
             return x, None
         raise InvalidInput(f"Input {inp.name!r} has datatype {inp.datatype}; expected BYTES "
                            "(encoded images) or FP32 (preprocessed tensor).")
 
+    def _requested_outputs(self, request: InferRequest) -> tuple[list | None, bool]:
+        """The outputs a V2 request asked for, each with its binary_data flag resolved."""
+        binary = bool(request.parameters and request.parameters.get("binary_data_output"))
+        if not request.request_outputs:
+            return None, binary
+        outputs = []
+        for out in request.request_outputs:
+            if out.name not in OUTPUTS:
+                raise InvalidInput(f"Output {out.name!r} is not an output of {self.name}; "
+                                   f"ask for {' and/or '.join(OUTPUTS)}.")
+            flag = out.binary_data
+            params = dict(out.parameters or {})
+            params["binary_data"] = binary if flag is None else flag
+            outputs.append(RequestedOutput(out.name, params))
+        return outputs, binary
+
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> _Batch:
         started = time.perf_counter()
-        length = (headers or {}).get("content-length")
-        if length and length.isdigit() and int(length) > self.limits.max_body_bytes:
-            raise InvalidInput(f"The request body is {int(length)} bytes; the limit is "
-                               f"{self.limits.max_body_bytes}. Send fewer or smaller images.")
         request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
         if isinstance(payload, (bytes, str)):  # a V1 body sent without a JSON content type
             try:
-                payload = json.loads(payload)
-            except (ValueError, UnicodeDecodeError) as exc:
+                payload = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
                 raise InvalidInput(f"The request body is not JSON: {exc}.") from exc
+        outputs, binary = None, False
         if isinstance(payload, InferRequest):
+            outputs, binary = self._requested_outputs(payload)
             x, encoded = self._from_v2(payload)
             protocol = "v2"
             request_id = payload.id or request_id
@@ -278,10 +375,10 @@ class PetClassifier(Model):
         else:
             raise InvalidInput("Unsupported request: send V1 JSON with 'instances' or a V2 "
                                "inference request.")
-        if x is None:
-            x = self._images_to_batch(encoded)
-        batch = _Batch(x=x, protocol=protocol, request_id=request_id, started=started)
+        batch = _Batch(x=x, protocol=protocol, request_id=request_id, started=started,
+                       outputs=outputs, binary_outputs=binary)
         if encoded is not None:
+            batch.x = await self._decode(encoded, batch.instances)
             batch.sizes = [len(e) for e in encoded]
         return batch
 
@@ -298,7 +395,6 @@ class PetClassifier(Model):
         IMAGES.labels(self.name).inc(len(labels))
         for label in labels:
             PREDICTED.labels(self.name, label).inc()
-        REQUESTS.labels(self.name, batch.protocol, "ok").inc()
         LATENCY.labels(self.name, batch.protocol).observe(time.perf_counter() - batch.started)
         self._log(batch, labels)
         if batch.protocol == "v1":
@@ -311,10 +407,11 @@ class PetClassifier(Model):
             response_id=batch.request_id, model_name=self.name,
             model_version=self.model_version,
             infer_outputs=[
-                InferOutput("label", [len(labels)], "BYTES", labels),
+                InferOutput("label", [len(labels)], "BYTES", np.array(labels, dtype=object)),
                 InferOutput("probabilities", list(probs.shape), "FP32",
-                            probs.astype(np.float32).reshape(-1).tolist()),
-            ])
+                            np.ascontiguousarray(probs, np.float32)),
+            ],
+            use_binary_outputs=batch.binary_outputs, requested_outputs=batch.outputs)
 
     def _log(self, batch: _Batch, labels: list[str]) -> None:
         """Writes a request/response sample for monitoring (the cluster uses KServe's logger)."""

@@ -113,9 +113,20 @@ def bind_host(host: str) -> None:
     rest.RESTServer.__init__ = __init__
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     home = Path(os.environ.get("MLOPS_HOME") or Path.home() / ".mlops")
-    p = argparse.ArgumentParser(prog="mlops serve", description=__doc__.splitlines()[0])
+    from components.serve.predictor import ServingLimits
+
+    limits = ServingLimits()
+    p = argparse.ArgumentParser(prog="mlops serve", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="NAME, NAME:VERSION or NAME@ALIAS from the registry")
     src.add_argument("--package-dir", help="a package folder (KServe mounts it at /mnt/models)")
@@ -124,12 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind: 127.0.0.1 serves this machine only; 0.0.0.0 (as in "
                         "the container) every interface")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-instances", type=int, default=256)
-    p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024)
+    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+    p.add_argument("--max-instances", type=_positive, default=limits.max_instances,
+                   help="most images in one request")
+    p.add_argument("--max-body-bytes", type=_positive, default=limits.max_body_bytes,
+                   help="largest request body, counted while it is read; more is a 413")
+    p.add_argument("--max-pixels", type=_positive, default=limits.max_pixels,
+                   help="largest image (width x height, from its header); a camera's "
+                        "16 MP photo fits")
+    p.add_argument("--max-request-pixels", type=_positive, default=limits.max_request_pixels,
+                   help="most pixels of all images of one request together")
+    p.add_argument("--body-timeout", type=float, default=limits.body_timeout_s,
+                   help="seconds for a request body to arrive; later is a 408")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="threads that decode images off the event loop (0: one per core)")
     p.add_argument("--log-uri", default="", help="store URI for request/response samples")
-    p.add_argument("--log-sample-rate", type=float, default=1.0)
-    p.add_argument("--cache-dir", default=str(home / "serving"))
+    p.add_argument("--log-sample-rate", type=float, default=1.0,
+                   help="share of requests written to --log-uri")
+    p.add_argument("--cache-dir", default=str(home / "serving"),
+                   help="where registry packages are downloaded")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port (each loads the model)")
     p.add_argument("--ort-threads", type=int, default=0,
@@ -162,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model = PetClassifier(args.name or name, package_dir,
                           ServingLimits(max_instances=args.max_instances,
-                                        max_body_bytes=args.max_body_bytes),
+                                        max_body_bytes=args.max_body_bytes,
+                                        max_pixels=args.max_pixels,
+                                        max_request_pixels=args.max_request_pixels,
+                                        body_timeout_s=args.body_timeout,
+                                        decode_threads=args.decode_threads),
                           log_uri=args.log_uri, log_sample_rate=args.log_sample_rate,
                           intra_op_threads=args.ort_threads, spin_wait=args.ort_spin_wait)
     try:

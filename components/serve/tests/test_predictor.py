@@ -38,7 +38,7 @@ def server(package_dir, tmp_path_factory):
     """`mlops serve --model pets@production` from a registry, as a separate process."""
     base = tmp_path_factory.mktemp("serving")
     registry = ModelRegistry(str(base / "registry"))
-    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    files = {p.name: p.read_bytes() for p in package_dir.iterdir() if p.is_file()}
     mv = registry.register(MODEL, files, {"dataset_version": "test"})
     registry.set_alias(MODEL, "production", mv.version)
     port = _free_port()
@@ -287,7 +287,7 @@ def test_body_over_the_limit_is_refused(server, images):
     noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
     Image.fromarray(noise).save(buf, "PNG")  # ~1 MB: over the server's 400 kB limit
     r = _v1(server, [_b64(buf.getvalue())])
-    assert r.status_code == 400 and "request body is" in r.json()["error"]
+    assert r.status_code == 413 and "request body is" in r.json()["error"]
     assert server["proc"].poll() is None
     assert _v1(server, [_b64(images[0][0])]).status_code == 200
 
@@ -297,7 +297,7 @@ def test_metrics_and_request_logs(server, images):
     text = httpx.get(f"{server['url']}/metrics", timeout=10).text
     assert 'pet_classifier_predicted_class_total{label="' in text
     assert 'pet_classifier_requests_total{model="pets",outcome="ok",protocol="v1"}' in text
-    assert 'outcome="invalid"' in text
+    assert 'outcome="bad_request"' in text
     assert "pet_classifier_request_seconds_bucket" in text
     logs = [json.loads(p.read_text()) for p in server["log_dir"].rglob("*.json")]
     assert logs

@@ -1,0 +1,285 @@
+"""The predictor's HTTP edge: what KServe 0.20's REST server lets through, fixed in one place.
+
+:class:`RequestGuard` is an ASGI middleware placed outside all of KServe's own. Per request it
+
+- refuses a body larger than the limit while it is read (``Content-Length`` or chunked), and a
+  body that does not arrive in time, answering 413 / 408 with ``Connection: close``;
+- refuses KServe's model repository API (``/v2/repository/…``: load and unload), which would
+  let any client unload the served model;
+- routes every V2 ``infer`` body to the predictor's own reader (``v2_compat``), whatever its
+  ``Content-Type``, so that one strict parser answers every malformed request with a 400;
+- turns an unhandled exception into a 500 with a JSON body and keeps the connection usable.
+  Starlette's ``ServerErrorMiddleware`` sends the 500 and then re-raises, and uvicorn answers
+  an exception raised after the response by closing the keep-alive connection without
+  ``Connection: close``; a client that reuses the connection has its next request fail;
+- counts inference requests by outcome (``ok``, ``bad_request`` for 4xx, ``error`` for 5xx) and
+  logs a client's mistake as one rate-limited WARNING line, without a traceback.
+
+:func:`install` wires it (and quiet exception handlers, and truthful readiness) into KServe's
+``RESTServer`` in every process that serves, ``--workers`` children included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+from http import HTTPStatus
+
+from prometheus_client import Counter
+
+logger = logging.getLogger(__name__)
+
+REQUESTS = Counter("pet_classifier_requests_total",
+                   "Inference requests by outcome: ok, bad_request (HTTP 4xx, the client's "
+                   "mistake) or error (HTTP 5xx, the server's fault)",
+                   ["model", "protocol", "outcome"])
+
+_INFER = re.compile(r"^/v1/models/(?P<v1>[^/:]+):(predict|explain)$"
+                    r"|^/v2/models/(?P<v2>[^/]+)(/versions/[^/]+)?/infer$")
+_V2_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+REPOSITORY_PREFIX = "/v2/repository"
+
+
+class _BodyRefused(Exception):
+    """Raised into the application when the body is over the limit or late."""
+
+
+class RateLimitedLog:
+    """At most one log line per ``interval`` seconds; the next line says how many were held."""
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0):
+        self.log, self.interval = log, interval
+        self._last = float("-inf")
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def warning(self, msg: str, *args) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+        if held:
+            msg += f" ({held} more client errors since the last line)"
+        self.log.warning(msg, *args)
+
+
+class RequestGuard:
+    """ASGI middleware; see the module docstring.
+
+    Args:
+        app: The inner ASGI application.
+        max_body_bytes: Largest request body; more is a 413.
+        body_timeout_s: Time allowed for the whole body to arrive; later is a 408.
+        known_models: Returns True for a served model name (others are counted as ``""``, so
+            clients cannot create metric series at will).
+        warn: Where client errors are logged.
+    """
+
+    def __init__(self, app, max_body_bytes: int, body_timeout_s: float,
+                 known_models=lambda name: True, warn: RateLimitedLog | None = None):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.known_models = known_models
+        self.warn = warn or RateLimitedLog(logger)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        method = scope.get("method", "")
+        match = _INFER.match(path)
+        state = {"status": None, "refused": None, "error_body": b""}
+        try:
+            status = await self._serve(scope, receive, send, path, method, state)
+        finally:
+            if match:
+                name = match.group("v1") or match.group("v2")
+                status = state["status"] or 500
+                outcome = ("ok" if status < 400 else "bad_request" if status < 500
+                           else "error")
+                REQUESTS.labels(name if self.known_models(name) else "",
+                                "v1" if match.group("v1") else "v2", outcome).inc()
+        if status is not None and 400 <= status < 500:
+            detail = _error_text(state["error_body"])
+            self.warn.warning("Bad request %s %s: %d %s", method, path, status, detail)
+
+    async def _serve(self, scope, receive, send, path, method, state) -> int | None:
+        async def reply(status: int, message: str, close: bool = False) -> None:
+            body = json.dumps({"error": message}).encode()
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode())]
+            if close:
+                headers.append((b"connection", b"close"))
+            state["status"], state["error_body"] = status, body
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        if path.rstrip("/") == REPOSITORY_PREFIX or path.startswith(REPOSITORY_PREFIX + "/"):
+            await reply(403, "The model repository API (load, unload) is disabled on the "
+                        "serving port: this server serves the package it was started with.")
+            return 403
+        headers = scope.get("headers") or []
+        length = _content_length(headers)
+        if length is not None and length > self.max_body_bytes:
+            await reply(413, f"The request body is {length} bytes; the limit is "
+                        f"{self.max_body_bytes} (--max-body-bytes). Send fewer or smaller "
+                        "images.", close=True)
+            return 413
+        if method == "POST" and _V2_INFER.match(path):
+            # One strict reader for every V2 body, JSON or binary (see v2_compat).
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in headers if k != b"content-type"] + [
+                (b"content-type", b"application/octet-stream")]
+
+        deadline = time.monotonic() + self.body_timeout_s
+        received = 0
+
+        async def guarded_receive():
+            nonlocal received
+            if state["refused"]:
+                raise _BodyRefused(state["refused"])
+            remaining = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+            except TimeoutError:
+                state["refused"] = 408
+                raise _BodyRefused(408) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    state["refused"] = 413
+                    raise _BodyRefused(413)
+            return message
+
+        started = False
+
+        async def guarded_send(message):
+            nonlocal started
+            if state["refused"] and not started:
+                return  # the application's answer to the refused body is replaced below
+            if message["type"] == "http.response.start":
+                started = True
+                state["status"] = message["status"]
+            elif (message["type"] == "http.response.body" and state["status"]
+                  and 400 <= state["status"] < 500 and len(state["error_body"]) < 2048):
+                state["error_body"] += message.get("body", b"")[:2048]
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except _BodyRefused:
+            pass
+        except Exception:
+            if started:
+                raise  # uvicorn closes the connection: a half-sent answer cannot be fixed
+            logger.exception("Server error on %s %s", method, path)
+            await reply(500, "Internal server error; the server log has the details.")
+            return 500
+        if state["refused"] and not started:
+            if state["refused"] == 413:
+                await reply(413, f"The request body is over the limit of "
+                            f"{self.max_body_bytes} bytes (--max-body-bytes). Send fewer or "
+                            "smaller images.", close=True)
+            else:
+                await reply(408, f"The request body did not arrive within "
+                            f"{self.body_timeout_s:g} s (--body-timeout).", close=True)
+        return state["status"]
+
+
+def _content_length(headers) -> int | None:
+    for key, value in headers:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # uvicorn refuses a malformed Content-Length before us
+    return None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200].decode(errors="replace")
+    if isinstance(data, dict):
+        detail = data.get("error", data.get("detail", data))
+        return str(detail)[:300]
+    return str(data)[:300]
+
+
+# ---- wiring into KServe ------------------------------------------------------------------
+
+
+def _handler(status: HTTPStatus, *, traceback: bool = False, prefix: str = ""):
+    from fastapi.responses import JSONResponse
+
+    async def handle(_request, exc):
+        if traceback:
+            logger.error("Server error: %s", exc, exc_info=exc)
+        return JSONResponse(status_code=status, content={"error": prefix + str(exc)})
+
+    return handle
+
+
+def _quiet_exception_handlers(app) -> None:
+    """KServe's handlers log every 4xx as an ERROR with a traceback; these do not (the guard
+    logs client errors, rate-limited). Server faults keep their traceback."""
+    from kserve import errors
+
+    handlers = {
+        errors.InvalidInput: _handler(HTTPStatus.BAD_REQUEST),
+        errors.ModelNotFound: _handler(HTTPStatus.NOT_FOUND),
+        errors.UnsupportedProtocol: _handler(HTTPStatus.BAD_REQUEST),
+        # KServe raises it for what this server does not offer (model versions in the path,
+        # an explainer): the resource does not exist here.
+        NotImplementedError: _handler(HTTPStatus.NOT_FOUND, prefix="Not served here: "),
+        errors.ModelNotReady: _handler(HTTPStatus.SERVICE_UNAVAILABLE),
+        errors.ServerNotReady: _handler(HTTPStatus.SERVICE_UNAVAILABLE),
+        errors.ServerNotLive: _handler(HTTPStatus.SERVICE_UNAVAILABLE),
+        errors.InferenceError: _handler(HTTPStatus.INTERNAL_SERVER_ERROR, traceback=True),
+    }
+    for exc_class, handle in handlers.items():
+        app.add_exception_handler(exc_class, handle)
+
+
+def install(max_body_bytes: int, body_timeout_s: float) -> None:
+    """Wires the guard into KServe's ``RESTServer`` (idempotent; the last limits win).
+
+    Patches ``RESTServer.create_application``, which every serving process runs before its
+    first request: after KServe has built the app, the model repository routes are removed,
+    the exception handlers are replaced with quiet ones, readiness is made to reflect the
+    models, and :class:`RequestGuard` becomes the outermost middleware.
+    """
+    from kserve.protocol.rest import server as rest
+
+    original = getattr(rest.RESTServer.create_application, "unguarded",
+                       rest.RESTServer.create_application)
+
+    def create_application(self):
+        original(self)
+        from kserve.model_server import app
+
+        app.router.routes = [r for r in app.router.routes
+                             if not getattr(r, "path", "").startswith(REPOSITORY_PREFIX)]
+        _quiet_exception_handlers(app)
+        registry = self.dataplane.model_registry
+
+        async def ready() -> bool:  # KServe's answers True whatever the models say
+            models = registry.get_models()
+            return bool(models) and all(getattr(m, "ready", False) for m in models.values())
+
+        self.dataplane.ready = ready
+        app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,
+                           body_timeout_s=body_timeout_s,
+                           known_models=lambda name: registry.get_model(name) is not None)
+
+    create_application.unguarded = original
+    rest.RESTServer.create_application = create_application
