@@ -38,6 +38,9 @@ def _cmd_generate(args) -> int:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
 
+    _check_range("--n", args.n, 1)
+    _check_range("--size", args.size, 8)
+    _check_range("--cat-fraction", args.cat_fraction, 0.0, 1.0)
     spec = LakeSpec(n=args.n, size=args.size, seed=args.seed, condition=args.condition,
                     cat_fraction=args.cat_fraction, layout=args.layout)
     store = open_store(args.out)
@@ -73,26 +76,152 @@ def _print_ingest(outputs: dict) -> None:
     print(f"  {accounting}")
 
 
-def _cmd_run(args) -> int:
+class StepProgress:
+    """Prints one line per pipeline step as kfp.local starts and ends it."""
+
+    def __init__(self):
+        self.started: dict[str, float] = {}
+        self.count = 0
+
+    def __call__(self, kind: str, task: str, status: str) -> None:
+        now = time.monotonic()
+        if kind == "start":
+            self.started[task] = now
+            self.count += 1
+            print(f"  [{self.count:>2}] {task} …", file=sys.stderr, flush=True)
+        else:
+            took = now - self.started.get(task, now)
+            mark = "done" if status == "SUCCESS" else status.lower()
+            print(f"  [{self.count:>2}] {task}: {mark} in {took:.0f} s", file=sys.stderr,
+                  flush=True)
+
+
+def run_pipeline(name: str, arguments: dict, outputs_root, args) -> dict:
+    """Runs a pipeline locally with a per-step summary, its full log in a file and a run
+    record (``mlops runs``); with ``--debug`` the task logs stream to the terminal."""
     from pipelines.local import run_local
+    from pipelines.runs import RunRecorder
 
     home = mlops_home()
+    debug = getattr(args, "debug", False)
+    recorder = RunRecorder(home / "runs", name, arguments, "")
+    log_path = None if debug else str(home / "logs" / f"{recorder.record['run_id']}.log")
+    recorder.record["log"] = log_path or "(streamed to the terminal: --debug)"
+    where = f"; full log: {log_path}" if log_path else ""
+    print(f"Running pipeline '{name}' locally (kfp.local, outputs under {outputs_root}"
+          f"{where})", file=sys.stderr)
+    with recorder:
+        outputs = run_local(name, arguments, outputs_root, log_path=log_path,
+                            on_event=StepProgress())
+        recorder.outputs = outputs
+    reports = {k: v.get("view") for k, v in recorder.record.get("outputs", {}).items()
+               if isinstance(v, dict) and v.get("view")}
+    if reports:
+        print("Reports:")
+        for key, path in sorted(reports.items()):
+            print(f"  {key:<16} {path}")
+    print(f"Run id: {recorder.record['run_id']} (`mlops runs show` lists its outputs)")
+    return outputs
+
+
+def _cmd_run(args) -> int:
+    home = mlops_home()
     if args.pipeline == "ingest":
+        _check_range("--test-fraction", args.test_fraction, 0.0, 1.0, low_open=True)
+        if args.test_fraction >= 1.0:
+            raise _option_error("--test-fraction", args.test_fraction, "a share between 0 and 1")
+        _check_range("--workers", args.workers, 1)
         arguments = {"data_uri": args.data,
                      "dataset_root": args.dataset_root or str(home / "datasets"),
                      "labels_csv": args.labels_csv, "layout": args.layout,
                      "test_fraction": args.test_fraction, "workers": args.workers}
-        print(f"Running pipeline 'ingest' locally (kfp.local, outputs under {args.outputs})",
-              file=sys.stderr)
-        outputs = run_local("ingest", arguments, args.outputs)
+        outputs = run_pipeline("ingest", arguments, args.outputs, args)
         _print_ingest(outputs)
     elif args.pipeline == "training":
+        _check_training_args(args)
+        if args.trials:  # trial slots are compiled into the pipeline: set before it loads
+            os.environ["MLOPS_HPO_SLOTS"] = str(args.trials)
         arguments = _training_arguments(args, home)
-        print(f"Running pipeline 'training' locally (kfp.local, outputs under {args.outputs})",
-              file=sys.stderr)
-        outputs = run_local("training", arguments, args.outputs)
+        outputs = run_pipeline("training", arguments, args.outputs, args)
         _print_training(outputs, arguments)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the argument on failure)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a version number (1 or more)")
+    return value
+
+
+def _option_error(option: str, value, expected: str) -> ValueError:
+    return ValueError(f"{option} {value!r}: expected {expected}.")
+
+
+def _check_range(option: str, value, low=None, high=None, *, low_open=False) -> None:
+    if value is None:
+        return
+    if (low is not None and (value <= low if low_open else value < low)) or \
+            (high is not None and value > high):
+        bounds = (f"{'>' if low_open else '>='} {low}" if high is None
+                  else f"between {low} and {high}")
+        raise _option_error(option, value, f"a number {bounds}")
+
+
+def parse_canary_steps(option: str, text: str) -> list[int]:
+    """``10,50`` -> [10, 50]: increasing whole percentages between 1 and 99."""
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise _option_error(option, text,
+                            "comma-separated whole percentages such as 10,50") from None
+    if any(not 1 <= s <= 99 for s in steps) or steps != sorted(set(steps)):
+        raise _option_error(option, text, "increasing percentages between 1 and 99, "
+                                          "such as 10,50")
+    return steps
+
+
+def _check_training_args(args) -> None:
+    """Checks every training option before any work starts (ranges, formats, JSON)."""
+    from components.train.core import HParams, search_space_trials
+
+    _check_range("--epochs", args.epochs, 1)
+    _check_range("--trial-epochs", args.trial_epochs, 1)
+    for option, value in (("--min-accuracy", args.min_accuracy),
+                          ("--min-macro-f1", args.min_macro_f1),
+                          ("--max-recall-gap", args.max_recall_gap)):
+        _check_range(option, value, 0.0, 1.0)
+    _check_range("--approval-timeout-s", args.approval_timeout_s, 0.0)
+    _check_range("--trials", args.trials, 1)
+    if args.canary_steps is not None:
+        parse_canary_steps("--canary-steps", args.canary_steps)
+    if args.search_space:
+        try:
+            space = json.loads(args.search_space)
+        except ValueError as exc:
+            raise ValueError(f"--search-space is not valid JSON: {exc}. Example: "
+                             '\'{"lr": [0.003, 0.001], "batch_size": [32, 64]}\'') from None
+        if not isinstance(space, dict) or not all(isinstance(v, list) for v in space.values()):
+            raise _option_error("--search-space", args.search_space,
+                                'a JSON object of parameter -> list of values, such as '
+                                '{"lr": [0.003, 0.001]}')
+        try:
+            trials = search_space_trials(space, args.search_mode or "random",
+                                         args.trials or 4, args.seed or 0, HParams())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--search-space: {exc}") from None
+        if (args.search_mode == "grid" and args.trials is not None
+                and len(trials) > args.trials):
+            raise ValueError(f"--search-space has {len(trials)} grid combinations but "
+                             f"--trials is {args.trials}: raise --trials to {len(trials)} "
+                             "(or leave it out: a local grid run gets a slot per combination)"
+                             ", or use --search-mode random.")
+        if args.search_mode == "grid" and args.trials is None:
+            args.trials = len(trials)
 
 
 def _training_arguments(args, home: Path) -> dict:
@@ -173,6 +302,12 @@ def _cmd_registry(args) -> int:
     from components.common.registry import ModelRegistry
 
     registry = ModelRegistry(args.registry or str(mlops_home() / "registry"))
+    if getattr(args, "model", ""):
+        known = registry.models()
+        if args.model not in known:
+            have = f"Registered models: {', '.join(known)}." if known else "It has no model yet."
+            raise ValueError(f"No model named {args.model!r} in the registry at {registry.uri}. "
+                             f"{have}")
     if args.registry_command == "list":
         models = [args.model] if args.model else registry.models()
         if not models:
@@ -199,7 +334,13 @@ def _cmd_registry(args) -> int:
         print(f"{args.model}@{args.alias} -> version {event['version']} "
               f"(was {event['previous']})")
     elif args.registry_command == "approve":
-        rec = registry.approve(args.model, int(args.version), note=args.note)
+        registry.get(args.model, args.version)  # the version must exist
+        before = registry.approval(args.model, args.version)
+        if before:
+            print(f"{args.model} version {args.version} was already approved by "
+                  f"{before['by']} at {before['at']}; nothing changed.")
+            return 0
+        rec = registry.approve(args.model, args.version, note=args.note)
         print(f"{args.model} version {rec['version']} approved by {rec['by']} at {rec['at']}")
     elif args.registry_command == "releases":
         for r in registry.releases(args.model):
@@ -332,7 +473,6 @@ def _cmd_submit(args) -> int:
 def _cmd_demo(args) -> int:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
-    from pipelines.local import run_local
 
     home = mlops_home()
     lake_uri = str(home / "lake" / "petpark")
@@ -352,7 +492,7 @@ def _cmd_demo(args) -> int:
                  "model_name": "pet-classifier", "image_size": args.size,
                  "deploy_target": "local", "serving_root": str(home / "deployments")}
     started = time.monotonic()
-    outputs = run_local("training", arguments, home / "pipeline-runs")
+    outputs = run_pipeline("training", arguments, home / "pipeline-runs", args)
     _print_training(outputs, arguments)
     print(f"Pipeline wall time: {time.monotonic() - started:.0f} s")
     print("Step 3/3: asking the production endpoint about a few sample images",
@@ -392,92 +532,169 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
 
 
 #: Modules that add their own verb groups: each has ``add_commands(sub)``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["pipelines.runs"]
+
+DESCRIPTION = """\
+Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifier.
+
+The workflow's verbs, in the order you use them:
+  data generate / versions   a sample data lake; published dataset versions
+  run ingest / training      run a pipeline on this machine (kfp.local)
+  runs list / show           find a run's reports, log and outputs later
+  registry …                 versions, lineage, aliases, approvals, releases
+  serve                      one KServe model server for a registered version
+  deploy …                   test and production deployments, canary releases
+  monitor …                  capture, labels, drift, performance, reports
+  govern …                   alerts, actions, audit, compliance reports
+  manifests / compile / submit / schedule
+                             the same workflow on Kubeflow and KServe
+  demo                       all of it on the sample lake
+
+Local stores live in $MLOPS_HOME, else the nearest .mlops folder up from here, else ~/.mlops.
+Add --debug to see the full logs and tracebacks."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, unless the help already says it or there
+    is none to show (required options, flags, empty values)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.help == argparse.SUPPRESS or "default" in text or action.required
+                or not action.option_strings
+                or action.default in (None, "", False, [], argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class DescriptionFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level help: the description as written, defaults as above."""
+
+
+class MlopsParser(argparse.ArgumentParser):
+    """Every parser and sub-parser shows each option's default in its help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
+    parser = MlopsParser(prog="mlops", description=DESCRIPTION,
+                         formatter_class=DescriptionFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="stream task logs and show tracebacks instead of one-line errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="sample data lake and dataset versions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     gen = data_sub.add_parser("generate", help="write a deterministic sample data lake")
-    gen.add_argument("--out", required=True, help="store URI: s3://bucket/prefix or a path")
-    gen.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
-    gen.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--condition", default="day", choices=["day", "night", "blur"])
+    gen.add_argument("--out", required=True,
+                     help="where to write the lake: a folder, or s3://bucket/prefix")
+    gen.add_argument("--n", type=int, default=2000, help="number of images")
+    gen.add_argument("--size", type=int, default=64, help="image side in pixels")
+    gen.add_argument("--seed", type=int, default=0, help="seed: the same seed writes the same "
+                                                         "images")
+    gen.add_argument("--condition", default="day", choices=["day", "night", "blur"],
+                     help="lighting of the scene: night and blur make drifted data")
     gen.add_argument("--cat-fraction", type=float, default=0.5,
-                     help="class prior of cats (default 0.5; change it for prior shift)")
-    gen.add_argument("--layout", default="folders", choices=["folders", "kaggle"])
+                     help="share of cats (change it for a prior shift)")
+    gen.add_argument("--layout", default="folders", choices=["folders", "kaggle"],
+                     help="folders: <class>/<file>; kaggle: <class>.<n>.jpg in one folder")
     gen.set_defaults(func=_cmd_generate)
     ver = data_sub.add_parser("versions", help="list published dataset versions")
-    ver.add_argument("--root", default=str(mlops_home() / "datasets"))
+    ver.add_argument("--root", default=str(mlops_home() / "datasets"),
+                     help="the dataset root the ingest step publishes to")
     ver.set_defaults(func=_cmd_versions)
 
     run = sub.add_parser("run", help="run a pipeline locally under kfp.local")
     run_sub = run.add_subparsers(dest="pipeline", required=True)
     ing = run_sub.add_parser("ingest", help="the data-ingestion pipeline")
-    ing.add_argument("--data", required=True, help="data lake URI")
+    ing.add_argument("--data", required=True,
+                     help="the data lake: a folder, or s3://bucket/prefix")
     ing.add_argument("--dataset-root", default="",
-                     help="where snapshots go (default $MLOPS_HOME/datasets)")
-    ing.add_argument("--labels-csv", default="", help="URI of a key,label CSV")
-    ing.add_argument("--layout", default="auto", choices=["auto", "folders", "kaggle", "csv"])
-    ing.add_argument("--test-fraction", type=float, default=0.2)
-    ing.add_argument("--workers", type=int, default=8)
+                     help="where snapshots go (default: $MLOPS_HOME/datasets)")
+    ing.add_argument("--labels-csv", default="",
+                     help="a key,label CSV (path or URI) for lakes without class folders")
+    ing.add_argument("--layout", default="auto", choices=["auto", "folders", "kaggle", "csv"],
+                     help="how labels are read: from folders, kaggle-style names or a CSV")
+    ing.add_argument("--test-fraction", type=float, default=0.2,
+                     help="share of each class held out for testing")
+    ing.add_argument("--workers", type=int, default=8, help="parallel readers")
     ing.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"),
                      help="local pipeline root for task outputs")
     ing.set_defaults(func=_cmd_run)
 
-    tr = run_sub.add_parser("training", help="the training pipeline")
-    tr.add_argument("--data", required=True, help="data lake URI")
-    tr.add_argument("--dataset-root", default="")
-    tr.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
-    tr.add_argument("--work-root", default="", help="scratch URI (default $MLOPS_HOME/work)")
-    tr.add_argument("--model-name", default="pet-classifier")
-    tr.add_argument("--search-space", default="", help="JSON: parameter -> values")
-    tr.add_argument("--search-mode", choices=["grid", "random"], default=None)
-    tr.add_argument("--trial-epochs", type=int, default=None)
-    tr.add_argument("--epochs", type=int, default=None)
-    tr.add_argument("--seed", type=int, default=None)
-    tr.add_argument("--min-accuracy", type=float, default=None)
-    tr.add_argument("--min-macro-f1", type=float, default=None)
-    tr.add_argument("--max-recall-gap", type=float, default=None)
-    tr.add_argument("--canary-steps", default=None, help="e.g. 10,50")
+    tr = run_sub.add_parser("training", help="the training pipeline (ingest to release)")
+    tr.add_argument("--data", required=True,
+                    help="the data lake: a folder, or s3://bucket/prefix")
+    tr.add_argument("--dataset-root", default="",
+                    help="where snapshots go (default: $MLOPS_HOME/datasets)")
+    tr.add_argument("--registry", default="",
+                    help="registry URI (default: $MLOPS_HOME/registry)")
+    tr.add_argument("--work-root", default="",
+                    help="scratch URI for trial results (default: $MLOPS_HOME/work)")
+    tr.add_argument("--model-name", default="pet-classifier", help="registered model name")
+    tr.add_argument("--search-space", default="",
+                    help='JSON: hyperparameter -> values, e.g. \'{"lr": [0.003, 0.001]}\' '
+                         "(default: the pipeline's: lr, batch_size, weight_decay)")
+    tr.add_argument("--search-mode", choices=["grid", "random"], default=None,
+                    help="grid: every combination; random: one sample per trial "
+                         "(default: random)")
+    tr.add_argument("--trials", type=int, default=None,
+                    help="search trial slots (default: 4; a grid gets one per combination)")
+    tr.add_argument("--trial-epochs", type=int, default=None,
+                    help="epochs per search trial (default: 3)")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help="most epochs of the final training; early stopping may end it "
+                         "sooner (default: 10)")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed of the search and the training (default: 0)")
+    tr.add_argument("--min-accuracy", type=float, default=None,
+                    help="quality gate: lowest test accuracy, 0 to 1 (default: 0.9)")
+    tr.add_argument("--min-macro-f1", type=float, default=None,
+                    help="quality gate: lowest macro F1, 0 to 1 (default: 0.9)")
+    tr.add_argument("--max-recall-gap", type=float, default=None,
+                    help="quality gate: largest gap between per-class recalls (default: 0.1)")
+    tr.add_argument("--canary-steps", default=None,
+                    help="canary traffic percentages, increasing (default: 10,50)")
     tr.add_argument("--require-approval", action="store_true", default=None,
                     help="hold the release until `mlops registry approve`")
-    tr.add_argument("--approval-timeout-s", type=float, default=None)
-    tr.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"))
+    tr.add_argument("--approval-timeout-s", type=float, default=None,
+                    help="how long a held release waits for approval (default: 0, no wait)")
+    tr.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"),
+                    help="local pipeline root for task outputs")
     tr.set_defaults(func=_cmd_run)
 
     reg = sub.add_parser("registry", help="list, show, trace and download registered models")
-    reg.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
+    reg.add_argument("--registry", default="",
+                     help="registry URI (default: $MLOPS_HOME/registry)")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True)
     r = reg_sub.add_parser("list", help="models and versions")
-    r.add_argument("model", nargs="?", default="")
+    r.add_argument("model", nargs="?", default="", help="only this model")
     for name, helptext in (("show", "one version"), ("lineage", "a version's lineage as JSON")):
         r = reg_sub.add_parser(name, help=helptext)
-        r.add_argument("model")
+        r.add_argument("model", help="registered model name")
         r.add_argument("ref", nargs="?", default="latest", help="N, latest or @alias")
     r = reg_sub.add_parser("download", help="copy a version's files, verifying checksums")
-    r.add_argument("model")
-    r.add_argument("ref", nargs="?", default="latest")
-    r.add_argument("--dest", required=True)
+    r.add_argument("model", help="registered model name")
+    r.add_argument("ref", nargs="?", default="latest", help="N, latest or @alias")
+    r.add_argument("--dest", required=True, help="folder to write the files to")
     r = reg_sub.add_parser("alias", help="point an alias at a version")
-    r.add_argument("model")
-    r.add_argument("alias")
-    r.add_argument("version")
-    r.add_argument("--reason", default="set by hand")
+    r.add_argument("model", help="registered model name")
+    r.add_argument("alias", help="alias name, e.g. staging or production")
+    r.add_argument("version", type=_positive_int, help="version number")
+    r.add_argument("--reason", default="set by hand", help="why, kept in the alias history")
     r = reg_sub.add_parser("approve", help="approve a version for production (manual gate)")
-    r.add_argument("model")
-    r.add_argument("version")
-    r.add_argument("--note", default="")
+    r.add_argument("model", help="registered model name")
+    r.add_argument("version", type=_positive_int, help="version number")
+    r.add_argument("--note", default="", help="a note kept with the approval")
     r = reg_sub.add_parser("releases", help="every release decision, oldest first")
-    r.add_argument("model")
+    r.add_argument("model", help="registered model name")
     r = reg_sub.add_parser("history", help="every move of an alias")
-    r.add_argument("model")
-    r.add_argument("alias")
+    r.add_argument("model", help="registered model name")
+    r.add_argument("alias", help="alias name, e.g. production")
     reg.set_defaults(func=_cmd_registry)
 
     dp = sub.add_parser("deploy", help="deployments: status, release, predict, stop")
@@ -531,8 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="serve a registered model with KServe (mlops serve --help)")
 
     demo = sub.add_parser("demo", help="generate the sample lake and run the training pipeline")
-    demo.add_argument("--n", type=int, default=2000)
-    demo.add_argument("--size", type=int, default=64)
+    demo.add_argument("--n", type=int, default=2000, help="images in the sample lake")
+    demo.add_argument("--size", type=int, default=64, help="image side in pixels")
     demo.add_argument("--keep-serving", action="store_true",
                       help="leave the production model server running afterwards")
     demo.set_defaults(func=_cmd_demo)
@@ -550,22 +767,50 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.debug:  # tracebacks as they are
+        return args.func(args)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        # Bad input: say what to fix, without a traceback.
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        # Imported here: `compile` must run before anything imports the components' settings.
-        from components.deploy.targets import DeploymentError
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line; --debug shows all
+        code, message = explain_error(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
-        if isinstance(exc, DeploymentError):  # a deployment that could not be done, and why
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        # A failed pipeline task; its log is printed above.
-        print(f"error: {exc} (see the task log above for the cause)", file=sys.stderr)
-        return 1
+
+def explain_error(exc: BaseException) -> tuple[int, str]:
+    """An exit code and one line for an error: 2 for a user's mistake, 1 for a failure."""
+    from components.common.storage import StorageError
+    from pipelines.local import PipelineFailed
+
+    if isinstance(exc, PipelineFailed):
+        return 1, str(exc)
+    if isinstance(exc, StorageError):
+        return 1, f"{exc}"
+    if isinstance(exc, KeyError):
+        return 2, str(exc.args[0]) if exc.args else "missing key"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return 2, f"{exc.strerror or 'not found'}: {exc.filename}"
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return 2, str(exc)
+    if isinstance(exc, PermissionError):
+        return 1, (f"permission denied: {exc.filename or exc}. Choose a path you can write "
+                   "to, or fix its permissions.")
+    if isinstance(exc, IsADirectoryError):
+        return 2, f"{exc.filename} is a directory; a file path is expected there."
+    if isinstance(exc, NotADirectoryError):
+        return 2, f"{exc.filename}: a part of this path is a file, not a directory."
+    if isinstance(exc, OSError):
+        # Connection errors (requests' included), full disks and the like.
+        return 1, f"{exc}"
+    if type(exc).__name__ == "DeploymentError":  # a deployment that could not be done
+        return 1, str(exc)
+    if isinstance(exc, RuntimeError):
+        return 1, str(exc)
+    return 1, (f"unexpected {type(exc).__name__}: {exc}. This is a bug; run the command "
+               "again with --debug and report the traceback.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""A record of every pipeline run started from the command line, and ``mlops runs``.
+
+kfp.local keeps task outputs under its pipeline root but no index of runs; the CLI writes one
+JSON record per run under ``$MLOPS_HOME/runs/`` (pipeline, arguments, start, duration, status,
+the failed step and its error, the log file, every output with its path and metadata) so that
+``mlops runs list`` and ``mlops runs show RUN`` find a run's reports later.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Artifact types a person opens in a browser; the CLI gives each a ``.html`` twin.
+_BROWSER_TYPES = {"system.HTML", "system.Markdown"}
+
+
+def new_run_id(pipeline: str) -> str:
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{pipeline}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def describe_outputs(outputs: dict) -> dict:
+    """Outputs as plain data: parameters as values, artifacts as type, path and metadata."""
+    described = {}
+    for name, value in outputs.items():
+        if hasattr(value, "uri") and hasattr(value, "metadata"):
+            path = getattr(value, "path", "") or ""
+            entry = {"type": getattr(value, "schema_title", ""), "path": path,
+                     "metadata": _plain(value.metadata)}
+            viewable = browser_copy(path, entry["type"])
+            if viewable:
+                entry["view"] = viewable
+            described[name] = entry
+        else:
+            described[name] = _plain(value)
+    return described
+
+
+def browser_copy(path: str, schema_title: str) -> str:
+    """For an HTML or Markdown artifact (a file named after the output, no extension), a
+    hard link ``<path>.html`` (or ``.md``) a browser or editor opens by its name."""
+    if schema_title not in _BROWSER_TYPES or not path or not os.path.isfile(path):
+        return ""
+    suffix = ".html" if schema_title == "system.HTML" else ".md"
+    twin = path + suffix
+    if not os.path.exists(twin):
+        try:
+            os.link(path, twin)
+        except OSError:
+            Path(twin).write_bytes(Path(path).read_bytes())
+    return twin
+
+
+def _plain(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def write_record(runs_dir: str | os.PathLike, record: dict) -> Path:
+    out = Path(runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{record['run_id']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def list_records(runs_dir: str | os.PathLike) -> list[dict]:
+    folder = Path(runs_dir)
+    records = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(json.loads(p.read_text()))
+        except (OSError, ValueError) as exc:
+            logger.warning("Skipping unreadable run record %s: %s", p, exc)
+    return sorted(records, key=lambda r: r.get("started", ""))
+
+
+def find_record(runs_dir: str | os.PathLike, run: str) -> dict:
+    records = list_records(runs_dir)
+    if not records:
+        raise FileNotFoundError(f"No pipeline run recorded under {runs_dir}. Runs started "
+                                "with `mlops run …` or `mlops demo` are recorded there.")
+    if run in ("latest", "last"):
+        return records[-1]
+    matches = [r for r in records if r["run_id"] == run] or \
+        [r for r in records if r["run_id"].startswith(run)]
+    if len(matches) != 1:
+        hint = "several runs match" if matches else "no run matches"
+        raise ValueError(f"Run {run!r}: {hint}. See `mlops runs list` for the run ids.")
+    return matches[0]
+
+
+class RunRecorder:
+    """Records one CLI pipeline run: ``with RunRecorder(...) as rec: rec.outputs = …``."""
+
+    def __init__(self, runs_dir: str | os.PathLike, pipeline: str, arguments: dict,
+                 log_path: str):
+        self.runs_dir = runs_dir
+        self.record = {"run_id": new_run_id(pipeline), "pipeline": pipeline,
+                       "arguments": _plain(arguments), "log": log_path,
+                       "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                       "status": "running"}
+        self._t0 = time.monotonic()
+        self.outputs: dict | None = None
+
+    def __enter__(self) -> RunRecorder:
+        write_record(self.runs_dir, self.record)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.record["duration_s"] = round(time.monotonic() - self._t0, 1)
+        if exc is None:
+            self.record["status"] = "succeeded"
+            self.record["outputs"] = describe_outputs(self.outputs or {})
+        else:
+            self.record["status"] = "failed"
+            self.record["failed_step"] = getattr(exc, "task", "")
+            self.record["error"] = getattr(exc, "error", "") or str(exc)
+        write_record(self.runs_dir, self.record)
+
+
+# ---- the command line -------------------------------------------------------------------
+
+def _runs_dir(args) -> Path:
+    from components.common.paths import mlops_home
+
+    return Path(args.runs_dir) if args.runs_dir else mlops_home() / "runs"
+
+
+def _cmd_list(args) -> int:
+    records = list_records(_runs_dir(args))
+    if not records:
+        print(f"No pipeline run recorded under {_runs_dir(args)}.")
+        return 0
+    for r in records[-args.last:]:
+        extra = (f"  failed at {r.get('failed_step')}: {r.get('error')}"
+                 if r.get("status") == "failed" else "")
+        print(f"{r['run_id']:<48} {r['started']}  {r.get('status', '?'):<9} "
+              f"{r.get('duration_s', '-'):>7} s{extra}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    r = find_record(_runs_dir(args), args.run)
+    print(f"Run {r['run_id']} (pipeline '{r['pipeline']}'): {r.get('status')}, "
+          f"started {r['started']}, {r.get('duration_s', '-')} s")
+    if r.get("status") == "failed":
+        print(f"  failed step: {r.get('failed_step')}: {r.get('error')}")
+    print(f"  log: {r.get('log')}")
+    print("  arguments:")
+    for k, v in sorted(r.get("arguments", {}).items()):
+        print(f"    {k} = {v}")
+    outputs = r.get("outputs") or {}
+    if outputs:
+        print("  outputs:")
+    for name, v in sorted(outputs.items()):
+        if isinstance(v, dict) and "path" in v:
+            print(f"    {name:<18} {v.get('view') or v['path']}")
+        else:
+            print(f"    {name:<18} {v}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    runs = sub.add_parser("runs", help="pipeline runs started from this command line: "
+                                       "list them, show one's outputs and reports")
+    runs.add_argument("--runs-dir", default="",
+                      help="where run records are kept (default: $MLOPS_HOME/runs)")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    ls = runs_sub.add_parser("list", help="recorded runs, oldest first")
+    ls.add_argument("--last", type=int, default=20, help="show only the last N runs")
+    ls.set_defaults(func=_cmd_list)
+    show = runs_sub.add_parser("show", help="one run: status, log, arguments, outputs")
+    show.add_argument("run", nargs="?", default="latest",
+                      help="a run id (or a unique prefix), or 'latest'")
+    show.set_defaults(func=_cmd_show)
