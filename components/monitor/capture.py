@@ -77,7 +77,7 @@ STATS_SIDE = 256
 # ---------------------------------------------------------------------------------------------
 
 
-def image_stats(img, mode: str | None = None) -> dict:
+def image_stats(img, mode: str | None = None, size: tuple[int, int] | None = None) -> dict:
     """Measures one decoded image the way both serving and the monitoring reference do.
 
     Brightness and contrast are the mean and standard deviation of the luminance (0..1);
@@ -91,13 +91,15 @@ def image_stats(img, mode: str | None = None) -> dict:
         img: A PIL image, upright (EXIF orientation applied), as ``decode_image`` returns it.
         mode: The pixel mode the image was sent in (``RGB``, ``L``, ``P`` …), which decoding
             to RGB loses; ``img.mode`` when not given.
+        size: The image's full (width, height) when ``img`` was decoded at a reduced scale
+            (a JPEG in draft mode); ``img.size`` when not given.
 
     Returns:
         ``{"width", "height", "mode", "brightness", "contrast", "sharpness"}``.
     """
-    width, height = img.size
+    width, height = size or img.size
     grey = img.convert("L")
-    factor = max(1, -(-max(width, height) // STATS_SIDE))  # ceil division
+    factor = max(1, -(-max(grey.size) // STATS_SIDE))  # ceil division
     if factor > 1:
         grey = grey.reduce(factor)
     lum = np.asarray(grey, dtype=np.float32) / 255.0
@@ -110,6 +112,34 @@ def image_stats(img, mode: str | None = None) -> dict:
     return {"width": int(width), "height": int(height), "mode": mode or img.mode,
             "brightness": round(float(lum.mean()), 6), "contrast": round(float(lum.std()), 6),
             "sharpness": round(sharpness, 8)}
+
+
+def decode_and_measure(data: bytes, size: int, *, max_pixels: int | None = None,
+                       min_side: int = 1) -> tuple[np.ndarray, dict]:
+    """One photo -> (network input, input statistics), decoding once.
+
+    The network input is exactly ``components.common.images.preprocess_image(data, size)``
+    (a JPEG decoded in draft mode down to the smallest scale that keeps ``size``, then
+    resized with Pillow's bilinear filter); the statistics are :func:`image_stats` of that
+    decoded image. The predictor and the monitoring reference both use this function, so
+    production and training images are measured the same way.
+
+    Returns:
+        ``uint8`` ``(3, size, size)`` array and the statistics dict.
+
+    Raises:
+        ImageRejected: The bytes are not a usable image.
+    """
+    from PIL import Image
+
+    from components.common.images import DEFAULT_MAX_PIXELS, decode_image_and_mode
+
+    img, mode, full = decode_image_and_mode(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                            min_side=min_side, draft_side=size)
+    stats = image_stats(img, mode, full)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), stats
 
 
 # ---------------------------------------------------------------------------------------------

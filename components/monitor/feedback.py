@@ -445,8 +445,12 @@ def _common(p) -> None:
 
 
 def add_label_commands(monitor_sub) -> None:
-    """Adds ``label``, ``labels`` and ``feedback-server`` to ``mlops monitor``."""
+    """Adds ``label``, ``labels``, ``feedback-server`` and ``reference`` to ``mlops monitor``."""
     import argparse
+
+    from components.monitor.reference import add_reference_commands
+
+    add_reference_commands(monitor_sub)
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = monitor_sub.add_parser(
@@ -581,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (LabelError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

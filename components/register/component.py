@@ -18,6 +18,7 @@ def register_model(
     model_name: str = "pet-classifier",
     alias: str = "staging",
     pipeline_run: str = "",
+    reference_sample: int = 1000,
 ) -> NamedTuple("RegisterOutputs", version=int, uri=str):
     """Publishes the package as a new immutable registry version with its lineage.
 
@@ -30,6 +31,8 @@ def register_model(
         model_name: Registered model name.
         alias: Alias to point at the new version (empty for none).
         pipeline_run: The pipeline run that produced it.
+        reference_sample: Most held-out training images in the version's monitoring
+            reference (embeddings, statistics, drift detector); 0 for none.
     """
     import logging
 
@@ -37,6 +40,7 @@ def register_model(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     mv = core.register_package(package.path, model.path, evaluation.path, train.path,
-                               registry_uri, model_name, alias, pipeline_run)
+                               registry_uri, model_name, alias, pipeline_run,
+                               reference_sample)
     outputs = NamedTuple("RegisterOutputs", version=int, uri=str)
     return outputs(mv.version, mv.uri)

@@ -21,8 +21,15 @@ def run_name(job_name: str) -> str:
 
 def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
                      registry_uri: str, model_name: str, alias: str = "staging",
-                     pipeline_run: str = "") -> ModelVersion:
-    """Registers the files of ``package_dir`` with a full lineage record."""
+                     pipeline_run: str = "", reference_sample: int = 1000) -> ModelVersion:
+    """Registers the files of ``package_dir`` with a full lineage record.
+
+    The version also gets its monitoring reference (``reference/``: embeddings, input
+    statistics and predictions of up to ``reference_sample`` held-out training images, the
+    class prior and a fitted drift detector; see ``components.monitor.reference``), published
+    with the package as one immutable version. ``reference_sample=0`` leaves it out (the
+    monitor then builds one from the dataset version when it first needs it).
+    """
     pipeline_run = run_name(pipeline_run)
     package = Path(package_dir)
     files = {p.relative_to(package).as_posix(): p.read_bytes()
@@ -64,6 +71,15 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
     if not evaluation["gate"]["blessed"]:
         raise RegistryError("Refusing to register a model the quality gate did not bless: "
                             + "; ".join(evaluation["gate"]["reasons"]))
+    if reference_sample > 0:
+        from components.ingest.core import read_split
+        from components.monitor.reference import REFERENCE_DIR, build_reference_files
+
+        train_rows, _ = read_split(train_dir)
+        reference = build_reference_files(files["model.onnx"], train_rows,
+                                          dataset["dataset_version"], reference_sample)
+        files.update({f"{REFERENCE_DIR}/{k}": v for k, v in reference.items()})
+        lineage["monitoring_reference"] = f"{REFERENCE_DIR}/reference.json"
     mv = registry.register(model_name, files, lineage)
     if alias:
         registry.set_alias(model_name, alias, mv.version,

@@ -1,0 +1,402 @@
+"""The monitoring reference of a model version: what its training data looked like to it.
+
+A window of production traffic is judged against the reference of the version that served
+it. The reference is a held-out sample of the version's training split (the validation part
+that training carves out by content hash and never fits on), seen through the packaged ONNX
+model exactly as the predictor sees production inputs:
+
+    reference/reference.json      classes, class prior of the training split, the sample's
+                                  true labels, input statistics (``capture.image_stats``, the
+                                  function the predictor uses) and modes, dataset version
+    reference/embeddings.npy      float32 [n, d]: the model's ``embedding`` output
+    reference/probabilities.npy   float32 [n, classes]: the model's probabilities
+    reference/detector/…          a fitted MMD drift detector on the embeddings
+                                  (``components.monitor.drift``, its backend's own format)
+
+At registration (``components.register.core``) these files are published with the version,
+so a version and its reference are one immutable unit. A version registered without one
+(before this step existed) gets one on demand from the dataset version its lineage names,
+published beside the versions at ``<model>/references/<version>/`` in the registry store:
+:func:`load_reference` builds it the first time it is asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from components.common.storage import (
+    AlreadyExistsError,
+    ObjectNotFoundError,
+    StorageError,
+    open_store,
+)
+from components.monitor.contract import STAT_FIELDS, Reference
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_DIR = "reference"
+SAMPLE_SIZE = 1000
+FORMAT = 1
+
+
+class ReferenceError(ValueError):
+    """A reference that cannot be built or read; the message says what to do."""
+
+
+class ReferenceMissing(ReferenceError, FileNotFoundError):
+    """The version has no reference and none could be built."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+
+def held_out_sample(train_rows, sample_size: int = SAMPLE_SIZE):
+    """The validation part of the training split (by content hash, as training carves it),
+    at most ``sample_size`` rows chosen by hash so that the choice is stable."""
+    from components.train.core import validation_split
+
+    _, held_out = validation_split(train_rows)
+    if len(held_out) > sample_size:
+        held_out = held_out.sort_values("sha256").head(sample_size)
+    return held_out.reset_index(drop=True)
+
+
+def class_prior(train_rows) -> dict[str, float]:
+    counts = train_rows["label"].value_counts()
+    total = float(counts.sum())
+    return {str(k): round(float(v) / total, 6) for k, v in sorted(counts.items())}
+
+
+def _measure(uris: list[str], size: int, workers: int = 4) -> tuple[np.ndarray, list[dict]]:
+    """Reads each image and decodes it once into the model's input and its statistics, as
+    the predictor does (``capture.decode_and_measure``)."""
+    from components.monitor.capture import decode_and_measure
+
+    stores: dict = {}
+
+    def one(uri: str):
+        parent, name = uri.rsplit("/", 1)
+        store = stores.get(parent) or stores.setdefault(parent, open_store(parent))
+        return decode_and_measure(store.get(name), size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, uris))
+    return np.stack([r[0] for r in results]), [r[1] for r in results]
+
+
+def _run_onnx(onnx_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    from components.package.core import read_onnx_metadata
+
+    meta = read_onnx_metadata(onnx_bytes)
+    mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
+    std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    if "embedding" not in {o.name for o in session.get_outputs()}:
+        raise ReferenceError("The package's model.onnx has no 'embedding' output, so its "
+                             "inputs cannot be compared with production's: package the model "
+                             "again with the current package step.")
+    probs, embs = [], []
+    for i in range(0, len(images), 256):
+        x = (images[i:i + 256].astype(np.float32) / 255.0 - mean) / std
+        p, e = session.run(["probabilities", "embedding"], {"input": x})
+        probs.append(p)
+        embs.append(e)
+    return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _fit_detector(embeddings: np.ndarray) -> dict[str, bytes]:
+    """Fits the MMD drift detector on the reference embeddings and returns its saved files
+    (empty when the drift module or its backend is not installed)."""
+    try:
+        from components.monitor import drift
+    except ImportError as exc:
+        logger.warning("No drift module (%s): the reference has no fitted detector; the "
+                       "monitor fits one when it first needs it.", exc)
+        return {}
+    try:
+        detector = drift.make_detector("mmd", embeddings)
+        with tempfile.TemporaryDirectory() as tmp:
+            detector.save(tmp)
+            return {p.relative_to(tmp).as_posix(): p.read_bytes()
+                    for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+    except ImportError as exc:  # the backend's optional dependency
+        logger.warning("Could not fit the reference's drift detector (%s); the monitor fits "
+                       "one when it first needs it.", exc)
+        return {}
+
+
+def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
+                          sample_size: int = SAMPLE_SIZE, detector: bool = True) -> dict:
+    """The reference of a packaged model as files (``reference.json``, arrays, detector).
+
+    Args:
+        onnx_bytes: The package's ``model.onnx`` (with the ``embedding`` output).
+        train_rows: The training split's manifest rows (``uri``, ``label``, ``sha256``).
+        dataset_version: The dataset version the rows come from.
+        sample_size: Most held-out images to include.
+        detector: Fit and include the drift detector.
+
+    Returns:
+        Relative file name -> bytes (names without the ``reference/`` folder).
+    """
+    from components.package.core import read_onnx_metadata
+
+    if len(train_rows) == 0:
+        raise ReferenceError("The training split is empty: there is nothing to build a "
+                             "monitoring reference from.")
+    meta = read_onnx_metadata(onnx_bytes)
+    classes = json.loads(meta["classes"])
+    sample = held_out_sample(train_rows, sample_size)
+    if len(sample) < 2:
+        raise ReferenceError(f"The training split's held-out part has {len(sample)} images; a "
+                             "drift test needs more. Ingest more images.")
+    try:
+        images, stats = _measure(list(sample["uri"]), int(meta["input_size"]))
+    except (StorageError, OSError, ValueError) as exc:
+        raise ReferenceError(f"Cannot read the training images of dataset {dataset_version} "
+                             f"to build the monitoring reference: {exc}") from exc
+    probs, embs = _run_onnx(onnx_bytes, images)
+    doc = {
+        "format": FORMAT,
+        "classes": classes,
+        "prior": class_prior(train_rows),
+        "dataset_version": dataset_version,
+        "model_id": meta.get("model_version", ""),
+        "sample": {"n": int(len(sample)), "from": "validation part of the training split "
+                   "(never fitted on), chosen by content hash", "train_rows": int(len(train_rows))},
+        "labels": [str(v) for v in sample["label"]],
+        "sha256": [str(v) for v in sample["sha256"]],
+        "stats": {name: [s[name] for s in stats] for name in STAT_FIELDS},
+        "modes": dict(Counter(s["mode"] for s in stats)),
+        "embedding_dim": int(embs.shape[1]),
+        "accuracy": round(float(np.mean([classes[i] == t for i, t in
+                                         zip(probs.argmax(1), sample["label"], strict=True)])),
+                          6),
+    }
+    files = {"reference.json": json.dumps(doc, indent=1, sort_keys=True).encode(),
+             "embeddings.npy": _npy(embs), "probabilities.npy": _npy(probs)}
+    if detector:
+        files.update({f"detector/{k}": v for k, v in _fit_detector(embs).items()})
+    logger.info("Monitoring reference: %d held-out images of dataset %s, embedding %d, "
+                "detector %s", len(sample), dataset_version, embs.shape[1],
+                "fitted" if any(k.startswith("detector/") for k in files) else "not fitted")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry locations
+# ---------------------------------------------------------------------------------------------
+
+
+def _locations(model: str, version: int) -> list[tuple[str, str]]:
+    """(published folder, file prefix inside it) where a version's reference may live."""
+    return [(f"{model}/versions/{version}", f"{REFERENCE_DIR}/"),
+            (f"{model}/references/{version}", "")]
+
+
+def _find(store, model: str, version: int) -> tuple[str, str, dict] | None:
+    for folder, prefix in _locations(model, version):
+        try:
+            marker = store.get_json(f"{folder}/_PUBLISHED")
+        except ObjectNotFoundError:
+            continue
+        if f"{prefix}reference.json" in marker["files"]:
+            return folder, prefix, marker
+    return None
+
+
+def has_reference(registry_uri: str, model: str, version: int) -> bool:
+    return _find(open_store(registry_uri), model, int(version)) is not None
+
+
+def build_reference(registry_uri: str, model: str, version: int,
+                    sample_size: int = SAMPLE_SIZE, dataset_root: str = "") -> str:
+    """Builds the reference of a registered version that has none, from the dataset version
+    its lineage names, and publishes it at ``<model>/references/<version>/``.
+
+    Args:
+        registry_uri: The registry.
+        model, version: Which version.
+        sample_size: Most held-out images to include.
+        dataset_root: Where the dataset versions live, when the lineage's snapshot URI has
+            moved (default: the folder of the snapshot the lineage records).
+
+    Returns:
+        The URI of the reference folder.
+    """
+    from components.common.registry import ModelRegistry
+    from components.ingest.core import IngestError, load_snapshot, object_key
+
+    registry = ModelRegistry(registry_uri)
+    mv = registry.get(model, int(version))
+    found = _find(registry.store, model, mv.version)
+    if found:
+        return registry.store.uri_of(found[0])
+    lineage = mv.lineage
+    dataset_version = lineage.get("dataset_version", "")
+    snapshot = lineage.get("dataset_snapshot", "")
+    if not dataset_version or not (snapshot or dataset_root):
+        raise ReferenceMissing(f"{model} version {mv.version} has no monitoring reference and "
+                               "its lineage names no dataset version to build one from.")
+    root = dataset_root or snapshot.rstrip("/").rsplit("/versions/", 1)[0]
+    try:
+        manifest = load_snapshot(root, dataset_version)
+    except (IngestError, StorageError) as exc:
+        raise ReferenceMissing(f"{model} version {mv.version} has no monitoring reference, and "
+                               f"its dataset version {dataset_version} cannot be read from "
+                               f"{root}: {exc} Pass the dataset root where it lives now.") from exc
+    rows = manifest[manifest["split"] == "train"].copy()
+    objects = open_store(root).child("objects").uri
+    rows["uri"] = [f"{objects}/{object_key(s)}" for s in rows["sha256"]]
+    onnx_bytes = registry.read_file(model, mv.version, "model.onnx")
+    files = build_reference_files(onnx_bytes, rows.reset_index(drop=True), dataset_version,
+                                  sample_size)
+    folder = f"{model}/references/{mv.version}"
+    try:
+        registry.store.publish(folder, files)
+    except AlreadyExistsError:
+        logger.info("Another process published the reference of %s version %d first",
+                    model, mv.version)
+    logger.info("Built the monitoring reference of %s version %d from dataset %s", model,
+                mv.version, dataset_version)
+    return registry.store.uri_of(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _cache_dir(registry_uri: str, model: str, version: int) -> Path:
+    import hashlib
+
+    from components.common.paths import mlops_home
+
+    key = hashlib.sha256(open_store(registry_uri).uri.encode()).hexdigest()[:12]
+    return mlops_home() / "cache" / "references" / key / model / str(version)
+
+
+def load_reference(registry_uri: str, model: str, version: int, monitoring_uri: str = "",
+                   build: bool = True, cache_dir: str | os.PathLike | None = None) -> Reference:
+    """The monitoring reference of a registered version (contract ``Reference``).
+
+    Every file is verified against the version's publish checksums. The fitted detector is
+    copied to a local folder (``detector_uri``) since detectors load from a path.
+
+    Args:
+        registry_uri: The registry.
+        model, version: Which version.
+        monitoring_uri: Unused by the data layout (the reference lives with the version in
+            the registry); accepted for the monitor's call signature.
+        build: Build one from the version's dataset when it has none.
+        cache_dir: Where to put the detector's files (default under ``$MLOPS_HOME/cache``).
+
+    Raises:
+        ReferenceMissing: No reference, and none could be built (the message says why).
+    """
+    del monitoring_uri
+    store = open_store(registry_uri)
+    version = int(version)
+    found = _find(store, model, version)
+    if found is None:
+        if not build:
+            raise ReferenceMissing(f"{model} version {version} has no monitoring reference. "
+                                   f"Build one: mlops monitor reference {model} {version}.")
+        build_reference(registry_uri, model, version)
+        found = _find(store, model, version)
+    folder, prefix, marker = found
+
+    def read(name: str) -> bytes:
+        return store.read_published(folder, prefix + name)
+
+    doc = json.loads(read("reference.json"))
+    embeddings = np.load(io.BytesIO(read("embeddings.npy")), allow_pickle=False)
+    probabilities = np.load(io.BytesIO(read("probabilities.npy")), allow_pickle=False)
+    detector_files = sorted(n for n in marker["files"] if n.startswith(prefix + "detector/"))
+    detector_uri = ""
+    if detector_files:
+        out = Path(cache_dir) if cache_dir else _cache_dir(registry_uri, model, version)
+        out = out / "detector"
+        for name in detector_files:
+            path = out / name[len(prefix + "detector/"):]
+            data = read(name[len(prefix):])
+            if not path.is_file() or path.read_bytes() != data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        detector_uri = str(out)
+    return Reference(model=model, model_version=str(version), classes=doc["classes"],
+                     prior=doc["prior"], embeddings=embeddings, stats=doc["stats"],
+                     modes=doc.get("modes", {}), labels=doc.get("labels", []),
+                     probabilities=probabilities, dataset_version=doc.get("dataset_version", ""),
+                     detector_uri=detector_uri, uri=store.uri_of(f"{folder}/{prefix}".rstrip("/")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: ``mlops monitor reference MODEL VERSION``
+# ---------------------------------------------------------------------------------------------
+
+
+def add_reference_commands(monitor_sub) -> None:
+    """Adds ``reference`` to ``mlops monitor``."""
+    import argparse
+
+    from components.common.paths import mlops_home
+
+    p = monitor_sub.add_parser(
+        "reference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="show a version's monitoring reference, building it if it has none",
+        description="Shows the monitoring reference of a registered version; a version "
+                    "registered without one gets it built from the dataset version its "
+                    "lineage names.")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("version", help="version number or @alias")
+    p.add_argument("--registry", default=str(mlops_home() / "registry"), help="registry URI")
+    p.add_argument("--sample", type=int, default=SAMPLE_SIZE,
+                   help="most held-out training images when building one")
+    p.add_argument("--dataset-root", default="",
+                   help="where the dataset versions live, if they moved since training")
+    p.set_defaults(func=_cmd_reference)
+
+
+def _cmd_reference(args) -> int:
+    from components.common.registry import ModelRegistry
+
+    if args.sample < 2:
+        raise ReferenceError(f"Invalid --sample {args.sample}: expect at least 2 images.")
+    version = ModelRegistry(args.registry).resolve(args.model, args.version)
+    built = not has_reference(args.registry, args.model, version)
+    if built:
+        build_reference(args.registry, args.model, version, args.sample, args.dataset_root)
+    ref = load_reference(args.registry, args.model, version, build=False)
+    print(f"{'Built' if built else 'Found'} the monitoring reference of {args.model} version "
+          f"{version}: {ref.uri}")
+    print(f"  {len(ref.labels)} held-out images of dataset {ref.dataset_version}, embedding "
+          f"of {ref.embeddings.shape[1]} values")
+    print("  class prior: " + ", ".join(f"{k} {v:.3f}" for k, v in ref.prior.items()))
+    for name, values in ref.stats.items():
+        arr = np.asarray(values, dtype=float)
+        print(f"  {name:<10} min {arr.min():.4g}  median {np.median(arr):.4g}  max "
+              f"{arr.max():.4g}")
+    print(f"  drift detector: {ref.detector_uri or 'none (fitted by the monitor on demand)'}")
+    return 0
