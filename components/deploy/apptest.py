@@ -142,7 +142,8 @@ def report_markdown(report: dict, model_name: str = "", version: int | None = No
         "",
         f"**{'PASSED' if report['passed'] else 'FAILED'}**",
         "",
-        f"Endpoint `{report['endpoint']}`, {report['images']} of {report['population']} test "
+        f"Endpoint `{report['endpoint']}`, {int(report['images'])} of "
+        f"{int(report['population'])} test "
         f"images, {s['requests']} requests, concurrency {report['config']['concurrency']}.",
         "",
         "| check | measured | rule |",

@@ -103,6 +103,7 @@ def train_best(
     """
     import base64
     import dataclasses
+    import html
     import json
     import logging
     import os
@@ -136,11 +137,19 @@ def train_best(
                            "classes": data.classes, "val_accuracy": info["val_accuracy"],
                            "best_epoch": info["best_epoch"], "framework": "pytorch"})
     png = base64.b64encode(open(os.path.join(model.path, "curve.png"), "rb").read()).decode()
-    rows_html = "".join(f"<tr><td>{t['slot']}</td><td>{t['hparams']}</td>"
-                        f"<td>{t['val_accuracy']:.4f}</td></tr>" for t in trials)
+    rows_html = "".join(
+        f"<tr{' class=win' if t['slot'] == best['slot'] else ''}><td>{t['slot']}"
+        f"{' (chosen)' if t['slot'] == best['slot'] else ''}</td><td>{html.escape(str(t['hparams']))}"
+        f"</td><td>{t['val_accuracy']:.4f}</td></tr>"
+        for t in trials if t["val_accuracy"] >= 0)
     with open(curve.path, "w") as f:
-        f.write(f"<html><body><h2>Training curve ({hp.arch})</h2><img src='data:image/png;"
-                f"base64,{png}'><h3>Trials</h3><table border=1><tr><th>slot</th><th>"
+        f.write(f"<!doctype html><html><head><meta charset='utf-8'><style>body{{font-family:"
+                f"sans-serif}} td,th{{padding:3px 8px}} tr.win{{background:#dfd;font-weight:"
+                f"bold}}</style></head><body><h2>Training curve ({hp.arch})</h2>"
+                f"<p>Final training of the chosen trial: {info['best_epoch']} of at most "
+                f"{hp.epochs} epochs kept (dashed line), validation accuracy "
+                f"{info['val_accuracy']:.4f}.</p><img src='data:image/png;base64,{png}'>"
+                f"<h3>Search trials</h3><table border=1><tr><th>slot</th><th>"
                 f"hyperparameters</th><th>val accuracy</th></tr>{rows_html}</table></body>"
                 "</html>")
     outputs = NamedTuple("TrainOutputs", hparams=str, val_accuracy=float)
