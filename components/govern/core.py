@@ -353,7 +353,8 @@ def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri
                 return [{"action": "retrain_skipped", "rule": names[0], "detail": detail}]
     trigger_checks = [{"name": c.name, "kind": c.kind, "value": c.value,
                        "threshold": c.threshold, "status": c.status} for _, c in hits]
-    episode, claimed = episodes.claim(version, {
+    next_seq = (mine[-1]["seq"] if mine else 0) + 1  # from the listing that found none open
+    episode, claimed = episodes.claim(version, next_seq, {
         "model": verdict.model, "verdict": verdict.run_id, "verdict_uri": verdict_uri,
         "window_start": verdict.window_start, "window_end": verdict.window_end,
         "report_uri": verdict.report_uri, "rules": names, "checks": trigger_checks})

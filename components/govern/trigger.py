@@ -69,8 +69,11 @@ class RetrainLauncher(ABC):
 
 
 def _pipeline_name(name: str) -> str:
+    """A name in ``pipelines.PIPELINES``, or ``module:function`` of any pipeline."""
     from pipelines import PIPELINES
 
+    if ":" in name:
+        return name
     for candidate in (name, name.replace("-", "_"), name.replace("_", "-")):
         if candidate in PIPELINES:
             return candidate
@@ -153,8 +156,11 @@ def run_local_spec(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     result: dict = {"started": now_iso()}
     try:
+        from pipelines import PIPELINES
         from pipelines.local import run_local
 
+        if ":" in spec["pipeline"]:  # module:function, e.g. a pipeline outside the collection
+            PIPELINES[spec["pipeline"]] = tuple(spec["pipeline"].split(":", 1))
         outputs = run_local(spec["pipeline"], spec["arguments"], spec["pipeline_root"])
         result.update(state="succeeded", outputs={
             k: (v if isinstance(v, str | int | float | bool) or v is None
@@ -279,10 +285,13 @@ class Episodes:
         return sorted((e for e in self.all() if str(e["model_version"]) == str(version)),
                       key=lambda e: e["seq"])
 
-    def claim(self, version: str, record: dict) -> tuple[dict, bool]:
-        """Claims the next episode of ``version``; (the episode, claimed by us)."""
-        existing = self.of_version(version)
-        seq = (existing[-1]["seq"] if existing else 0) + 1
+    def claim(self, version: str, seq: int, record: dict) -> tuple[dict, bool]:
+        """Claims episode ``seq`` of ``version``: (the episode, claimed by us).
+
+        ``seq`` must follow the last episode the caller saw when it decided that none is
+        open: if another govern run claimed that number meanwhile, this claim fails instead
+        of opening a second episode for the same condition.
+        """
         key = f"v{version}-{seq:04d}"
         episode = {**record, "key": key, "seq": seq, "model_version": str(version),
                    "claimed_at": now_iso()}

@@ -1,0 +1,152 @@
+"""The policy file: the shipped default loads, and every kind of mistake fails before anything
+runs, with the key that holds it."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import yaml
+
+from components.govern.policy import PolicyError, load_policy, parse_duration, parse_policy
+from components.monitor.contract import Check
+
+GOOD = textwrap.dedent("""
+    version: 1
+    recipients:
+      po: {format: slack, url: "http://127.0.0.1:9/hook"}
+    rules:
+      - name: drift
+        match: {kind: drift}
+        actions: [{type: alert, to: po}, retrain]
+""")
+
+
+def _with(path: str, value):
+    data = yaml.safe_load(GOOD)
+    node, keys = data, path.split(".")
+    for key in keys[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+BAD = [
+    # (what is wrong, the data, the text the error must contain)
+    ("unknown top-level key", _with("cooldwn", "1h"), "cooldwn: unknown key"),
+    ("unknown match key", _with("rules.0.match", {"kind": "drift", "value_abov": 1}),
+     "rules[0].match.value_abov: unknown key"),
+    ("unknown action", _with("rules.0.actions", ["page-the-ceo"]),
+     "rules[0].actions[0].type: unknown action 'page-the-ceo'"),
+    ("threshold not a number", _with("rules.0.match", {"name": "performance.accuracy",
+                                                       "value_below": "low"}),
+     "rules[0].match.value_below: 'low' is not a number"),
+    ("impossible thresholds", _with("rules.0.match", {"name": "x", "value_above": 0.9,
+                                                      "value_below": 0.5}),
+     "rules[0].match: value_below 0.5 ≤ value_above 0.9 can never match"),
+    ("unknown status", _with("rules.0.match", {"kind": "drift", "status": "red"}),
+     "rules[0].match.status: 'red' is not one of ok, unknown, warning, alarm"),
+    ("unknown kind", _with("rules.0.match", {"kind": "vibes"}),
+     "rules[0].match.kind: 'vibes' is not one of"),
+    ("match on nothing", _with("rules.0.match", {"status": "alarm"}),
+     "rules[0].match: give a name pattern or a kind"),
+    ("unknown recipient", _with("rules.0.actions", [{"type": "alert", "to": "ceo"}]),
+     "rules[0].actions[0].to: unknown recipient 'ceo'"),
+    ("alert without recipient", _with("rules.0.actions", [{"type": "alert"}]),
+     "rules[0].actions[0]: an alert needs 'to'"),
+    ("severity on retrain", _with("rules.0.actions", [{"type": "retrain",
+                                                       "severity": "critical"}]),
+     "rules[0].actions[0].severity: only an alert takes 'severity'"),
+    ("bad duration", _with("cooldown", "soon"), "cooldown: 'soon' is not a duration"),
+    ("negative rule cool-down", _with("rules.0.cooldown", -5), "rules[0].cooldown: -5 is negative"),
+    ("attempts out of range", _with("delivery", {"attempts": 0}),
+     "delivery.attempts: 0 is out of range"),
+    ("bad recipient format", _with("recipients.po", {"format": "email", "url": "http://x"}),
+     "recipients.po.format: 'email' is not one of slack, alertmanager"),
+    ("url and url_env", _with("recipients.po", {"format": "slack", "url": "http://x",
+                                                "url_env": "X"}),
+     "recipients.po: give exactly one of url or url_env"),
+    ("not a URL", _with("recipients.po", {"format": "slack", "url": "hooks.slack.com"}),
+     "recipients.po.url: 'hooks.slack.com' is not an http(s) URL"),
+    ("duplicate rule names", {**yaml.safe_load(GOOD), "rules": yaml.safe_load(GOOD)["rules"] * 2},
+     "rules[1].name: 'drift' is used by another rule"),
+    ("no rules", _with("rules", []), "rules: expect a non-empty list of rules"),
+    ("wrong version", _with("version", 2), "version: 2 is not a supported version"),
+    ("bad Prometheus window", _with("prometheus", {"for": "ten minutes"}),
+     "prometheus.for: 'ten minutes' is not a Prometheus duration"),
+    ("share above 1", _with("prometheus", {"max_class_share": 1.5}),
+     "prometheus.max_class_share: 1.5 is out of range"),
+    ("not a mapping", ["rules"], "expect a mapping"),
+]
+
+
+@pytest.mark.parametrize("what,data,message", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_policy_fails_naming_the_key(what, data, message):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(data, "policy.yaml")
+    assert message in str(info.value), str(info.value)
+    assert str(info.value).startswith("Invalid governance policy policy.yaml")
+
+
+def test_every_mistake_is_reported_at_once():
+    data = _with("rules.0", {"name": "Bad Name", "match": {"kind": "drift", "min_samples": -1},
+                             "actions": ["explode"]})
+    data["cooldown"] = "later"
+    with pytest.raises(PolicyError) as info:
+        parse_policy(data)
+    text = str(info.value)
+    for part in ("cooldown", "rules[0].name", "rules[0].match.min_samples",
+                 "rules[0].actions[0].type"):
+        assert part in text
+
+
+def test_a_file_that_is_not_yaml_or_missing_is_a_clear_error(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("rules: [unclosed\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+    with pytest.raises(FileNotFoundError, match="No governance policy at"):
+        load_policy(tmp_path / "absent.yaml")
+
+
+def test_the_default_policy_loads_and_says_what_the_pet_park_expects():
+    policy = load_policy()
+    assert policy.model == "pet-classifier"
+    rules = {r.name: r for r in policy.rules}
+    # drift and an accuracy drop retrain; a collapse rolls back and holds, and alerts QA.
+    assert rules["data-drift"].does("retrain") and not rules["data-drift"].does("rollback")
+    assert rules["accuracy-collapse"].does("rollback") and rules["accuracy-collapse"].does("hold")
+    collapse = Check("performance.accuracy", "performance", 0.55, 0.85, "alarm", "",
+                     extra={"n": 120, "estimated": False})
+    estimated = Check("performance.accuracy", "performance", 0.55, 0.85, "alarm", "",
+                      extra={"n": 120, "estimated": True})
+    few = Check("performance.accuracy", "performance", 0.4, 0.85, "alarm", "", extra={"n": 10})
+    drop = Check("performance.accuracy", "performance", 0.78, 0.85, "alarm", "",
+                 extra={"n": 120})
+    assert rules["accuracy-collapse"].match.matches(collapse)
+    assert not rules["accuracy-collapse"].match.matches(estimated)  # no rollback on a guess
+    assert not rules["accuracy-collapse"].match.matches(few)  # nor on ten labels
+    assert not rules["accuracy-collapse"].match.matches(drop)
+    assert rules["accuracy-drop"].match.matches(drop)
+    names = [r.name for r, _ in policy.matched([collapse])]
+    assert names == ["accuracy-drop", "accuracy-collapse"]
+    # The webhook URLs are secrets from the environment, never in the file.
+    assert all(r.url_env and not r.url for r in policy.recipients.values())
+
+
+def test_thresholds_and_durations():
+    assert parse_duration("90s") == 90 and parse_duration("6h") == 21600
+    assert parse_duration("7d") == 7 * 86400 and parse_duration(30) == 30
+    policy = parse_policy(_with("rules.0.match", {"name": "telemetry.error_rate",
+                                                  "value_above": 0.05}))
+    rule = policy.rules[0]
+    assert rule.match.statuses == ("ok", "unknown", "warning", "alarm")  # hard threshold
+    ok_but_high = Check("telemetry.error_rate", "telemetry", 0.2, 0.5, "ok", "")
+    assert rule.match.matches(ok_but_high)
+    assert not rule.match.matches(Check("telemetry.error_rate", "telemetry", 0.01, 0.5, "ok", ""))
+    assert not rule.match.matches(Check("telemetry.error_rate", "telemetry", None, 0.5,
+                                        "unknown", ""))

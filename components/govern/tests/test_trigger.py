@@ -1,0 +1,246 @@
+"""Retraining triggers: one episode starts one run, also under concurrent govern runs (threads
+and processes, local store and S3); a run in progress blocks another; launchers for kfp.local
+and the KFP API (against a loopback stand-in of the v2beta1 API)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from components.common.storage import open_store
+from components.govern.audit import AuditLog
+from components.govern.core import govern
+from components.govern.policy import parse_policy
+from components.govern.records import GovernanceStore
+from components.govern.trigger import (
+    Episodes,
+    KfpLauncher,
+    LaunchError,
+    LocalLauncher,
+    RetrainLauncher,
+)
+from components.monitor.contract import Check, Verdict
+
+MODEL = "pet-classifier"
+POLICY = parse_policy({
+    "version": 1, "model": MODEL, "retrain": {"clear_after": 2},
+    "rules": [{"name": "data-drift", "match": {"kind": "drift"}, "actions": ["retrain"]},
+              {"name": "accuracy-drop", "match": {"kind": "performance"},
+               "actions": ["retrain"]}]})
+
+
+class FolderLauncher(RetrainLauncher):
+    """Starts a "run" by writing one file per launch into a folder, which outlives threads and
+    processes, so the tests can count the runs every govern run started. It stands in for the
+    pipeline only; the episode claims under test are the real ones."""
+
+    kind = "folder"
+
+    def __init__(self, folder: str, state: str = "running"):
+        self.folder = Path(folder)
+        self._state = state
+
+    def launch(self, trigger: dict) -> dict:
+        run_id = uuid.uuid4().hex[:8]
+        (self.folder / f"{run_id}.json").write_text(json.dumps(trigger))
+        return {"run_id": run_id, "url": "", "launcher": self.kind, "state": "running"}
+
+    def state(self, launch: dict) -> str:
+        return self._state
+
+    def runs(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
+
+
+def verdict(run_id: str, hour: int, version: str = "3", drift: str = "alarm") -> Verdict:
+    return Verdict(MODEL, version, f"2026-11-20T{hour - 1:02d}:00:00+00:00",
+                   f"2026-11-20T{hour:02d}:00:00+00:00", run_id, 300, 0, [
+                       Check("drift.embedding", "drift", 0.001 if drift == "alarm" else 0.5,
+                             0.05, drift, "embeddings moved")])
+
+
+def store_history(store_uri: str, v: Verdict) -> str:
+    key = f"monitoring/{MODEL}/history/{v.window_end}-{v.run_id}.json"
+    open_store(store_uri).put_json(key, v.to_dict())
+    return open_store(store_uri).uri_of(key)
+
+
+def test_one_episode_one_run_then_it_clears_and_a_new_one_may_start(tmp_path):
+    store = str(tmp_path / "store")
+    launcher = FolderLauncher(str(tmp_path))
+    first = govern(verdict("w1", 1), POLICY, store_uri=store, launcher=launcher)
+    assert [a["action"] for a in first] == ["retrain"] and first[0]["episode"] == "v3-0001"
+    second = govern(verdict("w2", 2), POLICY, store_uri=store, launcher=launcher)
+    assert second[0]["action"] == "retrain_skipped"
+    assert "already started run" in second[0]["detail"]
+    assert len(launcher.runs()) == 1
+    (run,) = launcher.runs()
+    assert run["verdict"] == "w1" and run["episode"] == "v3-0001"  # which verdict started it
+    assert run["checks"][0]["name"] == "drift.embedding"
+    audit = AuditLog(GovernanceStore(store, MODEL)).records()
+    assert [r["kind"] for r in audit] == ["trigger", "retrain_skipped"]
+    assert audit[0]["details"]["verdict"] == "w1"
+    # One clean window is not enough (clear_after: 2); two are.
+    for name, hour in (("w3", 3), ("w4", 4)):
+        v = verdict(name, hour, drift="ok")
+        store_history(store, v)
+        acts = govern(v, POLICY, store_uri=store, launcher=launcher)
+    assert [a["action"] for a in acts] == ["episode_closed"]
+    # The first run has ended meanwhile: the new episode starts a new run.
+    launcher._state = "succeeded"
+    again = govern(verdict("w5", 5), POLICY, store_uri=store, launcher=launcher)
+    assert again[0]["action"] == "retrain" and again[0]["episode"] == "v3-0002"
+
+
+def test_no_second_run_while_one_is_in_progress(tmp_path):
+    store = str(tmp_path / "store")
+    running = FolderLauncher(str(tmp_path), state="running")
+    govern(verdict("w1", 1, version="2"), POLICY, store_uri=store, launcher=running)
+    # Version 3 drifts while the retraining started for version 2 is still running.
+    acts = govern(verdict("w2", 2, version="3"), POLICY, store_uri=store, launcher=running)
+    assert acts[0]["action"] == "retrain_skipped" and "still in progress" in acts[0]["detail"]
+    assert len(running.runs()) == 1
+    skipped = AuditLog(GovernanceStore(store, MODEL)).records()[-1]
+    assert skipped["kind"] == "retrain_skipped" and skipped["details"]["verdict"] == "w2"
+    # Once it ended, version 3's episode starts a run.
+    done = FolderLauncher(str(tmp_path), state="succeeded")
+    acts = govern(verdict("w3", 3, version="3"), POLICY, store_uri=store, launcher=done)
+    assert acts[0]["action"] == "retrain" and len(done.runs()) == 2
+
+
+def _race(store_uri: str, folder: str, n: int) -> list[list[dict]]:
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def one(i):
+        barrier.wait()
+        results[i] = govern(verdict(f"monitor-{i}", 1), POLICY, store_uri=store_uri,
+                            launcher=FolderLauncher(folder))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_monitors_start_exactly_one_run(store_uri, tmp_path):
+    results = _race(store_uri, str(tmp_path), 6)
+    actions = [r[0]["action"] for r in results]
+    assert actions.count("retrain") == 1, actions
+    assert set(actions) == {"retrain", "retrain_skipped"}
+    assert len(FolderLauncher(str(tmp_path)).runs()) == 1
+    episodes = Episodes(GovernanceStore(store_uri, MODEL)).all()
+    assert [e["key"] for e in episodes] == ["v3-0001"] and "launch" in episodes[0]
+
+
+def _govern_in_process(store_uri: str, folder: str, i: int, start) -> None:
+    start.wait(30)
+    govern(verdict(f"proc-{i}", 1), POLICY, store_uri=store_uri,
+           launcher=FolderLauncher(folder))
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_govern_processes_start_exactly_one_run(tmp_path):
+    store = str(tmp_path / "store")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_govern_in_process, args=(store, str(tmp_path), i, start))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(90)
+        assert p.exitcode == 0
+    assert len(FolderLauncher(str(tmp_path)).runs()) == 1
+    assert len(Episodes(GovernanceStore(store, MODEL)).all()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_local_launcher_runs_a_pipeline_under_kfp_local(tmp_path):
+    out = tmp_path / "trigger.json"
+    launcher = LocalLauncher({"out_file": str(out)}, tmp_path / "runs",
+                             pipeline="components.govern.tests.retrain_pipeline:retrain_stand_in",
+                             wait=True, timeout_s=200)
+    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path / "store"),
+                  launcher=launcher)
+    assert acts[0]["action"] == "retrain"
+    (ep,) = Episodes(GovernanceStore(str(tmp_path / "store"), MODEL)).all()
+    assert ep["launch"]["state"] == "succeeded", (Path(ep["launch"]["run_dir"]) /
+                                                  "run.log").read_text()[-3000:]
+    assert json.loads(out.read_text())["verdict"] == "w1"
+    assert launcher.state(ep["launch"]) == "succeeded"
+
+
+def test_local_launcher_names_an_unknown_pipeline(tmp_path):
+    with pytest.raises(LaunchError, match="No pipeline 'nope'"):
+        LocalLauncher({}, tmp_path, pipeline="nope").launch({"episode": "v1-0001"})
+
+
+@pytest.fixture
+def kfp_api():
+    from components.govern.tests.kfp_standin import KfpStandIn
+
+    api = KfpStandIn()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    from kfp import compiler
+
+    from components.govern.tests.retrain_pipeline import retrain_stand_in
+
+    path = tmp_path_factory.mktemp("compiled") / "retrain.yaml"
+    compiler.Compiler().compile(retrain_stand_in, str(path))
+    return str(path)
+
+
+@pytest.mark.timeout(60)
+def test_kfp_launcher_submits_the_compiled_pipeline_with_the_trigger(kfp_api, package,
+                                                                     tmp_path):
+    launcher = KfpLauncher(kfp_api.url, package, {"out_file": "/tmp/x.json"},
+                           namespace="kubeflow-user-example-com")
+    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
+    assert acts[0]["action"] == "retrain"
+    (run,) = kfp_api.runs.values()
+    assert acts[0]["run_id"] == run["run_id"]
+    assert run["display_name"] == "retrain-pet-classifier-v3-0001"
+    exp = kfp_api.experiments[run["experiment_id"]]
+    assert exp["display_name"] == "pet-classifier-retraining"
+    assert exp["namespace"] == "kubeflow-user-example-com"
+    params = run["runtime_config"]["parameters"]
+    assert json.loads(params["trigger"])["verdict"] == "w1"
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "retrain-stand-in"
+    # The run is in progress: a second drifting version starts nothing ...
+    acts = govern(verdict("w2", 2, version="4"), POLICY, store_uri=str(tmp_path),
+                  launcher=launcher)
+    assert acts[0]["action"] == "retrain_skipped" and len(kfp_api.runs) == 1
+    # ... until the API says it ended.
+    run["state"] = "FAILED"
+    acts = govern(verdict("w3", 3, version="4"), POLICY, store_uri=str(tmp_path),
+                  launcher=launcher)
+    assert acts[0]["action"] == "retrain" and len(kfp_api.runs) == 2
+
+
+@pytest.mark.timeout(60)
+def test_kfp_refusal_is_recorded_not_lost(kfp_api, package, tmp_path):
+    # A parameter the pipeline does not have: the API refuses the run.
+    launcher = KfpLauncher(kfp_api.url, package, {"no_such_parameter": 1},
+                           namespace="kubeflow-user-example-com")
+    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
+    assert acts[0]["action"] == "retrain_failed"
+    assert "no_such_parameter" in acts[0]["detail"]
+    record = AuditLog(GovernanceStore(str(tmp_path), MODEL)).records()[-1]
+    assert record["kind"] == "retrain_failed"
+    assert kfp_api.runs == {}
