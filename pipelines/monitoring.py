@@ -1,0 +1,63 @@
+"""The monitoring pipeline: judge one window of production traffic (run it on a schedule)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Markdown, Metrics
+
+from components.monitor.component import monitor_window
+from pipelines.common import with_storage_credentials
+
+
+@dsl.pipeline(
+    name="pet-classifier-monitoring",
+    description="Data integrity, drift, prediction drift, performance and telemetry of the "
+                "production model over one window of captured traffic, with explanations.",
+)
+def monitoring_pipeline(
+    registry_uri: str,
+    monitoring_uri: str,
+    model_name: str = "pet-classifier",
+    start: str = "",
+    end: str = "",
+    hours: float = 24.0,
+    version: str = "",
+    backend: str = "alibi",
+    settings_json: str = "{}",
+    metrics_url: str = "",
+    prometheus_url: str = "",
+    namespace: str = "",
+    explain: bool = True,
+) -> NamedTuple("MonitoringPipelineOutputs", status=str, verdict=Artifact, metrics=Metrics,
+                report=HTML, summary=Markdown):
+    """Monitors one window of the production model.
+
+    Args:
+        registry_uri: The model registry (s3://bucket/prefix or a path).
+        monitoring_uri: The monitoring store the predictor captures into.
+        model_name: Registered model name.
+        start: Window start, ISO 8601; empty: ``hours`` before ``end``.
+        end: Window end, ISO 8601; empty: now.
+        hours: Window length when ``start`` is empty.
+        version: Version to judge (number or @alias); empty: @production.
+        backend: Drift backend: alibi (Alibi Detect, BSL 1.1, non-production) or torch
+            (this project's, Apache-2.0).
+        settings_json: Check thresholds as JSON (MonitorConfig fields).
+        metrics_url: Predictor base URL to scrape /metrics from (local).
+        prometheus_url: Prometheus server to query for telemetry (cluster).
+        namespace: Namespace of the predictor pods, for the Prometheus queries.
+        explain: Build the saliency gallery and error analysis by slice.
+    """
+    task = monitor_window(model_name=model_name, registry_uri=registry_uri,
+                          monitoring_uri=monitoring_uri, start=start, end=end, hours=hours,
+                          version=version, backend=backend, settings_json=settings_json,
+                          metrics_url=metrics_url, prometheus_url=prometheus_url,
+                          namespace=namespace, explain=explain)
+    task.set_display_name("monitor window")
+    task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
+    task.set_caching_options(False)  # every run judges the traffic as it is now
+    with_storage_credentials(task)
+    outputs = NamedTuple("MonitoringPipelineOutputs", status=str, verdict=Artifact,
+                         metrics=Metrics, report=HTML, summary=Markdown)
+    return outputs(task.outputs["status"], task.outputs["verdict"], task.outputs["metrics"],
+                   task.outputs["report"], task.outputs["summary"])
