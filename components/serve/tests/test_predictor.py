@@ -48,7 +48,7 @@ def server(package_dir, tmp_path_factory):
         [sys.executable, "-m", "components.cli", "serve", "--model", f"{MODEL}@production",
          "--registry", str(base / "registry"), "--cache-dir", str(base / "cache"),
          "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--max-instances", "64",
-         "--log-uri", str(log_dir)],
+         "--capture-uri", str(log_dir), "--capture-batch-seconds", "0.2"],
         stdout=server_log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, base / "server.log")
@@ -299,10 +299,17 @@ def test_metrics_and_request_logs(server, images):
     assert 'pet_classifier_requests_total{model="pets",outcome="ok",protocol="v1"}' in text
     assert 'outcome="bad_request"' in text
     assert "pet_classifier_request_seconds_bucket" in text
-    logs = [json.loads(p.read_text()) for p in server["log_dir"].rglob("*.json")]
-    assert logs
-    record = max(logs, key=lambda r: r["time"])  # this test's request (files are named by id)
-    assert record["model"] == MODEL and record["labels"] and record["image_bytes"]
+    # Captured for monitoring (components/monitor/tests/test_capture_server.py tests it fully).
+    import time
+
+    deadline = time.monotonic() + 10
+    while not list(server["log_dir"].rglob("*.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records = [json.loads(line) for p in server["log_dir"].rglob("*.jsonl")
+               for line in p.read_text().splitlines()]
+    assert records
+    record = max(records, key=lambda r: r["time"])
+    assert record["model"] == MODEL and record["label"] and record["stats"]["width"]
 
 
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
