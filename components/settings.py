@@ -16,15 +16,30 @@ DEFAULT_IMAGE = f"ghcr.io/pet-park-mlops/mlops-workflow:{__version__}"
 #: The image every component runs in (see the Dockerfile at the repository root).
 COMPONENT_IMAGE = os.environ.get("MLOPS_COMPONENT_IMAGE", DEFAULT_IMAGE)
 
-#: The Kubernetes Secret whose keys become the components' S3 variables in the cluster.
-STORAGE_SECRET = os.environ.get("MLOPS_STORAGE_SECRET", "mlops-s3-credentials")
+#: The S3 endpoint of a stock Kubeflow Pipelines 2.16 install (SeaweedFS; KFP before 2.15
+#: shipped MinIO at http://minio-service.kubeflow:9000). kubeflow/pipelines 2.16:
+#: manifests/kustomize/base/installs/multi-user/pipelines-profile-controller/sync.py.
+DEFAULT_S3_ENDPOINT = "http://seaweedfs.kubeflow:8333"
 
-#: Secret key -> environment variable; the names storage.s3_settings_from_env reads.
-STORAGE_SECRET_KEYS = {
-    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-}
+#: The Kubernetes Secret whose keys become the components' S3 credentials in the cluster. The
+#: default is the one KFP 2.16 puts in every profile namespace (and in ``kubeflow``
+#: standalone) for its own artifact store.
+STORAGE_SECRET = os.environ.get("MLOPS_STORAGE_SECRET", "mlpipeline-minio-artifact")
+
+#: Secret key -> environment variable (the names storage.s3_settings_from_env reads), as
+#: ``KEY=VAR,KEY=VAR``; KFP's own Secret names its keys ``accesskey`` and ``secretkey``.
+STORAGE_SECRET_KEYS = dict(
+    item.split("=", 1) for item in os.environ.get(
+        "MLOPS_STORAGE_SECRET_KEYS",
+        "accesskey=AWS_ACCESS_KEY_ID,secretkey=AWS_SECRET_ACCESS_KEY").split(",") if item)
+
+#: The S3 endpoint the components use in the cluster (``AWS_ENDPOINT_URL`` of every task);
+#: empty to take it from the Secret (a key mapped to AWS_ENDPOINT_URL) instead.
+S3_ENDPOINT = os.environ.get("MLOPS_S3_ENDPOINT", DEFAULT_S3_ENDPOINT)
+
+#: The predictor image the release deploys by default (``components/serve/Dockerfile``).
+PREDICTOR_IMAGE = os.environ.get(
+    "MLOPS_PREDICTOR_IMAGE", f"ghcr.io/pet-park-mlops/pet-classifier-predictor:{__version__}")
 
 
 def code_version() -> str:

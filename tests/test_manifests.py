@@ -1,9 +1,13 @@
-"""Kubernetes objects: one source for manifests/ and the deploy step, validated by the
-Kubernetes and KServe model classes, and no secret values in the repository."""
+"""Kubernetes objects: one source for manifests/ and the deploy step; every overlay built
+(a pure-Python kustomize of the subset used) and validated — core objects with
+kubernetes-validate's Kubernetes schemas, InferenceServices with KServe 0.20's CRD schema —
+and no secret values in the repository."""
 
 from __future__ import annotations
 
+import base64
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,62 +15,158 @@ import pytest
 import yaml
 
 from components.common import k8s
+from tests.kustomize_subset import build
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _validate(obj: dict) -> None:
-    k8s.validate_object(obj)
+K8S_VERSION = "1.33.0"
+CORE_KINDS = {"ServiceAccount", "Secret", "Role", "RoleBinding"}
 
 
 def _docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def _crd_check(obj: dict) -> None:
+    from components.deploy.tests.kube_standin import load_crd_schema, validate
+
+    body = {k: v for k, v in obj.items() if k != "metadata"}
+    _, errors, unknown = validate(body, load_crd_schema())
+    assert not errors and not unknown, (errors, unknown)
+
+
+def _core_check(obj: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, list[dict]]:
+    """Each overlay as `kubectl kustomize` prints it, with base/s3.env filled in."""
+    root = tmp_path_factory.mktemp("manifests") / "manifests"
+    shutil.copytree(REPO / "manifests", root)
+    (root / "base" / "s3.env").write_text("# test values\nAWS_ACCESS_KEY_ID=id\n"
+                                          "AWS_SECRET_ACCESS_KEY=secret\n")
+    return {mode: build(root / "overlays" / mode) for mode in k8s.INSTALL_MODES}
+
+
 def test_committed_manifests_are_exactly_what_the_builders_produce():
-    rendered = k8s.render_manifests()
-    committed = {p.relative_to(REPO / "manifests").as_posix(): p.read_text()
-                 for p in (REPO / "manifests").rglob("*") if p.is_file()}
-    assert committed == rendered, "manifests/ is stale: run `mlops manifests`"
+    rendered = k8s.render_manifests(extra_base_resources=k8s.EXTRA_BASE_RESOURCES)
+    for rel, text in rendered.items():
+        path = REPO / "manifests" / rel
+        assert path.is_file() and path.read_text() == text, \
+            f"manifests/{rel} is stale: run `mlops manifests`"
 
 
-def test_every_base_object_is_valid_for_its_schema():
-    kinds = []
-    for path in sorted((REPO / "manifests" / "base").glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for obj in _docs(path):
-            _validate(obj)
-            kinds.append(obj["kind"])
-    assert sorted(kinds) == ["InferenceService", "Role", "RoleBinding", "ServiceAccount"]
+@pytest.mark.parametrize("mode", sorted(k8s.INSTALL_MODES))
+def test_every_overlay_builds_into_valid_objects_of_its_install_mode(built, mode):
+    objects = built[mode]
+    spec = k8s.INSTALL_MODES[mode]
+    kinds = sorted(o["kind"] for o in objects)
+    expected = ["Role", "RoleBinding", "Secret", "ServiceAccount"]
+    if spec["istio"]:
+        expected = sorted(expected + ["AuthorizationPolicy"])
+    assert [k for k in kinds if k in expected] == expected
+    # The release creates the InferenceServices: applying an overlay never touches them.
+    assert "InferenceService" not in kinds
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == spec["namespace"], obj["kind"]
+        if obj["kind"] in CORE_KINDS:
+            _core_check(obj)
+    binding = next(o for o in objects if o["kind"] == "RoleBinding")
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount", "name": spec["pipeline_service_account"],
+        "namespace": spec["pipeline_namespace"] or spec["namespace"]}]
+    secret = next(o for o in objects if o["kind"] == "Secret")
+    assert secret["metadata"]["name"] == k8s.ServingConfig().s3_secret
+    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == \
+        "seaweedfs.kubeflow:8333"
+    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-usehttps"] == "0"
+    assert base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"]) == b"secret"
+    sa = next(o for o in objects if o["kind"] == "ServiceAccount")
+    assert sa["secrets"] == [{"name": secret["metadata"]["name"]}]
+
+
+def test_the_authorization_policy_admits_only_the_probe_paths_of_this_model(built):
+    policy = next(o for o in built["multi-user"] if o["kind"] == "AuthorizationPolicy")
+    isvc = k8s.inference_service(k8s.ServingConfig())
+    selector = policy["spec"]["selector"]["matchLabels"]
+    # KServe copies the InferenceService's labels onto its pods (predictor.go buildObjectMeta).
+    assert selector.items() <= isvc["metadata"]["labels"].items()
+    assert policy["spec"]["action"] == "ALLOW"
+    (rule,) = policy["spec"]["rules"]
+    assert rule["from"] == [{"source": {"namespaces": ["istio-system", "knative-serving"]}}]
+    (op,) = rule["to"]
+    assert sorted(op["operation"]["methods"]) == ["GET", "POST"]
+    assert set(op["operation"]["paths"]) == {"/v1/models/*", "/v2/models/*", "/v2/health/*",
+                                            "/metrics"}
+
+
+def test_manifests_take_the_values_of_another_install(tmp_path):
+    options = k8s.ManifestOptions(namespace="team-pets", s3_endpoint="https://s3.example:9000",
+                                  predictor_service_account="pets-sa", s3_secret="pets-s3",
+                                  pipeline_service_account="runner",
+                                  pipeline_namespace="pipelines")
+    for rel, text in k8s.render_manifests(options).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "base" / "s3.env").write_text("AWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n")
+    objects = build(tmp_path / "overlays" / "multi-user")
+    assert {o["metadata"]["namespace"] for o in objects} == {"team-pets"}
+    by_kind = {o["kind"]: o for o in objects}
+    assert by_kind["RoleBinding"]["subjects"][0] == {"kind": "ServiceAccount", "name": "runner",
+                                                     "namespace": "pipelines"}
+    assert by_kind["ServiceAccount"]["metadata"]["name"] == "pets-sa"
+    assert by_kind["Secret"]["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == \
+        "s3.example:9000"
+    assert by_kind["Secret"]["metadata"]["annotations"]["serving.kserve.io/s3-usehttps"] == "1"
+    role_rules = {(r["apiGroups"][0], r["resources"][0]): r for r in by_kind["Role"]["rules"]}
+    assert role_rules[("", "secrets")]["resourceNames"] == ["pets-s3"]
+    assert role_rules[("", "serviceaccounts")]["resourceNames"] == ["pets-sa"]
+    for obj in objects:
+        if obj["kind"] in CORE_KINDS:
+            _core_check(obj)
+    with pytest.raises(ValueError, match="Invalid S3 endpoint"):
+        k8s.s3_secret_annotations("ftp://x")
+    with pytest.raises(ValueError, match="Unknown install mode 'cluster'"):
+        k8s.ManifestOptions().for_mode("cluster")
 
 
 @pytest.mark.parametrize("env", sorted(k8s.ENVIRONMENTS))
-def test_overlays_patch_into_valid_inference_services(env):
-    import jsonpatch
-
-    base = _docs(REPO / "manifests" / "base" / "inferenceservice.yaml")[0]
-    kustomization = yaml.safe_load((REPO / "manifests" / "overlays" / env /
-                                    "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["../../base"]
-    patched = base
-    for patch in kustomization["patches"]:
-        assert patch["target"]["kind"] == "InferenceService"
-        patched = jsonpatch.apply_patch(patched, yaml.safe_load(patch["patch"]))
-    _validate(patched)
+def test_reference_inference_services_match_the_kserve_crd(env):
+    (isvc,) = _docs(REPO / "manifests" / "reference" / f"inferenceservice-{env}.yaml")
+    _crd_check(isvc)
+    k8s.validate_object(isvc)
     spec = k8s.ENVIRONMENTS[env]
-    assert patched["metadata"]["name"] == "pet-classifier" + spec["suffix"]
-    assert patched["spec"]["predictor"]["minReplicas"] == spec["min_replicas"]
+    assert isvc["metadata"]["name"] == "pet-classifier" + spec["suffix"]
+    assert isvc["spec"]["predictor"]["minReplicas"] == spec["min_replicas"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert isvc["metadata"]["namespace"] == k8s.DEFAULT_NAMESPACE
+
+
+def test_the_crd_check_catches_what_the_api_server_would_reject():
+    isvc = k8s.inference_service(k8s.ServingConfig())
+    bad = yaml.safe_load(yaml.safe_dump(isvc))
+    bad["spec"]["predictor"]["minReplica"] = 1
+    with pytest.raises(AssertionError, match="minReplica"):
+        _crd_check(bad)
+    bad = yaml.safe_load(yaml.safe_dump(isvc))
+    bad["spec"]["predictor"]["containers"][0]["resources"]["limits"]["cpu"] = "lots"
+    with pytest.raises(AssertionError, match="cpu"):
+        _crd_check(bad)
 
 
 def test_predictor_runs_as_non_root_with_resources_and_the_logger():
-    isvc = k8s.inference_service(k8s.ServingConfig())
+    isvc = k8s.inference_service(k8s.ServingConfig(namespace="team-a"))
     container = isvc["spec"]["predictor"]["containers"][0]
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["limits"]["cpu"] == "1000m"
-    assert isvc["spec"]["predictor"]["logger"]["mode"] == "all"
+    assert isvc["spec"]["predictor"]["logger"] == {
+        "mode": "all", "url": "http://pet-classifier-monitor.team-a.svc.cluster.local"}
     assert {"name": "STORAGE_URI", "value": k8s.ServingConfig().storage_uri} in container["env"]
+    assert "logger" not in k8s.inference_service(k8s.ServingConfig(logger_url=""))["spec"][
+        "predictor"]
 
 
 @pytest.mark.parametrize("cpu, threads", [("500m", 1), ("1", 2), ("2", 4)])
@@ -76,32 +176,18 @@ def test_onnx_runtime_threads_follow_the_cpu_limit_not_the_node(cpu, threads):
     assert f"--ort-threads={threads}" in container["args"]
 
 
-def test_rbac_is_limited_to_inference_services_in_one_namespace():
-    role, binding = k8s.deployer_rbac("team-a")
-    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "team-a"
-    assert {g for r in role["rules"] for g in r["apiGroups"]} == {"serving.kserve.io"}
-    assert {res for r in role["rules"] for res in r["resources"]} == {
-        "inferenceservices", "inferenceservices/status"}
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-
-
-def test_canary_promote_and_rollback_objects():
-    base = k8s.inference_service(k8s.ServingConfig(storage_uri="s3://r/pets/versions/3"))
-    canary = k8s.canary(base, "s3://r/pets/versions/4", 10)
-    _validate(canary)
-    env = canary["spec"]["predictor"]["containers"][0]["env"]
-    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert {"name": "STORAGE_URI", "value": "s3://r/pets/versions/4"} in env
-    assert base["spec"]["predictor"]["containers"][0]["env"][0]["value"].endswith("/3")
-    promoted = k8s.promote(canary)
-    assert promoted["spec"]["predictor"]["canaryTrafficPercent"] == 100
-    rolled = k8s.rollback(canary, "s3://r/pets/versions/3")
-    _validate(rolled)
-    assert rolled["spec"]["predictor"]["canaryTrafficPercent"] == 100
-    assert rolled["spec"]["predictor"]["containers"][0]["env"][0]["value"].endswith("/3")
+def test_release_patches_touch_traffic_or_the_package_and_nothing_else():
+    new = k8s.inference_service(k8s.ServingConfig(storage_uri="s3://r/pets/versions/4"),
+                                registry_version=4)
+    patch = k8s.canary_patch(new, 10)
+    assert set(patch["spec"]["predictor"]) == {"canaryTrafficPercent", "labels", "containers"}
+    assert patch["spec"]["predictor"]["labels"] == {k8s.REGISTRY_VERSION_LABEL: "4"}
+    assert "metadata" not in patch  # nothing that would add a revision of its own
+    assert k8s.promote_patch() == {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
+    assert k8s.rollback_patch() == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
     for bad in (0, 100, 150):
         with pytest.raises(ValueError, match="canary percent"):
-            k8s.canary(base, "s3://r/pets/versions/4", bad)
+            k8s.canary_patch(new, bad)
 
 
 def test_no_secret_values_in_the_repository():
@@ -126,8 +212,8 @@ def test_validation_catches_a_misspelt_or_mistyped_field():
     misspelt = yaml.safe_load(yaml.safe_dump(isvc))
     misspelt["spec"]["predictor"]["minReplica"] = 1
     with pytest.raises(ValueError, match=r"does not know.*minReplica"):
-        _validate(misspelt)
+        k8s.validate_object(misspelt)
     nested = yaml.safe_load(yaml.safe_dump(isvc))
     nested["spec"]["predictor"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(ValueError, match=r"imagePullPolicyy"):
-        _validate(nested)
+        k8s.validate_object(nested)

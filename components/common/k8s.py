@@ -2,18 +2,54 @@
 
 The deploy step applies these objects, and ``mlops manifests`` writes ``manifests/`` from the
 same functions, so the YAML in the repository and what a pipeline applies cannot drift apart.
+
+Two kinds of objects, applied by two parties:
+
+* what an administrator applies once per namespace (``manifests/``): the predictor's
+  ServiceAccount and S3 Secret, the Role that lets the pipeline manage InferenceServices, and
+  (multi-user Kubeflow) the Istio AuthorizationPolicy that lets the pipeline's probes in;
+* what the release creates and changes (never in ``manifests/``, so that re-applying them
+  cannot switch production back): the InferenceServices ``<model>`` and ``<model>-test``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
-from components.settings import __version__
+from components.settings import DEFAULT_S3_ENDPOINT, __version__
 
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_VERSION = "v1beta1"
+KNATIVE_GROUP = "serving.knative.dev"
 DEFAULT_PREDICTOR_IMAGE = f"ghcr.io/pet-park-mlops/pet-classifier-predictor:{__version__}"
+
+#: Where the InferenceServices live by default: the profile namespace of a stock multi-user
+#: Kubeflow install (kubeflow/manifests' example user).
+DEFAULT_NAMESPACE = "kubeflow-user-example-com"
+
+#: Label on the predictor's revisions (and pods) naming the registry version they serve. It
+#: changes only together with the package's storage URI, so it never creates a revision of its
+#: own, and it tells which version a Knative revision serves.
+REGISTRY_VERSION_LABEL = "mlops.pet-park.io/registry-version"
+
+#: The only mode whose canary (``canaryTrafficPercent`` with Knative revisions and tag routing)
+#: this project drives. KServe 0.20 defaults to ``Standard`` (raw Deployments) and reads the
+#: legacy name ``Serverless`` as ``Knative`` (pkg/constants/constants.go, ParseDeploymentMode);
+#: the legacy name is used so that older KServe releases read it too.
+DEPLOYMENT_MODE = "Serverless"
+
+#: How Kubeflow Pipelines runs pipeline pods, per install mode (kubeflow/pipelines 2.16:
+#: manifests/kustomize/base/installs/multi-user/api-service/params.env sets
+#: DEFAULTPIPELINERUNNERSERVICEACCOUNT=default-editor; the standalone default is
+#: backend/src/apiserver/common/const.go DefaultPipelineRunnerServiceAccount = "pipeline-runner").
+INSTALL_MODES = {
+    "multi-user": {"namespace": DEFAULT_NAMESPACE, "pipeline_namespace": None,
+                   "pipeline_service_account": "default-editor", "istio": True},
+    "standalone": {"namespace": "kubeflow", "pipeline_namespace": "kubeflow",
+                   "pipeline_service_account": "pipeline-runner", "istio": False},
+}
 
 
 @dataclass(frozen=True)
@@ -22,44 +58,49 @@ class ServingConfig:
 
     Attributes:
         name: InferenceService name (Kubernetes DNS label).
-        namespace: Namespace (in Kubeflow: the profile namespace of the pipelines).
+        namespace: Namespace (in multi-user Kubeflow: the profile namespace of the pipelines).
         storage_uri: Where the package is, e.g. ``s3://mlops/registry/pet-classifier/versions/3``;
             KServe's storage initializer downloads it to ``/mnt/models``.
         image: The predictor image (``components/serve/Dockerfile``).
-        service_account: The ServiceAccount whose Secret holds the S3 credentials.
+        service_account: The predictor's ServiceAccount, which lists the S3 Secret KServe's
+            storage initializer reads.
+        s3_secret: That Secret's name.
         min_replicas / max_replicas: Autoscaling bounds.
         canary_traffic_percent: Share of traffic for the latest revision during a canary.
         logger_url: Where KServe's request/response logger sends CloudEvents (the monitoring
-            sink); empty for none.
+            sink); None for ``http://<name>-monitor.<namespace>.svc.cluster.local``, empty for
+            no logger.
         cpu / memory: Requests; limits are twice the CPU and the same memory.
+        labels: Extra labels of the InferenceService.
     """
 
     name: str = "pet-classifier"
-    namespace: str = "kubeflow-user-example-com"
+    namespace: str = DEFAULT_NAMESPACE
     storage_uri: str = "s3://mlops/registry/pet-classifier/versions/1"
     image: str = DEFAULT_PREDICTOR_IMAGE
-    service_account: str = "pet-classifier-sa"
+    service_account: str = "pet-classifier-predictor"
+    s3_secret: str = "pet-classifier-s3"
     min_replicas: int = 1
     max_replicas: int = 3
     canary_traffic_percent: int | None = None
-    logger_url: str = "http://pet-classifier-monitor.kubeflow-user-example-com.svc.cluster.local"
+    logger_url: str | None = None
     cpu: str = "500m"
     memory: str = "1Gi"
     labels: dict = field(default_factory=dict)
 
 
-def inference_service(cfg: ServingConfig) -> dict:
-    """The InferenceService of the custom ONNX predictor."""
-    if cfg.canary_traffic_percent is not None and not 0 <= cfg.canary_traffic_percent <= 100:
-        raise ValueError(f"Invalid canary_traffic_percent: {cfg.canary_traffic_percent}. "
-                         "Expect 0 to 100.")
+APP_LABELS = {"app.kubernetes.io/name": "pet-classifier",
+              "app.kubernetes.io/part-of": "mlops-workflow"}
+
+
+def predictor_container(cfg: ServingConfig) -> dict:
+    """The predictor's container; its ``STORAGE_URI`` is the package it serves."""
     cpu_limit = _double_cpu(cfg.cpu)
-    container = {
+    return {
         "name": "kserve-container",
         "image": cfg.image,
         # ONNX Runtime would start one thread per core of the node, not of the CPU limit.
-        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--host=0.0.0.0",
-                 "--port=8080",
+        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--port=8080",
                  f"--ort-threads={_whole_cpus(cpu_limit)}"],
         # A custom container gets its model through STORAGE_URI and the storage initializer.
         "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri}],
@@ -73,69 +114,89 @@ def inference_service(cfg: ServingConfig) -> dict:
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{cfg.name}", "port": 8080},
                            "initialDelaySeconds": 2, "periodSeconds": 5},
     }
+
+
+def inference_service(cfg: ServingConfig, registry_version: int | None = None) -> dict:
+    """The InferenceService of the custom ONNX predictor.
+
+    Nothing in it records release state: KServe copies the InferenceService's annotations and
+    labels into the Knative revision template (pkg/controller/v1beta1/inferenceservice/
+    components/predictor.go, buildPredictorResources and buildObjectMeta, filtered only by
+    ``serviceAnnotationDisallowedList`` / ``serviceLabelDisallowedList``), so any change to them
+    would start new pods. The only per-version label is :data:`REGISTRY_VERSION_LABEL`, which
+    changes together with the storage URI.
+    """
+    if cfg.canary_traffic_percent is not None and not 0 <= cfg.canary_traffic_percent <= 100:
+        raise ValueError(f"Invalid canary_traffic_percent: {cfg.canary_traffic_percent}. "
+                         "Expect 0 to 100.")
     predictor = {
         "serviceAccountName": cfg.service_account,
         "minReplicas": cfg.min_replicas,
         "maxReplicas": cfg.max_replicas,
-        "containers": [container],
+        "containers": [predictor_container(cfg)],
     }
-    if cfg.logger_url:
-        predictor["logger"] = {"mode": "all", "url": cfg.logger_url}
+    if registry_version is not None:
+        predictor["labels"] = {REGISTRY_VERSION_LABEL: str(int(registry_version))}
+    logger_url = cfg.logger_url
+    if logger_url is None:
+        logger_url = f"http://{cfg.name}-monitor.{cfg.namespace}.svc.cluster.local"
+    if logger_url:
+        predictor["logger"] = {"mode": "all", "url": logger_url}
     if cfg.canary_traffic_percent is not None:
         predictor["canaryTrafficPercent"] = cfg.canary_traffic_percent
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
         "metadata": {"name": cfg.name, "namespace": cfg.namespace,
-                     "labels": {"app.kubernetes.io/name": "pet-classifier",
-                                "app.kubernetes.io/part-of": "mlops-workflow", **cfg.labels},
-                     # Tag routing gives the canary ("latest") and the previous revision
-                     # ("prev") URLs of their own, which the canary analysis probes.
-                     "annotations": {"serving.kserve.io/enable-prometheus-scraping": "true",
-                                     "serving.kserve.io/enable-tag-routing": "true"}},
+                     "labels": {**APP_LABELS, **cfg.labels},
+                     "annotations": {
+                         # Knative revisions: canaryTrafficPercent and tagged revision URLs.
+                         "serving.kserve.io/deploymentMode": DEPLOYMENT_MODE,
+                         # Tag routing gives the canary ("latest") and the stable revision
+                         # ("prev") URLs of their own, which the canary analysis probes.
+                         "serving.kserve.io/enable-tag-routing": "true",
+                         "serving.kserve.io/enable-prometheus-scraping": "true"}},
         "spec": {"predictor": predictor},
     }
 
 
-def canary(isvc: dict, storage_uri: str, percent: int) -> dict:
-    """The patch that starts a canary: new package, ``percent`` of traffic to it."""
-    if not 0 < percent < 100:
-        raise ValueError(f"Invalid canary percent: {percent}. Expect 1 to 99; use promote() "
-                         "for 100.")
-    out = copy.deepcopy(isvc)
-    pred = out["spec"]["predictor"]
-    pred["canaryTrafficPercent"] = percent
-    _set_storage_uri(pred, storage_uri)
-    return out
+def canary_patch(isvc: dict, percent: int) -> dict:
+    """The merge patch that starts a canary of ``isvc``'s package with ``percent`` of traffic.
 
-
-def promote(isvc: dict) -> dict:
-    """All traffic to the latest revision (the canary becomes production)."""
-    out = copy.deepcopy(isvc)
-    out["spec"]["predictor"]["canaryTrafficPercent"] = 100
-    return out
-
-
-def rollback(isvc: dict, last_good_storage_uri: str) -> dict:
-    """Back to the last good package with all traffic, as a new revision.
-
-    Setting the traffic share to 0 would also send traffic to the previous revision, but
-    only while Knative still has it; redeploying the last good ``storageUri`` at 100% does
-    not depend on revision history.
+    ``isvc`` is the whole object of the new version (:func:`inference_service`); only its
+    predictor's containers and labels (the revision template) and the traffic share are sent.
     """
-    out = copy.deepcopy(isvc)
-    pred = out["spec"]["predictor"]
-    pred["canaryTrafficPercent"] = 100
-    _set_storage_uri(pred, last_good_storage_uri)
-    return out
+    if not 0 < percent < 100:
+        raise ValueError(f"Invalid canary percent: {percent}. Expect 1 to 99; use "
+                         "promote_patch() for 100.")
+    pred = isvc["spec"]["predictor"]
+    return {"spec": {"predictor": {"canaryTrafficPercent": int(percent),
+                                   "labels": copy.deepcopy(pred.get("labels", {})),
+                                   "containers": copy.deepcopy(pred["containers"])}}}
 
 
-def _set_storage_uri(predictor: dict, uri: str) -> None:
-    for env in predictor["containers"][0]["env"]:
-        if env["name"] == "STORAGE_URI":
-            env["value"] = uri
-            return
-    predictor["containers"][0]["env"].append({"name": "STORAGE_URI", "value": uri})
+def traffic_patch(percent: int) -> dict:
+    """The merge patch that changes the canary's share of traffic and nothing else."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"Invalid canary percent: {percent}. Expect 0 to 100.")
+    return {"spec": {"predictor": {"canaryTrafficPercent": int(percent)}}}
+
+
+def promote_patch() -> dict:
+    """All traffic to the latest revision, which already runs: no new revision."""
+    return traffic_patch(100)
+
+
+def rollback_patch() -> dict:
+    """KServe's rollback: ``canaryTrafficPercent: 0``.
+
+    The controller routes 100% to ``latestRolledoutRevision`` under the ``prev`` tag and 0% to
+    the latest revision (ksvc_reconciler.go, createKnativeService), so the rejected version
+    never gets more traffic than it had, ready or not. Redeploying the old package at 100%
+    instead would create a revision, and Knative would route "latest" to the latest *ready*
+    revision, the rejected canary, until the new one is up.
+    """
+    return traffic_patch(0)
 
 
 def _whole_cpus(cpu: str) -> int:
@@ -148,42 +209,86 @@ def _double_cpu(cpu: str) -> str:
         "0").rstrip(".")
 
 
-def service_account(cfg: ServingConfig, secret_name: str = "pet-classifier-s3") -> dict:
+def service_account(cfg: ServingConfig) -> dict:
     """The predictor's ServiceAccount; KServe's storage initializer reads its Secret."""
     return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": cfg.service_account, "namespace": cfg.namespace},
-            "secrets": [{"name": secret_name}]}
+            "metadata": {"name": cfg.service_account, "labels": dict(APP_LABELS)},
+            "secrets": [{"name": cfg.s3_secret}]}
 
 
-def s3_secret_annotations(endpoint: str = "minio-service.kubeflow:9000", use_https: bool = False,
-                          region: str = "us-east-1") -> dict:
-    """KServe's S3 annotations for the credentials Secret (the values are generated, never
-    committed: see manifests/base/s3.env.example)."""
-    return {"serving.kserve.io/s3-endpoint": endpoint,
-            "serving.kserve.io/s3-usehttps": "1" if use_https else "0",
+def s3_secret_annotations(endpoint: str = DEFAULT_S3_ENDPOINT, region: str = "us-east-1",
+                          verify_ssl: bool = True) -> dict:
+    """KServe's S3 annotations for the credentials Secret, from an endpoint URL.
+
+    KServe wants ``host:port`` and a separate ``s3-usehttps``; the scheme of ``endpoint``
+    (``http://seaweedfs.kubeflow:8333`` on a stock KFP 2.16) gives the latter.
+    """
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"Invalid S3 endpoint {endpoint!r}. Expect a URL such as "
+                         "http://seaweedfs.kubeflow:8333.")
+    return {"serving.kserve.io/s3-endpoint": parsed.netloc,
+            "serving.kserve.io/s3-usehttps": "1" if parsed.scheme == "https" else "0",
             "serving.kserve.io/s3-region": region,
-            "serving.kserve.io/s3-verifyssl": "1"}
+            "serving.kserve.io/s3-verifyssl": "1" if verify_ssl else "0"}
 
 
-def deployer_rbac(namespace: str, pipeline_service_account: str = "pipeline-runner") -> list[dict]:
-    """Lets the pipeline manage InferenceServices in its namespace, and nothing more."""
-    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "pet-classifier-deployer", "namespace": namespace},
+def deployer_role(cfg: ServingConfig) -> dict:
+    """What the pipeline may do in the serving namespace, and nothing more.
+
+    InferenceServices (create and change them), the Knative revisions KServe makes (read: which
+    registry version each serves), and read access to the predictor's own ServiceAccount and
+    Secret, by name, so that a missing one is reported before anything is deployed.
+    """
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "pet-classifier-deployer", "labels": dict(APP_LABELS)},
             "rules": [{"apiGroups": [KSERVE_GROUP], "resources": ["inferenceservices"],
                        "verbs": ["get", "list", "watch", "create", "update", "patch",
                                  "delete"]},
                       {"apiGroups": [KSERVE_GROUP], "resources": ["inferenceservices/status"],
-                       "verbs": ["get"]}]}
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "pet-classifier-deployer", "namespace": namespace},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                           "name": "pet-classifier-deployer"},
-               "subjects": [{"kind": "ServiceAccount", "name": pipeline_service_account,
-                             "namespace": namespace}]}
-    return [role, binding]
+                       "verbs": ["get"]},
+                      {"apiGroups": [KNATIVE_GROUP], "resources": ["revisions"],
+                       "verbs": ["get", "list"]},
+                      {"apiGroups": [""], "resources": ["serviceaccounts"],
+                       "resourceNames": [cfg.service_account], "verbs": ["get"]},
+                      {"apiGroups": [""], "resources": ["secrets"],
+                       "resourceNames": [cfg.s3_secret], "verbs": ["get"]}]}
 
 
-# Environments, as the overlays under manifests/ describe them.
+def deployer_binding(pipeline_service_account: str, pipeline_namespace: str) -> dict:
+    """Binds the Role to the service account pipeline pods run as (see :data:`INSTALL_MODES`)."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "pet-classifier-deployer", "labels": dict(APP_LABELS)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "pet-classifier-deployer"},
+            "subjects": [{"kind": "ServiceAccount", "name": pipeline_service_account,
+                          "namespace": pipeline_namespace}]}
+
+
+def authorization_policy(gateway_namespaces: tuple[str, ...] = ("istio-system",
+                                                                 "knative-serving")) -> dict:
+    """Lets the pipeline's probes reach the predictor in a multi-user Kubeflow namespace.
+
+    KFP runs pipeline pods without an Istio sidecar, so they reach a revision's URL through
+    Knative's cluster-local gateway (in ``istio-system``) or its activator (in
+    ``knative-serving``), and the profile's ``ns-owner-access-istio`` policy denies that
+    ("RBAC: access denied"). This admits exactly those two hops, to this model's pods only, and
+    only for the model's API and metrics (GET/POST ``/v1/models/*``, ``/v2/models/*``,
+    ``/metrics``). Limit: a sidecar-less caller has no identity, so any pod that goes through
+    the same gateway reaches those paths too.
+    """
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "pet-classifier-probes", "labels": dict(APP_LABELS)},
+            "spec": {"action": "ALLOW",
+                     "selector": {"matchLabels": {"app.kubernetes.io/name": "pet-classifier"}},
+                     "rules": [{"from": [{"source": {"namespaces": list(gateway_namespaces)}}],
+                                "to": [{"operation": {
+                                    "methods": ["GET", "POST"],
+                                    "paths": ["/v1/models/*", "/v2/models/*", "/v2/health/*",
+                                              "/metrics"]}}]}]}}
+
+
+# Environments the release manages, and how each InferenceService is sized.
 ENVIRONMENTS = {
     "test": {"suffix": "-test", "min_replicas": 1, "max_replicas": 1},
     "production": {"suffix": "", "min_replicas": 2, "max_replicas": 6},
@@ -203,6 +308,8 @@ def validate_object(obj: dict) -> dict:
 
     The object is deserialised into its model class and serialised back: a field the schema
     does not know is dropped on the way, so any difference means a mistyped or unknown field.
+    (The tests also validate against the CRD's own schema; this check runs in the pipeline,
+    before anything is applied.)
 
     Raises:
         ValueError: Naming the object and the fields that differ.
@@ -256,45 +363,115 @@ def _yaml(*docs: dict) -> str:
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs)
 
 
-def render_manifests(cfg: ServingConfig = ServingConfig()) -> dict[str, str]:
-    """``manifests/`` as path -> text: a kustomize base and the test/production overlays.
+@dataclass(frozen=True)
+class ManifestOptions:
+    """What ``mlops manifests`` asks for; the defaults match a stock Kubeflow 2.16 install.
 
-    The S3 Secret is generated by kustomize from ``base/s3.env`` (not in the repository;
-    ``s3.env.example`` lists the keys), so no secret value is ever committed.
+    Attributes:
+        namespace: Where the InferenceServices run, per install mode (None: the mode's
+            default, ``kubeflow-user-example-com`` for multi-user, ``kubeflow`` standalone).
+        pipeline_service_account: The service account pipeline pods run as (None: the
+            mode's, ``default-editor`` or ``pipeline-runner``).
+        pipeline_namespace: Its namespace (None: the serving namespace in multi-user,
+            ``kubeflow`` standalone).
+        s3_endpoint: The S3 endpoint the predictor downloads packages from.
+        predictor_service_account / s3_secret: Names of the predictor's ServiceAccount and its
+            S3 Secret (the pipeline's ``predictor_service_account``/``predictor_secret``).
+        gateway_namespaces: Namespaces of the hops the probes come through (multi-user).
+    """
+
+    namespace: str | None = None
+    pipeline_service_account: str | None = None
+    pipeline_namespace: str | None = None
+    s3_endpoint: str = DEFAULT_S3_ENDPOINT
+    predictor_service_account: str = ServingConfig.service_account
+    s3_secret: str = ServingConfig.s3_secret
+    gateway_namespaces: tuple[str, ...] = ("istio-system", "knative-serving")
+
+    def for_mode(self, mode: str) -> dict:
+        """The concrete namespace and subject of an install mode."""
+        if mode not in INSTALL_MODES:
+            raise ValueError(f"Unknown install mode {mode!r}. Expect one of "
+                             f"{', '.join(INSTALL_MODES)}.")
+        spec = INSTALL_MODES[mode]
+        namespace = self.namespace or spec["namespace"]
+        return {"namespace": namespace,
+                "pipeline_service_account": self.pipeline_service_account
+                or spec["pipeline_service_account"],
+                "pipeline_namespace": self.pipeline_namespace or spec["pipeline_namespace"]
+                or namespace,
+                "istio": spec["istio"]}
+
+
+#: Hand-written files in ``manifests/base`` that its kustomization lists besides the generated
+#: ones (e.g. a PrometheusRule of the monitoring step).
+EXTRA_BASE_RESOURCES: tuple[str, ...] = ()
+
+
+def render_manifests(options: ManifestOptions = ManifestOptions(),
+                     extra_base_resources: tuple[str, ...] | None = None) -> dict[str, str]:
+    """``manifests/`` as path -> text: a kustomize base and one overlay per install mode.
+
+    The base holds the predictor's ServiceAccount, the deployer Role and RoleBinding, and the
+    S3 Secret (generated by kustomize from ``base/s3.env``, not in the repository;
+    ``s3.env.example`` lists the keys), so no secret value is ever committed. Each overlay sets
+    the namespace and the RoleBinding's subject of its install mode; ``multi-user`` adds the
+    AuthorizationPolicy. ``reference/`` holds the InferenceServices the release creates, for
+    reading only: they are in no kustomization, so applying ``manifests/`` never changes what
+    production serves.
     """
     import yaml
 
+    if extra_base_resources is None:
+        extra_base_resources = EXTRA_BASE_RESOURCES
+    cfg = ServingConfig(service_account=options.predictor_service_account,
+                        s3_secret=options.s3_secret)
     files = {
-        "base/inferenceservice.yaml": _yaml(inference_service(cfg)),
         "base/serviceaccount.yaml": _yaml(service_account(cfg)),
-        "base/rbac.yaml": _yaml(*deployer_rbac(cfg.namespace)),
+        "base/rbac.yaml": _yaml(deployer_role(cfg),
+                                deployer_binding("PIPELINE_SERVICE_ACCOUNT", "PIPELINE_NAMESPACE")),
         "base/s3.env.example": "# Copy to s3.env (git-ignored) and fill in; kustomize makes the "
                                "Secret from it.\nAWS_ACCESS_KEY_ID=\nAWS_SECRET_ACCESS_KEY=\n",
         "base/kustomization.yaml": yaml.safe_dump({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "namespace": cfg.namespace,
-            "resources": ["serviceaccount.yaml", "rbac.yaml", "inferenceservice.yaml"],
-            "secretGenerator": [{"name": "pet-classifier-s3", "envs": ["s3.env"],
+            "resources": ["serviceaccount.yaml", "rbac.yaml", *extra_base_resources],
+            "secretGenerator": [{"name": cfg.s3_secret, "envs": ["s3.env"],
                                  "options": {"disableNameSuffixHash": True,
-                                             "annotations": s3_secret_annotations()}}],
+                                             "labels": dict(APP_LABELS),
+                                             "annotations": s3_secret_annotations(
+                                                 options.s3_endpoint)}}],
         }, sort_keys=False),
+        "overlays/multi-user/authorizationpolicy.yaml": _yaml(
+            authorization_policy(options.gateway_namespaces)),
     }
-    for env, spec in ENVIRONMENTS.items():
-        patch = [{"op": "replace", "path": "/spec/predictor/minReplicas",
-                  "value": spec["min_replicas"]},
-                 {"op": "replace", "path": "/spec/predictor/maxReplicas",
-                  "value": spec["max_replicas"]}]
-        if spec["suffix"]:
-            patch.append({"op": "replace", "path": "/metadata/name",
-                          "value": cfg.name + spec["suffix"]})
-        files[f"overlays/{env}/kustomization.yaml"] = yaml.safe_dump({
+    for mode in INSTALL_MODES:
+        values = options.for_mode(mode)
+        subject = [{"op": "replace", "path": "/subjects/0",
+                    "value": {"kind": "ServiceAccount",
+                              "name": values["pipeline_service_account"],
+                              "namespace": values["pipeline_namespace"]}}]
+        files[f"overlays/{mode}/kustomization.yaml"] = yaml.safe_dump({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": ["../../base"],
-            "labels": [{"pairs": {"app.kubernetes.io/environment": env}}],
-            "patches": [{"target": {"group": KSERVE_GROUP, "version": KSERVE_VERSION,
-                                    "kind": "InferenceService", "name": cfg.name},
-                         "patch": yaml.safe_dump(patch, sort_keys=False)}],
+            "namespace": values["namespace"],
+            "resources": ["../../base"] + (["authorizationpolicy.yaml"] if values["istio"]
+                                           else []),
+            "patches": [{"target": {"group": "rbac.authorization.k8s.io", "version": "v1",
+                                    "kind": "RoleBinding", "name": "pet-classifier-deployer"},
+                         "patch": yaml.safe_dump(subject, sort_keys=False)}],
         }, sort_keys=False)
-    header = "# Generated by `mlops manifests` from components/common/k8s.py; do not edit.\n"
+    namespace = options.for_mode("multi-user")["namespace"]
+    for env, spec in ENVIRONMENTS.items():
+        isvc_cfg = ServingConfig(name=cfg.name + spec["suffix"], namespace=namespace,
+                                 service_account=cfg.service_account, s3_secret=cfg.s3_secret,
+                                 storage_uri="s3://mlops/registry/pet-classifier/versions/1",
+                                 min_replicas=spec["min_replicas"],
+                                 max_replicas=spec["max_replicas"])
+        files[f"reference/inferenceservice-{env}.yaml"] = (
+            "# For reading only: the release creates and changes this InferenceService (here "
+            "as it\n# looks after deploying registry version 1). It is in no kustomization.\n"
+            + _yaml(inference_service(isvc_cfg, registry_version=1)))
+    header = ("# Generated by `mlops manifests` (components/common/k8s.py): change values with "
+              "its options\n# (--namespace, --s3-endpoint, --pipeline-service-account, ...), "
+              "not by hand.\n")
     return {path: (text if path.endswith(".example") else header + text)
             for path, text in files.items()}

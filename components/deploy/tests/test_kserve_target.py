@@ -1,153 +1,243 @@
-"""KServeTarget against an in-memory stand-in for the Kubernetes API.
+"""KServeTarget against a stand-in for the Kubernetes API with KServe and Knative behind it.
 
-There is no cluster here. The stand-in implements the three KServeClient calls the target
-makes (get, wait_isvc_ready, delete) and the CustomObjectsApi create / JSON merge patch, and
-fills in the status the KServe controller would (URL, tagged traffic). What is tested is the
-target: the objects it applies, in what order, and how it reads the state back.
+The stand-in (``kube_standin.py``) is an HTTP server on 127.0.0.1 that the real
+``kubernetes`` client talks to. It validates InferenceServices against KServe 0.20's CRD
+schema, applies merge and JSON patches, creates a Knative revision whenever the revision
+template changes and routes traffic as KServe's ksvc reconciler and Knative's route do (each
+rule cites the controller code it models). What is asserted is what a release does to traffic.
 """
 
 from __future__ import annotations
 
-import copy
+import json
+import time
 
 import pytest
+import requests
 
 from components.common import k8s
 from components.common.registry import ModelRegistry
-from components.deploy.targets import CANARY_VERSION, STABLE_VERSION, DeploymentError, KServeTarget
+from components.deploy import release
+from components.deploy.targets import DeploymentError, KServeTarget
+from components.deploy.tests.kube_standin import KubeStandIn
 
 NS = "pets-prod"
-
-
-def _merge(target: dict, patch: dict) -> dict:
-    """RFC 7386 JSON merge patch, as the API server applies it to custom objects."""
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
-    return target
-
-
-class _CustomObjects:
-    def __init__(self, store: dict, applied: list):
-        self.store, self.applied = store, applied
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
-        key = (namespace, body["metadata"]["name"])
-        assert key not in self.store, "create of an existing object"
-        self.store[key] = copy.deepcopy(body)
-        self.applied.append(("create", copy.deepcopy(body)))
-        return body
-
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
-        self.applied.append(("patch", copy.deepcopy(body)))
-        return _merge(self.store[(namespace, name)], body)
-
-
-class FakeKServe:
-    def __init__(self):
-        self.store: dict = {}
-        self.applied: list = []
-        self.api_instance = _CustomObjects(self.store, self.applied)
-
-    def get(self, name, namespace=None):
-        if (namespace, name) not in self.store:
-            raise RuntimeError("Exception when calling CustomObjectsApi->get_namespaced_custom"
-                               "_object: (404)\nReason: Not Found")
-        return copy.deepcopy(self.store[(namespace, name)])
-
-    def wait_isvc_ready(self, name, namespace=None, timeout_seconds=600, polling_interval=10):
-        obj = self.store[(namespace, name)]
-        pct = obj["spec"]["predictor"].get("canaryTrafficPercent", 100)
-        host = f"{name}-predictor.{namespace}.example.com"
-        traffic = [{"tag": "latest", "percent": pct, "url": f"http://latest-{host}"}]
-        if pct != 100:
-            traffic.append({"tag": "prev", "percent": 100 - pct, "url": f"http://prev-{host}"})
-        obj["status"] = {"url": f"http://{host}",
-                         "address": {"url": f"http://{name}.{namespace}.svc.cluster.local"},
-                         "components": {"predictor": {"traffic": traffic}}}
-
-    def delete(self, name, namespace=None):
-        del self.store[(namespace, name)]
+MODEL = "pets"
+PROD = "production"
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def target(s3_uri):
+def standin():
+    server = KubeStandIn(tick_s=0.01)
+    url = server.start()
+    server.url = url
+    cfg = k8s.ServingConfig()
+    server.add_core("serviceaccounts", NS, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                            "metadata": {"name": cfg.service_account,
+                                                         "namespace": NS}})
+    server.add_core("secrets", NS, {"apiVersion": "v1", "kind": "Secret",
+                                    "metadata": {"name": cfg.s3_secret, "namespace": NS}})
+    yield server
+    server.stop()
+
+
+def _client(url: str):
+    import kubernetes
+
+    conf = kubernetes.client.Configuration()
+    conf.host = url
+    return kubernetes.client.ApiClient(conf)
+
+
+@pytest.fixture
+def registry(s3_uri):
     registry = ModelRegistry(s3_uri + "/registry")
-    for _ in range(3):
-        registry.register("pets", {"model.onnx": b"onnx"}, {"dataset_version": "d"})
-    return KServeTarget(registry.uri, "pets", NS, client=FakeKServe())
+    for i in range(3):
+        registry.register(MODEL, {"model.onnx": b"onnx%d" % i,
+                                  "metadata.json": json.dumps({"model_version": f"m{i + 1}"})
+                                  .encode()}, {"dataset_version": "d"})
+    return registry
 
 
-def _storage_uri(obj: dict) -> str:
-    env = obj["spec"]["predictor"]["containers"][0]["env"]
-    return next(e["value"] for e in env if e["name"] == "STORAGE_URI")
+@pytest.fixture
+def target(standin, registry):
+    return KServeTarget(registry.uri, MODEL, NS, api_client=_client(standin.url),
+                        poll_s=0.02, timeout_s=10)
 
 
-def test_deploy_creates_a_valid_inference_service_for_the_environment(target):
+def _revision_of(standin: KubeStandIn, version: int) -> list[str]:
+    return [r for r in standin.revisions(NS)
+            if standin.objects[("revisions", NS, r)]["metadata"]["labels"].get(
+                k8s.REGISTRY_VERSION_LABEL) == str(version)]
+
+
+def test_deploy_creates_a_schema_valid_serverless_inference_service(target, standin):
     dep = target.deploy("test", 1)
-    kind, obj = target.client.applied[-1]
-    assert kind == "create"
-    k8s.validate_object(obj)
-    assert obj["metadata"]["name"] == "pets-test" and obj["metadata"]["namespace"] == NS
-    assert _storage_uri(obj) == target.registry.version_uri("pets", 1)
-    assert _storage_uri(obj).startswith("s3://")
+    obj = standin.objects[("inferenceservices", NS, "pets-test")]
+    ann = obj["metadata"]["annotations"]
+    assert ann["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert obj["status"]["deploymentMode"] == "Knative"
+    env = obj["spec"]["predictor"]["containers"][0]["env"]
+    assert {"name": "STORAGE_URI", "value": target.registry.version_uri(MODEL, 1)} in env
     assert obj["spec"]["predictor"]["maxReplicas"] == k8s.ENVIRONMENTS["test"]["max_replicas"]
     assert dep.stable.version == 1 and dep.canary is None
+    assert dep.stable.detail["model_version"] == "m1"
     assert dep.url == f"http://pets-test.{NS}.svc.cluster.local"
+    # No release bookkeeping in annotations: nothing there changes from one version to another.
+    assert not [k for k in ann if k.startswith("mlops.")]
 
 
-def test_canary_promote_and_rollback_apply_the_right_objects(target):
-    target.deploy("production", 1)
-    dep = target.start_canary("production", 2, 10)
-    _, canary = target.client.applied[-1]
-    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert _storage_uri(canary) == target.registry.version_uri("pets", 2)
-    assert canary["metadata"]["annotations"][STABLE_VERSION] == "1"
-    assert dep.stable.version == 1 and dep.canary.version == 2 and dep.canary_percent == 10
-    # Probed from inside the cluster: the tag routes' cluster-local Services.
-    assert target.revision_urls("production") == {
+def test_canary_waits_for_its_revision_and_promote_creates_no_revision(target, standin):
+    target.deploy(PROD, 1)
+    standin.behave(2, 0.4)  # the canary's pods take a while to start
+    dep = target.start_canary(PROD, 2, 10)
+    # The wait returned only once the canary revision was ready and routed: both tagged URLs
+    # now reach different revisions, each serving the version it says.
+    rev1, rev2 = _revision_of(standin, 1)[0], _revision_of(standin, 2)[0]
+    assert standin.routed(NS, "pets") == {rev2: 10, rev1: 90}
+    assert (dep.stable.version, dep.canary.version, dep.canary_percent) == (1, 2, 10)
+    assert dep.stable.detail["revision"] == rev1 and dep.canary.detail["revision"] == rev2
+    assert target.revision_urls(PROD) == {
         "stable": f"http://prev-pets-predictor.{NS}.svc.cluster.local",
         "canary": f"http://latest-pets-predictor.{NS}.svc.cluster.local"}
-    target.cluster_local = False
-    assert target.revision_urls("production")["canary"] == \
-        f"http://latest-pets-predictor.{NS}.example.com"
-    target.cluster_local = True
 
-    with pytest.raises(DeploymentError, match="already running"):
-        target.start_canary("production", 3, 10)
-    assert target.set_canary_traffic("production", 50).canary_percent == 50
-
-    dep = target.promote("production")
-    _, promoted = target.client.applied[-1]
-    assert promoted["spec"]["predictor"]["canaryTrafficPercent"] == 100
-    stored = target.client.store[(NS, "pets")]
-    assert CANARY_VERSION not in stored["metadata"]["annotations"]  # merge patch removed it
-    assert dep.stable.version == 2 and dep.canary is None
-
-    target.start_canary("production", 3, 10)
-    dep = target.rollback("production")
-    _, rolled = target.client.applied[-1]
-    assert _storage_uri(rolled) == target.registry.version_uri("pets", 2)
-    assert rolled["spec"]["predictor"]["canaryTrafficPercent"] == 100
-    assert dep.stable.version == 2 and dep.canary is None
-    for _kind, obj in target.client.applied:
-        if "kind" in obj:
-            k8s.validate_object(copy.deepcopy(obj))
+    assert target.set_canary_traffic(PROD, 50).canary_percent == 50
+    assert standin.routed(NS, "pets") == {rev2: 50, rev1: 50}
+    revisions_before = standin.revisions(NS)
+    dep = target.promote(PROD)
+    assert standin.revisions(NS) == revisions_before, "promote started new pods"
+    assert standin.routed(NS, "pets") == {rev2: 100}
+    assert dep.stable.version == 2 and dep.stable.detail["revision"] == rev2
+    assert dep.canary is None
+    comp = standin.objects[("inferenceservices", NS, "pets")]["status"]["components"][
+        "predictor"]
+    assert comp["latestRolledoutRevision"] == rev2
 
 
-def test_kserve_target_needs_an_s3_registry_and_a_canary_to_promote(target, tmp_path):
+def test_rollback_never_gives_the_rejected_version_more_traffic_than_it_had(target, standin):
+    target.deploy(PROD, 1)
+    target.start_canary(PROD, 2, 10)
+    rev1, rev2 = _revision_of(standin, 1)[0], _revision_of(standin, 2)[0]
+    revisions_before = standin.revisions(NS)
+    dep = target.rollback(PROD)
+    assert standin.routed(NS, "pets") == {rev1: 100}
+    assert standin.max_traffic("pets", rev2) == 10
+    assert standin.revisions(NS) == revisions_before  # traffic only
+    assert dep.stable.version == 1 and dep.canary is None
+    assert dep.stable.detail["rejected_version"] == 2
+    # The next release starts from the stable revision, not from the rejected one.
+    dep = target.start_canary(PROD, 3, 10)
+    assert dep.stable.detail["revision"] == rev1 and dep.canary.version == 3
+    assert standin.max_traffic("pets", rev2) == 10
+
+
+def test_a_canary_that_never_becomes_ready_is_rolled_back_not_passed(target, standin, registry):
+    target.deploy(PROD, 1)
+    registry.set_alias(MODEL, "production", 1)
+    standin.behave(2, None)  # e.g. the image does not pull, or the model does not load
+    target.timeout_s = 1.5
+    started = time.monotonic()
+    record = release.release(target, 2, [b"not sent"], ["cats"],
+                             release.CanaryPolicy(steps=(10, 50), requests_per_step=1))
+    assert record["decision"] == "rolled_back"
+    assert "did not start" in record["reasons"][0] and "ready canary revision" in \
+        record["reasons"][0]
+    assert record["steps"] == []  # no probe ever reached a canary that was not there
+    rev1, rev2 = _revision_of(standin, 1)[0], _revision_of(standin, 2)[0]
+    assert standin.max_traffic("pets", rev2, since=started) == 0
+    assert standin.routed(NS, "pets") == {rev1: 100}
+    assert registry.aliases(MODEL)["production"] == 1
+    assert target.status(PROD).stable.version == 1
+
+
+def test_the_stand_in_routes_like_knative_the_old_rollback_went_to_the_canary(target, standin):
+    """Why rollback is canaryTrafficPercent 0: redeploying the old package at 100% makes a new
+    revision, and until it is ready "latest" means the latest *ready* one, the canary."""
+    target.deploy(PROD, 1)
+    target.start_canary(PROD, 2, 10)
+    rev2 = _revision_of(standin, 2)[0]
+    standin.behave(1, 0.5)
+    old_style = k8s.canary_patch(target._object(PROD, 1), 10)
+    old_style["spec"]["predictor"]["canaryTrafficPercent"] = 100
+    requests.patch(f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/"
+                   "inferenceservices/pets", json=old_style,
+                   headers={"Content-Type": "application/merge-patch+json"},
+                   timeout=5).raise_for_status()
+    deadline = time.monotonic() + 5
+    while standin.max_traffic("pets", rev2) < 100 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert standin.max_traffic("pets", rev2) == 100
+
+
+def test_any_annotation_change_makes_a_revision_in_the_stand_in(target, standin):
+    """KServe copies InferenceService annotations into the revision template: why the release
+    keeps its bookkeeping out of them."""
+    target.deploy(PROD, 1)
+    before = standin.revisions(NS)
+    requests.patch(f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/"
+                   "inferenceservices/pets",
+                   json=[{"op": "add", "path": "/metadata/annotations/example.com~1note",
+                          "value": "promoted"}],
+                   headers={"Content-Type": "application/json-patch+json"},
+                   timeout=5).raise_for_status()
+    deadline = time.monotonic() + 5
+    while standin.revisions(NS) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(standin.revisions(NS)) == len(before) + 1
+
+
+def test_the_api_server_validates_against_the_kserve_crd(target, standin):
+    base = f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
+    obj = target._object(PROD, 1)
+    wrong_type = json.loads(json.dumps(obj))
+    wrong_type["spec"]["predictor"]["minReplicas"] = "two"
+    r = requests.post(base, json=wrong_type, timeout=5)
+    assert r.status_code == 422 and "minReplicas" in r.json()["message"]
+    unknown = json.loads(json.dumps(obj))
+    unknown["spec"]["predictor"]["canaryTrafficPercentage"] = 10
+    r = requests.post(base + "?fieldValidation=Strict", json=unknown, timeout=5)
+    assert r.status_code == 400 and "canaryTrafficPercentage" in r.json()["message"]
+    r = requests.post(base, json=unknown, timeout=5)  # default: pruned, as the server does
+    assert r.status_code == 201 and "canaryTrafficPercentage" not in \
+        r.json()["spec"]["predictor"]
+    r = requests.patch(f"{base}/pets", json={"spec": {}}, timeout=5,
+                       headers={"Content-Type": "application/strategic-merge-patch+json"})
+    assert r.status_code == 415
+    # Through the target, a rejected change is a DeploymentError naming the field.
+    with pytest.raises(DeploymentError, match="HTTP 422.*canaryTrafficPercent"):
+        target._patch(PROD, {"spec": {"predictor": {"canaryTrafficPercent": "ten"}}})
+
+
+def test_a_missing_service_account_or_secret_fails_before_anything_is_created(standin,
+                                                                             registry):
+    del standin.objects[("secrets", NS, k8s.ServingConfig().s3_secret)]
+    target = KServeTarget(registry.uri, MODEL, NS, api_client=_client(standin.url), poll_s=0.02)
+    with pytest.raises(DeploymentError, match="S3 Secret 'pet-classifier-s3' does not exist in "
+                                              f"namespace '{NS}'.*manifests/overlays"):
+        target.deploy(PROD, 1)
+    assert not [k for k in standin.objects if k[0] == "inferenceservices"]
+
+
+def test_an_inference_service_in_raw_mode_is_refused(target, standin):
+    obj = target._object(PROD, 1)
+    del obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    requests.post(f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/"
+                  "inferenceservices", json=obj, timeout=5).raise_for_status()
+    time.sleep(0.1)
+    with pytest.raises(DeploymentError, match="Standard mode"):
+        target.status(PROD)
+
+
+def test_kserve_target_needs_an_s3_registry_and_a_canary_to_promote(target, tmp_path, standin):
     with pytest.raises(DeploymentError, match="s3://"):
-        KServeTarget(str(tmp_path / "registry"), "pets", NS, client=FakeKServe())
+        KServeTarget(str(tmp_path / "registry"), MODEL, NS, api_client=_client(standin.url))
     with pytest.raises(DeploymentError, match="Nothing is deployed"):
-        target.start_canary("production", 2, 10)
-    target.deploy("production", 1)
+        target.start_canary(PROD, 2, 10)
+    target.deploy(PROD, 1)
     with pytest.raises(DeploymentError, match="No canary"):
-        target.promote("production")
+        target.promote(PROD)
     with pytest.raises(DeploymentError, match="Invalid canary traffic percent 100"):
-        target.start_canary("production", 2, 100)
+        target.start_canary(PROD, 2, 100)
     with pytest.raises(DeploymentError, match="Unknown environment 'staging'"):
         target.deploy("staging", 1)

@@ -1,0 +1,630 @@
+"""A stand-in for the Kubernetes API with KServe 0.20 and Knative Serving behind it.
+
+There is no cluster on this machine. ``KServeTarget`` talks to this server over HTTP with the
+real ``kubernetes`` client, and the server applies the rules that decide what a release does
+to traffic. Each rule names the code it models:
+
+API server (kubernetes/kubernetes, staging/src/k8s.io/apiextensions-apiserver)
+    * Custom resources are validated against the CRD's ``openAPIV3Schema`` (KServe 0.20's own
+      CRD, vendored under ``data/``): types, ``required``, ``enum``, ``pattern``,
+      ``x-kubernetes-int-or-string``, ``x-kubernetes-preserve-unknown-fields``. Unknown fields
+      are pruned, or rejected with ``fieldValidation=Strict`` (pkg/apiserver/schema/pruning).
+    * ``PATCH`` with ``application/merge-patch+json`` (RFC 7386) or
+      ``application/json-patch+json`` (RFC 6902); strategic merge patch is refused for custom
+      resources (415), as the API server does.
+    * ``metadata.generation`` increases when anything outside ``metadata`` and ``status``
+      changes; ``resourceVersion`` on every write; ``PUT`` with a stale one is a 409.
+
+KServe controller, Knative (``Serverless``/``Knative``) mode
+    * Deployment mode: ``status.deploymentMode`` first, then the
+      ``serving.kserve.io/deploymentMode`` annotation, then the default, ``Standard`` in 0.20
+      (pkg/controller/v1beta1/inferenceservice/utils/utils.go GetDeploymentMode,
+      pkg/constants/constants.go ParseDeploymentMode). ``Standard`` is not modelled: the
+      stand-in records the mode and creates no revisions.
+    * Revision template: the InferenceService's annotations minus
+      ``serviceAnnotationDisallowedList`` and its labels plus the predictor's labels minus
+      ``serviceLabelDisallowedList``, the storage URI annotation, the autoscaling bounds, and
+      the predictor's pod spec (components/predictor.go buildPredictorResources,
+      buildObjectMeta; reconcilers/knative/ksvc_reconciler.go createKnativeService).
+    * Traffic: with ``canaryTrafficPercent`` set and a ``latestRolledoutRevision`` known,
+      ``latest`` (latestRevision: true) gets the percent and ``prev`` (the latest rolled-out
+      revision) the rest when it is below 100; otherwise the latest revision gets 100
+      (ksvc_reconciler.go createKnativeService). The ``latest`` tag needs
+      ``serving.kserve.io/enable-tag-routing: "true"``.
+    * Status: ``latestRolledoutRevision`` moves to the latest ready revision when a
+      latestRevision target names it at 100%, and back to ``previousRolledoutRevision`` in the
+      rollback case; ``status.observedGeneration`` is the Knative Service's, not the
+      InferenceService's (pkg/apis/serving/v1beta1/inference_service_status.go PropagateStatus).
+
+Knative Serving (knative/serving v1.23)
+    * A new Revision ``<service>-<generation:05d>`` whenever the Configuration's template
+      changes, never for a traffic change (pkg/reconciler/configuration/configuration.go).
+    * A ``latestRevision`` target is resolved to the Configuration's latest *ready* revision;
+      a target naming a revision that is not ready leaves the route's traffic as it was
+      (pkg/reconciler/route/traffic/traffic.go addConfigurationTarget, addRevisionTarget).
+    * Tagged targets get URLs ``http://<tag>-<service>.<namespace>.<domain>``.
+
+Revisions become ready after a delay, or never, as the test sets per registry version
+(:meth:`KubeStandIn.behave`). Every traffic split the route ever applied is kept in
+:attr:`KubeStandIn.traffic_history`, so a test can ask how much traffic a revision ever got.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gzip
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import jsonpatch
+import yaml
+
+CRD_PATH = Path(__file__).parent / "data" / "serving.kserve.io_inferenceservices.yaml.gz"
+DOMAIN = "example.com"
+STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+# pkg/constants/constants.go ServiceAnnotationDisallowedList (the 0.20 defaults) and
+# RevisionTemplateLabelDisallowedList.
+ANNOTATION_DISALLOWED = ("autoscaling.knative.dev/min-scale", "autoscaling.knative.dev/max-scale",
+                         STORAGE_URI_ANNOTATION,
+                         "kubectl.kubernetes.io/last-applied-configuration",
+                         "serving.kserve.io/model-format")
+LABEL_DISALLOWED = ("networking.knative.dev/visibility",)
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+# ------------------------------------------------------------------------------------------
+# Structural schema validation
+# ------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def load_crd_schema(path: Path = CRD_PATH) -> dict:
+    """The ``openAPIV3Schema`` of the served version of the vendored CRD (parsed once)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=loader)  # noqa: S506 - safe
+    served = [v for v in crd["spec"]["versions"] if v.get("served")]
+    return served[0]["schema"]["openAPIV3Schema"]
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
+
+
+def validate(value, schema: dict, path: str = "", unknown: list | None = None) -> tuple:
+    """Validates ``value``; returns (pruned value, errors, unknown field paths)."""
+    errors: list[str] = []
+    unknown = [] if unknown is None else unknown
+    out = _check(value, schema, path or "<root>", errors, unknown)
+    return out, errors, unknown
+
+
+def _check(value, schema, path, errors, unknown):
+    if value is None:
+        if not schema.get("nullable"):
+            errors.append(f"{path}: Invalid value: null")
+        return value
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            errors.append(f"{path}: Invalid value: must be an integer or a string")
+        elif isinstance(value, str) and "pattern" in schema and \
+                not re.search(schema["pattern"], value):
+            errors.append(f"{path}: Invalid value: {value!r} does not match the pattern")
+        return value
+    kind = schema.get("type")
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{path}: Invalid value: {value!r}: must be of type integer")
+    elif kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(f"{path}: Invalid value: {value!r}: must be of type number")
+    elif kind in _TYPES and not isinstance(value, _TYPES[kind]):
+        errors.append(f"{path}: Invalid value: {type(value).__name__}: must be of type {kind}")
+        return value
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: Unsupported value: {value!r}: supported values: "
+                      f"{schema['enum']}")
+    if kind == "string" and "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{path}: Invalid value: {value!r} does not match {schema['pattern']}")
+    if kind == "string" and "maxLength" in schema and len(value) > schema["maxLength"]:
+        errors.append(f"{path}: Too long: may not be more than {schema['maxLength']}")
+    if kind in ("integer", "number") and "minimum" in schema and value < schema["minimum"]:
+        errors.append(f"{path}: Invalid value: {value}: must be >= {schema['minimum']}")
+    if kind in ("integer", "number") and "maximum" in schema and value > schema["maximum"]:
+        errors.append(f"{path}: Invalid value: {value}: must be <= {schema['maximum']}")
+    if kind == "array":
+        items = schema.get("items", {})
+        return [_check(v, items, f"{path}[{i}]", errors, unknown) for i, v in enumerate(value)]
+    if kind == "object":
+        for req in schema.get("required", []):
+            if req not in value:
+                errors.append(f"{path}.{req}: Required value")
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if props is None and extra is None:
+            return value  # type: object alone, or preserve-unknown-fields
+        out = {}
+        for key, v in value.items():
+            if props is not None and key in props:
+                out[key] = _check(v, props[key], f"{path}.{key}", errors, unknown)
+            elif isinstance(extra, dict):
+                out[key] = _check(v, extra, f"{path}.{key}", errors, unknown)
+            elif schema.get("x-kubernetes-preserve-unknown-fields"):
+                out[key] = v
+            else:
+                unknown.append(f"{path}.{key}")
+        return out
+    return value
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+# ------------------------------------------------------------------------------------------
+# The server
+# ------------------------------------------------------------------------------------------
+
+
+class KubeStandIn:
+    """The API server, the KServe controller and Knative Serving, in one process.
+
+    Args:
+        tick_s: How often the controllers reconcile.
+        default_deployment_mode: KServe's ``deploy.defaultDeploymentMode`` (0.20: Standard).
+    """
+
+    ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
+    REVISION = ("serving.knative.dev", "v1", "revisions")
+
+    def __init__(self, tick_s: float = 0.02, default_deployment_mode: str = "Standard"):
+        self.schema = load_crd_schema()
+        self.tick_s = tick_s
+        self.default_mode = default_deployment_mode
+        self.lock = threading.RLock()
+        self.objects: dict[tuple, dict] = {}  # (plural, namespace, name) -> object
+        self.ksvcs: dict[tuple, dict] = {}  # (namespace, isvc name) -> Knative service model
+        self.behaviour: dict[str, float | None] = {}  # registry version -> ready delay/None
+        self.default_ready_s = 0.1
+        self.traffic_history: list[tuple[float, str, dict[str, int]]] = []
+        self.requests: list[tuple[str, str]] = []
+        self._rv = 0
+        self._stop = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> str:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _serve(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                try:
+                    code, payload = standin.handle(method, self.path, body,
+                                                   self.headers.get("Content-Type", ""))
+                except ApiError as exc:
+                    code, payload = exc.code, {"kind": "Status", "apiVersion": "v1",
+                                               "status": "Failure", "message": exc.message,
+                                               "reason": exc.reason, "code": exc.code}
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_PATCH(self):
+                self._serve("PATCH")
+
+            def do_PUT(self):
+                self._serve("PUT")
+
+            def do_DELETE(self):
+                self._serve("DELETE")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.timeout = 5
+        serve = threading.Thread(target=self._server.serve_forever, daemon=True)
+        control = threading.Thread(target=self._control_loop, daemon=True)
+        self._threads = [serve, control]
+        for t in self._threads:
+            t.start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        for t in self._threads:
+            t.join(5)
+
+    def behave(self, version: int, ready_after_s: float | None) -> None:
+        """Revisions serving registry ``version`` become ready after a delay, or never."""
+        self.behaviour[str(version)] = ready_after_s
+
+    # -- seeding core objects (what `kubectl apply -k manifests/overlays/...` would create) --
+
+    def add_core(self, plural: str, namespace: str, obj: dict) -> None:
+        with self.lock:
+            self.objects[(plural, namespace, obj["metadata"]["name"])] = copy.deepcopy(obj)
+
+    # -- REST ------------------------------------------------------------------------------
+
+    _PATHS = [
+        (re.compile(r"^/api/v1/namespaces/([^/]+)/(serviceaccounts|secrets)/([^/]+)$"), "core"),
+        (re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices"
+                    r"(?:/([^/]+))?(/status)?$"), "isvc"),
+        (re.compile(r"^/apis/serving\.knative\.dev/v1/namespaces/([^/]+)/revisions"
+                    r"(?:/([^/]+))?$"), "revision"),
+    ]
+
+    def handle(self, method: str, raw_path: str, body: bytes, content_type: str):
+        url = urlparse(raw_path)
+        query = parse_qs(url.query)
+        self.requests.append((method, url.path))
+        m, kind = next(((pattern.match(url.path), k) for pattern, k in self._PATHS
+                        if pattern.match(url.path)), (None, None))
+        if m is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested "
+                                            f"resource ({url.path})")
+        with self.lock:
+            if kind == "core":
+                if method != "GET":
+                    raise ApiError(405, "MethodNotAllowed", "read-only in the stand-in")
+                ns, plural, name = m.groups()
+                return 200, self._get(plural, ns, name)
+            if kind == "revision":
+                ns, name = m.groups()
+                if method != "GET":
+                    raise ApiError(405, "MethodNotAllowed", "revisions are made by Knative")
+                if name:
+                    return 200, self._get("revisions", ns, name)
+                return 200, {"kind": "RevisionList", "apiVersion": "serving.knative.dev/v1",
+                             "items": [copy.deepcopy(o) for (p, n, _), o in
+                                       sorted(self.objects.items())
+                                       if p == "revisions" and n == ns]}
+            ns, name, status = m.groups()
+            strict = query.get("fieldValidation", [""])[0] == "Strict"
+            if method == "GET" and name:
+                return 200, self._get("inferenceservices", ns, name)
+            if method == "POST" and not name:
+                return 201, self._create(ns, json.loads(body), strict)
+            if method == "PATCH" and name and not status:
+                return 200, self._patch(ns, name, body, content_type, strict)
+            if method == "PUT" and name and not status:
+                return 200, self._replace(ns, name, json.loads(body), strict)
+            if method == "DELETE" and name:
+                obj = self._get("inferenceservices", ns, name)
+                del self.objects[("inferenceservices", ns, name)]
+                self.ksvcs.pop((ns, name), None)
+                for key in [k for k, o in self.objects.items() if k[0] == "revisions" and
+                            k[1] == ns and o["metadata"]["labels"].get(
+                                "serving.kserve.io/inferenceservice") == name]:
+                    del self.objects[key]
+                return 200, obj
+        raise ApiError(405, "MethodNotAllowed", f"{method} {url.path}")
+
+    def _get(self, plural: str, ns: str, name: str) -> dict:
+        obj = self.objects.get((plural, ns, name))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{plural} "{name}" not found')
+        return {k: copy.deepcopy(v) for k, v in obj.items() if not k.startswith("_")}
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _admit(self, obj: dict, strict: bool) -> dict:
+        """Schema validation and pruning, as for any custom resource."""
+        if obj.get("apiVersion") != "serving.kserve.io/v1beta1" or \
+                obj.get("kind") != "InferenceService":
+            raise ApiError(400, "BadRequest", "expected serving.kserve.io/v1beta1 "
+                                              f"InferenceService, got {obj.get('apiVersion')} "
+                                              f"{obj.get('kind')}")
+        name = (obj.get("metadata") or {}).get("name", "")
+        if not _DNS_LABEL.match(name or "") or len(name) > 63:
+            raise ApiError(422, "Invalid", f"metadata.name: Invalid value: {name!r}: a DNS-1123 "
+                                           "label is expected")
+        meta = obj.pop("metadata")
+        status = obj.pop("status", None)
+        pruned, errors, unknown = validate(obj, self.schema)
+        if status is not None:
+            pruned["status"] = status
+        pruned["metadata"] = meta
+        if errors:
+            raise ApiError(422, "Invalid", f'InferenceService.serving.kserve.io "{name}" is '
+                                           f"invalid: {'; '.join(errors)}")
+        if unknown and strict:
+            raise ApiError(400, "BadRequest", "strict decoding error: unknown field "
+                           + ", ".join(f'"{u.removeprefix("<root>.")}"' for u in unknown))
+        return pruned
+
+    def _create(self, ns: str, obj: dict, strict: bool) -> dict:
+        obj = self._admit(obj, strict)
+        meta = obj["metadata"]
+        meta.setdefault("namespace", ns)
+        if meta["namespace"] != ns:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match the "
+                                              "namespace of the request")
+        key = ("inferenceservices", ns, meta["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", f'inferenceservices "{meta["name"]}" already '
+                                                 "exists")
+        meta.update(generation=1, resourceVersion=self._next_rv(), uid=str(uuid.uuid4()),
+                    creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        obj.pop("status", None)
+        self.objects[key] = obj
+        return copy.deepcopy(obj)
+
+    def _store_update(self, ns: str, name: str, old: dict, new: dict, strict: bool) -> dict:
+        new = self._admit(new, strict)
+        new["metadata"]["name"], new["metadata"]["namespace"] = name, ns
+        for keep in ("uid", "creationTimestamp"):
+            new["metadata"][keep] = old["metadata"][keep]
+        new["status"] = old.get("status", {})  # the main resource never writes status
+        spec_of = {k: v for k, v in new.items() if k not in ("metadata", "status")}
+        old_spec = {k: v for k, v in old.items() if k not in ("metadata", "status")}
+        new["metadata"]["generation"] = old["metadata"]["generation"] + (spec_of != old_spec)
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self.objects[("inferenceservices", ns, name)] = new
+        return copy.deepcopy(new)
+
+    def _patch(self, ns: str, name: str, body: bytes, content_type: str, strict: bool) -> dict:
+        old = self._get("inferenceservices", ns, name)
+        patch = json.loads(body)
+        ctype = content_type.split(";")[0].strip()
+        if ctype == "application/merge-patch+json":
+            new = merge_patch(copy.deepcopy(old), patch)
+        elif ctype == "application/json-patch+json":
+            try:
+                new = jsonpatch.apply_patch(old, patch)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise ApiError(422, "Invalid",
+                               f"the JSON patch could not be applied: {exc}") from exc
+        else:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media "
+                           f"types include: application/json-patch+json, "
+                           f"application/merge-patch+json, application/apply-patch+yaml "
+                           f"(got {ctype!r})")
+        return self._store_update(ns, name, old, new, strict)
+
+    def _replace(self, ns: str, name: str, obj: dict, strict: bool) -> dict:
+        old = self._get("inferenceservices", ns, name)
+        rv = obj.get("metadata", {}).get("resourceVersion")
+        if rv and rv != old["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "the object has been modified; please apply your "
+                                            "changes to the latest version and try again")
+        return self._store_update(ns, name, old, obj, strict)
+
+    # -- controllers -----------------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            with self.lock:
+                for key in [k for k in self.objects if k[0] == "inferenceservices"]:
+                    self.reconcile(key[1], key[2])
+
+    def reconcile(self, ns: str, name: str) -> None:
+        isvc = self.objects[("inferenceservices", ns, name)]
+        status = isvc.setdefault("status", {})
+        ann = isvc["metadata"].get("annotations") or {}
+        mode = status.get("deploymentMode") or ann.get("serving.kserve.io/deploymentMode") \
+            or self.default_mode
+        mode = {"Serverless": "Knative", "RawDeployment": "Standard"}.get(mode, mode)
+        status["deploymentMode"] = mode
+        if mode != "Knative":
+            return  # raw Deployments have no revisions or traffic split: not modelled
+        ksvc = self.ksvcs.setdefault((ns, name), {
+            "name": f"{name}-predictor", "generation": 0, "config_generation": 0,
+            "template": None, "traffic_spec": None, "latest_created": "", "latest_ready": "",
+            "route": [], "observed": 0})
+        comp = status.setdefault("components", {}).setdefault("predictor", {})
+        template = self._template(isvc)
+        traffic_spec = self._traffic_spec(isvc, comp)
+        # ksvc_reconciler.Reconcile: update the Knative Service when its spec differs.
+        if template != ksvc["template"] or traffic_spec != ksvc["traffic_spec"]:
+            ksvc["generation"] += 1
+            if template != ksvc["template"]:
+                # configuration.go: a new Revision for each new Configuration generation.
+                ksvc["config_generation"] += 1
+                ksvc["template"] = template
+                rev_name = f"{ksvc['name']}-{ksvc['config_generation']:05d}"
+                version = template["metadata"]["labels"].get(
+                    "mlops.pet-park.io/registry-version", "")
+                delay = self.behaviour.get(version, self.default_ready_s)
+                self.objects[("revisions", ns, rev_name)] = {
+                    "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+                    "metadata": {"name": rev_name, "namespace": ns,
+                                 "labels": {**template["metadata"]["labels"],
+                                            "serving.knative.dev/service": ksvc["name"],
+                                            "serving.knative.dev/configurationGeneration":
+                                                str(ksvc["config_generation"])},
+                                 "annotations": dict(template["metadata"]["annotations"])},
+                    "spec": copy.deepcopy(template["spec"]),
+                    "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
+                    "_ready_at": None if delay is None else time.monotonic() + delay}
+                ksvc["latest_created"] = rev_name
+            ksvc["traffic_spec"] = traffic_spec
+        self._revisions_progress(ns)
+        self._route(ns, name, ksvc)
+        self._propagate(isvc, ksvc, comp)
+
+    def _template(self, isvc: dict) -> dict:
+        meta, pred = isvc["metadata"], isvc["spec"]["predictor"]
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                       if k not in ANNOTATION_DISALLOWED}
+        if pred.get("logger"):  # predictor.go addLoggerAnnotations
+            annotations.update({"serving.kserve.io/enable-logger": "true",
+                                "serving.kserve.io/logger-sink-url": pred["logger"].get("url", ""),
+                                "serving.kserve.io/logger-mode": pred["logger"].get("mode",
+                                                                                     "all")})
+        env = {e["name"]: e.get("value") for e in pred["containers"][0].get("env", [])}
+        if env.get("STORAGE_URI"):  # addStorageInitializerAnnotations
+            annotations[STORAGE_URI_ANNOTATION] = env["STORAGE_URI"]
+        for key, field in (("autoscaling.knative.dev/min-scale", "minReplicas"),
+                           ("autoscaling.knative.dev/max-scale", "maxReplicas")):
+            if field in pred:  # SetAutoScalingAnnotations
+                annotations[key] = str(pred[field])
+        labels = {**(meta.get("labels") or {}), **(pred.get("labels") or {}),
+                  "serving.kserve.io/inferenceservice": meta["name"], "component": "predictor"}
+        labels = {k: v for k, v in labels.items() if k not in LABEL_DISALLOWED}
+        pod = {k: copy.deepcopy(v) for k, v in pred.items()
+               if k in ("containers", "serviceAccountName", "volumes", "nodeSelector",
+                        "tolerations", "affinity", "securityContext", "imagePullSecrets")}
+        return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod}
+
+    @staticmethod
+    def _traffic_spec(isvc: dict, comp: dict) -> list[dict]:
+        pred = isvc["spec"]["predictor"]
+        percent = pred.get("canaryTrafficPercent")
+        tagged = (isvc["metadata"].get("annotations") or {}).get(
+            "serving.kserve.io/enable-tag-routing") == "true"
+        rolled = comp.get("latestRolledoutRevision", "")
+        if percent is not None and rolled:
+            targets = [{"latestRevision": True, "percent": percent}]
+            if tagged:
+                targets[0]["tag"] = "latest"
+            if percent < 100:
+                targets.append({"revisionName": rolled, "latestRevision": False,
+                                "percent": 100 - percent, "tag": "prev"})
+            return targets
+        target = {"latestRevision": True, "percent": 100}
+        if tagged:
+            target["tag"] = "latest"
+        return [target]
+
+    def _revisions_progress(self, ns: str) -> None:
+        now = time.monotonic()
+        for (plural, n, _), rev in self.objects.items():
+            if plural != "revisions" or n != ns:
+                continue
+            cond = rev["status"]["conditions"][0]
+            if cond["status"] == "Unknown" and rev["_ready_at"] is not None and \
+                    now >= rev["_ready_at"]:
+                cond["status"] = "True"
+
+    def _ready(self, ns: str, rev_name: str) -> bool:
+        rev = self.objects.get(("revisions", ns, rev_name))
+        return bool(rev) and rev["status"]["conditions"][0]["status"] == "True"
+
+    def _route(self, ns: str, name: str, ksvc: dict) -> None:
+        # Configuration status: the newest ready revision is the latest ready one.
+        revs = sorted(r for (p, n, r) in self.objects if p == "revisions" and n == ns and
+                      r.startswith(ksvc["name"] + "-"))
+        ready = [r for r in revs if self._ready(ns, r)]
+        ksvc["latest_ready"] = ready[-1] if ready else ""
+        resolved = []
+        for t in ksvc["traffic_spec"]:
+            if t.get("latestRevision"):
+                if not ksvc["latest_ready"]:
+                    return  # errUnreadyConfiguration: the route keeps its traffic
+                target = {**t, "revisionName": ksvc["latest_ready"]}
+            else:
+                if not self._ready(ns, t["revisionName"]):
+                    return  # errUnreadyRevision: the route keeps its traffic
+                target = dict(t)
+            if target.get("tag"):
+                target["url"] = f"http://{target['tag']}-{ksvc['name']}.{ns}.{DOMAIN}"
+            resolved.append(target)
+        if resolved != ksvc["route"]:
+            split: dict[str, int] = {}
+            for t in resolved:
+                split[t["revisionName"]] = split.get(t["revisionName"], 0) + t["percent"]
+            self.traffic_history.append((time.monotonic(), name, split))
+        ksvc["route"] = resolved
+        ksvc["observed"] = ksvc["generation"]
+
+    def _propagate(self, isvc: dict, ksvc: dict, comp: dict) -> None:
+        """inference_service_status.go PropagateStatus, for the predictor."""
+        ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
+        comp["latestCreatedRevision"] = ksvc["latest_created"]
+        traffic = ksvc["route"]
+        totals: dict[str, int] = {}
+        for t in traffic:
+            totals[t["revisionName"]] = totals.get(t["revisionName"], 0) + t["percent"]
+        for t in traffic:
+            if t["revisionName"] == ksvc["latest_ready"] and t.get("latestRevision"):
+                if comp.get("latestRolledoutRevision") != ksvc["latest_ready"]:
+                    if t["percent"] == 100:
+                        comp["previousRolledoutRevision"] = comp.get("latestRolledoutRevision",
+                                                                     "")
+                        comp["latestRolledoutRevision"] = ksvc["latest_ready"]
+                elif ksvc["latest_ready"] == ksvc["latest_created"] and t["percent"] < 100 \
+                        and totals.get(t["revisionName"]) == 100 and \
+                        comp.get("previousRolledoutRevision"):
+                    comp["latestRolledoutRevision"] = comp["previousRolledoutRevision"]
+        comp["latestReadyRevision"] = ksvc["latest_ready"]
+        created_ready = self._ready(ns, ksvc["latest_created"])
+        routed = bool(traffic) and ksvc["observed"] == ksvc["generation"]
+        ready = created_ready and routed
+        host = f"{ksvc['name']}.{ns}.{DOMAIN}"
+        if ready:
+            comp["url"] = f"http://{host}"
+            comp["address"] = {"url": f"http://{ksvc['name']}.{ns}.svc.cluster.local"}
+            isvc["status"]["url"] = f"http://{name}.{ns}.{DOMAIN}"
+            isvc["status"]["address"] = {"url": f"http://{name}.{ns}.svc.cluster.local"}
+        comp["traffic"] = copy.deepcopy(traffic)
+        cond = "True" if ready else "Unknown"
+        isvc["status"]["conditions"] = [
+            {"type": "PredictorReady", "status": cond},
+            {"type": "LatestDeploymentReady", "status": "True" if created_ready else "Unknown"},
+            {"type": "RoutesReady", "status": "True" if routed else "Unknown"},
+            {"type": "Ready", "status": cond}]
+        isvc["status"]["observedGeneration"] = ksvc["observed"]
+
+    # -- what tests ask --------------------------------------------------------------------
+
+    def max_traffic(self, isvc_name: str, revision: str, since: float = 0.0) -> int:
+        """The largest share of traffic ``revision`` ever had since ``since``."""
+        with self.lock:
+            return max([split.get(revision, 0) for t, name, split in self.traffic_history
+                        if name == isvc_name and t >= since] or [0])
+
+    def revisions(self, ns: str) -> list[str]:
+        with self.lock:
+            return sorted(r for (p, n, r) in self.objects if p == "revisions" and n == ns)
+
+    def routed(self, ns: str, name: str) -> dict[str, int]:
+        """Revision -> share of traffic now, for the revisions that get any."""
+        with self.lock:
+            split: dict[str, int] = {}
+            for t in self.ksvcs[(ns, name)]["route"]:
+                split[t["revisionName"]] = split.get(t["revisionName"], 0) + t["percent"]
+            return {rev: share for rev, share in split.items() if share}
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if not isinstance(target, dict):
+        target = {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = merge_patch(target.get(key), value)
+    return target
