@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | sha256sum | 
 MLOPS_HOME ?= $(CURDIR)/.mlops
 export MLOPS_HOME
 
-.PHONY: venv demo test lint compile bench lock clean
+.PHONY: venv demo test lint compile bench lock clean notebook
 
 venv: $(STAMP)
 
@@ -24,6 +24,12 @@ demo: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# JupyterLab on 127.0.0.1 over notebooks/ (installs the jupyter extra the first time).
+notebook: venv
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || \
+		$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[jupyter]'
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
 
 lint: venv
 	$(BIN)/ruff check .

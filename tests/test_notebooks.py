@@ -15,6 +15,10 @@ EXPECTED = {
 }
 
 
+# How many figures each notebook must show at least (plots where a person would rather look).
+FIGURES = {"01_data_lake_and_ingestion.ipynb": 2, "02_serving_and_release.ipynb": 3}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 @pytest.mark.timeout(300)
@@ -31,3 +35,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     text = "".join(str(o.get("text", "")) + str(o.get("data", {})) for o in outputs)
     missing = [phrase for phrase in EXPECTED[path.name] if phrase not in text]
     assert not missing, f"{path.name} does not show {missing}"
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= FIGURES.get(path.name, 1), f"{path.name} shows {len(figures)} figures"
+    # Library warnings are plain text lines, not red stderr boxes.
+    assert not [o for o in outputs if o.get("name") == "stderr" and "WARNING" in o.get("text", "")]

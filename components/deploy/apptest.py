@@ -124,6 +124,8 @@ def application_test(url: str, served_name: str, images: Sequence[bytes],
         "offline_accuracy": offline_accuracy,
         "accuracy_tolerance_applied": tolerance,
         "load": summary,
+        # Every request's latency (capped), for the latency distribution in reports.
+        "latencies_ms": [round(x, 2) for x in load.latencies_ms[:5000]],
         "errors": load.errors[:20],
         "config": asdict(config),
     }
