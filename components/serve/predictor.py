@@ -16,6 +16,12 @@ All instances of a request go through ONNX Runtime in one call. Bad input is ans
 decoded in a thread pool, never on the event loop, within a pixel budget per image and per
 request that is checked from the image headers before any pixel is decoded. The HTTP edge
 (body size, outcome counting, refused routes) is ``guard.py``.
+
+With a capture configuration (``--capture-uri`` or ``MLOPS_CAPTURE_URI``), each instance of a
+sampled request is handed to :class:`components.monitor.capture.CaptureWriter`: its input
+statistics (measured on the decoded image), the model's embedding (the package's
+``embedding`` output, asked for in the same ONNX Runtime call), the prediction and, sampled,
+the image itself. Capture never delays or fails an answer (see ``capture.py``).
 """
 
 from __future__ import annotations
@@ -42,8 +48,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 from prometheus_client import Counter, Gauge, Histogram
 
-from components.common.images import ImageRejected, decode_image
-from components.common.storage import StorageError
+from components.common.images import ImageRejected, decode_image_and_mode
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,10 @@ class _Batch:
     probs: np.ndarray | None = None
     sizes: list = field(default_factory=list)
     instances: list = field(default_factory=list)
+    capture: bool = False  # this request is sampled for capture
+    stats: list = field(default_factory=list)  # per instance, when captured
+    encoded: list | None = None  # the images as received, when captured
+    embeddings: np.ndarray | None = None
     outputs: list[RequestedOutput] | None = None
     binary_outputs: bool = False
 
@@ -113,10 +122,13 @@ class PetClassifier(Model):
     """A ``kserve.Model`` over an ONNX package folder (``model.onnx`` + metadata)."""
 
     def __init__(self, name: str, package_dir: str, limits: ServingLimits = ServingLimits(),
-                 log_uri: str = "", log_sample_rate: float = 1.0, intra_op_threads: int = 0,
-                 spin_wait: bool = False):
+                 capture=None, intra_op_threads: int = 0, spin_wait: bool = False,
+                 revision: str = ""):
         """
         Args:
+            capture: A ``components.monitor.capture.CaptureConfig`` (None: no capture).
+            revision: ``stable`` or ``canary``, recorded with each captured instance
+                (default: ``$MLOPS_REVISION``, else ``stable``).
             intra_op_threads: ONNX Runtime threads per inference (0: one per core).
             spin_wait: Let idle ONNX Runtime threads spin. ONNX Runtime does by default,
                 which wins in a tight loop but takes the cores from the HTTP server, its event
@@ -127,9 +139,11 @@ class PetClassifier(Model):
         self.spin_wait = spin_wait
         self.package_dir = Path(package_dir)
         self.limits = limits
-        self.log_uri = log_uri
-        self.log_sample_rate = log_sample_rate
-        self._log_store = None
+        self.capture = capture
+        self.revision = revision or os.environ.get("MLOPS_REVISION", "") or "stable"
+        self._capture = None
+        self.has_embedding = False
+        self.registry_version = ""
         self._decoder: ThreadPoolExecutor | None = None
         self.session = None
         self.classes: list[str] = []
@@ -168,10 +182,16 @@ class PetClassifier(Model):
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          "1" if self.spin_wait else "0")
         self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
-        if self.log_uri:
-            from components.common.storage import open_store
+        self.has_embedding = "embedding" in {o.name for o in self.session.get_outputs()}
+        self.registry_version = self._registry_version()
+        if self.capture is not None and self._capture is None:
+            from components.monitor.capture import CaptureWriter
 
-            self._log_store = open_store(self.log_uri)
+            if not self.has_embedding:
+                logger.warning("%s has no 'embedding' output: captured records carry no "
+                               "embedding, so embedding drift cannot be measured. Package the "
+                               "model again to get one.", path)
+            self._capture = CaptureWriter(self.capture, self.name)
         SERVER.labels(f"{socket.gethostname()}:{os.getpid()}", self.name,
                       self.model_version).set(1)
         self.ready = True
@@ -179,11 +199,32 @@ class PetClassifier(Model):
                     self.model_version, self.dataset_version, self.classes, self.package_dir)
         return self.ready
 
+    def _registry_version(self) -> str:
+        """The registry version served: ``$MLOPS_MODEL_VERSION``, else the ``lineage.json``
+        the registry publishes with each version (in the package folder when it was
+        downloaded from the registry, or mounted by KServe's storage initializer), else the
+        package's content id."""
+        if os.environ.get("MLOPS_MODEL_VERSION"):
+            return os.environ["MLOPS_MODEL_VERSION"]
+        lineage = self.package_dir / "lineage.json"
+        try:
+            return str(json.loads(lineage.read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.model_version
+
+    def stop(self):
+        """Writes what capture still holds (KServe calls this when the server stops)."""
+        if self._capture is not None:
+            self._capture.close(timeout=10.0)
+            self._capture = None
+        super().stop()
+
     def __getstate__(self) -> dict:
         # KServe's multi-worker server (--workers N) pickles the model into each worker
-        # process: send the settings, and let every worker load its own session.
+        # process: send the settings, and let every worker load its own session and its own
+        # capture writer (file names carry the process id).
         state = self.__dict__.copy()
-        state.update(session=None, _log_store=None, _decoder=None, ready=False)
+        state.update(session=None, _capture=None, _decoder=None, ready=False)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -239,33 +280,45 @@ class PetClassifier(Model):
                                f"limit is {self.limits.max_request_pixels} per request "
                                "(--max-request-pixels). Send fewer or smaller images.")
 
-    def _images_to_batch(self, encoded: list[bytes], instances: list | None = None
-                         ) -> np.ndarray:
-        """Decodes, resizes and normalises; blocking (the server calls it in a thread)."""
+    def _images_to_batch(self, encoded: list[bytes], instances: list | None = None,
+                         stats: list | None = None) -> np.ndarray:
+        """Decodes, resizes and normalises; blocking (the server calls it in a thread).
+
+        The pixels are those of ``components.common.images.preprocess_image`` (a JPEG is
+        decoded in draft mode down to the smallest scale that keeps the input size), the
+        preprocessing training uses. With ``stats``, each image's input statistics
+        (``capture.image_stats``) are appended to it.
+        """
         from PIL import Image
+
+        from components.monitor.capture import image_stats
 
         self._check_pixels(encoded)
         out = np.empty((len(encoded), 3, self.size, self.size), np.float32)
         for i, data in enumerate(encoded):
             try:
-                img = decode_image(data, max_pixels=self.limits.max_pixels, min_side=1)
+                img, mode, full = decode_image_and_mode(
+                    data, max_pixels=self.limits.max_pixels, min_side=1, draft_side=self.size)
             except ImageRejected as exc:
                 raise InvalidInput(f"Instance {i} is not a usable image ({exc.reason}): "
                                    f"{exc.detail}. Send JPEG or PNG bytes.") from exc
             if instances is not None:
                 instances.append(self.describe_image(i, img))
+            if stats is not None:
+                stats.append(image_stats(img, mode, full))
             if img.size != (self.size, self.size):
                 img = img.resize((self.size, self.size), Image.BILINEAR)
             out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
         return (out - self.mean) / self.std
 
-    async def _decode(self, encoded: list[bytes], instances: list) -> np.ndarray:
+    async def _decode(self, encoded: list[bytes], instances: list,
+                      stats: list | None = None) -> np.ndarray:
         if self._decoder is None:
             threads = self.limits.decode_threads or os.cpu_count() or 1
             self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decoder, self._images_to_batch, encoded,
-                                          instances)
+                                          instances, stats)
 
     def _check_count(self, n: int) -> None:
         if n == 0:
@@ -377,16 +430,25 @@ class PetClassifier(Model):
                                "inference request.")
         batch = _Batch(x=x, protocol=protocol, request_id=request_id, started=started,
                        outputs=outputs, binary_outputs=binary)
+        batch.capture = self._capture is not None and self._capture.should_capture()
         if encoded is not None:
-            batch.x = await self._decode(encoded, batch.instances)
+            batch.x = await self._decode(encoded, batch.instances,
+                                         batch.stats if batch.capture else None)
             batch.sizes = [len(e) for e in encoded]
+            if batch.capture:
+                batch.encoded = encoded
         return batch
 
     # ---- predict / postprocess ---------------------------------------------------------
 
     async def predict(self, batch: _Batch, headers: dict[str, str] | None = None) -> _Batch:
-        # One ONNX Runtime call for every instance of the request.
-        batch.probs = self.session.run(["probabilities"], {"input": batch.x})[0]
+        # One ONNX Runtime call for every instance of the request (and, for a captured
+        # request, the embedding from the same call).
+        if batch.capture and self.has_embedding:
+            batch.probs, batch.embeddings = self.session.run(["probabilities", "embedding"],
+                                                             {"input": batch.x})
+        else:
+            batch.probs = self.session.run(["probabilities"], {"input": batch.x})[0]
         return batch
 
     async def postprocess(self, batch: _Batch, headers: dict[str, str] | None = None):
@@ -395,14 +457,16 @@ class PetClassifier(Model):
         IMAGES.labels(self.name).inc(len(labels))
         for label in labels:
             PREDICTED.labels(self.name, label).inc()
-        LATENCY.labels(self.name, batch.protocol).observe(time.perf_counter() - batch.started)
-        self._log(batch, labels)
+        elapsed = time.perf_counter() - batch.started
+        LATENCY.labels(self.name, batch.protocol).observe(elapsed)
+        if batch.capture:
+            self._submit(batch, labels, elapsed)
         if batch.protocol == "v1":
             return {"predictions": [
                 {"label": label, "probabilities": dict(zip(self.classes, map(float, row),
                                                            strict=True))}
                 for label, row in zip(labels, probs, strict=True)],
-                "model_version": self.model_version}
+                "model_version": self.model_version, "request_id": batch.request_id}
         return InferResponse(
             response_id=batch.request_id, model_name=self.name,
             model_version=self.model_version,
@@ -413,16 +477,25 @@ class PetClassifier(Model):
             ],
             use_binary_outputs=batch.binary_outputs, requested_outputs=batch.outputs)
 
-    def _log(self, batch: _Batch, labels: list[str]) -> None:
-        """Writes a request/response sample for monitoring (the cluster uses KServe's logger)."""
-        if self._log_store is None or np.random.random() >= self.log_sample_rate:
-            return
-        record = {"request_id": batch.request_id, "model": self.name,
-                  "model_version": self.model_version, "protocol": batch.protocol,
-                  "time": time.time(), "image_bytes": batch.sizes, "labels": labels,
-                  "probabilities": batch.probs.round(6).tolist()}
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        try:
-            self._log_store.put_json(f"{day}/{batch.request_id}.json", record)
-        except (OSError, StorageError) as exc:  # logging must never fail a prediction
-            logger.warning("Could not write the request log: %s", exc)
+    def _submit(self, batch: _Batch, labels: list[str], elapsed: float) -> None:
+        """Hands each instance of a captured request to the capture writer (never blocks)."""
+        writer = self._capture
+        now = time.time()
+        probs = batch.probs.astype(np.float64).round(6)
+        embs = (batch.embeddings.astype(np.float64).round(6)
+                if batch.embeddings is not None else None)
+        for i, label in enumerate(labels):
+            record = {
+                "request_id": batch.request_id, "index": i, "time": now, "model": self.name,
+                "model_version": self.registry_version, "model_id": self.model_version,
+                "revision": self.revision, "protocol": batch.protocol,
+                "stats": batch.stats[i] if i < len(batch.stats) else {},
+                "embedding": embs[i].tolist() if embs is not None else [],
+                "label": label,
+                "probabilities": dict(zip(self.classes, probs[i].tolist(), strict=True)),
+                "latency_ms": round(elapsed * 1000.0, 3),
+            }
+            image = None
+            if batch.encoded is not None and writer.should_keep_image():
+                image = batch.encoded[i]
+            writer.submit(record, image)

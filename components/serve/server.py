@@ -120,6 +120,29 @@ def _positive(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
+def capture_config(args):
+    """The capture settings from the options, falling back to ``MLOPS_CAPTURE_*``."""
+    from components.monitor.capture import CaptureConfig
+
+    if args.capture_uri == "":
+        return None
+    return CaptureConfig.from_env(uri=args.capture_uri, sample_rate=args.capture_sample_rate,
+                                  image_rate=args.capture_image_rate,
+                                  queue_records=args.capture_queue,
+                                  batch_records=args.capture_batch_records,
+                                  batch_seconds=args.capture_batch_seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     home = Path(os.environ.get("MLOPS_HOME") or Path.home() / ".mlops")
     from components.serve.predictor import ServingLimits
@@ -149,9 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for a request body to arrive; later is a 408")
     p.add_argument("--decode-threads", type=int, default=0,
                    help="threads that decode images off the event loop (0: one per core)")
-    p.add_argument("--log-uri", default="", help="store URI for request/response samples")
-    p.add_argument("--log-sample-rate", type=float, default=1.0,
-                   help="share of requests written to --log-uri")
+    cap = p.add_argument_group(
+        "capture (monitoring data; each option also reads an MLOPS_CAPTURE_* variable)")
+    cap.add_argument("--capture-uri", default=None,
+                     help="monitoring store to capture inputs, embeddings and predictions to "
+                          "(s3://… or a path; $MLOPS_CAPTURE_URI; empty: no capture)")
+    cap.add_argument("--capture-sample-rate", type=_share, default=None,
+                     help="share of requests captured ($MLOPS_CAPTURE_SAMPLE_RATE; default 1)")
+    cap.add_argument("--capture-image-rate", type=_share, default=None,
+                     help="share of captured instances whose image is kept, content-addressed "
+                          "($MLOPS_CAPTURE_IMAGE_RATE; default 0.05)")
+    cap.add_argument("--capture-queue", type=_positive, default=None,
+                     help="most records waiting in memory; beyond it records are dropped and "
+                          "counted ($MLOPS_CAPTURE_QUEUE_RECORDS; default 10000)")
+    cap.add_argument("--capture-batch-records", type=_positive, default=None,
+                     help="records per written file ($MLOPS_CAPTURE_BATCH_RECORDS; default 500)")
+    cap.add_argument("--capture-batch-seconds", type=float, default=None,
+                     help="longest wait before a batch is written "
+                          "($MLOPS_CAPTURE_BATCH_SECONDS; default 60)")
+    cap.add_argument("--revision", default="",
+                     help="'stable' or 'canary', recorded with captured requests "
+                          "($MLOPS_REVISION; default stable)")
     p.add_argument("--cache-dir", default=str(home / "serving"),
                    help="where registry packages are downloaded")
     p.add_argument("--workers", type=int, default=1,
@@ -184,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.serve.predictor import PetClassifier, ServingLimits
 
+    try:
+        capture = capture_config(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.revision not in ("", "stable", "canary"):
+        print(f"error: invalid --revision {args.revision!r}: expect stable or canary.",
+              file=sys.stderr)
+        return 2
+
     model = PetClassifier(args.name or name, package_dir,
                           ServingLimits(max_instances=args.max_instances,
                                         max_body_bytes=args.max_body_bytes,
@@ -191,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                                         max_request_pixels=args.max_request_pixels,
                                         body_timeout_s=args.body_timeout,
                                         decode_threads=args.decode_threads),
-                          log_uri=args.log_uri, log_sample_rate=args.log_sample_rate,
+                          capture=capture, revision=args.revision,
                           intra_op_threads=args.ort_threads, spin_wait=args.ort_spin_wait)
     try:
         model.load()

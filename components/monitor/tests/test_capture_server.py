@@ -1,0 +1,225 @@
+"""Capture from a real KServe ModelServer over HTTP: batched files with the contract's fields,
+the revision, deduplicated images, flush on shutdown; and when storage hangs or is down,
+predictions still answer 200 while records are dropped or failed and counted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from components.common.storage import open_store
+from components.monitor.contract import RECORD_FIELDS
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+MODEL = "pets"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(package_dir, tmp_path, *args, env=None, name="server"):
+    from components.deploy.client import EndpointError, wait_ready
+
+    port = _free_port()
+    log_path = tmp_path / f"{name}.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "components.serve.server", "--package-dir", str(package_dir),
+         "--name", MODEL, "--port", str(port), *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, MODEL, timeout=90, alive=lambda: proc.poll() is None)
+    except EndpointError as exc:
+        proc.kill()
+        pytest.fail(f"server did not start ({exc}): {log_path.read_text()[-3000:]}")
+    return proc, url, log_path
+
+
+def _stop(proc) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def images(dataset_dirs):
+    from components.ingest.core import read_split
+
+    rows, _ = read_split(dataset_dirs[1])
+    return [open_store(u.rsplit("/", 1)[0]).get(u.rsplit("/", 1)[1]) for u in rows["uri"].head(6)]
+
+
+def _v1(url, imgs, request_id=None):
+    headers = {"x-request-id": request_id} if request_id else {}
+    return httpx.post(f"{url}/v1/models/{MODEL}:predict", headers=headers, timeout=30,
+                      json={"instances": [{"image_bytes": {"b64": base64.b64encode(i).decode()}}
+                                          for i in imgs]})
+
+
+def _metric(url, name, **labels) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+
+
+def _records(store) -> tuple[list[str], list[dict]]:
+    keys = [o.key for o in store.list("capture/records")]
+    return keys, [json.loads(line) for k in keys for line in store.get(k).decode().splitlines()]
+
+
+def test_served_requests_are_captured_in_batches_with_the_contract_fields(
+        package_dir, images, tmp_path):
+    from components.monitor.capture import decode_and_measure, image_key
+    from components.package.core import onnx_embedder
+
+    capture = tmp_path / "monitoring"
+    proc, url, log_path = _start(
+        package_dir, tmp_path, "--capture-uri", str(capture), "--capture-batch-records", "5",
+        "--capture-batch-seconds", "60", "--capture-image-rate", "1",
+        env={"MLOPS_REVISION": "canary"})
+    try:
+        answers = {}
+        for n in range(5):  # 5 requests of 2 images: 10 records
+            r = _v1(url, images[n:n + 2], request_id=f"cam1-{n}")
+            assert r.status_code == 200
+            assert r.json()["request_id"] == f"cam1-{n}"  # the id a label is joined by
+            answers[f"cam1-{n}"] = r.json()["predictions"]
+        r = _v1(url, [images[0]])  # no x-request-id: the server makes one and says which
+        assert r.status_code == 200 and len(r.json()["request_id"]) == 32
+        v2 = httpx.post(f"{url}/v2/models/{MODEL}/infer", timeout=30, json={
+            "id": "v2-req", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                        "data": [base64.b64encode(images[3]).decode()]}]})
+        assert v2.status_code == 200
+        # 12 records: two batches of 5 are written while serving; the rest waits for the
+        # batch timer (a minute) or the shutdown.
+        deadline = time.monotonic() + 20
+        while len(_records(open_store(capture))[0]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(_records(open_store(capture))[0]) == 2
+        assert _metric(url, "pet_classifier_capture_records_total", model=MODEL,
+                       outcome="written") == 10
+    finally:
+        assert _stop(proc) == 0
+    # Shutdown flushed the last partial batch.
+    store = open_store(capture)
+    keys, records = _records(store)
+    assert len(keys) == 3 and len(records) == 12
+    assert all(k.startswith(f"capture/records/model={MODEL}/date=") and k.endswith(".jsonl")
+               for k in keys)
+    embed = onnx_embedder((package_dir / "model.onnx").read_bytes())
+    by_id = {(r["request_id"], r["index"]): r for r in records}
+    for n in range(5):
+        for i in range(2):
+            rec = by_id[(f"cam1-{n}", i)]
+            assert set(RECORD_FIELDS) <= set(rec)
+            assert rec["model"] == MODEL and rec["revision"] == "canary"
+            assert rec["protocol"] == "v1" and rec["latency_ms"] > 0
+            assert rec["label"] == answers[f"cam1-{n}"][i]["label"]
+            assert rec["probabilities"] == pytest.approx(
+                answers[f"cam1-{n}"][i]["probabilities"], abs=1e-6)
+            # The statistics and the embedding are those of the image that was sent.
+            x, stats = decode_and_measure(images[n + i], 32)
+            assert rec["stats"] == stats
+            assert np.allclose(rec["embedding"], embed(x[None])[0], atol=1e-5)
+            assert store.get(image_key(rec["image_sha256"])) == images[n + i]
+    assert by_id[("v2-req", 0)]["protocol"] == "v2"
+    # Images are content-addressed: 6 distinct images were sent 13 times.
+    assert len(list(store.list("capture/images"))) == len({r["image_sha256"] for r in records})
+    assert len({r["image_sha256"] for r in records}) == 6
+
+
+class BlackHole:
+    """A TCP server on loopback that accepts connections and never answers: an object store
+    that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+            except OSError:
+                return
+
+    def close(self):
+        self.stopped.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_slow_or_down_storage_never_fails_a_prediction(package_dir, images, tmp_path):
+    hole = BlackHole()
+    s3 = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{hole.port}", "AWS_ACCESS_KEY_ID": "x",
+          "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
+          "MLOPS_S3_CONNECT_TIMEOUT": "1", "MLOPS_S3_READ_TIMEOUT": "3",
+          "MLOPS_S3_RETRIES": "0"}
+    proc, url, _ = _start(package_dir, tmp_path, "--capture-uri", "s3://capture/monitoring",
+                          "--capture-queue", "5", "--capture-batch-records", "1",
+                          env=s3, name="hung")
+    try:
+        for n in range(30):
+            assert _v1(url, [images[n % 6]], request_id=f"q-{n}").status_code == 200
+        dropped = _metric(url, "pet_classifier_capture_records_total", model=MODEL,
+                          outcome="dropped")
+        assert dropped >= 30 - 5 - 2  # the queue held 5 and the writer 1 or 2
+        # The hung writes time out and are counted as failed; serving goes on meanwhile.
+        deadline = time.monotonic() + 60
+        failed = 0.0
+        while failed == 0 and time.monotonic() < deadline:
+            assert _v1(url, [images[0]]).status_code == 200
+            failed = _metric(url, "pet_classifier_capture_records_total", model=MODEL,
+                             outcome="failed")
+            time.sleep(0.5)
+        assert failed >= 1
+    finally:
+        hole.close()
+        _stop(proc)
+
+    # Storage down (connection refused): every prediction still answers 200.
+    refused = _free_port()
+    proc, url, _ = _start(package_dir, tmp_path, "--capture-uri", "s3://capture/monitoring",
+                          "--capture-batch-records", "1",
+                          env={**s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{refused}"},
+                          name="down")
+    try:
+        for n in range(3):
+            assert _v1(url, [images[n]], request_id=f"d-{n}").status_code == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _metric(
+                url, "pet_classifier_capture_records_total", model=MODEL,
+                outcome="failed") < 3:
+            time.sleep(0.5)
+        assert _metric(url, "pet_classifier_capture_records_total", model=MODEL,
+                       outcome="failed") == 3
+    finally:
+        _stop(proc)
