@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 MODEL = "pet-classifier"
-T0 = 1_795_000_000.0  # 2026-11-19T09:46:40Z: every simulated window starts at a fixed time
+T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z: every simulated window starts at a fixed time
 
 
 @dataclass
