@@ -163,11 +163,14 @@ def _utc(ts: float) -> _dt.datetime:
 
 
 def default_capture_uri() -> str:
-    """``$MLOPS_CAPTURE_URI``, else ``$MLOPS_HOME/monitoring`` (``~/.mlops/monitoring``)."""
-    if os.environ.get("MLOPS_CAPTURE_URI"):
-        return os.environ["MLOPS_CAPTURE_URI"]
-    home = os.environ.get("MLOPS_HOME") or os.path.join(os.path.expanduser("~"), ".mlops")
-    return os.path.join(home, "monitoring")
+    """The monitoring store when none is named: ``$MLOPS_MONITORING_URI`` or
+    ``$MLOPS_CAPTURE_URI``, else ``<mlops home>/monitoring`` (as the monitor reads it)."""
+    from components.common.paths import mlops_home
+
+    for var in ("MLOPS_MONITORING_URI", "MLOPS_CAPTURE_URI"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return str(mlops_home() / "monitoring")
 
 
 # ---------------------------------------------------------------------------------------------

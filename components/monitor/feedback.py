@@ -435,8 +435,8 @@ def _common(p) -> None:
     home = mlops_home()
     p.add_argument("--model", default="pet-classifier", help="served model name")
     p.add_argument("--store", default="",
-                   help="monitoring store URI (default: $MLOPS_CAPTURE_URI, else "
-                        f"{home / 'monitoring'})")
+                   help="monitoring store URI (when empty: $MLOPS_MONITORING_URI, "
+                        f"$MLOPS_CAPTURE_URI, else {home / 'monitoring'})")
     p.add_argument("--registry", default=str(home / "registry"),
                    help="registry URI, for the model's classes")
     p.add_argument("--classes", default="",
@@ -467,7 +467,7 @@ def add_label_commands(monitor_sub) -> None:
                    help="apply the CSV files dropped under capture/inbox/model=<model>/")
     p.add_argument("--relabel", action="store_true",
                    help="replace an existing different label (recorded as a correction)")
-    p.add_argument("--by", default="", help="who says so (default: $MLOPS_ACTOR or $USER)")
+    p.add_argument("--by", default="", help="who says so ($MLOPS_ACTOR or $USER when empty)")
     p.add_argument("--note", default="", help="a note kept with the label")
     _common(p)
     p.set_defaults(func=_cmd_label)
