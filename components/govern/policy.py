@@ -99,8 +99,9 @@ class Match:
             default is every status, since a hard threshold does not depend on the monitor's.
         value_above: The measured value must be above this ...
         value_below: ... or below this (a check without a value never matches a threshold).
-        min_samples: The check's ``extra.n`` must be at least this (labelled requests behind
-            an accuracy, requests behind an error rate).
+        min_samples: The observations behind the value must be at least this (the check's
+            ``extra.n``, ``n_labelled`` or ``requests``: labelled requests behind an accuracy,
+            requests behind an error rate).
         estimated: True: only estimates (no labels); False: only measured values; None: both.
     """
 
@@ -122,7 +123,7 @@ class Match:
         extra = check.extra or {}
         if self.estimated is not None and bool(extra.get("estimated")) != self.estimated:
             return False
-        if self.min_samples and (extra.get("n") or 0) < self.min_samples:
+        if self.min_samples and samples(check) < self.min_samples:
             return False
         if self.value_above is not None or self.value_below is not None:
             if check.value is None:
@@ -138,6 +139,16 @@ class Match:
         such a check that no longer matches has *cleared* the rule's condition."""
         return (any(fnmatch.fnmatchcase(check.name, p) for p in self.names)
                 and (not self.kinds or check.kind in self.kinds))
+
+
+def samples(check: Check) -> int:
+    """How many observations a check's value rests on: ``extra.n``, ``n_labelled`` (labelled
+    requests behind an accuracy) or ``requests`` (behind a telemetry rate); 0 if unknown."""
+    extra = check.extra or {}
+    for key in ("n", "n_labelled", "requests"):
+        if isinstance(extra.get(key), int | float) and not isinstance(extra.get(key), bool):
+            return int(extra[key])
+    return 0
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,9 @@ def test_the_default_policy_loads_and_says_what_the_pet_park_expects():
     # drift and an accuracy drop retrain; a collapse rolls back and holds, and alerts QA.
     assert rules["data-drift"].does("retrain") and not rules["data-drift"].does("rollback")
     assert rules["accuracy-collapse"].does("rollback") and rules["accuracy-collapse"].does("hold")
+    # The monitor's shape: labelled requests as extra.n_labelled.
     collapse = Check("performance.accuracy", "performance", 0.55, 0.85, "alarm", "",
-                     extra={"n": 120, "estimated": False})
+                     extra={"n_labelled": 120, "estimated": False})
     estimated = Check("performance.accuracy", "performance", 0.55, 0.85, "alarm", "",
                       extra={"n": 120, "estimated": True})
     few = Check("performance.accuracy", "performance", 0.4, 0.85, "alarm", "", extra={"n": 10})

@@ -1,0 +1,397 @@
+"""``mlops govern …``: apply the policy, list alerts and the audit log, write the compliance
+report, manage release holds, check a policy, write the PrometheusRule, receive Alertmanager's
+webhooks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def _home():
+    from components.common.paths import mlops_home
+
+    return mlops_home()
+
+
+def _store_default() -> str:
+    from components.monitor.core import default_monitoring_uri
+
+    return default_monitoring_uri()
+
+
+def _stores(p, registry: bool = True) -> None:
+    home = _home()
+    p.add_argument("--model", default="pet-classifier", help="registered model name")
+    p.add_argument("--store", default="",
+                   help="monitoring store URI (default: $MLOPS_MONITORING_URI, else "
+                        f"{home / 'monitoring'})")
+    if registry:
+        p.add_argument("--registry", default=str(home / "registry"), help="model registry URI")
+
+
+def _policy_arg(p) -> None:
+    p.add_argument("--policy", default="",
+                   help="governance policy YAML (default: the pet park's, "
+                        "components/govern/default_policy.yaml)")
+
+
+class _StorageDown(RuntimeError):
+    pass
+
+
+def _storage_guard(fn):
+    """Network errors of the S3 client become one line that says nothing was half-recorded."""
+    def wrapped(args):
+        import urllib3
+
+        try:
+            return fn(args)
+        except urllib3.exceptions.HTTPError as exc:
+            raise _StorageDown(
+                f"cannot reach the store: {exc}. Every record written so far is whole; run "
+                "the command again when storage is back and it catches up.") from exc
+    return wrapped
+
+
+# ------------------------------------------------------------------------------------------
+# run
+# ------------------------------------------------------------------------------------------
+
+
+def _parse_args_list(items: list[str], option: str) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"Invalid {option} {item!r}. Expect NAME=VALUE.")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _launcher(args, policy, store: str):
+    from components.govern.trigger import KfpLauncher, LocalLauncher
+
+    home = _home()
+    extra = _parse_args_list(args.retrain_arg, "--retrain-arg")
+    if args.launcher == "none":
+        return None
+    if args.launcher == "kfp":
+        if not args.kfp_host or not args.package:
+            raise ValueError("--launcher kfp needs --kfp-host (the KFP API) and --package (the "
+                             "compiled continuous-training YAML from `mlops compile`).")
+        return KfpLauncher(args.kfp_host, args.package, {"model_name": args.model, **extra},
+                           namespace=args.namespace or None,
+                           trigger_argument=policy.retrain.trigger_argument)
+    arguments = {"data_uri": args.data or str(home / "lake"),
+                 "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
+                 "work_root": str(home / "work"), "monitoring_uri": store,
+                 "model_name": args.model, "deploy_target": "local",
+                 "serving_root": args.serving_root or str(home / "deployments"), **extra}
+    return LocalLauncher(arguments, home / "retraining-runs", pipeline=policy.retrain.pipeline,
+                         trigger_argument=policy.retrain.trigger_argument, wait=args.wait)
+
+
+def _target(args):
+    if args.target == "none":
+        return None
+    from components.deploy.targets import open_target
+
+    return open_target(args.target, args.registry, args.model, namespace=args.namespace,
+                       state_dir=args.serving_root or str(_home() / "deployments"))
+
+
+def _print_actions(verdict_id: str, actions: list[dict]) -> None:
+    if verdict_id:
+        print(f"verdict {verdict_id}:")
+    if not actions:
+        print("  nothing to do")
+    for a in actions:
+        what = a["action"]
+        where = " ".join(x for x in (a.get("rule", ""), a.get("check", "")) if x)
+        delivered = a.get("delivered")
+        if delivered is not None:
+            state = ", ".join(f"{r} {'delivered' if ok else 'UNDELIVERED'}"
+                              for r, ok in delivered.items())
+            print(f"  {what:<17} {where}  ({state})")
+        else:
+            print(f"  {what:<17} {where}  {a.get('detail', '')}".rstrip())
+
+
+@_storage_guard
+def _cmd_run(args) -> int:
+    from components.govern.core import govern, govern_pending, load_verdict
+    from components.govern.policy import load_policy
+
+    policy = load_policy(args.policy or None)  # fails before anything runs
+    store = args.store or _store_default()
+    kwargs = {"registry_uri": args.registry, "target": _target(args),
+              "launcher": _launcher(args, policy, store)}
+    if args.verdict:
+        with open(args.verdict) as f:
+            verdict = load_verdict(json.load(f))
+        _print_actions(verdict.run_id, govern(verdict, policy, store_uri=store, **kwargs))
+        return 0
+    results = govern_pending(store, args.model, policy, limit=args.limit, **kwargs)
+    if results == [("", [])]:
+        print(f"No verdict of {args.model} to govern and no alert to redeliver in {store}.")
+    for verdict_id, actions in results:
+        _print_actions(verdict_id or "(no new verdict; redelivery only)", actions)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# alerts, audit
+# ------------------------------------------------------------------------------------------
+
+
+@_storage_guard
+def _cmd_alerts(args) -> int:
+    from components.govern.alerts import AlertBook
+    from components.govern.records import GovernanceStore
+
+    book = AlertBook(GovernanceStore(args.store or _store_default(), args.model))
+    rows = []
+    for alert in book.alerts()[-args.last:] if args.last else book.alerts():
+        state = book.state(alert)
+        if args.undelivered and all(s == "delivered" for s in state.values()):
+            continue
+        rows.append((alert, state, book.rounds(alert["seq"])))
+    if args.json:
+        print(json.dumps([{**a, "delivery": s, "rounds": r} for a, s, r in rows], indent=2,
+                         default=str))
+        return 0
+    if not rows:
+        print(f"No {'undelivered ' if args.undelivered else ''}alert for {args.model}.")
+    for alert, state, rounds in rows:
+        print(f"#{alert['seq']:<4} {alert['created'][:19]}  {alert['status'].upper():<8} "
+              f"{alert['severity']:<8} {alert['rule']}: {alert['summary']}  "
+              f"(v{alert['model_version']}, verdict {alert['verdict_run_id']})")
+        for recipient, s in state.items():
+            last = (rounds.get(recipient) or [{}])[-1]
+            why = f" - {last.get('error')}" if s != "delivered" and last.get("error") else ""
+            print(f"       -> {recipient}: {s.upper() if s != 'delivered' else s}"
+                  f" ({len(rounds.get(recipient, []))} round(s)){why}")
+    return 0
+
+
+@_storage_guard
+def _cmd_audit(args) -> int:
+    from components.govern.audit import audit_view
+
+    entries = audit_view(args.store or _store_default(), args.model, args.registry)
+    if args.last:
+        entries = entries[-args.last:]
+    if args.json:
+        print(json.dumps(entries, indent=2, default=str))
+        return 0
+    if not entries:
+        print(f"No audit record for {args.model}.")
+    for e in entries:
+        print(f"{str(e['at'])[:19]}  {e['kind']:<16} {e.get('actor', ''):<14} "
+              f"{e.get('subject', '')}: {e.get('reason', '')}")
+        if e.get("evidence"):
+            print(f"{'':<37}evidence: {e['evidence']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# report, hold, policy, rules, receiver
+# ------------------------------------------------------------------------------------------
+
+
+@_storage_guard
+def _cmd_report(args) -> int:
+    from components.govern.report import write_report
+
+    model, _, ref = args.model_ref.partition("@")
+    if not ref and ":" in model:
+        model, _, ref = model.partition(":")
+    ref = ("@" + ref) if ref and not ref.isdigit() else (ref or "@production")
+    paths = write_report(model, ref, args.registry, args.store or _store_default(), args.out)
+    print(f"Compliance report of {model} {ref}:")
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
+    return 0
+
+
+@_storage_guard
+def _cmd_hold(args) -> int:
+    from components.common.registry import ModelRegistry
+    from components.govern.holds import active_hold, hold_records, lift_hold, place_hold
+
+    registry = ModelRegistry(args.registry)
+    if args.hold_command == "lift":
+        record = lift_hold(registry, args.model_name, args.note)
+        print(f"Hold on {args.model_name} lifted by {record['by']}: {record['reason']}")
+    elif args.hold_command == "place":
+        if not args.note:
+            raise ValueError("Say why releases are held (--note).")
+        record, placed = place_hold(registry, args.model_name, args.note)
+        print(("Releases of {m} are now held" if placed else "Releases of {m} were already "
+               "held").format(m=args.model_name) + f" ({record['reason']})")
+    else:
+        hold = active_hold(registry, args.model_name)
+        if hold is None:
+            print(f"Releases of {args.model_name} are not held "
+                  f"({len(hold_records(registry, args.model_name))} hold record(s) in all).")
+        else:
+            print(f"Releases of {args.model_name} are HELD since {hold['at']} by {hold['by']}: "
+                  f"{hold['reason']}")
+            print(f"  approve a version: mlops registry approve {args.model_name} VERSION")
+            print(f"  or lift the hold:  mlops govern hold lift {args.model_name} --note WHY")
+    return 0
+
+
+def _cmd_policy(args) -> int:
+    from components.govern.policy import load_policy
+
+    policy = load_policy(args.file or None)
+    print(f"{policy.source}: valid ({len(policy.rules)} rules, "
+          f"{len(policy.recipients)} recipients)")
+    for rule in policy.rules:
+        m = rule.match
+        cond = [f"name {'|'.join(m.names)}" if m.names != ("*",) else "",
+                f"kind {'|'.join(m.kinds)}" if m.kinds else "",
+                f"status {'|'.join(m.statuses)}" if len(m.statuses) < 4 else "",
+                f"value > {m.value_above}" if m.value_above is not None else "",
+                f"value < {m.value_below}" if m.value_below is not None else "",
+                f"n >= {m.min_samples}" if m.min_samples else "",
+                {True: "estimates only", False: "measured only"}.get(m.estimated, "")]
+        acts = [a.type + (f" {','.join(a.to)} ({a.severity})" if a.type == "alert" else "")
+                for a in rule.actions]
+        print(f"  {rule.name}: {', '.join(c for c in cond if c)} -> {'; '.join(acts)}")
+    for r in policy.recipients.values():
+        where = r.url_env and f"${r.url_env}" + ("" if r.resolved_url() else " (NOT SET)")
+        print(f"  recipient {r.name}: {r.format} webhook {where or r.url}")
+    return 0
+
+
+def _cmd_rules(args) -> int:
+    from components.govern.policy import load_policy
+    from components.govern.rules import prometheus_rule, to_yaml
+
+    text = to_yaml(prometheus_rule(load_policy(args.policy or None), namespace=args.namespace,
+                                   model=args.model))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"Wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_receiver(args) -> int:
+    from components.govern.policy import load_policy
+    from components.govern.receiver import serve
+
+    policy = load_policy(args.policy or None)
+    store = args.store or _store_default()
+    print(f"Alertmanager webhook receiver on http://{args.host}:{args.port}/alerts "
+          f"(store {store}); Ctrl-C stops it.", file=sys.stderr)
+    serve(policy, store_uri=store, registry_uri=args.registry, host=args.host, port=args.port,
+          target=_target(args), launcher=_launcher(args, policy, store))
+    return 0
+
+
+def _target_args(p) -> None:
+    p.add_argument("--target", default="local", choices=["none", "local", "kserve"],
+                   help="where production runs, for rollbacks: local model servers, KServe "
+                        "InferenceServices in --namespace, or none (record only)")
+    p.add_argument("--serving-root", default="",
+                   help="local target state (default $MLOPS_HOME/deployments)")
+    p.add_argument("--namespace", default="", help="Kubernetes namespace (kserve, kfp)")
+    p.add_argument("--launcher", default="local", choices=["none", "local", "kfp"],
+                   help="how a retraining starts: the continuous-training pipeline under "
+                        "kfp.local, submitted to --kfp-host, or none (record the trigger only)")
+    p.add_argument("--data", default="", help="data lake URI for local retraining "
+                                              "(default $MLOPS_HOME/lake)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for a local retraining run to end instead of leaving it running")
+    p.add_argument("--kfp-host", default="", help="KFP API, e.g. http://localhost:8080")
+    p.add_argument("--package", default="",
+                   help="compiled continuous-training pipeline YAML (--launcher kfp)")
+    p.add_argument("--retrain-arg", action="append", default=[],
+                   help="NAME=VALUE for the continuous-training pipeline, repeatable")
+
+
+def add_commands(sub) -> None:
+    """Adds the ``govern`` verb group to the top-level subparsers."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    group = sub.add_parser("govern", help="governance: alerts, rollback, holds, retraining "
+                                          "triggers, audit log, compliance report")
+    gsub = group.add_subparsers(dest="govern_command", required=True)
+
+    p = gsub.add_parser("run", formatter_class=fmt,
+                        help="apply the policy to every verdict not governed yet (cron-able)")
+    _stores(p)
+    _policy_arg(p)
+    p.add_argument("--verdict", default="", help="govern this verdict JSON file instead")
+    p.add_argument("--limit", type=int, default=20,
+                   help="at most this many of the newest ungoverned verdicts")
+    _target_args(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = gsub.add_parser("alerts", formatter_class=fmt,
+                        help="every alert and whether each recipient got it")
+    _stores(p, registry=False)
+    p.add_argument("--undelivered", action="store_true", help="only alerts not delivered yet")
+    p.add_argument("--last", type=int, default=0, help="only the last N alerts (0: all)")
+    p.add_argument("--json", action="store_true", help="as JSON, with every delivery round")
+    p.set_defaults(func=_cmd_alerts)
+
+    p = gsub.add_parser("audit", formatter_class=fmt,
+                        help="the audit log: governance actions, alerts, alias moves, "
+                             "approvals, releases")
+    _stores(p)
+    p.add_argument("--last", type=int, default=0, help="only the last N entries (0: all)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=_cmd_audit)
+
+    p = gsub.add_parser("report", formatter_class=fmt,
+                        help="compliance report (HTML and Markdown) of MODEL[@alias|version]")
+    p.add_argument("model_ref", help="e.g. pet-classifier, pet-classifier@production, "
+                                     "pet-classifier@3")
+    p.add_argument("--registry", default=str(_home() / "registry"), help="model registry URI")
+    p.add_argument("--store", default="", help="monitoring store URI")
+    p.add_argument("--out", default=str(_home() / "reports"), help="folder for the report")
+    p.set_defaults(func=_cmd_report)
+
+    p = gsub.add_parser("hold", formatter_class=fmt,
+                        help="release holds: status, place, lift")
+    p.add_argument("hold_command", choices=["status", "place", "lift"])
+    p.add_argument("model_name", help="registered model name")
+    p.add_argument("--note", default="", help="why (required to place or lift)")
+    p.add_argument("--registry", default=str(_home() / "registry"), help="model registry URI")
+    p.set_defaults(func=_cmd_hold)
+
+    p = gsub.add_parser("policy", formatter_class=fmt,
+                        help="check a policy file and show what it does")
+    p.add_argument("file", nargs="?", default="", help="policy YAML (default: the pet park's)")
+    p.set_defaults(func=_cmd_policy)
+
+    p = gsub.add_parser("rules", formatter_class=fmt,
+                        help="the PrometheusRule built from the policy's thresholds")
+    _policy_arg(p)
+    p.add_argument("--model", default="pet-classifier", help="served model name")
+    p.add_argument("--namespace", default="kubeflow-user-example-com",
+                   help="namespace of the rule")
+    p.add_argument("--out", default="", help="write to this file (default: print)")
+    p.set_defaults(func=_cmd_rules)
+
+    p = gsub.add_parser("receiver", formatter_class=fmt,
+                        help="an Alertmanager webhook receiver that governs what it is sent")
+    _stores(p)
+    _policy_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=9095, help="port")
+    _target_args(p)
+    p.set_defaults(func=_cmd_receiver)
