@@ -6,6 +6,7 @@ import importlib
 PIPELINES = {
     "ingest": ("pipelines.ingest", "ingest_pipeline"),
     "training": ("pipelines.training", "training_pipeline"),
+    "continuous-training": ("pipelines.continuous_training", "continuous_training_pipeline"),
     "monitoring": ("pipelines.monitoring", "monitoring_pipeline"),
 }
 

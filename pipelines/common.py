@@ -38,3 +38,97 @@ def with_resources(task, cpu: str = "1", memory: str = "2G", cpu_limit: str = "2
     if retries:
         task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
     return task
+
+
+def search_and_train(train, work_root, search_space, search_mode, seed, trial_epochs,
+                     image_size, epochs):
+    """The hyperparameter search (one task per trial slot) and the training of the best trial.
+
+    Trial slots are unrolled instead of a ``dsl.ParallelFor``: the cluster runs them in
+    parallel all the same, and kfp.local (2.16) cannot run anything that depends on a loop.
+
+    Returns:
+        (the trial tasks, the train_best task).
+    """
+    from kfp import dsl
+
+    from components.settings import HPO_SLOTS
+    from components.train.component import hpo_trial, train_best
+
+    trials = []
+    for slot in range(HPO_SLOTS):
+        trial = hpo_trial(train=train, slot=slot, n_slots=HPO_SLOTS, work_root=work_root,
+                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, search_space=search_space,
+                          search_mode=search_mode, seed=seed, trial_epochs=trial_epochs,
+                          image_size=image_size)
+        trial.set_display_name(f"hpo trial {slot}")
+        trials.append(trial)
+    best = train_best(train=train, work_root=work_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                      n_slots=HPO_SLOTS, epochs=epochs).after(*trials)
+    best.set_display_name("train best")
+    return trials, best
+
+
+def package_register_release(*, model, train, test, evaluation, registry_uri, model_name,
+                             deploy_target, namespace, serving_root, p95_slo_ms, canary_steps,
+                             canary_requests_per_step, canary_bake_seconds, require_approval,
+                             approval_timeout_s, lineage_extra=None, after_release=None,
+                             cluster=None):
+    """Packages a blessed model, registers it, tests it as an application and, if that
+    passes, releases it by canary. Call it inside the pipeline's ``dsl.If`` on the quality
+    gate.
+
+    Args:
+        model, train, test, evaluation: The trained model, the splits and the evaluation.
+        lineage_extra: JSON (a string or a task output) of further lineage for the register
+            step, or None.
+        after_release: Called with the tasks so far (release included) inside the
+            application test's branch; returns further tasks to run after a release.
+        cluster: The KServe parameters of application_test and release_model
+            (predictor_image, predictor_service_account, predictor_secret), or None for
+            their defaults.
+
+    Returns:
+        Task name -> task (package, register, apptest, qa, release, and whatever
+        ``after_release`` added).
+    """
+    from kfp import dsl
+
+    from components.deploy.component import application_test, qa_gate, release_model
+    from components.package.component import package_model
+    from components.register.component import register_model
+
+    package = package_model(model=model, test=test, evaluation=evaluation,
+                            model_name=model_name)
+    package.set_display_name("package ONNX")
+    extra = {} if lineage_extra is None else {"lineage_extra": lineage_extra}
+    register = register_model(package=package.outputs["package"], model=model,
+                              evaluation=evaluation, train=train, registry_uri=registry_uri,
+                              model_name=model_name,
+                              pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **extra)
+    register.set_display_name("register")
+    apptest = application_test(test=test, evaluation=evaluation, registry_uri=registry_uri,
+                               version=register.outputs["version"], model_name=model_name,
+                               target=deploy_target, namespace=namespace,
+                               serving_root=serving_root, p95_slo_ms=p95_slo_ms,
+                               **(cluster or {}))
+    apptest.set_display_name("application test")
+    qa = qa_gate(qa_report=apptest.outputs["qa_report"])
+    qa.set_display_name("QA gate")
+    tasks = {"package": package, "register": register, "apptest": apptest, "qa": qa}
+    with dsl.If(qa.output == True, name="qa-passed"):  # noqa: E712 (KFP DSL)
+        release = release_model(test=test, registry_uri=registry_uri,
+                                version=register.outputs["version"], model_name=model_name,
+                                target=deploy_target, namespace=namespace,
+                                serving_root=serving_root, canary_steps=canary_steps,
+                                requests_per_step=canary_requests_per_step,
+                                bake_seconds=canary_bake_seconds, max_p95_ms=p95_slo_ms,
+                                require_approval=require_approval,
+                                approval_timeout_s=approval_timeout_s,
+                                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                **(cluster or {}))
+        release.set_display_name("canary release")
+        tasks["release"] = release
+        if after_release is not None:
+            tasks.update(after_release(tasks))
+    return tasks

@@ -19,6 +19,7 @@ def register_model(
     alias: str = "staging",
     pipeline_run: str = "",
     reference_sample: int = 1000,
+    lineage_extra: str = "",
 ) -> NamedTuple("RegisterOutputs", version=int, uri=str):
     """Publishes the package as a new immutable registry version with its lineage.
 
@@ -33,7 +34,10 @@ def register_model(
         pipeline_run: The pipeline run that produced it.
         reference_sample: Most held-out training images in the version's monitoring
             reference (embeddings, statistics, drift detector); 0 for none.
+        lineage_extra: JSON object of further lineage (e.g. the verdict that triggered a
+            retraining run, the production data export); empty for none.
     """
+    import json
     import logging
 
     from components.register import core
@@ -41,6 +45,7 @@ def register_model(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     mv = core.register_package(package.path, model.path, evaluation.path, train.path,
                                registry_uri, model_name, alias, pipeline_run,
-                               reference_sample)
+                               reference_sample,
+                               json.loads(lineage_extra) if lineage_extra else None)
     outputs = NamedTuple("RegisterOutputs", version=int, uri=str)
     return outputs(mv.version, mv.uri)

@@ -21,7 +21,8 @@ def run_name(job_name: str) -> str:
 
 def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
                      registry_uri: str, model_name: str, alias: str = "staging",
-                     pipeline_run: str = "", reference_sample: int = 1000) -> ModelVersion:
+                     pipeline_run: str = "", reference_sample: int = 1000,
+                     extra_lineage: dict | None = None) -> ModelVersion:
     """Registers the files of ``package_dir`` with a full lineage record.
 
     The version also gets its monitoring reference (``reference/``: embeddings, input
@@ -29,6 +30,9 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
     class prior and a fitted drift detector; see ``components.monitor.reference``), published
     with the package as one immutable version. ``reference_sample=0`` leaves it out (the
     monitor then builds one from the dataset version when it first needs it).
+
+    ``extra_lineage`` adds keys to the record (for example the monitoring verdict that started
+    a retraining run and the production data it exported); it cannot replace the keys above.
     """
     pipeline_run = run_name(pipeline_run)
     package = Path(package_dir)
@@ -68,6 +72,10 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
                  "champion_version": evaluation["gate"].get("champion_version")},
         "parent_version": parent,
     }
+    clash = sorted(set(extra_lineage or {}) & set(lineage))
+    if clash:
+        raise RegistryError(f"extra_lineage may not replace lineage keys {clash}.")
+    lineage.update(extra_lineage or {})
     if not evaluation["gate"]["blessed"]:
         raise RegistryError("Refusing to register a model the quality gate did not bless: "
                             + "; ".join(evaluation["gate"]["reasons"]))

@@ -1,0 +1,156 @@
+"""The steps only continuous training has: what started it, warm start, reference activation.
+
+Plain Python, called by :mod:`components.retrain.component` and by the closed-loop demo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+#: Where the torch weights are in a registered version (``components.package.core``).
+TORCH_WEIGHTS = "torch/model.pt"
+
+
+def parse_trigger(trigger: str) -> dict:
+    """The trigger a run was started with, as a dict for the lineage.
+
+    Governance passes the episode and verdict as JSON (``components.govern.trigger``); a
+    person may pass a plain reason ("new camera installed"), kept as ``reason``; empty is a
+    run started by hand.
+    """
+    text = (trigger or "").strip()
+    if not text:
+        return {"kind": "manual"}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {"kind": "manual", "reason": text}
+    if not isinstance(value, dict):
+        return {"kind": "manual", "reason": text}
+    return {"kind": "monitoring", **value} if value.get("verdict") else {"kind": "manual",
+                                                                         **value}
+
+
+def lineage_record(trigger: str, export: dict) -> dict:
+    """The lineage keys a retrained version gets: its trigger and the production data."""
+    return {"trigger": parse_trigger(trigger), "production_data": export}
+
+
+def warm_start_space(search_space: str, registry_uri: str, model_name: str, work_uri: str,
+                     enabled: bool = True) -> tuple[str, dict]:
+    """The search space, warm-started from the production model's PyTorch weights if it can.
+
+    The weights are read from the registry (checksum verified) and copied to ``work_uri`` so
+    every trial task reads the same verified file; the space gets ``pretrained`` set to it
+    and ``arch`` set to the production model's architecture (weights only fit their own).
+
+    Returns:
+        (the search space JSON, what was decided: ``{"warm_start", "version", "weights",
+        "reason"}``).
+    """
+    from components.common.registry import ModelRegistry, RegistryError
+    from components.common.storage import ObjectNotFoundError, StorageError, open_store
+
+    try:
+        space = json.loads(search_space)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Invalid search_space: {exc}. Expect a JSON object of parameter -> "
+                         "list of values.") from exc
+    if not isinstance(space, dict):
+        raise ValueError("Invalid search_space: expect a JSON object of parameter -> values.")
+    if not enabled:
+        return json.dumps(space), {"warm_start": False, "reason": "warm start turned off"}
+    registry = ModelRegistry(registry_uri)
+    try:
+        mv = registry.get(model_name, "@production")
+        weights = registry.read_file(model_name, mv.version, TORCH_WEIGHTS)
+    except (RegistryError, ObjectNotFoundError, StorageError) as exc:
+        logger.info("Training from scratch: no production weights to start from (%s)", exc)
+        return json.dumps(space), {"warm_start": False, "reason": str(exc)}
+    arch = mv.lineage.get("arch") or mv.lineage.get("hyperparameters", {}).get("arch")
+    store = open_store(work_uri)
+    store.put("warm_start.pt", weights)
+    uri = store.uri_of("warm_start.pt")
+    space["pretrained"] = [uri]
+    if arch:
+        space["arch"] = [arch]
+    logger.info("Warm start from %s version %d (%s weights, %d bytes)", model_name, mv.version,
+                arch, len(weights))
+    return json.dumps(space), {"warm_start": True, "version": mv.version, "weights": uri,
+                               "arch": arch}
+
+
+def activate_reference(registry_uri: str, model_name: str, version: int, decision: str,
+                       monitoring_uri: str, trigger: str = "") -> dict:
+    """After a release: make the released version's monitoring reference the active one.
+
+    The monitor judges traffic against the reference of the version in production, so
+    activation is the alias move plus a reference that is there when the first window is
+    judged: this checks that production now serves ``version``, builds the reference from the
+    version's dataset if it was registered without one, loads it once (so its cache is warm),
+    and records the release and the reference in the governance audit log.
+
+    Returns:
+        ``{"active", "version", "reference_uri", "reason"}``.
+    """
+    from components.common.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(registry_uri)
+    try:
+        production = registry.resolve(model_name, "@production")
+    except RegistryError:
+        production = None
+    if decision not in ("promoted", "deployed") or production != int(version):
+        reason = (f"release decision {decision!r}; production serves version {production}, "
+                  f"so the reference of version {production} stays active")
+        logger.info("Reference not switched: %s", reason)
+        return {"active": False, "version": production, "reference_uri": "", "reason": reason}
+    from components.monitor import reference as ref_mod
+
+    built = not ref_mod.has_reference(registry_uri, model_name, int(version))
+    uri = ref_mod.build_reference(registry_uri, model_name, int(version))
+    ref = ref_mod.load_reference(registry_uri, model_name, int(version), monitoring_uri)
+    result = {"active": True, "version": int(version), "reference_uri": uri,
+              "reference_images": int(len(ref.embeddings)) if ref.embeddings is not None
+              else 0, "built_now": built,
+              "reason": f"version {version} is in production; its reference is active"}
+    try:
+        from components.govern.audit import AuditLog
+        from components.govern.records import GovernanceStore
+
+        AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
+            "release", f"retrained version {version} {decision}; its monitoring reference is "
+            "now the one traffic is judged against", subject=f"version {version}",
+            evidence=uri, details={**result, "trigger": parse_trigger(trigger)},
+            once_key=f"reference:{model_name}:{version}")
+    except ImportError:  # governance is optional for this step
+        logger.info("No governance module: the activation is not in an audit log")
+    logger.info("Monitoring reference of %s version %s active (%s)", model_name, version, uri)
+    return result
+
+
+def record_rejection(evaluation: dict, monitoring_uri: str, model_name: str,
+                     trigger: str = "", evidence: str = "") -> dict:
+    """A retrained model the gate did not bless: production stays as it is, and the
+    governance audit log says so, with the reasons and the trigger."""
+    gate = evaluation["gate"]
+    record = {"blessed": False, "reasons": gate["reasons"], "recent": gate.get("recent"),
+              "champion_version": gate.get("champion_version"),
+              "trigger": parse_trigger(trigger)}
+    try:
+        from components.govern.audit import AuditLog
+        from components.govern.records import GovernanceStore
+
+        AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
+            "retrain_failed", "the retrained model did not pass the champion/challenger gate; "
+            "production is unchanged: " + "; ".join(gate["reasons"]),
+            subject=f"production version {gate.get('champion_version')}", evidence=evidence,
+            details=record)
+    except ImportError:
+        logger.info("No governance module: the rejection is not in an audit log")
+    for reason in gate["reasons"]:
+        logger.warning("Retrained model not blessed: %s", reason)
+    return record

@@ -1,0 +1,198 @@
+"""The continuous-training pipeline under kfp.local: a challenger that must win (released by
+canary, traceable to the verdict and the production data) and one that must lose
+(production untouched, the rejection recorded), and its compiled YAML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.registry import ModelRegistry
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from pipelines.local import run_local
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+MODEL = "pet-classifier"
+
+
+def build_champion(base: Path, n_day: int = 400) -> dict:
+    """A day-only lake, its dataset, and a production model trained on it (no pipeline)."""
+    from components.evaluate.core import GateConfig, evaluate
+    from components.ingest.core import ingest, write_split
+    from components.package.core import build_package
+    from components.register.core import register_package
+    from components.train import core as train
+    from components.train.core import load_images, load_model
+
+    lake = open_store(base / "lake")
+    generate(LakeSpec(n=n_day, size=SIZE, seed=31), lake)
+    result = ingest(lake.uri, str(base / "ds"))
+    for split in ("train", "test"):
+        write_split(result, split, str(base / "splits" / split))
+    from components.ingest.core import read_split
+
+    rows, meta = read_split(str(base / "splits" / "train"))
+    data = train.prepare(rows, meta["dataset_version"], SIZE)
+    model_dir = base / "champion"
+    train.train(data, train.HParams(epochs=8, image_size=SIZE, lr=3e-3, batch_size=32),
+                model_dir)
+    evaluation = evaluate(str(model_dir), str(base / "splits" / "test"),
+                          GateConfig(0.0, 0.0, 1.0))
+    (base / "evaluation.json").write_text(json.dumps(
+        {k: v for k, v in evaluation.items() if k != "report_html"}))
+    model, mmeta = load_model(model_dir)
+    test_rows, _ = read_split(str(base / "splits" / "test"))
+    build_package(model, mmeta, evaluation, load_images(test_rows.head(20), SIZE), MODEL,
+                  base / "package")
+    registry = str(base / "registry")
+    mv = register_package(str(base / "package"), str(model_dir), str(base / "evaluation.json"),
+                          str(base / "splits" / "train"), registry, MODEL, alias="",
+                          reference_sample=200)
+    ModelRegistry(registry).set_alias(MODEL, "production", mv.version, reason="test champion")
+    return {"lake": lake.uri, "registry": registry, "version": mv.version,
+            "accuracy": evaluation["metrics"]["accuracy"]}
+
+
+def capture_night(base: Path, n: int, first_index: int = 0, seed: int = 41) -> dict:
+    """Night-mode camera traffic served by the production model, captured and labelled."""
+    from components.monitor.simulate import SimulatedModel, simulate
+
+    registry = str(base / "registry")
+    version = ModelRegistry(registry).resolve(MODEL, "@production")
+    return simulate(SimulatedModel.from_registry(registry, MODEL, version),
+                    str(base / "monitoring"), MODEL, str(version),
+                    LakeSpec(n=n, size=SIZE, seed=seed, condition="night"),
+                    start_time=1_790_000_000.0, first_index=first_index, image_rate=1.0,
+                    label_share=1.0)
+
+
+@pytest.fixture(scope="session")
+def night_world(tmp_path_factory):
+    """Champion in production, 200 night captures labelled: a template each test copies."""
+    base = tmp_path_factory.mktemp("ct-world")
+    champion = build_champion(base)
+    served = capture_night(base, 200)
+    return base, champion, served
+
+
+def _copy_world(night_world, tmp_path) -> Path:
+    base = tmp_path / "world"
+    shutil.copytree(night_world[0], base)
+    return base
+
+
+def _ct_args(base: Path, **extra) -> dict:
+    trigger = {"episode": "v1-1", "model": MODEL, "model_version": "1",
+               "verdict": "20261123T200000Z-test", "verdict_uri": "file:///verdict.json",
+               "rules": ["drift-retrain"], "checks": ["drift.embedding"]}
+    return {"data_uri": str(base / "lake"), "dataset_root": str(base / "ds"),
+            "registry_uri": str(base / "registry"), "work_root": str(base / "work"),
+            "monitoring_uri": str(base / "monitoring"), "trigger": json.dumps(trigger),
+            "image_size": SIZE, "trial_epochs": 2, "epochs": 6, "deploy_target": "local",
+            "serving_root": str(base / "deployments"), "p95_slo_ms": 2000.0,
+            "canary_requests_per_step": 20, "min_accuracy": 0.5, "min_macro_f1": 0.5,
+            "max_recall_gap": 0.5, "champion_tolerance": 0.02, "max_reference_drop": 0.1,
+            "min_recent_images": 10, **extra}
+
+
+@pytest.fixture
+def stop_servers(tmp_path):
+    yield
+    from components.deploy.targets import LocalTarget
+
+    LocalTarget(str(tmp_path / "world" / "registry"), MODEL,
+                tmp_path / "world" / "deployments").delete_all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_challenger_that_wins_on_night_images_is_released_and_traceable(
+        night_world, tmp_path, stop_servers):
+    from components.govern.audit import AuditLog
+    from components.govern.records import GovernanceStore
+    from components.monitor.export import read_export
+
+    base = _copy_world(night_world, tmp_path)
+    champion = night_world[1]
+    outputs = run_local("continuous-training", _ct_args(base), tmp_path / "runs")
+
+    evaluation = json.loads(Path(outputs["evaluation"].path).read_text())
+    gate = evaluation["gate"]
+    recent = gate["recent"]
+    assert outputs["blessed"] is True, gate["reasons"]
+    assert recent["recent_images"] >= 10
+    assert recent["recent_accuracy"]["challenger"] > recent["recent_accuracy"]["champion"]
+    assert recent["overall_accuracy"]["gain"] >= -0.02
+    # Released by canary over the champion; production moved; the reference is active.
+    registry = ModelRegistry(str(base / "registry"))
+    assert registry.aliases(MODEL)["production"] == 2
+    release = registry.releases(MODEL)[-1]
+    assert release["version"] == 2 and release["decision"] == "promoted"
+    assert [s["percent"] for s in release["steps"]][:2] == [10, 50]
+    # Lineage: the verdict that started it, the export and the requests it came from.
+    lin = registry.get(MODEL, 2).lineage
+    assert lin["trigger"]["verdict"] == "20261123T200000Z-test"
+    assert lin["trigger"]["kind"] == "monitoring"
+    export = lin["production_data"]
+    assert export["export_id"] == outputs["export_id"] and export["production_version"] == 1
+    assert lin["dataset_version"] == outputs["dataset_version"]
+    info, manifest = read_export(str(base / "monitoring"), export["export_id"])
+    assert len(manifest) == export["counts"]["exported"] == night_world[2]["labelled"]
+    assert lin["parent_version"] == 1
+    assert lin["hyperparameters"]["pretrained"].endswith("warm_start.pt")  # warm-started
+    records = AuditLog(GovernanceStore(str(base / "monitoring"), MODEL)).records()
+    assert any(r["kind"] == "release" and r["details"]["version"] == 2 for r in records)
+    assert champion["version"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_challenger_that_loses_leaves_production_untouched_and_is_recorded(
+        night_world, tmp_path, stop_servers):
+    from components.govern.audit import AuditLog
+    from components.govern.records import GovernanceStore
+
+    base = _copy_world(night_world, tmp_path)
+    # A barely trained model from scratch: the champion must win.
+    outputs = run_local("continuous-training", _ct_args(
+        base, warm_start_from_production=False, trial_epochs=1, epochs=1,
+        search_space=json.dumps({"lr": [1e-6], "batch_size": [64]})), tmp_path / "runs")
+
+    assert outputs["blessed"] is False
+    gate = outputs["evaluation"].metadata["gate"]
+    assert "worse than the" in gate or "not better than" in gate
+    registry = ModelRegistry(str(base / "registry"))
+    assert registry.versions(MODEL) == [1] and registry.aliases(MODEL)["production"] == 1
+    assert registry.releases(MODEL) == []
+    records = AuditLog(GovernanceStore(str(base / "monitoring"), MODEL)).records()
+    rejected = [r for r in records if r["kind"] == "retrain_failed"]
+    assert len(rejected) == 1 and rejected[0]["details"]["trigger"]["episode"] == "v1-1"
+    # The export happened (the data is in the lake for the next try), the version did not.
+    assert outputs["export_id"]
+
+
+@pytest.mark.timeout(300)
+def test_continuous_training_compiles_with_its_gates_and_trigger_parameter(tmp_path):
+    out = tmp_path / "compiled"
+    subprocess.run([sys.executable, "-m", "components.cli", "compile", "--out", str(out),
+                    "continuous-training"], check=True, cwd=REPO, capture_output=True)
+    docs = [d for d in yaml.safe_load_all((out / "continuous-training.yaml").read_text()) if d]
+    spec = next(d for d in docs if "deploymentSpec" in d)
+    assert spec["pipelineInfo"]["name"] == "pet-classifier-continuous-training"
+    executors = set(spec["deploymentSpec"]["executors"])
+    assert {"exec-export-production-data", "exec-ingest-data", "exec-warm-start",
+            "exec-evaluate-challenger", "exec-quality-gate", "exec-register-model",
+            "exec-application-test", "exec-release-model", "exec-activate-reference",
+            "exec-record-rejection"} <= executors
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"trigger", "monitoring_uri", "min_recent_gain", "max_reference_drop",
+            "warm_start_from_production"} <= set(params)
+    assert not any("for-loop" in name for name in spec["root"]["dag"]["tasks"])
