@@ -1,0 +1,165 @@
+"""The Alertmanager webhook receiver as a process on loopback (started by the CLI, stopped by
+its PID), and the govern command line: run, alerts, audit, hold, policy, rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import yaml
+
+from components.govern.alerts import AlertBook
+from components.govern.records import GovernanceStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _policy_file(tmp_path, url: str) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "model": "pet-classifier",
+        "delivery": {"attempts": 2, "backoff_s": 0.05, "timeout_s": 3},
+        "recipients": {"qa": {"format": "slack", "url": url}},
+        "rules": [{"name": "error-rate-collapse",
+                   "match": {"name": "telemetry.error_rate", "value_above": 0.05,
+                             "min_samples": 100},
+                   "actions": [{"type": "alert", "to": "qa", "severity": "critical"}]},
+                  {"name": "class-share", "match": {"kind": "prediction_drift"},
+                   "actions": [{"type": "alert", "to": "qa"}]}]}))
+    return str(path)
+
+
+def _notification(status="firing", value="0.12", samples="400") -> dict:
+    """What Alertmanager sends for the PrometheusRule's error-rate alert."""
+    labels = {"alertname": "PetClassifierErrorRate", "severity": "critical",
+              "model": "pet-classifier", "model_version": "3", "check": "telemetry.error_rate",
+              "kind": "telemetry", "namespace": "pets"}
+    return {"version": "4", "groupKey": '{}:{alertname="PetClassifierErrorRate"}',
+            "status": status, "receiver": "mlops-govern", "groupLabels": {},
+            "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://am:9093",
+            "truncatedAlerts": 0,
+            "alerts": [{"status": status, "labels": labels,
+                        "annotations": {"summary": "errors", "value": value,
+                                        "threshold": "0.05", "samples": samples},
+                        "startsAt": "2026-11-23T10:00:00Z",
+                        "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "http://prometheus:9090/graph?g0.expr=x",
+                        "fingerprint": "a1b2c3d4"}]}
+
+
+@pytest.fixture
+def receiver_process(tmp_path, receiver):
+    port = _free_port()
+    store = str(tmp_path / "monitoring")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "components.cli", "govern", "receiver", "--port", str(port),
+         "--store", store, "--registry", str(tmp_path / "registry"), "--target", "none",
+         "--launcher", "none", "--policy", _policy_file(tmp_path, receiver.url)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read().decode()) from None
+            time.sleep(0.2)
+    yield url, store
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(10)
+
+
+@pytest.mark.timeout(120)
+def test_alertmanager_notification_is_governed_once(receiver_process, receiver):
+    url, store = receiver_process
+    answer = requests.post(url + "/alerts", json=_notification(), timeout=30)
+    assert answer.status_code == 200, answer.text
+    (result,) = answer.json()["governed"]
+    assert [a["action"] for a in result["actions"]] == ["alert"]
+    assert "telemetry.error_rate = 0.12" in receiver.received[0]["text"]
+    # Alertmanager resends the same notification: governed once.
+    again = requests.post(url + "/alerts", json=_notification(), timeout=30).json()
+    assert again["governed"][0]["note"] == "already governed (a resend)"
+    assert len(receiver.received) == 1
+    # Resolved: the condition cleared.
+    done = requests.post(url + "/alerts", json=_notification("resolved", value="0.01"),
+                         timeout=30).json()
+    assert [a["action"] for a in done["governed"][0]["actions"]] == ["resolved"]
+    book = AlertBook(GovernanceStore(store, "pet-classifier"))
+    assert [a["status"] for a in book.alerts()] == ["firing", "resolved"]
+    assert book.alerts()[0]["model_version"] == "3"
+
+
+@pytest.mark.timeout(120)
+def test_receiver_answers_400_for_what_is_not_alertmanagers(receiver_process):
+    url, _ = receiver_process
+    bad = [(b"not json", "body is not JSON"),
+           (json.dumps({"alerts": []}).encode(), "'alerts' must be a non-empty list"),
+           (json.dumps({"alerts": [{"labels": {}, "status": "firing"}]}).encode(),
+            "no 'model' label"),
+           (json.dumps({**_notification(), "version": "3"}).encode(), "expect '4'")]
+    for body, message in bad:
+        answer = requests.post(url + "/alerts", data=body, timeout=30)
+        assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    too_big = requests.post(url + "/alerts", data=b"x" * (2 << 20), timeout=30)
+    assert too_big.status_code == 413
+
+
+def _mlops(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "components.cli", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.timeout(300)
+def test_cli_run_alerts_audit_and_mistakes(tmp_path, receiver, dead_url):
+    from components.common.storage import open_store
+    from components.monitor.contract import Check, Verdict
+
+    store = str(tmp_path / "monitoring")
+    v = Verdict("pet-classifier", "3", "2026-11-20T00:00:00+00:00", "2026-11-20T01:00:00+00:00",
+                "w1", 500, 0, [Check("prediction_drift.class_shares", "prediction_drift", 0.3,
+                                     0.1, "alarm", "dogs 80%")])
+    open_store(store).put_json("monitoring/pet-classifier/history/w1.json", v.to_dict())
+    common = ["--store", store, "--registry", str(tmp_path / "registry")]
+    run = _mlops("govern", "run", *common, "--policy", _policy_file(tmp_path, dead_url),
+                 "--target", "none", "--launcher", "none")
+    assert run.returncode == 0, run.stderr
+    assert "verdict w1:" in run.stdout and "qa UNDELIVERED" in run.stdout
+    alerts = _mlops("govern", "alerts", "--store", store, "--undelivered")
+    assert "class-share" in alerts.stdout and "qa: UNDELIVERED" in alerts.stdout
+    assert "cannot reach" in alerts.stdout
+    # The receiver is up now: the next run delivers the kept alert.
+    run = _mlops("govern", "run", *common, "--policy", _policy_file(tmp_path, receiver.url),
+                 "--target", "none", "--launcher", "none")
+    assert "redeliver" in run.stdout and "qa delivered" in run.stdout
+    assert len(receiver.received) == 1
+    assert "No undelivered alert" in _mlops("govern", "alerts", "--store", store,
+                                            "--undelivered").stdout
+    audit = _mlops("govern", "audit", *common, "--json")
+    assert [e["kind"] for e in json.loads(audit.stdout)] == ["alert"]
+    # A user's mistakes: one line, exit code 2, nothing run.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules: [{name: x, match: {kind: drift}, actions: [explode]}]\n")
+    mistake = _mlops("govern", "run", *common, "--policy", str(bad))
+    assert mistake.returncode == 2
+    assert "rules[0].actions[0].type: unknown action 'explode'" in mistake.stderr
+    assert "Traceback" not in mistake.stderr
+    assert _mlops("govern", "policy", str(bad)).returncode == 2
+    lift = _mlops("govern", "hold", "lift", "pet-classifier", "--registry",
+                  str(tmp_path / "registry"), "--note", "x")
+    assert lift.returncode == 2 and "not held" in lift.stderr
+    rules = _mlops("govern", "rules", "--namespace", "pets")
+    assert yaml.safe_load(rules.stdout)["metadata"]["namespace"] == "pets"
