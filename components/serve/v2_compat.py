@@ -123,7 +123,7 @@ def _read_input(inp, i: int, body: bytes, offset: int) -> tuple[InferInput, int]
     if any(d < 0 for d in shape):
         raise InvalidInput(f"Input {name!r}: shape {shape} has a negative dimension.")
     datatype = inp.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         hint = (f"; datatypes are upper case: {datatype.upper()}"
                 if isinstance(datatype, str) and datatype.upper() in DATATYPES else "")
         raise InvalidInput(f"Input {name!r}: datatype {datatype!r:.40} is not an Open Inference "
