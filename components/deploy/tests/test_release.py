@@ -48,12 +48,17 @@ def _constant_model(good: bytes, version_tag: str) -> bytes:
     return model.SerializeToString()
 
 
+def _package_files(package_dir) -> dict[str, bytes]:
+    return {p.relative_to(package_dir).as_posix(): p.read_bytes()
+            for p in package_dir.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def setup(package_dir, dataset_dirs, tmp_path_factory):
     """A registry with a good version (1), a bad one (2) and a copy of the good one (3)."""
     base = tmp_path_factory.mktemp("release")
     registry = ModelRegistry(str(base / "registry"))
-    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    files = _package_files(package_dir)
     registry.register(MODEL, files, {"dataset_version": "test"})
     bad = dict(files, **{"model.onnx": _constant_model(files["model.onnx"], "constant")})
     registry.register(MODEL, bad, {"dataset_version": "test"})
@@ -175,9 +180,11 @@ def test_bad_candidate_is_rolled_back_while_production_keeps_serving(setup):
     assert any("accuracy" in r for r in record["reasons"]), record["reasons"]
     assert record["steps"][0]["percent"] == 10 and not record["steps"][0]["passed"]
     assert len(record["steps"]) == 1  # rolled back at the first failed step
-    # Production answered every call, always with the old model.
+    # Production answered every call: through the router, the old model, or during the 10%
+    # step the bad canary for its share; after the rollback the old model only.
     assert errors == [] and len(seen) > 10
-    assert set(seen) == {good_version_tag}
+    assert set(seen) <= {good_version_tag, "constant"}
+    assert {_served_version(prod.url, images) for _ in range(10)} == {good_version_tag}
     after = target.status("production")
     assert after.stable.version == 1 and after.canary is None
     assert after.url == prod.url
@@ -216,7 +223,7 @@ def test_a_canary_that_cannot_start_is_rolled_back(setup, package_dir):
     if target.status("production") is None:
         release(target, 1, images, labels, POLICY)
     before = target.status("production")
-    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    files = _package_files(package_dir)
     files["model.onnx"] = b"this is not an onnx model"
     broken = registry.register(MODEL, files, {"dataset_version": "test"}).version
     record = release(target, broken, images, labels, POLICY)
@@ -239,10 +246,10 @@ def _batch_of_one_model(good: bytes) -> bytes:
 
 
 def test_canary_failing_real_traffic_is_rolled_back_though_probes_pass(setup, package_dir):
-    """Users' requests reach the canary (in a cluster, Knative routes its share there); here a
-    client sends two-image requests straight to the canary during the step. The canary answers
-    every one-image probe correctly but fails every user request; its metrics show it, and
-    the release rolls it back."""
+    """Users' requests reach the canary through the environment's endpoint (the local router
+    sends it its share, as Knative does in a cluster): a client sends two-image requests to
+    production during the step. The canary answers every one-image probe correctly but fails
+    every user request routed to it; its metrics show it, and the release rolls it back."""
     import requests
 
     from components.deploy.client import v1_body
@@ -251,7 +258,7 @@ def test_canary_failing_real_traffic_is_rolled_back_though_probes_pass(setup, pa
     if target.status("production") is None:
         release(target, 1, images, labels, POLICY)
     before = target.status("production")
-    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    files = _package_files(package_dir)
     files["model.onnx"] = _batch_of_one_model(files["model.onnx"])
     candidate = registry.register(MODEL, files, {"dataset_version": "test"}).version
     stop, statuses = threading.Event(), []
@@ -264,7 +271,7 @@ def test_canary_failing_real_traffic_is_rolled_back_though_probes_pass(setup, pa
                 time.sleep(0.05)
                 continue
             try:
-                r = session.post(f"{dep.canary.url}/v1/models/{MODEL}:predict",
+                r = session.post(f"{dep.url}/v1/models/{MODEL}:predict",
                                  json=v1_body(images[:2]), timeout=10)
                 statuses.append(r.status_code)
             except requests.RequestException:
@@ -336,7 +343,7 @@ def test_cli_shows_deployments_classifies_files_and_releases(setup, dataset_dirs
 
     # A release from the command line: held until a person approves, then a canary.
     split = str(Path(dataset_dirs[1]))
-    files = {p.name: p.read_bytes() for p in package_dir.iterdir()}
+    files = _package_files(package_dir)
     candidate = registry.register(MODEL, files, {"dataset_version": "test"}).version
     release_args = ("deploy", *common, "release", str(candidate), "--probes", split,
                     "--require-approval", "--requests-per-step", "20", "--max-p95-ms", "2000")
