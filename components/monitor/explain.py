@@ -132,6 +132,13 @@ def saliency_maps(torch_model, meta: dict, images: np.ndarray, targets: list[int
 
 
 def _figure(img: np.ndarray, sal: np.ndarray, title: str) -> bytes:
+    from components.monitor.report import PLOT_LOCK
+
+    with PLOT_LOCK:
+        return _draw(img, sal, title)
+
+
+def _draw(img: np.ndarray, sal: np.ndarray, title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,8 +14,13 @@ import datetime as _dt
 import html
 import io
 import json
+import threading
 
 from components.monitor.contract import Verdict
+
+#: matplotlib's pyplot (and its mathtext parser) is not thread-safe: runs in threads of one
+#: process draw one at a time.
+PLOT_LOCK = threading.RLock()
 
 STATUS_COLOURS = {"ok": "#1a7f37", "unknown": "#6e7781", "warning": "#bf8700", "alarm": "#cf222e"}
 
@@ -50,6 +55,11 @@ def _series(history: list[Verdict], name: str, key: str | None = None):
 
 def trend_plots(history: list[Verdict]) -> dict[str, str]:
     """Base64 PNGs of the trends over the given windows (oldest first)."""
+    with PLOT_LOCK:
+        return _trend_plots(history)
+
+
+def _trend_plots(history: list[Verdict]) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +93,7 @@ def trend_plots(history: list[Verdict]) -> dict[str, str]:
         twin = ax.twinx()
         twin.plot(xd, ds, "^-", color="tab:purple", alpha=0.6, label="MMD² distance")
         twin.set_ylabel("MMD²", color="tab:purple")
-    ax.legend(fontsize=7, loc="lower left")
+    _legend(ax, loc="lower left")
     plots["drift"] = _png(fig)
 
     # Class shares against the prior.
@@ -97,7 +107,7 @@ def trend_plots(history: list[Verdict]) -> dict[str, str]:
                     "o-", color=colour, label=cls)
             ax.axhline(shares[-1][1].extra["prior"].get(cls, 0), color=colour, ls="--", lw=1)
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
+        _legend(ax)
     plots["class_shares"] = _png(fig)
 
     # Accuracy: measured with its interval, and the estimate.
@@ -116,13 +126,12 @@ def trend_plots(history: list[Verdict]) -> dict[str, str]:
     xe, ae = _series(history, "performance.estimated_accuracy")
     if xe:
         ax.plot(xe, ae, "s--", label="estimated from confidence")
-    xf, fl = _series(history, "performance.estimated_accuracy", None)
     floor = next((v.check("performance.estimated_accuracy").threshold for v in reversed(history)
                   if v.check("performance.estimated_accuracy")), None)
     if floor is not None:
         ax.axhline(floor, color="red", lw=1, ls=":", label=f"floor {floor:.2f}")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower left")
+    _legend(ax, loc="lower left")
     plots["accuracy"] = _png(fig)
 
     # Latency percentiles.
@@ -138,6 +147,11 @@ def trend_plots(history: list[Verdict]) -> dict[str, str]:
                 transform=ax.transAxes, color="grey")
     plots["latency"] = _png(fig)
     return plots
+
+
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, **kw)
 
 
 def _value(v) -> str:
