@@ -368,6 +368,13 @@ def _deploy_target(args):
 
 def _cmd_deploy(args) -> int:
     target = _deploy_target(args)
+    if args.deploy_command in ("status", "start", "install-service"):
+        if args.target == "local":
+            from components.deploy import local_cli
+
+            return local_cli.run(target, args)
+        if args.deploy_command != "status":
+            raise ValueError(f"`mlops deploy {args.deploy_command}` is for the local target.")
     if args.deploy_command == "release":
         from components.deploy.apptest import load_labelled_split
         from components.deploy.release import CanaryPolicy, release, release_markdown
@@ -716,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--require-approval", action="store_true")
     d.add_argument("--approval-timeout-s", type=float, default=0.0)
     dp_sub.add_parser("status", help="what runs in test and production")
+    from components.deploy import local_cli
+
+    local_cli.add_verbs(dp_sub)  # start, install-service
     d = dp_sub.add_parser("stop", help="stop the local model servers")
     d.add_argument("--env", action="append", choices=["test", "production"])
     d = dp_sub.add_parser("predict", help="classify image files with a deployed model")
