@@ -222,3 +222,35 @@ def test_start_after_a_reboot_restores_what_the_registry_alias_says(env):
     assert _send(dep.url, images, 5) == [(200, "stable", "2")] * 5
     state = json.loads((target.state_dir / f"{MODEL}.json").read_text())
     assert state["routers"]["production"]["port"] == int(dep.url.rsplit(":", 1)[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_start_prints_the_camera_address_and_status_tells_the_truth(env):
+    import subprocess
+    import sys
+
+    registry, target, images = env
+    dep = _deployed(target, 2)
+    registry.set_alias(MODEL, "production", 2, reason="test")
+    common = ["deploy", "--registry", registry.uri, "--serving-root", str(target.state_dir),
+              "--model", MODEL]
+
+    def mlops(*args):
+        return subprocess.run([sys.executable, "-m", "components.cli", *common, *args],
+                              capture_output=True, text=True, env=dict(os.environ), timeout=120)
+
+    started = mlops("start", "--env", "production")
+    assert started.returncode == 0, started.stderr
+    assert f"give the camera's client: {dep.url}/v1/models/{MODEL}:predict" in started.stdout
+    status = mlops("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"production: version 2 at {dep.url}" in status.stdout
+    assert "stable: version 2, 100% of traffic" in status.stdout and "alive, ready" in status.stdout
+    # A dead router is reported, and the exit code says something is wrong.
+    os.kill(target.router("production")["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    down = mlops("status")
+    assert down.returncode == 1 and "ROUTER NOT RUNNING" in down.stdout
+    assert mlops("start").returncode == 0
+    assert _send(dep.url, images, 3) == [(200, "stable", "2")] * 3
