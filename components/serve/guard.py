@@ -250,6 +250,27 @@ def _quiet_exception_handlers(app) -> None:
         app.add_exception_handler(exc_class, handle)
 
 
+class _RateLimitFilter(logging.Filter):
+    """Holds back uvicorn's per-request warning about malformed HTTP (one line per request,
+    which a client could use to flood the log) to one line per interval."""
+
+    def __init__(self, interval: float = 10.0):
+        super().__init__()
+        self.interval = interval
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Invalid HTTP request"):
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return False
+            self._last = now
+        return True
+
+
 def install(max_body_bytes: int, body_timeout_s: float) -> None:
     """Wires the guard into KServe's ``RESTServer`` (idempotent; the last limits win).
 
@@ -277,9 +298,21 @@ def install(max_body_bytes: int, body_timeout_s: float) -> None:
             return bool(models) and all(getattr(m, "ready", False) for m in models.values())
 
         self.dataplane.ready = ready
+        metadata = self.dataplane.metadata
+
+        def server_metadata() -> dict:  # the repository extension is not offered here
+            meta = dict(metadata())
+            meta["extensions"] = [e for e in meta.get("extensions", [])
+                                  if e != "model_repository_extension"]
+            return meta
+
+        self.dataplane.metadata = server_metadata
         app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,
                            body_timeout_s=body_timeout_s,
                            known_models=lambda name: registry.get_model(name) is not None)
 
     create_application.unguarded = original
     rest.RESTServer.create_application = create_application
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _RateLimitFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_RateLimitFilter())

@@ -173,6 +173,7 @@ def test_clients_cannot_unload_the_model_and_readiness_stays_true(server, frame)
     ready = httpx.get(f"{url}/v2/health/ready", timeout=10)
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert httpx.get(f"{url}/v2/models/{MODEL}/ready", timeout=10).json()["ready"] is True
+    assert httpx.get(f"{url}/v2", timeout=10).json()["extensions"] == []  # not offered
 
 
 # ---- decoding budget ---------------------------------------------------------------------
@@ -386,9 +387,14 @@ def test_client_mistakes_log_rate_limited_warnings_without_tracebacks(server):
     text_before = server["log"].read_text()
     for i in range(40):
         httpx.post(f"{server['url']}/v2/models/{MODEL}/infer", content=_v2(id=i), timeout=10)
+    for _ in range(5):  # not even HTTP: uvicorn answers 400 and warns, once per 10 s here
+        with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as sock:
+            sock.sendall(b"GARBAGE \x00\x01\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
     new = server["log"].read_text()[len(text_before):]
     assert "Traceback" not in new and "ERROR" not in new
     assert new.count("Bad request") <= 2, new  # one line per 10 s at most
+    assert new.count("Invalid HTTP request") <= 1, new
 
 
 # ---- binding -----------------------------------------------------------------------------
