@@ -420,63 +420,6 @@ def _cmd_deploy(args) -> int:
     return 0
 
 
-def _cmd_manifests(args) -> int:
-    from components.common.k8s import render_manifests
-
-    for rel, text in render_manifests().items():
-        path = Path(args.out) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    return 0
-
-
-def _cmd_compile(args) -> int:
-    if args.image:
-        os.environ["MLOPS_COMPONENT_IMAGE"] = args.image
-    if args.storage_secret:
-        os.environ["MLOPS_STORAGE_SECRET"] = args.storage_secret
-    if args.trials:
-        os.environ["MLOPS_HPO_SLOTS"] = str(args.trials)
-    if "components.settings" in sys.modules:
-        raise SystemExit("compile must run before the components are imported; run it alone.")
-    from pipelines.local import compile_all
-
-    for path in compile_all(args.out, args.pipelines or None):
-        print(f"compiled {path}")
-    return 0
-
-
-def _cmd_submit(args) -> int:
-    import kfp
-
-    from pipelines import load
-
-    arguments = {}
-    for item in args.arg:
-        if "=" not in item:
-            raise SystemExit(f"Invalid --arg {item!r}. Expect NAME=VALUE.")
-        key, value = item.split("=", 1)
-        try:  # numbers, booleans, lists as JSON; anything else is a string
-            arguments[key] = json.loads(value)
-        except json.JSONDecodeError:
-            arguments[key] = value
-    import urllib3
-    from kfp_server_api.exceptions import ApiException
-
-    try:
-        client = kfp.Client(host=args.host, namespace=args.namespace)
-        run = client.create_run_from_pipeline_func(load(args.pipeline), arguments=arguments,
-                                                   experiment_name=args.experiment)
-    except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
-        print(f"error: cannot submit to the Kubeflow Pipelines API at {args.host}: {exc}. "
-              "Check --host (port-forward ml-pipeline-ui, or the KFP endpoint) and your "
-              "credentials.", file=sys.stderr)
-        return 1
-    print(f"Submitted run {run.run_id} to {args.host}")
-    return 0
-
-
 def _cmd_demo(args) -> int:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
@@ -539,7 +482,8 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
 
 
 #: Modules that add their own verb groups: each has ``add_commands(sub)``.
-COMMAND_MODULES: list[str] = ["pipelines.runs", "components.monitor.cli"]
+COMMAND_MODULES: list[str] = ["pipelines.runs", "components.monitor.cli",
+                              "components.deploy.cluster_cli"]
 
 DESCRIPTION = """\
 Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifier.
@@ -732,27 +676,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("images", nargs="+")
     d.add_argument("--env", default="production", choices=["test", "production"])
     dp.set_defaults(func=_cmd_deploy)
-
-    man = sub.add_parser("manifests", help="write manifests/ from the Kubernetes object builders")
-    man.add_argument("--out", default="manifests")
-    man.set_defaults(func=_cmd_manifests)
-
-    comp = sub.add_parser("compile", help="compile every pipeline to KFP IR YAML")
-    comp.add_argument("--out", default="compiled")
-    comp.add_argument("--image", default="", help="component image (default: settings)")
-    comp.add_argument("--storage-secret", default="", help="Kubernetes Secret with S3 keys")
-    comp.add_argument("--trials", type=int, default=0,
-                      help="hyperparameter-search trial slots in the training pipeline")
-    comp.add_argument("pipelines", nargs="*", help="names (default: all)")
-    comp.set_defaults(func=_cmd_compile)
-
-    sb = sub.add_parser("submit", help="submit a pipeline run to a Kubeflow Pipelines API")
-    sb.add_argument("pipeline")
-    sb.add_argument("--host", required=True, help="KFP API, e.g. http://localhost:8080")
-    sb.add_argument("--namespace", default=None)
-    sb.add_argument("--experiment", default="pet-classifier")
-    sb.add_argument("--arg", action="append", default=[], help="NAME=VALUE, repeatable")
-    sb.set_defaults(func=_cmd_submit)
 
     # Listed for --help only: main() hands `serve` its arguments before parsing.
     sub.add_parser("serve", help="serve a registered model with KServe (mlops serve --help)")

@@ -6,7 +6,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Markdown
 
 from components.ingest.component import ingest_data
-from pipelines.common import with_storage_credentials
+from pipelines.common import never_cached, with_resources, with_storage_credentials
 
 
 @dsl.pipeline(
@@ -35,7 +35,8 @@ def ingest_pipeline(
     task = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
                        layout=layout, test_fraction=test_fraction, workers=workers)
     task.set_display_name("ingest data")
-    task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+    with_resources(task, "1", "2G", "2", "8G", retries=2)
+    never_cached(task)  # the lake may have changed at the same URI
     with_storage_credentials(task)
     outputs = NamedTuple("IngestPipelineOutputs", dataset_version=str, train=Dataset,
                          test=Dataset, report=Markdown)

@@ -12,10 +12,10 @@ from components.evaluate.component import evaluate_model, quality_gate
 from components.ingest.component import ingest_data
 from components.package.component import package_model
 from components.register.component import register_model
-from components.settings import HPO_SLOTS
+from components.settings import HPO_SLOTS, PREDICTOR_IMAGE
 from components.train.component import hpo_trial, train_best
 from components.train.core import DEFAULT_SPACE
-from pipelines.common import with_storage_credentials
+from pipelines.common import never_cached, with_resources, with_storage_credentials
 
 
 @dsl.pipeline(
@@ -45,6 +45,9 @@ def training_pipeline(
     deploy_target: str = "kserve",
     namespace: str = "kubeflow-user-example-com",
     serving_root: str = "",
+    predictor_image: str = PREDICTOR_IMAGE,
+    predictor_service_account: str = "pet-classifier-predictor",
+    predictor_secret: str = "pet-classifier-s3",
     p95_slo_ms: float = 250.0,
     canary_steps: str = "10,50",
     canary_requests_per_step: int = 100,
@@ -74,6 +77,29 @@ def training_pipeline(
         min_macro_f1: Quality gate: lowest macro F1.
         max_recall_gap: Quality gate: largest gap between per-class recalls.
         champion_tolerance: Quality gate: how much worse than production a candidate may be.
+        deploy_target: Where the application test and the release deploy: kserve
+            (InferenceServices in ``namespace``) or local (model server processes on the
+            machine running the pipeline, state in ``serving_root``; kfp.local only).
+        namespace: Kubernetes namespace of the InferenceServices (kserve), where
+            manifests/overlays/<install mode> was applied: the profile namespace in
+            multi-user Kubeflow (default kubeflow-user-example-com), kubeflow standalone.
+        serving_root: State folder of the local target (ignored by kserve).
+        predictor_image: The predictor image (components/serve/Dockerfile) the
+            InferenceServices run; the default is set at compile time
+            (``mlops compile --predictor-image``).
+        predictor_service_account: The predictor's ServiceAccount in ``namespace``, which
+            lists its S3 Secret (created by manifests/).
+        predictor_secret: The S3 Secret KServe's storage initializer reads (created by
+            manifests/ from base/s3.env); the release checks both exist before deploying.
+        p95_slo_ms: Largest p95 request latency in milliseconds, in the application test and
+            for the canary.
+        canary_steps: Canary traffic percentages, comma-separated and increasing, e.g. 10,50.
+        canary_requests_per_step: Probe requests sent to each revision at each canary step.
+        canary_bake_seconds: Least duration of each canary step (real traffic meets the
+            canary meanwhile).
+        require_approval: Hold the release until a person approves the version
+            (``mlops registry approve NAME VERSION``).
+        approval_timeout_s: How long the release waits for that approval.
     """
     ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
                          test_fraction=test_fraction)
@@ -115,7 +141,9 @@ def training_pipeline(
                                    registry_uri=registry_uri, version=register.outputs["version"],
                                    model_name=model_name, target=deploy_target,
                                    namespace=namespace, serving_root=serving_root,
-                                   p95_slo_ms=p95_slo_ms)
+                                   predictor_image=predictor_image,
+                                   predictor_service_account=predictor_service_account,
+                                   predictor_secret=predictor_secret, p95_slo_ms=p95_slo_ms)
         apptest.set_display_name("application test")
         qa = qa_gate(qa_report=apptest.outputs["qa_report"])
         qa.set_display_name("QA gate")
@@ -123,7 +151,9 @@ def training_pipeline(
             release = release_model(test=ingest.outputs["test"], registry_uri=registry_uri,
                                     version=register.outputs["version"], model_name=model_name,
                                     target=deploy_target, namespace=namespace,
-                                    serving_root=serving_root, canary_steps=canary_steps,
+                                    serving_root=serving_root, predictor_image=predictor_image,
+                                    predictor_service_account=predictor_service_account,
+                                    predictor_secret=predictor_secret, canary_steps=canary_steps,
                                     requests_per_step=canary_requests_per_step,
                                     bake_seconds=canary_bake_seconds, max_p95_ms=p95_slo_ms,
                                     require_approval=require_approval,
@@ -132,7 +162,22 @@ def training_pipeline(
             release.set_display_name("canary release")
     for task in [ingest, *trials, best, test, gate, package, register, apptest, qa, release]:
         with_storage_credentials(task)
-        task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+    # Resources per task; retries only where running a task twice does no harm (not for
+    # register, which would claim a second version, nor for release).
+    with_resources(ingest, "1", "2G", "2", "8G", retries=2)
+    for task in [*trials, best]:
+        with_resources(task, "2", "4G", "4", "8G", retries=1)
+    with_resources(test, "1", "2G", "2", "4G", retries=2)
+    with_resources(package, "1", "2G", "2", "4G", retries=2)
+    with_resources(register, "500m", "512M", "1", "1G")
+    with_resources(apptest, "500m", "1G", "2", "2G", retries=1)
+    with_resources(release, "500m", "1G", "2", "2G")
+    for task in [gate, qa]:
+        with_resources(task, "100m", "256M", "500m", "512M", retries=2)
+    # Never from KFP's cache: what reads the lake, the registry's production alias, or
+    # changes the registry and the cluster (KFP caches by inputs, not by what they point to).
+    for task in [ingest, test, register, apptest, release]:
+        never_cached(task)
     outputs = NamedTuple("TrainingOutputs", dataset_version=str, blessed=bool,
                          evaluation=Artifact, test_split=Dataset)
     return outputs(ingest.outputs["dataset_version"], gate.output,

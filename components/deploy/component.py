@@ -4,7 +4,19 @@ release to production."""
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components.settings import COMPONENT_IMAGE
+from components.settings import COMPONENT_IMAGE, PREDICTOR_IMAGE
+
+DEFAULT_NAMESPACE = "kubeflow-user-example-com"  # components.common.k8s.DEFAULT_NAMESPACE
+
+
+def _serving_config(predictor_image: str, predictor_service_account: str,
+                    predictor_secret: str):
+    """The InferenceService shape from the components' cluster parameters."""
+    from components.common import k8s
+
+    return k8s.ServingConfig(image=predictor_image or k8s.ServingConfig.image,
+                             service_account=predictor_service_account,
+                             s3_secret=predictor_secret)
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -18,8 +30,11 @@ def application_test(
     qa_metrics: Output[Metrics],
     model_name: str = "pet-classifier",
     target: str = "kserve",
-    namespace: str = "kubeflow-user-example-com",
+    namespace: str = DEFAULT_NAMESPACE,
     serving_root: str = "",
+    predictor_image: str = PREDICTOR_IMAGE,
+    predictor_service_account: str = "pet-classifier-predictor",
+    predictor_secret: str = "pet-classifier-s3",
     accuracy_tolerance: float = 0.01,
     max_error_rate: float = 0.0,
     p95_slo_ms: float = 250.0,
@@ -43,8 +58,12 @@ def application_test(
         model_name: Registered model name.
         target: kserve (an InferenceService in ``namespace``) or local (model server
             processes; state in ``serving_root``).
-        namespace: Kubernetes namespace for the kserve target.
+        namespace: Kubernetes namespace for the kserve target (where manifests/ was applied).
         serving_root: State folder of the local target.
+        predictor_image: The predictor image the InferenceService runs (kserve target).
+        predictor_service_account: The predictor's ServiceAccount, which lists its S3 Secret
+            (kserve target; created by manifests/).
+        predictor_secret: The S3 Secret KServe's storage initializer reads (kserve target).
         accuracy_tolerance: Largest allowed difference between live and offline accuracy.
         max_error_rate: Largest share of failed requests.
         p95_slo_ms: Largest allowed p95 request latency in milliseconds.
@@ -66,7 +85,9 @@ def application_test(
         offline = json.load(f)["metrics"]
     images, labels = apptest.load_labelled_split(test.path, max_images)
     deployer = open_target(target, registry_uri, model_name, namespace=namespace,
-                           state_dir=serving_root)
+                           state_dir=serving_root,
+                           config=_serving_config(predictor_image, predictor_service_account,
+                                                  predictor_secret))
     deployment = deployer.deploy("test", version)
     try:
         report = apptest.application_test(deployment.url, deployment.name, images, labels,
@@ -112,10 +133,14 @@ def release_model(
     version: int,
     release_report: Output[Artifact],
     release_summary: Output[Markdown],
+    release_metrics: Output[Metrics],
     model_name: str = "pet-classifier",
     target: str = "kserve",
-    namespace: str = "kubeflow-user-example-com",
+    namespace: str = DEFAULT_NAMESPACE,
     serving_root: str = "",
+    predictor_image: str = PREDICTOR_IMAGE,
+    predictor_service_account: str = "pet-classifier-predictor",
+    predictor_secret: str = "pet-classifier-s3",
     canary_steps: str = "10,50",
     requests_per_step: int = 100,
     bake_seconds: float = 0.0,
@@ -125,7 +150,7 @@ def release_model(
     max_accuracy_drop: float = 0.02,
     require_approval: bool = False,
     approval_timeout_s: float = 0.0,
-    fail_on_rollback: bool = True,
+    fail_on_rollback: bool = False,
     pipeline_run: str = "",
 ) -> str:
     """Releases the version to production by canary; promotes it or rolls it back.
@@ -134,16 +159,26 @@ def release_model(
     alike at every traffic step. The registry's ``production`` alias moves only after a
     promotion; every decision is appended to the registry's release log.
 
+    A rollback is a decision, not an error: the step succeeds, its summary starts with
+    "ROLLED BACK", its metrics say ``rolled_back = 1``, and it returns ``rolled_back``, so the
+    run keeps every measurement in the UI. A release that could not be carried out (the API
+    refused a change, the stable revision is gone, production could not be restored) fails
+    the step.
+
     Args:
         test: Labelled probe images (the held-out test split).
         registry_uri: The model registry.
         version: The registered version to release.
         release_report: Every step's measurements and the decision (JSON).
         release_summary: The same for people (Markdown).
+        release_metrics: The decision and each step's canary and stable measurements.
         model_name: Registered model name.
         target: kserve or local (see application_test).
         namespace: Kubernetes namespace for the kserve target.
         serving_root: State folder of the local target.
+        predictor_image: The predictor image (kserve target; see application_test).
+        predictor_service_account: The predictor's ServiceAccount (kserve target).
+        predictor_secret: The predictor's S3 Secret (kserve target).
         canary_steps: Canary traffic percentages, comma-separated, increasing.
         requests_per_step: Probe requests per revision per step.
         bake_seconds: Least duration of each step.
@@ -154,7 +189,8 @@ def release_model(
         require_approval: Hold the release until a person approves the version in the
             registry (``mlops registry approve NAME VERSION``).
         approval_timeout_s: How long to wait for the approval.
-        fail_on_rollback: Fail this step when the canary is rolled back, so the run shows it.
+        fail_on_rollback: Also fail the step when the canary is rolled back (off by default:
+            a rollback is the release doing its job, and a failed step loses its outputs).
         pipeline_run: The run, recorded with the decision.
 
     Returns:
@@ -162,6 +198,7 @@ def release_model(
     """
     import json
     import logging
+    import math
 
     from components.deploy import apptest, release
     from components.deploy.targets import open_target
@@ -174,7 +211,9 @@ def release_model(
         require_approval=require_approval, approval_timeout_s=approval_timeout_s)
     images, labels = apptest.load_labelled_split(test.path)
     deployer = open_target(target, registry_uri, model_name, namespace=namespace,
-                           state_dir=serving_root)
+                           state_dir=serving_root,
+                           config=_serving_config(predictor_image, predictor_service_account,
+                                                  predictor_secret))
     from components.register.core import run_name
 
     record = release.release(deployer, version, images, labels, policy,
@@ -185,7 +224,20 @@ def release_model(
     with open(release_summary.path, "w") as f:
         f.write(release.release_markdown(record))
     release_report.metadata.update({"decision": record["decision"], "version": version,
-                                    "previous_version": record["previous_version"]})
+                                    "previous_version": record["previous_version"],
+                                    "reasons": record["reasons"]})
+    release_metrics.log_metric("rolled_back", int(record["decision"] == "rolled_back"))
+    release_metrics.log_metric("promoted", int(record["decision"] in ("promoted", "deployed")))
+    for step in record["steps"]:
+        for role in ("canary", "stable"):
+            measured = step.get(role) or {}
+            for key in ("error_rate", "p95_ms", "accuracy"):
+                if isinstance(measured.get(key), (int, float)) and math.isfinite(measured[key]):
+                    release_metrics.log_metric(f"{role}_{key}_at_{step['percent']}pct",
+                                               float(measured[key]))
+    if record["decision"] == "rolled_back":
+        logging.warning("Version %d was rolled back: %s. Production still serves version %s.",
+                        version, "; ".join(record["reasons"]), record["previous_version"])
     if record["decision"] == "rolled_back" and fail_on_rollback:
         raise RuntimeError(f"Version {version} was rolled back: {'; '.join(record['reasons'])}. "
                            f"Production still serves version {record['previous_version']}.")

@@ -1,0 +1,181 @@
+"""``mlops submit`` and ``mlops schedule`` against a recording stand-in of the KFP v2beta1 REST
+API on 127.0.0.1 (the real ``kfp.Client`` talks to it), and the typing of ``--arg`` values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from components.deploy.cluster_cli import kfp_cron, typed_arguments
+
+REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.timeout(300)
+
+
+class KfpApi:
+    """Answers the calls kfp.Client makes to create experiments, runs and recurring runs."""
+
+    def __init__(self, deny_without_auth: bool = False):
+        self.calls: list[dict] = []
+        self.deny = deny_without_auth
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, method):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                call = {"method": method, "path": self.path,
+                        "authorization": self.headers.get("Authorization"),
+                        "cookie": self.headers.get("Cookie"),
+                        "body": json.loads(body) if body else None}
+                api.calls.append(call)
+                if api.deny and not (call["authorization"] or call["cookie"]):
+                    code, payload = 403, {"error": "RBAC: access denied", "code": 7}
+                elif method == "GET" and self.path.startswith("/apis/v2beta1/healthz"):
+                    code, payload = 200, {"multi_user": True}
+                elif method == "GET" and "/experiments" in self.path:
+                    code, payload = 200, {"experiments": [], "total_size": 0}
+                elif method == "POST" and self.path.startswith("/apis/v2beta1/experiments"):
+                    code, payload = 200, {"experiment_id": "exp-1", **call["body"]}
+                elif method == "POST" and self.path.startswith("/apis/v2beta1/runs"):
+                    code, payload = 200, {"run_id": "run-1", "display_name": "r"}
+                elif method == "POST" and self.path.startswith("/apis/v2beta1/recurringruns"):
+                    code, payload = 200, {"recurring_run_id": "job-1", **call["body"]}
+                else:
+                    code, payload = 404, {"error": f"not here: {self.path}"}
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._answer("GET")
+
+            def do_POST(self):
+                self._answer("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def posted(self, prefix: str) -> dict:
+        return next(c for c in self.calls if c["method"] == "POST" and
+                    c["path"].startswith(prefix))
+
+
+@pytest.fixture
+def kfp_api():
+    api = KfpApi()
+    yield api
+    api.stop()
+
+
+def _mlops(*args, home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "KF_PIPELINES"))}
+    env["HOME"] = str(home)  # kfp.Client reads ~/.config/kfp/context.json
+    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=240)
+
+
+REQUIRED = ["--arg", "data_uri=s3://lake/petpark", "--arg", "dataset_root=s3://mlops/datasets",
+            "--arg", "registry_uri=s3://mlops/registry", "--arg", "work_root=s3://mlops/work"]
+
+
+def test_arguments_take_the_pipelines_declared_types():
+    from pipelines import load
+
+    training = load("training")
+    args = typed_arguments(training, [
+        "data_uri=s3://lake", "dataset_root=s3://d", "registry_uri=s3://r", "work_root=s3://w",
+        'search_space={"lr": [0.01]}', "canary_steps=50", "epochs=5", "min_accuracy=0.95",
+        "require_approval=true", "namespace=team-pets"])
+    assert args["search_space"] == '{"lr": [0.01]}'  # a JSON *string* parameter stays text
+    assert args["canary_steps"] == "50"  # a string, not the int the API server rejects
+    assert args["epochs"] == 5 and args["min_accuracy"] == 0.95
+    assert args["require_approval"] is True and args["namespace"] == "team-pets"
+    with pytest.raises(ValueError, match=r"epochs='five'.*Integer"):
+        typed_arguments(training, [*args_of(args), "epochs=five"])
+    with pytest.raises(ValueError, match="require_approval='maybe'.*Boolean"):
+        typed_arguments(training, [*args_of(args), "require_approval=maybe"])
+    with pytest.raises(ValueError, match="Unknown parameter 'epoch'"):
+        typed_arguments(training, ["epoch=5"])
+    with pytest.raises(ValueError, match="needs --arg for data_uri, dataset_root"):
+        typed_arguments(training, ["epochs=5"])
+    assert kfp_cron("0 */6 * * *") == "0 0 */6 * * *"
+    with pytest.raises(ValueError, match="Invalid --cron"):
+        kfp_cron("every hour")
+
+
+def args_of(values: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in values.items() if k in ("data_uri", "dataset_root",
+                                                          "registry_uri", "work_root")]
+
+
+def test_submit_sends_typed_parameters_with_the_token_and_our_images(kfp_api, tmp_path):
+    result = _mlops("submit", "training", "--host", kfp_api.url, "--namespace", "team-pets",
+                    "--token", "tok-123", "--image", "registry.example/mlops:2",
+                    "--predictor-image", "registry.example/predictor:2", *REQUIRED,
+                    "--arg", "canary_steps=50", "--arg", "epochs=4",
+                    "--arg", 'search_space={"lr": [0.01]}', home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Submitted run run-1" in result.stdout
+    run = kfp_api.posted("/apis/v2beta1/runs")
+    assert run["authorization"] == "Bearer tok-123"
+    params = run["body"]["runtime_config"]["parameters"]
+    assert params["canary_steps"] == "50" and params["epochs"] == 4
+    assert params["search_space"] == '{"lr": [0.01]}'
+    spec = run["body"]["pipeline_spec"]["pipeline_spec"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/mlops:2"}
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["predictor_image"]["defaultValue"] == "registry.example/predictor:2"
+    assert kfp_api.posted("/apis/v2beta1/experiments")["body"]["namespace"] == "team-pets"
+
+
+def test_schedule_creates_a_cron_recurring_run_without_catch_up(kfp_api, tmp_path):
+    result = _mlops("schedule", "ingest", "--host", kfp_api.url, "--cron", "0 */6 * * *",
+                    "--cookies", "oauth2_proxy_kubeflow=abc", "--arg", "data_uri=s3://lake",
+                    "--arg", "dataset_root=s3://mlops/datasets", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job = kfp_api.posted("/apis/v2beta1/recurringruns")
+    assert job["cookie"] == "oauth2_proxy_kubeflow=abc"
+    body = job["body"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 */6 * * *"
+    assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
+    assert body["mode"] == "ENABLE" and body["experiment_id"] == "exp-1"
+    assert body["runtime_config"]["parameters"]["data_uri"] == "s3://lake"
+    assert "pipeline_spec" in body
+    assert "no catch-up" in result.stdout
+
+
+def test_a_refused_submission_says_how_to_authenticate(tmp_path):
+    api = KfpApi(deny_without_auth=True)
+    try:
+        result = _mlops("submit", "ingest", "--host", api.url, "--arg", "data_uri=s3://l",
+                        "--arg", "dataset_root=s3://d", home=tmp_path)
+    finally:
+        api.stop()
+    assert result.returncode == 1
+    assert "HTTP 403" in result.stderr and "--token" in result.stderr and "--cookies" in \
+        result.stderr
+    assert "Traceback" not in result.stderr
+    bad = _mlops("submit", "ingest", "--host", "http://127.0.0.1:9", "--arg", "dataset=x",
+                 home=tmp_path)
+    assert bad.returncode == 2 and "Unknown parameter 'dataset'" in bad.stderr
