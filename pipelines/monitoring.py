@@ -5,6 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Markdown, Metrics
 
+from components.govern.component import govern_verdict
 from components.monitor.component import monitor_window
 from pipelines.common import with_storage_credentials
 
@@ -28,6 +29,10 @@ def monitoring_pipeline(
     prometheus_url: str = "",
     namespace: str = "",
     explain: bool = True,
+    policy: str = "",
+    deploy_target: str = "none",
+    govern_launcher: str = "none",
+    kfp_host: str = "",
 ) -> NamedTuple("MonitoringPipelineOutputs", status=str, verdict=Artifact, metrics=Metrics,
                 report=HTML, summary=Markdown):
     """Monitors one window of the production model.
@@ -47,6 +52,10 @@ def monitoring_pipeline(
         prometheus_url: Prometheus server to query for telemetry (cluster).
         namespace: Namespace of the predictor pods, for the Prometheus queries.
         explain: Build the saliency gallery and error analysis by slice.
+        policy: Governance policy (empty: the default; a YAML URI; or the YAML itself).
+        deploy_target: Where production runs, for governance rollbacks: kserve, local, none.
+        govern_launcher: How governance starts retraining: kfp (to kfp_host), local or none.
+        kfp_host: The KFP API for retraining runs, e.g. http://ml-pipeline.kubeflow:8888.
     """
     task = monitor_window(model_name=model_name, registry_uri=registry_uri,
                           monitoring_uri=monitoring_uri, start=start, end=end, hours=hours,
@@ -57,6 +66,13 @@ def monitoring_pipeline(
     task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
     task.set_caching_options(False)  # every run judges the traffic as it is now
     with_storage_credentials(task)
+    gov = govern_verdict(verdict=task.outputs["verdict"], monitoring_uri=monitoring_uri,
+                         registry_uri=registry_uri, model_name=model_name, policy=policy,
+                         deploy_target=deploy_target, namespace=namespace,
+                         launcher=govern_launcher, kfp_host=kfp_host)
+    gov.set_display_name("govern")
+    gov.set_caching_options(False)
+    with_storage_credentials(gov)
     outputs = NamedTuple("MonitoringPipelineOutputs", status=str, verdict=Artifact,
                          metrics=Metrics, report=HTML, summary=Markdown)
     return outputs(task.outputs["status"], task.outputs["verdict"], task.outputs["metrics"],

@@ -225,16 +225,22 @@ def _cmd_report(args) -> int:
 @_storage_guard
 def _cmd_hold(args) -> int:
     from components.common.registry import ModelRegistry
+    from components.govern.audit import AuditLog
     from components.govern.holds import active_hold, hold_records, lift_hold, place_hold
+    from components.govern.records import GovernanceStore
 
     registry = ModelRegistry(args.registry)
+    audit = AuditLog(GovernanceStore(args.store or _store_default(), args.model_name))
     if args.hold_command == "lift":
         record = lift_hold(registry, args.model_name, args.note)
+        audit.append("hold_lifted", args.note, subject="releases", by=record["by"])
         print(f"Hold on {args.model_name} lifted by {record['by']}: {record['reason']}")
     elif args.hold_command == "place":
         if not args.note:
             raise ValueError("Say why releases are held (--note).")
         record, placed = place_hold(registry, args.model_name, args.note)
+        if placed:
+            audit.append("hold", args.note, subject="releases", by=record["by"])
         print(("Releases of {m} are now held" if placed else "Releases of {m} were already "
                "held").format(m=args.model_name) + f" ({record['reason']})")
     else:
@@ -371,6 +377,7 @@ def add_commands(sub) -> None:
     p.add_argument("model_name", help="registered model name")
     p.add_argument("--note", default="", help="why (required to place or lift)")
     p.add_argument("--registry", default=str(_home() / "registry"), help="model registry URI")
+    p.add_argument("--store", default="", help="monitoring store URI (its audit log)")
     p.set_defaults(func=_cmd_hold)
 
     p = gsub.add_parser("policy", formatter_class=fmt,

@@ -185,19 +185,21 @@ class KfpLauncher(RetrainLauncher):
 
     Args:
         host: The KFP API (``http://ml-pipeline.kubeflow:8888`` from inside the cluster).
-        package_path: The compiled pipeline YAML (``mlops compile``; in the image, the
-            compiled pipelines are shipped beside the code).
+        package_path: The compiled pipeline YAML (``mlops compile``); empty: ``pipeline`` is
+            compiled from the code that runs (in a pipeline step: the image's own).
         arguments: The pipeline's arguments; the trigger is added under ``trigger_argument``.
         experiment: The KFP experiment the runs go to.
         namespace: The profile namespace (multi-user Kubeflow).
         client: A ``kfp.Client`` (default: one for ``host``).
+        pipeline: The pipeline to compile when ``package_path`` is empty.
     """
 
     kind = "kfp"
 
     def __init__(self, host: str, package_path: str, arguments: dict,
                  experiment: str = "pet-classifier-retraining", namespace: str | None = None,
-                 trigger_argument: str = "trigger", client=None):
+                 trigger_argument: str = "trigger", client=None,
+                 pipeline: str = "continuous-training"):
         self.host = host.rstrip("/")
         self.package_path = package_path
         self.arguments = dict(arguments)
@@ -205,6 +207,7 @@ class KfpLauncher(RetrainLauncher):
         self.namespace = namespace
         self.trigger_argument = trigger_argument
         self._client = client
+        self.pipeline = pipeline
 
     @property
     def client(self):
@@ -222,6 +225,8 @@ class KfpLauncher(RetrainLauncher):
         import urllib3
         from kfp_server_api.exceptions import ApiException
 
+        if not self.package_path:
+            self.package_path = self._compile()
         if not Path(self.package_path).is_file():
             raise LaunchError(f"No compiled pipeline at {self.package_path}: run "
                               "`mlops compile` and pass its continuous-training YAML.")
@@ -239,6 +244,19 @@ class KfpLauncher(RetrainLauncher):
         logger.info("Submitted %s to %s as run %s", run_name, self.host, run_id)
         return {"run_id": run_id, "url": f"{self.host}/#/runs/details/{run_id}",
                 "launcher": self.kind, "run_name": run_name, "state": "running"}
+
+    def _compile(self) -> str:
+        """Compiles the pipeline this code holds (the image's own), when no package is given."""
+        import tempfile
+
+        from kfp import compiler
+
+        from pipelines import load
+
+        path = Path(tempfile.mkdtemp(prefix="mlops-retrain-")) / "continuous-training.yaml"
+        compiler.Compiler().compile(load(_pipeline_name(self.pipeline)), str(path))
+        logger.info("Compiled %s to %s", self.pipeline, path)
+        return str(path)
 
     def state(self, launch: dict) -> str:
         import urllib3
