@@ -274,6 +274,30 @@ def release(target: DeploymentTarget, version: int, probe_images: Sequence[bytes
     return record
 
 
+def misrouted(loads: dict[str, LoadResult], dep) -> list[str]:
+    """Reasons to distrust a step whose probes did not reach the revision they were meant for.
+
+    The predictor names its model (``model_version``, a content id) in every answer. When a
+    target knows the id each revision serves (KServeTarget does), an answer from another model
+    means the tagged URL reached the wrong revision (in Knative, "latest" resolves to the
+    latest *ready* revision), and the step would compare the stable model with itself.
+    """
+    if dep is None or dep.canary is None or dep.stable is None:
+        return []
+    expected = {"canary": dep.canary.detail.get("model_version"),
+                "stable": dep.stable.detail.get("model_version")}
+    if not expected["canary"] or expected["canary"] == expected["stable"]:
+        return []  # unknown, or the same weights: the answers cannot tell the two apart
+    out = []
+    for role, load in loads.items():
+        seen = [v for v in load.model_versions if v is not None]
+        wrong = [v for v in seen if v != expected.get(role)]
+        if expected.get(role) and wrong:
+            out.append(f"{len(wrong)} of {len(seen)} {role} probes were answered by model "
+                       f"{wrong[0]!r}, not the {role} revision's {expected[role]!r}")
+    return out
+
+
 def _canary(target: DeploymentTarget, environment: str, version: int,
             images: Sequence[bytes], labels: Sequence[str], policy: CanaryPolicy,
             name: str) -> dict:
@@ -290,6 +314,7 @@ def _canary(target: DeploymentTarget, environment: str, version: int,
         urls = target.revision_urls(environment)
         loads, truth, served = _probe(urls, name, images, labels, k, policy)
         reasons, measured = judge(loads["canary"], loads.get("stable"), truth, policy, served)
+        reasons += misrouted(loads, target.status(environment))
         out["steps"].append({"percent": percent, "passed": not reasons, "reasons": reasons,
                              **measured})
         logger.info("Canary step %d%%: %s", percent,

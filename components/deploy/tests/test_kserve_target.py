@@ -241,3 +241,20 @@ def test_kserve_target_needs_an_s3_registry_and_a_canary_to_promote(target, tmp_
         target.start_canary(PROD, 2, 100)
     with pytest.raises(DeploymentError, match="Unknown environment 'staging'"):
         target.deploy("staging", 1)
+
+
+def test_a_step_whose_probes_reached_the_wrong_model_fails(target, standin):
+    """Each answer names its model; a canary URL answered by the stable model is not a pass."""
+    from components.deploy.client import LoadResult
+
+    target.deploy(PROD, 1)
+    dep = target.start_canary(PROD, 2, 10)
+    assert (dep.stable.detail["model_version"], dep.canary.detail["model_version"]) == \
+        ("m1", "m2")
+    right = {"canary": LoadResult(model_versions=["m2"] * 4, predictions=[["cats"]] * 4),
+             "stable": LoadResult(model_versions=["m1"] * 4, predictions=[["cats"]] * 4)}
+    assert release.misrouted(right, dep) == []
+    wrong = {"canary": LoadResult(model_versions=["m1", "m2", "m1", "m2"],
+                                  predictions=[["cats"]] * 4), "stable": right["stable"]}
+    (reason,) = release.misrouted(wrong, dep)
+    assert "2 of 4 canary probes were answered by model 'm1'" in reason
