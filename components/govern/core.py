@@ -140,6 +140,44 @@ def govern_pending(store_uri: str, model: str, policy: Policy, *, limit: int = 2
     return out
 
 
+def notify(event: str, *, store_uri: str, model: str, summary: str, detail: str = "",
+           evidence: str = "", model_version: str = "", key: str = "",
+           policy: Policy | None = None, sinks: dict[str, AlertSink] | None = None,
+           sleep: Callable[[float], None] = time.sleep) -> dict | None:
+    """Tells the people the policy names (``events.<event>``) about something another step
+    did, e.g. the continuous-training pipeline's ``retrain-rejected``: the gate kept the
+    champion, production is untouched. Kept and delivered like any alert.
+
+    Args:
+        key: Makes the notice idempotent: a second call with the same key sends nothing.
+
+    Returns:
+        ``{"action": "notify", "seq", "delivered"}``, or None when the policy routes the
+        event nowhere or it was already sent.
+    """
+    from components.govern.policy import load_policy
+
+    policy = policy or load_policy()
+    route = policy.events.get(event)
+    if route is None:
+        return None
+    book = AlertBook(GovernanceStore(store_uri, model))
+    if key and any(a.get("event_key") == key for a in book.alerts()):
+        return None
+    alert = book.create({
+        "model": model, "model_version": str(model_version), "rule": f"event-{event}",
+        "check": event, "kind": "event", "status": "firing", "severity": route.severity,
+        "summary": summary, "detail": detail, "value": None, "threshold": None,
+        "check_status": "", "evidence": evidence, "verdict_run_id": "", "window_start": "",
+        "window_end": "", "recipients": list(route.to),
+        "fingerprint": fingerprint(model, f"event-{event}", key or now_iso()),
+        "starts_at": "", "event_key": key, "created": now_iso()})
+    results = send_to(book, alert, list(route.to), policy.recipients, policy.delivery, sinks,
+                      sleep)
+    return {"action": "notify", "event": event, "seq": alert["seq"],
+            "delivered": {r.recipient: r.delivered for r in results}}
+
+
 # ------------------------------------------------------------------------------------------
 # Alerts: deduplicated per condition, cool-down, resolved notices, redelivery
 # ------------------------------------------------------------------------------------------

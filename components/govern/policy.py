@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
 
 ACTIONS = ("alert", "retrain", "rollback", "hold")
+#: Events other steps report through :func:`components.govern.core.notify`.
+EVENTS = ("retrain-started", "retrain-failed", "retrain-rejected", "retrain-released")
 FORMATS = ("slack", "alertmanager")
 SEVERITIES = ("info", "warning", "critical")
 
@@ -205,6 +207,14 @@ class PrometheusThresholds:
 
 
 @dataclass(frozen=True)
+class EventRoute:
+    """Who is told about an event (``events.<name>`` in the file)."""
+
+    to: tuple[str, ...]
+    severity: str = "info"
+
+
+@dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...]
     recipients: dict[str, Recipient] = field(default_factory=dict)
@@ -213,6 +223,7 @@ class Policy:
     send_resolved: bool = True
     retrain: RetrainSettings = RetrainSettings()
     prometheus: PrometheusThresholds = PrometheusThresholds()
+    events: dict[str, EventRoute] = field(default_factory=dict)
     model: str = ""
     source: str = ""
 
@@ -317,7 +328,8 @@ _TOP = {"version": "schema version, 1", "model": "the model this policy is for (
         "delivery": "webhook timeouts, attempts and backoff",
         "recipients": "who gets alerts: name -> webhook",
         "retrain": "retraining episodes", "rules": "checks -> actions",
-        "prometheus": "thresholds of the PrometheusRule"}
+        "prometheus": "thresholds of the PrometheusRule",
+        "events": "who is told about retraining outcomes"}
 _RECIPIENT = {"format": "slack or alertmanager", "url": "webhook URL",
               "url_env": "environment variable holding the webhook URL"}
 _DELIVERY = {"timeout_s": "seconds per attempt", "attempts": "attempts per round",
@@ -424,10 +436,30 @@ def parse_policy(data, source: str = "") -> Policy:
     seen = set()
     for i, raw in enumerate(raw_rules):
         rules.append(_parse_rule(errors, f"rules[{i}]", raw, recipients, seen))
+    events = {}
+    raw_events = top.get("events", {})
+    if not isinstance(raw_events, dict):
+        errors.add("events", f"expect a mapping of event -> route, got {raw_events!r}")
+        raw_events = {}
+    for name, spec in raw_events.items():
+        where = f"events.{name}"
+        if name not in EVENTS:
+            errors.add(where, f"unknown event; expect one of {', '.join(EVENTS)}")
+        e = errors.keys(where, spec, {"to": "recipient name(s)",
+                                      "severity": "info, warning or critical"},
+                        required=("to",))
+        to = _str_list(errors, f"{where}.to", e["to"]) if "to" in e else ()
+        for rec in to:
+            if rec not in recipients:
+                errors.add(f"{where}.to", f"unknown recipient {rec!r}")
+        severity = e.get("severity", "info")
+        if severity not in SEVERITIES:
+            errors.add(f"{where}.severity", f"{severity!r} is not one of {', '.join(SEVERITIES)}")
+        events[str(name)] = EventRoute(to, str(severity))
     errors.raise_if_any()
     return Policy(rules=tuple(rules), recipients=recipients, delivery=delivery,
                   cooldown_s=cooldown, send_resolved=send_resolved, retrain=retrain,
-                  prometheus=prometheus, model=model or "", source=source)
+                  prometheus=prometheus, events=events, model=model or "", source=source)
 
 
 def _parse_rule(errors: _Errors, where: str, raw, recipients: dict, seen: set) -> Rule:

@@ -154,3 +154,27 @@ def test_alerts_live_in_the_s3_store(backend, s3_uri, receiver):
     alerts = _book(s3_uri).alerts()
     assert len(alerts) == 1 and alerts[0]["check"] == "drift.embedding"
     assert _book(s3_uri).state(alerts[0]) == {"product-owner": "delivered"}
+
+
+def test_an_event_is_told_once_to_whom_the_policy_names(receiver, tmp_path):
+    from components.govern.core import notify
+
+    policy = parse_policy({"version": 1, "recipients": {"po": {"format": "slack",
+                                                               "url": receiver.url}},
+                           "events": {"retrain-rejected": {"to": "po", "severity": "warning"}},
+                           "rules": [{"name": "d", "match": {"kind": "drift"},
+                                      "actions": ["retrain"]}]})
+    kwargs = {"store_uri": str(tmp_path), "model": MODEL, "policy": policy,
+              "summary": "the retrained model lost on the night slice; production unchanged",
+              "key": "run-42"}
+    sent = notify("retrain-rejected", **kwargs)
+    assert sent["delivered"] == {"po": True}
+    assert notify("retrain-rejected", **kwargs) is None  # same run: once
+    assert notify("retrain-released", **{**kwargs, "key": "run-43"}) is None  # not routed
+    assert "lost on the night slice" in receiver.received[0]["text"]
+    assert len(receiver.received) == 1
+    with pytest.raises(Exception, match="events.retrain-exploded: unknown event"):
+        parse_policy({"version": 1, "events": {"retrain-exploded": {"to": "po"}},
+                      "recipients": {"po": {"format": "slack", "url": receiver.url}},
+                      "rules": [{"name": "d", "match": {"kind": "drift"},
+                                 "actions": ["retrain"]}]})
