@@ -22,7 +22,9 @@ from components.retrain.component import (
     record_rejection,
     warm_start,
 )
+from components.settings import PREDICTOR_IMAGE
 from pipelines.common import (
+    never_cached,
     package_register_release,
     search_and_train,
     with_storage_credentials,
@@ -69,6 +71,9 @@ def continuous_training_pipeline(
     deploy_target: str = "kserve",
     namespace: str = "kubeflow-user-example-com",
     serving_root: str = "",
+    predictor_image: str = PREDICTOR_IMAGE,
+    predictor_service_account: str = "pet-classifier-predictor",
+    predictor_secret: str = "pet-classifier-s3",
     p95_slo_ms: float = 250.0,
     canary_steps: str = "10,50",
     canary_requests_per_step: int = 100,
@@ -117,6 +122,12 @@ def continuous_training_pipeline(
         deploy_target: kserve (InferenceServices in namespace) or local (model servers).
         namespace: Kubernetes namespace for the kserve target.
         serving_root: State folder of the local target.
+        predictor_image: The predictor image the InferenceServices run (kserve; default set
+            at compile time, ``mlops compile --predictor-image``).
+        predictor_service_account: The predictor's ServiceAccount in ``namespace`` (kserve;
+            created by manifests/).
+        predictor_secret: The predictor's S3 Secret in ``namespace`` (kserve; created by
+            manifests/).
         p95_slo_ms: Application test and canary: largest p95 latency in milliseconds.
         canary_steps: Canary traffic percentages, comma-separated, increasing.
         canary_requests_per_step: Probe requests per revision per canary step.
@@ -172,10 +183,17 @@ def continuous_training_pipeline(
             canary_steps=canary_steps, canary_requests_per_step=canary_requests_per_step,
             canary_bake_seconds=canary_bake_seconds, require_approval=require_approval,
             approval_timeout_s=approval_timeout_s, lineage_extra=export.outputs["lineage"],
-            after_release=activate)
+            after_release=activate,
+            cluster={"predictor_image": predictor_image,
+                     "predictor_service_account": predictor_service_account,
+                     "predictor_secret": predictor_secret})
     for task in [export, ingest, space, *trials, best, test, gate, rejected, *tasks.values()]:
         with_storage_credentials(task)
         task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+    # Never from KFP's cache: these read the capture store, the lake or the registry's
+    # production alias, or change the registry and the cluster.
+    for task in [export, ingest, test, rejected, *tasks.values()]:
+        never_cached(task)
     outputs = NamedTuple("ContinuousTrainingOutputs", dataset_version=str, export_id=str,
                          blessed=bool, evaluation=Artifact, test_split=Dataset)
     return outputs(ingest.outputs["dataset_version"], export.outputs["export_id"], gate.output,
