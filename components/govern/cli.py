@@ -215,7 +215,8 @@ def _cmd_report(args) -> int:
     if not ref and ":" in model:
         model, _, ref = model.partition(":")
     ref = ("@" + ref) if ref and not ref.isdigit() else (ref or "@production")
-    paths = write_report(model, ref, args.registry, args.store or _store_default(), args.out)
+    paths = write_report(model, ref, args.registry, args.store or _store_default(), args.out,
+                         qa_report=args.qa_report)
     print(f"Compliance report of {model} {ref}:")
     for kind, path in paths.items():
         print(f"  {kind}: {path}")
@@ -369,6 +370,8 @@ def add_commands(sub) -> None:
     p.add_argument("--registry", default=str(_home() / "registry"), help="model registry URI")
     p.add_argument("--store", default="", help="monitoring store URI")
     p.add_argument("--out", default=str(_home() / "reports"), help="folder for the report")
+    p.add_argument("--qa-report", default="",
+                   help="the application test's qa_report JSON, if the registry has none")
     p.set_defaults(func=_cmd_report)
 
     p = gsub.add_parser("hold", formatter_class=fmt,
