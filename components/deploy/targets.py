@@ -862,6 +862,7 @@ class KServeTarget(DeploymentTarget):
                        self.custom.create_namespaced_custom_object, self.GROUP, self.VERSION,
                        self.namespace, self.PLURAL, obj, field_validation="Strict")
         else:
+            self.status(environment)  # refuses an InferenceService in another deployment mode
             # The whole spec is replaced (canaryTrafficPercent removed: all traffic to the
             # latest revision once it is ready; Knative keeps the old one serving meanwhile).
             current["metadata"]["labels"] = {**(current["metadata"].get("labels") or {}),

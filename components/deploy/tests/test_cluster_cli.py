@@ -179,3 +179,17 @@ def test_a_refused_submission_says_how_to_authenticate(tmp_path):
     bad = _mlops("submit", "ingest", "--host", "http://127.0.0.1:9", "--arg", "dataset=x",
                  home=tmp_path)
     assert bad.returncode == 2 and "Unknown parameter 'dataset'" in bad.stderr
+
+
+def test_manifests_command_writes_overlays_with_the_values_given(tmp_path):
+    out = tmp_path / "m"
+    result = _mlops("manifests", "--out", str(out), "--namespace", "team-pets",
+                    "--s3-endpoint", "http://minio-service.kubeflow:9000", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"kubectl apply -k {out}/overlays/multi-user  (namespace team-pets, pipeline pods " \
+           "as team-pets/default-editor)" in result.stdout
+    assert "Fill" in result.stdout and "s3.env" in result.stdout
+    assert "namespace: team-pets" in (out / "overlays" / "standalone" /
+                                      "kustomization.yaml").read_text()
+    assert "serving.kserve.io/s3-endpoint: minio-service.kubeflow:9000" in \
+        (out / "base" / "kustomization.yaml").read_text()
