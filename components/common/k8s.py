@@ -100,8 +100,10 @@ def predictor_container(cfg: ServingConfig) -> dict:
         "name": "kserve-container",
         "image": cfg.image,
         # ONNX Runtime would start one thread per core of the node, not of the CPU limit.
-        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--port=8080",
-                 f"--ort-threads={_whole_cpus(cpu_limit)}"],
+        # The server binds 127.0.0.1 unless told otherwise; in the pod it must listen on the
+        # pod's address (probes, the logger agent and queue-proxy reach it there).
+        "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--host=0.0.0.0",
+                 "--port=8080", f"--ort-threads={_whole_cpus(cpu_limit)}"],
         # A custom container gets its model through STORAGE_URI and the storage initializer.
         "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri}],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],

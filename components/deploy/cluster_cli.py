@@ -52,6 +52,10 @@ def add_commands(sub) -> None:
     man.add_argument("--gateway-namespace", action="append", default=None,
                      help="namespace of a hop the pipeline's probes come through "
                           "(repeatable; default istio-system and knative-serving)")
+    man.add_argument("--no-prometheus-rule", action="store_true",
+                     help="leave the governance PrometheusRule out of the base (for a cluster "
+                          "without the Prometheus Operator's monitoring.coreos.com CRDs, which "
+                          "a stock Kubeflow install does not have)")
     man.set_defaults(func=cmd_manifests)
 
     comp = sub.add_parser("compile", formatter_class=HELP,
@@ -150,7 +154,8 @@ def cmd_manifests(args) -> int:
         predictor_service_account=args.predictor_service_account, s3_secret=args.s3_secret,
         gateway_namespaces=tuple(args.gateway_namespace or ("istio-system",
                                                             "knative-serving")))
-    for rel, text in render_manifests(options).items():
+    extra = () if args.no_prometheus_rule else None
+    for rel, text in render_manifests(options, extra_base_resources=extra).items():
         path = Path(args.out) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
