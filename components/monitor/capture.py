@@ -30,13 +30,12 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import random
 import socket
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +69,8 @@ IMAGES_PREFIX = "capture/images"
 
 #: Longest side of the grey image the statistics are measured on.
 STATS_SIDE = 256
+_LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS2 = _LEVELS ** 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,15 +103,21 @@ def image_stats(img, mode: str | None = None, size: tuple[int, int] | None = Non
     factor = max(1, -(-max(grey.size) // STATS_SIDE))  # ceil division
     if factor > 1:
         grey = grey.reduce(factor)
-    lum = np.asarray(grey, dtype=np.float32) / 255.0
+    # Mean and (population) standard deviation from the histogram Pillow counts in C.
+    hist = np.asarray(grey.histogram(), dtype=np.float64)
+    count = hist.sum()
+    mean = float(hist @ _LEVELS) / count
+    std = max(0.0, float(hist @ _LEVELS2) / count - mean * mean) ** 0.5
+    lum = np.asarray(grey, dtype=np.int16)
     if lum.shape[0] >= 3 and lum.shape[1] >= 3:
         lap = (lum[:-2, 1:-1] + lum[2:, 1:-1] + lum[1:-1, :-2] + lum[1:-1, 2:]
-               - 4.0 * lum[1:-1, 1:-1])
-        sharpness = float(lap.var())
+               - 4 * lum[1:-1, 1:-1]).ravel().astype(np.float64)
+        n = lap.size
+        sharpness = max(0.0, float(lap @ lap) / n - (float(lap.sum()) / n) ** 2) / 255.0 ** 2
     else:
         sharpness = 0.0
     return {"width": int(width), "height": int(height), "mode": mode or img.mode,
-            "brightness": round(float(lum.mean()), 6), "contrast": round(float(lum.std()), 6),
+            "brightness": round(mean / 255.0, 6), "contrast": round(std / 255.0, 6),
             "sharpness": round(sharpness, 8)}
 
 
@@ -247,9 +254,6 @@ class CaptureConfig:
         return cls(uri=uri, **values)
 
 
-_SENTINEL = object()
-
-
 class CaptureWriter:
     """Writes capture records in batches from a background thread; never blocks the caller.
 
@@ -272,7 +276,14 @@ class CaptureWriter:
         self.store = store if store is not None else open_store(config.uri)
         host = socket.gethostname().replace("/", "_").replace("-", "_") or "host"
         self.instance = instance or f"{host}-{os.getpid()}"
-        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_records)
+        # A deque, not a queue.Queue: appending never wakes the writer thread. The thread
+        # wakes when a batch is full, when the oldest record is due, or on flush/close; waking
+        # it for every record would make it contend for the GIL with the server's event loop
+        # hundreds of times a second.
+        self._buffer: deque = deque()
+        self._wake = threading.Event()
+        self._flushes: list[threading.Event] = []
+        self._stopping = False
         self._pending_bytes = 0
         self._bytes_lock = threading.Lock()
         self._seq = 0
@@ -326,15 +337,15 @@ class CaptureWriter:
                     self._count("images_dropped", self._images["dropped"])
                 else:
                     self._pending_bytes += len(image)
-        try:
-            self._queue.put_nowait((record, image))
-        except queue.Full:
+        if len(self._buffer) >= self.config.queue_records:
             if image is not None:
                 self._release(len(image))
                 self._count("images_dropped", self._images["dropped"])
             self._drop()
             return False
-        self._depth.set(self._queue.qsize())
+        self._buffer.append((time.monotonic(), record, image))
+        if len(self._buffer) >= self.config.batch_records:
+            self._wake.set()
         return True
 
     def _drop(self) -> None:
@@ -357,31 +368,31 @@ class CaptureWriter:
     # ---- the background thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        batch: list = []
-        deadline = None
-        stop = False
-        while not stop:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            flush = None
-            if item is _SENTINEL:
-                stop = True
-            elif isinstance(item, _Flush):
-                flush = item
-            elif item is not None:
-                if not batch:
-                    deadline = time.monotonic() + self.config.batch_seconds
-                batch.append(item)
-            self._depth.set(self._queue.qsize())
-            due = deadline is not None and time.monotonic() >= deadline
-            if batch and (stop or flush or due or len(batch) >= self.config.batch_records):
-                self._write_batch(batch)
-                batch, deadline = [], None
-            if flush is not None:
-                flush.done.set()
+        size = self.config.batch_records
+        while True:
+            if self._buffer:
+                due = self._buffer[0][0] + self.config.batch_seconds
+                timeout = min(max(0.0, due - time.monotonic()), 1.0)
+            else:
+                timeout = 1.0
+            self._wake.wait(timeout)
+            self._wake.clear()
+            stopping = self._stopping
+            flushes, self._flushes = self._flushes, []
+            self._depth.set(len(self._buffer))
+            everything = stopping or bool(flushes)
+            while self._buffer:
+                full = len(self._buffer) >= size
+                due = self._buffer[0][0] + self.config.batch_seconds <= time.monotonic()
+                if not (full or due or everything):
+                    break
+                batch = [self._buffer.popleft() for _ in range(min(size, len(self._buffer)))]
+                self._write_batch([(record, image) for _, record, image in batch])
+            self._depth.set(len(self._buffer))
+            for done in flushes:
+                done.set()
+            if stopping and not self._buffer:
+                return
 
     def _write_batch(self, items: list) -> None:
         started = time.perf_counter()
@@ -402,8 +413,7 @@ class CaptureWriter:
             self._seq += 1
             key = (f"{records_prefix(self.model, day)}/{_utc(first).strftime('%H%M%S')}-"
                    f"{self.instance}-{self._seq:06d}.jsonl")
-            body = "".join(json.dumps(r, separators=(",", ":"), default=_jsonable) + "\n"
-                           for r in group).encode()
+            body = b"".join(_dumps(r) + b"\n" for r in group)
             if self._put(key, body):
                 self._count("written", self._counter["written"], len(group))
                 self._count("batches", self._batches["written"])
@@ -459,11 +469,8 @@ class CaptureWriter:
         if self._closed:
             return not self._thread.is_alive()
         done = threading.Event()
-        marker = _Flush(done)
-        try:
-            self._queue.put(marker, timeout=timeout)
-        except queue.Full:
-            return False
+        self._flushes.append(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -473,28 +480,23 @@ class CaptureWriter:
         """
         if not self._closed:
             self._closed = True
+            self._stopping = True
             atexit.unregister(self._atexit)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    self._queue.put(_SENTINEL, timeout=0.1)
-                    break
-                except queue.Full:
-                    if time.monotonic() > deadline or not self._thread.is_alive():
-                        break
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+            self._wake.set()
+            self._thread.join(timeout)
         alive = self._thread.is_alive()
         if alive:
             logger.warning("Capture of %s did not finish writing within %.0f s; %d records "
-                           "are lost", self.model, timeout, self._queue.qsize())
+                           "are lost", self.model, timeout, len(self._buffer))
         return not alive
 
 
-class _Flush:
-    """A queue item that makes the thread write its batch and signal."""
-
-    def __init__(self, done: threading.Event):
-        self.done = done
+def _dumps(record: dict) -> bytes:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson comes with KServe
+        return json.dumps(record, separators=(",", ":"), default=_jsonable).encode()
+    return orjson.dumps(record, default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _jsonable(value):

@@ -478,22 +478,23 @@ class PetClassifier(Model):
             use_binary_outputs=batch.binary_outputs, requested_outputs=batch.outputs)
 
     def _submit(self, batch: _Batch, labels: list[str], elapsed: float) -> None:
-        """Hands each instance of a captured request to the capture writer (never blocks)."""
+        """Hands each instance of a captured request to the capture writer (never blocks).
+
+        The embedding goes as a float32 row; the writer serialises it in its own thread."""
         writer = self._capture
         now = time.time()
-        probs = batch.probs.astype(np.float64).round(6)
-        embs = (batch.embeddings.astype(np.float64).round(6)
-                if batch.embeddings is not None else None)
+        latency_ms = round(elapsed * 1000.0, 3)
+        classes = self.classes
         for i, label in enumerate(labels):
             record = {
                 "request_id": batch.request_id, "index": i, "time": now, "model": self.name,
                 "model_version": self.registry_version, "model_id": self.model_version,
                 "revision": self.revision, "protocol": batch.protocol,
                 "stats": batch.stats[i] if i < len(batch.stats) else {},
-                "embedding": embs[i].tolist() if embs is not None else [],
+                "embedding": batch.embeddings[i] if batch.embeddings is not None else [],
                 "label": label,
-                "probabilities": dict(zip(self.classes, probs[i].tolist(), strict=True)),
-                "latency_ms": round(elapsed * 1000.0, 3),
+                "probabilities": dict(zip(classes, batch.probs[i].tolist(), strict=True)),
+                "latency_ms": latency_ms,
             }
             image = None
             if batch.encoded is not None and writer.should_keep_image():
