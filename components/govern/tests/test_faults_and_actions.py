@@ -175,6 +175,8 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_release_step_refuses_a_held_release(package_dir, dataset_dirs, tmp_path):
     """The release step checks holds before it deploys anything."""
     from components.deploy.apptest import load_labelled_split

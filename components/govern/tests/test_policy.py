@@ -117,9 +117,13 @@ def test_the_default_policy_loads_and_says_what_the_pet_park_expects():
     policy = load_policy()
     assert policy.model == "pet-classifier"
     rules = {r.name: r for r in policy.rules}
-    # drift and an accuracy drop retrain; a collapse rolls back and holds, and alerts QA.
+    # Drift and an accuracy drop retrain; an accuracy collapse rolls back (and leaves the
+    # retraining free to fix it); a server-error collapse rolls back and holds releases.
     assert rules["data-drift"].does("retrain") and not rules["data-drift"].does("rollback")
-    assert rules["accuracy-collapse"].does("rollback") and rules["accuracy-collapse"].does("hold")
+    assert rules["accuracy-collapse"].does("rollback")
+    assert not rules["accuracy-collapse"].does("hold")
+    assert rules["error-rate-collapse"].does("rollback") and \
+        rules["error-rate-collapse"].does("hold")
     # The monitor's shape: labelled requests as extra.n_labelled.
     collapse = Check("performance.accuracy", "performance", 0.55, 0.85, "alarm", "",
                      extra={"n_labelled": 120, "estimated": False})
