@@ -12,11 +12,14 @@ EXPECTED = {
     "01_data_lake_and_ingestion.ipynb": ["ingested", "quarantined"],
     "02_serving_and_release.ipynb": ["Application test", "PASSED", "Release of pet-classifier",
                                      "production alias ->", "true "],
+    "03_monitoring.ipynb": ["Verdict: alarm", "drift.embedding", "brightness", "labelled",
+                            "full report:"],
 }
 
 
 # How many figures each notebook must show at least (plots where a person would rather look).
-FIGURES = {"01_data_lake_and_ingestion.ipynb": 2, "02_serving_and_release.ipynb": 3}
+FIGURES = {"01_data_lake_and_ingestion.ipynb": 2, "02_serving_and_release.ipynb": 3,
+           "03_monitoring.ipynb": 6}
 
 
 @pytest.mark.slow

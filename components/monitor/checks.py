@@ -39,6 +39,9 @@ class MonitorConfig:
         max_bad_share: Share of unusable records (parse errors, truncated, missing fields)
             above which integrity is alarmed; any unusable record is a warning.
         max_out_of_range: Share of inputs outside the training range of a statistic.
+        range_margin: The training range of a statistic is the reference sample's
+            [min, max] widened by this share of its span on each side (a small sample's
+            extremes understate the population's).
         max_unknown_mode: Share of inputs in an image mode never seen in training.
         max_undecodable: Share of requests the predictor refused as undecodable (HTTP 400).
         max_share_shift: Largest change of a predicted class share against the training
@@ -59,6 +62,7 @@ class MonitorConfig:
     max_drift_samples: int = 2000
     max_bad_share: float = 0.01
     max_out_of_range: float = 0.05
+    range_margin: float = 0.10
     max_unknown_mode: float = 0.01
     max_undecodable: float = 0.05
     max_share_shift: float = 0.10
@@ -163,6 +167,7 @@ def _range_check(win: Window, ref: Reference, cfg: MonitorConfig) -> Check:
     for j, name in enumerate(names):
         r = np.asarray(ref.stats[name], dtype=float)
         lo, hi = float(np.nanmin(r)), float(np.nanmax(r))
+        lo, hi = lo - cfg.range_margin * (hi - lo), hi + cfg.range_margin * (hi - lo)
         col = x[:, j]
         out = ~np.isnan(col) & ((col < lo) | (col > hi))
         outside_any |= out

@@ -72,8 +72,10 @@ def _trend_plots(history: list[Verdict]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(6.4, 2.8))
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-        ax.tick_params(axis="x", labelsize=7, rotation=20)
+        locator = mdates.AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.tick_params(axis="x", labelsize=7)
         return fig, ax
 
     # Drift: p-values (log scale) and the MMD distance.
