@@ -129,7 +129,15 @@ def govern_pending(store_uri: str, model: str, policy: Policy, *, limit: int = 2
     gov = GovernanceStore(store_uri, model)
     done = {o.key.rsplit("/", 1)[1][:-5] for o in gov.store.list(GOVERNED)}
     pending = [(uri, v) for uri, v in history(store_uri, model) if v.run_id not in done]
-    pending = pending[-limit:] if limit else pending
+    if limit and len(pending) > limit:
+        # Older windows than the newest `limit` are not governed now or later (their
+        # conditions are judged again by the newer windows); each is marked as skipped.
+        for _, old in pending[:-limit]:
+            gov.create(f"{GOVERNED}/{old.run_id}.json", {
+                "verdict": old.run_id, "model_version": old.model_version,
+                "window_end": old.window_end, "status": old.status, "at": now_iso(),
+                "skipped": f"older than the newest {limit} ungoverned verdicts", "actions": []})
+        pending = pending[-limit:]
     out = []
     for i, (uri, verdict) in enumerate(pending):
         out.append((verdict.run_id, govern(verdict, policy, store_uri=store_uri,

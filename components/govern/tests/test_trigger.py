@@ -244,3 +244,20 @@ def test_kfp_refusal_is_recorded_not_lost(kfp_api, package, tmp_path):
     record = AuditLog(GovernanceStore(str(tmp_path), MODEL)).records()[-1]
     assert record["kind"] == "retrain_failed"
     assert kfp_api.runs == {}
+
+
+def test_catch_up_governs_the_newest_windows_in_order_and_skips_older_ones(tmp_path):
+    from components.govern.core import govern_pending
+
+    store = str(tmp_path / "store")
+    for hour in range(1, 6):
+        store_history(store, verdict(f"w{hour}", hour))
+    launcher = FolderLauncher(str(tmp_path))
+    results = govern_pending(store, MODEL, POLICY, limit=2, launcher=launcher)
+    assert [r[0] for r in results] == ["w4", "w5"]
+    assert [r[1][0]["action"] for r in results] == ["retrain", "retrain_skipped"]
+    (run,) = launcher.runs()
+    assert run["verdict"] == "w4"
+    governed = GovernanceStore(store, MODEL).store
+    assert "skipped" in governed.get_json("governed/w1.json")
+    assert govern_pending(store, MODEL, POLICY, limit=2, launcher=launcher) == [("", [])]
