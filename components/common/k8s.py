@@ -70,6 +70,9 @@ class ServingConfig:
         logger_url: Where KServe's request/response logger sends CloudEvents (the monitoring
             sink); None for ``http://<name>-monitor.<namespace>.svc.cluster.local``, empty for
             no logger.
+        capture_uri: The monitoring store the predictor captures to (``s3://…``; empty: no
+            capture). The container gets it as ``MLOPS_CAPTURE_URI`` and the S3 Secret's
+            keys as its environment (``components/monitor/capture.py``).
         cpu / memory: Requests; limits are twice the CPU and the same memory.
         labels: Extra labels of the InferenceService.
     """
@@ -84,6 +87,7 @@ class ServingConfig:
     max_replicas: int = 3
     canary_traffic_percent: int | None = None
     logger_url: str | None = None
+    capture_uri: str = ""
     cpu: str = "500m"
     memory: str = "1Gi"
     labels: dict = field(default_factory=dict)
@@ -105,7 +109,10 @@ def predictor_container(cfg: ServingConfig) -> dict:
         "args": ["--package-dir=/mnt/models", f"--name={cfg.name}", "--host=0.0.0.0",
                  "--port=8080", f"--ort-threads={_whole_cpus(cpu_limit)}"],
         # A custom container gets its model through STORAGE_URI and the storage initializer.
-        "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri}],
+        "env": [{"name": "STORAGE_URI", "value": cfg.storage_uri},
+                *([{"name": "MLOPS_CAPTURE_URI", "value": cfg.capture_uri}]
+                  if cfg.capture_uri else [])],
+        **({"envFrom": [{"secretRef": {"name": cfg.s3_secret}}]} if cfg.capture_uri else {}),
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory},
                       "limits": {"cpu": cpu_limit, "memory": cfg.memory}},

@@ -182,3 +182,20 @@ def test_decode_and_measure_gives_the_training_pixels():
     x, stats = C.decode_and_measure(buf.getvalue(), 64)
     assert np.array_equal(x, preprocess_image(buf.getvalue(), 64))
     assert (stats["width"], stats["height"], stats["mode"]) == (640, 480, "RGB")
+
+
+def test_the_inference_service_turns_capture_on_in_the_predictor_pod():
+    """In the cluster the same code runs in the predictor pod: the InferenceService gives the
+    container the capture store and the S3 Secret's keys, and KServe 0.20's CRD accepts it."""
+    from components.common import k8s
+    from components.deploy.tests.kube_standin import load_crd_schema, validate
+
+    cfg = k8s.ServingConfig(capture_uri="s3://mlops/monitoring")
+    isvc = k8s.inference_service(cfg, registry_version=3)
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert {"name": "MLOPS_CAPTURE_URI", "value": "s3://mlops/monitoring"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": cfg.s3_secret}}]
+    _, errors, unknown = validate(isvc, load_crd_schema())
+    assert errors == [] and unknown == []
+    plain = k8s.inference_service(k8s.ServingConfig())["spec"]["predictor"]["containers"][0]
+    assert "envFrom" not in plain and all(e["name"] != "MLOPS_CAPTURE_URI" for e in plain["env"])
