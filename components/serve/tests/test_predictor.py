@@ -370,6 +370,13 @@ def test_worker_processes_serve_the_same_answers_quietly(server, package_dir, im
                         return r.json()["predictions"]
                     return await asyncio.gather(*(one() for _ in range(24)))
             answers = asyncio.run(many())
+            # The guard runs in the worker processes too.
+            unload = httpx.post(f"{url}/v2/repository/models/{MODEL}/unload", timeout=10)
+            assert unload.status_code == 403
+            bad = httpx.post(f"{url}/v2/models/{MODEL}/infer", timeout=10,
+                             content=b'{"inputs": [{"name": "i", "shape": [1], '
+                                     b'"datatype": "BYTES", "data": [null]}]}')
+            assert bad.status_code == 400 and "element 0 is null" in bad.json()["error"]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
