@@ -47,15 +47,29 @@ Knative Serving (knative/serving v1.23)
 Revisions become ready after a delay, or never, as the test sets per registry version
 (:meth:`KubeStandIn.behave`). Every traffic split the route ever applied is kept in
 :attr:`KubeStandIn.traffic_history`, so a test can ask how much traffic a revision ever got.
+
+With :meth:`KubeStandIn.enable_data_plane`, each revision is a real model server process
+(``components.serve.server`` on 127.0.0.1, serving the package of its ``STORAGE_URI``), ready
+when it says so, and an ingress on 127.0.0.1 stands in for Knative's gateway: a URL
+``<ingress>/<host>`` reaches the host Knative would serve, a tag host its revision, the
+service host a revision drawn by the route's percentages. Responses carry
+``X-Standin-Revision`` so a test can count where requests went.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gzip
 import json
+import os
+import random
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -198,6 +212,10 @@ class KubeStandIn:
         self.traffic_history: list[tuple[float, str, dict[str, int]]] = []
         self.requests: list[tuple[str, str]] = []
         self._rv = 0
+        self._package_for = None  # data plane: storage URI -> package folder
+        self._procs: dict[str, tuple[subprocess.Popen, int, str]] = {}
+        self._ingress: ThreadingHTTPServer | None = None
+        self.ingress_url = ""
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -254,11 +272,130 @@ class KubeStandIn:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        for server in (self._server, self._ingress):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         for t in self._threads:
             t.join(5)
+        for rev in list(self._procs):
+            self._kill(rev)
+
+    def _kill(self, revision: str) -> None:
+        proc, _, _ = self._procs.pop(revision)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def enable_data_plane(self, package_for, log_dir: Path) -> str:
+        """Serves every revision with a real model server; returns the ingress URL."""
+        self._package_for = package_for
+        self._log_dir = Path(log_dir)
+        standin = self
+
+        class Ingress(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, method):
+                import requests
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                host, _, rest = self.path.lstrip("/").partition("/")
+                revision = standin.pick_revision(host)
+                port = standin._procs.get(revision, (None, None))[1] if revision else None
+                if port is None:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                r = requests.request(method, f"http://127.0.0.1:{port}/{rest}", data=body,
+                                     headers={"Content-Type": self.headers.get(
+                                         "Content-Type", "application/json")}, timeout=30)
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("Content-Type", "text/plain"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.send_header("X-Standin-Revision", revision)
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def do_GET(self):
+                self._forward("GET")
+
+            def do_POST(self):
+                self._forward("POST")
+
+        self._ingress = ThreadingHTTPServer(("127.0.0.1", 0), Ingress)
+        self._ingress.timeout = 30
+        t = threading.Thread(target=self._ingress.serve_forever, daemon=True)
+        t.start()
+        self._threads.append(t)
+        self.ingress_url = f"http://127.0.0.1:{self._ingress.server_address[1]}"
+        return self.ingress_url
+
+    def pick_revision(self, host: str) -> str | None:
+        """The revision a request to ``host`` reaches, as Knative's ingress routes it."""
+        with self.lock:
+            for (ns, name), ksvc in self.ksvcs.items():
+                route = [t for t in ksvc["route"] if t["percent"] or t.get("tag")]
+                for t in ksvc["route"]:
+                    if t.get("tag") and host == f"{t['tag']}-{ksvc['name']}.{ns}.{DOMAIN}":
+                        return t["revisionName"]
+                if host in (f"{name}.{ns}.{DOMAIN}", f"{ksvc['name']}.{ns}.{DOMAIN}"):
+                    weights = [t["percent"] for t in route]
+                    if not sum(weights):
+                        return None
+                    return random.choices([t["revisionName"] for t in route], weights)[0]
+        return None
+
+    def _url(self, host: str) -> str:
+        return f"{self.ingress_url}/{host}" if self.ingress_url else f"http://{host}"
+
+    def _start_server(self, rev_name: str, template: dict) -> None:
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        name = next(a.split("=", 1)[1] for a in container.get("args", [])
+                    if a.startswith("--name="))
+        package = self._package_for(env["STORAGE_URI"])
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._log_dir / f"{rev_name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "components.serve.server", f"--package-dir={package}",
+                 f"--name={name}", f"--port={port}", "--host=127.0.0.1"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._procs[rev_name] = (proc, port, name)
+
+    def _data_plane_ready(self) -> None:
+        """Marks revisions ready whose model server says so (checked outside the lock)."""
+        import requests
+
+        with self.lock:
+            pending = [(rev, port, name) for rev, (_, port, name) in self._procs.items()
+                       if self.objects.get(("revisions", self._ns_of(rev), rev), {})
+                       .get("status", {}).get("conditions", [{}])[0].get("status") ==
+                       "Unknown"]
+        for rev, port, name in pending:
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/v1/models/{name}", timeout=0.5)
+                ok = r.status_code == 200 and r.json().get("ready")
+            except (requests.RequestException, ValueError):
+                ok = False
+            if ok:
+                with self.lock:
+                    obj = self.objects.get(("revisions", self._ns_of(rev), rev))
+                    if obj is not None:
+                        obj["status"]["conditions"][0]["status"] = "True"
+
+    def _ns_of(self, rev: str) -> str:
+        return next((n for (p, n, r) in self.objects if p == "revisions" and r == rev), "")
 
     def behave(self, version: int, ready_after_s: float | None) -> None:
         """Revisions serving registry ``version`` become ready after a delay, or never."""
@@ -323,6 +460,8 @@ class KubeStandIn:
                             k[1] == ns and o["metadata"]["labels"].get(
                                 "serving.kserve.io/inferenceservice") == name]:
                     del self.objects[key]
+                    if key[2] in self._procs:
+                        self._kill(key[2])
                 return 200, obj
         raise ApiError(405, "MethodNotAllowed", f"{method} {url.path}")
 
@@ -423,6 +562,8 @@ class KubeStandIn:
 
     def _control_loop(self) -> None:
         while not self._stop.wait(self.tick_s):
+            if self._package_for is not None:
+                self._data_plane_ready()
             with self.lock:
                 for key in [k for k in self.objects if k[0] == "inferenceservices"]:
                     self.reconcile(key[1], key[2])
@@ -455,6 +596,9 @@ class KubeStandIn:
                 version = template["metadata"]["labels"].get(
                     "mlops.pet-park.io/registry-version", "")
                 delay = self.behaviour.get(version, self.default_ready_s)
+                if self._package_for is not None and delay is not None:
+                    self._start_server(rev_name, template)
+                    delay = None  # ready when the model server says so
                 self.objects[("revisions", ns, rev_name)] = {
                     "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
                     "metadata": {"name": rev_name, "namespace": ns,
@@ -547,7 +691,7 @@ class KubeStandIn:
                     return  # errUnreadyRevision: the route keeps its traffic
                 target = dict(t)
             if target.get("tag"):
-                target["url"] = f"http://{target['tag']}-{ksvc['name']}.{ns}.{DOMAIN}"
+                target["url"] = self._url(f"{target['tag']}-{ksvc['name']}.{ns}.{DOMAIN}")
             resolved.append(target)
         if resolved != ksvc["route"]:
             split: dict[str, int] = {}
@@ -582,9 +726,9 @@ class KubeStandIn:
         ready = created_ready and routed
         host = f"{ksvc['name']}.{ns}.{DOMAIN}"
         if ready:
-            comp["url"] = f"http://{host}"
+            comp["url"] = self._url(host)
             comp["address"] = {"url": f"http://{ksvc['name']}.{ns}.svc.cluster.local"}
-            isvc["status"]["url"] = f"http://{name}.{ns}.{DOMAIN}"
+            isvc["status"]["url"] = self._url(f"{name}.{ns}.{DOMAIN}")
             isvc["status"]["address"] = {"url": f"http://{name}.{ns}.svc.cluster.local"}
         comp["traffic"] = copy.deepcopy(traffic)
         cond = "True" if ready else "Unknown"

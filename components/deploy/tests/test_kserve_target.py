@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -258,3 +259,56 @@ def test_a_step_whose_probes_reached_the_wrong_model_fails(target, standin):
                                   predictions=[["cats"]] * 4), "stable": right["stable"]}
     (reason,) = release.misrouted(wrong, dep)
     assert "2 of 4 canary probes were answered by model 'm1'" in reason
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_release_through_real_model_servers_behind_the_stand_in(standin, s3_uri, package_dir,
+                                                                  dataset_dirs, tmp_path):
+    """The whole release on KServe semantics with real traffic: each revision is a model
+    server process, tagged URLs reach their revision, the endpoint splits by the route."""
+    from components.deploy.apptest import load_labelled_split
+    from components.deploy.client import v1_body
+
+    registry = ModelRegistry(s3_uri + "/registry")
+    files = {p.name: p.read_bytes() for p in Path(package_dir).iterdir() if p.is_file()}
+    for _ in range(2):
+        registry.register(MODEL, files, {"dataset_version": "d"})
+    downloaded: dict[str, Path] = {}
+
+    def package_for(storage_uri: str) -> Path:
+        if storage_uri not in downloaded:
+            version = int(storage_uri.rstrip("/").rsplit("/", 1)[1])
+            downloaded[storage_uri] = registry.download(MODEL, version,
+                                                        tmp_path / f"pkg{version}")
+        return downloaded[storage_uri]
+
+    standin.enable_data_plane(package_for, tmp_path / "logs")
+    target = KServeTarget(registry.uri, MODEL, NS, api_client=_client(standin.url),
+                          cluster_local=False, poll_s=0.05, timeout_s=120)
+    images, labels = load_labelled_split(dataset_dirs[1], max_images=40)
+    first = release.release(target, 1, images, labels,
+                            release.CanaryPolicy(requests_per_step=20, max_p95_ms=2000))
+    assert first["decision"] == "deployed"
+
+    dep = target.start_canary(PROD, 2, 30)
+    hits = {}
+    for _ in range(200):
+        r = requests.post(f"{dep.url}/v1/models/{MODEL}:predict", json=v1_body([images[0]]),
+                          timeout=30)
+        assert r.status_code == 200
+        hits[r.headers["X-Standin-Revision"]] = hits.get(r.headers["X-Standin-Revision"], 0) + 1
+    rev1, rev2 = dep.stable.detail["revision"], dep.canary.detail["revision"]
+    assert set(hits) == {rev1, rev2} and 30 <= hits[rev2] <= 90  # 30% of 200, give or take
+    target.rollback(PROD)
+
+    second = release.release(target, 2, images, labels,
+                             release.CanaryPolicy(steps=(10, 50), requests_per_step=20,
+                                                  max_p95_ms=2000, latency_slack_ms=500))
+    assert second["decision"] == "promoted", second["reasons"]
+    for step in second["steps"]:
+        assert step["canary"]["errors"] == 0 and step["canary"]["accuracy"] is not None
+        assert step["canary"]["served"]["available"]  # /metrics read through the tag URL
+    dep = target.status(PROD)
+    assert dep.stable.version == 2 and dep.canary is None
+    assert registry.aliases(MODEL)["production"] == 2
