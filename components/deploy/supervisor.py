@@ -68,6 +68,8 @@ def read_events(state_dir: str | os.PathLike) -> list[dict]:
 
 def process_alive(pid: int, port: int) -> bool:
     """True when ``pid`` runs and is our model server on ``port`` (guards against pid reuse)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:

@@ -254,3 +254,108 @@ def test_cli_start_prints_the_camera_address_and_status_tells_the_truth(env):
     assert down.returncode == 1 and "ROUTER NOT RUNNING" in down.stdout
     assert mlops("start").returncode == 0
     assert _send(dep.url, images, 3) == [(200, "stable", "2")] * 3
+
+
+@pytest.fixture
+def echo_router(tmp_path):
+    """A router in front of two plain HTTP servers on loopback that echo what they get."""
+    import http.server
+    import socket
+
+    from components.deploy.router import start_router
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, body: bytes):
+            self.send_response(404 if self.path.startswith("/missing") else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_POST(self):
+            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(json.dumps({"server": self.server.name, "len": len(data),
+                                     "expect": self.headers.get("Expect")}).encode())
+
+        def do_GET(self):
+            self._answer(json.dumps({"server": self.server.name}).encode())
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+    for name in ("a", "b"):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+        srv.name = name
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    rev = [{"version": i + 1, "url": f"http://127.0.0.1:{s.server_address[1]}",
+            "storage_uri": "", "detail": {"pid": 0, "port": s.server_address[1]}}
+           for i, s in enumerate(servers)]
+    state = tmp_path / f"{MODEL}.json"
+    state.write_text(json.dumps({"generation": 1, "production": {
+        "stable": rev[0], "canary": rev[1], "canary_percent": 50}}))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pid = start_router(tmp_path, MODEL, "production", MODEL, "127.0.0.1", port,
+                       tmp_path / "router.log", extra_args=("--max-body-bytes=100000",))
+    yield f"http://127.0.0.1:{port}", servers, state, rev
+    os.kill(pid, signal.SIGTERM)
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.timeout(60)
+def test_router_passes_http_through_faithfully(echo_router):
+    import http.client
+
+    url, servers, state, rev = echo_router
+    port = int(url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    # Expect: 100-continue (curl sends it for bodies over 1 KiB) is answered by the router.
+    conn.request("POST", "/v1/models/x:predict", body=b"x" * 5000,
+                 headers={"Expect": "100-continue", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read())["len"] == 5000
+    # Chunked request bodies arrive whole; HEAD has no body; a 404 stays a 404.
+    conn.request("POST", "/echo", body=iter([b"ab", b"cde"]), encode_chunked=True)
+    r = conn.getresponse()
+    assert json.loads(r.read())["len"] == 5
+    conn.request("HEAD", "/v1/models/x")
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == b"" and r.getheader(REVISION_HEADER)
+    conn.request("GET", "/missing")
+    r = conn.getresponse()
+    assert r.status == 404 and r.read()
+    conn.request("POST", "/big", body=b"x" * 200_000)
+    r = conn.getresponse()
+    assert r.status == 413
+    r.read()
+    # One revision down (nothing listens on its port): its share goes to the other one,
+    # nobody sees an error.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    down = dict(rev[1], url=f"http://127.0.0.1:{dead}")
+    state.write_text(json.dumps({"generation": 2, "production": {
+        "stable": rev[0], "canary": down, "canary_percent": 50}}))
+    time.sleep(1.2)  # picked up by the file watch, without a SIGHUP
+    answers = [requests.post(f"{url}/p", data=b"{}", timeout=5) for _ in range(10)]
+    assert [a.status_code for a in answers] == [200] * 10
+    assert {a.json()["server"] for a in answers} == {"a"}
+    status = requests.get(f"{url}/-/router", timeout=5).json()
+    assert status["retried"] >= 5 and status["served"]["stable"] >= 10
+    # Nothing deployed: a 503 that says so.
+    state.write_text(json.dumps({"generation": 3}))
+    time.sleep(1.2)
+    r = requests.post(f"{url}/p", data=b"{}", timeout=5)
+    assert r.status_code == 503 and "Nothing is deployed" in r.json()["error"]
