@@ -483,7 +483,8 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
 
 #: Modules that add their own verb groups: each has ``add_commands(sub)``.
 COMMAND_MODULES: list[str] = ["pipelines.runs", "components.monitor.cli",
-                              "components.deploy.cluster_cli", "components.govern.cli"]
+                              "components.deploy.cluster_cli", "components.govern.cli",
+                              "pipelines.loop_cli"]
 
 DESCRIPTION = """\
 Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifier.

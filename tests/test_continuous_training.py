@@ -23,7 +23,8 @@ SIZE = 32
 MODEL = "pet-classifier"
 
 
-def build_champion(base: Path, n_day: int = 400) -> dict:
+def build_champion(base: Path, n_day: int = 400, lake_dir: Path | None = None,
+                   size: int = SIZE, epochs: int = 8) -> dict:
     """A day-only lake, its dataset, and a production model trained on it (no pipeline)."""
     from components.evaluate.core import GateConfig, evaluate
     from components.ingest.core import ingest, write_split
@@ -32,17 +33,17 @@ def build_champion(base: Path, n_day: int = 400) -> dict:
     from components.train import core as train
     from components.train.core import load_images, load_model
 
-    lake = open_store(base / "lake")
-    generate(LakeSpec(n=n_day, size=SIZE, seed=31), lake)
+    lake = open_store(lake_dir or base / "lake")
+    generate(LakeSpec(n=n_day, size=size, seed=31), lake)
     result = ingest(lake.uri, str(base / "ds"))
     for split in ("train", "test"):
         write_split(result, split, str(base / "splits" / split))
     from components.ingest.core import read_split
 
     rows, meta = read_split(str(base / "splits" / "train"))
-    data = train.prepare(rows, meta["dataset_version"], SIZE)
+    data = train.prepare(rows, meta["dataset_version"], size)
     model_dir = base / "champion"
-    train.train(data, train.HParams(epochs=8, image_size=SIZE, lr=3e-3, batch_size=32),
+    train.train(data, train.HParams(epochs=epochs, image_size=size, lr=3e-3, batch_size=32),
                 model_dir)
     evaluation = evaluate(str(model_dir), str(base / "splits" / "test"),
                           GateConfig(0.0, 0.0, 1.0))
@@ -50,7 +51,7 @@ def build_champion(base: Path, n_day: int = 400) -> dict:
         {k: v for k, v in evaluation.items() if k != "report_html"}))
     model, mmeta = load_model(model_dir)
     test_rows, _ = read_split(str(base / "splits" / "test"))
-    build_package(model, mmeta, evaluation, load_images(test_rows.head(20), SIZE), MODEL,
+    build_package(model, mmeta, evaluation, load_images(test_rows.head(20), size), MODEL,
                   base / "package")
     registry = str(base / "registry")
     mv = register_package(str(base / "package"), str(model_dir), str(base / "evaluation.json"),
