@@ -148,6 +148,18 @@ def test_served_requests_are_captured_in_batches_with_the_contract_fields(
     assert len(list(store.list("capture/images"))) == len({r["image_sha256"] for r in records})
     assert len({r["image_sha256"] for r in records}) == 6
 
+    # Ground truth joined by request id, and the monitor's window reader, read it all back.
+    from components.monitor.feedback import LabelRequest, LabelStore
+    from components.monitor.window import read_window
+
+    labels = LabelStore(str(capture), MODEL, ["cats", "dogs"])
+    labels.add(LabelRequest("cam1-0", "dogs", index=1, by="reviewer"))
+    win = read_window(str(capture), MODEL, time.time() - 600, time.time() + 60)
+    assert len(win) == 12 and win.bad_records == 0 and win.n_labelled == 1
+    assert next(r for r in win.records if (r["request_id"], r["index"]) == ("cam1-0", 1)
+                )["true_label"] == "dogs"
+    assert win.embeddings().shape == (12, 64)
+
 
 class BlackHole:
     """A TCP server on loopback that accepts connections and never answers: an object store
