@@ -57,6 +57,7 @@ def parse_metrics(text: str, model: str) -> dict:
                 snap["instance"] = s.labels.get("instance")
             elif s.name == "pet_classifier_requests_total":
                 key = s.labels.get("outcome", "")
+                key = {"bad_request": "invalid"}.get(key, key)  # the predictor's 4xx label
                 snap["requests"][key] = snap["requests"].get(key, 0.0) + s.value
             elif s.name == "pet_classifier_request_seconds_bucket":
                 le = s.labels["le"]
@@ -221,6 +222,7 @@ def query_prometheus(url: str, model: str, start: float, end: float, namespace: 
         logger.warning("Telemetry: Prometheus at %s did not answer: %s", url, exc)
         return None
     ok, err, inv = (by_outcome.get(k, 0.0) for k in ("ok", "error", "invalid"))
+    inv += by_outcome.get("bad_request", 0.0)  # the predictor's label for a client's 4xx
     n = ok + err + inv
     out = {"source": "prometheus", "processes": None, "seconds": span, "requests": int(n),
            "errors": int(err), "invalid": int(inv), "request_rate": n / span,
