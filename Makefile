@@ -20,6 +20,7 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 demo: venv
 	$(BIN)/mlops demo
+	$(BIN)/mlops demo-loop
 
 test: venv
 	$(BIN)/ruff check .
