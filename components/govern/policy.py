@@ -196,11 +196,24 @@ class RetrainSettings:
 @dataclass(frozen=True)
 class PrometheusThresholds:
     """Thresholds of the PrometheusRule (``components/govern/rules.py``): what Prometheus
-    can see by itself from the predictor's metrics."""
+    can see by itself from the predictor's metrics, in the monitor's units, so that an alert
+    from Prometheus becomes the same check a monitoring run would make.
 
-    error_rate: float = 0.05
-    p95_latency_s: float = 0.25
-    max_class_share: float = 0.8
+    Attributes:
+        error_rate: Server error share of answered requests (the monitor's
+            ``max_error_rate``).
+        p95_latency_ms: p95 request latency (the monitor's ``p95_slo_ms``).
+        max_share_shift: Largest distance of a predicted class share from its prior (the
+            monitor's ``max_share_shift``).
+        class_prior: class -> share the model was trained for.
+        min_requests: Requests in the window below which nothing is judged.
+    """
+
+    error_rate: float = 0.01
+    p95_latency_ms: float = 250.0
+    max_share_shift: float = 0.10
+    class_prior: tuple[tuple[str, float], ...] = (("cats", 0.5), ("dogs", 0.5))
+    min_requests: int = 30
     rate_window: str = "10m"
     share_window: str = "1h"
     for_: str = "5m"
@@ -345,8 +358,9 @@ _MATCH = {"name": "glob pattern(s) on the check name", "kind": "check kind(s)",
           "estimated": "true: estimates only, false: measured only"}
 _ACTION = {"type": "alert, retrain, rollback or hold", "to": "recipient name(s), for alert",
            "severity": "info, warning or critical, for alert"}
-_PROM = {"error_rate": "server error share", "p95_latency_s": "p95 request seconds",
-         "max_class_share": "largest share of one predicted class",
+_PROM = {"error_rate": "server error share", "p95_latency_ms": "p95 request milliseconds",
+         "max_share_shift": "largest distance of a class share from its prior",
+         "class_prior": "class -> trained share", "min_requests": "least requests judged",
          "rate_window": "PromQL range for rates", "share_window": "PromQL range for shares",
          "for": "how long a condition holds before firing"}
 
@@ -418,14 +432,28 @@ def parse_policy(data, source: str = "") -> Policy:
             errors.add(f"prometheus.{key}", f"{value!r} is not a Prometheus duration "
                        "(e.g. 5m, 1h)")
         windows[attr] = str(value)
+    prior = p.get("class_prior", dict(prom_defaults.class_prior))
+    if not (isinstance(prior, dict) and prior and all(
+            isinstance(k, str) and re.match(r"^[A-Za-z0-9_.-]+$", k) for k in prior)):
+        errors.add("prometheus.class_prior", f"{prior!r}: expect a mapping class -> share")
+        prior = dict(prom_defaults.class_prior)
+    for cls, share in prior.items():
+        _number(errors, f"prometheus.class_prior.{cls}", share, low=0, high=1)
     prometheus = PrometheusThresholds(
-        error_rate=_or(_number(errors, "prometheus.error_rate", p.get("error_rate", 0.05),
-                               low=0, high=1), prom_defaults.error_rate),
-        p95_latency_s=_number(errors, "prometheus.p95_latency_s", p.get("p95_latency_s", 0.25),
-                              low=0.001, high=60) or prom_defaults.p95_latency_s,
-        max_class_share=_or(_number(errors, "prometheus.max_class_share",
-                                    p.get("max_class_share", 0.8), low=0, high=1),
-                            prom_defaults.max_class_share),
+        error_rate=_or(_number(errors, "prometheus.error_rate",
+                               p.get("error_rate", prom_defaults.error_rate), low=0, high=1),
+                       prom_defaults.error_rate),
+        p95_latency_ms=_or(_number(errors, "prometheus.p95_latency_ms",
+                                   p.get("p95_latency_ms", prom_defaults.p95_latency_ms),
+                                   low=1, high=60000), prom_defaults.p95_latency_ms),
+        max_share_shift=_or(_number(errors, "prometheus.max_share_shift",
+                                    p.get("max_share_shift", prom_defaults.max_share_shift),
+                                    low=0, high=1), prom_defaults.max_share_shift),
+        class_prior=tuple(sorted((str(k), float(v)) for k, v in prior.items()
+                                 if isinstance(v, int | float))),
+        min_requests=_or(_number(errors, "prometheus.min_requests",
+                                 p.get("min_requests", prom_defaults.min_requests), low=0,
+                                 integer=True), prom_defaults.min_requests),
         **windows)
 
     rules = []

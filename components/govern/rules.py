@@ -4,10 +4,11 @@ Prometheus (through KServe's ``serving.kserve.io/enable-prometheus-scraping`` an
 scrapes the predictor's ``/metrics`` (``components/serve/predictor.py`` and ``guard.py``), so
 three conditions need no monitoring run at all: the server error rate, the p95 latency, and
 the share of one predicted class. Their thresholds are the policy's ``prometheus`` section —
-the default policy's are the same as its ``error-rate-collapse`` rule and the canary's p95
-limit — and each alert carries the labels of the monitor's check (``check``, ``kind``,
-``model``), so Alertmanager can route it to ``mlops govern receiver``, which governs it with
-the same policy as a monitoring verdict.
+the default policy's are the monitor's alarm thresholds, in the monitor's units — and each
+alert carries the labels of the monitor's check (``check``, ``kind``, ``model``) and its value,
+so Alertmanager can route it to ``mlops govern receiver``, which governs it with the same
+policy as a monitoring verdict (the error-rate alert fires at the monitor's 1 %; the policy's
+``error-rate-collapse`` rule rolls back at 5 %).
 
 ``manifests/base/prometheus-rule.yaml`` is this function's output for the default policy,
 written by ``mlops manifests`` with the rest of ``manifests/`` (a test fails when it is stale);
@@ -31,25 +32,28 @@ def _sel(model: str, **matchers: str) -> str:
 
 
 def expressions(policy: Policy, model: str = "pet-classifier") -> dict[str, str]:
-    """The PromQL of each alert, by alert name."""
+    """The PromQL of each alert, by alert name; each one's value is in the unit of the
+    monitor's check of the same name (a share, milliseconds, a share shift)."""
     p = policy.prometheus
     req = "pet_classifier_requests_total"
     rw, sw = p.rate_window, p.share_window
     answered = f"sum(rate({req}{_sel(model, outcome='ok|error')}[{rw}]))"
     errors = f"sum(rate({req}{_sel(model, outcome='error')}[{rw}]))"
-    enough = f"sum(increase({req}{_sel(model)}[{rw}])) >= 100"
-    share = (f"sum by (label) (rate(pet_classifier_predicted_class_total{_sel(model)}[{sw}]))"
-             f"\n  / ignoring(label) group_left\n"
-             f"sum(rate(pet_classifier_predicted_class_total{_sel(model)}[{sw}]))")
-    images = f"sum(increase(pet_classifier_images_total{_sel(model)}[{sw}])) >= 100"
+    enough = f"sum(increase({req}{_sel(model)}[{rw}])) >= {p.min_requests}"
+    total = f"sum(rate(pet_classifier_predicted_class_total{_sel(model)}[{sw}]))"
+    shifts = [f"abs(\n  sum by (label) (rate(pet_classifier_predicted_class_total"
+              f"{_sel(model, label=cls)}[{sw}]))\n  / ignoring(label) group_left\n  {total}"
+              f"\n  - {prior:g}\n)" for cls, prior in p.class_prior]
+    images = f"sum(increase(pet_classifier_images_total{_sel(model)}[{sw}])) >= {p.min_requests}"
     return {
-        "PetClassifierErrorRate": f"(\n  {errors}\n  /\n  {answered}\n) > {p.error_rate}\n"
+        "PetClassifierErrorRate": f"(\n  {errors}\n  /\n  {answered}\n) > {p.error_rate:g}\n"
                                   f"and on() ({enough})",
         "PetClassifierLatencyP95": (
-            "histogram_quantile(0.95,\n  sum by (le) (rate(pet_classifier_request_seconds_bucket"
-            f"{_sel(model)}[{rw}]))\n) > {p.p95_latency_s}"),
-        "PetClassifierPredictedClassShare": f"(\n{share}\n) > {p.max_class_share}\n"
-                                            f"and on() ({images})",
+            "1000 * histogram_quantile(0.95,\n  sum by (le) "
+            f"(rate(pet_classifier_request_seconds_bucket{_sel(model)}[{rw}]))\n) > "
+            f"{p.p95_latency_ms:g}"),
+        "PetClassifierPredictedClassShare": "(\n" + "\nor\n".join(shifts)
+                                            + f"\n) > {p.max_share_shift:g}\nand on() ({images})",
     }
 
 
@@ -66,41 +70,41 @@ def prometheus_rule(policy: Policy, model: str = "pet-classifier",
     exprs = expressions(policy, model)
     req = "pet_classifier_requests_total"
     samples = ('{{ with query "sum(increase(' + req + '{model=\\"' + model + '\\"}['
-               + p.rate_window + ']))" }}{{ . | first | value | printf \\"%.0f\\" }}{{ end }}')
-    samples = samples.replace('\\"%.0f\\"', '"%.0f"')
+               + p.rate_window + ']))" }}{{ . | first | value | printf "%.0f" }}{{ end }}')
+    prior = ", ".join(f"{c} {v:.0%}" for c, v in p.class_prior)
     rules = [
         {"alert": "PetClassifierErrorRate", "expr": exprs["PetClassifierErrorRate"],
          "for": p.for_,
-         "labels": {"severity": "critical", "model": model, "check": "telemetry.error_rate",
+         "labels": {"severity": "warning", "model": model, "check": "telemetry.error_rate",
                     "kind": "telemetry"},
          "annotations": {
-             "summary": f"More than {p.error_rate:.0%} of {model}'s requests fail on the "
-                        f"server (over {p.rate_window})",
-             "description": "Server error share {{ $value | humanizePercentage }} of the "
-                            "answered requests. The governance policy rolls production back "
-                            "and holds releases at this level.",
-             "value": "{{ $value }}", "threshold": str(p.error_rate), "samples": samples}},
+             "summary": f"More than {p.error_rate:.0%} of {model}'s answered requests fail on "
+                        f"the server (over {p.rate_window})",
+             "description": "Server error share {{ $value | humanizePercentage }}. The "
+                            "governance policy alerts the QA expert, and rolls production "
+                            "back and holds releases when it passes its hard limit.",
+             "value": "{{ $value }}", "threshold": f"{p.error_rate:g}", "samples": samples}},
         {"alert": "PetClassifierLatencyP95", "expr": exprs["PetClassifierLatencyP95"],
          "for": p.for_,
          "labels": {"severity": "warning", "model": model, "check": "telemetry.p95_latency",
                     "kind": "telemetry"},
          "annotations": {
-             "summary": f"{model}'s p95 latency is above {p.p95_latency_s * 1000:.0f} ms",
-             "description": "p95 request latency {{ $value | humanizeDuration }} over "
-                            f"{p.rate_window}.",
-             "value": "{{ $value }}", "threshold": str(p.p95_latency_s)}},
+             "summary": f"{model}'s p95 latency is above {p.p95_latency_ms:g} ms "
+                        f"(over {p.rate_window})",
+             "description": "p95 request latency {{ $value | printf \"%.0f\" }} ms.",
+             "value": "{{ $value }}", "threshold": f"{p.p95_latency_ms:g}"}},
         {"alert": "PetClassifierPredictedClassShare",
          "expr": exprs["PetClassifierPredictedClassShare"], "for": p.for_,
          "labels": {"severity": "warning", "model": model,
                     "check": "prediction_drift.class_shares", "kind": "prediction_drift"},
          "annotations": {
-             "summary": f"One class takes more than {p.max_class_share:.0%} of {model}'s "
-                        f"predictions (over {p.share_window})",
-             "description": "Predicted class {{ $labels.label }} has a share of "
-                            "{{ $value | humanizePercentage }}; the pet park's prior is about "
-                            "50/50. The camera's view or the animals changed, or the model "
-                            "is biased.",
-             "value": "{{ $value }}", "threshold": str(p.max_class_share)}},
+             "summary": f"The share of a predicted class moved more than "
+                        f"{p.max_share_shift:.0%} from the training prior ({prior}) over "
+                        f"{p.share_window}",
+             "description": "Predicted class {{ $labels.label }} is {{ $value | "
+                            "humanizePercentage }} away from its prior: the camera's view or "
+                            "the animals changed, or the model is biased.",
+             "value": "{{ $value }}", "threshold": f"{p.max_share_shift:g}"}},
     ]
     metadata = {"name": f"{model}-governance", "labels": dict(LABELS)}
     if namespace:

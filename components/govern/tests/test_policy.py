@@ -78,8 +78,10 @@ BAD = [
     ("wrong version", _with("version", 2), "version: 2 is not a supported version"),
     ("bad Prometheus window", _with("prometheus", {"for": "ten minutes"}),
      "prometheus.for: 'ten minutes' is not a Prometheus duration"),
-    ("share above 1", _with("prometheus", {"max_class_share": 1.5}),
-     "prometheus.max_class_share: 1.5 is out of range"),
+    ("shift above 1", _with("prometheus", {"max_share_shift": 1.5}),
+     "prometheus.max_share_shift: 1.5 is out of range"),
+    ("bad prior", _with("prometheus", {"class_prior": {"cats": "half"}}),
+     "prometheus.class_prior.cats: 'half' is not a number"),
     ("not a mapping", ["rules"], "expect a mapping"),
 ]
 

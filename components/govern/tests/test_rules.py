@@ -59,21 +59,28 @@ def test_rule_structure_is_what_the_prometheus_operator_reads():
         assert {"severity", "model", "check", "kind"} <= set(r["labels"])
 
 
-def test_thresholds_are_the_policys():
+def test_thresholds_are_the_policys_and_the_monitors():
     policy = load_policy()
     exprs = expressions(policy)
     p = policy.prometheus
-    assert exprs["PetClassifierErrorRate"].split("\nand")[0].endswith(f"> {p.error_rate}")
-    assert exprs["PetClassifierLatencyP95"].endswith(f"> {p.p95_latency_s}")
-    assert f"> {p.max_class_share}" in exprs["PetClassifierPredictedClassShare"]
-    # The error-rate alert fires where the policy rolls back (same threshold, same minimum).
-    collapse = next(r for r in policy.rules if r.name == "error-rate-collapse")
-    assert collapse.match.value_above == p.error_rate
-    assert f">= {collapse.match.min_samples}" in exprs["PetClassifierErrorRate"]
-    # And the latency alert at the canary's p95 limit.
+    assert exprs["PetClassifierErrorRate"].split("\nand")[0].endswith(f"> {p.error_rate:g}")
+    assert exprs["PetClassifierLatencyP95"].endswith(f"> {p.p95_latency_ms:g}")
+    assert f"> {p.max_share_shift:g}" in exprs["PetClassifierPredictedClassShare"]
+    # The default policy's Prometheus thresholds are the monitor's alarm thresholds, so an
+    # alert from Prometheus is the check a monitoring run would make.
+    from components.monitor.checks import MonitorConfig
+
+    cfg = MonitorConfig()
+    assert (p.error_rate, p.p95_latency_ms, p.max_share_shift, p.min_requests) == \
+        (cfg.max_error_rate, cfg.p95_slo_ms, cfg.max_share_shift, cfg.min_requests)
+    # The canary's p95 limit is the same.
     from components.deploy.release import CanaryPolicy
 
-    assert p.p95_latency_s * 1000 == CanaryPolicy().max_p95_ms
+    assert p.p95_latency_ms == CanaryPolicy().max_p95_ms
+    # The rollback limit is above the alert threshold: Prometheus' alert reaches governance,
+    # whose hard threshold decides on the value it carries.
+    collapse = next(r for r in policy.rules if r.name == "error-rate-collapse")
+    assert collapse.match.value_above > p.error_rate
 
 
 def test_promql_names_only_what_the_predictor_exports():
