@@ -99,6 +99,10 @@ def application_test(
     report.update(model_name=model_name, version=version)
     with open(qa_report.path, "w") as f:
         json.dump(report, f, indent=2)
+    # Kept with the version too, for its compliance report (components/govern/report.py).
+    from components.common.registry import ModelRegistry
+
+    ModelRegistry(registry_uri)._append(f"{model_name}/apptests/{int(version)}", report)
     with open(qa_summary.path, "w") as f:
         f.write(apptest.report_markdown(report, model_name, version))
     load = report["load"]

@@ -9,8 +9,8 @@ already hold — nothing is re-measured:
    commit, pipeline run, architecture, hyperparameters and search trials, parent version, and
    for a retrained version the governance trigger that started it;
 3. test results and the bias check (per-class precision, recall, F1; recall gap; gate);
-4. the application test (``<registry>/<model>/apptests/<version>/`` when the release step
-   recorded it there, or a QA report file given with ``--qa-report``);
+4. the application test (``<registry>/<model>/apptests/<version>/``, where the
+   application-test step records it, or a QA report file given with ``--qa-report``);
 5. every release decision about the version with its canary measurements;
 6. approvals and release holds;
 7. the monitoring history of the version since its release (verdicts, with trend plots);
