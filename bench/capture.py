@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +43,12 @@ def _metric(url: str, name: str, **labels) -> float:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -78,10 +86,15 @@ def main() -> None:
         for r in range(args.repeats):
             for config in ("off", "on"):
                 url = f"{servers[config][1]}/v1/models/{NAME}:predict"
+                cpu0 = cpu_seconds(servers[config][0].pid)
                 result = asyncio.run(_load(url, bodies, args.concurrency, args.seconds))
+                warmup = min(args.concurrency, 4)
+                result["cpu_ms"] = 1000.0 * (cpu_seconds(servers[config][0].pid) - cpu0) / (
+                    result["requests"] + warmup)
                 runs[config].append(result)
                 print(f"run {r + 1} capture {config}: {result['throughput']:.1f} req/s, "
-                      f"p95 {result['p95']:.1f} ms, errors {result['errors']}", flush=True)
+                      f"p95 {result['p95']:.1f} ms, server CPU {result['cpu_ms']:.3f} ms/req, "
+                      f"errors {result['errors']}", flush=True)
         on_url = servers["on"][1]
         counts = {o: _metric(on_url, "pet_classifier_capture_records_total", outcome=o)
                   for o in ("written", "dropped", "failed")}
@@ -103,11 +116,15 @@ def main() -> None:
 
     off, on = median("off"), median("on")
     overhead = 100.0 * (1.0 - on["throughput"] / off["throughput"])
+    cpu_off = float(np.median([r["cpu_ms"] for r in runs["off"]]))
+    cpu_on = float(np.median([r["cpu_ms"] for r in runs["on"]]))
+    cpu_overhead = 100.0 * (cpu_on / cpu_off - 1.0)
+    load = os.getloadavg()[0]
     verdict = "met" if overhead <= 10.0 else "NOT met"
     rows = "\n".join(
         f"| {label} | {m['throughput']:.1f} ({m['low']:.1f}-{m['high']:.1f}) | {m['p50']:.1f} | "
-        f"{m['p95']:.1f} | {m['p99']:.1f} | {m['errors']} |"
-        for label, m in (("capture off", off), ("capture on", on)))
+        f"{m['p95']:.1f} | {m['p99']:.1f} | {cpu:.3f} | {m['errors']} |"
+        for label, m, cpu in (("capture off", off, cpu_off), ("capture on", on, cpu_on)))
     section = f"""## Capture overhead
 
 `{' '.join(['.venv/bin/python', 'bench/capture.py', *sys.argv[1:]])}` on {platform.node()}
@@ -121,11 +138,14 @@ per V1 request, {args.concurrency} concurrent closed-loop clients on the same ma
 {args.repeats} runs of {args.seconds:g} s per configuration, alternating off/on; median run
 (range of runs in brackets).
 
-| configuration | requests/s | p50 ms | p95 ms | p99 ms | errors |
-|---|---|---|---|---|---|
+| configuration | requests/s | p50 ms | p95 ms | p99 ms | server CPU ms/request | errors |
+|---|---|---|---|---|---|---|
 {rows}
 
-Capture costs **{overhead:.1f}%** of the throughput (target ≤ 10%: {verdict}). The capture
+Capture costs **{overhead:.1f}%** of the throughput (target ≤ 10%: {verdict}) and
+{cpu_overhead:+.1f}% server CPU time per request (the server process's user + system time
+over the requests it answered, which other work on the machine does not inflate as it does
+throughput; 1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores). The capture
 server counted {counts['written']:.0f} records written, {counts['dropped']:.0f} dropped and
 {counts['failed']:.0f} failed for {served} requests served ({stored} records in
 {len(files)} files after shutdown, {bytes_per_record:.0f} bytes a record; {images:.0f} images
