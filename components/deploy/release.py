@@ -312,11 +312,17 @@ def _canary(target: DeploymentTarget, environment: str, version: int,
         if k:
             target.set_canary_traffic(environment, percent)
         urls = target.revision_urls(environment)
+        live = getattr(target, "traffic", None)  # the local router's per-revision counts
+        before = live(environment) if live else None
         loads, truth, served = _probe(urls, name, images, labels, k, policy)
         reasons, measured = judge(loads["canary"], loads.get("stable"), truth, policy, served)
         reasons += misrouted(loads, target.status(environment))
         out["steps"].append({"percent": percent, "passed": not reasons, "reasons": reasons,
                              **measured})
+        after = live(environment) if before is not None else None
+        if after is not None:  # users' requests through the endpoint during the step
+            out["steps"][-1]["live_traffic"] = {r: after.get(r, 0) - before.get(r, 0)
+                                                for r in ("stable", "canary")}
         logger.info("Canary step %d%%: %s", percent,
                     "passed" if not reasons else "FAILED: " + "; ".join(reasons))
         if reasons:
@@ -350,6 +356,10 @@ def release_markdown(record: dict) -> str:
                          f"{f(c['p95_ms'], '.1f')} | {f(st.get('p95_ms'), '.1f')} | "
                          f"{f(c['accuracy'], '.3f')} | {f(st.get('accuracy'), '.3f')} | "
                          f"{served} | {'pass' if s['passed'] else 'FAIL'} |")
+    live = [(s["percent"], s["live_traffic"]) for s in record["steps"] if s.get("live_traffic")]
+    if any(sum(t.values()) for _, t in live):
+        lines += ["", "Users' requests through the endpoint during each step: " + "; ".join(
+            f"{p}%: canary {t['canary']} of {t['canary'] + t['stable']}" for p, t in live)]
     if record["reasons"]:
         lines += ["", "Why:", ""] + [f"- {r}" for r in record["reasons"]]
     return "\n".join(lines) + "\n"

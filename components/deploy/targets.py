@@ -268,6 +268,15 @@ class LocalTarget(DeploymentTarget):
         return Deployment(environment, self.served_name(environment), url, stable,
                           rev(entry.get("canary")), entry.get("canary_percent", 0))
 
+    def traffic(self, environment: str) -> dict | None:
+        """Requests the environment's router has answered per revision role since it started
+        (``{"stable": n, "canary": m}``), or None when no router answers."""
+        from components.deploy import router as rt
+
+        rec = self.router(environment)
+        status = rt.router_status(rec["url"]) if rec.get("url") else None
+        return dict(status["served"]) if status else None
+
     def supervision(self, environment: str) -> dict:
         """What the environment's supervisor last reported (see ``supervisor.py``)."""
         from components.deploy.supervisor import read_supervision

@@ -294,6 +294,7 @@ def test_canary_failing_real_traffic_is_rolled_back_though_probes_pass(setup, pa
     assert served["available"] and served["errors"] >= 1
     assert served["requests"] >= served["errors"] + 40  # the probes are counted too
     assert step["stable"]["served"]["errors"] == 0
+    assert step["live_traffic"]["canary"] >= 1  # the router's count of what users sent it
     assert record["decision"] == "rolled_back"
     assert any("server error rate" in r for r in record["reasons"]), record["reasons"]
     after = target.status("production")
