@@ -275,6 +275,10 @@ def _print_training(outputs: dict, arguments: dict) -> None:
         served = c.get("served") or {}
         served_text = (f"; served {served['requests']} requests, {served['errors']} server "
                        "errors" if served.get("available") else "")
+        live = step.get("live_traffic") or {}
+        if sum(live.values()):  # users' (the demo camera's) requests through the router
+            served_text += (f"; camera frames through the router: {live['canary']} of "
+                            f"{live['canary'] + live['stable']} to the canary")
         print(f"  {step['percent']:>3}% traffic: {c['errors']}/{c['requests']} errors, p95 "
               f"{c['p95_ms']:.1f} ms, accuracy {accuracy}{versus}{served_text}"
               f"{'' if step['passed'] else '  FAILED: ' + '; '.join(step['reasons'])}")
@@ -442,8 +446,17 @@ def _cmd_demo(args) -> int:
                  "model_name": "pet-classifier", "image_size": args.size,
                  "deploy_target": "local", "serving_root": str(home / "deployments")}
     started = time.monotonic()
-    outputs = run_pipeline("training", arguments, home / "pipeline-runs", args)
+    from components.deploy.local_cli import Camera
+    from components.deploy.targets import LocalTarget
+
+    camera = Camera.from_lake(LocalTarget(arguments["registry_uri"], arguments["model_name"],
+                                          arguments["serving_root"]), lake_uri).start()
+    try:
+        outputs = run_pipeline("training", arguments, home / "pipeline-runs", args)
+    finally:
+        camera.stop()
     _print_training(outputs, arguments)
+    print(camera.summary())
     print(f"Pipeline wall time: {time.monotonic() - started:.0f} s")
     print("Step 3/3: asking the production endpoint about a few sample images",
           file=sys.stderr)
