@@ -24,10 +24,7 @@ ENVIRONMENTS = ("test", "production")
 
 def add_verbs(dp_sub) -> None:
     """Adds ``start`` and ``install-service`` to the ``deploy`` subparsers (``status`` exists)."""
-    import argparse
-
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    d = dp_sub.add_parser("start", formatter_class=fmt,
+    d = dp_sub.add_parser("start",
                           help="bring the local environments back to what the registry says "
                                "(after a reboot) and print their addresses")
     d.add_argument("--env", action="append", choices=list(ENVIRONMENTS),
@@ -38,11 +35,11 @@ def add_verbs(dp_sub) -> None:
     d.add_argument("--port", action="append", default=[], metavar="ENV=PORT",
                    help="port of an environment's router, e.g. production=8500 (default: "
                         "the one it had, else a free one)")
-    d = dp_sub.add_parser("install-service", formatter_class=fmt,
+    d = dp_sub.add_parser("install-service",
                           help="write a systemd unit that runs `mlops deploy start` at boot")
     d.add_argument("--unit", default=str(Path.home() / ".config/systemd/user/"
                                          "mlops-deploy.service"),
-                   help="where to write the unit file")
+                   help="where to write the unit file (default: %(default)s)")
     d.add_argument("--print", dest="print_only", action="store_true",
                    help="print the unit instead of writing it")
 
@@ -157,7 +154,6 @@ After=network-online.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-KillMode=none
 WorkingDirectory={os.getcwd()}
 {"Environment=MLOPS_HOME=" + os.environ["MLOPS_HOME"] + chr(10) if os.environ.get("MLOPS_HOME")
  else ""}ExecStart={base} start
