@@ -307,7 +307,7 @@ class Loop:
                 return n
             time.sleep(0.25)
 
-    def monitor(self, last: int, on_verdict=None) -> tuple:
+    def monitor(self, last: int, on_verdict=None, govern: bool = True) -> tuple:
         """Judges the last ``last`` requests and governs the verdict; ``on_verdict(verdict,
         entry)`` is called in between. Returns (verdict, actions, entry)."""
         from components.monitor.core import run_monitoring
@@ -336,7 +336,7 @@ class Loop:
         self.verdicts.append(entry)
         if on_verdict is not None:
             on_verdict(verdict, entry)
-        actions = self.govern(verdict, verdict_uri)
+        actions = self.govern(verdict, verdict_uri) if govern else []
         entry["actions"] = [a["action"] for a in actions]
         return verdict, actions, entry
 
@@ -387,16 +387,41 @@ class Loop:
         args.update(self.cfg.ct_arguments)
         return args
 
+    def start(self) -> int:
+        """Capture on, production (re)started with it; returns the production version."""
+        self._capture_env()
+        dep = self.ensure_production()
+        meta = json.loads(self._registry().read_file(self.cfg.model_name, dep.stable.version,
+                                                     "metadata.json"))
+        self.classes, self.input_size = meta["classes"], int(meta["image_size"])
+        return dep.stable.version
+
+    def day_only(self, n: int) -> dict:
+        """Serves ``n`` day frames, judging a window every ``check_every`` requests without
+        acting on the verdicts: the false alarms of an unchanged camera."""
+        self.start()
+        windows, alarms, any_alarms, by_check = 0, 0, 0, {}
+        first = len(self.served)
+        while len(self.served) - first < n:
+            self.label(self.serve("day", self.cfg.check_every))
+            if len(self.served) - first >= self.cfg.window:
+                verdict, _, _ = self.monitor(self.cfg.window, govern=False)
+                windows += 1
+                alarmed = [c for c in verdict.checks if c.status == "alarm"]
+                for c in alarmed:
+                    by_check[c.name] = by_check.get(c.name, 0) + 1
+                alarms += any(c.kind in ALERTING_KINDS for c in alarmed)
+                any_alarms += bool(alarmed)
+        return {"requests": n, "windows": windows, "alarms": alarms,
+                "any_check_alarms": any_alarms, "alarms_by_check": by_check}
+
     # -- the story -------------------------------------------------------------------------
 
     def run(self) -> dict:
         cfg = self.cfg
         registry = self._registry()
-        self._capture_env()
-        dep = self.ensure_production()
-        before_version = dep.stable.version
-        meta = json.loads(registry.read_file(cfg.model_name, before_version, "metadata.json"))
-        self.classes, self.input_size = meta["classes"], int(meta["image_size"])
+        before_version = self.start()
+        dep = self._target().status("production")
         self.event("start", f"production serves {cfg.model_name} version {before_version} at "
                             f"{dep.url}, capturing every request into {self.s['monitoring']}",
                    version=before_version)
@@ -582,3 +607,49 @@ def run_loop(config: LoopConfig, on_event=None, on_alert=None) -> dict:
                                      for m in receiver.messages]
     result["events"] = loop.events
     return result
+
+
+def bootstrap_production(home: str | os.PathLike, n: int = 1000, size: int = 64,
+                         epochs: int = 8, seed: int = 31, model_name: str = MODEL,
+                         reference_sample: int = 1000) -> dict:
+    """A day-only sample lake, its dataset version, and a production model trained on it,
+    with the core functions the pipeline's steps call (faster than the training pipeline,
+    for the tests, the benchmark and the notebook). ``mlops demo`` does this with the
+    pipeline.
+    """
+    from components.common.registry import ModelRegistry
+    from components.common.storage import open_store
+    from components.datagen.core import LakeSpec, generate
+    from components.evaluate.core import GateConfig, evaluate
+    from components.ingest.core import ingest, read_split, write_split
+    from components.package.core import build_package
+    from components.register.core import register_package
+    from components.train import core as train
+
+    home = Path(home)
+    stores = LoopConfig(home=home).stores
+    lake = open_store(stores["lake"])
+    generate(LakeSpec(n=n, size=size, seed=seed), lake)
+    result = ingest(lake.uri, stores["datasets"])
+    work = home / "bootstrap"
+    for split in ("train", "test"):
+        write_split(result, split, str(work / split))
+    rows, meta = read_split(str(work / "train"))
+    data = train.prepare(rows, meta["dataset_version"], size)
+    train.train(data, train.HParams(epochs=epochs, image_size=size, lr=3e-3, batch_size=32,
+                                    seed=seed), work / "model")
+    evaluation = evaluate(str(work / "model"), str(work / "test"), GateConfig(0.0, 0.0, 1.0))
+    (work / "evaluation.json").write_text(json.dumps(
+        {k: v for k, v in evaluation.items() if k != "report_html"}))
+    model, model_meta = train.load_model(work / "model")
+    test_rows, _ = read_split(str(work / "test"))
+    build_package(model, model_meta, evaluation, train.load_images(test_rows.head(20), size),
+                  model_name, work / "package")
+    mv = register_package(str(work / "package"), str(work / "model"),
+                          str(work / "evaluation.json"), str(work / "train"),
+                          stores["registry"], model_name, alias="",
+                          reference_sample=reference_sample)
+    ModelRegistry(stores["registry"]).set_alias(model_name, "production", mv.version,
+                                                reason="bootstrap")
+    return {"version": mv.version, "dataset_version": result.version,
+            "test_accuracy": evaluation["metrics"]["accuracy"], "lake": lake.uri}

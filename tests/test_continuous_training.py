@@ -14,52 +14,13 @@ import pytest
 import yaml
 
 from components.common.registry import ModelRegistry
-from components.common.storage import open_store
-from components.datagen.core import LakeSpec, generate
+from components.datagen.core import LakeSpec
 from pipelines.local import run_local
+from pipelines.loop import LoopConfig, bootstrap_production
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 MODEL = "pet-classifier"
-
-
-def build_champion(base: Path, n_day: int = 400, lake_dir: Path | None = None,
-                   size: int = SIZE, epochs: int = 8) -> dict:
-    """A day-only lake, its dataset, and a production model trained on it (no pipeline)."""
-    from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import ingest, write_split
-    from components.package.core import build_package
-    from components.register.core import register_package
-    from components.train import core as train
-    from components.train.core import load_images, load_model
-
-    lake = open_store(lake_dir or base / "lake")
-    generate(LakeSpec(n=n_day, size=size, seed=31), lake)
-    result = ingest(lake.uri, str(base / "ds"))
-    for split in ("train", "test"):
-        write_split(result, split, str(base / "splits" / split))
-    from components.ingest.core import read_split
-
-    rows, meta = read_split(str(base / "splits" / "train"))
-    data = train.prepare(rows, meta["dataset_version"], size)
-    model_dir = base / "champion"
-    train.train(data, train.HParams(epochs=epochs, image_size=size, lr=3e-3, batch_size=32),
-                model_dir)
-    evaluation = evaluate(str(model_dir), str(base / "splits" / "test"),
-                          GateConfig(0.0, 0.0, 1.0))
-    (base / "evaluation.json").write_text(json.dumps(
-        {k: v for k, v in evaluation.items() if k != "report_html"}))
-    model, mmeta = load_model(model_dir)
-    test_rows, _ = read_split(str(base / "splits" / "test"))
-    build_package(model, mmeta, evaluation, load_images(test_rows.head(20), size), MODEL,
-                  base / "package")
-    registry = str(base / "registry")
-    mv = register_package(str(base / "package"), str(model_dir), str(base / "evaluation.json"),
-                          str(base / "splits" / "train"), registry, MODEL, alias="",
-                          reference_sample=200)
-    ModelRegistry(registry).set_alias(MODEL, "production", mv.version, reason="test champion")
-    return {"lake": lake.uri, "registry": registry, "version": mv.version,
-            "accuracy": evaluation["metrics"]["accuracy"]}
 
 
 def capture_night(base: Path, n: int, first_index: int = 0, seed: int = 41) -> dict:
@@ -79,7 +40,7 @@ def capture_night(base: Path, n: int, first_index: int = 0, seed: int = 41) -> d
 def night_world(tmp_path_factory):
     """Champion in production, 200 night captures labelled: a template each test copies."""
     base = tmp_path_factory.mktemp("ct-world")
-    champion = build_champion(base)
+    champion = bootstrap_production(base, n=400, size=SIZE, epochs=6, reference_sample=200)
     served = capture_night(base, 200)
     return base, champion, served
 
@@ -91,14 +52,15 @@ def _copy_world(night_world, tmp_path) -> Path:
 
 
 def _ct_args(base: Path, **extra) -> dict:
+    s = LoopConfig(home=base).stores
     trigger = {"episode": "v1-1", "model": MODEL, "model_version": "1",
                "verdict": "20261123T200000Z-test", "verdict_uri": "file:///verdict.json",
                "rules": ["drift-retrain"], "checks": ["drift.embedding"]}
-    return {"data_uri": str(base / "lake"), "dataset_root": str(base / "ds"),
-            "registry_uri": str(base / "registry"), "work_root": str(base / "work"),
-            "monitoring_uri": str(base / "monitoring"), "trigger": json.dumps(trigger),
+    return {"data_uri": s["lake"], "dataset_root": s["datasets"],
+            "registry_uri": s["registry"], "work_root": s["work"],
+            "monitoring_uri": s["monitoring"], "trigger": json.dumps(trigger),
             "image_size": SIZE, "trial_epochs": 2, "epochs": 6, "deploy_target": "local",
-            "serving_root": str(base / "deployments"), "p95_slo_ms": 2000.0,
+            "serving_root": s["deployments"], "p95_slo_ms": 2000.0,
             "canary_requests_per_step": 20, "min_accuracy": 0.5, "min_macro_f1": 0.5,
             "max_recall_gap": 0.5, "champion_tolerance": 0.02, "max_reference_drop": 0.1,
             "min_recent_images": 10, **extra}
@@ -197,3 +159,51 @@ def test_continuous_training_compiles_with_its_gates_and_trigger_parameter(tmp_p
     assert {"trigger", "monitoring_uri", "min_recent_gain", "max_reference_drop",
             "warm_start_from_production"} <= set(params)
     assert not any("for-loop" in name for name in spec["root"]["dag"]["tasks"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tmp_path):
+    """The story at a small size: real model servers over HTTP with capture, the monitor,
+    governance with a webhook receiver on loopback, and the continuous-training pipeline."""
+    from components.deploy.targets import LocalTarget
+    from pipelines.loop import run_loop
+
+    home = tmp_path / "home"
+    bootstrap_production(home, n=400, size=SIZE, epochs=4, reference_sample=200)
+    config = LoopConfig(home=home, size=SIZE, day_requests=100, window=50, check_every=50,
+                        max_night_requests=150, after_requests=50, label_share=0.8,
+                        retrain_labels=120,
+                        ct_arguments={"trial_epochs": 2, "epochs": 6, "min_accuracy": 0.5,
+                                      "min_macro_f1": 0.5, "max_recall_gap": 0.5,
+                                      "champion_tolerance": 0.02, "max_reference_drop": 0.1,
+                                      "canary_requests_per_step": 20, "p95_slo_ms": 2000.0})
+    events = []
+    try:
+        result = run_loop(config, on_event=events.append)
+    finally:
+        s = config.stores
+        LocalTarget(s["registry"], MODEL, s["deployments"]).delete_all()
+
+    # The day stream raised no drift or performance alarm; the night stream did, quickly.
+    assert result["false_alarms"]["alarms"] == 0
+    assert result["detection"] and result["detection"]["requests_after_switch"] <= 100
+    assert any(c.startswith("drift.") for c in result["detection"]["checks"])
+    # The product owner's webhook received the alert over HTTP.
+    assert any(a["path"] == "/product-owner" for a in result["alerts_received"])
+    # One retraining run, with the captured night images exported and judged by slice.
+    release = result["release"]
+    assert release["state"] == "succeeded", release
+    assert release["export_id"]
+    recent = release["gate"]["recent"]
+    assert recent["recent_images"] >= 10
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("switch") < kinds.index("alarm") < kinds.index("retrain")
+    if release["gate"]["blessed"]:
+        assert release["decision"] == "promoted" and result["version_after"] == 2
+        assert result["after"]["version"] == "2"
+        assert recent["recent_accuracy"]["challenger"] > recent["recent_accuracy"]["champion"]
+    else:  # the champion won: production untouched, the next window judged against it
+        assert result["version_after"] == 1 and release["decision"] is None
+        assert result["after"]["version"] == "1"
+    assert result["after"]["n"] == 50

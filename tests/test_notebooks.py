@@ -14,12 +14,14 @@ EXPECTED = {
                                      "production alias ->", "true "],
     "03_monitoring.ipynb": ["Verdict: alarm", "drift.embedding", "brightness", "labelled",
                             "full report:"],
+    "04_continuous_training.ipynb": ["retraining gate", "a second export writes nothing: True",
+                                     "trigger in lineage", "served accuracy on night frames"],
 }
 
 
 # How many figures each notebook must show at least (plots where a person would rather look).
 FIGURES = {"01_data_lake_and_ingestion.ipynb": 2, "02_serving_and_release.ipynb": 3,
-           "03_monitoring.ipynb": 6}
+           "03_monitoring.ipynb": 6, "04_continuous_training.ipynb": 2}
 
 
 @pytest.mark.slow
