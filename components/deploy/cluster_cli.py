@@ -265,10 +265,10 @@ def _client(args):
                           existing_token=token or None, cookies=cookies or None)
 
 
-_AUTH_HINT = ("Authenticate with --token (e.g. `kubectl -n NAMESPACE create token "
-              "default-editor --audience=istio-ingressgateway.istio-system.svc.cluster.local`) "
-              "or --cookies (the session cookie of a browser login), and pass --namespace "
-              "of your profile.")
+_AUTH_HINT = ("Authenticate with --token (a Kubernetes service-account token your "
+              "Kubeflow accepts, e.g. `kubectl -n NAMESPACE create token default-editor`) or "
+              "--cookies (the session cookie of a browser login), and pass --namespace of "
+              "your profile.")
 
 
 def _kfp_call(args, what: str, fn):

@@ -4,19 +4,9 @@ release to production."""
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components.settings import COMPONENT_IMAGE, PREDICTOR_IMAGE
+from components.settings import COMPONENT_IMAGE
 
-DEFAULT_NAMESPACE = "kubeflow-user-example-com"  # components.common.k8s.DEFAULT_NAMESPACE
-
-
-def _serving_config(predictor_image: str, predictor_service_account: str,
-                    predictor_secret: str):
-    """The InferenceService shape from the components' cluster parameters."""
-    from components.common import k8s
-
-    return k8s.ServingConfig(image=predictor_image or k8s.ServingConfig.image,
-                             service_account=predictor_service_account,
-                             s3_secret=predictor_secret)
+# KFP runs a component's own source text: defaults are literals, helpers are imported inside.
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -30,9 +20,9 @@ def application_test(
     qa_metrics: Output[Metrics],
     model_name: str = "pet-classifier",
     target: str = "kserve",
-    namespace: str = DEFAULT_NAMESPACE,
+    namespace: str = "kubeflow-user-example-com",
     serving_root: str = "",
-    predictor_image: str = PREDICTOR_IMAGE,
+    predictor_image: str = "",
     predictor_service_account: str = "pet-classifier-predictor",
     predictor_secret: str = "pet-classifier-s3",
     accuracy_tolerance: float = 0.01,
@@ -60,7 +50,8 @@ def application_test(
             processes; state in ``serving_root``).
         namespace: Kubernetes namespace for the kserve target (where manifests/ was applied).
         serving_root: State folder of the local target.
-        predictor_image: The predictor image the InferenceService runs (kserve target).
+        predictor_image: The predictor image the InferenceService runs (kserve target;
+            empty: the predictor image of this release of the project).
         predictor_service_account: The predictor's ServiceAccount, which lists its S3 Secret
             (kserve target; created by manifests/).
         predictor_secret: The S3 Secret KServe's storage initializer reads (kserve target).
@@ -74,6 +65,7 @@ def application_test(
     import json
     import logging
 
+    from components.common import k8s
     from components.deploy import apptest
     from components.deploy.targets import open_target
 
@@ -86,8 +78,10 @@ def application_test(
     images, labels = apptest.load_labelled_split(test.path, max_images)
     deployer = open_target(target, registry_uri, model_name, namespace=namespace,
                            state_dir=serving_root,
-                           config=_serving_config(predictor_image, predictor_service_account,
-                                                  predictor_secret))
+                           config=k8s.ServingConfig(
+                               image=predictor_image or k8s.DEFAULT_PREDICTOR_IMAGE,
+                               service_account=predictor_service_account,
+                               s3_secret=predictor_secret))
     deployment = deployer.deploy("test", version)
     try:
         report = apptest.application_test(deployment.url, deployment.name, images, labels,
@@ -140,9 +134,9 @@ def release_model(
     release_metrics: Output[Metrics],
     model_name: str = "pet-classifier",
     target: str = "kserve",
-    namespace: str = DEFAULT_NAMESPACE,
+    namespace: str = "kubeflow-user-example-com",
     serving_root: str = "",
-    predictor_image: str = PREDICTOR_IMAGE,
+    predictor_image: str = "",
     predictor_service_account: str = "pet-classifier-predictor",
     predictor_secret: str = "pet-classifier-s3",
     canary_steps: str = "10,50",
@@ -204,6 +198,7 @@ def release_model(
     import logging
     import math
 
+    from components.common import k8s
     from components.deploy import apptest, release
     from components.deploy.targets import open_target
 
@@ -216,8 +211,10 @@ def release_model(
     images, labels = apptest.load_labelled_split(test.path)
     deployer = open_target(target, registry_uri, model_name, namespace=namespace,
                            state_dir=serving_root,
-                           config=_serving_config(predictor_image, predictor_service_account,
-                                                  predictor_secret))
+                           config=k8s.ServingConfig(
+                               image=predictor_image or k8s.DEFAULT_PREDICTOR_IMAGE,
+                               service_account=predictor_service_account,
+                               s3_secret=predictor_secret))
     from components.register.core import run_name
 
     record = release.release(deployer, version, images, labels, policy,
