@@ -94,6 +94,9 @@ class _Batch:
 
 # A camera sends 2 MP (1080p) to 8 MP (4K) frames; phones 12 MP, some 16 MP (4608x3456).
 CAMERA_MAX_PIXELS = 16_000_000
+# Pixels of lossless images (PNG, WebP, GIF, TIFF, BMP) a request may declare regardless of
+# their size in bytes: decoding 4 MP of even a flat lossless image costs about 0.15 s here.
+FREE_LOSSLESS_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ class ServingLimits:
         max_pixels: Largest declared image (width x height), read from its header before
             any pixel is decoded.
         max_request_pixels: Most declared pixels of all images of one request together.
+        max_pixels_per_byte: Beyond ``FREE_LOSSLESS_PIXELS``, the most pixels the lossless
+            images of a request may declare per byte of their files. A photo stored
+            losslessly takes about a byte per pixel; a file that declares thousands of pixels
+            per byte is a decompression bomb (or a synthetic image), cheap to send and slow
+            to decode. JPEG is exempt: it is decoded in draft mode at the model's scale.
         body_timeout_s: Time for a request body to arrive.
         decode_threads: Threads that decode images (0: one per core).
     """
@@ -113,7 +121,8 @@ class ServingLimits:
     max_instances: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int = CAMERA_MAX_PIXELS
-    max_request_pixels: int = 4 * CAMERA_MAX_PIXELS
+    max_request_pixels: int = 2 * CAMERA_MAX_PIXELS
+    max_pixels_per_byte: int = 100
     body_timeout_s: float = 30.0
     decode_threads: int = 0
 
@@ -262,11 +271,12 @@ class PetClassifier(Model):
         """Refuses a request from the declared dimensions alone, before decoding a pixel."""
         from PIL import Image
 
-        total = 0
+        total = lossless = lossless_bytes = 0
         for i, data in enumerate(encoded):
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
+                    lossy = img.format in ("JPEG", "MPO")
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                     Image.DecompressionBombWarning):
                 continue  # not readable: decode_image says why, with the reason
@@ -275,10 +285,21 @@ class PetClassifier(Model):
                                    f"{width * height} pixels; the limit is "
                                    f"{self.limits.max_pixels} per image (--max-pixels).")
             total += width * height
+            if not lossy:
+                lossless += width * height
+                lossless_bytes += len(data)
         if total > self.limits.max_request_pixels:
             raise InvalidInput(f"The request's images declare {total} pixels together; the "
                                f"limit is {self.limits.max_request_pixels} per request "
                                "(--max-request-pixels). Send fewer or smaller images.")
+        allowed = FREE_LOSSLESS_PIXELS + self.limits.max_pixels_per_byte * lossless_bytes
+        if lossless > allowed:
+            raise InvalidInput(
+                f"The request's lossless images (PNG, WebP, ...) declare {lossless} pixels "
+                f"from {lossless_bytes} bytes; beyond {FREE_LOSSLESS_PIXELS} pixels the limit "
+                f"is {self.limits.max_pixels_per_byte} pixels per byte "
+                "(--max-pixels-per-byte): files that compress this far are decompression "
+                "bombs or synthetic images, not camera frames. Send JPEG.")
 
     def _images_to_batch(self, encoded: list[bytes], instances: list | None = None,
                          stats: list | None = None) -> np.ndarray:

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "16 MP photo fits")
     p.add_argument("--max-request-pixels", type=_positive, default=limits.max_request_pixels,
                    help="most pixels of all images of one request together")
+    p.add_argument("--max-pixels-per-byte", type=_positive, default=limits.max_pixels_per_byte,
+                   help="beyond 4 MP, most pixels the lossless images (PNG, WebP …) of a "
+                        "request may declare per byte of their files (JPEG is exempt)")
     p.add_argument("--body-timeout", type=float, default=limits.body_timeout_s,
                    help="seconds for a request body to arrive; later is a 408")
     p.add_argument("--decode-threads", type=int, default=0,
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                         max_body_bytes=args.max_body_bytes,
                                         max_pixels=args.max_pixels,
                                         max_request_pixels=args.max_request_pixels,
+                                        max_pixels_per_byte=args.max_pixels_per_byte,
                                         body_timeout_s=args.body_timeout,
                                         decode_threads=args.decode_threads),
                           capture=capture, revision=args.revision,

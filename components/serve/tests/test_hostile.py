@@ -209,29 +209,54 @@ def test_a_tiny_webp_declaring_40_megapixels_is_refused_from_its_header(server, 
 
 
 def test_the_pixels_of_a_whole_request_are_budgeted(server, frame):
-    """17 real 4 MP photos pass the per-image limit but not the request's budget (64 MP)."""
-    photo = _webp(2000)
-    r = _predict(server["url"], [photo] * 17)
+    """Three 12 MP images pass the per-image limit but not the request's budget (32 MP)."""
+    r = _predict(server["url"], [_webp_declaring(4000, 3000)] * 3)
     assert r.status_code == 400, r.text
-    assert "68000000 pixels together" in r.json()["error"]
+    assert "36000000 pixels together" in r.json()["error"]
     assert "--max-request-pixels" in r.json()["error"]
 
 
-def test_health_checks_are_answered_while_images_decode(server):
-    """Decoding runs in a thread pool: the event loop answers while 60 MP are decoded."""
-    photo = _webp(2000)
-    done = {}
+@pytest.mark.parametrize("images", [[_webp(2000)] * 2, [_webp_declaring(4000, 3999)]],
+                         ids=["two flat 4 MP WebP of 212 bytes", "40 bytes declaring 16 MP"])
+def test_lossless_images_that_declare_thousands_of_pixels_per_byte_are_refused(server, frame,
+                                                                              images):
+    """Within every pixel limit, yet each byte would cost thousands of decoded pixels (the
+    two 4 MP files decode in 0.3 s, from 424 bytes)."""
+    started = time.perf_counter()
+    r = _predict(server["url"], images)
+    assert r.status_code == 400, r.text
+    assert "pixels per byte" in r.json()["error"] and "Send JPEG" in r.json()["error"]
+    assert time.perf_counter() - started < 1
+    # A lossless frame with some detail is accepted: 4.8 MP from 36 kB is within the 4 MP
+    # allowed at any size plus 100 pixels per byte.
+    blocks = np.random.default_rng(1).integers(0, 255, (60, 50, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(blocks).resize((2000, 2400), Image.NEAREST).save(buf, "PNG")
+    r = _predict(server["url"], [buf.getvalue()])
+    assert r.status_code == 200, r.text
 
-    def heavy():
-        r = _predict(server["url"], [photo] * 15)
-        done["status"], done["at"] = r.status_code, time.perf_counter()
 
-    caller = threading.Thread(target=heavy)
-    caller.start()
-    time.sleep(0.3)
-    r = httpx.get(f"{server['url']}/v2/health/ready", timeout=30)
-    answered = time.perf_counter()
-    caller.join()
+def test_health_checks_are_answered_while_images_decode(package_dir, tmp_path):
+    """Decoding runs in a thread pool: the event loop answers while 60 MP are decoded (on a
+    server whose operator raised the pixel limits)."""
+    proc, url, _ = _start(package_dir, tmp_path / "server.log", "--max-request-pixels",
+                          "100000000", "--max-pixels-per-byte", "1000000")
+    try:
+        photo = _webp(2000)
+        done = {}
+
+        def heavy():
+            r = _predict(url, [photo] * 15)
+            done["status"], done["at"] = r.status_code, time.perf_counter()
+
+        caller = threading.Thread(target=heavy)
+        caller.start()
+        time.sleep(0.3)
+        r = httpx.get(f"{url}/v2/health/ready", timeout=30)
+        answered = time.perf_counter()
+        caller.join()
+    finally:
+        _stop(proc)
     assert r.status_code == 200 and done["status"] == 200
     assert answered < done["at"], "the health check waited for the decoding"
 
