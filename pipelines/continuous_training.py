@@ -27,6 +27,7 @@ from pipelines.common import (
     never_cached,
     package_register_release,
     search_and_train,
+    with_resources,
     with_storage_credentials,
 )
 
@@ -189,7 +190,10 @@ def continuous_training_pipeline(
                      "predictor_secret": predictor_secret})
     for task in [export, ingest, space, *trials, best, test, gate, rejected, *tasks.values()]:
         with_storage_credentials(task)
-        task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+        with_resources(task, "1", "2G", "2", "8G")
+    # Retries where running a task twice does no harm (not export, register or release).
+    for task in [ingest, *trials, best, test]:
+        task.set_retry(num_retries=1, backoff_duration="30s", backoff_factor=2.0)
     # Never from KFP's cache: these read the capture store, the lake or the registry's
     # production alias, or change the registry and the cluster.
     for task in [export, ingest, test, rejected, *tasks.values()]:
