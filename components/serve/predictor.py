@@ -97,6 +97,42 @@ CAMERA_MAX_PIXELS = 16_000_000
 # Pixels of lossless images (PNG, WebP, GIF, TIFF, BMP) a request may declare regardless of
 # their size in bytes: decoding 4 MP of even a flat lossless image costs about 0.15 s here.
 FREE_LOSSLESS_PIXELS = 4_000_000
+# Scans of one JPEG: encoders write 1 (baseline) or about 10 (progressive). Each scan of a
+# progressive file is a pass over the whole image, so a small file of hundreds of scans
+# costs seconds to decode.
+MAX_JPEG_SCANS = 64
+
+
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers of a JPEG, walking its segments (an EXIF thumbnail inside an
+    APP segment is skipped with it); counting stops past ``MAX_JPEG_SCANS``."""
+    pos, scans, n = 2, 0, len(data)
+    while pos + 4 <= n and scans <= MAX_JPEG_SCANS:
+        if data[pos] != 0xFF:
+            return scans  # not a marker: the decoder reports the corruption
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 2 + length
+        if marker != 0xDA:
+            continue
+        scans += 1
+        while True:  # entropy-coded data runs to the next marker that is not 00 or RSTn
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= n:
+                return scans
+            if data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7:
+                pos += 2
+                continue
+            break
+    return scans
 
 
 @dataclass(frozen=True)
@@ -110,10 +146,11 @@ class ServingLimits:
             any pixel is decoded.
         max_request_pixels: Most declared pixels of all images of one request together.
         max_pixels_per_byte: Beyond ``FREE_LOSSLESS_PIXELS``, the most pixels the lossless
-            images of a request may declare per byte of their files. A photo stored
-            losslessly takes about a byte per pixel; a file that declares thousands of pixels
-            per byte is a decompression bomb (or a synthetic image), cheap to send and slow
-            to decode. JPEG is exempt: it is decoded in draft mode at the model's scale.
+            (and progressive JPEG) images of a request may declare per byte of their files.
+            A photo stored losslessly takes about a byte per pixel; a file that declares
+            thousands of pixels per byte is a decompression bomb (or a synthetic image),
+            cheap to send and slow to decode. Baseline JPEG is exempt: it is decoded in
+            draft mode at the model's scale.
         body_timeout_s: Time for a request body to arrive.
         decode_threads: Threads that decode images (0: one per core).
     """
@@ -276,7 +313,8 @@ class PetClassifier(Model):
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
-                    lossy = img.format in ("JPEG", "MPO")
+                    jpeg = img.format in ("JPEG", "MPO")
+                    lossy = jpeg and not img.info.get("progressive")
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
                     Image.DecompressionBombWarning):
                 continue  # not readable: decode_image says why, with the reason
@@ -284,6 +322,10 @@ class PetClassifier(Model):
                 raise InvalidInput(f"Instance {i} declares {width}x{height} = "
                                    f"{width * height} pixels; the limit is "
                                    f"{self.limits.max_pixels} per image (--max-pixels).")
+            if jpeg and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+                raise InvalidInput(f"Instance {i} is a JPEG of more than {MAX_JPEG_SCANS} "
+                                   f"scans ({scans} counted); encoders write at most about "
+                                   "10, and each scan is a pass over the whole image.")
             total += width * height
             if not lossy:
                 lossless += width * height
@@ -295,7 +337,8 @@ class PetClassifier(Model):
         allowed = FREE_LOSSLESS_PIXELS + self.limits.max_pixels_per_byte * lossless_bytes
         if lossless > allowed:
             raise InvalidInput(
-                f"The request's lossless images (PNG, WebP, ...) declare {lossless} pixels "
+                f"The request's lossless or progressive images (PNG, WebP, progressive "
+                f"JPEG, ...) declare {lossless} pixels "
                 f"from {lossless_bytes} bytes; beyond {FREE_LOSSLESS_PIXELS} pixels the limit "
                 f"is {self.limits.max_pixels_per_byte} pixels per byte "
                 "(--max-pixels-per-byte): files that compress this far are decompression "

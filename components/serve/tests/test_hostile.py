@@ -216,8 +216,17 @@ def test_the_pixels_of_a_whole_request_are_budgeted(server, frame):
     assert "--max-request-pixels" in r.json()["error"]
 
 
-@pytest.mark.parametrize("images", [[_webp(2000)] * 2, [_webp_declaring(4000, 3999)]],
-                         ids=["two flat 4 MP WebP of 212 bytes", "40 bytes declaring 16 MP"])
+def _flat_progressive_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3999), (200, 120, 40)).save(buf, "JPEG", quality=5,
+                                                         progressive=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("images", [[_webp(2000)] * 2, [_webp_declaring(4000, 3999)],
+                                    [_flat_progressive_jpeg()]],
+                         ids=["two flat 4 MP WebP of 212 bytes", "40 bytes declaring 16 MP",
+                              "flat 16 MP progressive JPEG of 94 kB"])
 def test_lossless_images_that_declare_thousands_of_pixels_per_byte_are_refused(server, frame,
                                                                               images):
     """Within every pixel limit, yet each byte would cost thousands of decoded pixels (the
@@ -234,6 +243,18 @@ def test_lossless_images_that_declare_thousands_of_pixels_per_byte_are_refused(s
     Image.fromarray(blocks).resize((2000, 2400), Image.NEAREST).save(buf, "PNG")
     r = _predict(server["url"], [buf.getvalue()])
     assert r.status_code == 200, r.text
+
+
+def test_a_jpeg_of_hundreds_of_scans_is_refused_before_decoding(server, frame):
+    """Each scan of a progressive JPEG is a pass over the whole image."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(frame)).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    last_scan = data[data.rindex(b"\xff\xda"):-2]  # up to the end-of-image marker
+    many = data[:-2] + last_scan * 80 + b"\xff\xd9"
+    r = _predict(server["url"], [many])
+    assert r.status_code == 400 and "more than 64 scans" in r.json()["error"], r.text
+    assert _predict(server["url"], [data]).status_code == 200  # 10 scans: a normal file
 
 
 def test_health_checks_are_answered_while_images_decode(package_dir, tmp_path):
