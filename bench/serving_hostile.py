@@ -187,6 +187,7 @@ def main() -> None:
     mixed = {}
     try:
         rss0 = _rss_mib(proc.pid)
+        load0 = os.getloadavg()[0]
         print("good only ...", flush=True)
         alone = asyncio.run(run(url, good, bad, args.seconds, 0.0, args.seed))
         for share in shares:
@@ -195,6 +196,7 @@ def main() -> None:
         print("good only, again ...", flush=True)
         again = asyncio.run(run(url, good, bad, args.seconds, 0.0, args.seed))
         rss1 = _rss_mib(proc.pid)
+        load1 = os.getloadavg()[0]
         alive = proc.poll() is None
     finally:
         proc.terminate()
@@ -220,7 +222,9 @@ def main() -> None:
         "",
         f"`.venv/bin/python bench/serving_hostile.py --seconds {args.seconds:g} "
         f"--bad-shares {args.bad_shares}` on {platform.machine()} with {os.cpu_count()} cores "
-        "(client and server share them). One server process, default limits; concurrency "
+        f"(client and server share them; the machine's 1-minute load average was {load0:.1f} "
+        f"before and {load1:.1f} after, other work included). One server process, default "
+        "limits; concurrency "
         f"{CONCURRENCY}, closed loop, aiohttp keep-alive connections; good requests are V1 "
         f"`:predict` with one {args.frame} px JPEG frame; bad requests are {len(bad)} "
         "requests from the predictor's fuzz generator and issue 9's cases (including 64 WebP "
