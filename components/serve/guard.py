@@ -109,7 +109,8 @@ class RequestGuard:
                                 "v1" if match.group("v1") else "v2", outcome).inc()
         if status is not None and 400 <= status < 500:
             detail = _error_text(state["error_body"])
-            self.warn.warning("Bad request %s %s: %d %s", method, path, status, detail)
+            self.warn.warning("Bad request %s %s: %d %s", method, _printable(path[:200]),
+                              status, _printable(detail))
 
     async def _serve(self, scope, receive, send, path, method, state) -> int | None:
         async def reply(status: int, message: str, close: bool = False) -> None:
@@ -202,6 +203,11 @@ def _content_length(headers) -> int | None:
             except ValueError:
                 return None  # uvicorn refuses a malformed Content-Length before us
     return None
+
+
+def _printable(text: str) -> str:
+    """One log line whatever the client sent: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _error_text(body: bytes) -> str:
