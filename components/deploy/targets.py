@@ -602,10 +602,12 @@ class KServeTarget(DeploymentTarget):
       ``latest`` tag to it with the percent asked and the ``prev`` tag to the stable revision.
       Until then Knative routes "latest" to the previous ready revision (route/traffic/
       traffic.go), so both tagged URLs would reach the old version.
-    * ``status.observedGeneration`` is not compared with ``metadata.generation``: KServe copies
-      the Knative Service's generation there (inference_service_status.go PropagateStatus),
-      a different counter. The wait checks what the generation would stand for instead: the
-      revision names and the traffic the controller reports for the new spec.
+    * ``status.observedGeneration`` is the Knative Service's generation, which KServe copies
+      there (inference_service_status.go PropagateStatus), not the InferenceService's: it is
+      never compared with ``metadata.generation``. When a patch changed the spec, the wait
+      requires it to have moved past the value read before the patch (every change the
+      release makes changes the Knative Service's template or traffic), and then the
+      revision names and traffic the controller reports for the new spec.
     * During a canary the stable revision is ``latestRolledoutRevision`` (the one KServe routes
       ``prev`` to, ksvc_reconciler.go), never ``previousRolledoutRevision``.
     * Rollback is ``canaryTrafficPercent: 0`` (:func:`~components.common.k8s.rollback_patch`);
@@ -678,11 +680,23 @@ class KServeTarget(DeploymentTarget):
                           self.custom.get_namespaced_custom_object, self.GROUP, self.VERSION,
                           self.namespace, self.PLURAL, name)
 
-    def _patch(self, environment: str, patch: dict) -> dict:
+    def _patch(self, environment: str, patch: dict):
+        """Applies a merge patch; returns a guard for the wait: once the patch changed the spec,
+        the status must come from a newer Knative generation than before it."""
         name = self.served_name(environment)
-        return self._call(f"patch InferenceService {name}",
-                          self.custom.patch_namespaced_custom_object, self.GROUP, self.VERSION,
-                          self.namespace, self.PLURAL, name, patch, field_validation="Strict")
+        before = self._get(environment) or {}
+        observed = (before.get("status") or {}).get("observedGeneration") or 0
+        after = self._call(f"patch InferenceService {name}",
+                           self.custom.patch_namespaced_custom_object, self.GROUP,
+                           self.VERSION, self.namespace, self.PLURAL, name, patch,
+                           field_validation="Strict")
+        changed = (after or {}).get("metadata", {}).get("generation") != \
+            before.get("metadata", {}).get("generation")
+
+        def newer(obj) -> bool:
+            return not changed or \
+                ((obj.get("status") or {}).get("observedGeneration") or 0) > observed
+        return newer
 
     def check_prerequisites(self) -> None:
         """Fails early, saying what to apply, when the predictor's ServiceAccount or its S3
@@ -845,11 +859,11 @@ class KServeTarget(DeploymentTarget):
                     self._revision_version(rev) == version and self._split(comp) == {rev: 100})
         return done
 
-    def _canary_at(self, version: int, percent: int, stable_revision: str):
+    def _canary_at(self, version: int, percent: int, stable_revision: str, newer):
         def done(obj, comp):
             rev = comp.get("latestCreatedRevision", "")
             tags = {t.get("tag"): t for t in comp.get("traffic") or []}
-            return (rev and rev != stable_revision and rev == comp.get("latestReadyRevision")
+            return (newer(obj) and rev and rev != stable_revision and rev == comp.get("latestReadyRevision")
                     and self._revision_version(rev) == version and
                     comp.get("latestRolledoutRevision") == stable_revision and
                     tags.get("latest", {}).get("revisionName") == rev and
@@ -893,28 +907,30 @@ class KServeTarget(DeploymentTarget):
         percent = _check_percent(percent)
         dep = self._require(environment, canary=False)
         self.check_prerequisites()
-        self._patch(environment, k8s.canary_patch(self._object(environment, version), percent))
+        newer = self._patch(environment,
+                            k8s.canary_patch(self._object(environment, version), percent))
         self._wait(environment, f"a ready canary revision of version {version} at {percent}%",
-                   self._canary_at(version, percent, dep.stable.detail["revision"]), timeout)
+                   self._canary_at(version, percent, dep.stable.detail["revision"], newer),
+                   timeout)
         return self.status(environment)
 
     def set_canary_traffic(self, environment: str, percent: int,
                            timeout: float | None = None) -> Deployment:
         percent = _check_percent(percent)
         dep = self._require(environment, canary=True)
-        self._patch(environment, k8s.traffic_patch(percent))
+        newer = self._patch(environment, k8s.traffic_patch(percent))
         self._wait(environment, f"the canary at {percent}%",
-                   self._canary_at(dep.canary.version, percent, dep.stable.detail["revision"]),
-                   timeout)
+                   self._canary_at(dep.canary.version, percent, dep.stable.detail["revision"],
+                                   newer), timeout)
         return self.status(environment)
 
     def promote(self, environment: str, timeout: float | None = None) -> Deployment:
         dep = self._require(environment, canary=True)
         canary = dep.canary.detail["revision"]
-        self._patch(environment, k8s.promote_patch())  # traffic only: no new revision
+        newer = self._patch(environment, k8s.promote_patch())  # traffic only: no new revision
 
         def done(obj, comp):
-            return comp.get("latestRolledoutRevision") == canary and \
+            return newer(obj) and comp.get("latestRolledoutRevision") == canary and \
                 self._split(comp) == {canary: 100}
         self._wait(environment, f"all traffic on revision {canary}", done, timeout)
         return self.status(environment)
@@ -924,11 +940,11 @@ class KServeTarget(DeploymentTarget):
         if dep.canary is None:
             return dep
         stable, canary = dep.stable.detail["revision"], dep.canary.detail["revision"]
-        self._patch(environment, k8s.rollback_patch())
+        newer = self._patch(environment, k8s.rollback_patch())
 
         def done(obj, comp):
             split = self._split(comp)
-            return comp.get("latestRolledoutRevision") == stable and \
+            return newer(obj) and comp.get("latestRolledoutRevision") == stable and \
                 split.get(stable) == 100 and not split.get(canary)
         self._wait(environment, f"all traffic back on revision {stable}", done, timeout)
         return self.status(environment)

@@ -614,6 +614,8 @@ class KubeStandIn:
             ksvc["traffic_spec"] = traffic_spec
         self._revisions_progress(ns)
         self._route(ns, name, ksvc)
+        # Knative records the generation it reconciled whether or not the route is ready.
+        ksvc["observed"] = ksvc["generation"]
         self._propagate(isvc, ksvc, comp)
 
     def _template(self, isvc: dict) -> dict:
@@ -681,6 +683,7 @@ class KubeStandIn:
         ready = [r for r in revs if self._ready(ns, r)]
         ksvc["latest_ready"] = ready[-1] if ready else ""
         resolved = []
+        ksvc["route_ready"] = False
         for t in ksvc["traffic_spec"]:
             if t.get("latestRevision"):
                 if not ksvc["latest_ready"]:
@@ -699,7 +702,7 @@ class KubeStandIn:
                 split[t["revisionName"]] = split.get(t["revisionName"], 0) + t["percent"]
             self.traffic_history.append((time.monotonic(), name, split))
         ksvc["route"] = resolved
-        ksvc["observed"] = ksvc["generation"]
+        ksvc["route_ready"] = True
 
     def _propagate(self, isvc: dict, ksvc: dict, comp: dict) -> None:
         """inference_service_status.go PropagateStatus, for the predictor."""
@@ -722,7 +725,7 @@ class KubeStandIn:
                     comp["latestRolledoutRevision"] = comp["previousRolledoutRevision"]
         comp["latestReadyRevision"] = ksvc["latest_ready"]
         created_ready = self._ready(ns, ksvc["latest_created"])
-        routed = bool(traffic) and ksvc["observed"] == ksvc["generation"]
+        routed = bool(traffic) and ksvc.get("route_ready", False)
         ready = created_ready and routed
         host = f"{ksvc['name']}.{ns}.{DOMAIN}"
         if ready:
