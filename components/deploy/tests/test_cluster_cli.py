@@ -193,3 +193,19 @@ def test_manifests_command_writes_overlays_with_the_values_given(tmp_path):
                                       "kustomization.yaml").read_text()
     assert "serving.kserve.io/s3-endpoint: minio-service.kubeflow:9000" in \
         (out / "base" / "kustomization.yaml").read_text()
+
+
+def test_every_pipeline_parameter_is_documented_and_can_be_given_on_the_command_line():
+    import inspect
+    import re
+
+    from pipelines import PIPELINES, load
+
+    for name in PIPELINES:
+        pipeline = load(name)
+        doc = pipeline.pipeline_func.__doc__ or ""
+        documented = set(re.findall(r"^\s{8}(\w+):", doc, re.M))
+        params = inspect.signature(pipeline.pipeline_func).parameters
+        assert not [p for p in params if p not in documented], name
+        for spec in pipeline.component_spec.inputs.values():
+            assert str(spec.type) in ("String", "Integer", "Float", "Boolean", "List", "Dict")
