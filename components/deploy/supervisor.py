@@ -134,6 +134,7 @@ class Supervisor:
         self.served_name = served_name
         self.policy = policy or SupervisionPolicy()
         self.records: dict[str, dict] = {}
+        self.retired: dict[str, dict] = {}
         self._children: dict[int, subprocess.Popen] = {}
         previous = read_supervision(state_dir, model, environment).get("revisions", {})
         self._carried = previous  # restarts counted by an earlier router process
@@ -148,7 +149,9 @@ class Supervisor:
         return {"environment": self.environment, "model": self.model, "router_pid": os.getpid(),
                 "updated_at": _now(), "healthy": self.healthy,
                 "revisions": {k: {f: v for f, v in r.items() if not f.startswith("_")}
-                              for k, r in self.records.items()}}
+                              for k, r in self.records.items()},
+                "retired": {k: {"pid": r["pid"], "version": r["version"], "port": r["port"]}
+                            for k, r in self.retired.items()}}
 
     def save(self) -> None:
         path = supervisor_path(self.state_dir, self.model, self.environment)
@@ -198,8 +201,11 @@ class Supervisor:
         supervisor); True if any was forgotten (and the report rewritten)."""
         current = {revision_key(r) for r in revisions.values()}
         gone = [key for key in self.records if key not in current]
-        for key in gone:
-            del self.records[key]
+        for key in gone:  # kept in the report a while: the target stops them by these pids
+            self.retired[key] = {**self.records.pop(key), "retired_at": time.monotonic()}
+        for key in [k for k, r in self.retired.items()
+                    if time.monotonic() - r["retired_at"] > 600 or k in current]:
+            del self.retired[key]
         if gone:
             self.save()
         return bool(gone)

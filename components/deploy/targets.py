@@ -347,6 +347,7 @@ class LocalTarget(DeploymentTarget):
         """Writes the state, makes sure the router runs and waits until it applies it."""
         from components.deploy import router as rt
 
+        self._write(state)  # routes first, so that a router starting now reads them
         rec = self._ensure_router(environment, state)
         self._write(state)
         with contextlib.suppress(ProcessLookupError):
@@ -367,8 +368,9 @@ class LocalTarget(DeploymentTarget):
         if router and not rt.wait_drained(router["url"], rev.url):
             logger.warning("Requests to version %d were still in flight after 30 s; stopping "
                            "it anyway", rev.version)
-        record = self.supervision(environment).get("revisions", {}).get(
-            revision_key(asdict(rev)))
+        report = self.supervision(environment)
+        key = revision_key(asdict(rev))
+        record = report.get("revisions", {}).get(key) or report.get("retired", {}).get(key)
         if record and record["pid"] != rev.detail["pid"]:
             self._kill(record["pid"], rev.detail["port"])  # the supervisor's restart of it
         self._stop(rev)
