@@ -80,7 +80,20 @@ from urllib.parse import parse_qs, urlparse
 import jsonpatch
 import yaml
 
-CRD_PATH = Path(__file__).parent / "data" / "serving.kserve.io_inferenceservices.yaml.gz"
+CRD_NAME = "serving.kserve.io_inferenceservices.yaml.gz"
+
+
+def _crd_path() -> Path:
+    """KServe 0.20's InferenceService CRD (see data/SOURCE.md): ``$MLOPS_KSERVE_CRD``, else
+    the copy in the steering repository's ``shared/kserve/`` beside this checkout, else the
+    one vendored in ``data/``."""
+    candidates = [os.environ.get("MLOPS_KSERVE_CRD", ""),
+                  Path(__file__).resolve().parents[3].parent / "shared" / "kserve" / CRD_NAME,
+                  Path(__file__).parent / "data" / CRD_NAME]
+    return next(Path(c) for c in candidates if c and Path(c).is_file())
+
+
+CRD_PATH = _crd_path()
 DOMAIN = "example.com"
 STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
 # pkg/constants/constants.go ServiceAnnotationDisallowedList (the 0.20 defaults) and
