@@ -137,7 +137,7 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_not_passed(target, sta
     target.deploy(PROD, 1)
     registry.set_alias(MODEL, "production", 1)
     standin.behave(2, None)  # e.g. the image does not pull, or the model does not load
-    target.timeout_s = 1.5
+    target.timeout_s = 3
     started = time.monotonic()
     record = release.release(target, 2, [b"not sent"], ["cats"],
                              release.CanaryPolicy(steps=(10, 50), requests_per_step=1))
