@@ -130,11 +130,17 @@ def _cmd_run(args) -> int:
         _check_range("--test-fraction", args.test_fraction, 0.0, 1.0, low_open=True)
         if args.test_fraction >= 1.0:
             raise _option_error("--test-fraction", args.test_fraction, "a share between 0 and 1")
-        _check_range("--workers", args.workers, 1)
+        _check_range("--workers", args.workers, 0)
+        from components.ingest.core import IngestConfig, absolute_uri, parse_aliases, parse_classes
+
+        IngestConfig(classes=parse_classes(args.classes), aliases=parse_aliases(
+            args.label_aliases))  # checks --classes and --label-aliases before any work
         arguments = {"data_uri": args.data,
                      "dataset_root": args.dataset_root or str(home / "datasets"),
-                     "labels_csv": args.labels_csv, "layout": args.layout,
-                     "test_fraction": args.test_fraction, "workers": args.workers}
+                     "labels_csv": absolute_uri(args.labels_csv) if args.labels_csv else "",
+                     "layout": args.layout, "test_fraction": args.test_fraction,
+                     "workers": args.workers, "classes": args.classes,
+                     "label_aliases": args.label_aliases}
         outputs = run_pipeline("ingest", arguments, args.outputs, args)
         _print_ingest(outputs)
     elif args.pipeline == "training":
@@ -586,7 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how labels are read: from folders, kaggle-style names or a CSV")
     ing.add_argument("--test-fraction", type=float, default=0.2,
                      help="share of each class held out for testing")
-    ing.add_argument("--workers", type=int, default=8, help="parallel readers")
+    ing.add_argument("--workers", type=int, default=0,
+                     help="parallel readers and decoders; 0 = one process per CPU core")
+    ing.add_argument("--classes", default="cats,dogs",
+                     help="the declared classes; images labelled otherwise are quarantined")
+    ing.add_argument("--label-aliases", default="",
+                     help="alias=class pairs, e.g. cat=cats,kitten=cats (default cat=cats,"
+                          "dog=dogs)")
     ing.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"),
                      help="local pipeline root for task outputs")
     ing.set_defaults(func=_cmd_run)

@@ -19,7 +19,9 @@ def ingest_pipeline(
     labels_csv: str = "",
     layout: str = "auto",
     test_fraction: float = 0.2,
-    workers: int = 8,
+    workers: int = 0,
+    classes: str = "cats,dogs",
+    label_aliases: str = "",
 ) -> NamedTuple("IngestPipelineOutputs", dataset_version=str, train=Dataset, test=Dataset,
                 report=Markdown):
     """Ingests a data lake into a versioned dataset.
@@ -30,10 +32,13 @@ def ingest_pipeline(
         labels_csv: Optional URI of a key,label CSV; empty takes labels from the layout.
         layout: auto, folders, kaggle or csv.
         test_fraction: Share of each class in the test split (0.2 = 80/20).
-        workers: Parallel reads and decodes.
+        workers: Parallel reads and decodes (processes for a large lake); 0 is one per core.
+        classes: The declared classes, comma-separated; other labels are quarantined.
+        label_aliases: alias=class pairs (cat=cats,dog=dogs); empty means those defaults.
     """
     task = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
-                       layout=layout, test_fraction=test_fraction, workers=workers)
+                       layout=layout, test_fraction=test_fraction, workers=workers,
+                       classes=classes, label_aliases=label_aliases)
     task.set_display_name("ingest data")
     with_resources(task, "1", "2G", "2", "8G", retries=2)
     never_cached(task)  # the lake may have changed at the same URI

@@ -19,8 +19,11 @@ def ingest_data(
     labels_csv: str = "",
     layout: str = "auto",
     test_fraction: float = 0.2,
-    workers: int = 8,
+    workers: int = 0,
     use_cache: bool = True,
+    classes: str = "cats,dogs",
+    label_aliases: str = "",
+    draft: bool = True,
 ) -> NamedTuple("IngestOutputs", dataset_version=str, num_train=int, num_test=int):
     """Ingests a data lake into a validated, de-duplicated, split and versioned dataset.
 
@@ -35,8 +38,16 @@ def ingest_data(
         labels_csv: Optional URI of a CSV of key,label; empty means labels from the layout.
         layout: auto, folders, kaggle or csv.
         test_fraction: Share of each class in the test split.
-        workers: Parallel reads and decodes.
-        use_cache: Skip re-decoding objects unchanged since the last ingestion.
+        workers: Parallel reads and decodes: worker processes for a large lake, threads for a
+            small one; 0 is one per CPU core available to the step.
+        use_cache: Skip re-decoding objects unchanged since the last ingestion with the same
+            validation settings.
+        classes: The declared classes, comma-separated (case-insensitive). Any other label
+            quarantines its image as unknown_label.
+        label_aliases: Other names of the classes, as alias=class pairs (cat=cats,dog=dogs);
+            empty means the default aliases cat=cats and dog=dogs for those classes.
+        draft: Decode large JPEGs at a reduced scale (still completely) to validate them and
+            measure their statistics faster.
     """
     import logging
 
@@ -45,7 +56,8 @@ def ingest_data(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = core.ingest(data_uri, dataset_root, core.IngestConfig(
         test_fraction=test_fraction, layout=layout, labels_csv=labels_csv or None,
-        workers=workers, use_cache=use_cache))
+        workers=workers, use_cache=use_cache, classes=core.parse_classes(classes),
+        aliases=core.parse_aliases(label_aliases), draft=draft))
     for name, artifact in (("train", train), ("test", test)):
         artifact.metadata.update(core.write_split(result, name, artifact.path))
     report.metadata.update({"dataset_version": result.version, "source_uri": data_uri})

@@ -12,7 +12,11 @@ Layout of a dataset root (any store URI)::
         quarantine.csv                   every refused object with its reason
         duplicates.csv                   every duplicate with the key it duplicates
         report.json                      counts and the accounting check
-    cache/<source-id>.csv                what was learned per (key, fingerprint); not versioned
+    cache/<source-id>-<settings-id>.csv  what was learned per (key, fingerprint) under these
+                                         validation settings; not versioned
+    cache/objects.csv                    objects/ entries whose content was verified, with the
+                                         fingerprint (size+mtime or ETag) they had then
+    locks/versions-<version>.lock        held while one ingestion publishes that version
 
 The dataset version is a hash of the manifest, so it changes if and only if an image's
 content, label, split or size changes.
@@ -24,10 +28,15 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import socket
+import stat
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +50,8 @@ from components.common.images import (
     inspect_image,
 )
 from components.common.storage import (
+    AlreadyExistsError,
+    LocalStore,
     ObjectInfo,
     ObjectNotFoundError,
     ObjectStore,
@@ -61,6 +72,22 @@ _KEY_COLUMNS = ("key", "filename", "file", "path", "image", "id")
 _LABEL_COLUMNS = ("label", "class", "category")
 _CACHE_COLUMNS = ["key", "fingerprint", "size", "sha256", "status", "detail", "format", "mode",
                   "width", "height", "brightness", "contrast"]
+_IMAGE_FACTS = ("sha256", "size", "status", "detail", "format", "mode", "width", "height",
+                "brightness", "contrast")
+DEFAULT_CLASSES = ("cats", "dogs")
+#: Aliases used when none are given, for the declared classes they point at.
+DEFAULT_ALIASES = {"cat": "cats", "dog": "dogs"}
+_CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: JPEGs are decoded at a reduced scale that keeps both sides at least this long; brightness
+#: and contrast are measured on that image (every byte is still decoded).
+DRAFT_SIDE = 256
+#: Bump when the validation in components.common.images changes what it accepts or measures:
+#: it is part of the cache key, so a change invalidates what earlier runs learned.
+VALIDATION_VERSION = 2
+#: Fewer objects than this are read by threads in this process: starting processes costs more.
+PROCESS_MIN_OBJECTS = 256
+#: A publish lock older than this is presumed left behind by a crashed ingestion.
+PUBLISH_LOCK_STALE_S = 600.0
 
 
 class IngestError(ValueError):
@@ -80,9 +107,21 @@ class IngestConfig:
             to the lake URI and a ``label`` column. Implies ``layout='csv'``.
         max_pixels: Larger images are quarantined as decompression bombs.
         min_side: Images with a smaller side are quarantined as too small.
-        workers: Parallel reads and decodes.
-        use_cache: Reuse what an earlier ingestion of the same lake learned about unchanged
-            objects (same key and fingerprint) instead of downloading and decoding them again.
+        workers: Parallel reads and decodes: 0 (default) is one process per available CPU
+            core. A lake of at least ``PROCESS_MIN_OBJECTS`` objects to read is decoded by that
+            many processes (decoding is CPU-bound); smaller ones by as many threads.
+        use_cache: Reuse what an earlier ingestion of the same lake under the same validation
+            settings learned about unchanged objects (same key and fingerprint) instead of
+            downloading and decoding them again.
+        classes: The declared classes (compared case-insensitively). A label that is neither
+            a class nor an alias quarantines its image as ``unknown_label``.
+        aliases: Other names of a declared class, e.g. ``{"cat": "cats"}``. None (default):
+            ``DEFAULT_ALIASES`` for the declared classes they point at.
+        draft: Decode JPEGs at a reduced scale (at least ``DRAFT_SIDE`` px a side) where that
+            suffices: the image is still decoded completely, the statistics are measured on
+            the reduced image, and width and height are the full size.
+        publish_wait_s: How long to wait for another ingestion that is publishing the same
+            version before giving up.
     """
 
     test_fraction: float = 0.2
@@ -90,8 +129,12 @@ class IngestConfig:
     labels_csv: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = DEFAULT_MIN_SIDE
-    workers: int = 8
+    workers: int = 0
     use_cache: bool = True
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    aliases: Mapping[str, str] | None = None
+    draft: bool = True
+    publish_wait_s: float = 300.0
 
     def __post_init__(self):
         if not 0.0 < self.test_fraction < 1.0:
@@ -101,8 +144,88 @@ class IngestConfig:
             raise IngestError(f"Invalid layout: {self.layout!r}. Expect one of {LAYOUTS}.")
         if self.layout == "csv" and not self.labels_csv:
             raise IngestError("layout='csv' needs labels_csv: the URI of a CSV of key,label.")
-        if self.workers < 1:
-            raise IngestError(f"Invalid workers: {self.workers}. Expect 1 or more.")
+        if self.workers < 0:
+            raise IngestError(f"Invalid workers: {self.workers}. Expect 0 (one per CPU core) "
+                              "or more.")
+        if self.max_pixels < 1 or self.min_side < 1:
+            raise IngestError(f"Invalid max_pixels {self.max_pixels} or min_side "
+                              f"{self.min_side}: expect both >= 1.")
+        classes = tuple(_fold(c) for c in (self.classes or ()))
+        bad = [c for c in classes if not _CLASS_NAME.match(c)]
+        if not classes or bad or len(set(classes)) != len(classes):
+            raise IngestError(
+                f"Invalid classes: {list(self.classes)}. Expect distinct names of letters, "
+                "digits, '-' or '_' (case does not matter), for example cats,dogs.")
+        if self.aliases is None:
+            aliases = {a: t for a, t in DEFAULT_ALIASES.items() if t in classes}
+        else:
+            aliases = {_fold(a): _fold(t) for a, t in self.aliases.items()}
+            for alias, target in aliases.items():
+                if target not in classes:
+                    raise IngestError(f"Invalid label alias {alias}={target}: {target!r} is not "
+                                      f"a declared class {list(classes)}.")
+                if alias in classes or not alias:
+                    raise IngestError(f"Invalid label alias {alias}={target}: {alias!r} is "
+                                      "empty or already a class name.")
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "aliases", aliases)
+
+    def canonical_label(self, raw: str) -> str | None:
+        """The declared class a raw label names, or None if it names none."""
+        folded = _fold(raw)
+        if folded in self.classes:
+            return folded
+        return self.aliases.get(folded)
+
+    def settings_id(self) -> str:
+        """A hash of every setting that changes what validating one object concludes."""
+        settings = {"max_pixels": self.max_pixels, "min_side": self.min_side,
+                    "draft_side": DRAFT_SIDE if self.draft else 0,
+                    "validation": VALIDATION_VERSION}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fold(label: str) -> str:
+    return unicodedata.normalize("NFC", str(label)).strip().casefold()
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """``"cats,dogs"`` -> ``("cats", "dogs")``; the form the component and the CLI take."""
+    classes = tuple(c.strip() for c in (text or "").split(",") if c.strip())
+    if not classes:
+        raise IngestError(f"Invalid classes: {text!r}. Expect a comma-separated list such as "
+                          "cats,dogs.")
+    return classes
+
+
+def parse_aliases(text: str) -> dict[str, str] | None:
+    """``"cat=cats,kitten=cats"`` -> a dict; empty text means the default aliases (None)."""
+    if not (text or "").strip():
+        return None
+    aliases = {}
+    for item in text.split(","):
+        alias, sep, target = item.partition("=")
+        if not sep or not alias.strip() or not target.strip():
+            raise IngestError(f"Invalid label alias {item.strip()!r} in {text!r}. Expect "
+                              "alias=class pairs separated by commas, such as cat=cats,dog=dogs.")
+        aliases[alias.strip()] = target.strip()
+    return aliases
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use: the affinity mask, capped by a cgroup CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass
@@ -153,8 +276,16 @@ def label_from_key(key: str, layout: str) -> str | None:
     return None
 
 
-def read_labels_csv(uri: str) -> tuple[dict[str, str], list[dict]]:
-    """Reads a labels CSV into key -> label, and the rows it could not use (with reasons)."""
+def read_labels_csv(uri: str, canonical: Callable[[str], str | None] | None = None
+                    ) -> tuple[dict[str, str], list[dict]]:
+    """Reads a labels CSV into key -> label, and the rows it could not use (with reasons).
+
+    Args:
+        uri: The CSV's URI or path (relative paths are to the current folder).
+        canonical: Maps a raw label to its class; two rows of one key conflict only if they
+            name different classes (``cat`` and ``Cats`` do not).
+    """
+    uri = absolute_uri(uri)
     try:
         table = pd.read_csv(io.BytesIO(read_uri(uri)), dtype=str, keep_default_na=False)
     except ObjectNotFoundError as exc:
@@ -181,20 +312,35 @@ def read_labels_csv(uri: str) -> tuple[dict[str, str], list[dict]]:
             continue
         if not label:
             continue  # the key stays unlabelled and is quarantined as such if it exists
-        if key in labels and labels[key] != label:
-            conflicts.add(key)
+        if key in labels and labels[key] is not None and labels[key] != label:
+            first, second = labels[key], label
+            if canonical is not None:
+                first, second = canonical(first) or _fold(first), canonical(second) or _fold(second)
+            if first != second:
+                conflicts.add(key)
         labels.setdefault(key, label)
     for key in conflicts:
         labels[key] = None  # marked: labelled twice, differently
     return labels, rejected
 
 
+def absolute_uri(uri: str) -> str:
+    """A URI with a local relative path made absolute (``labels.csv`` -> ``/cwd/labels.csv``)."""
+    text = os.fspath(uri)
+    if "://" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def _source_id(uri: str) -> str:
     return hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
 
 
-def _load_cache(root: ObjectStore, source_uri: str) -> dict[tuple[str, str], dict]:
-    key = f"cache/{_source_id(source_uri)}.csv"
+def _cache_key(source_uri: str, config: IngestConfig) -> str:
+    return f"cache/{_source_id(source_uri)}-{config.settings_id()}.csv"
+
+
+def _load_cache(root: ObjectStore, key: str) -> dict[tuple[str, str], dict]:
     try:
         table = pd.read_csv(io.BytesIO(root.get(key)), dtype={"fingerprint": str, "key": str,
                                                             "sha256": str, "detail": str},
@@ -247,6 +393,305 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False, lineterminator="\n").encode()
 
 
+def _display_key(key: str) -> str:
+    """A key as text that can always be written (undecodable bytes as \\xNN escapes)."""
+    try:
+        key.encode("utf-8")
+        return key
+    except UnicodeEncodeError:
+        try:
+            return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return key.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def list_local_lake(store: LocalStore) -> tuple[list[ObjectInfo], list[dict]]:
+    """Lists a lake folder, following symbolic links that stay inside it.
+
+    A link to a file or folder inside the lake root is followed (a folder linked from two
+    places is listed under both keys; identical bytes are then reported as duplicates).
+    Nothing outside the root is ever read: a link that leaves it, a broken link, a link to a
+    folder that contains it, and anything that is not a regular file or a folder is returned
+    as a refusal with its reason instead of being dropped.
+
+    Returns:
+        (objects sorted by key, refusals as dicts with key, status, detail).
+    """
+    from components.common.storage import _INTERNAL_NAME
+
+    root = os.path.realpath(store.root)
+    found: list[ObjectInfo] = []
+    refused: list[dict] = []
+
+    def refuse(key: str, status: str, detail: str) -> None:
+        refused.append({"key": key, "status": status, "detail": detail})
+
+    def walk(folder: str, prefix: str, ancestors: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            refuse(prefix.rstrip("/") or ".", "unreadable", f"cannot list the folder: {exc}")
+            return
+        for entry in entries:
+            if _INTERNAL_NAME.match(entry.name):
+                continue
+            key = prefix + entry.name
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not _inside(target, root):
+                        refuse(key, "link_outside_lake", f"links to {target}, outside the lake "
+                               f"root {root}; copy the files into the lake instead")
+                        continue
+                st = os.stat(entry.path)  # follows a link
+            except FileNotFoundError:
+                refuse(key, "broken_link", f"links to {os.readlink(entry.path)!r}, which "
+                       "does not exist")
+                continue
+            except OSError as exc:  # ELOOP, EACCES ...
+                refuse(key, "broken_link" if entry.is_symlink() else "unreadable", str(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real = os.path.realpath(entry.path)
+                if real in ancestors:
+                    refuse(key, "link_loop", f"links to {real}, a folder that contains it")
+                    continue
+                walk(entry.path, key + "/", ancestors | {real})
+            elif stat.S_ISREG(st.st_mode):
+                found.append(ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}"))
+            else:
+                refuse(key, "not_a_file", f"file type {stat.filemode(st.st_mode)[0]!r} "
+                       "(pipe, socket or device); never read")
+
+    if os.path.isdir(root):
+        walk(root, "", frozenset({root}))
+    return sorted(found, key=lambda o: o.key), refused
+
+
+def _list_lake(lake: ObjectStore) -> tuple[list[ObjectInfo], list[dict]]:
+    if isinstance(lake, LocalStore):
+        return list_local_lake(lake)
+    return list(lake.list()), []
+
+
+class _Checker:
+    """Reads, hashes, validates and stores one object; runs in a thread or a worker process."""
+
+    def __init__(self, lake: ObjectStore, objects: ObjectStore, present: frozenset[str],
+                 max_pixels: int, min_side: int, draft_side: int | None):
+        self.lake, self.objects, self.present = lake, objects, present
+        self.max_pixels, self.min_side, self.draft_side = max_pixels, min_side, draft_side
+
+    def __call__(self, key: str) -> dict:
+        try:
+            data = self.lake.get(key)
+        except ObjectNotFoundError as exc:
+            return {"status": "vanished", "detail": f"listed, then not found: {exc}"}
+        except PermissionError as exc:
+            return {"status": "unreadable", "detail": str(exc)}
+        out = {"sha256": sha256_bytes(data), "size": len(data)}
+        try:
+            info = inspect_image(data, max_pixels=self.max_pixels, min_side=self.min_side,
+                                 draft_side=self.draft_side)
+        except ImageRejected as exc:
+            out.update(status=exc.reason, detail=exc.detail)
+            return out
+        out.update(status="ok", format=info.format, mode=info.mode, width=info.width,
+                   height=info.height, brightness=info.brightness, contrast=info.contrast)
+        if out["sha256"] not in self.present:
+            self.objects.put(object_key(out["sha256"]), data)  # same bytes if two writers race
+            out["stored"] = True
+        return out
+
+
+_WORKER: _Checker | None = None
+
+
+def _init_worker(lake_uri: str, objects_uri: str, env: dict, present: frozenset[str],
+                 settings: tuple) -> None:
+    global _WORKER
+    os.environ.update(env)  # the S3 settings of the parent, whenever the pool was started
+    logging.basicConfig(level=logging.WARNING)
+    _WORKER = _Checker(open_store(lake_uri), open_store(objects_uri), present, *settings)
+
+
+def _work(key: str) -> dict:
+    return _WORKER(key)
+
+
+def _storage_env() -> dict:
+    prefixes = ("AWS_", "MINIO_", "S3_")
+    return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+
+
+def _read_objects(tasks: list[str], lake: ObjectStore, objects: ObjectStore,
+                  present: frozenset[str], config: IngestConfig,
+                  progress: Callable[[int, int], None] | None):
+    """Yields one result per task, in order, from threads or worker processes."""
+    settings = (config.max_pixels, config.min_side, DRAFT_SIDE if config.draft else None)
+    workers = config.workers or available_cpus()
+    if workers > 1 and len(tasks) >= PROCESS_MIN_OBJECTS:
+        import multiprocessing
+
+        # forkserver: workers start from a clean process (no inherited threads or sockets);
+        # each keeps at most one object in memory, so memory grows with workers, not the lake.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["components.ingest.core"])
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                   initializer=_init_worker,
+                                   initargs=(lake.uri, objects.uri, _storage_env(), present,
+                                             settings))
+        results = pool.map(_work, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8))))
+        mode = "processes"
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        results = pool.map(_Checker(lake, objects, present, *settings), tasks)
+        mode = "threads"
+    logger.info("Reading and decoding %d objects with %d %s", len(tasks), workers, mode)
+    log_every = max(1, len(tasks) // 10)
+    with pool:
+        for done, result in enumerate(results, start=1):
+            if progress:
+                progress(done, len(tasks))
+            elif done % log_every == 0 or done == len(tasks):
+                logger.info("Checked %d/%d objects", done, len(tasks))
+            yield result
+
+
+def _load_verified(root: ObjectStore) -> dict[str, str]:
+    try:
+        table = pd.read_csv(io.BytesIO(root.get("cache/objects.csv")), dtype=str,
+                            keep_default_na=False)
+        return dict(zip(table["sha256"], table["fingerprint"], strict=True))
+    except ObjectNotFoundError:
+        return {}
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, KeyError,
+            ValueError) as exc:
+        logger.warning("Ignoring unreadable %s: %s", root.uri_of("cache/objects.csv"), exc)
+        return {}
+
+
+def _verify_objects(objects: ObjectStore, needed: dict[str, list[str]], present: dict[str, str],
+                    verified: dict[str, str], workers: int) -> dict[str, str]:
+    """Checks that every stored object still holds the bytes its name (sha256) says.
+
+    An object whose fingerprint is the one it had when it was last verified is trusted without
+    reading it; any other is read and hashed.
+
+    Returns:
+        sha256 -> fingerprint of every object now known to be intact.
+
+    Raises:
+        IngestError: An object's content does not match its name; names the object and the
+            lake keys whose images it holds. Nothing is published.
+    """
+    trusted = {sha: fp for sha, fp in present.items() if verified.get(sha) == fp}
+    to_check = [sha for sha in needed if sha not in trusted]
+
+    def check(sha: str) -> tuple[str, bool]:
+        try:
+            return sha, sha256_bytes(objects.get(object_key(sha))) == sha
+        except ObjectNotFoundError:
+            return sha, False
+
+    bad = []
+    if to_check:
+        logger.info("Verifying the content of %d stored objects", len(to_check))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for sha, ok in pool.map(check, to_check):
+                if ok and sha in present:
+                    trusted[sha] = present[sha]
+                elif ok:
+                    pass  # written meanwhile by a concurrent ingestion: verified next time
+                else:
+                    bad.append(sha)
+    if bad:
+        shown = "; ".join(f"{objects.uri_of(object_key(sha))} (image of "
+                          f"{', '.join(map(_display_key, needed[sha][:3]))})" for sha in bad[:5])
+        raise IngestError(
+            f"{len(bad)} stored object(s) do not hold the bytes their name (sha256) says: "
+            f"{shown}. They were overwritten or corrupted after ingestion; every dataset "
+            "version that lists them is affected. Delete them and ingest again (the lake's "
+            "copies are written back). Nothing was published.")
+    return trusted
+
+
+def _publish(root: ObjectStore, snapshot: str, files: dict[str, bytes], manifest_csv: bytes,
+             wait_s: float) -> bool:
+    """Publishes a snapshot once, however many ingestions of it run at the same time.
+
+    One ingestion holds a create-only lock object while it publishes; another that finds the
+    lock waits until the version is published (and then publishes nothing), or takes over a
+    lock older than ``PUBLISH_LOCK_STALE_S``.
+
+    Returns:
+        True if this call published the snapshot, False if it was already published (by an
+        earlier or a concurrent ingestion; its manifest is verified to be ours).
+    """
+    def already() -> bool:
+        if not root.is_published(snapshot):
+            return False
+        if root.read_published(snapshot, "manifest.csv") != manifest_csv:
+            raise IngestError(f"{root.uri_of(snapshot)} is published with another manifest "
+                              "than this version's: the dataset root is corrupted.")
+        return True
+
+    if already():
+        return False
+    lock = f"locks/{snapshot.replace('/', '-')}.lock"
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            root.put(lock, json.dumps({"token": token, "host": socket.gethostname(),
+                                       "pid": os.getpid(), "time": time.time()}).encode(),
+                     if_absent=True)
+            break
+        except AlreadyExistsError:
+            if already():
+                return False
+            try:
+                held = json.loads(root.get(lock))
+                age = time.time() - float(held["time"])
+            except ObjectNotFoundError:
+                continue  # released just now: try again at once
+            except (ValueError, KeyError, TypeError):
+                held, age = {}, PUBLISH_LOCK_STALE_S + 1  # unreadable: treat as stale
+            if age > PUBLISH_LOCK_STALE_S:
+                logger.warning("Taking over the publish lock %s (held by %s for %.0f s)",
+                               root.uri_of(lock), held, age)
+                root.delete(lock)
+                continue
+            if time.monotonic() > deadline:
+                raise IngestError(
+                    f"Another ingestion ({held.get('host')}, pid {held.get('pid')}) has been "
+                    f"publishing {root.uri_of(snapshot)} for {age:.0f} s. Try again later; if "
+                    f"no ingestion is running, delete {root.uri_of(lock)}.") from None
+            time.sleep(0.2)
+    try:
+        if already():
+            return False
+        try:
+            root.publish(snapshot, files)
+        except AlreadyExistsError:
+            # Published meanwhile by a writer that does not take the lock (an older version of
+            # this code): fine if it is this version, intact.
+            if already():
+                return False
+            raise
+        return True
+    finally:
+        try:
+            if json.loads(root.get(lock)).get("token") == token:
+                root.delete(lock)
+        except (ObjectNotFoundError, ValueError):
+            pass
+
+
 def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = IngestConfig(),
            progress: Callable[[int, int], None] | None = None) -> IngestResult:
     """Ingests a data lake into a versioned dataset snapshot.
@@ -261,101 +706,100 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         The snapshot's version, manifest, statistics and report.
 
     Raises:
-        IngestError: Nothing to ingest, or nothing valid: the message gives the counts by
-            reason.
+        IngestError: Nothing to ingest, nothing valid (the message gives the counts by
+            reason), or a stored object that no longer matches its content hash.
     """
     lake = open_store(source_uri)
     root = open_store(dataset_root_uri)
     objects = root.child("objects")
     layout = "csv" if config.labels_csv else config.layout
+    labels_csv = absolute_uri(config.labels_csv) if config.labels_csv else None
 
-    listing: list[ObjectInfo] = list(lake.list())
+    listing, refused = _list_lake(lake)
     excluded = []
-    if config.labels_csv:
-        csv_store, csv_name = split_uri(config.labels_csv)
+    if labels_csv:
+        csv_store, csv_name = split_uri(labels_csv)
         csv_uri = csv_store.uri_of(csv_name)  # normalised: a path and a file:// URI compare
         if csv_uri.startswith(lake.uri.rstrip("/") + "/"):
             # The labels file itself is metadata, not an image of the lake.
             csv_key = csv_uri[len(lake.uri.rstrip("/")) + 1:]
             excluded = [o.key for o in listing if o.key == csv_key]
             listing = [o for o in listing if o.key != csv_key]
-        labels_map, rejected_rows = read_labels_csv(config.labels_csv)
+        labels_map, rejected_rows = read_labels_csv(labels_csv, config.canonical_label)
     else:
         labels_map, rejected_rows = {}, []
-    if not listing:
+    if not listing and not refused:
         raise IngestError(f"No objects found under {lake.uri}. Check the URI, the prefix and "
                           "the storage credentials (AWS_*/MINIO_* variables for s3://).")
-    logger.info("Listed %d objects under %s", len(listing), lake.uri)
+    logger.info("Listed %d objects under %s", len(listing) + len(refused), lake.uri)
 
-    cache = _load_cache(root, lake.uri) if config.use_cache else {}
+    cache_key = _cache_key(lake.uri, config)
+    cache = _load_cache(root, cache_key) if config.use_cache else {}
     # One listing instead of a HEAD request per image.
-    known_objects = {o.key.rsplit("/", 1)[-1] for o in objects.list()}
+    present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
 
-    records: list[dict] = []  # one per listed object, in listing order
+    def new_record(key: str, fingerprint: str = "", size: int = 0) -> dict:
+        return {"key": key, "fingerprint": fingerprint, "size": size, "sha256": "",
+                "status": "", "detail": "", "format": "", "mode": "", "width": 0, "height": 0,
+                "brightness": 0.0, "contrast": 0.0, "label": None}
+
+    records: list[dict] = []  # one per listed object
+    for item in refused:
+        rec = new_record(item["key"])
+        rec.update(status=item["status"], detail=item["detail"])
+        records.append(rec)
     to_read: list[int] = []
     for obj in listing:
-        rec = {"key": obj.key, "fingerprint": obj.fingerprint, "size": obj.size, "sha256": "",
-               "status": "", "detail": "", "format": "", "mode": "", "width": 0, "height": 0,
-               "brightness": 0.0, "contrast": 0.0, "label": None}
+        rec = new_record(obj.key, obj.fingerprint, obj.size)
+        records.append(rec)
+        try:
+            obj.key.encode("utf-8")
+        except UnicodeEncodeError:
+            rec.update(status="invalid_key_encoding", detail="the name is not valid UTF-8 "
+                       "(written by a system with another file-name encoding); rename it")
+            continue
         try:
             check_key(obj.key)
         except UnsafeKeyError as exc:
             rec.update(status="unsafe_key", detail=str(exc))
-            records.append(rec)
             continue
         if layout == "csv":
-            label = labels_map.get(obj.key, "")
-            if label is None:
+            raw = labels_map.get(obj.key, "")
+            if raw is None:
                 rec.update(status="conflicting_labels", detail="the labels CSV gives this key "
                            "two different labels")
+                continue
         else:
-            label = label_from_key(obj.key, layout)
-        if label == "" or (label is None and not rec["status"]):
+            raw = label_from_key(obj.key, layout)
+        if not raw:
             rec.update(status="unlabelled", detail=f"no label for this key in layout {layout!r}")
+            continue
+        label = config.canonical_label(raw)
+        if label is None:
+            aliases = ", ".join(f"{a}={t}" for a, t in sorted(config.aliases.items()))
+            rec.update(status="unknown_label", detail=(
+                f"label {raw!r} is not a declared class ({', '.join(config.classes)}) nor an "
+                f"alias ({aliases or 'none'}); declare it or move the file"))
+            continue
         rec["label"] = label
-        if not rec["status"]:
-            hit = cache.get((obj.key, obj.fingerprint))
-            if hit is not None and (hit["status"] != "ok" or hit["sha256"] in known_objects):
-                rec.update({k: hit[k] for k in ("sha256", "status", "detail", "format", "mode",
-                                                "width", "height", "brightness", "contrast")})
-                rec["cached"] = True
-            else:
-                to_read.append(len(records))
-        records.append(rec)
-
-    decoded = 0
-    log_every = max(1, len(to_read) // 10)
-    lock = threading.Lock()
-    done = [0]
-
-    def check(index: int) -> None:
-        nonlocal decoded
-        rec = records[index]
-        data = lake.get(rec["key"])
-        rec["sha256"] = sha256_bytes(data)
-        rec["size"] = len(data)
-        try:
-            info = inspect_image(data, max_pixels=config.max_pixels, min_side=config.min_side)
-        except ImageRejected as exc:
-            rec.update(status=exc.reason, detail=exc.detail)
+        hit = cache.get((obj.key, obj.fingerprint))
+        if hit is not None and (hit["status"] != "ok" or hit["sha256"] in present):
+            rec.update({k: hit[k] for k in _IMAGE_FACTS if k != "size"})
+            rec["cached"] = True
         else:
-            rec.update(status="ok", format=info.format, mode=info.mode, width=info.width,
-                       height=info.height, brightness=info.brightness, contrast=info.contrast)
-            if rec["sha256"] not in known_objects:
-                objects.put(object_key(rec["sha256"]), data)  # same bytes if two threads race
-        with lock:
-            decoded += 1
-            done[0] += 1
-            if progress:
-                progress(done[0], len(to_read))
-            elif done[0] % log_every == 0 or done[0] == len(to_read):
-                logger.info("Checked %d/%d objects", done[0], len(to_read))
+            to_read.append(len(records) - 1)
 
+    decoded, stored = 0, set()
     if to_read:
-        logger.info("Reading and decoding %d objects with %d workers (%d from cache)",
-                    len(to_read), config.workers, len(listing) - len(to_read))
-        with ThreadPoolExecutor(max_workers=config.workers) as pool:
-            list(pool.map(check, to_read))  # list() re-raises the first worker error
+        logger.info("%d objects to read (%d from cache)", len(to_read),
+                    sum(1 for r in records if r.get("cached")))
+        tasks = [records[i]["key"] for i in to_read]
+        results = _read_objects(tasks, lake, objects, frozenset(present), config, progress)
+        for index, result in zip(to_read, results, strict=True):
+            if result.pop("stored", False):
+                stored.add(result["sha256"])
+            records[index].update(result)
+            decoded += 1
     elif progress:
         progress(0, 0)
 
@@ -377,16 +821,28 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
                 dup_rows.append({"key": key, "sha256": sha, "duplicate_of": first})
 
     kept = table[table["status"] == "ok"].copy()
+    # Every image of the snapshot must be intact in objects/ before anything is published.
+    needed: dict[str, list[str]] = {}
+    for sha, key in zip(kept["sha256"], kept["key"], strict=True):
+        needed.setdefault(sha, []).append(key)
+    if stored:
+        present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
+    verified = _load_verified(root)
+    verified.update({sha: present[sha] for sha in stored if sha in present})
+    verified.update(_verify_objects(objects, {s: k for s, k in needed.items() if s not in stored},
+                                    present, verified, config.workers or available_cpus()))
+
     kept["split"] = [split_of(s, config.test_fraction) for s in kept["sha256"]]
     kept["width"] = kept["width"].astype(int)
     kept["height"] = kept["height"].astype(int)
     quarantined = table[~table["status"].isin(["ok", "duplicate"])]
     quarantine = quarantined[["key", "status", "detail", "size"]].rename(
         columns={"status": "reason"}).sort_values("key").reset_index(drop=True)
+    quarantine["key"] = [_display_key(k) for k in quarantine["key"]]
     duplicates = pd.DataFrame(dup_rows, columns=["key", "sha256", "duplicate_of"]).sort_values(
         "key").reset_index(drop=True)
 
-    listed = len(listing)
+    listed = len(records)
     accounted = len(kept) + len(quarantine) + len(duplicates)
     if accounted != listed:  # a bug, never a data problem: refuse to publish
         raise RuntimeError(f"Ingestion accounting failed: {accounted} accounted for, "
@@ -397,9 +853,9 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         raise IngestError(
             f"No valid labelled image under {lake.uri}: {listed} objects listed, quarantined "
             f"by reason {reasons}, {len(duplicates)} duplicates. Fix the data or the layout "
-            f"(now {layout!r}).")
-    present = {o.key for o in listing}
-    missing = sorted(k for k in labels_map if k not in present) if layout == "csv" else []
+            f"(now {layout!r}) or the declared classes (now {', '.join(config.classes)}).")
+    present_keys = {o.key for o in listing}
+    missing = sorted(k for k in labels_map if k not in present_keys) if layout == "csv" else []
 
     manifest = kept[MANIFEST_COLUMNS].sort_values("key").reset_index(drop=True)
     manifest_csv = _csv_bytes(manifest)
@@ -441,22 +897,23 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     }
 
     snapshot = f"versions/{version}"
-    created = not root.is_published(snapshot)
+    created = _publish(root, snapshot, {
+        "manifest.csv": manifest_csv,
+        "image_stats.csv": _csv_bytes(image_stats),
+        "stats.json": _json_bytes(stats),
+        "quarantine.csv": _csv_bytes(quarantine),
+        "duplicates.csv": _csv_bytes(duplicates),
+        "report.json": _json_bytes({k: v for k, v in report.items()
+                                    if k not in ("decoded", "cache_hits")}),
+    }, manifest_csv, config.publish_wait_s)
     if created:
-        root.publish(snapshot, {
-            "manifest.csv": manifest_csv,
-            "image_stats.csv": _csv_bytes(image_stats),
-            "stats.json": _json_bytes(stats),
-            "quarantine.csv": _csv_bytes(quarantine),
-            "duplicates.csv": _csv_bytes(duplicates),
-            "report.json": _json_bytes({k: v for k, v in report.items()
-                                        if k not in ("decoded", "cache_hits")}),
-        })
         logger.info("Published dataset version %s at %s", version, root.uri_of(snapshot))
     else:
         logger.info("Dataset version %s already published; nothing changed", version)
 
-    root.put(f"cache/{_source_id(lake.uri)}.csv", _csv_bytes(_cache_frame(table)))
+    root.put(cache_key, _csv_bytes(_cache_frame(table)))
+    root.put("cache/objects.csv", _csv_bytes(pd.DataFrame(
+        sorted(verified.items()), columns=["sha256", "fingerprint"])))
 
     for reason, n in reasons.items():
         logger.warning("Quarantined %d objects: %s (%s)", n, reason,

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.common.images import decode_image
-from components.common.storage import open_store
+from components.common.images import preprocess_image
+from components.common.storage import open_store, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -104,25 +104,34 @@ def validation_split(rows: pd.DataFrame, fraction: float = 0.15) -> tuple[pd.Dat
 
 
 def load_images(rows: pd.DataFrame, image_size: int, workers: int = 8) -> np.ndarray:
-    """Reads, decodes and resizes the images of a manifest into ``N x 3 x S x S`` uint8."""
-    from PIL import Image
+    """Reads, verifies and preprocesses the images of a manifest into ``N x 3 x S x S`` uint8.
 
+    Each image goes through :func:`components.common.images.preprocess_image`, the function
+    the predictor uses, so training and serving see the same pixels. A snapshot image whose
+    bytes do not match its content hash (its name) is an error that names the key.
+    """
     stores: dict[str, object] = {}
 
-    def one(uri: str) -> np.ndarray:
+    def one(row: tuple[str, str, str]) -> np.ndarray:
+        uri, sha, key = row
         parent, name = uri.rsplit("/", 1)
         store = stores.get(parent)
         if store is None:
             store = stores.setdefault(parent, open_store(parent))
-        img = decode_image(store.get(name))
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        data = store.get(name)
+        expected = sha or name
+        if sha256_bytes(data) != expected:
+            raise TrainError(f"Image {key!r} ({uri}) does not match its content hash "
+                             f"{expected}: the dataset snapshot was overwritten or corrupted. "
+                             "Re-ingest the lake (the ingestion names every damaged object).")
+        return preprocess_image(data, image_size)
 
     if rows.empty:
         return np.zeros((0, 3, image_size, image_size), np.uint8)
+    shas = rows["sha256"] if "sha256" in rows else [""] * len(rows)
+    keys = rows["key"] if "key" in rows else rows["uri"]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.stack(list(pool.map(one, rows["uri"])))
+        return np.stack(list(pool.map(one, zip(rows["uri"], shas, keys, strict=True))))
 
 
 def normalization(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -338,7 +347,7 @@ def save_model(result: FitResult, hp: HParams, classes: list[str], mean, std,
             "val_loss": round(result.val_loss, 6), "val_accuracy": round(result.val_accuracy, 6),
             "images_per_second": round(result.images_per_second, 1)}
     (out / "model.json").write_text(json.dumps(meta, indent=2))
-    plot_curve(result.history, out / "curve.png")
+    plot_curve(result.history, out / "curve.png", result.best_epoch)
     return meta
 
 
@@ -358,7 +367,9 @@ def load_model(model_dir: str | os.PathLike):
     return model.eval(), meta
 
 
-def plot_curve(history: list[dict], path: str | os.PathLike) -> None:
+def plot_curve(history: list[dict], path: str | os.PathLike, best_epoch: int | None = None
+               ) -> None:
+    """Loss and validation accuracy per epoch; the kept (best) epoch is marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,6 +385,11 @@ def plot_curve(history: list[dict], path: str | os.PathLike) -> None:
     b.plot(epochs, [h["val_accuracy"] for h in history], color="tab:green")
     b.set_xlabel("epoch")
     b.set_ylabel("validation accuracy")
+    if best_epoch:
+        for ax in (a, b):
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        b.annotate(f"kept: epoch {best_epoch}", xy=(best_epoch, b.get_ylim()[0]),
+                   xytext=(4, 4), textcoords="offset points", fontsize=8, color="grey")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

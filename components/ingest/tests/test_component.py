@@ -38,3 +38,23 @@ def test_component_writes_typed_artifacts_with_metadata(tmp_path):
     assert out.dataset_version in report and "zero_byte" in report
     assert "50 ingested + 1 quarantined + 0 duplicates == 51 listed" in report
     assert arts["metrics"].metadata["quarantined"] == 1
+
+
+def test_component_takes_declared_classes_and_aliases(tmp_path):
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=20, size=32, seed=10), lake)
+    generate(LakeSpec(n=6, size=32, seed=11, layout="kaggle"), lake, prefix="Horses")
+    arts = {name: cls(name=name, uri=str(tmp_path / "out" / name), metadata={})
+            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown),
+                              ("metrics", Metrics)]}
+    for a in arts.values():
+        os.makedirs(os.path.dirname(a.path), exist_ok=True)
+    out = ingest_data.python_func(data_uri=lake.uri, dataset_root=str(tmp_path / "ds"),
+                                  classes="cats,dogs,horses", label_aliases="horse=horses",
+                                  **arts)
+    assert sorted(arts["train"].metadata["classes"]) == ["cats", "dogs", "horses"]
+    assert out.num_train + out.num_test == 26
+    default = ingest_data.python_func(data_uri=lake.uri, dataset_root=str(tmp_path / "ds"),
+                                      **arts)
+    assert default.num_train + default.num_test == 20
+    assert "unknown_label" in open(arts["report"].path).read()

@@ -122,10 +122,12 @@ def test_split_is_stable_when_images_are_added(tmp_path):
     store = open_store(tmp_path / "lake")
     generate(LakeSpec(n=80, size=32, seed=2), store)
     first = ingest(store.uri, str(tmp_path / "ds")).manifest.set_index("key")["split"]
-    generate(LakeSpec(n=80, size=32, seed=3), store, prefix="batch2")
+    extra = open_store(tmp_path / "extra")
+    generate(LakeSpec(n=80, size=32, seed=3), extra)
+    for obj in extra.list():  # a second batch into the class folders: cats/batch2_cat_….jpg
+        store.put(obj.key.replace("/", "/batch2_"), extra.get(obj.key))
     generate(LakeSpec(n=80, size=32, seed=2), store)  # rewrite the same images
     second = ingest(store.uri, str(tmp_path / "ds"), IngestConfig(layout="auto"))
-    # batch2/cats/... has "batch2" as its first folder: use the folders layout's rule per key.
     later = second.manifest.set_index("key")["split"]
     assert later.loc[first.index].equals(first)
     assert len(later) > len(first)
@@ -188,7 +190,7 @@ def test_kaggle_flat_layout(tmp_path):
     generate(LakeSpec(n=40, size=32, seed=5, layout="kaggle"), store)
     store.put("readme.txt", b"Dogs vs. Cats")
     result = ingest(store.uri, str(tmp_path / "ds"))
-    assert result.report["classes"] == ["cat", "dog"]
+    assert result.report["classes"] == ["cats", "dogs"]  # cat.12.jpg: alias cat -> cats
     assert result.report["ingested"] == 40
     assert result.quarantine.set_index("key")["reason"].to_dict() == {"readme.txt": "unlabelled"}
 
@@ -238,7 +240,10 @@ def test_empty_lake_and_all_bad_lake_are_clear_errors(tmp_path):
     ({"test_fraction": 1.5}, "test_fraction"),
     ({"layout": "zip"}, "layout"),
     ({"layout": "csv"}, "labels_csv"),
-    ({"workers": 0}, "workers"),
+    ({"workers": -1}, "workers"),
+    ({"classes": ()}, "classes"),
+    ({"classes": ("cats", "Cats")}, "classes"),
+    ({"aliases": {"kitty": "tigers"}}, "tigers"),
 ])
 def test_bad_config_names_the_value(kwargs, match):
     with pytest.raises(IngestError, match=match):
