@@ -387,7 +387,11 @@ class CaptureWriter:
                 if not (full or due or everything):
                     break
                 batch = [self._buffer.popleft() for _ in range(min(size, len(self._buffer)))]
-                self._write_batch([(record, image) for _, record, image in batch])
+                try:
+                    self._write_batch([(record, image) for _, record, image in batch])
+                except Exception:  # noqa: BLE001 - a dead writer thread would stop capture
+                    self._count("failed", self._counter["failed"], len(batch))
+                    logger.exception("Capture batch of %d records lost", len(batch))
             self._depth.set(len(self._buffer))
             for done in flushes:
                 done.set()
@@ -413,12 +417,22 @@ class CaptureWriter:
             self._seq += 1
             key = (f"{records_prefix(self.model, day)}/{_utc(first).strftime('%H%M%S')}-"
                    f"{self.instance}-{self._seq:06d}.jsonl")
-            body = b"".join(_dumps(r) + b"\n" for r in group)
+            lines = []
+            for r in group:
+                try:
+                    lines.append(_dumps(r) + b"\n")
+                except (TypeError, ValueError) as exc:  # a record the caller built wrongly
+                    self._count("failed", self._counter["failed"])
+                    logger.error("Capture record %s/%s is not serialisable (%s); dropped",
+                                 r.get("request_id"), r.get("index"), exc)
+            if not lines:
+                continue
+            body = b"".join(lines)
             if self._put(key, body):
-                self._count("written", self._counter["written"], len(group))
+                self._count("written", self._counter["written"], len(lines))
                 self._count("batches", self._batches["written"])
             else:
-                self._count("failed", self._counter["failed"], len(group))
+                self._count("failed", self._counter["failed"], len(lines))
                 self._batches["failed"].inc()
         self._write_seconds.observe(time.perf_counter() - started)
 

@@ -199,3 +199,15 @@ def test_the_inference_service_turns_capture_on_in_the_predictor_pod():
     assert errors == [] and unknown == []
     plain = k8s.inference_service(k8s.ServingConfig())["spec"]["predictor"]["containers"][0]
     assert "envFrom" not in plain and all(e["name"] != "MLOPS_CAPTURE_URI" for e in plain["env"])
+
+
+def test_a_record_that_cannot_be_serialised_is_counted_and_the_others_are_written(tmp_path):
+    store = LocalStore(tmp_path)
+    writer = CaptureWriter(CaptureConfig(uri=str(tmp_path), batch_records=3), "pets", store)
+    writer.submit(_record(1))
+    writer.submit({**_record(2), "stats": object()})  # a bug in the caller, not a crash
+    writer.submit(_record(3))
+    writer.submit(_record(4))
+    assert writer.close(timeout=10)
+    assert sorted(r["request_id"] for r in _records(store)) == ["r1", "r3", "r4"]
+    assert writer.counts["failed"] == 1 and writer.counts["written"] == 3
