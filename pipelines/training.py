@@ -31,6 +31,7 @@ def training_pipeline(
     work_root: str,
     model_name: str = "pet-classifier",
     labels_csv: str = "",
+    classes: str = "cats,dogs",
     test_fraction: float = 0.2,
     search_space: str = json.dumps(DEFAULT_SPACE),
     search_mode: str = "random",
@@ -65,6 +66,8 @@ def training_pipeline(
         work_root: Scratch storage for the run (trial results).
         model_name: Registered model name.
         labels_csv: Optional URI of a key,label CSV.
+        classes: The declared classes, comma-separated; images labelled otherwise are
+            quarantined (aliases cat=cats, dog=dogs).
         test_fraction: Share of each class in the test split.
         search_space: JSON: hyperparameter -> candidate values (lr, batch_size, weight_decay,
             arch).
@@ -102,6 +105,7 @@ def training_pipeline(
         approval_timeout_s: How long the release waits for that approval.
     """
     ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
+                         classes=classes,
                          test_fraction=test_fraction)
     ingest.set_display_name("ingest data")
     trials = []
