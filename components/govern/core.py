@@ -386,9 +386,15 @@ def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri
     # A new episode: but no second run while one of the model is still going.
     if launcher is not None:
         for ep in episodes.all():
-            launch = ep.get("launch") or {}
-            if launch.get("run_id") and launcher.kind == launch.get("launcher") and \
-                    launcher.state(launch) == "running":
+            launch = ep.get("launch") or ep.get("relaunch") or {}
+            if not launch.get("run_id") or launcher.kind != launch.get("launcher") or \
+                    "ended" in ep or \
+                    episode_age_s(ep, at) > policy.retrain.max_episode_age_s:
+                continue
+            state = launcher.state(launch)
+            if state in ("succeeded", "failed"):  # never asked again
+                episodes.record(ep["key"], "ended", {"state": state, "run_id": launch["run_id"]})
+            elif state == "running":
                 detail = (f"retraining run {launch['run_id']} (episode {ep['key']}) is still "
                           "in progress; none started")
                 audit.append("retrain_skipped", detail, subject=f"version {version}",

@@ -10,6 +10,7 @@ is ever rewritten. Layout (see ``components/monitor/contract.py``)::
     governance/<model>/audit/<seq>.json                   one audit entry
     governance/<model>/episodes/<key>.json                a retraining episode's claim
     governance/<model>/episodes/<key>.launch.json         its run (or why none started)
+    governance/<model>/episodes/<key>.ended.json          how its run ended (once known)
     governance/<model>/episodes/<key>.closed.json         its end
     governance/<model>/governed/<verdict run_id>.json     a verdict fully governed
 """

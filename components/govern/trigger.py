@@ -293,7 +293,7 @@ class Episodes:
                 continue
             key = name[:-5]
             ep = self.gov.store.get_json(f"{EPISODES}/{name}")
-            for part in ("launch", "relaunch", "closed"):
+            for part in ("launch", "relaunch", "closed", "ended"):
                 if f"{key}.{part}.json" in files:
                     ep[part] = self.gov.store.get_json(f"{EPISODES}/{key}.{part}.json")
             out.append(ep)
