@@ -111,6 +111,8 @@ def test_no_second_run_while_one_is_in_progress(tmp_path):
     done = FolderLauncher(str(tmp_path), state="succeeded")
     acts = govern(verdict("w3", 3, version="3"), POLICY, store_uri=store, launcher=done)
     assert acts[0]["action"] == "retrain" and len(done.runs()) == 2
+    first = Episodes(GovernanceStore(store, MODEL)).of_version("2")[0]
+    assert first["ended"]["state"] == "succeeded"  # recorded; never asked about again
 
 
 def _race(store_uri: str, folder: str, n: int) -> list[list[dict]]:
