@@ -256,9 +256,19 @@ def statistics_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: s
         return [Check(name, "drift", None, cfg.p_val, "unknown",
                       "too few records carry every statistic", "", {})]
     ref_x = np.column_stack([np.asarray(ref.stats[s], dtype=float) for s in names])
+    x = x[keep]
+    # A statistic with one and the same value in the reference and the window (every image
+    # 64x64) carries no information; testing it would only tighten the correction.
+    informative = [j for j in range(len(names))
+                   if not (np.ptp(ref_x[:, j]) == 0 and np.all(x[:, j] == ref_x[0, j]))]
+    names = [names[j] for j in informative]
+    ref_x, x = ref_x[:, informative], x[:, informative]
+    if not names:
+        return [Check(name, "drift", 1.0, cfg.p_val, "ok",
+                      "every statistic is constant and equal to the reference's", "", {})]
     det = detector or make_detector("ks", ref_x, backend=backend, p_val=cfg.p_val,
                                     correction=cfg.correction, names=names)
-    out = det.predict(x[keep])
+    out = det.predict(x)
     d = out["data"]
     p = dict(zip(names, d["p_val"], strict=True))
     dist = dict(zip(names, d["distance"], strict=True))
@@ -270,7 +280,7 @@ def statistics_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: s
                   "alarm" if moved else "ok", detail, "",
                   {"p_val": p, "distance": dist, "drifted": moved, "is_drift": int(bool(moved)),
                    "correction": cfg.correction, "backend": out["meta"]["backend"],
-                   "n": int(keep.sum()), "n_ref": len(ref_x)})]
+                   "n": len(x), "n_ref": len(ref_x)})]
 
 
 def prediction_drift(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
