@@ -163,3 +163,55 @@ def test_cli_run_alerts_audit_and_mistakes(tmp_path, receiver, dead_url):
     assert lift.returncode == 2 and "not held" in lift.stderr
     rules = _mlops("govern", "rules", "--namespace", "pets")
     assert yaml.safe_load(rules.stdout)["metadata"]["namespace"] == "pets"
+
+
+@pytest.mark.timeout(60)
+def test_receiver_starts_one_retraining_for_a_prometheus_alert(tmp_path):
+    """In process, on loopback: a class-share alert from Prometheus starts one retraining
+    episode; Alertmanager's repeat of the still-firing group starts none."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from components.govern.policy import parse_policy
+    from components.govern.receiver import make_app
+    from components.govern.tests.test_trigger import FolderLauncher
+
+    policy = parse_policy({"version": 1, "rules": [
+        {"name": "class-share", "match": {"kind": "prediction_drift"}, "actions": ["retrain"]}]})
+    launcher = FolderLauncher(str(tmp_path))
+    app = make_app(policy, store_uri=str(tmp_path / "monitoring"), launcher=launcher)
+    labels = {"alertname": "PetClassifierPredictedClassShare", "model": "pet-classifier",
+              "model_version": "5", "check": "prediction_drift.class_shares",
+              "kind": "prediction_drift", "label": "dogs"}
+
+    def note(starts):
+        return {"version": "4", "status": "firing", "alerts": [{
+            "status": "firing", "labels": labels, "startsAt": starts, "fingerprint": "f00d",
+            "annotations": {"value": "0.31", "threshold": "0.1"}}]}
+
+    async def scenario():
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as session:
+                out = []
+                for starts in ("2026-11-23T10:00:00Z", "2026-11-23T10:00:00Z",
+                               "2026-11-23T14:00:00Z"):
+                    async with session.post(server.make_url("/alerts"), json=note(starts),
+                                            timeout=aiohttp.ClientTimeout(total=30)) as r:
+                        assert r.status == 200, await r.text()
+                        out.append(await r.json())
+                return out
+        finally:
+            await server.close()
+
+    first, resend, later = asyncio.run(scenario())
+    assert [a["action"] for a in first["governed"][0]["actions"]] == ["retrain"]
+    assert resend["governed"][0]["note"] == "already governed (a resend)"
+    assert [a["action"] for a in later["governed"][0]["actions"]] == ["retrain_skipped"]
+    (run,) = launcher.runs()
+    assert run["model_version"] == "5"
+    assert run["checks"][0]["name"] == "prediction_drift.class_shares"
+    assert run["checks"][0]["value"] == 0.31
