@@ -54,6 +54,7 @@ def continuous_training_pipeline(
     trigger: str = "",
     since: float = 0.0,
     min_new_images: int = 1,
+    classes: str = "cats,dogs",
     test_fraction: float = 0.2,
     search_space: str = json.dumps(CT_SPACE),
     search_mode: str = "random",
@@ -99,6 +100,8 @@ def continuous_training_pipeline(
         since: Export only captures from this unix time on (0: every capture not yet in the
             production model's dataset or the lake).
         min_new_images: Fewer new labelled production images than this exports nothing.
+        classes: The declared classes, comma-separated; images labelled otherwise are
+            quarantined by the ingest step.
         test_fraction: Share of each class in the test split (hash-stable: images already
             ingested keep their split).
         search_space: JSON: hyperparameter -> candidate values (lr, batch_size, weight_decay,
@@ -140,7 +143,7 @@ def continuous_training_pipeline(
                                     registry_uri=registry_uri, model_name=model_name,
                                     trigger=trigger, since=since, min_images=min_new_images)
     export.set_display_name("export production data")
-    ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root,
+    ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, classes=classes,
                          test_fraction=test_fraction).after(export)
     ingest.set_display_name("ingest data")
     space = warm_start(registry_uri=registry_uri, work_root=work_root,
@@ -190,13 +193,24 @@ def continuous_training_pipeline(
                      "predictor_secret": predictor_secret})
     for task in [export, ingest, space, *trials, best, test, gate, rejected, *tasks.values()]:
         with_storage_credentials(task)
-        with_resources(task, "1", "2G", "2", "8G")
-    # Retries where running a task twice does no harm (not export, register or release).
-    for task in [ingest, *trials, best, test]:
-        task.set_retry(num_retries=1, backoff_duration="30s", backoff_factor=2.0)
+    # Resources as the training pipeline's; retries only where a second run does no harm
+    # (the export is idempotent; register and release are not).
+    with_resources(export, "500m", "1G", "1", "2G", retries=2)
+    with_resources(ingest, "1", "2G", "2", "8G", retries=2)
+    for task in [*trials, best]:
+        with_resources(task, "2", "4G", "4", "8G", retries=1)
+    with_resources(test, "1", "2G", "2", "4G", retries=2)
+    with_resources(tasks["package"], "1", "2G", "2", "4G", retries=2)
+    with_resources(tasks["register"], "500m", "512M", "1", "1G")
+    with_resources(tasks["apptest"], "500m", "1G", "2", "2G", retries=1)
+    with_resources(tasks["release"], "500m", "1G", "2", "2G")
+    with_resources(tasks["activate"], "500m", "1G", "1", "2G", retries=2)
+    for task in [space, gate, rejected, tasks["qa"]]:
+        with_resources(task, "100m", "256M", "500m", "512M", retries=2)
     # Never from KFP's cache: these read the capture store, the lake or the registry's
     # production alias, or change the registry and the cluster.
-    for task in [export, ingest, test, rejected, *tasks.values()]:
+    for task in [export, ingest, space, test, rejected, tasks["register"], tasks["apptest"],
+                 tasks["release"], tasks["activate"]]:
         never_cached(task)
     outputs = NamedTuple("ContinuousTrainingOutputs", dataset_version=str, export_id=str,
                          blessed=bool, evaluation=Artifact, test_split=Dataset)

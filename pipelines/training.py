@@ -7,15 +7,17 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset
 
-from components.deploy.component import application_test, qa_gate, release_model
 from components.evaluate.component import evaluate_model, quality_gate
 from components.ingest.component import ingest_data
-from components.package.component import package_model
-from components.register.component import register_model
-from components.settings import HPO_SLOTS, PREDICTOR_IMAGE
-from components.train.component import hpo_trial, train_best
+from components.settings import PREDICTOR_IMAGE
 from components.train.core import DEFAULT_SPACE
-from pipelines.common import never_cached, with_resources, with_storage_credentials
+from pipelines.common import (
+    never_cached,
+    package_register_release,
+    search_and_train,
+    with_resources,
+    with_storage_credentials,
+)
 
 
 @dsl.pipeline(
@@ -108,20 +110,8 @@ def training_pipeline(
                          classes=classes,
                          test_fraction=test_fraction)
     ingest.set_display_name("ingest data")
-    trials = []
-    # Trial slots are unrolled here instead of a dsl.ParallelFor: the cluster runs them in
-    # parallel all the same, and kfp.local (2.16) cannot run anything that depends on a loop.
-    for slot in range(HPO_SLOTS):
-        trial = hpo_trial(train=ingest.outputs["train"], slot=slot, n_slots=HPO_SLOTS,
-                          work_root=work_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                          search_space=search_space, search_mode=search_mode, seed=seed,
-                          trial_epochs=trial_epochs, image_size=image_size)
-        trial.set_display_name(f"hpo trial {slot}")
-        trials.append(trial)
-    best = train_best(train=ingest.outputs["train"], work_root=work_root,
-                      run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, n_slots=HPO_SLOTS,
-                      epochs=epochs).after(*trials)
-    best.set_display_name("train best")
+    trials, best = search_and_train(ingest.outputs["train"], work_root, search_space,
+                                    search_mode, seed, trial_epochs, image_size, epochs)
     test = evaluate_model(model=best.outputs["model"], test=ingest.outputs["test"],
                           registry_uri=registry_uri, model_name=model_name,
                           min_accuracy=min_accuracy, min_macro_f1=min_macro_f1,
@@ -130,40 +120,19 @@ def training_pipeline(
     gate = quality_gate(evaluation=test.outputs["evaluation"])
     gate.set_display_name("quality gate")
     with dsl.If(gate.output == True, name="blessed"):  # noqa: E712 (KFP DSL)
-        package = package_model(model=best.outputs["model"], test=ingest.outputs["test"],
-                                evaluation=test.outputs["evaluation"], model_name=model_name)
-        package.set_display_name("package ONNX")
-        register = register_model(package=package.outputs["package"],
-                                  model=best.outputs["model"],
-                                  evaluation=test.outputs["evaluation"],
-                                  train=ingest.outputs["train"], registry_uri=registry_uri,
-                                  model_name=model_name,
-                                  pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-        register.set_display_name("register")
-        apptest = application_test(test=ingest.outputs["test"],
-                                   evaluation=test.outputs["evaluation"],
-                                   registry_uri=registry_uri, version=register.outputs["version"],
-                                   model_name=model_name, target=deploy_target,
-                                   namespace=namespace, serving_root=serving_root,
-                                   predictor_image=predictor_image,
-                                   predictor_service_account=predictor_service_account,
-                                   predictor_secret=predictor_secret, p95_slo_ms=p95_slo_ms)
-        apptest.set_display_name("application test")
-        qa = qa_gate(qa_report=apptest.outputs["qa_report"])
-        qa.set_display_name("QA gate")
-        with dsl.If(qa.output == True, name="qa-passed"):  # noqa: E712 (KFP DSL)
-            release = release_model(test=ingest.outputs["test"], registry_uri=registry_uri,
-                                    version=register.outputs["version"], model_name=model_name,
-                                    target=deploy_target, namespace=namespace,
-                                    serving_root=serving_root, predictor_image=predictor_image,
-                                    predictor_service_account=predictor_service_account,
-                                    predictor_secret=predictor_secret, canary_steps=canary_steps,
-                                    requests_per_step=canary_requests_per_step,
-                                    bake_seconds=canary_bake_seconds, max_p95_ms=p95_slo_ms,
-                                    require_approval=require_approval,
-                                    approval_timeout_s=approval_timeout_s,
-                                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-            release.set_display_name("canary release")
+        tasks = package_register_release(
+            model=best.outputs["model"], train=ingest.outputs["train"],
+            test=ingest.outputs["test"], evaluation=test.outputs["evaluation"],
+            registry_uri=registry_uri, model_name=model_name, deploy_target=deploy_target,
+            namespace=namespace, serving_root=serving_root, p95_slo_ms=p95_slo_ms,
+            canary_steps=canary_steps, canary_requests_per_step=canary_requests_per_step,
+            canary_bake_seconds=canary_bake_seconds, require_approval=require_approval,
+            approval_timeout_s=approval_timeout_s,
+            cluster={"predictor_image": predictor_image,
+                     "predictor_service_account": predictor_service_account,
+                     "predictor_secret": predictor_secret})
+    package, register, apptest, qa, release = (tasks[k] for k in ("package", "register",
+                                                                  "apptest", "qa", "release"))
     for task in [ingest, *trials, best, test, gate, package, register, apptest, qa, release]:
         with_storage_credentials(task)
     # Resources per task; retries only where running a task twice does no harm (not for
