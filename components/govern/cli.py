@@ -84,12 +84,13 @@ def _launcher(args, policy, store: str):
     if args.launcher == "none":
         return None
     if args.launcher == "kfp":
-        if not args.kfp_host or not args.package:
-            raise ValueError("--launcher kfp needs --kfp-host (the KFP API) and --package (the "
-                             "compiled continuous-training YAML from `mlops compile`).")
+        if not args.kfp_host:
+            raise ValueError("--launcher kfp needs --kfp-host (the KFP API, e.g. "
+                             "http://localhost:8080).")
         return KfpLauncher(args.kfp_host, args.package, {"model_name": args.model, **extra},
                            namespace=args.namespace or None,
-                           trigger_argument=policy.retrain.trigger_argument)
+                           trigger_argument=policy.retrain.trigger_argument,
+                           pipeline=policy.retrain.pipeline)
     arguments = {"data_uri": args.data or str(home / "lake"),
                  "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
                  "work_root": str(home / "work"), "monitoring_uri": store,
@@ -142,6 +143,7 @@ def _cmd_run(args) -> int:
     results = govern_pending(store, args.model, policy, limit=args.limit, **kwargs)
     if results == [("", [])]:
         print(f"No verdict of {args.model} to govern and no alert to redeliver in {store}.")
+        return 0
     for verdict_id, actions in results:
         _print_actions(verdict_id or "(no new verdict; redelivery only)", actions)
     return 0
@@ -325,7 +327,8 @@ def _target_args(p) -> None:
                    help="wait for a local retraining run to end instead of leaving it running")
     p.add_argument("--kfp-host", default="", help="KFP API, e.g. http://localhost:8080")
     p.add_argument("--package", default="",
-                   help="compiled continuous-training pipeline YAML (--launcher kfp)")
+                   help="compiled continuous-training pipeline YAML (--launcher kfp; default: "
+                        "compile this code's pipeline)")
     p.add_argument("--retrain-arg", action="append", default=[],
                    help="NAME=VALUE for the continuous-training pipeline, repeatable")
 
