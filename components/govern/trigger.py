@@ -253,8 +253,16 @@ class KfpLauncher(RetrainLauncher):
 
         from pipelines import load
 
-        path = Path(tempfile.mkdtemp(prefix="mlops-retrain-")) / "continuous-training.yaml"
-        compiler.Compiler().compile(load(_pipeline_name(self.pipeline)), str(path))
+        name = _pipeline_name(self.pipeline)
+        if ":" in name:
+            import importlib
+
+            module, attr = name.split(":", 1)
+            func = getattr(importlib.import_module(module), attr)
+        else:
+            func = load(name)
+        path = Path(tempfile.mkdtemp(prefix="mlops-retrain-")) / "pipeline.yaml"
+        compiler.Compiler().compile(func, str(path))
         logger.info("Compiled %s to %s", self.pipeline, path)
         return str(path)
 

@@ -263,3 +263,14 @@ def test_catch_up_governs_the_newest_windows_in_order_and_skips_older_ones(tmp_p
     governed = GovernanceStore(store, MODEL).store
     assert "skipped" in governed.get_json("governed/w1.json")
     assert govern_pending(store, MODEL, POLICY, limit=2, launcher=launcher) == [("", [])]
+
+
+@pytest.mark.timeout(60)
+def test_kfp_launcher_compiles_the_pipeline_it_runs_when_given_none(kfp_api, tmp_path):
+    launcher = KfpLauncher(kfp_api.url, "", {"out_file": "/tmp/x.json"},
+                           pipeline="components.govern.tests.retrain_pipeline:retrain_stand_in")
+    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
+    assert acts[0]["action"] == "retrain"
+    (run,) = kfp_api.runs.values()
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "retrain-stand-in"
+    assert json.loads(run["runtime_config"]["parameters"]["trigger"])["episode"] == "v3-0001"
