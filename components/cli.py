@@ -36,15 +36,18 @@ class Progress:
 
 def _cmd_generate(args) -> int:
     from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate
+    from components.datagen.core import LakeSpec, generate, parse_size
 
     _check_range("--n", args.n, 1)
-    _check_range("--size", args.size, 8)
+    size = parse_size(args.size)  # 64, or a camera size such as 1920x1080
+    if isinstance(size, int):
+        _check_range("--size", size, 8)
     _check_range("--cat-fraction", args.cat_fraction, 0.0, 1.0)
-    spec = LakeSpec(n=args.n, size=args.size, seed=args.seed, condition=args.condition,
-                    cat_fraction=args.cat_fraction, layout=args.layout)
+    _check_range("--workers", args.workers, 1)
+    spec = LakeSpec(n=args.n, size=size, seed=args.seed, condition=args.condition,
+                    cat_fraction=args.cat_fraction, layout=args.layout, quality=args.quality)
     store = open_store(args.out)
-    counts = generate(spec, store, progress=Progress("generating"))
+    counts = generate(spec, store, progress=Progress("generating"), workers=args.workers)
     print(f"Wrote {spec.n} images ({', '.join(f'{v} {k}s' for k, v in counts.items())}) "
           f"to {store.uri}")
     return 0
@@ -564,7 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True,
                      help="where to write the lake: a folder, or s3://bucket/prefix")
     gen.add_argument("--n", type=int, default=2000, help="number of images")
-    gen.add_argument("--size", type=int, default=64, help="image side in pixels")
+    gen.add_argument("--size", default="64",
+                     help="image side in pixels (square sample images), or a camera size WxH "
+                          "(1280x720, 1920x1080, 4000x3000; or 720p, 1080p, 12mp) for "
+                          "CCTV-like JPEG frames")
+    gen.add_argument("--quality", type=int, default=None,
+                     help="JPEG quality (default 90 for square images, 85 for camera sizes)")
+    gen.add_argument("--workers", type=int, default=1,
+                     help="processes rendering images (the bytes do not depend on it)")
     gen.add_argument("--seed", type=int, default=0, help="seed: the same seed writes the same "
                                                          "images")
     gen.add_argument("--condition", default="day", choices=["day", "night", "blur"],

@@ -8,6 +8,12 @@ carry almost no class signal while a small CNN can learn the shapes.
 
 Each image is a pure function of ``(seed, index, size, condition)``: the lake is identical
 byte for byte on every run and every machine with the pinned Pillow and NumPy.
+
+Camera sizes (``size="1920x1080"``, any ``WxH``) render the same scene as a CCTV frame: the
+scene is composed at 270 px high, upscaled to the camera's resolution, and given the texture
+of a real frame (low-frequency shading, fine grain, per-pixel luma and chroma sensor noise and
+a timestamp overlay), then saved as a JPEG of the camera's quality (85, 4:2:0 chroma
+subsampling by default), so file sizes and decoding costs are those of real camera frames.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +37,31 @@ CONDITIONS = ("day", "night", "blur")
 LAYOUTS = ("folders", "kaggle")
 CLASSES = ("cat", "dog")
 JPEG_QUALITY = 90
+CAMERA_JPEG_QUALITY = 85  # a typical CCTV encoder setting
+#: Named camera sizes for the command line.
+CAMERA_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "12mp": (4000, 3000)}
+_WXH = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+MAX_CAMERA_PIXELS = 40_000_000
+
+
+def parse_size(text: str | int) -> int | tuple[int, int]:
+    """``"64"`` -> 64 (square sample images); ``"1920x1080"`` or ``"1080p"`` -> (1920, 1080).
+
+    Raises:
+        ValueError: Neither a side nor WxH; the message says what is expected.
+    """
+    if isinstance(text, int):
+        return text
+    raw = str(text).strip().lower()
+    if raw in CAMERA_SIZES:
+        return CAMERA_SIZES[raw]
+    if raw.isdigit():
+        return int(raw)
+    m = _WXH.match(raw)
+    if not m:
+        raise ValueError(f"Invalid size: {text!r}. Expect a side in pixels (64) or a camera "
+                         f"size WxH (1920x1080) or one of {sorted(CAMERA_SIZES)}.")
+    return int(m.group(1)), int(m.group(2))
 
 # Fur colours shared by both classes (RGB): black, white, grey, ginger, brown, cream, tabby.
 _FUR = np.array([(30, 30, 32), (235, 235, 228), (128, 128, 130), (205, 120, 45),
@@ -41,32 +74,60 @@ class LakeSpec:
 
     Attributes:
         n: Number of images.
-        size: Side of the square images in pixels.
+        size: Side of the square sample images in pixels (16 to 1024), or a camera size
+            ``(width, height)`` (or ``"1920x1080"``) for CCTV-like frames.
         seed: Seed; the same spec gives the same bytes.
         condition: ``day`` (default), ``night`` (dark, low-contrast, IR-like greyscale) or
             ``blur`` (out-of-focus lens).
         cat_fraction: Class prior of cats; 0.5 by default, other values shift the prior.
         layout: ``folders`` (``cats/…``, ``dogs/…``) or ``kaggle`` (flat ``cat.12.jpg``).
+        quality: JPEG quality; default 90 for square sample images, 85 for camera sizes.
     """
 
     n: int
-    size: int = 64
+    size: int | tuple[int, int] = 64
     seed: int = 0
     condition: str = "day"
     cat_fraction: float = 0.5
     layout: str = "folders"
+    quality: int | None = None
 
     def __post_init__(self):
         if self.n < 1:
             raise ValueError(f"Invalid n: {self.n}. Expect at least 1 image.")
-        if not 16 <= self.size <= 1024:
-            raise ValueError(f"Invalid size: {self.size}. Expect 16 to 1024 pixels.")
+        size = parse_size(self.size) if isinstance(self.size, str) else self.size
+        if isinstance(size, (tuple, list)):
+            size = (int(size[0]), int(size[1]))
+            if min(size) < 64 or size[0] * size[1] > MAX_CAMERA_PIXELS:
+                raise ValueError(f"Invalid size: {size[0]}x{size[1]}. Expect a camera size of "
+                                 f"at least 64 px a side and at most {MAX_CAMERA_PIXELS:,} "
+                                 "pixels, such as 1920x1080.")
+        elif not 16 <= size <= 1024:
+            raise ValueError(f"Invalid size: {size}. Expect 16 to 1024 pixels, or a camera size "
+                             "WxH such as 1920x1080.")
+        object.__setattr__(self, "size", size)
+        if self.quality is not None and not 1 <= self.quality <= 95:
+            raise ValueError(f"Invalid quality: {self.quality}. Expect a JPEG quality 1 to 95.")
         if self.condition not in CONDITIONS:
             raise ValueError(f"Invalid condition: {self.condition!r}. Expect one of {CONDITIONS}.")
         if not 0.0 <= self.cat_fraction <= 1.0:
             raise ValueError(f"Invalid cat_fraction: {self.cat_fraction}. Expect 0.0 to 1.0.")
         if self.layout not in LAYOUTS:
             raise ValueError(f"Invalid layout: {self.layout!r}. Expect one of {LAYOUTS}.")
+
+
+    @property
+    def camera(self) -> bool:
+        """True for a camera size (WxH), False for the square sample images."""
+        return isinstance(self.size, tuple)
+
+    @property
+    def width(self) -> int:
+        return self.size[0] if self.camera else self.size
+
+    @property
+    def height(self) -> int:
+        return self.size[1] if self.camera else self.size
 
 
 def _rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -178,6 +239,8 @@ def _draw_animal(label: str, rng: np.random.Generator, s: int) -> Image.Image:
 
 def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     """Renders image ``index`` of the lake; returns ``(label, jpeg_bytes)``."""
+    if spec.camera:
+        return _render_camera(spec, index)
     label = label_of(spec, index)
     rng = _rng(spec.seed, index, 2)
     s = spec.size * 2  # draw at 2x and downsample, for anti-aliased edges
@@ -211,24 +274,123 @@ def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     if spec.condition == "blur":
         img = img.filter(ImageFilter.GaussianBlur(radius=spec.size / 28))
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    img.save(buf, format="JPEG", quality=spec.quality or JPEG_QUALITY)
     return label, buf.getvalue()
 
 
+_NOISE_PAD = 64
+_NOISE_SIGMAS = (2.0, 3.0, 4.0, 5.0)
+_noise_banks: dict[tuple, np.ndarray] = {}
+
+
+def _noise_bank(seed: int, w: int, h: int, level: int) -> np.ndarray:
+    """Sensor noise for frames of one size: per-pixel luma plus chroma, int8, made once.
+
+    Each frame takes a window at its own random offset, so frames never share a noise pattern
+    at the same place while the per-pixel cost is one addition.
+    """
+    key = (seed, w, h, level)
+    bank = _noise_banks.get(key)
+    if bank is None:
+        rng = np.random.default_rng([seed, w, h, level, 99])
+        sigma = _NOISE_SIGMAS[level]
+        shape = (h + _NOISE_PAD, w + _NOISE_PAD)
+        luma = rng.standard_normal(shape, dtype=np.float32) * sigma
+        chroma = rng.standard_normal((*shape, 3), dtype=np.float32) * (sigma / 2)
+        bank = np.clip(np.rint(luma[..., None] + chroma), -127, 127).astype(np.int8)
+        _noise_banks.clear()  # one size at a time: bounded memory
+        _noise_banks[key] = bank
+    return bank
+
+
+def _render_camera(spec: LakeSpec, index: int) -> tuple[str, bytes]:
+    """A CCTV frame of ``spec.size``: the sample scene with a real frame's texture and noise."""
+    label = label_of(spec, index)
+    rng = _rng(spec.seed, index, 2)
+    w, h = spec.size
+    bh = 270  # the scene is composed at this height, then upscaled like a soft CCTV lens
+    bw = max(16, round(w * bh / h))
+    scene = _background(rng, max(bw, bh)).resize((bw, bh), Image.BILINEAR)
+    side = int(bh * rng.uniform(0.45, 0.85))
+    animal = _draw_animal(label, rng, 256).resize((side, side), Image.BILINEAR)
+    animal = animal.rotate(rng.uniform(-25, 25), Image.BILINEAR)
+    if rng.random() < 0.5:
+        animal = animal.transpose(Image.FLIP_LEFT_RIGHT)
+    ox = int(rng.uniform(0, max(1, bw - side)))
+    oy = int(rng.uniform(0.0, max(1.0, bh - side * 0.8)))
+    scene.paste(animal, (ox, oy), animal)
+    if spec.condition == "blur":
+        scene = scene.filter(ImageFilter.GaussianBlur(radius=bh / 56))
+
+    # Everything of low and middle frequency is done at the composing size: lighting,
+    # uneven shading, vignetting, grain (foliage, fur, gravel), the night mode.
+    arr = np.asarray(scene, dtype=np.float32)
+    shade = rng.normal(0, 1, (9, 16)).astype(np.float32)
+    shade = np.asarray(Image.fromarray(shade, "F").resize((bw, bh), Image.BICUBIC))
+    yy, xx = np.ogrid[-1:1:complex(0, bh), -1:1:complex(0, bw)]
+    vignette = (1.0 - 0.25 * (xx * xx + yy * yy)).astype(np.float32)
+    gain = rng.uniform(0.65, 1.3) * (1.0 + 0.08 * shade) * vignette
+    arr = ((arr - 128) * rng.uniform(0.7, 1.2) + 128) * gain[..., None]
+    arr += (rng.normal(0, 1, (bh, bw)).astype(np.float32) * rng.uniform(4, 10))[..., None]
+    if spec.condition == "night":
+        grey = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        grey = (grey - grey.mean()) * 0.45 + grey.mean() * 0.35 + 10
+        arr = np.repeat(grey[..., None], 3, axis=2)
+    small = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    frame = np.asarray(small.resize((w, h), Image.BILINEAR), dtype=np.int16)
+    # Per-pixel sensor noise, luma and chroma, from this size's bank at a random offset.
+    level = int(rng.integers(len(_NOISE_SIGMAS)))
+    if spec.condition == "night":
+        level = len(_NOISE_SIGMAS) - 1
+    dy, dx = (int(v) for v in rng.integers(0, _NOISE_PAD, 2))
+    noise = _noise_bank(spec.seed, w, h, level)[dy:dy + h, dx:dx + w]
+    if spec.condition == "night":
+        noise = noise[..., :1]  # IR frames are grey: luma noise only
+    frame += noise
+    img = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8), "RGB")
+    stamp = (f"CAM{index % 8 + 1:02d}  2026-05-{index % 28 + 1:02d} {index % 24:02d}:"
+             f"{index * 7 % 60:02d}:{index * 13 % 60:02d}")
+    draw = ImageDraw.Draw(img)
+    scale = max(1, h // 360)
+    draw.rectangle([8, 8, 8 + 7 * scale * len(stamp), 8 + 14 * scale], fill=(0, 0, 0))
+    draw.text((10, 10), stamp, fill=(255, 255, 255), font_size=11 * scale)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=spec.quality or CAMERA_JPEG_QUALITY, subsampling=2)
+    return label, buf.getvalue()
+
+
+def _render_indexed(args: tuple[LakeSpec, int]) -> tuple[int, str, bytes]:
+    spec, index = args
+    label, data = render(spec, index)
+    return index, label, data
+
+
 def generate(spec: LakeSpec, store: ObjectStore, *, prefix: str = "",
-             progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+             progress: Callable[[int, int], None] | None = None,
+             workers: int = 1) -> dict[str, int]:
     """Writes the lake into ``store`` under ``prefix``.
+
+    Args:
+        workers: Processes that render images (camera sizes are CPU-bound); the bytes do not
+            depend on it.
 
     Returns:
         Image counts per class.
     """
     counts = {c: 0 for c in CLASSES}
-    for i in range(spec.n):
-        label, data = render(spec, i)
-        store.put(join_key(prefix, key_of(spec, i, label)), data)
-        counts[label] += 1
-        if progress:
-            progress(i + 1, spec.n)
+    tasks = ((spec, i) for i in range(spec.n))
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    results = pool.map(_render_indexed, tasks, chunksize=8) if pool else map(_render_indexed,
+                                                                               tasks)
+    try:
+        for done, (i, label, data) in enumerate(results, start=1):
+            store.put(join_key(prefix, key_of(spec, i, label)), data)
+            counts[label] += 1
+            if progress:
+                progress(done, spec.n)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     logger.info("Generated %d images (%s) at %s", spec.n, counts, store.uri_of(prefix))
     return counts
 
@@ -237,8 +399,11 @@ def render_grid(spec: LakeSpec, indices: list[int]) -> Image.Image:
     """A contact sheet of some images, for docs and notebooks."""
     cols = min(8, len(indices))
     rows = math.ceil(len(indices) / cols)
-    sheet = Image.new("RGB", (cols * spec.size, rows * spec.size), "white")
+    tw, th = (spec.width, spec.height) if not spec.camera else (240, round(240 * spec.height
+                                                                         / spec.width))
+    sheet = Image.new("RGB", (cols * tw, rows * th), "white")
     for n, i in enumerate(indices):
         _, data = render(spec, i)
-        sheet.paste(Image.open(io.BytesIO(data)), ((n % cols) * spec.size, (n // cols) * spec.size))
+        tile = Image.open(io.BytesIO(data)).convert("RGB").resize((tw, th), Image.BILINEAR)
+        sheet.paste(tile, ((n % cols) * tw, (n // cols) * th))
     return sheet
