@@ -150,8 +150,8 @@ def _govern_in_process(store_uri: str, folder: str, i: int, start) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_concurrent_govern_processes_start_exactly_one_run(tmp_path):
-    store = str(tmp_path / "store")
+def test_concurrent_govern_processes_start_exactly_one_run(store_uri, tmp_path):
+    store = store_uri  # the S3 settings reach the processes through the environment
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     procs = [ctx.Process(target=_govern_in_process, args=(store, str(tmp_path), i, start))
