@@ -1,6 +1,6 @@
 """Serving under hostile load, written to docs/benchmarks.md ("Serving under hostile load").
 
-Two closed-loop runs at concurrency 16 against one model server (``components.serve.server``,
+Closed-loop runs at concurrency 16 against one model server (``components.serve.server``,
 one process, default limits), V1 ``:predict`` with one 256 px JPEG camera frame per good
 request:
 
@@ -12,15 +12,15 @@ request:
    binary FP32 blob of the wrong size, 64 WebP images declaring 6300x6300 pixels each,
    ``:explain``).
 
-The good-only run is made before and after the mixed runs; its rate is their mean.
-Reported: good requests that failed (target 0: before the guard a 500 closed the keep-alive
+Runs of each kind alternate in rounds (``--rounds``) and their counts are pooled, so that
+drift on a shared machine weighs on every kind alike. Reported: good requests that failed (target 0: before the guard a 500 closed the keep-alive
 connection and the next good request on it failed), 5xx answers to bad requests, and the
 good throughput of each mixed run against the good-only run (target >= 90%). Bad requests
 take a share of the clients' turns, which no server can give back, so the ratio is also
 shown per good turn (good throughput divided by the good share of requests): below 100%
 means answering bad requests costs more than classifying good ones.
 
-    .venv/bin/python bench/serving_hostile.py [--seconds 20] [--bad-shares 0.1,0.5]
+    .venv/bin/python bench/serving_hostile.py [--seconds 10] [--rounds 3] [--bad-shares 0.1,0.5]
 """
 
 from __future__ import annotations
@@ -163,9 +163,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=600, help="sample lake size for the model")
     parser.add_argument("--size", type=int, default=64, help="model input side")
     parser.add_argument("--frame", type=int, default=256, help="camera frame side (JPEG)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per run")
     parser.add_argument("--bad-shares", default="0.1,0.5",
                         help="probability that a request is bad, one mixed run each")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of one run of each kind, interleaved; rates are pooled")
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -184,17 +186,15 @@ def main() -> None:
                             f"--port={port}"], port, log)
     url = f"http://127.0.0.1:{port}"
     shares = [float(x) for x in args.bad_shares.split(",")]
-    mixed = {}
+    runs: dict[float, list[dict]] = {share: [] for share in [0.0, *shares]}
     try:
         rss0 = _rss_mib(proc.pid)
         load0 = os.getloadavg()[0]
-        print("good only ...", flush=True)
-        alone = asyncio.run(run(url, good, bad, args.seconds, 0.0, args.seed))
-        for share in shares:
-            print(f"mixed, bad share {share:g} ...", flush=True)
-            mixed[share] = asyncio.run(run(url, good, bad, args.seconds, share, args.seed))
-        print("good only, again ...", flush=True)
-        again = asyncio.run(run(url, good, bad, args.seconds, 0.0, args.seed))
+        for k in range(args.rounds):  # interleaved, so that drift on a shared machine
+            for share in runs:        # weighs on every kind of run alike
+                print(f"round {k + 1}: bad share {share:g} ...", flush=True)
+                runs[share].append(asyncio.run(run(url, good, bad, args.seconds, share,
+                                                   args.seed + k)))
         rss1 = _rss_mib(proc.pid)
         load1 = os.getloadavg()[0]
         alive = proc.poll() is None
@@ -202,13 +202,17 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     log_text = log.read_text()
-    # The good-only rate is the mean of a run before and a run after the mixed ones, so that
-    # drift on a shared machine does not favour either.
-    alone = {**alone, "good": alone["good"] + again["good"],
-             "good_failed": alone["good_failed"] + again["good_failed"],
-             "good_rate": (alone["good_rate"] + again["good_rate"]) / 2,
-             "p50": (alone["p50"] + again["p50"]) / 2, "p95": (alone["p95"] + again["p95"]) / 2}
-    rows = [("good only (2 runs)", alone, None, None)]
+    def pooled(rs: list[dict]) -> dict:
+        out = {k: sum(r[k] for r in rs) for k in ("good", "good_failed", "bad", "bad_5xx",
+                                                   "bad_4xx", "bad_closed", "wall")}
+        out["good_rate"] = (out["good"] - out["good_failed"]) / out["wall"]
+        out["p50"] = float(np.median([r["p50"] for r in rs]))
+        out["p95"] = float(np.median([r["p95"] for r in rs]))
+        return out
+
+    alone = pooled(runs.pop(0.0))
+    mixed = {share: pooled(rs) for share, rs in runs.items()}
+    rows = [("good only", alone, None, None)]
     for r in mixed.values():
         ratio = r["good_rate"] / alone["good_rate"]
         good_share = r["good"] / max(1, r["good"] + r["bad"])
@@ -221,7 +225,7 @@ def main() -> None:
         "## Serving under hostile load",
         "",
         f"`.venv/bin/python bench/serving_hostile.py --seconds {args.seconds:g} "
-        f"--bad-shares {args.bad_shares}` on {platform.machine()} with {os.cpu_count()} cores "
+        f"--rounds {args.rounds} --bad-shares {args.bad_shares}` on {platform.machine()} with {os.cpu_count()} cores "
         f"(client and server share them; the machine's 1-minute load average was {load0:.1f} "
         f"before and {load1:.1f} after, other work included). One server process, default "
         "limits; concurrency "
@@ -229,7 +233,9 @@ def main() -> None:
         f"`:predict` with one {args.frame} px JPEG frame; bad requests are {len(bad)} "
         "requests from the predictor's fuzz generator and issue 9's cases (including 64 WebP "
         "images declaring 6300x6300 pixels each, `data: [null]`, `NaN`, a short binary FP32 "
-        "blob, `:explain`).",
+        "blob, `:explain`). Each kind of run is repeated in interleaved rounds of "
+        f"{args.seconds:g} s; rates pool the rounds, latencies are the median of the "
+        "rounds'.",
         "",
         "| run | good requests | good failed | good/s | vs good only | per good turn | "
         "good p50 ms | good p95 ms | bad requests | bad 4xx | bad 5xx | bad closed |",
