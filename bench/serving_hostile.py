@@ -13,12 +13,13 @@ request:
    ``:explain``).
 
 Runs of each kind alternate in rounds (``--rounds``) and their counts are pooled, so that
-drift on a shared machine weighs on every kind alike. Reported: good requests that failed (target 0: before the guard a 500 closed the keep-alive
-connection and the next good request on it failed), 5xx answers to bad requests, and the
-good throughput of each mixed run against the good-only run (target >= 90%). Bad requests
-take a share of the clients' turns, which no server can give back, so the ratio is also
-shown per good turn (good throughput divided by the good share of requests): below 100%
-means answering bad requests costs more than classifying good ones.
+drift on a shared machine weighs on every kind alike. Reported: good requests that failed
+(target 0: before the guard a 500 closed the keep-alive connection and the next good
+request on it failed), 5xx answers to bad requests, and the good throughput of each mixed
+run against the good-only run (target >= 90%). Bad requests take a share of the clients'
+turns, which no server can give back, so the ratio is also shown per good turn (good
+throughput divided by the good share of requests): below 100% means answering bad requests
+costs more than classifying good ones.
 
     .venv/bin/python bench/serving_hostile.py [--seconds 10] [--rounds 3] [--bad-shares 0.1,0.5]
 """
