@@ -240,7 +240,8 @@ class CaptureConfig:
                  "image_rate": ("MLOPS_CAPTURE_IMAGE_RATE", float),
                  "queue_records": ("MLOPS_CAPTURE_QUEUE_RECORDS", int),
                  "batch_records": ("MLOPS_CAPTURE_BATCH_RECORDS", int),
-                 "batch_seconds": ("MLOPS_CAPTURE_BATCH_SECONDS", float)}
+                 "batch_seconds": ("MLOPS_CAPTURE_BATCH_SECONDS", float),
+                 "retries": ("MLOPS_CAPTURE_RETRIES", int)}
         values = {}
         for field_name, (var, kind) in names.items():
             if overrides.get(field_name) is not None:

@@ -194,7 +194,7 @@ def test_slow_or_down_storage_never_fails_a_prediction(package_dir, images, tmp_
     s3 = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{hole.port}", "AWS_ACCESS_KEY_ID": "x",
           "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
           "MLOPS_S3_CONNECT_TIMEOUT": "1", "MLOPS_S3_READ_TIMEOUT": "3",
-          "MLOPS_S3_RETRIES": "0"}
+          "MLOPS_S3_RETRIES": "0", "MLOPS_CAPTURE_RETRIES": "0"}
     proc, url, _ = _start(package_dir, tmp_path, "--capture-uri", "s3://capture/monitoring",
                           "--capture-queue", "5", "--capture-batch-records", "1",
                           env=s3, name="hung")
