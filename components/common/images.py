@@ -178,7 +178,13 @@ def preprocess_image(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PI
     Raises:
         ImageRejected: The bytes are not a usable image.
     """
-    img = _validated(data, max_pixels, min_side, draft_side=size)[0]
+    return model_input(_validated(data, max_pixels, min_side, draft_side=size)[0], size)
+
+
+def model_input(img: Image.Image, size: int) -> np.ndarray:
+    """The last step of :func:`preprocess_image`, for a caller that decoded the image itself
+    with ``draft_side=size`` (the predictor, which also describes the decoded image): resize
+    to ``size`` x ``size`` (antialiased bilinear) and lay out as ``uint8 (3, size, size)``."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)

@@ -48,7 +48,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 from prometheus_client import Counter, Gauge, Histogram
 
-from components.common.images import ImageRejected, decode_image_and_mode
+from components.common.images import ImageRejected, decode_image_and_mode, model_input
 
 logger = logging.getLogger(__name__)
 
@@ -353,8 +353,6 @@ class PetClassifier(Model):
         preprocessing training uses. With ``stats``, each image's input statistics
         (``capture.image_stats``) are appended to it.
         """
-        from PIL import Image
-
         from components.monitor.capture import image_stats
 
         self._check_pixels(encoded)
@@ -370,9 +368,7 @@ class PetClassifier(Model):
                 instances.append(self.describe_image(i, img))
             if stats is not None:
                 stats.append(image_stats(img, mode, full))
-            if img.size != (self.size, self.size):
-                img = img.resize((self.size, self.size), Image.BILINEAR)
-            out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
+            out[i] = model_input(img, self.size) / np.float32(255.0)  # as in training
         return (out - self.mean) / self.std
 
     async def _decode(self, encoded: list[bytes], instances: list,
