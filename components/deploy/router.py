@@ -24,18 +24,22 @@ retry is safe. Everything under ``/-/`` belongs to the router itself:
   requests in flight per backend, and the supervisor's report.
 * ``GET /-/healthz``: 200 while the router runs.
 
-Why aiohttp and not nginx, HAProxy, Envoy or Traefik: all four would do the proxying well, but
-each is a system binary to install and keep (this project installs with pip only), each
-changes weights by rewriting a config file and reloading, and none would restart crashed model
-servers, which this process must do anyway. aiohttp (aio-libs, already a dependency) gives a
-keep-alive client pool and a server in one event loop, and measured at concurrency 8 the router
-keeps throughput near direct (``bench/router.py``, ``docs/benchmarks.md``).
+Why not nginx, HAProxy, Envoy or Traefik: all four would do the proxying well, but each is a
+system binary to install and keep (this project installs with pip only), each changes weights
+by rewriting a config file and reloading, and none would restart crashed model servers, which
+this process must do anyway. Why not aiohttp's server and client, the first version: measured
+here they cost about 330 µs of CPU per proxied request, a quarter of what the model server
+itself spends, on a machine where both share two cores. The router therefore speaks HTTP/1.1
+itself on asyncio (uvloop) with httptools, the C parser uvicorn and KServe already use, in both
+directions (about 120 µs per request); aiohttp is only its readiness prober's client
+(``bench/router.py``, ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -100,6 +104,8 @@ class Router:
         self.supervisor = Supervisor(state_dir, model, environment, served_name, policy)
         self.session = None
         self.pool = BackendPool(connect_timeout, read_timeout)
+        self.connections: set = set()
+        self.stopping = False
         self.reload()
         self.supervisor.save()  # replaces the report of an earlier router process
 
@@ -181,24 +187,22 @@ class Router:
                 "inflight": {u: n for u, n in self.inflight.items() if n},
                 "supervisor": self.supervisor.report(), "pid": os.getpid()}
 
-    async def handle(self, request):
-        from aiohttp import web
-        from multidict import CIMultiDict
-
-        path = request.rel_url.path
+    async def route(self, method: str, target: str, headers: dict[str, str], body: bytes,
+                    remote: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Serves one request: the router's own endpoints, or a model server's answer with the
+        revision that served it. Returns (status, headers, body)."""
+        path = target.split("?", 1)[0]
         if path == "/-/router":
-            return web.json_response(self.status())
+            return _json(200, self.status())
         if path == "/-/healthz":
-            return web.json_response({"ok": True})
+            return _json(200, {"ok": True})
         role = self.choose()
         if role is None:
-            return web.json_response(
-                {"error": f"Nothing is deployed in the {self.environment} environment."},
-                status=503)
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        if request.remote:
-            headers["X-Forwarded-For"] = request.remote
+            return _json(503, {"error": f"Nothing is deployed in the {self.environment} "
+                                        "environment."})
+        headers = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+        if remote:
+            headers["X-Forwarded-For"] = remote
         tried = []
         while True:
             backend = self.routes.get(role) or next(iter(self.routes.values()))
@@ -206,15 +210,15 @@ class Router:
             tried.append(role)
             self.inflight[url] = self.inflight.get(url, 0) + 1
             try:
-                answer = await self._forward(request, url, headers, body)
+                status, reply_headers, data = await self.pool.request(url, method, target,
+                                                                      headers, body)
             except _Unreachable as exc:
                 self.failed[role] = self.failed.get(role, 0) + 1
                 if len(tried) >= 2 or not self.routes:
                     logger.warning("%s: %s revision at %s unreachable: %s", self.environment,
                                    role, url, exc)
-                    return web.json_response(
-                        {"error": f"The {self.environment} model server did not answer "
-                                  f"({exc}); the router retried once."}, status=502)
+                    return _json(502, {"error": f"The {self.environment} model server did not "
+                                                f"answer ({exc}); the router retried once."})
                 self.retried += 1
                 others = [r for r in self.routes if r != role]
                 role = others[0] if others else role
@@ -224,22 +228,178 @@ class Router:
                 timed_out = isinstance(exc, TimeoutError)
                 logger.warning("%s: %s revision at %s failed: %s", self.environment, role, url,
                                "no answer within the read timeout" if timed_out else exc)
-                return web.json_response(
-                    {"error": f"The {self.environment} model server "
-                              + (f"did not answer within {self.read_timeout:g} s."
-                                 if timed_out else f"failed: {exc}.")},
-                    status=504 if timed_out else 502)
+                return _json(504 if timed_out else 502, {
+                    "error": f"The {self.environment} model server "
+                             + (f"did not answer within {self.read_timeout:g} s."
+                                if timed_out else f"failed: {exc}.")})
             finally:
                 self.inflight[url] -= 1
-            status, reply_headers, data = answer
             self.served[role] = self.served.get(role, 0) + 1
-            out = CIMultiDict((k, v) for k, v in reply_headers if k.lower() not in HOP_BY_HOP)
-            out[REVISION_HEADER] = role
-            out[VERSION_HEADER] = str(backend["version"])
-            return web.Response(status=status, body=data, headers=out)
+            out = [(k, v) for k, v in reply_headers
+                   if k.lower() not in HOP_BY_HOP or (method == "HEAD"
+                                                       and k.lower() == "content-length")]
+            out.append((REVISION_HEADER, role))
+            out.append((VERSION_HEADER, str(backend["version"])))
+            return status, out, data
 
-    async def _forward(self, request, url: str, headers: dict, body: bytes):
-        return await self.pool.request(url, request.method, request.raw_path, headers, body)
+
+def _json(status: int, value) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "application/json")], json.dumps(value).encode()
+
+
+class _ClientConnection(asyncio.Protocol):
+    """One client's keep-alive HTTP/1.1 connection to the router, parsed with httptools.
+
+    Requests on a connection are answered in order: reading pauses while one is served.
+    ``Expect: 100-continue`` is answered, chunked bodies are decoded, a body over
+    ``max_body`` is refused with 413 (announced or while it arrives), a malformed request gets
+    400, and a connection idle for ``idle_timeout`` seconds is closed.
+    """
+
+    def __init__(self, router: Router, max_body: int, idle_timeout: float = 75.0):
+        import httptools
+
+        self.router, self.max_body, self.idle_timeout = router, max_body, idle_timeout
+        self.transport = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._idle = None
+        self._busy = False
+        self._closing = False
+        self._pending: collections.deque = collections.deque()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url, self._headers, self._body, self._size = b"", {}, [], 0
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.router.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc) -> None:
+        self._closing = True
+        self.router.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        import httptools
+
+        self._arm_idle()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrades are not supported by the router.")
+        except httptools.HttpParserError as exc:
+            if not self._closing:
+                self._refuse(400, f"Malformed HTTP request: {exc}.")
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1")] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        lowered = {k.lower(): v for k, v in self._headers.items()}
+        length = lowered.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            self._refuse(413, f"Request body of {length} bytes is over the router's limit of "
+                              f"{self.max_body} bytes (--max-body-bytes).")
+            return
+        if lowered.get("expect", "").lower() == "100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._closing:
+            return
+        self._size += len(body)
+        if self._size > self.max_body:
+            self._refuse(413, f"Request body over the router's limit of {self.max_body} "
+                              "bytes (--max-body-bytes).")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._closing:
+            return
+        peer = self.transport.get_extra_info("peername")
+        self._pending.append((self._parser.get_method().decode("ascii", "replace"),
+                              self._url.decode("latin-1"), self._headers,
+                              b"".join(self._body), peer[0] if peer else None,
+                              self._parser.should_keep_alive()))
+        self.transport.pause_reading()  # one request at a time per connection
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().create_task(self._process())
+
+    # serving
+    async def _process(self) -> None:
+        while self._pending and not self._closing:
+            method, target, headers, body, remote, keep_alive = self._pending.popleft()
+            try:
+                status, out, data = await self.router.route(method, target, headers, body,
+                                                            remote)
+            except Exception:  # noqa: BLE001 - a router bug answers 500 and is logged
+                logger.exception("The router failed on %s %s", method, target)
+                status, out, data = _json(500, {"error": "The router failed; see its log."})
+            if self._closing:
+                break
+            keep_alive = keep_alive and not self.router.stopping
+            self._write(status, out, data, keep_alive, head=method == "HEAD")
+            if not keep_alive:
+                self._close()
+                break
+        self._busy = False
+        if not self._closing:
+            self.transport.resume_reading()
+            self._arm_idle()
+
+    def _write(self, status: int, headers, data: bytes, keep_alive: bool,
+               head: bool = False) -> None:
+        import http
+
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        if not head or not any(k.lower() == "content-length" for k, _ in headers):
+            lines.append(f"Content-Length: {len(data)}")
+        if not keep_alive:
+            lines.append("Connection: close")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                             + (b"" if head else data))
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self._closing:
+            return
+        self._write(*_json(status, {"error": message}), keep_alive=False)
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if not self._busy:
+            self._close()
+
+    def close_if_idle(self) -> None:
+        if not self._busy:
+            self._close()
 
 
 class _Unreachable(Exception):
@@ -398,17 +558,11 @@ async def _supervise(router: Router, stop: asyncio.Event) -> None:
 
 
 async def serve(router: Router, host: str, port: int, max_body_bytes: int) -> None:
-    from aiohttp import web
-
     await router.start_client()
-    app = web.Application(client_max_size=max_body_bytes)
-    app.router.add_route("*", "/{tail:.*}", router.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=512)
-    await site.start()
-    logger.info("Router of %s listening on http://%s:%d", router.environment, host, port)
     loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _ClientConnection(router, max_body_bytes),
+                                      host, port, reuse_address=True, backlog=512)
+    logger.info("Router of %s listening on http://%s:%d", router.environment, host, port)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -416,9 +570,14 @@ async def serve(router: Router, host: str, port: int, max_body_bytes: int) -> No
     supervise = asyncio.create_task(_supervise(router, stop))
     await stop.wait()
     started = time.monotonic()
+    router.stopping = True
+    server.close()
+    for conn in list(router.connections):
+        conn.close_if_idle()  # busy ones close after their answer
+    deadline = time.monotonic() + 10
+    while any(c._busy for c in router.connections) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     await supervise
-    await runner.shutdown()
-    await runner.cleanup()
     await router.close()
     logger.info("Router of %s stopped (%.1f s to drain)", router.environment,
                 time.monotonic() - started)
