@@ -88,8 +88,8 @@ def test_blur_and_class_mix(monitor_setup, tmp_path):
     assert mix.n_labelled == 0
 
 
-def test_empty_window_is_a_no_traffic_verdict(monitor_setup, tmp_path):
-    uri = str(tmp_path / "empty")
+def test_empty_window_is_a_no_traffic_verdict(monitor_setup, store_uri):
+    uri = store_uri
     result = _run(monitor_setup, uri, full=True)
     v = result.verdict
     assert v.status == "unknown" and v.n_requests == 0
@@ -102,8 +102,8 @@ def test_empty_window_is_a_no_traffic_verdict(monitor_setup, tmp_path):
     assert b"no traffic" in read_uri(v.report_uri)
 
 
-def test_two_runs_at_once_write_two_history_entries(monitor_setup, tmp_path):
-    uri = str(tmp_path / "concurrent")
+def test_two_runs_at_once_write_two_history_entries(monitor_setup, store_uri):
+    uri = store_uri
     simulate_window(monitor_setup, uri, n=40, seed=31)
     results, errors = [], []
 
