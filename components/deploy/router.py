@@ -28,10 +28,10 @@ Why not nginx, HAProxy, Envoy or Traefik: all four would do the proxying well, b
 system binary to install and keep (this project installs with pip only), each changes weights
 by rewriting a config file and reloading, and none would restart crashed model servers, which
 this process must do anyway. Why not aiohttp's server and client, the first version: measured
-here they cost about 330 µs of CPU per proxied request, a quarter of what the model server
+here they cost about 310 µs of CPU per proxied request, a quarter of what the model server
 itself spends, on a machine where both share two cores. The router therefore speaks HTTP/1.1
 itself on asyncio (uvloop) with httptools, the C parser uvicorn and KServe already use, in both
-directions (about 120 µs per request); aiohttp is only its readiness prober's client
+directions (about 135 µs per request); aiohttp is only its readiness prober's client
 (``bench/router.py``, ``docs/benchmarks.md``).
 """
 
