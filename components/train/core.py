@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from components.common.images import preprocess_image
-from components.common.storage import open_store, sha256_bytes
+from components.common.storage import ObjectNotFoundError, open_store, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,28 @@ def load_images(rows: pd.DataFrame, image_size: int, workers: int = 8) -> np.nda
     keys = rows["key"] if "key" in rows else rows["uri"]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return np.stack(list(pool.map(one, zip(rows["uri"], shas, keys, strict=True))))
+
+
+def load_split_images(rows: pd.DataFrame, image_size: int, dataset_version: str = "",
+                      use_shards: bool = True) -> np.ndarray:
+    """A split's images at ``image_size``: from the dataset version's training-ready shards.
+
+    Rows from a published dataset snapshot are read from its shards (built once per version
+    and size by the first caller, then memory-mapped by every trial, the final training and
+    evaluation; no JPEG is decoded again). Other rows, or ``use_shards=False``, are decoded
+    one by one with :func:`load_images`. Both give the same pixels.
+    """
+    from components.ingest.core import IngestError
+    from components.ingest.shards import dataset_root_of, load_from_shards
+
+    root = (dataset_root_of(rows["uri"].iloc[0])
+            if use_shards and dataset_version and len(rows) and "sha256" in rows else None)
+    if root:
+        try:
+            return load_from_shards(rows, root, dataset_version, image_size)
+        except (IngestError, ObjectNotFoundError) as exc:  # not a published snapshot
+            logger.info("No shards for these rows (%s); decoding the images", exc)
+    return load_images(rows, image_size)
 
 
 def normalization(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -413,8 +435,9 @@ class PreparedData:
 
 
 def prepare(rows: pd.DataFrame, dataset_version: str, image_size: int,
-            val_fraction: float = 0.15) -> PreparedData:
-    """Training split -> decoded train/validation arrays and the normalisation statistics."""
+            val_fraction: float = 0.15, use_shards: bool = True) -> PreparedData:
+    """Training split -> train/validation arrays (from the version's shards, see
+    :func:`load_split_images`) and the normalisation statistics."""
     classes = sorted(rows["label"].unique())
     if len(rows) == 0:
         raise TrainError("Empty training split: ingest a data lake with images first.")
@@ -426,8 +449,8 @@ def prepare(rows: pd.DataFrame, dataset_version: str, image_size: int,
         raise TrainError(f"Too few images ({len(rows)}) to carve a validation split; "
                          "ingest more images.")
     index = {c: i for i, c in enumerate(classes)}
-    train_x = load_images(train_rows, image_size)
-    val_x = load_images(val_rows, image_size)
+    train_x = load_split_images(train_rows, image_size, dataset_version, use_shards)
+    val_x = load_split_images(val_rows, image_size, dataset_version, use_shards)
     mean, std = normalization(train_x)
     return PreparedData(classes, train_x,
                         train_rows["label"].map(index).to_numpy(np.int64), val_x,
