@@ -89,8 +89,15 @@ def bad_requests(n: int, seed: int) -> list[tuple[str, str, bytes, dict]]:
     return out + issue_cases() * max(1, n // 50)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run(url: str, good: list[bytes], bad: list, seconds: float, bad_share: float,
-              seed: int) -> dict:
+              seed: int, pid: int) -> dict:
     import aiohttp
 
     rng = random.Random(seed)
@@ -144,11 +151,11 @@ async def run(url: str, good: list[bytes], bad: list, seconds: float, bad_share:
             await good_one(k)
         counts.update(good=0, good_failed=0)
         latencies.clear()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds(pid)
         await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds(pid) - cpu0
     lat = np.array(latencies) if latencies else np.zeros(1)
-    return {**counts, "wall": wall, "good_rate": (counts["good"] - counts["good_failed"]) / wall,
+    return {**counts, "wall": wall, "cpu": cpu, "good_rate": (counts["good"] - counts["good_failed"]) / wall,
             "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
             "failures": failures[:5]}
 
@@ -195,7 +202,7 @@ def main() -> None:
             for share in runs:        # weighs on every kind of run alike
                 print(f"round {k + 1}: bad share {share:g} ...", flush=True)
                 runs[share].append(asyncio.run(run(url, good, bad, args.seconds, share,
-                                                   args.seed + k)))
+                                                   args.seed + k, proc.pid)))
         rss1 = _rss_mib(proc.pid)
         load1 = os.getloadavg()[0]
         alive = proc.poll() is None
@@ -205,7 +212,8 @@ def main() -> None:
     log_text = log.read_text()
     def pooled(rs: list[dict]) -> dict:
         out = {k: sum(r[k] for r in rs) for k in ("good", "good_failed", "bad", "bad_5xx",
-                                                   "bad_4xx", "bad_closed", "wall")}
+                                                   "bad_4xx", "bad_closed", "wall",
+                                                   "cpu")}
         out["good_rate"] = (out["good"] - out["good_failed"]) / out["wall"]
         out["p50"] = float(np.median([r["p50"] for r in rs]))
         out["p95"] = float(np.median([r["p95"] for r in rs]))
@@ -214,10 +222,16 @@ def main() -> None:
     alone = pooled(runs.pop(0.0))
     mixed = {share: pooled(rs) for share, rs in runs.items()}
     rows = [("good only", alone, None, None)]
-    for r in mixed.values():
+    # Server CPU per request, which the load of other processes does not change much: a good
+    # request's from the good-only runs; a bad one's from what the mixed runs spent beyond
+    # their good requests.
+    cpu_good = alone["cpu"] / alone["good"]
+    cpu_bad = {}
+    for share, r in mixed.items():
         ratio = r["good_rate"] / alone["good_rate"]
         good_share = r["good"] / max(1, r["good"] + r["bad"])
         rows.append((f"mixed, {1 - good_share:.0%} bad", r, ratio, ratio / good_share))
+        cpu_bad[share] = (r["cpu"] - r["good"] * cpu_good) / max(1, r["bad"])
     for name, r, *_ in rows:
         print(name, r)
     failed = sum(r["good_failed"] for r in mixed.values())
@@ -257,7 +271,14 @@ def main() -> None:
         "had; per good turn the good throughput is "
         + ", ".join(f"{turn:.0%}" for *_, turn in rows[1:])
         + " of the good-only run (100% would mean a refused request costs the server as "
-        "much as a classified one; above it, less). Server RSS "
+        "much as a classified one; above it, less). Measured in server CPU time, which other "
+        f"work on the machine disturbs less: a good request costs {cpu_good * 1000:.2f} ms, a "
+        "bad one " + ", ".join(f"{c * 1000:.2f} ms ({c / cpu_good:.0%})"
+                               for c in cpu_bad.values())
+        + " in the mixed runs; at those costs, with a tenth of the requests bad the server "
+        "keeps "
+        + ", ".join(f"{1 / (1 + 0.1 / 0.9 * c / cpu_good):.0%}" for c in cpu_bad.values())
+        + " of its good-request capacity. Server RSS "
         f"{rss0:.0f} MiB before and {rss1:.0f} MiB after; "
         f"{'the server kept running' if alive else 'THE SERVER DIED'}; "
         f"{log_text.count('Traceback')} tracebacks and "
