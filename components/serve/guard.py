@@ -149,7 +149,8 @@ class RequestGuard:
                 raise _BodyRefused(state["refused"])
             remaining = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+                async with asyncio.timeout(max(remaining, 0.001)):  # no task per message
+                    message = await receive()
             except TimeoutError:
                 state["refused"] = 408
                 raise _BodyRefused(408) from None
