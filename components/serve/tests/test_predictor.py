@@ -310,6 +310,7 @@ def test_metrics_and_request_logs(server, images):
     assert records
     record = max(records, key=lambda r: r["time"])
     assert record["model"] == MODEL and record["label"] and record["stats"]["width"]
+    assert record["revision"] == "stable"  # no MLOPS_REVISION: the stable revision
 
 
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
