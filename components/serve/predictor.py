@@ -152,7 +152,8 @@ class ServingLimits:
             cheap to send and slow to decode. Baseline JPEG is exempt: it is decoded in
             draft mode at the model's scale.
         body_timeout_s: Time for a request body to arrive.
-        decode_threads: Threads that decode images (0: one per core).
+        decode_threads: Threads that decode images (0: as many as ONNX Runtime threads
+            when those are set, else one per core up to 4).
     """
 
     max_instances: int = 256
@@ -374,7 +375,10 @@ class PetClassifier(Model):
     async def _decode(self, encoded: list[bytes], instances: list,
                       stats: list | None = None) -> np.ndarray:
         if self._decoder is None:
-            threads = self.limits.decode_threads or os.cpu_count() or 1
+            # As many as ONNX Runtime's threads, which follow the pod's CPU limit
+            # (--ort-threads); else up to 4: each holds one decoded image (48 MB at 16 MP).
+            threads = (self.limits.decode_threads or self.intra_op_threads
+                       or min(4, os.cpu_count() or 1))
             self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decoder, self._images_to_batch, encoded,

@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-timeout", type=float, default=limits.body_timeout_s,
                    help="seconds for a request body to arrive; later is a 408")
     p.add_argument("--decode-threads", type=int, default=0,
-                   help="threads that decode images off the event loop (0: one per core)")
+                   help="threads that decode images off the event loop (0: as many as "
+                        "--ort-threads when set, else one per core up to 4)")
     cap = p.add_argument_group(
         "capture (monitoring data; each option also reads an MLOPS_CAPTURE_* variable)")
     cap.add_argument("--capture-uri", default=None,
