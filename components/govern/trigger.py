@@ -184,7 +184,9 @@ class KfpLauncher(RetrainLauncher):
     """Submits the compiled continuous-training pipeline to a Kubeflow Pipelines API.
 
     Args:
-        host: The KFP API (``http://ml-pipeline.kubeflow:8888`` from inside the cluster).
+        host: The KFP API (``http://ml-pipeline.kubeflow:8888`` from inside the cluster);
+            empty: kfp.Client's in-cluster default. A projected service-account token at
+            ``KF_PIPELINES_SA_TOKEN_PATH`` (multi-user Kubeflow) is used when present.
         package_path: The compiled pipeline YAML (``mlops compile``); empty: ``pipeline`` is
             compiled from the code that runs (in a pipeline step: the image's own).
         arguments: The pipeline's arguments; the trigger is added under ``trigger_argument``.
@@ -215,10 +217,22 @@ class KfpLauncher(RetrainLauncher):
             import warnings
 
             import kfp
+            from kfp.client import (
+                KF_PIPELINES_SA_TOKEN_ENV,
+                KF_PIPELINES_SA_TOKEN_PATH,
+                ServiceAccountTokenVolumeCredentials,
+            )
 
+            # In a pipeline pod of multi-user Kubeflow, the projected service-account token
+            # (audience pipelines.kubeflow.org) authenticates the step to the KFP API.
+            token = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH)
+            credentials = ServiceAccountTokenVolumeCredentials() if Path(token).is_file() \
+                else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                self._client = kfp.Client(host=self.host, namespace=self.namespace or "kubeflow")
+                self._client = kfp.Client(host=self.host or None,
+                                          namespace=self.namespace or "kubeflow",
+                                          credentials=credentials)
         return self._client
 
     def launch(self, trigger: dict) -> dict:
