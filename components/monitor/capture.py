@@ -137,16 +137,11 @@ def decode_and_measure(data: bytes, size: int, *, max_pixels: int | None = None,
     Raises:
         ImageRejected: The bytes are not a usable image.
     """
-    from PIL import Image
-
-    from components.common.images import DEFAULT_MAX_PIXELS, decode_image_and_mode
+    from components.common.images import DEFAULT_MAX_PIXELS, decode_image_and_mode, model_input
 
     img, mode, full = decode_image_and_mode(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                                             min_side=min_side, draft_side=size)
-    stats = image_stats(img, mode, full)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), stats
+    return model_input(img, size), image_stats(img, mode, full)
 
 
 # ---------------------------------------------------------------------------------------------
