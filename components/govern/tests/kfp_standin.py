@@ -5,7 +5,8 @@ It keeps the rules of the v2beta1 run API (kubeflow/pipelines backend/api/v2beta
 and experiment.proto): a run needs a display name, exactly one of ``pipeline_spec`` and
 ``pipeline_version_reference``, an existing experiment; every runtime parameter must be an
 input of the pipeline's root; an answer is 400 with ``{"error", "code", "message"}``
-otherwise, which the client raises as ``ApiException``.
+otherwise, which the client raises as ``ApiException``. A pipeline with a Kubernetes platform
+spec arrives as ``{"pipeline_spec": …, "platform_spec": …}``, as the KFP client sends it.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class KfpStandIn:
         if body.get("experiment_id") not in self.experiments:
             return handler._error(f"Experiment {body.get('experiment_id')} not found")
         spec = body.get("pipeline_spec") or {}
+        if "pipeline_spec" in spec:  # with a platform spec, the client sends both, wrapped
+            spec = spec["pipeline_spec"]
         inputs = (spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
         params = (body.get("runtime_config") or {}).get("parameters", {})
         unknown = sorted(set(params) - set(inputs))

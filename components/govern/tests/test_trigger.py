@@ -274,3 +274,22 @@ def test_kfp_launcher_compiles_the_pipeline_it_runs_when_given_none(kfp_api, tmp
     (run,) = kfp_api.runs.values()
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "retrain-stand-in"
     assert json.loads(run["runtime_config"]["parameters"]["trigger"])["episode"] == "v3-0001"
+
+
+@pytest.mark.timeout(120)
+def test_kfp_launcher_submits_the_real_continuous_training_pipeline(kfp_api, tmp_path):
+    """The contract with pipelines/continuous_training.py: it compiles, takes the trigger as
+    its `trigger` parameter, and the API accepts the run with the arguments governance
+    passes (the stand-in refuses parameters the pipeline does not declare)."""
+    arguments = {"data_uri": "s3://lake/petpark", "dataset_root": "s3://mlops/datasets",
+                 "registry_uri": "s3://mlops/registry", "work_root": "s3://mlops/work",
+                 "monitoring_uri": "s3://mlops/monitoring", "model_name": MODEL}
+    launcher = KfpLauncher(kfp_api.url, "", arguments, namespace="kubeflow-user-example-com")
+    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
+    assert acts[0]["action"] == "retrain", acts
+    (run,) = kfp_api.runs.values()
+    params = run["runtime_config"]["parameters"]
+    assert json.loads(params["trigger"])["verdict"] == "w1"
+    assert params["monitoring_uri"] == "s3://mlops/monitoring"
+    # The storage Secret travels in the platform spec, not as a parameter.
+    assert "platform_spec" in run["pipeline_spec"]
