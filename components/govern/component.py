@@ -45,7 +45,9 @@ def govern_verdict(
         launcher: How retraining starts: kfp (submit the continuous-training pipeline to
             ``kfp_host``), local (kfp.local on this machine) or none (record the trigger).
         kfp_host: The KFP API, e.g. http://ml-pipeline.kubeflow:8888 inside the cluster.
-        retrain_arguments: JSON object of arguments for the continuous-training pipeline.
+        retrain_arguments: JSON object of arguments for the continuous-training pipeline
+            besides the model, registry and monitoring store, which this step passes: at
+            least ``data_uri``, ``dataset_root`` and ``work_root``.
     """
     import json
     import logging
@@ -78,7 +80,8 @@ def govern_verdict(
 
         target = open_target(deploy_target, registry_uri, model_name, namespace=namespace,
                              state_dir=serving_root)
-    args = {"model_name": model_name, **json.loads(retrain_arguments or "{}")}
+    args = {"model_name": model_name, "registry_uri": registry_uri,
+            "monitoring_uri": monitoring_uri, **json.loads(retrain_arguments or "{}")}
     run_launcher = None
     if launcher == "kfp":
         run_launcher = KfpLauncher(kfp_host, "", args, namespace=namespace or None,
