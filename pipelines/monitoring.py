@@ -33,6 +33,7 @@ def monitoring_pipeline(
     deploy_target: str = "none",
     govern_launcher: str = "none",
     kfp_host: str = "",
+    retrain_arguments: str = "{}",
 ) -> NamedTuple("MonitoringPipelineOutputs", status=str, verdict=Artifact, metrics=Metrics,
                 report=HTML, summary=Markdown):
     """Monitors one window of the production model.
@@ -56,6 +57,8 @@ def monitoring_pipeline(
         deploy_target: Where production runs, for governance rollbacks: kserve, local, none.
         govern_launcher: How governance starts retraining: kfp (to kfp_host), local or none.
         kfp_host: The KFP API for retraining runs, e.g. http://ml-pipeline.kubeflow:8888.
+        retrain_arguments: JSON arguments of the continuous-training run (data_uri,
+            dataset_root, work_root, ...; the registry and monitoring store are passed on).
     """
     task = monitor_window(model_name=model_name, registry_uri=registry_uri,
                           monitoring_uri=monitoring_uri, start=start, end=end, hours=hours,
@@ -69,7 +72,8 @@ def monitoring_pipeline(
     gov = govern_verdict(verdict=task.outputs["verdict"], monitoring_uri=monitoring_uri,
                          registry_uri=registry_uri, model_name=model_name, policy=policy,
                          deploy_target=deploy_target, namespace=namespace,
-                         launcher=govern_launcher, kfp_host=kfp_host)
+                         launcher=govern_launcher, kfp_host=kfp_host,
+                         retrain_arguments=retrain_arguments)
     gov.set_display_name("govern")
     gov.set_caching_options(False)
     with_storage_credentials(gov)
