@@ -130,11 +130,22 @@ def _share(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def capture_config(args):
-    """The capture settings from the options, falling back to ``MLOPS_CAPTURE_*``."""
+    """The capture settings from the options (whose defaults read ``MLOPS_CAPTURE_*``), or
+    None when no capture store is named."""
     from components.monitor.capture import CaptureConfig
 
-    if args.capture_uri == "":
+    if not args.capture_uri:
         return None
     return CaptureConfig.from_env(uri=args.capture_uri, sample_rate=args.capture_sample_rate,
                                   image_rate=args.capture_image_rate,
@@ -176,27 +187,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-threads", type=int, default=0,
                    help="threads that decode images off the event loop (0: as many as "
                         "--ort-threads when set, else one per core up to 4)")
+    env = os.environ.get
     cap = p.add_argument_group(
-        "capture (monitoring data; each option also reads an MLOPS_CAPTURE_* variable)")
-    cap.add_argument("--capture-uri", default=None,
+        "capture (monitoring data; each default comes from an MLOPS_CAPTURE_* variable when set)")
+    cap.add_argument("--capture-uri", default=env("MLOPS_CAPTURE_URI", ""),
                      help="monitoring store to capture inputs, embeddings and predictions to "
                           "(s3://… or a path; $MLOPS_CAPTURE_URI; empty: no capture)")
-    cap.add_argument("--capture-sample-rate", type=_share, default=None,
-                     help="share of requests captured ($MLOPS_CAPTURE_SAMPLE_RATE; default 1)")
-    cap.add_argument("--capture-image-rate", type=_share, default=None,
+    cap.add_argument("--capture-sample-rate", type=_share,
+                     default=env("MLOPS_CAPTURE_SAMPLE_RATE", "1"),
+                     help="share of requests captured ($MLOPS_CAPTURE_SAMPLE_RATE)")
+    cap.add_argument("--capture-image-rate", type=_share,
+                     default=env("MLOPS_CAPTURE_IMAGE_RATE", "0.05"),
                      help="share of captured instances whose image is kept, content-addressed "
-                          "($MLOPS_CAPTURE_IMAGE_RATE; default 0.05)")
-    cap.add_argument("--capture-queue", type=_positive, default=None,
+                          "($MLOPS_CAPTURE_IMAGE_RATE)")
+    cap.add_argument("--capture-queue", type=_positive,
+                     default=env("MLOPS_CAPTURE_QUEUE_RECORDS", "10000"),
                      help="most records waiting in memory; beyond it records are dropped and "
-                          "counted ($MLOPS_CAPTURE_QUEUE_RECORDS; default 10000)")
-    cap.add_argument("--capture-batch-records", type=_positive, default=None,
-                     help="records per written file ($MLOPS_CAPTURE_BATCH_RECORDS; default 500)")
-    cap.add_argument("--capture-batch-seconds", type=float, default=None,
+                          "counted ($MLOPS_CAPTURE_QUEUE_RECORDS)")
+    cap.add_argument("--capture-batch-records", type=_positive,
+                     default=env("MLOPS_CAPTURE_BATCH_RECORDS", "500"),
+                     help="records per written file ($MLOPS_CAPTURE_BATCH_RECORDS)")
+    cap.add_argument("--capture-batch-seconds", type=_seconds,
+                     default=env("MLOPS_CAPTURE_BATCH_SECONDS", "60"),
                      help="longest wait before a batch is written "
-                          "($MLOPS_CAPTURE_BATCH_SECONDS; default 60)")
-    cap.add_argument("--revision", default="",
-                     help="'stable' or 'canary', recorded with captured requests "
-                          "($MLOPS_REVISION; default stable)")
+                          "($MLOPS_CAPTURE_BATCH_SECONDS)")
+    cap.add_argument("--revision", choices=["stable", "canary"],
+                     default=env("MLOPS_REVISION", "") or "stable",
+                     help="which revision this server is, recorded with captured requests "
+                          "($MLOPS_REVISION)")
     p.add_argument("--cache-dir", default=str(home / "serving"),
                    help="where registry packages are downloaded")
     p.add_argument("--workers", type=int, default=1,
@@ -233,10 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         capture = capture_config(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.revision not in ("", "stable", "canary"):
-        print(f"error: invalid --revision {args.revision!r}: expect stable or canary.",
-              file=sys.stderr)
         return 2
 
     model = PetClassifier(args.name or name, package_dir,
