@@ -26,14 +26,14 @@ FIGURES = {"01_data_lake_and_ingestion.ipynb": 2, "02_serving_and_release.ipynb"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # 04 runs the continuous-training pipeline
 def test_notebook_runs(path, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
     monkeypatch.setenv("NOTEBOOK_WORKDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=240, kernel_name="python3",
+    NotebookClient(nb, timeout=480, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
