@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from kfp import dsl
 
@@ -63,3 +64,21 @@ def test_monitoring_pipeline_ends_with_the_govern_step(tmp_path):
     # Compiling needs no heavy import: the component module imports kfp only.
     source_text = (Path(__file__).resolve().parents[1] / "component.py").read_text()
     assert "import torch" not in source_text and "onnxruntime" not in source_text
+
+
+@pytest.mark.timeout(180)
+def test_govern_step_runs_under_kfp_local(tmp_path, monkeypatch):
+    from components.govern.tests.retrain_pipeline import govern_stand_in
+    from pipelines import PIPELINES
+    from pipelines.local import run_local
+
+    monkeypatch.setitem(PIPELINES, "govern-stand-in",
+                        ("components.govern.tests.retrain_pipeline", "govern_stand_in"))
+    assert govern_stand_in  # the pipeline is importable without heavy modules
+    store = str(tmp_path / "monitoring")
+    outputs = run_local("govern-stand-in", {"monitoring_uri": store,
+                                            "registry_uri": str(tmp_path / "registry")},
+                        tmp_path / "runs")
+    assert outputs["Output"] == 1  # one alert (kept undelivered: no webhook configured)
+    (episode,) = Episodes(GovernanceStore(store, "pet-classifier")).all()
+    assert episode["verdict"] == "kfp-local-w1"
