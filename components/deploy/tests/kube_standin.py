@@ -5,10 +5,13 @@ real ``kubernetes`` client, and the server applies the rules that decide what a 
 to traffic. Each rule names the code it models:
 
 API server (kubernetes/kubernetes, staging/src/k8s.io/apiextensions-apiserver)
-    * Custom resources are validated against the CRD's ``openAPIV3Schema`` (KServe 0.20's own
-      CRD, vendored under ``data/``): types, ``required``, ``enum``, ``pattern``,
-      ``x-kubernetes-int-or-string``, ``x-kubernetes-preserve-unknown-fields``. Unknown fields
-      are pruned, or rejected with ``fieldValidation=Strict`` (pkg/apiserver/schema/pruning).
+    * Custom resources are validated against a structural ``openAPIV3Schema``: types,
+      ``required``, ``enum``, ``pattern``, lengths and bounds, ``x-kubernetes-int-or-string``,
+      ``x-kubernetes-preserve-unknown-fields``. Unknown fields are pruned, or rejected with
+      ``fieldValidation=Strict`` (pkg/apiserver/schema/pruning). The schema is KServe 0.20's
+      own CRD when its file is here (:func:`crd_path`: ``$MLOPS_KSERVE_CRD``, else the
+      steering repository's ``shared/kserve/`` beside this checkout), else the one
+      ``kserve_schema.py`` builds from the ``kserve`` package's generated models.
     * ``PATCH`` with ``application/merge-patch+json`` (RFC 7386) or
       ``application/json-patch+json`` (RFC 6902); strategic merge patch is refused for custom
       resources (415), as the API server does.
@@ -81,19 +84,29 @@ import jsonpatch
 import yaml
 
 CRD_NAME = "serving.kserve.io_inferenceservices.yaml.gz"
+SHARED_CRD = Path(__file__).resolve().parents[3].parent / "shared" / "kserve" / CRD_NAME
 
 
-def _crd_path() -> Path:
-    """KServe 0.20's InferenceService CRD (see data/SOURCE.md): ``$MLOPS_KSERVE_CRD``, else
-    the copy in the steering repository's ``shared/kserve/`` beside this checkout, else the
-    one vendored in ``data/``."""
-    candidates = [os.environ.get("MLOPS_KSERVE_CRD", ""),
-                  Path(__file__).resolve().parents[3].parent / "shared" / "kserve" / CRD_NAME,
-                  Path(__file__).parent / "data" / CRD_NAME]
-    return next(Path(c) for c in candidates if c and Path(c).is_file())
+def crd_path() -> Path | None:
+    """KServe 0.20's InferenceService CRD file (config/crd/full/
+    serving.kserve.io_inferenceservices.yaml of the v0.20.0 tag, gzip-compressed), if this
+    machine has it: ``$MLOPS_KSERVE_CRD``, else the steering repository's
+    ``shared/kserve/serving.kserve.io_inferenceservices.yaml.gz`` beside this checkout.
+    None when neither exists; the repository keeps no copy.
+
+    Raises:
+        FileNotFoundError: ``$MLOPS_KSERVE_CRD`` is set but names no file.
+    """
+    named = os.environ.get("MLOPS_KSERVE_CRD", "")
+    if named:
+        if not Path(named).is_file():
+            raise FileNotFoundError(f"MLOPS_KSERVE_CRD={named!r} is not a file: point it at "
+                                    f"KServe's {CRD_NAME} or unset it to use the schema "
+                                    "built from the kserve package's models")
+        return Path(named)
+    return SHARED_CRD if SHARED_CRD.is_file() else None
 
 
-CRD_PATH = _crd_path()
 DOMAIN = "example.com"
 STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
 # pkg/constants/constants.go ServiceAnnotationDisallowedList (the 0.20 defaults) and
@@ -116,13 +129,45 @@ class ApiError(Exception):
 # ------------------------------------------------------------------------------------------
 
 
+def load_crd_schema(path: Path | None = None) -> dict:
+    """The ``openAPIV3Schema`` of the served version of a CRD file (parsed once). With no
+    path, the InferenceService schema the stand-in uses (:func:`inference_service_schema`):
+    the CRD when this machine has it, else the one built from the kserve package."""
+    if path is None:
+        return inference_service_schema()[0]
+    return _parse_crd(Path(path))
+
+
 @functools.lru_cache(maxsize=2)
-def load_crd_schema(path: Path = CRD_PATH) -> dict:
-    """The ``openAPIV3Schema`` of the served version of the vendored CRD (parsed once)."""
+def _parse_crd(path: Path) -> dict:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=loader)  # noqa: S506 - safe
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    crd = yaml.load(data, Loader=loader)  # noqa: S506 - the C-accelerated *safe* loader
     served = [v for v in crd["spec"]["versions"] if v.get("served")]
     return served[0]["schema"]["openAPIV3Schema"]
+
+
+def inference_service_schema(source: str = "auto") -> tuple[dict, str]:
+    """The InferenceService schema and where it came from.
+
+    Args:
+        source: ``"crd"`` (the CRD file, which must exist), ``"models"`` (built from the
+            ``kserve`` package's models) or ``"auto"`` (the CRD when :func:`crd_path` finds
+            it, else the models).
+    """
+    if source not in ("auto", "crd", "models"):
+        raise ValueError(f"Unknown schema source {source!r}: use 'auto', 'crd' or 'models'")
+    path = crd_path() if source in ("auto", "crd") else None
+    if path is not None:
+        return _parse_crd(path), f"KServe's CRD ({path})"
+    if source == "crd":
+        raise FileNotFoundError(f"No InferenceService CRD here: set MLOPS_KSERVE_CRD or put "
+                                f"{CRD_NAME} in {SHARED_CRD.parent}")
+    from components.deploy.tests.kserve_schema import inference_service_schema as built
+
+    return built(), "the kserve package's models"
 
 
 _TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
@@ -165,6 +210,12 @@ def _check(value, schema, path, errors, unknown):
         errors.append(f"{path}: Invalid value: {value!r} does not match {schema['pattern']}")
     if kind == "string" and "maxLength" in schema and len(value) > schema["maxLength"]:
         errors.append(f"{path}: Too long: may not be more than {schema['maxLength']}")
+    if kind == "string" and "minLength" in schema and len(value) < schema["minLength"]:
+        errors.append(f"{path}: Invalid value: {value!r}: should be at least "
+                      f"{schema['minLength']} chars long")
+    if kind == "array" and "minItems" in schema and len(value) < schema["minItems"]:
+        errors.append(f"{path}: Invalid value: {len(value)}: should have at least "
+                      f"{schema['minItems']} items")
     if kind in ("integer", "number") and "minimum" in schema and value < schema["minimum"]:
         errors.append(f"{path}: Invalid value: {value}: must be >= {schema['minimum']}")
     if kind in ("integer", "number") and "maximum" in schema and value > schema["maximum"]:
@@ -208,13 +259,16 @@ class KubeStandIn:
     Args:
         tick_s: How often the controllers reconcile.
         default_deployment_mode: KServe's ``deploy.defaultDeploymentMode`` (0.20: Standard).
+        schema_source: Which InferenceService schema the API server validates against
+            (:func:`inference_service_schema`).
     """
 
     ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
     REVISION = ("serving.knative.dev", "v1", "revisions")
 
-    def __init__(self, tick_s: float = 0.02, default_deployment_mode: str = "Standard"):
-        self.schema = load_crd_schema()
+    def __init__(self, tick_s: float = 0.02, default_deployment_mode: str = "Standard",
+                 schema_source: str = "auto"):
+        self.schema, self.schema_source = inference_service_schema(schema_source)
         self.tick_s = tick_s
         self.default_mode = default_deployment_mode
         self.lock = threading.RLock()
