@@ -233,10 +233,17 @@ def _check(value, schema, path, errors, unknown):
             return value  # type: object alone, or preserve-unknown-fields
         out = {}
         for key, v in value.items():
-            if props is not None and key in props:
-                out[key] = _check(v, props[key], f"{path}.{key}", errors, unknown)
-            elif isinstance(extra, dict):
-                out[key] = _check(v, extra, f"{path}.{key}", errors, unknown)
+            sub = props[key] if props is not None and key in props else \
+                extra if isinstance(extra, dict) else None
+            if v is None and sub is not None and not sub.get("nullable"):
+                # A null field the schema does not allow is dropped, or defaulted where the
+                # schema has a default, before validation (schema/defaulting/prunenulls.go
+                # PruneNonNullableNullsWithoutDefaults); a null list item is not.
+                if "default" in sub:
+                    out[key] = copy.deepcopy(sub["default"])
+                continue
+            if sub is not None:
+                out[key] = _check(v, sub, f"{path}.{key}", errors, unknown)
             elif schema.get("x-kubernetes-preserve-unknown-fields"):
                 out[key] = v
             else:

@@ -112,6 +112,21 @@ def test_what_kubernetes_and_kserve_accept_is_accepted(schema, isvc):
     assert (errors, unknown) == ([], [])
 
 
+def test_a_null_field_is_dropped_but_a_null_list_item_is_invalid(schema, isvc):
+    """The API server prunes null fields the schema does not make nullable (prunenulls.go)."""
+    def nulls(obj):
+        obj["spec"]["predictor"]["timeout"] = None
+        _container(obj)["resources"]["limits"]["memory"] = None
+
+    pruned, errors, unknown = validate(_edited(isvc, nulls), schema)
+    assert (errors, unknown) == ([], [])
+    assert "timeout" not in pruned["spec"]["predictor"]
+    assert "memory" not in _container(pruned)["resources"]["limits"]
+    _, errors, _ = validate(_edited(isvc, lambda o: _container(o)["args"].append(None)), schema)
+    last = len(_container(isvc)["args"])
+    assert errors == [f"<root>.spec.predictor.containers[0].args[{last}]: Invalid value: null"]
+
+
 def test_required_fields_are_read_from_the_models_setters():
     classes = model_classes()
     assert required_fields(classes["V1Container"]) == ["name"]
