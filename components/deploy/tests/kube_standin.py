@@ -8,7 +8,8 @@ API server (kubernetes/kubernetes, staging/src/k8s.io/apiextensions-apiserver)
     * Custom resources are validated against a structural ``openAPIV3Schema``: types,
       ``required``, ``enum``, ``pattern``, lengths and bounds, ``x-kubernetes-int-or-string``,
       ``x-kubernetes-preserve-unknown-fields``. Unknown fields are pruned, or rejected with
-      ``fieldValidation=Strict`` (pkg/apiserver/schema/pruning). The schema is KServe 0.20's
+      ``fieldValidation=Strict`` (pkg/apiserver/schema/pruning); null fields the schema does
+      not make nullable are dropped first (schema/defaulting/prunenulls.go). The schema is KServe 0.20's
       own CRD when its file is here (:func:`crd_path`: ``$MLOPS_KSERVE_CRD``, else the
       steering repository's ``shared/kserve/`` beside this checkout), else the one
       ``kserve_schema.py`` builds from the ``kserve`` package's generated models.
