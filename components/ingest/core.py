@@ -430,12 +430,14 @@ def list_local_lake(store: LocalStore) -> tuple[list[ObjectInfo], list[dict]]:
     def refuse(key: str, status: str, detail: str) -> None:
         refused.append({"key": key, "status": status, "detail": detail})
 
-    def walk(folder: str, prefix: str, ancestors: frozenset[str]) -> None:
+    def walk(folder: str, prefix: str, ancestors: frozenset[str]) -> list[tuple]:
+        """Lists one folder; returns its sub-folders to walk (iterative: any depth)."""
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             refuse(prefix.rstrip("/") or ".", "unreadable", f"cannot list the folder: {exc}")
-            return
+            return []
+        subfolders = []
         for entry in entries:
             if _INTERNAL_NAME.match(entry.name):
                 continue
@@ -460,15 +462,17 @@ def list_local_lake(store: LocalStore) -> tuple[list[ObjectInfo], list[dict]]:
                 if real in ancestors:
                     refuse(key, "link_loop", f"links to {real}, a folder that contains it")
                     continue
-                walk(entry.path, key + "/", ancestors | {real})
+                subfolders.append((entry.path, key + "/", ancestors | {real}))
             elif stat.S_ISREG(st.st_mode):
                 found.append(ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}"))
             else:
                 refuse(key, "not_a_file", f"file type {stat.filemode(st.st_mode)[0]!r} "
                        "(pipe, socket or device); never read")
+        return subfolders
 
-    if os.path.isdir(root):
-        walk(root, "", frozenset({root}))
+    pending = [(root, "", frozenset({root}))] if os.path.isdir(root) else []
+    while pending:
+        pending.extend(walk(*pending.pop()))
     return sorted(found, key=lambda o: o.key), refused
 
 
@@ -524,7 +528,7 @@ def _work(key: str) -> dict:
 
 
 def _storage_env() -> dict:
-    prefixes = ("AWS_", "MINIO_", "S3_")
+    prefixes = ("AWS_", "MINIO_", "S3_", "MLOPS_")
     return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
 
 
@@ -807,6 +811,8 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     # Exact duplicates: same bytes. Keep the first key; if the copies disagree on the label,
     # none can be trusted and all go to quarantine.
     ok = table[table["status"] == "ok"].sort_values("key")
+    shared = ok["sha256"].value_counts()
+    ok = ok[ok["sha256"].isin(shared[shared > 1].index)]  # only bytes under several keys
     dup_rows = []
     for sha, group in ok.groupby("sha256", sort=False):
         if group["label"].nunique() > 1:
