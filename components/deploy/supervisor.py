@@ -277,7 +277,11 @@ class Supervisor:
         record["consecutive_failures"] += 1
         record["last_exit_at"] = _now()
         tail = _log_tail(record["_log"])
-        record["last_error"] = f"{what}" + (f": {tail}" if tail else "")
+        child = self._children.get(record["pid"])
+        code = child.poll() if child is not None else None
+        if code is not None:
+            what += f" with {'signal ' + str(-code) if code < 0 else 'status ' + str(code)}"
+        record["last_error"] = f"{what}" + (f"; its log ends: {tail}" if tail else "")
         if record["consecutive_failures"] > self.policy.max_restarts:
             record["state"] = "failed"
             self._event(record, "gave_up", "alarm",
