@@ -10,8 +10,8 @@
 3. Detector time per window of 1,000 against a reference of 1,000.
 
 Windows are drawn without replacement within a window from pools of rendered images, fresh
-seeds apart from the training lake and the reference; the model is the small CNN trained here
-on a 1,000-image lake at 32 px.
+seeds apart from the training lake; false alarms are measured against five disjoint reference
+samples; the model is the small CNN trained here on a 600-image lake at 32 px.
 
     .venv/bin/python bench/drift.py            # the full run (about 5 minutes on 2 cores)
     .venv/bin/python bench/drift.py --quick    # a check that the script works (no doc update)
@@ -114,47 +114,74 @@ def reference_of(p: dict, sim, version: int):
 
 
 def window_checks(p: dict, idx: np.ndarray, detectors: dict, names: list[str], ref) -> dict:
-    """Drift decisions of one window: embedding MMD, statistics KS, prediction drift."""
-    from scipy.stats import chisquare
+    """Drift decisions of one window: embedding MMD, statistics KS, and the prediction-drift
+    check as a monitoring run makes it (alarm: significant and a share moved 10 points)."""
+    import datetime as dt
+
+    from components.monitor.checks import MonitorConfig, prediction_drift
+    from components.monitor.window import Window
 
     out = {}
     out["mmd"] = detectors["mmd"].predict(p["emb"][idx])["data"]["is_drift"]
     stats = np.array([[p["stats"][i][s] for s in names] for i in idx], float)
     out["ks"] = detectors["ks"].predict(stats)["data"]["is_drift"]
-    counts = np.array([sum(1 for i in idx if p["pred"][i] == c) for c in ref.classes], float)
-    prior = np.array([ref.prior[c] for c in ref.classes])
-    out["pred"] = int(chisquare(counts, prior * counts.sum()).pvalue < 0.05)
+    now = dt.datetime.now(dt.UTC)
+    win = Window(MODEL, now, now, None, records=[{"label": p["pred"][i]} for i in idx])
+    check = prediction_drift(win, ref, MonitorConfig())[0]
+    out["pred"] = int(check.status == "alarm")
     return out
 
 
-def quality(pools: dict, ref, backend: str, sizes, n_fa: int, n_det: int, budget_s: float,
-            seed: int = 0) -> dict:
+def quality(pools: dict, refs: list, backend: str, sizes, n_fa: int, n_det: int,
+            budget_s: float, seed: int = 0) -> dict:
+    """Detection rates (reference 0) and false-alarm rates averaged over several reference
+    samples: conditional on one fixed reference sample the false-alarm rate of a two-sample
+    test can sit well above alpha when the window is as large as the reference, so the table
+    reports the rate over references and its range across them."""
     from components.monitor.checks import DRIFT_STATS
     from components.monitor.drift import make_detector
 
     names = [s for s in DRIFT_STATS if s not in ("width", "height")]
-    ref_stats = np.column_stack([ref.stats[s] for s in names])
-    detectors = {"mmd": make_detector("mmd", ref.embeddings, backend=backend),
-                 "ks": make_detector("ks", ref_stats, backend=backend, names=names)}
+    fitted = []
+    for ref, _ in refs:
+        ref_stats = np.column_stack([ref.stats[s] for s in names])
+        fitted.append({"mmd": make_detector("mmd", ref.embeddings, backend=backend),
+                       "ks": make_detector("ks", ref_stats, backend=backend, names=names)})
     rng = np.random.default_rng(seed)
     results = {}
     started = time.perf_counter()
+    cells = len(sizes) * (1 + len(KINDS))
     for size in sizes:
-        for kind, count in [("day", n_fa)] + [(k, n_det) for k in KINDS]:
-            p = pools[kind]
+        for kind in ["day", *KINDS]:
+            cell_budget = budget_s / cells
+            cell_start = time.perf_counter()
             hits = {"mmd": 0, "ks": 0, "pred": 0, "any": 0}
-            done = 0
-            for _ in range(count):
-                if time.perf_counter() - started > budget_s and done >= 5:
-                    break
-                idx = rng.choice(len(p["emb"]), size, replace=False)
-                d = window_checks(p, idx, detectors, names, ref)
-                for k in ("mmd", "ks", "pred"):
-                    hits[k] += d[k]
-                hits["any"] += int(d["mmd"] or d["ks"] or d["pred"])
-                done += 1
-            results[(size, kind)] = {k: v / done for k, v in hits.items()} | {"windows": done}
-            print(backend, size, kind, results[(size, kind)], flush=True)
+            per_ref, done = [], 0
+            plan = ([(r, n_fa // len(refs)) for r in range(len(refs))] if kind == "day"
+                    else [(0, n_det)])
+            for r, count in plan:
+                ref, free = refs[r]
+                p = pools[kind]
+                ref_hits = ref_done = 0
+                for _ in range(count):
+                    if time.perf_counter() - cell_start > cell_budget and ref_done >= 2:
+                        break
+                    candidates = free if kind == "day" else np.arange(len(p["emb"]))
+                    idx = rng.choice(candidates, size, replace=False)
+                    d = window_checks(p, idx, fitted[r], names, ref)
+                    for k in ("mmd", "ks", "pred"):
+                        hits[k] += d[k]
+                    hit = int(d["mmd"] or d["ks"] or d["pred"])
+                    hits["any"] += hit
+                    ref_hits += hit
+                    ref_done += 1
+                    done += 1
+                per_ref.append(ref_hits / max(ref_done, 1))
+            results[(size, kind)] = {k: v / max(done, 1) for k, v in hits.items()} | {
+                "windows": done, "references": len(plan),
+                "any_range": (min(per_ref), max(per_ref))}
+            print(backend, size, kind, results[(size, kind)],
+                  f"{time.perf_counter() - started:.0f}s", flush=True)
     return results
 
 
@@ -236,24 +263,33 @@ def main() -> int:
     torch.set_num_threads(2)
     quick = args.quick
     sizes = (100, 300) if quick else (100, 300, 1000)
-    n_fa, n_det = (6, 3) if quick else (50, 10)
+    n_fa, n_det, n_refs = (6, 3, 2) if quick else (50, 10, 5)
     n_speed = 1000 if quick else 10_000
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t = time.perf_counter()
-        registry, version, sim = build(work, 400 if quick else 1000)
+        registry, version, sim = build(work, 400 if quick else 600)
         print(f"model trained and registered in {time.perf_counter() - t:.0f} s", flush=True)
-        n_pool = 1200 if quick else 4000
+        n_pool = 1200 if quick else 6000
         t = time.perf_counter()
-        ref_pool = pool(sim, 1000, seed=1000)
         pools = {"day": pool(sim, n_pool, seed=2000)}
         for n, (kind, kw) in enumerate(KINDS.items()):
             pools[kind] = pool(sim, 1000 if not quick else 400, seed=3000 + n, **kw)
         print(f"pools rendered in {time.perf_counter() - t:.0f} s", flush=True)
-        ref = reference_of(ref_pool, sim, version)
-        quality_results = {b: quality(pools, ref, b, sizes, n_fa, n_det,
-                                      budget_s=40 if quick else {"torch": 150, "alibi": 100}[b])
+        # References: disjoint slices of the day pool; a reference's windows come from the
+        # rest of the pool.
+        n_ref = 1000 if not quick else 300
+        refs = []
+        for r in range(n_refs):
+            taken = np.arange(r * n_ref, (r + 1) * n_ref)
+            sub = {k: (v[taken] if isinstance(v, np.ndarray) else [v[i] for i in taken])
+                   for k, v in pools["day"].items()}
+            refs.append((reference_of(sub, sim, version),
+                         np.setdiff1d(np.arange(n_pool), taken)))
+        ref = refs[0][0]
+        quality_results = {b: quality(pools, refs, b, sizes, n_fa, n_det,
+                                      budget_s=40 if quick else {"torch": 180, "alibi": 150}[b])
                            for b in ("torch", "alibi")}
         times = detector_times(ref, pools)
         speed_results = speed(work, registry, version, sim, ref, pools, n_speed)
@@ -269,35 +305,47 @@ def render_doc(quality_results, times, speed_results, sizes, n_speed, total) -> 
     import torch
 
     lines = ["## Monitoring", "",
-             f"Small CNN trained on a 1,000-image lake at 32 px (6 epochs); reference: 1,000 "
-             "day images of a held-out seed through the packaged ONNX model. Windows are drawn "
-             "without replacement from pools of 4,000 day images and 1,000 images of each "
-             "drift kind (fresh seeds). Alpha 0.05 everywhere (KS: Bonferroni over brightness, "
-             "contrast and sharpness; MMD: 100 permutations). Machine: 2 cores, "
+             "Small CNN trained on a 600-image lake at 32 px (6 epochs). References: five "
+             "disjoint samples of 1,000 day images (a held-out seed) through the packaged ONNX "
+             "model; each reference's undrifted windows are drawn from the other 5,000 day "
+             "images, the drifted windows from 1,000 images of each kind (fresh seeds), "
+             "without replacement within a window. Alpha 0.05 everywhere (KS: Bonferroni over "
+             "brightness, contrast and sharpness; MMD: 100 permutations; prediction drift: the "
+             "monitoring run's alarm, a significant chi-square test against the reference's "
+             "predicted shares and a share moved by 10 points). Machine: 2 cores, "
              f"{platform.machine()}, Python {platform.python_version()}, torch "
              f"{torch.__version__} on CPU; other helpers' test suites were running on the same "
-             "two cores at the time, so the times are upper bounds.", "",
+             "two cores (load average above 10), so every time here is an upper bound.", "",
              "### Detection and false-alarm rates", "",
              "Share of windows in which each check reported drift. For `day` (undrifted) that "
-             "is the false-alarm rate (target: at most alpha, 5%); for the drift kinds, the "
-             "detection rate. `any` = any of the three checks.", "",
-             "| backend | window | kind | windows | embedding MMD | statistics KS | "
-             "prediction drift | any |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "is the false-alarm rate (target: at most alpha, 5%), pooled over the references "
+             "(`any` range: the lowest and highest rate of one reference); for the drift kinds, "
+             "the detection rate against the first reference. `any` = any of the three checks "
+             "(so its false-alarm rate can reach about three times alpha).", "",
+             "| backend | window | kind | windows (refs) | embedding MMD | statistics KS | "
+             "prediction drift | any | any, per reference |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for backend, res in quality_results.items():
         for (size, kind), r in res.items():
-            lines.append(f"| {backend} | {size} | {kind} | {r['windows']} | {r['mmd']:.0%} | "
-                         f"{r['ks']:.0%} | {r['pred']:.0%} | {r['any']:.0%} |")
-    lines += ["", "The prediction-drift check (chi-square of predicted class shares against "
-              "the prior) does not depend on the backend; its column repeats it per row. "
-              "Where a backend ran fewer windows than asked (50 undrifted, 10 per drift kind), "
-              "it hit the benchmark's time budget; the count is in the table.", "",
+            lo, hi = r["any_range"]
+            spread = f"{lo:.0%} to {hi:.0%}" if r["references"] > 1 else ""
+            lines.append(f"| {backend} | {size} | {kind} | {r['windows']} ({r['references']}) "
+                         f"| {r['mmd']:.0%} | {r['ks']:.0%} | {r['pred']:.0%} | {r['any']:.0%} "
+                         f"| {spread} |")
+    lines += ["", "The prediction-drift check does not depend on the backend. Where a backend "
+              "ran fewer windows than asked (50 undrifted over 5 references, 10 per drift "
+              "kind), it hit the benchmark's time budget; the counts are in the table. A "
+              "two-sample test holds alpha averaged over reference samples; against one fixed "
+              "reference the false-alarm rate varies with how typical that sample is, more so "
+              "as the window approaches the reference's size, which is what the per-reference "
+              "range shows.", "",
               "### Detector time per window", "", "Window of 1,000 against a reference of "
               "1,000 (median of 3).", "", "| backend | detector | seconds |", "|---|---|---:|"]
     for (backend, label), s in times.items():
         lines.append(f"| {backend} | {label} | {s:.3f} |")
     lines += ["", f"### Monitoring run of {n_speed:,} captured requests", "",
-              "One `run_monitoring` over a window of 10,000 captured records (a quarter at "
-              "night, 5% with their image, 10% labelled): reading the window, every check, "
+              f"One `run_monitoring` over a window of {n_speed:,} captured records (a quarter "
+              "at night, 5% with their image, 10% labelled): reading the window, every check, "
               "the saliency gallery (12 Captum saliency maps from the registered PyTorch "
               "weights), the error analysis by slice, the HTML report and the history entry. "
               "The MMD test uses a uniform sample of 2,000 of the window's embeddings "
@@ -307,8 +355,8 @@ def render_doc(quality_results, times, speed_results, sizes, n_speed, total) -> 
     for backend, r in speed_results.items():
         lines.append(f"| {backend} | {r['seconds']:.1f} | {r['status']} | {r['n']} | "
                      f"{r['labelled']} | {r['gallery']} |")
-    lines += ["", f"The whole benchmark took {total:.0f} s. Capture overhead on serving "
-              "throughput is measured with the predictor's capture (see Serving).", "",
+    lines += ["", f"The whole benchmark took {total:.0f} s of wall time here. Capture "
+              "overhead on serving throughput belongs to the predictor's benchmarks.", "",
               "Rerun: `.venv/bin/python bench/drift.py` (`--quick` for a short check).", ""]
     return "\n".join(lines)
 

@@ -99,7 +99,7 @@ def _trend_plots(history: list[Verdict]) -> dict[str, str]:
     plots["drift"] = _png(fig)
 
     # Class shares against the prior.
-    fig, ax = axes("Predicted class shares per window (dashed: training prior)", "share")
+    fig, ax = axes("Predicted class shares per window (dashed: on the reference)", "share")
     shares = [(_when(v), v.check("prediction_drift.class_shares")) for v in history]
     shares = [(t, c) for t, c in shares if c is not None and c.extra.get("shares")]
     if shares:
@@ -107,7 +107,8 @@ def _trend_plots(history: list[Verdict]) -> dict[str, str]:
             colour = f"C{n}"
             ax.plot([t for t, _ in shares], [c.extra["shares"].get(cls, 0) for _, c in shares],
                     "o-", color=colour, label=cls)
-            ax.axhline(shares[-1][1].extra["prior"].get(cls, 0), color=colour, ls="--", lw=1)
+            baseline = shares[-1][1].extra.get("baseline") or shares[-1][1].extra["prior"]
+            ax.axhline(baseline.get(cls, 0), color=colour, ls="--", lw=1)
         ax.set_ylim(0, 1)
         _legend(ax)
     plots["class_shares"] = _png(fig)

@@ -33,7 +33,7 @@ def day_and_night(monitor_setup, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", ["alibi", "torch"])
 def test_day_is_quiet_and_night_alarms(monitor_setup, day_and_night, backend):
     day = _run(monitor_setup, day_and_night, T0, T0 + 3 * HOUR, backend=backend,
@@ -67,7 +67,7 @@ def test_day_is_quiet_and_night_alarms(monitor_setup, day_and_night, backend):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_blur_and_class_mix(monitor_setup, tmp_path):
     blur_uri, mix_uri = str(tmp_path / "blur"), str(tmp_path / "mix")
     simulate_window(monitor_setup, blur_uri, n=150, condition="blur", seed=21)
@@ -147,7 +147,7 @@ def test_unreachable_telemetry_is_unknown_not_a_failure(monitor_setup, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_report_gallery_and_slices(monitor_setup, day_and_night):
     result = _run(monitor_setup, day_and_night, T0, T0 + 6 * HOUR, full=True, gallery_size=3)
     v, ex = result.verdict, result.explanations

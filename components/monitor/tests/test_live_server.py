@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_served_window_is_captured_scraped_labelled_and_judged(monitor_setup, tmp_path):
     from components.datagen.core import LakeSpec, render
     from components.deploy.client import EndpointError, wait_ready

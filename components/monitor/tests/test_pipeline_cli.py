@@ -24,7 +24,7 @@ def _iso(t: float) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_monitoring_pipeline_runs_locally(monitor_setup, tmp_path):
     from pipelines.local import run_local
 
@@ -71,7 +71,7 @@ def _mlops(*args, env=None):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_cli_run_status_report(monitor_setup, tmp_path):
     store = str(tmp_path / "monitoring")
     simulate_window(monitor_setup, store, n=60, condition="day", seed=71)
