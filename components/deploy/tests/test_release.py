@@ -73,12 +73,13 @@ def _offline_accuracy(package_dir, images, labels) -> float:
     """The package's accuracy computed in-process with ONNX Runtime (no HTTP)."""
     import asyncio
 
-    from components.serve.predictor import PetClassifier
+    from components.serve.predictor import PetClassifier, _Batch
 
     model = PetClassifier("offline", str(package_dir))
     model.load()
     x = model._images_to_batch(images)
-    batch = asyncio.run(model.predict(type("B", (), {"x": x})()))
+    batch = asyncio.run(model.predict(_Batch(x=x, protocol="v1", request_id="offline",
+                                             started=0.0)))
     predicted = [model.classes[i] for i in batch.probs.argmax(axis=1)]
     return sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels)
 
