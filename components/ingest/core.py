@@ -86,6 +86,8 @@ DRAFT_SIDE = 256
 VALIDATION_VERSION = 2
 #: Fewer objects than this are read by threads in this process: starting processes costs more.
 PROCESS_MIN_OBJECTS = 256
+#: The most worker processes ``workers=0`` starts.
+MAX_DEFAULT_WORKERS = 8
 #: A publish lock older than this is presumed left behind by a crashed ingestion.
 PUBLISH_LOCK_STALE_S = 600.0
 
@@ -108,8 +110,9 @@ class IngestConfig:
         max_pixels: Larger images are quarantined as decompression bombs.
         min_side: Images with a smaller side are quarantined as too small.
         workers: Parallel reads and decodes: 0 (default) is one process per available CPU
-            core. A lake of at least ``PROCESS_MIN_OBJECTS`` objects to read is decoded by that
-            many processes (decoding is CPU-bound); smaller ones by as many threads.
+            core (cgroup quota included), at most ``MAX_DEFAULT_WORKERS``. At least
+            ``PROCESS_MIN_OBJECTS`` objects to read are decoded by that many processes
+            (decoding is CPU-bound); fewer by as many threads.
         use_cache: Reuse what an earlier ingestion of the same lake under the same validation
             settings learned about unchanged objects (same key and fingerprint) instead of
             downloading and decoding them again.
@@ -210,6 +213,12 @@ def parse_aliases(text: str) -> dict[str, str] | None:
                               "alias=class pairs separated by commas, such as cat=cats,dog=dogs.")
         aliases[alias.strip()] = target.strip()
     return aliases
+
+
+def default_workers() -> int:
+    """``workers=0``: one per available core, at most ``MAX_DEFAULT_WORKERS`` (a pod without a
+    CPU limit sees the whole node; each worker process takes about 130 MiB)."""
+    return min(available_cpus(), MAX_DEFAULT_WORKERS)
 
 
 def available_cpus() -> int:
@@ -537,7 +546,7 @@ def _read_objects(tasks: list[str], lake: ObjectStore, objects: ObjectStore,
                   progress: Callable[[int, int], None] | None):
     """Yields one result per task, in order, from threads or worker processes."""
     settings = (config.max_pixels, config.min_side, DRAFT_SIDE if config.draft else None)
-    workers = config.workers or available_cpus()
+    workers = config.workers or default_workers()
     if workers > 1 and len(tasks) >= PROCESS_MIN_OBJECTS:
         import multiprocessing
 
@@ -836,7 +845,7 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     verified = _load_verified(root)
     verified.update({sha: present[sha] for sha in stored if sha in present})
     verified.update(_verify_objects(objects, {s: k for s, k in needed.items() if s not in stored},
-                                    present, verified, config.workers or available_cpus()))
+                                    present, verified, config.workers or default_workers()))
 
     kept["split"] = [split_of(s, config.test_fraction) for s in kept["sha256"]]
     kept["width"] = kept["width"].astype(int)
