@@ -276,7 +276,8 @@ def test_kfp_launcher_compiles_the_pipeline_it_runs_when_given_none(kfp_api, tmp
     assert json.loads(run["runtime_config"]["parameters"]["trigger"])["episode"] == "v3-0001"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_kfp_launcher_submits_the_real_continuous_training_pipeline(kfp_api, tmp_path):
     """The contract with pipelines/continuous_training.py: it compiles, takes the trigger as
     its `trigger` parameter, and the API accepts the run with the arguments governance
