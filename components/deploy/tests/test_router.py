@@ -359,3 +359,24 @@ def test_router_passes_http_through_faithfully(echo_router):
     time.sleep(1.2)
     r = requests.post(f"{url}/p", data=b"{}", timeout=5)
     assert r.status_code == 503 and "Nothing is deployed" in r.json()["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_demo_camera_sees_the_split_and_no_failure_across_a_promotion(env):
+    from components.deploy.local_cli import Camera
+
+    registry, target, images = env
+    _deployed(target, 1)
+    camera = Camera(target, images[:5], interval=0.02).start()
+    try:
+        target.start_canary("production", 2, 50)
+        time.sleep(1.5)
+        target.promote("production")
+        time.sleep(1.0)
+    finally:
+        camera.stop()
+    assert camera.failed == []
+    assert camera.answers.get(("canary", "2"), 0) > 0  # the canary's share, live
+    assert camera.answers.get(("stable", "1"), 0) > 0 and camera.answers.get(("stable", "2"), 0)
+    assert "0 failed" in camera.summary() and target.status("production").url in camera.summary()
