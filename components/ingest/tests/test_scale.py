@@ -72,3 +72,28 @@ def test_preprocess_respects_exif_orientation_and_size():
     assert upright.shape == (3, 64, 64) and upright.dtype == np.uint8
     info = inspect_image(buf.getvalue(), draft_side=256)
     assert (info.width, info.height) == (720, 1280)
+
+
+@pytest.mark.timeout(180)
+def test_worker_processes_read_an_s3_lake(tmp_path, s3_uri, monkeypatch):
+    """Worker processes open their own S3 clients with the parent's settings; an object
+    deleted after listing is quarantined, not fatal."""
+    monkeypatch.setattr(core, "PROCESS_MIN_OBJECTS", 4)
+    lake = open_store(s3_uri + "/lake")
+    generate(LakeSpec(n=20, size=32, seed=45), lake)
+    lake.put("cats/truncated.jpg", render(LakeSpec(n=1, size=64, seed=46), 0)[1][:400])
+    one = ingest(lake.uri, s3_uri + "/ds1", IngestConfig(workers=1))
+    many = ingest(lake.uri, s3_uri + "/ds2", IngestConfig(workers=2))  # worker processes
+    assert many.version == one.version and many.report["decoded"] == 21
+    for result in (one, many):
+        assert result.quarantine.set_index("key")["reason"].to_dict() == {
+            "cats/truncated.jpg": "truncated"}
+    keys = [o.key for o in lake.list()]
+
+    def delete_last(done, total):
+        if done == 1:
+            lake.delete(keys[-1])  # listed, then deleted before it is read
+
+    gone = ingest(lake.uri, s3_uri + "/ds3", IngestConfig(workers=1), progress=delete_last)
+    assert gone.quarantine.set_index("key")["reason"].to_dict() == {
+        "cats/truncated.jpg": "truncated", keys[-1]: "vanished"}
