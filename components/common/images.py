@@ -43,6 +43,7 @@ QUARANTINE_REASONS = {
     "unlabelled": "no label could be derived for the key",
     "unsafe_key": "the key tries to leave the data lake prefix",
     "conflicting_labels": "identical bytes are labelled with different classes",
+    "too_large": "the object is larger than the ingestion's byte limit (not read)",
     "unknown_label": "the label is not one of the declared classes or their aliases",
     "invalid_key_encoding": "the object's name is not valid UTF-8; rename the file",
     "vanished": "listed, but gone when read (deleted or renamed during the ingestion)",

@@ -86,6 +86,7 @@ DRAFT_SIDE = 256
 VALIDATION_VERSION = 2
 #: Fewer objects than this are read by threads in this process: starting processes costs more.
 PROCESS_MIN_OBJECTS = 256
+DEFAULT_MAX_BYTES = 256 * 2**20
 #: The most worker processes ``workers=0`` starts.
 MAX_DEFAULT_WORKERS = 8
 #: A publish lock older than this is presumed left behind by a crashed ingestion.
@@ -125,6 +126,9 @@ class IngestConfig:
             the reduced image, and width and height are the full size.
         publish_wait_s: How long to wait for another ingestion that is publishing the same
             version before giving up.
+        max_bytes: Larger objects are quarantined as ``too_large`` from the listing, without
+            being read (a 40 MP camera JPEG is about 20 MB; a stray video or disk image in the
+            lake would otherwise be read into memory whole).
     """
 
     test_fraction: float = 0.2
@@ -138,6 +142,7 @@ class IngestConfig:
     aliases: Mapping[str, str] | None = None
     draft: bool = True
     publish_wait_s: float = 300.0
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self):
         if not 0.0 < self.test_fraction < 1.0:
@@ -775,6 +780,10 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
             check_key(obj.key)
         except UnsafeKeyError as exc:
             rec.update(status="unsafe_key", detail=str(exc))
+            continue
+        if obj.size > config.max_bytes:
+            rec.update(status="too_large", detail=f"{obj.size} bytes > max_bytes "
+                       f"{config.max_bytes}; not read")
             continue
         if layout == "csv":
             raw = labels_map.get(obj.key, "")

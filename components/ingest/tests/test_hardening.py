@@ -122,6 +122,16 @@ def test_a_pipe_in_the_lake_is_refused_without_reading_it(tmp_path):
         "cats/camera.jpg": "not_a_file"}
 
 
+def test_an_object_over_the_byte_limit_is_refused_without_reading(tmp_path):
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=6, size=32, seed=36), lake)
+    (tmp_path / "lake" / "dogs" / "cam.mp4").write_bytes(b"\0" * 5000)  # a stray video
+    result = ingest(lake.uri, str(tmp_path / "ds"), IngestConfig(max_bytes=4000))
+    q = result.quarantine.set_index("key")
+    assert q["reason"].to_dict() == {"dogs/cam.mp4": "too_large"}
+    assert "5000 bytes" in q.loc["dogs/cam.mp4", "detail"]
+
+
 # --- symbolic links -----------------------------------------------------------------------
 
 
