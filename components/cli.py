@@ -389,6 +389,10 @@ def _cmd_deploy(args) -> int:
         if args.deploy_command != "status":
             raise ValueError(f"`mlops deploy {args.deploy_command}` is for the local target.")
     if args.deploy_command == "release":
+        parse_canary_steps("--canary-steps", args.canary_steps)
+        _check_range("--requests-per-step", args.requests_per_step, 1)
+        _check_range("--max-p95-ms", args.max_p95_ms, 0.0, low_open=True)
+        _check_range("--approval-timeout-s", args.approval_timeout_s, 0.0)
         from components.deploy.apptest import load_labelled_split
         from components.deploy.release import CanaryPolicy, release, release_markdown
 
@@ -688,29 +692,36 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
     dp.add_argument("--serving-root", default="",
                     help="local target state (default $MLOPS_HOME/deployments)")
-    dp.add_argument("--model", default="pet-classifier")
+    dp.add_argument("--model", default="pet-classifier", help="registered model name")
     dp.add_argument("--target", choices=["local", "kserve"], default="local",
                     help="local model servers (default) or InferenceServices in --namespace")
     dp.add_argument("--namespace", default="", help="Kubernetes namespace (kserve target)")
     dp_sub = dp.add_subparsers(dest="deploy_command", required=True)
     d = dp_sub.add_parser("release", help="release a registered version by canary")
-    d.add_argument("version")
+    d.add_argument("version", type=_positive_int, help="registry version to release")
     d.add_argument("--probes", required=True,
                    help="a labelled dataset folder (a split written by the ingest step)")
-    d.add_argument("--canary-steps", default="10,50")
-    d.add_argument("--requests-per-step", type=int, default=100)
-    d.add_argument("--max-p95-ms", type=float, default=250.0)
-    d.add_argument("--require-approval", action="store_true")
-    d.add_argument("--approval-timeout-s", type=float, default=0.0)
+    d.add_argument("--canary-steps", default="10,50",
+                   help="canary traffic percentages, increasing, each 1 to 99")
+    d.add_argument("--requests-per-step", type=int, default=100,
+                   help="labelled probe requests sent to each revision per step")
+    d.add_argument("--max-p95-ms", type=float, default=250.0,
+                   help="largest canary p95 latency in ms")
+    d.add_argument("--require-approval", action="store_true",
+                   help="hold the release until `mlops registry approve`")
+    d.add_argument("--approval-timeout-s", type=float, default=0.0,
+                   help="how long a held release waits for approval")
     dp_sub.add_parser("status", help="what runs in test and production")
     from components.deploy import local_cli
 
     local_cli.add_verbs(dp_sub)  # start, install-service
     d = dp_sub.add_parser("stop", help="stop the local model servers")
-    d.add_argument("--env", action="append", choices=["test", "production"])
+    d.add_argument("--env", action="append", choices=["test", "production"],
+                   help="stop only this environment (repeatable; default: all)")
     d = dp_sub.add_parser("predict", help="classify image files with a deployed model")
-    d.add_argument("images", nargs="+")
-    d.add_argument("--env", default="production", choices=["test", "production"])
+    d.add_argument("images", nargs="+", help="image files (JPEG, PNG, …)")
+    d.add_argument("--env", default="production", choices=["test", "production"],
+                   help="which environment to ask")
     dp.set_defaults(func=_cmd_deploy)
 
     # Listed for --help only: main() hands `serve` its arguments before parsing.

@@ -26,7 +26,7 @@ def add_commands(sub) -> None:
                    help="requests between monitoring runs (default 50)")
     p.add_argument("--label-share", type=float, default=0.5,
                    help="share of frames a reviewer labels (default 0.5)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the sample lakes and training")
     p.add_argument("--policy", default=None, help="governance policy file (default: shipped)")
     p.add_argument("--keep-serving", action="store_true",
                    help="leave the production model server running afterwards")

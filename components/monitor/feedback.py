@@ -485,7 +485,7 @@ def add_label_commands(monitor_sub) -> None:
                     "MLOPS_FEEDBACK_TOKEN to require 'Authorization: Bearer <token>'.")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (0.0.0.0 only behind an authenticating proxy)")
-    p.add_argument("--port", type=int, default=8095)
+    p.add_argument("--port", type=int, default=8095, help="port to listen on")
     p.add_argument("--inbox-seconds", type=float, default=30.0,
                    help="apply the file drop this often (0: never)")
     _common(p)

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind: 127.0.0.1 serves this machine only; 0.0.0.0 (as in "
                         "the container) every interface")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port")
+    p.add_argument("--port", type=_port, default=8080, help="HTTP port (1-65535)")
     p.add_argument("--max-instances", type=_positive, default=limits.max_instances,
                    help="most images in one request")
     p.add_argument("--max-body-bytes", type=_positive, default=limits.max_body_bytes,
@@ -228,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an access-log and a latency line per request (off: they cost about "
                         "as much as the inference; Prometheus metrics count every request)")
     return p
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,127 @@
+"""A user's mistakes at the command line: each exits non-zero with one message that names
+the problem, and never a traceback (tracebacks are for --debug)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from components.cli import main
+
+LAKE = "/tmp/no-such-lake-for-mlops-tests"
+TRAIN = ["run", "training", "--data", LAKE]
+
+# argv, the exit code, words the message must contain (case-insensitive)
+MISTAKES = [
+    (TRAIN + ["--epochs", "0"], 2, ["--epochs", "0", ">= 1"]),
+    (TRAIN + ["--trial-epochs", "-1"], 2, ["--trial-epochs", "-1"]),
+    (TRAIN + ["--canary-steps", "10,abc"], 2, ["--canary-steps", "10,abc"]),
+    (TRAIN + ["--canary-steps", "50,10"], 2, ["--canary-steps", "increasing"]),
+    (TRAIN + ["--canary-steps", "0,100"], 2, ["--canary-steps", "between 1 and 99"]),
+    (TRAIN + ["--min-accuracy", "1.5"], 2, ["--min-accuracy", "1.5", "between 0"]),
+    (TRAIN + ["--min-macro-f1", "-0.1"], 2, ["--min-macro-f1", "-0.1"]),
+    (TRAIN + ["--max-recall-gap", "2"], 2, ["--max-recall-gap", "2"]),
+    (TRAIN + ["--search-space", "{bad"], 2, ["--search-space", "not valid json"]),
+    (TRAIN + ["--search-space", "[1, 2]"], 2, ["--search-space", "json object"]),
+    (TRAIN + ["--search-space", '{"lr": 0.1}'], 2, ["--search-space", "list of values"]),
+    (TRAIN + ["--search-space", '{"nosuch": [1]}'], 2, ["--search-space", "nosuch"]),
+    (TRAIN + ["--search-mode", "grid", "--trials", "2", "--search-space",
+              '{"lr": [0.1, 0.01, 0.001]}'], 2, ["3 grid combinations", "--trials"]),
+    (TRAIN + ["--approval-timeout-s", "-5"], 2, ["--approval-timeout-s"]),
+    (TRAIN + ["--trials", "0"], 2, ["--trials", "0"]),
+    (TRAIN + ["--epochs", "abc"], 2, ["--epochs", "invalid int"]),
+    (["run", "ingest", "--data", LAKE, "--test-fraction", "1.5"], 2, ["--test-fraction"]),
+    (["run", "ingest", "--data", LAKE, "--test-fraction", "0"], 2, ["--test-fraction"]),
+    (["run", "ingest", "--data", LAKE, "--workers", "-1"], 2, ["--workers", "-1"]),
+    (["data", "generate", "--out", "LAKE", "--n", "0"], 2, ["--n", "0"]),
+    (["data", "generate", "--out", "LAKE", "--cat-fraction", "2"], 2, ["--cat-fraction"]),
+    (["data", "generate", "--out", "LAKE", "--size", "2"], 2, ["--size", "2"]),
+    (["data", "generate", "--out", "LAKE", "--condition", "fog"], 2, ["--condition", "fog"]),
+    (["registry", "list", "nosuch"], 2, ["nosuch", "registry"]),
+    (["registry", "show", "nosuch"], 2, ["nosuch"]),
+    (["registry", "releases", "nosuch"], 2, ["nosuch"]),
+    (["registry", "history", "nosuch", "production"], 2, ["nosuch"]),
+    (["registry", "approve", "pet-classifier", "x"], 2, ["version", "'x'"]),
+    (["registry", "approve", "pet-classifier", "0"], 2, ["version"]),
+    (["runs", "show", "nosuch"], 2, ["no pipeline run"]),
+    (["trian"], 2, ["invalid choice", "trian"]),
+    (["data", "generate", "--out", "/dev/null/lake", "--n", "2"], 2, ["/dev/null"]),
+    (["registry", "--registry", "s3://bucket/registry", "list"], 1, ["AWS_ENDPOINT_URL"]),
+    (["deploy", "release", "1", "--probes", LAKE, "--canary-steps", "5,abc"], 2,
+     ["--canary-steps", "5,abc"]),
+    (["deploy", "release", "1", "--probes", LAKE, "--requests-per-step", "0"], 2,
+     ["--requests-per-step"]),
+    (["deploy", "predict", "/tmp/no-such-frame.jpg"], 2, ["nothing is deployed"]),
+    (["serve", "--package-dir", LAKE, "--port", "99999"], 2, ["--port", "99999"]),
+    (["serve", "--package-dir", LAKE], 2, ["model.onnx", LAKE]),
+    (["compile", "--trials", "-3", "--out", "compiled"], 2, ["--trials", "-3"]),
+    (["submit", "training", "--host", "http://127.0.0.1:9", "--arg", "foo"], 2,
+     ["--arg", "name=value"]),
+    (["submit", "training", "--host", "http://127.0.0.1:9", "--arg", "epochs=abc"], 2,
+     ["epochs", "abc", "integer"]),
+    (["monitor", "run", "--start", "yesterday"], 2, ["yesterday", "iso 8601"]),
+    (["govern", "run", "--policy", "/tmp/no-such-policy.yaml"], 2, ["no governance policy"]),
+    (["data", "generate", "--out", "LAKE", "--size", "10x"], 2, ["10x", "wxh"]),
+]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    for name in ("AWS_ENDPOINT_URL", "MINIO_ENDPOINT", "S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv,code,words", MISTAKES, ids=[" ".join(m[0])[:60]
+                                                            for m in MISTAKES])
+def test_a_mistake_is_one_clear_line(argv, code, words, home, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err
+    low = err.lower()
+    for word in words:
+        assert word.lower() in low, f"{word!r} not in: {err}"
+    # One message, not pages: argparse prints usage + one error line.
+    assert len([line for line in err.splitlines() if line.startswith("error:")
+                or ": error:" in line]) == 1, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_failing_pipeline_names_its_step_and_keeps_the_log(home):
+    proc = subprocess.run([sys.executable, "-m", "components.cli", "run", "ingest", "--data",
+                           LAKE], capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    line = [x for x in proc.stderr.splitlines() if x.startswith("error:")][-1]
+    assert "step 'ingest-data'" in line and "No objects found" in line
+    log = line.split("full log: ")[1].rstrip(")")
+    assert "Traceback" in open(log).read()  # the details are kept, in the file
+    listed = subprocess.run([sys.executable, "-m", "components.cli", "runs", "list"],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "failed" in listed and "ingest-data" in listed
+
+
+def test_every_option_has_help(home):
+    from components.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif action.option_strings and action.dest != "help" and not action.help:
+                missing.append(f"{path} {action.option_strings[0]}")
+
+    walk(build_parser(), "mlops")
+    assert not missing, f"options without help text: {missing}"
