@@ -225,6 +225,9 @@ def run_monitoring(model: str, registry_uri: str, monitoring_uri: str | None = N
     store = open_store(monitoring_uri)
     prefix = report_prefix(model, run_id)
     verdict.report_uri = store.uri_of(f"{prefix}/report.html") if write else ""
+    if verdict.report_uri:
+        for c in verdict.checks:  # where a person looks: the check's row in the report
+            c.evidence = c.evidence or f"{verdict.report_uri}#{c.name}"
     history = read_history(monitoring_uri, model, last=history_windows)
     html = R.html_report(verdict, history + [verdict], explanations, summary)
     md = R.markdown_summary(verdict, explanations)

@@ -170,7 +170,8 @@ def html_report(verdict: Verdict, history: list[Verdict], explanations: dict,
     """The report page of one run; ``history`` includes this run's verdict last."""
     plots = trend_plots(history)
     rows = "\n".join(
-        f"<tr><td>{html.escape(c.name)}</td><td style='color:{STATUS_COLOURS[c.status]};"
+        f"<tr id='{html.escape(c.name)}'><td>{html.escape(c.name)}</td>"
+        f"<td style='color:{STATUS_COLOURS[c.status]};"
         f"font-weight:bold'>{c.status}</td><td>{_value(c.value)}</td>"
         f"<td>{_value(c.threshold)}</td><td>{html.escape(c.detail)}</td></tr>"
         for c in verdict.checks)

@@ -159,6 +159,8 @@ def test_report_gallery_and_slices(monitor_setup, day_and_night):
     assert night["accuracy"] < day["accuracy"] and night["flagged"]
     assert {r["slice"] for r in ex["slices"]["predicted class"]} <= {"cats", "dogs"}
     html = read_uri(v.report_uri).decode()
+    assert v.check("drift.embedding").evidence == f"{v.report_uri}#drift.embedding"
+    assert "id='drift.embedding'" in html
     for part in ("Verdict", "drift.embedding", "Saliency gallery", "Error analysis by slice",
                  "data:image/png;base64"):
         assert part in html
