@@ -307,9 +307,12 @@ class Loop:
                 return n
             time.sleep(0.25)
 
-    def monitor(self, last: int, on_verdict=None, govern: bool = True) -> tuple:
-        """Judges the last ``last`` requests and governs the verdict; ``on_verdict(verdict,
-        entry)`` is called in between. Returns (verdict, actions, entry)."""
+    def monitor(self, last: int, on_verdict=None, govern: bool = True,
+                retrain: bool = True) -> tuple:
+        """Judges the last ``last`` requests and governs the verdict (``retrain=False``: with
+        no retraining launcher, so a trigger is recorded but starts no run);
+        ``on_verdict(verdict, entry)`` is called in between. Returns (verdict, actions,
+        entry)."""
         from components.monitor.core import run_monitoring
 
         window = self.served[-last:]
@@ -336,11 +339,11 @@ class Loop:
         self.verdicts.append(entry)
         if on_verdict is not None:
             on_verdict(verdict, entry)
-        actions = self.govern(verdict, verdict_uri) if govern else []
+        actions = self.govern(verdict, verdict_uri, retrain) if govern else []
         entry["actions"] = [a["action"] for a in actions]
         return verdict, actions, entry
 
-    def govern(self, verdict, verdict_uri: str) -> list[dict]:
+    def govern(self, verdict, verdict_uri: str, retrain: bool = True) -> list[dict]:
         from components.govern.core import govern
         from components.govern.policy import load_policy
         from components.govern.trigger import LocalLauncher
@@ -355,7 +358,8 @@ class Loop:
                 loop.collect_labels(trigger)
                 return super().launch(trigger)
 
-        launcher = AfterLabels(self.ct_arguments(), self.s["retrain_runs"], wait=True)
+        launcher = (AfterLabels(self.ct_arguments(), self.s["retrain_runs"], wait=True)
+                    if retrain else None)
         return govern(verdict, load_policy(self.cfg.policy_path), store_uri=self.s["monitoring"],
                       registry_uri=self.s["registry"], target=self._target(),
                       launcher=launcher, verdict_uri=verdict_uri)
@@ -481,12 +485,18 @@ class Loop:
             while len(self.served) - self.served_after_start < cfg.after_requests:
                 batch = self.serve("night", cfg.check_every)
                 self.label(batch)
+            # Governed as usual, except that the demo retrains once: a trigger is recorded
+            # (the audit log shows it) but starts no second run.
             verdict, actions, entry = self.monitor(
                 min(cfg.window, cfg.after_requests), lambda v, e: self.event(
-                    "monitor", "after the release: " + self._summary(e), verdict=e))
+                    "monitor", "after the release: " + self._summary(e), verdict=e),
+                retrain=False)
             after = entry
             for a in actions:
-                if a["action"] in ("retrain", "rollback", "hold"):
+                if a["action"] == "retrain":
+                    self.event("retrain", "a further trigger recorded, not started (the demo "
+                                          f"retrains once): {a.get('detail', '')}", action=a)
+                elif a["action"] in ("rollback", "hold", "resolved"):
                     self.event(a["action"], a.get("detail") or a.get("rule", ""), action=a)
         night_before = [s for s in self.served[switch_at:] if s.version == before_version
                         and s.condition == "night"]

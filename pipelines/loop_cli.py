@@ -105,7 +105,9 @@ def print_summary(result: dict) -> None:
                         f"{pct(s['stable_accuracy'])}" for s in rel.get("steps", [])))
     after = result.get("after")
     if after:
-        print(f"  next window           {after['status']} (version {after['version']})")
+        from pipelines.loop import Loop
+
+        print(f"  next window           {Loop._summary(after)}")
     print(f"  alerts received       {len(result['alerts_received'])}")
     print(f"  production            version {result['version_before']} -> "
           f"{result['version_after']}")
