@@ -208,7 +208,12 @@ def explain_window(win: Window, ref: Reference, registry_uri: str, monitoring_ur
     images = np.stack(pixels)
     targets = [torch_meta["classes"].index(r["label"]) if r["label"] in torch_meta["classes"]
                else 0 for _, r in todo]
-    maps = saliency_maps(torch_model, torch_meta, images, targets)
+    try:
+        maps = saliency_maps(torch_model, torch_meta, images, targets)
+    except ImportError as exc:
+        out["notes"].append(f"no saliency maps: {exc}. Install the monitor extra: pip install "
+                            "'mlops-workflow[monitor]' (captum)")
+        return out
     for n, ((group, r), img, sal) in enumerate(zip(todo, images, maps, strict=True)):
         confidence = float(r["probabilities"].get(r["label"], 0.0))
         truth = r.get("true_label")
