@@ -110,8 +110,10 @@ def _fit_or_load(kind: str, ref: Reference, backend: str, cfg: C.MonitorConfig):
     except (DriftError, OSError, ValueError, KeyError) as exc:
         logger.warning("Ignoring the saved detector at %s: %s", path, exc)
         return None
-    if det.backend != backend or det.p_val != cfg.p_val:
-        return None
+    if (det.backend != backend or det.p_val != cfg.p_val
+            or getattr(det, "n_permutations", None) != cfg.n_permutations):
+        return None  # fitted for other settings: fit one for these
+    logger.info("Using the reference's saved %s detector from %s", backend, path)
     return det
 
 

@@ -196,3 +196,26 @@ def test_bad_requests_say_what_to_fix(monitor_setup, tmp_path):
         _run(monitor_setup, str(tmp_path), config={"p_value": 0.01})
     with pytest.raises(ValueError, match="Unknown drift backend"):
         _run(monitor_setup, str(tmp_path), backend="nannyml")
+
+
+def test_the_references_saved_detector_is_used_when_it_matches(monitor_setup, tmp_path,
+                                                               caplog):
+    import dataclasses
+    import logging
+
+    from components.monitor import drift
+
+    det = drift.make_detector("mmd", monitor_setup.reference.embeddings, backend="torch")
+    det.save(tmp_path / "det")
+    ref = dataclasses.replace(monitor_setup.reference, detector_uri=str(tmp_path / "det"))
+    uri = str(tmp_path / "store")
+    simulate_window(monitor_setup, uri, n=40, condition="night", seed=51)
+    with caplog.at_level(logging.INFO, logger="components.monitor.core"):
+        v = _run(monitor_setup, uri, reference=ref, explain=False, write=False)
+    assert "saved torch detector" in caplog.text
+    assert v.check("drift.embedding").status == "alarm"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="components.monitor.core"):
+        _run(monitor_setup, uri, reference=ref, explain=False, write=False,
+             config={"n_permutations": 200})  # other settings: a detector fitted for them
+    assert "saved torch detector" not in caplog.text
