@@ -124,10 +124,13 @@ def _telemetry(model, monitoring_uri, start, end, metrics_url, prometheus_url, n
     if prometheus_url:
         return T.query_prometheus(prometheus_url, model, t0, t1, namespace), "prometheus"
     if metrics_url and time.time() - 5 <= t1:
-        # The window reaches now: one scrape closes it (and is kept for the next window).
-        T.scrape_to_store(metrics_url, model, monitoring_uri)
-    snaps = T.read_snapshots(monitoring_uri, model, until=t1 + 10)
-    return T.summarize(snaps, t0, t1 + 10), "scrapes"
+        # The window reaches now: a scrape taken now closes it (and is kept for the next
+        # window); nothing served after the window's end can be in it.
+        snap = T.scrape_to_store(metrics_url, model, monitoring_uri)
+        if snap is not None:
+            t1 = max(t1, snap["time"] + 0.001)
+    snaps = T.read_snapshots(monitoring_uri, model, until=t1)
+    return T.summarize(snaps, t0, t1), "scrapes"
 
 
 def run_checks(win: Window, ref: Reference | None, cfg: C.MonitorConfig, backend: str,
