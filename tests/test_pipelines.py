@@ -115,7 +115,7 @@ def test_cli_generate_prints_counts_and_bad_input_says_what_to_fix(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "Wrote 12 images" in ok.stdout
     bad = _mlops("data", "generate", "--out", str(tmp_path / "lake"), "--n", "0")
-    assert bad.returncode == 2 and "Invalid n: 0" in bad.stderr
+    assert bad.returncode == 2 and "--n 0: expected a number >= 1" in bad.stderr
     bad_uri = _mlops("data", "generate", "--out", "gs://bucket/x", "--n", "1")
     assert bad_uri.returncode == 2 and "Unsupported storage URI" in bad_uri.stderr
 
