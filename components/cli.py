@@ -148,6 +148,7 @@ def _cmd_run(args) -> int:
         _print_ingest(outputs)
     elif args.pipeline == "training":
         _check_training_args(args)
+        _capture_uri()  # production, once released, captures for the monitor
         if args.trials:  # trial slots are compiled into the pipeline: set before it loads
             os.environ["MLOPS_HPO_SLOTS"] = str(args.trials)
         arguments = _training_arguments(args, home)
@@ -366,6 +367,18 @@ def _cmd_registry(args) -> int:
     return 0
 
 
+def _capture_uri() -> str:
+    """Where production captures what it serves: the monitoring store the monitor reads.
+
+    Also exported as ``$MLOPS_CAPTURE_URI`` so that the release steps of a local pipeline run
+    (subprocesses) start production's model servers with capture on."""
+    from components.monitor.capture import default_capture_uri
+
+    uri = default_capture_uri()
+    os.environ.setdefault("MLOPS_CAPTURE_URI", uri)
+    return uri
+
+
 def _deploy_target(args):
     from components.deploy.targets import KServeTarget, LocalTarget
 
@@ -376,7 +389,8 @@ def _deploy_target(args):
             raise ValueError("--target kserve needs --namespace.")
         # From outside the cluster: probe the revisions at their external URLs.
         return KServeTarget(registry, args.model, args.namespace, cluster_local=False)
-    return LocalTarget(registry, args.model, args.serving_root or str(home / "deployments"))
+    return LocalTarget(registry, args.model, args.serving_root or str(home / "deployments"),
+                       capture_uri=_capture_uri())
 
 
 def _cmd_deploy(args) -> int:
@@ -442,6 +456,7 @@ def _cmd_demo(args) -> int:
     from components.datagen.core import LakeSpec, generate
 
     home = mlops_home()
+    _capture_uri()  # production captures what it serves, for `mlops monitor run`
     lake_uri = str(home / "lake" / "petpark")
     lake = open_store(lake_uri)
     spec = LakeSpec(n=args.n, size=args.size, seed=0)

@@ -200,7 +200,8 @@ class Router:
         if role is None:
             return _json(503, {"error": f"Nothing is deployed in the {self.environment} "
                                         "environment."})
-        headers = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {k: v for k, v in headers.items()
+                   if k.lower() not in HOP_BY_HOP and k.lower() != REVISION_HEADER.lower()}
         if remote:
             headers["X-Forwarded-For"] = remote
         tried = []
@@ -209,9 +210,11 @@ class Router:
             url = backend["url"]
             tried.append(role)
             self.inflight[url] = self.inflight.get(url, 0) + 1
+            # The model server records which role served the request (capture).
+            sent = {**headers, REVISION_HEADER: role}
             try:
                 status, reply_headers, data = await self.pool.request(url, method, target,
-                                                                      headers, body)
+                                                                      sent, body)
             except _Unreachable as exc:
                 self.failed[role] = self.failed.get(role, 0) + 1
                 if len(tried) >= 2 or not self.routes:

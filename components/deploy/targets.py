@@ -211,14 +211,21 @@ class LocalTarget(DeploymentTarget):
         router_ports: Port per environment for a router that has none yet (default: a free
             one, kept in the state).
         router_args: Extra arguments for the router processes (supervision settings).
+        capture_uri: Where production's model servers capture what they serve for the monitor
+            (default: ``$MLOPS_CAPTURE_URI``; empty: no capture; the CLI passes the monitoring
+            store). Each record names the role (stable or canary) the router chose for its
+            request. The test environment never captures: its traffic is not production's.
     """
 
     def __init__(self, registry_uri: str, model_name: str, state_dir: str | os.PathLike,
                  host: str = "127.0.0.1", server_args: tuple[str, ...] = (),
                  router_host: str | None = None, router_ports: dict[str, int] | None = None,
-                 router_args: tuple[str, ...] = ()):
+                 router_args: tuple[str, ...] = (), capture_uri: str | None = None):
         super().__init__(registry_uri, model_name)
         self.state_dir = Path(state_dir)
+        # Production's model servers capture what they serve for the monitor.
+        self.capture_uri = (os.environ.get("MLOPS_CAPTURE_URI", "") if capture_uri is None
+                            else capture_uri)
         self.host = host
         self.server_args = tuple(server_args)
         self.router_host = router_host
@@ -413,6 +420,9 @@ class LocalTarget(DeploymentTarget):
         log_path = logs / f"{name}-v{version}-{port}.log"
         cmd = [sys.executable, "-m", "components.serve.server", f"--package-dir={package}",
                f"--name={name}", f"--host={self.host}", f"--port={port}", *self.server_args]
+        if not any(a.startswith("--capture-uri") for a in self.server_args):
+            capture = self.capture_uri if environment == "production" else ""
+            cmd.append(f"--capture-uri={capture}")
         started = time.perf_counter()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

@@ -85,6 +85,7 @@ class _Batch:
     sizes: list = field(default_factory=list)
     instances: list = field(default_factory=list)
     capture: bool = False  # this request is sampled for capture
+    revision: str = ""  # the role a router sent this request to (X-Model-Revision)
     stats: list = field(default_factory=list)  # per instance, when captured
     encoded: list | None = None  # the images as received, when captured
     embeddings: np.ndarray | None = None
@@ -495,6 +496,10 @@ class PetClassifier(Model):
         batch = _Batch(x=x, protocol=protocol, request_id=request_id, started=started,
                        outputs=outputs, binary_outputs=binary)
         batch.capture = self._capture is not None and self._capture.should_capture()
+        # A router in front (the local target's) says which role it chose for this request;
+        # a revision's role changes at promotion, so the request's word beats the process's.
+        routed = (headers or {}).get("x-model-revision", "")
+        batch.revision = routed if routed in ("stable", "canary") else ""
         if encoded is not None:
             batch.x = await self._decode(encoded, batch.instances,
                                          batch.stats if batch.capture else None)
@@ -553,7 +558,7 @@ class PetClassifier(Model):
             record = {
                 "request_id": batch.request_id, "index": i, "time": now, "model": self.name,
                 "model_version": self.registry_version, "model_id": self.model_version,
-                "revision": self.revision, "protocol": batch.protocol,
+                "revision": batch.revision or self.revision, "protocol": batch.protocol,
                 "stats": batch.stats[i] if i < len(batch.stats) else {},
                 "embedding": batch.embeddings[i] if batch.embeddings is not None else [],
                 "label": label,
