@@ -86,7 +86,8 @@ def test_evaluate_against_a_registered_production_model(dataset_dirs, trained_mo
     rows, _ = read_split(test_dir)
     build_package(model, meta, result, load_images(rows, 32), "pets", tmp_path / "pkg")
     registry = ModelRegistry(str(tmp_path / "registry"))
-    files = {p.name: p.read_bytes() for p in (tmp_path / "pkg").iterdir()}
+    files = {p.relative_to(tmp_path / "pkg").as_posix(): p.read_bytes()
+             for p in (tmp_path / "pkg").rglob("*") if p.is_file()}
     mv = registry.register("pets", files, {"dataset_version": meta["dataset_version"]})
     registry.set_alias("pets", "production", mv.version)
 
