@@ -211,6 +211,7 @@ class Loop:
         self.started = time.monotonic()
         self.rng = __import__("random").Random(config.seed)
         self.camera = Camera(config.size, config.seed + 1000)
+        self.condition = "day"
         self.session = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -364,19 +365,20 @@ class Loop:
                       registry_uri=self.s["registry"], target=self._target(),
                       launcher=launcher, verdict_uri=verdict_uri)
 
-    def labelled_night(self) -> int:
-        return sum(1 for s in self.served if s.condition == "night" and s.labelled)
+    def labelled(self, condition: str) -> int:
+        return sum(1 for s in self.served if s.condition == condition and s.labelled)
 
     def collect_labels(self, trigger: dict) -> None:
-        need = self.cfg.retrain_labels
-        if self.labelled_night() < need:
+        """Waits (serving the camera as it is now) until enough of its frames are labelled."""
+        need, now = self.cfg.retrain_labels, self.condition
+        if self.labelled(now) < need:
             self.event("labels", f"retraining triggered (episode {trigger.get('episode')}); "
-                                 f"waiting for {need} labelled night frames "
-                                 f"({self.labelled_night()} so far)")
-        while self.labelled_night() < need:
-            self.label(self.serve("night", self.cfg.check_every))
-        self.event("labels", f"{self.labelled_night()} night frames labelled: retraining "
-                             "starts", labelled_night=self.labelled_night())
+                                 f"waiting for {need} labelled {now} frames "
+                                 f"({self.labelled(now)} so far)")
+        while self.labelled(now) < need:
+            self.label(self.serve(now, self.cfg.check_every))
+        self.event("labels", f"{self.labelled(now)} {now} frames labelled: retraining starts",
+                   labelled=self.labelled(now))
 
     def ct_arguments(self) -> dict:
         size = self.input_size
@@ -436,14 +438,22 @@ class Loop:
             batch = self.serve("day", cfg.check_every)
             self.label(batch)
             if len(self.served) >= cfg.window:
+                # The demo retrains once, after the switch: a trigger in the day is recorded
+                # (and shown) but starts no run.
                 verdict, actions, entry = self.monitor(cfg.window, lambda v, e: self.event(
-                    "monitor", self._summary(e), verdict=e))
+                    "monitor", self._summary(e), verdict=e), retrain=False)
+                for a in actions:
+                    if a["action"] == "retrain":
+                        self.event("retrain", "trigger recorded before the switch, not started "
+                                              f"(the demo retrains once): {a.get('detail', '')}",
+                                   action=a)
                 day_checks += 1
                 kinds = {c.kind for c in verdict.checks if c.status == "alarm"}
                 false_alarms += bool(kinds & ALERTING_KINDS)
                 any_alarms += bool(kinds)
         # Night: the camera switches to IR mode.
         switch_at = len(self.served)
+        self.condition = "night"
         self.event("switch", "the camera switches to night mode (IR greyscale, dark)")
         trigger = None
         labelled = 0

@@ -170,7 +170,7 @@ def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tm
     from pipelines.loop import run_loop
 
     home = tmp_path / "home"
-    bootstrap_production(home, n=400, size=SIZE, epochs=4, reference_sample=200)
+    bootstrap_production(home, n=400, size=SIZE, epochs=8, reference_sample=200)
     config = LoopConfig(home=home, size=SIZE, day_requests=100, window=50, check_every=50,
                         max_night_requests=150, after_requests=50, label_share=0.8,
                         retrain_labels=120,
