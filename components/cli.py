@@ -73,7 +73,8 @@ def _print_ingest(outputs: dict) -> None:
     print(f"  test:  {int(test.metadata['count'])} images "
           f"{ {k: int(v) for k, v in test.metadata['class_counts'].items()} }")
     print(f"  snapshot: {train.metadata['snapshot_uri']}")
-    print(f"  report:   {report.path}")
+    print(f"  report:   {report.path}.md" if os.path.exists(report.path + ".md")
+          else f"  report:   {report.path}")
     with open(report.path) as f:
         accounting = next((line.strip("*\n") for line in f if line.startswith("**")), "")
     print(f"  {accounting}")
@@ -107,7 +108,7 @@ def run_pipeline(name: str, arguments: dict, outputs_root, args) -> dict:
 
     home = mlops_home()
     debug = getattr(args, "debug", False)
-    recorder = RunRecorder(home / "runs", name, arguments, "")
+    recorder = RunRecorder(home / "runs", name, arguments, "", outputs_root)
     log_path = None if debug else str(home / "logs" / f"{recorder.record['run_id']}.log")
     recorder.record["log"] = log_path or "(streamed to the terminal: --debug)"
     where = f"; full log: {log_path}" if log_path else ""
@@ -117,12 +118,11 @@ def run_pipeline(name: str, arguments: dict, outputs_root, args) -> dict:
         outputs = run_local(name, arguments, outputs_root, log_path=log_path,
                             on_event=StepProgress())
         recorder.outputs = outputs
-    reports = {k: v.get("view") for k, v in recorder.record.get("outputs", {}).items()
-               if isinstance(v, dict) and v.get("view")}
+    reports = recorder.record.get("reports") or {}
     if reports:
         print("Reports:")
         for key, path in sorted(reports.items()):
-            print(f"  {key:<16} {path}")
+            print(f"  {key:<28} {path}")
     print(f"Run id: {recorder.record['run_id']} (`mlops runs show` lists its outputs)")
     return outputs
 

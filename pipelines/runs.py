@@ -59,6 +59,47 @@ def browser_copy(path: str, schema_title: str) -> str:
     return twin
 
 
+def find_run_dir(outputs_root: str | os.PathLike, since: float) -> Path | None:
+    """The folder kfp.local made for a run started at ``since`` (the newest one after it)."""
+    root = Path(outputs_root)
+    if not root.is_dir():
+        return None
+    made = [p for p in root.iterdir() if p.is_dir() and p.stat().st_mtime >= since - 1]
+    return max(made, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def collect_reports(run_dir: str | os.PathLike) -> dict[str, str]:
+    """Every HTML or Markdown report any task of the run wrote, as ``task/output -> path`` of
+    a twin with the right extension (kfp.local names artifact files after the output)."""
+    reports = {}
+    for executor_output in sorted(Path(run_dir).rglob("executor_output.json")):
+        try:
+            artifacts = json.loads(executor_output.read_text()).get("artifacts", {})
+        except (OSError, ValueError):
+            continue
+        task = executor_output.parent.name
+        for name, entry in artifacts.items():
+            for artifact in entry.get("artifacts", []):
+                path = artifact.get("uri", "")
+                kind = _sniff(path)
+                if kind:
+                    reports[f"{task}/{name}"] = browser_copy(path, kind)
+    return reports
+
+
+def _sniff(path: str) -> str:
+    """``system.HTML`` or ``system.Markdown`` for a report file, else empty."""
+    if not path or not os.path.isfile(path) or os.path.getsize(path) > 64 * 1024 * 1024:
+        return ""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "system.HTML"
+    if head.startswith(b"# "):
+        return "system.Markdown"
+    return ""
+
+
 def _plain(value):
     try:
         return json.loads(json.dumps(value, default=str))
@@ -106,8 +147,10 @@ class RunRecorder:
     """Records one CLI pipeline run: ``with RunRecorder(...) as rec: rec.outputs = …``."""
 
     def __init__(self, runs_dir: str | os.PathLike, pipeline: str, arguments: dict,
-                 log_path: str):
+                 log_path: str, outputs_root: str | os.PathLike | None = None):
         self.runs_dir = runs_dir
+        self.outputs_root = outputs_root
+        self._wall0 = time.time()
         self.record = {"run_id": new_run_id(pipeline), "pipeline": pipeline,
                        "arguments": _plain(arguments), "log": log_path,
                        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -121,6 +164,10 @@ class RunRecorder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.record["duration_s"] = round(time.monotonic() - self._t0, 1)
+        run_dir = find_run_dir(self.outputs_root, self._wall0) if self.outputs_root else None
+        if run_dir is not None:
+            self.record["run_dir"] = str(run_dir)
+            self.record["reports"] = collect_reports(run_dir)
         if exc is None:
             self.record["status"] = "succeeded"
             self.record["outputs"] = describe_outputs(self.outputs or {})
@@ -159,6 +206,12 @@ def _cmd_show(args) -> int:
     if r.get("status") == "failed":
         print(f"  failed step: {r.get('failed_step')}: {r.get('error')}")
     print(f"  log: {r.get('log')}")
+    if r.get("run_dir"):
+        print(f"  task outputs: {r['run_dir']}")
+    if r.get("reports"):
+        print("  reports:")
+        for name, path in sorted(r["reports"].items()):
+            print(f"    {name:<28} {path}")
     print("  arguments:")
     for k, v in sorted(r.get("arguments", {}).items()):
         print(f"    {k} = {v}")
