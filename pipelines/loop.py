@@ -5,8 +5,8 @@ local deployment target, capturing every request into the monitoring store) answ
 images from the camera over HTTP; then the camera switches to night mode (the generator's
 ``--condition night``). A reviewer labels a sample of each window's frames through the
 feedback path. After every ``check_every`` requests the monitor judges the last ``window``
-requests against the production version's reference, and governance applies the policy to the
-verdict: the product owner's webhook (a receiver on 127.0.0.1 that this module starts) gets
+requests against the production version's reference; from the switch on, governance applies
+the policy to each verdict (the day windows are the baseline, judged and reported): the product owner's webhook (a receiver on 127.0.0.1 that this module starts) gets
 the alert, and the retraining trigger runs the continuous-training pipeline under kfp.local.
 The retrained model is released by canary only if it beats production on the captured night
 images; then the next window is judged against the new version.
@@ -438,15 +438,10 @@ class Loop:
             batch = self.serve("day", cfg.check_every)
             self.label(batch)
             if len(self.served) >= cfg.window:
-                # The demo retrains once, after the switch: a trigger in the day is recorded
-                # (and shown) but starts no run.
+                # The day is the baseline: judged and reported, not governed, so that the
+                # retraining episode of this version starts with the change (one per version).
                 verdict, actions, entry = self.monitor(cfg.window, lambda v, e: self.event(
-                    "monitor", self._summary(e), verdict=e), retrain=False)
-                for a in actions:
-                    if a["action"] == "retrain":
-                        self.event("retrain", "trigger recorded before the switch, not started "
-                                              f"(the demo retrains once): {a.get('detail', '')}",
-                                   action=a)
+                    "monitor", self._summary(e), verdict=e), govern=False)
                 day_checks += 1
                 kinds = {c.kind for c in verdict.checks if c.status == "alarm"}
                 false_alarms += bool(kinds & ALERTING_KINDS)
