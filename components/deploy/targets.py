@@ -33,6 +33,7 @@ from pathlib import Path
 from components.common import k8s
 from components.common.registry import ModelRegistry
 from components.deploy.client import EndpointError, wait_ready
+from components.deploy.supervisor import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -172,18 +173,7 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _process_alive(pid: int, port: int) -> bool:
-    """True when ``pid`` runs and is our model server on ``port`` (guards against pid reuse)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True  # no /proc (macOS): trust the pid
-    text = b" ".join(cmdline).decode(errors="replace")
-    return "components.serve.server" in text and f"--port={port}" in text
+_process_alive = process_alive  # one check, shared with the supervisor
 
 
 class LocalTarget(DeploymentTarget):

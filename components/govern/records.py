@@ -18,11 +18,10 @@ is ever rewritten. Layout (see ``components/monitor/contract.py``)::
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import json
-import os
 import re
 
+from components.common.registry import _actor as _registry_actor
 from components.common.storage import AlreadyExistsError, ObjectStore, open_store
 
 _SEQ = re.compile(r"^(\d{8})\.json$")
@@ -38,15 +37,7 @@ def parse_time(text: str) -> _dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
 
 
-def actor() -> str:
-    """Who acts: ``MLOPS_ACTOR``, the KFP run, else the user."""
-    for var in ("MLOPS_ACTOR", "KFP_RUN_ID", "USER"):
-        if os.environ.get(var):
-            return os.environ[var] if var != "KFP_RUN_ID" else f"kfp-run:{os.environ[var]}"
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+actor = _registry_actor  # who acts: MLOPS_ACTOR, the KFP run, else the user
 
 
 class GovernanceStore:
