@@ -555,7 +555,8 @@ class HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         if (action.help == argparse.SUPPRESS or "default" in text or action.required
                 or not action.option_strings
-                or action.default in (None, "", False, [], argparse.SUPPRESS)):
+                or action.default is None or action.default is False
+                or action.default in ("", [], argparse.SUPPRESS)):
             return text
         return f"{text} (default: %(default)s)"
 

@@ -4,7 +4,6 @@ webhooks."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -335,7 +334,7 @@ def _target_args(p) -> None:
 
 def add_commands(sub) -> None:
     """Adds the ``govern`` verb group to the top-level subparsers."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from components.cli import HelpFormatter as fmt  # defaults shown once, never empty
     group = sub.add_parser("govern", help="governance: alerts, rollback, holds, retraining "
                                           "triggers, audit log, compliance report")
     gsub = group.add_subparsers(dest="govern_command", required=True)

@@ -6,7 +6,6 @@ The feedback verbs (``label``, ``labels``, ``feedback-server``) live with the fe
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 logger = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ def _stores(p) -> None:
 
 def add_commands(sub) -> None:
     """Adds the ``monitor`` verb group to the top-level subparsers."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from components.cli import HelpFormatter as fmt  # defaults shown once, never empty
     group = sub.add_parser("monitor", help="monitor the production model: integrity, drift, "
                                            "performance, telemetry, explanations")
     msub = group.add_subparsers(dest="monitor_command", required=True)

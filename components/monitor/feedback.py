@@ -446,13 +446,12 @@ def _common(p) -> None:
 
 def add_label_commands(monitor_sub) -> None:
     """Adds ``label``, ``labels``, ``feedback-server`` and ``reference`` to ``mlops monitor``."""
-    import argparse
 
     from components.monitor.reference import add_reference_commands
 
     add_reference_commands(monitor_sub)
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from components.cli import HelpFormatter as fmt  # defaults shown once, never empty
     p = monitor_sub.add_parser(
         "label", formatter_class=fmt,
         help="store ground truth for captured requests (one, a CSV, or the file drop)",
