@@ -70,6 +70,8 @@ MISTAKES = [
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    # The CLI exports the capture store for the servers it starts; keep that in this test.
+    monkeypatch.setenv("MLOPS_CAPTURE_URI", str(tmp_path / "home" / "monitoring"))
     for name in ("AWS_ENDPOINT_URL", "MINIO_ENDPOINT", "S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
