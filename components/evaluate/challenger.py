@@ -15,7 +15,6 @@ packaging, registering and the ``quality_gate`` step work on it unchanged.
 from __future__ import annotations
 
 import html
-import json
 import logging
 from dataclasses import asdict, dataclass
 
@@ -26,6 +25,7 @@ from components.evaluate.core import (
     classification_metrics,
     html_report,
     predict_in_batches,
+    production_onnx,
     quality_gate,
     torch_predictor,
 )
@@ -77,24 +77,12 @@ def recent_mask(keys, segment: str = RECENT_SEGMENT) -> np.ndarray:
 
 def _champion(registry_uri: str, model_name: str, rows, classes: list[str]):
     """(probabilities on the test rows, version) of the production model, or (None, None)."""
-    from components.common.registry import ModelRegistry, RegistryError
-    from components.package.core import onnx_predictor, read_onnx_metadata
+    from components.package.core import onnx_predictor
     from components.train.core import load_images
 
-    if not registry_uri:
+    onnx_bytes, meta, version = production_onnx(registry_uri, model_name, classes, "challenger")
+    if onnx_bytes is None:
         return None, None
-    registry = ModelRegistry(registry_uri)
-    try:
-        version = registry.resolve(model_name, "@production")
-    except RegistryError as exc:
-        logger.info("No production model to compare with: %s", exc)
-        return None, None
-    onnx_bytes = registry.read_file(model_name, version, "model.onnx")
-    meta = read_onnx_metadata(onnx_bytes)
-    if json.loads(meta["classes"]) != list(classes):
-        raise ValueError(f"The production model {model_name} v{version} predicts "
-                         f"{json.loads(meta['classes'])} but the challenger predicts {classes}; "
-                         "they cannot be compared on one test split.")
     images = load_images(rows, int(meta["input_size"]))
     return predict_in_batches(onnx_predictor(onnx_bytes), images), version
 

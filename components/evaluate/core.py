@@ -211,26 +211,39 @@ recall gap {gate['bias']['recall_gap']:.4f} (max {gate['bias']['threshold']})</p
 </body></html>"""
 
 
-def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_true: np.ndarray,
-                     classes: list[str]) -> tuple[dict | None, int | None]:
-    """Metrics of the registry's production model on the same test images, if there is one."""
+def production_onnx(registry_uri: str, model_name: str, classes: list[str],
+                    role: str = "candidate") -> tuple[bytes | None, dict | None, int | None]:
+    """The registry's production ONNX model as (bytes, metadata, version), or Nones when there
+    is none; a production model with other classes than ``classes`` is an error."""
     from components.common.registry import ModelRegistry, RegistryError
-    from components.package.core import onnx_predictor, read_onnx_metadata
+    from components.package.core import read_onnx_metadata
 
     if not registry_uri:
-        return None, None
+        return None, None, None
     registry = ModelRegistry(registry_uri)
     try:
         version = registry.resolve(model_name, "@production")
     except RegistryError as exc:
         logger.info("No production model to compare with: %s", exc)
-        return None, None
+        return None, None, None
     onnx_bytes = registry.read_file(model_name, version, "model.onnx")
-    theirs = json.loads(read_onnx_metadata(onnx_bytes)["classes"])
+    meta = read_onnx_metadata(onnx_bytes)
+    theirs = json.loads(meta["classes"])
     if theirs != list(classes):
         raise ValueError(f"The production model {model_name} v{version} predicts {theirs} but "
-                         f"the candidate predicts {classes}; they cannot be compared on one "
+                         f"the {role} predicts {classes}; they cannot be compared on one "
                          "test split. Register the new class set under another model name.")
+    return onnx_bytes, meta, version
+
+
+def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_true: np.ndarray,
+                     classes: list[str]) -> tuple[dict | None, int | None]:
+    """Metrics of the registry's production model on the same test images, if there is one."""
+    from components.package.core import onnx_predictor
+
+    onnx_bytes, _, version = production_onnx(registry_uri, model_name, classes)
+    if onnx_bytes is None:
+        return None, None
     probs = predict_in_batches(onnx_predictor(onnx_bytes), images)
     return classification_metrics(y_true, probs, classes), version
 
