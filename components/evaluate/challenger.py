@@ -75,15 +75,23 @@ def recent_mask(keys, segment: str = RECENT_SEGMENT) -> np.ndarray:
                     dtype=bool)
 
 
-def _champion(registry_uri: str, model_name: str, rows, classes: list[str]):
-    """(probabilities on the test rows, version) of the production model, or (None, None)."""
+def _champion(registry_uri: str, model_name: str, rows, classes: list[str],
+              dataset_version: str = "", use_shards: bool = True, images=None):
+    """(probabilities on the test rows, version) of the production model, or (None, None).
+
+    The rows are read at the champion's own input size from the shards of the dataset
+    version they belong to (the challenger's test split), not the champion's training data;
+    ``images``, the challenger's inputs, are reused when the sizes agree.
+    """
+    from components.ingest.shards import split_images
     from components.package.core import onnx_predictor
-    from components.train.core import load_images
 
     onnx_bytes, meta, version = production_onnx(registry_uri, model_name, classes, "challenger")
     if onnx_bytes is None:
         return None, None
-    images = load_images(rows, int(meta["input_size"]))
+    size = int(meta["input_size"])
+    if images is None or images.shape[-1] != size:
+        images = split_images(rows, size, dataset_version, use_shards)
     return predict_in_batches(onnx_predictor(onnx_bytes), images), version
 
 
@@ -150,14 +158,18 @@ def _slices_html(slices: dict, recent: dict) -> str:
 
 def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
                         config: ChallengerConfig, registry_uri: str = "",
-                        model_name: str = "") -> dict:
+                        model_name: str = "", use_shards: bool = True) -> dict:
     """Tests a retrained model against production on the same test split, by slice.
 
     Blessed only if the usual gate passes (thresholds, bias, not worse than production within
-    ``gate.champion_tolerance``) and the retraining rules of ``config`` pass.
+    ``gate.champion_tolerance``) and the retraining rules of ``config`` pass. Both models
+    read the test split's images from the shards of the split's dataset version, each at
+    its own input size (decoded one by one when the rows are not from a published snapshot
+    or ``use_shards`` is off).
     """
     from components.ingest.core import read_split
-    from components.train.core import load_images, load_model
+    from components.ingest.shards import split_images
+    from components.train.core import load_model
 
     model, meta = load_model(model_dir)
     rows, split_meta = read_split(test_dir)
@@ -171,11 +183,13 @@ def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
     unknown = sorted(set(rows["label"]) - set(index))
     if unknown:
         raise ValueError(f"Test labels {unknown} are not classes of the model {classes}.")
-    images = load_images(rows, meta["image_size"])
+    version = split_meta["dataset_version"]
+    images = split_images(rows, meta["image_size"], version, use_shards)
     y_true = rows["label"].map(index).to_numpy()
     probs = predict_in_batches(torch_predictor(model, meta["mean"], meta["std"]), images)
     mask = recent_mask(rows["key"], config.recent_segment)
-    champion_probs, champion_version = _champion(registry_uri, model_name, rows, classes)
+    champion_probs, champion_version = _champion(registry_uri, model_name, rows, classes,
+                                                 version, use_shards, images)
     slices = {}
     for who, p in (("challenger", probs), ("champion", champion_probs)):
         if p is None:

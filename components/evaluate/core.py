@@ -237,22 +237,43 @@ def production_onnx(registry_uri: str, model_name: str, classes: list[str],
 
 
 def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_true: np.ndarray,
-                     classes: list[str]) -> tuple[dict | None, int | None]:
-    """Metrics of the registry's production model on the same test images, if there is one."""
+                     classes: list[str], rows=None, dataset_version: str = ""
+                     ) -> tuple[dict | None, int | None]:
+    """Metrics of the registry's production model on the same test images, if there is one.
+
+    ``images`` are the candidate's inputs; a production model with another input size gets
+    the same test ``rows`` at its own size (from the shards of ``dataset_version``).
+    """
     from components.package.core import onnx_predictor
 
-    onnx_bytes, _, version = production_onnx(registry_uri, model_name, classes)
+    onnx_bytes, meta, version = production_onnx(registry_uri, model_name, classes)
     if onnx_bytes is None:
         return None, None
+    size = int(meta.get("input_size") or images.shape[-1])
+    if size != images.shape[-1]:
+        if rows is None:
+            raise ValueError(f"The production model {model_name} v{version} takes {size} px "
+                             f"inputs, the test images are {images.shape[-1]} px: pass the "
+                             "test rows so that they are read at its size.")
+        from components.ingest.shards import split_images
+
+        images = split_images(rows, size, dataset_version)
     probs = predict_in_batches(onnx_predictor(onnx_bytes), images)
     return classification_metrics(y_true, probs, classes), version
 
 
 def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str = "",
-             model_name: str = "") -> dict:
-    """Tests a trained model folder on a test split folder; returns metrics, gate and report."""
+             model_name: str = "", use_shards: bool = True) -> dict:
+    """Tests a trained model folder on a test split folder; returns metrics, gate and report.
+
+    The test images are read from the dataset version's training-ready shards (built at the
+    model's input size by the first step that needs them; no JPEG is decoded), or decoded
+    one by one when the split's rows are not from a published snapshot or ``use_shards`` is
+    off; both give the same pixels.
+    """
     from components.ingest.core import read_split
-    from components.train.core import load_images, load_model
+    from components.ingest.shards import split_images
+    from components.train.core import load_model
 
     model, meta = load_model(model_dir)
     rows, split_meta = read_split(test_dir)
@@ -265,12 +286,13 @@ def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str 
     unknown = sorted(set(rows["label"]) - set(index))
     if unknown:
         raise ValueError(f"Test labels {unknown} are not classes of the model {meta['classes']}.")
-    images = load_images(rows, meta["image_size"])
+    images = split_images(rows, meta["image_size"], split_meta["dataset_version"], use_shards)
     y_true = rows["label"].map(index).to_numpy()
     probs = predict_in_batches(torch_predictor(model, meta["mean"], meta["std"]), images)
     metrics = classification_metrics(y_true, probs, meta["classes"])
     champion, champion_version = champion_metrics(registry_uri, model_name, images, y_true,
-                                                  meta["classes"])
+                                                  meta["classes"], rows,
+                                                  split_meta["dataset_version"])
     decision = quality_gate(metrics, gate, champion)
     decision["champion_version"] = champion_version
     report = html_report(metrics, decision, images, y_true, probs, list(rows["key"]),

@@ -1,19 +1,33 @@
 """Training-ready shards: a dataset version's images preprocessed once per input size.
 
-Training reads the same images for every search trial, the final training and evaluation;
-decoding camera-sized JPEGs each time costs far more than the training itself. A dataset
-version's images are therefore preprocessed once per input size, with the very function the
-predictor uses (:func:`components.common.images.preprocess_image`), into a few large
-``uint8`` arrays that readers memory-map. Layout, in the dataset root::
+Every search trial, the final training, evaluation, the packaging parity check and the
+monitoring reference read the same images; decoding camera-sized JPEGs each time costs far
+more than the work done on them. A dataset version's images are therefore decoded once per
+input size, with the very function the predictor uses
+(:func:`components.monitor.capture.decode_and_measure`: the pixels of
+:func:`components.common.images.preprocess_image` and the input statistics of
+``capture.image_stats``, measured on the same decode), into a few large ``uint8`` arrays that
+readers memory-map, and a table of the statistics. Layout, in the dataset root::
 
     shards/objects/<sha256>.npy            N x 3 x S x S uint8 arrays, content-addressed
-    shards/<version>/<size>/index.csv      sha256, shard, row  (published atomically)
+    shards/<version>/<size>/index.csv      sha256, shard, row            (published
+    shards/<version>/<size>/stats.csv      sha256, width, height, mode,   atomically,
+                                           brightness, contrast, sharpness together)
+
+The statistics are stored because they cannot be recomputed from the shards: the predictor
+measures them on the draft-decoded photo (up to twice the input size, or the photo itself),
+not on the resized network input, and the monitor must compare production with the reference
+measured the same way.
 
 The index is published with the storage layer's atomic publish: a reader sees all of it or
 none of it. Shards are deterministic (same version and size: same bytes), so two trials that
 build them at the same time write the same objects and publish the same index, which the
 storage layer accepts as one publish. Every shard is verified against its name (sha256) when
 it is opened.
+
+Readers call :func:`split_images` (or :func:`split_images_and_stats`) with a split's rows and
+its dataset version: rows of a published snapshot are read from its shards (built by the
+first caller at a new size), any other rows are decoded one by one, with the same result.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import io
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: Images per shard file: 4096 images of 64 px are 48 MiB.
 SHARD_IMAGES = 4096
+#: The columns of a version's ``stats.csv`` (``capture.image_stats``, per image).
+STATS_COLUMNS = ("sha256", "width", "height", "mode", "brightness", "contrast", "sharpness")
 
 
 class ShardError(StorageError):
@@ -59,11 +76,18 @@ def _index_prefix(version: str, size: int) -> str:
 def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -> pd.DataFrame:
     """Preprocesses every image of a published version at ``size`` into shards (idempotent).
 
+    Each image is read once, verified against its content hash and decoded once by
+    ``capture.decode_and_measure``; its network input goes to a shard and its input
+    statistics to ``stats.csv``, published with the index.
+
     Returns:
         The index: sha256, shard (its sha256), row.
+
+    Raises:
+        IngestError: ``version`` is not published under ``dataset_root``.
+        ShardError: A snapshot image does not match its content hash.
     """
     from components.ingest.core import load_snapshot, object_key
-    from components.train.core import load_images
 
     root = open_store(dataset_root)
     prefix = _index_prefix(version, size)
@@ -73,30 +97,93 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
     shas = sorted(set(manifest["sha256"]))
     keys = manifest.drop_duplicates("sha256").set_index("sha256")["key"]
     objects = root.child("objects")
-    rows = []
+    rows, stats = [], []
     for start in range(0, len(shas), SHARD_IMAGES):
         part = shas[start:start + SHARD_IMAGES]
         frame = pd.DataFrame({"sha256": part, "key": [keys[s] for s in part],
                               "uri": [objects.uri_of(object_key(s)) for s in part]})
-        x = load_images(frame, size, workers=workers)  # verifies every image's hash
+        x, measured = decode_rows(frame, size, workers=workers)  # verifies every hash
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
         data = buf.getvalue()
         shard = sha256_bytes(data)
         root.put(f"shards/objects/{shard}.npy", data)
         rows += [{"sha256": s, "shard": shard, "row": i} for i, s in enumerate(part)]
+        stats += [{"sha256": s, **m} for s, m in zip(part, measured, strict=True)]
         logger.info("Shard %d: %d images at %d px (%.1f MiB)", start // SHARD_IMAGES,
                     len(part), size, len(data) / 2**20)
     index = pd.DataFrame(rows, columns=["sha256", "shard", "row"])
-    root.publish(prefix, {"index.csv": index.to_csv(index=False, lineterminator="\n").encode()})
+    table = pd.DataFrame(stats, columns=list(STATS_COLUMNS))
+    root.publish(prefix, {"index.csv": index.to_csv(index=False, lineterminator="\n").encode(),
+                          "stats.csv": table.to_csv(index=False, lineterminator="\n").encode()})
     logger.info("Published shards of %s at %d px: %d images in %d shards", version, size,
                 len(index), index["shard"].nunique())
     return index
 
 
+def decode_rows(rows: pd.DataFrame, size: int, workers: int = 8
+                ) -> tuple[np.ndarray, list[dict]]:
+    """Reads, verifies and decodes each row's image once, as the predictor does.
+
+    Args:
+        rows: ``uri`` of each image; ``sha256`` (checked against the bytes when present,
+            else the object's name is taken as its hash only if it looks like one) and
+            ``key`` (named in errors) are optional.
+        size: The network input side.
+
+    Returns:
+        ``N x 3 x S x S`` uint8 network inputs and each image's ``capture.image_stats``.
+
+    Raises:
+        ShardError: An image does not match its content hash.
+        ImageRejected: An image cannot be decoded.
+    """
+    from components.monitor.capture import decode_and_measure
+
+    if rows.empty:
+        return np.zeros((0, 3, size, size), np.uint8), []
+    stores: dict[str, ObjectStore] = {}
+
+    def one(row: tuple[str, str, str]) -> tuple[np.ndarray, dict]:
+        uri, sha, key = row
+        parent, name = uri.rsplit("/", 1)
+        store = stores.get(parent) or stores.setdefault(parent, open_store(parent))
+        data = store.get(name)
+        expected = sha or (name if _looks_like_sha256(name) else "")
+        if expected and sha256_bytes(data) != expected:
+            raise ShardError(f"Image {key!r} ({uri}) does not match its content hash "
+                             f"{expected}: the dataset snapshot was overwritten or corrupted. "
+                             "Re-ingest the lake (the ingestion names every damaged object).")
+        return decode_and_measure(data, size)
+
+    shas = rows["sha256"] if "sha256" in rows else [""] * len(rows)
+    keys = rows["key"] if "key" in rows else rows["uri"]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, zip(rows["uri"], shas, keys, strict=True)))
+    return np.stack([r[0] for r in results]), [r[1] for r in results]
+
+
+def _looks_like_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 def read_index(root: ObjectStore, prefix: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(root.read_published(prefix, "index.csv")),
                        dtype={"sha256": str, "shard": str, "row": int}, keep_default_na=False)
+
+
+def read_stats(root: ObjectStore, prefix: str) -> pd.DataFrame | None:
+    """The published input statistics of a version's shards at one size, or None for shards
+    built before the statistics were stored with them."""
+    marker = root.published_marker(prefix)
+    if marker is None:
+        raise ObjectNotFoundError(f"{root.uri_of(prefix)} is not a published folder.")
+    if "stats.csv" not in marker.get("files", {}):
+        return None
+    return pd.read_csv(io.BytesIO(root.read_published(prefix, "stats.csv")),
+                       dtype={"sha256": str, "mode": str, "width": int, "height": int,
+                              "brightness": float, "contrast": float, "sharpness": float},
+                       keep_default_na=False)
 
 
 def _cache_dir() -> Path:
@@ -175,3 +262,91 @@ def load_from_shards(rows: pd.DataFrame, dataset_root: str, version: str, size: 
         order = np.argsort(group["row"].to_numpy())
         out[group["pos"].to_numpy()[order]] = arr[group["row"].to_numpy()[order]]
     return out
+
+
+def stats_from_shards(rows: pd.DataFrame, dataset_root: str, version: str, size: int,
+                      build: bool = True) -> list[dict] | None:
+    """The input statistics of ``rows`` at ``size`` (``capture.image_stats`` of each image,
+    stored when the shards were built), in the rows' order; None for shards built before
+    statistics were stored with them.
+
+    Raises:
+        ShardError: A row's image is not in the version.
+    """
+    root = open_store(dataset_root)
+    prefix = _index_prefix(version, size)
+    if not root.is_published(prefix):
+        if not build:
+            raise ObjectNotFoundError(f"No shards of {version} at {size} px under {root.uri}.")
+        build_shards(dataset_root, version, size)
+    table = read_stats(root, prefix)
+    if table is None:
+        return None
+    table = table.set_index("sha256")
+    missing = [s for s in rows["sha256"] if s not in table.index]
+    if missing:
+        raise ShardError(f"{len(missing)} images are not in the shards of {version} (first: "
+                         f"{missing[0]}): the rows are not from this version.")
+    fields = [c for c in STATS_COLUMNS if c != "sha256"]
+    located = table.loc[list(rows["sha256"]), fields]
+    return [{"width": int(w), "height": int(h), "mode": str(m), "brightness": float(b),
+             "contrast": float(c), "sharpness": float(s)}
+            for w, h, m, b, c, s in located.itertuples(index=False, name=None)]
+
+
+def snapshot_root(rows: pd.DataFrame, dataset_version: str) -> str | None:
+    """The dataset root all ``rows`` were read from (each ``uri`` in its ``objects/``), or
+    None when they are not all rows of one snapshot (or carry no version or hashes)."""
+    if not dataset_version or rows.empty or "sha256" not in rows or "uri" not in rows:
+        return None
+    roots = {dataset_root_of(u) for u in rows["uri"]}
+    if len(roots) != 1:
+        return None
+    root = roots.pop()
+    return root or None
+
+
+def split_images(rows: pd.DataFrame, size: int, dataset_version: str = "",
+                 use_shards: bool = True) -> np.ndarray:
+    """The network inputs of a split's rows at ``size``, from the version's shards.
+
+    Rows of a published dataset snapshot (``dataset_version``) are gathered from its shards,
+    which the first caller at a new size builds; no JPEG is read. Other rows, or
+    ``use_shards=False``, are decoded one by one (logged). Both give the same pixels.
+    """
+    return _split(rows, size, dataset_version, use_shards, stats=False)[0]
+
+
+def split_images_and_stats(rows: pd.DataFrame, size: int, dataset_version: str = "",
+                           use_shards: bool = True) -> tuple[np.ndarray, list[dict]]:
+    """:func:`split_images` and each image's input statistics (``capture.image_stats`` on
+    the predictor's decode), from the shards' statistics table when the rows come from a
+    snapshot, else from decoding them."""
+    return _split(rows, size, dataset_version, use_shards, stats=True)
+
+
+def _split(rows: pd.DataFrame, size: int, version: str, use_shards: bool, stats: bool
+           ) -> tuple[np.ndarray, list[dict] | None]:
+    from components.ingest.core import IngestError
+
+    root = snapshot_root(rows, version) if use_shards else None
+    why = ("shards not asked for" if not use_shards else
+           "the rows are not all from one published dataset snapshot")
+    if root:
+        try:
+            measured = stats_from_shards(rows, root, version, size) if stats else None
+            if stats and measured is None:
+                why = (f"the shards of {version} at {size} px were built without input "
+                       "statistics; delete shards/ of this version in the dataset root to "
+                       "rebuild them with statistics")
+                logger.warning("Decoding the images for their statistics: %s", why)
+            else:
+                images = load_from_shards(rows, root, version, size)
+                logger.info("Read %d images at %d px from the shards of dataset %s",
+                            len(rows), size, version)
+                return images, measured
+        except (IngestError, ObjectNotFoundError) as exc:  # not a published snapshot
+            why = str(exc)
+    logger.info("Decoding %d images at %d px (no shards: %s)", len(rows), size, why)
+    images, measured = decode_rows(rows, size)
+    return images, (measured if stats else None)

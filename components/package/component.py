@@ -28,16 +28,18 @@ def package_model(
     import logging
 
     from components.ingest.core import read_split
+    from components.ingest.shards import split_images
     from components.package import core
-    from components.train.core import load_images, load_model
+    from components.train.core import load_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch_model, meta = load_model(model.path)
-    rows, _ = read_split(test.path)
+    rows, split = read_split(test.path)
     with open(evaluation.path) as f:
         result = json.load(f)
     metadata = core.build_package(torch_model, meta, result,
-                                  load_images(rows, meta["image_size"]), model_name,
+                                  split_images(rows, meta["image_size"],
+                                               split["dataset_version"]), model_name,
                                   package.path)
     package.metadata.update({"framework": "onnx", "opset": metadata["opset"],
                              "model_version": metadata["model_version"],
