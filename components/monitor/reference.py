@@ -13,6 +13,11 @@ model exactly as the predictor sees production inputs:
     reference/detector/…          a fitted MMD drift detector on the embeddings
                                   (``components.monitor.drift``, its backend's own format)
 
+The sample's network inputs and statistics come from the dataset version's training-ready
+shards (``components.ingest.shards``: built once per version and input size by the same
+``decode_and_measure`` the predictor runs, statistics stored beside the pixels), so building
+a reference reads no photo; rows that are not from a published snapshot are decoded.
+
 At registration (``components.register.core``) these files are published with the version,
 so a version and its reference are one immutable unit. A version registered without one
 (before this step existed) gets one on demand from the dataset version its lineage names,
@@ -28,7 +33,6 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,21 +82,18 @@ def class_prior(train_rows) -> dict[str, float]:
     return {str(k): round(float(v) / total, 6) for k, v in sorted(counts.items())}
 
 
-def _measure(uris: list[str], size: int, workers: int = 4) -> tuple[np.ndarray, list[dict]]:
-    """Reads each image and decodes it once into the model's input and its statistics, as
-    the predictor does (``capture.decode_and_measure``)."""
-    from components.monitor.capture import decode_and_measure
+def _measure(sample, size: int, dataset_version: str = "", use_shards: bool = True
+             ) -> tuple[np.ndarray, list[dict]]:
+    """The sample's network inputs and input statistics, as the predictor gets them
+    (``capture.decode_and_measure``: one decode gives both).
 
-    stores: dict = {}
+    Rows of a published snapshot are read from the dataset version's shards, whose
+    statistics table was measured by that same function when the shards were built (once per
+    version and size); other rows are decoded here.
+    """
+    from components.ingest.shards import split_images_and_stats
 
-    def one(uri: str):
-        parent, name = uri.rsplit("/", 1)
-        store = stores.get(parent) or stores.setdefault(parent, open_store(parent))
-        return decode_and_measure(store.get(name), size)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, uris))
-    return np.stack([r[0] for r in results]), [r[1] for r in results]
+    return split_images_and_stats(sample, size, dataset_version, use_shards)
 
 
 def _run_onnx(onnx_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +146,9 @@ def _fit_detector(embeddings: np.ndarray) -> dict[str, bytes]:
 
 
 def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
-                          sample_size: int = SAMPLE_SIZE, detector: bool = True) -> dict:
+                          sample_size: int = SAMPLE_SIZE, detector: bool = True,
+                          use_shards: bool = True, sample_rows=None,
+                          population: str = "") -> dict:
     """The reference of a packaged model as files (``reference.json``, arrays, detector).
 
     Args:
@@ -154,6 +157,14 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         dataset_version: The dataset version the rows come from.
         sample_size: Most held-out images to include.
         detector: Fit and include the drift detector.
+        use_shards: Read the sample's inputs and statistics from the dataset version's
+            shards at the model's input size (built if missing); off, or for rows that are
+            not from a published snapshot, every image is decoded. Both give the same
+            reference.
+        sample_rows: The reference images, chosen by the caller instead of the held-out
+            part of ``train_rows`` (rows never fitted on, e.g. the recent production images
+            of a retrained version); ``train_rows`` still gives the class prior.
+        population: What ``sample_rows`` are, in words, for ``reference.json``.
 
     Returns:
         Relative file name -> bytes (names without the ``reference/`` folder).
@@ -165,12 +176,17 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
                              "monitoring reference from.")
     meta = read_onnx_metadata(onnx_bytes)
     classes = json.loads(meta["classes"])
-    sample = held_out_sample(train_rows, sample_size)
+    if sample_rows is None:
+        sample = held_out_sample(train_rows, sample_size)
+        population = ("validation part of the training split (never fitted on), chosen by "
+                      "content hash")
+    else:
+        sample = sample_rows.sort_values("sha256").head(sample_size).reset_index(drop=True)
     if len(sample) < 2:
         raise ReferenceError(f"The training split's held-out part has {len(sample)} images; a "
                              "drift test needs more. Ingest more images.")
     try:
-        images, stats = _measure(list(sample["uri"]), int(meta["input_size"]))
+        images, stats = _measure(sample, int(meta["input_size"]), dataset_version, use_shards)
     except (StorageError, OSError, ValueError) as exc:
         raise ReferenceError(f"Cannot read the training images of dataset {dataset_version} "
                              f"to build the monitoring reference: {exc}") from exc
@@ -181,8 +197,8 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         "prior": class_prior(train_rows),
         "dataset_version": dataset_version,
         "model_id": meta.get("model_version", ""),
-        "sample": {"n": int(len(sample)), "from": "validation part of the training split "
-                   "(never fitted on), chosen by content hash", "train_rows": int(len(train_rows))},
+        "sample": {"n": int(len(sample)), "from": population,
+                   "train_rows": int(len(train_rows))},
         "labels": [str(v) for v in sample["label"]],
         "sha256": [str(v) for v in sample["sha256"]],
         "stats": {name: [s[name] for s in stats] for name in STAT_FIELDS},
