@@ -5,6 +5,7 @@ import importlib
 #: CLI name -> (module, pipeline function).
 PIPELINES = {
     "ingest": ("pipelines.ingest", "ingest_pipeline"),
+    "ingest-fanout": ("pipelines.ingest", "ingest_fanout_pipeline"),
     "training": ("pipelines.training", "training_pipeline"),
     "continuous-training": ("pipelines.continuous_training", "continuous_training_pipeline"),
     "monitoring": ("pipelines.monitoring", "monitoring_pipeline"),

@@ -24,6 +24,7 @@ content, label, split or size changes.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -710,26 +711,31 @@ def _publish(root: ObjectStore, snapshot: str, files: dict[str, bytes], manifest
             pass
 
 
-def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = IngestConfig(),
-           progress: Callable[[int, int], None] | None = None) -> IngestResult:
-    """Ingests a data lake into a versioned dataset snapshot.
+@dataclass
+class _LakeView:
+    """A lake as one ingestion (or one part of it) sees it: its listing and its labels."""
 
-    Args:
-        source_uri: The data lake: ``s3://bucket/prefix``, ``file:///path`` or a path.
-        dataset_root_uri: Where snapshots, content-addressed images and the cache live.
-        config: How to ingest.
-        progress: Called with (objects done, objects to check) while reading.
+    store: ObjectStore
+    layout: str
+    listing: list[ObjectInfo]
+    refused: list[dict]
+    excluded: list[str]
+    labels_map: dict[str, str]
+    rejected_rows: list[dict]
 
-    Returns:
-        The snapshot's version, manifest, statistics and report.
+    def within(self, start: str, end: str | None) -> _LakeView:
+        """The same view restricted to the keys ``start <= key < end`` (``end`` None: no end)."""
+        def inside(key: str) -> bool:
+            return start <= key and (end is None or key < end)
 
-    Raises:
-        IngestError: Nothing to ingest, nothing valid (the message gives the counts by
-            reason), or a stored object that no longer matches its content hash.
-    """
+        return _LakeView(self.store, self.layout, [o for o in self.listing if inside(o.key)],
+                         [r for r in self.refused if inside(r["key"])], self.excluded,
+                         self.labels_map, self.rejected_rows)
+
+
+def _open_lake(source_uri: str, config: IngestConfig) -> _LakeView:
+    """Lists a lake and reads its labels CSV (if any); the CSV itself is not an image."""
     lake = open_store(source_uri)
-    root = open_store(dataset_root_uri)
-    objects = root.child("objects")
     layout = "csv" if config.labels_csv else config.layout
     labels_csv = absolute_uri(config.labels_csv) if config.labels_csv else None
 
@@ -750,25 +756,28 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         raise IngestError(f"No objects found under {lake.uri}. Check the URI, the prefix and "
                           "the storage credentials (AWS_*/MINIO_* variables for s3://).")
     logger.info("Listed %d objects under %s", len(listing) + len(refused), lake.uri)
+    return _LakeView(lake, layout, listing, refused, excluded, labels_map, rejected_rows)
 
-    cache_key = _cache_key(lake.uri, config)
-    cache = _load_cache(root, cache_key) if config.use_cache else {}
-    # One listing instead of a HEAD request per image.
-    present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
 
-    def new_record(key: str, fingerprint: str = "", size: int = 0) -> dict:
-        return {"key": key, "fingerprint": fingerprint, "size": size, "sha256": "",
-                "status": "", "detail": "", "format": "", "mode": "", "width": 0, "height": 0,
-                "brightness": 0.0, "contrast": 0.0, "label": None}
+def _new_record(key: str, fingerprint: str = "", size: int = 0) -> dict:
+    return {"key": key, "fingerprint": fingerprint, "size": size, "sha256": "",
+            "status": "", "detail": "", "format": "", "mode": "", "width": 0, "height": 0,
+            "brightness": 0.0, "contrast": 0.0, "label": None}
 
-    records: list[dict] = []  # one per listed object
-    for item in refused:
-        rec = new_record(item["key"])
+
+def _triage(view: _LakeView, config: IngestConfig, cache: dict[tuple[str, str], dict],
+            present: Mapping[str, str]) -> tuple[list[dict], list[int]]:
+    """One record per listed object: refused from its key, size or label, known from the
+    cache, or to be read (the indexes of those records are returned too)."""
+    records: list[dict] = []
+    for item in view.refused:
+        rec = _new_record(item["key"])
         rec.update(status=item["status"], detail=item["detail"])
         records.append(rec)
     to_read: list[int] = []
-    for obj in listing:
-        rec = new_record(obj.key, obj.fingerprint, obj.size)
+    layout = view.layout
+    for obj in view.listing:
+        rec = _new_record(obj.key, obj.fingerprint, obj.size)
         records.append(rec)
         try:
             obj.key.encode("utf-8")
@@ -786,7 +795,7 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
                        f"{config.max_bytes}; not read")
             continue
         if layout == "csv":
-            raw = labels_map.get(obj.key, "")
+            raw = view.labels_map.get(obj.key, "")
             if raw is None:
                 rec.update(status="conflicting_labels", detail="the labels CSV gives this key "
                            "two different labels")
@@ -810,7 +819,17 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
             rec["cached"] = True
         else:
             to_read.append(len(records) - 1)
+    return records, to_read
 
+
+def _decode(records: list[dict], to_read: list[int], lake: ObjectStore, objects: ObjectStore,
+            present: Mapping[str, str], config: IngestConfig,
+            progress: Callable[[int, int], None] | None) -> tuple[int, set[str]]:
+    """Reads, hashes, validates and stores the objects ``to_read`` into their records.
+
+    Returns:
+        (objects decoded, sha256 of the objects this call stored in ``objects/``).
+    """
     decoded, stored = 0, set()
     if to_read:
         logger.info("%d objects to read (%d from cache)", len(to_read),
@@ -824,6 +843,68 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
             decoded += 1
     elif progress:
         progress(0, 0)
+    return decoded, stored
+
+
+def _verified_objects(root: ObjectStore, objects: ObjectStore, needed: dict[str, list[str]],
+                      stored: set[str], present: dict[str, str], known: Mapping[str, str],
+                      workers: int) -> dict[str, str]:
+    """Every object ``needed`` (sha256 -> lake keys) checked intact, with what was already
+    known to be (``cache/objects.csv`` and ``known``): sha256 -> fingerprint.
+
+    Objects this run ``stored`` were hashed while being written and count as verified with
+    the fingerprint a fresh listing gives them; the others are trusted only if their
+    fingerprint is the one they had when verified, else read and hashed.
+    """
+    if stored:
+        present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
+    verified = _load_verified(root)
+    verified.update(known)
+    verified.update({sha: present[sha] for sha in stored if sha in present})
+    verified.update(_verify_objects(objects, {s: k for s, k in needed.items() if s not in stored},
+                                    present, verified, workers))
+    return verified
+
+
+def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = IngestConfig(),
+           progress: Callable[[int, int], None] | None = None, *,
+           plan_id: str = "") -> IngestResult:
+    """Ingests a data lake into a versioned dataset snapshot.
+
+    Args:
+        source_uri: The data lake: ``s3://bucket/prefix``, ``file:///path`` or a path.
+        dataset_root_uri: Where snapshots, content-addressed images and the cache live.
+        config: How to ingest.
+        progress: Called with (objects done, objects to check) while reading.
+        plan_id: The publish step of a fanned-out ingestion (:func:`plan_parts`,
+            :func:`ingest_part`): what the parts of this plan learned is used as if cached
+            (even with ``use_cache=False``), then folded into the cache and their part files
+            removed. The result is the version a single ingestion of the lake would publish.
+
+    Returns:
+        The snapshot's version, manifest, statistics and report.
+
+    Raises:
+        IngestError: Nothing to ingest, nothing valid (the message gives the counts by
+            reason), or a stored object that no longer matches its content hash.
+    """
+    view = _open_lake(source_uri, config)
+    lake, layout = view.store, view.layout
+    labels_map, rejected_rows, excluded = view.labels_map, view.rejected_rows, view.excluded
+    root = open_store(dataset_root_uri)
+    objects = root.child("objects")
+
+    cache_key = _cache_key(lake.uri, config)
+    cache = _load_cache(root, cache_key) if config.use_cache else {}
+    parts = _load_parts(root, cache_key, plan_id) if plan_id else None
+    if parts is not None:
+        cache.update(parts.records)
+    # One listing instead of a HEAD request per image.
+    present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
+
+    records, to_read = _triage(view, config, cache, present)
+    listing = view.listing
+    decoded, stored = _decode(records, to_read, lake, objects, present, config, progress)
 
     table = pd.DataFrame.from_records(records)
     # Exact duplicates: same bytes. Keep the first key; if the copies disagree on the label,
@@ -849,12 +930,9 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     needed: dict[str, list[str]] = {}
     for sha, key in zip(kept["sha256"], kept["key"], strict=True):
         needed.setdefault(sha, []).append(key)
-    if stored:
-        present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
-    verified = _load_verified(root)
-    verified.update({sha: present[sha] for sha in stored if sha in present})
-    verified.update(_verify_objects(objects, {s: k for s, k in needed.items() if s not in stored},
-                                    present, verified, config.workers or default_workers()))
+    verified = _verified_objects(root, objects, needed, stored, present,
+                                 parts.verified if parts is not None else {},
+                                 config.workers or default_workers())
 
     kept["split"] = [split_of(s, config.test_fraction) for s in kept["sha256"]]
     kept["width"] = kept["width"].astype(int)
@@ -919,6 +997,8 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         "decoded": decoded,
         "cache_hits": int(sum(1 for r in records if r.get("cached"))),
     }
+    if parts is not None:
+        report["parts"] = {"plan_id": plan_id, "merged": parts.merged, "missing": parts.missing}
 
     snapshot = f"versions/{version}"
     created = _publish(root, snapshot, {
@@ -928,7 +1008,7 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         "quarantine.csv": _csv_bytes(quarantine),
         "duplicates.csv": _csv_bytes(duplicates),
         "report.json": _json_bytes({k: v for k, v in report.items()
-                                    if k not in ("decoded", "cache_hits")}),
+                                    if k not in ("decoded", "cache_hits", "parts")}),
     }, manifest_csv, config.publish_wait_s)
     if created:
         logger.info("Published dataset version %s at %s", version, root.uri_of(snapshot))
@@ -938,6 +1018,8 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     root.put(cache_key, _csv_bytes(_cache_frame(table)))
     root.put("cache/objects.csv", _csv_bytes(pd.DataFrame(
         sorted(verified.items()), columns=["sha256", "fingerprint"])))
+    if parts is not None:
+        parts.remove(root)  # what they learned is in the cache now
 
     for reason, n in reasons.items():
         logger.warning("Quarantined %d objects: %s (%s)", n, reason,
@@ -946,6 +1028,282 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     return IngestResult(version=version, snapshot_uri=root.uri_of(snapshot),
                         objects_uri=objects.uri, manifest=manifest, report=report, stats=stats,
                         created=created, quarantine=quarantine, duplicates=duplicates)
+
+
+# ---- fan-out: plan key ranges, ingest each in its own pod, publish once -------------------
+
+_PART_COLUMNS = [*_CACHE_COLUMNS, "object_fingerprint"]
+_PLAN_ID = re.compile(r"^[0-9a-f]{16}$")
+_PART_FILE = re.compile(r"/part-(\d{5})\.csv$")
+
+
+def _parts_prefix(cache_key: str, plan_id: str) -> str:
+    stem = cache_key.removeprefix("cache/").removesuffix(".csv")
+    return f"cache/parts/{stem}/{plan_id}"
+
+
+def _utf8(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def plan_parts(source_uri: str, dataset_root_uri: str, parts: int,
+               config: IngestConfig = IngestConfig()) -> dict:
+    """Splits a lake into ``parts`` contiguous key ranges of about equal bytes, for
+    :func:`ingest_part` to ingest each (in its own pod) before one :func:`ingest` publishes.
+
+    The ranges cover the whole key space (the first starts at ``""``, the last has no end),
+    so an object added after planning still belongs to exactly one part. The plan id is a
+    hash of the lake, the validation settings and the range boundaries: planning an
+    unchanged lake again gives the same plan. The plan is also written under the dataset root
+    (``cache/parts/<lake>-<settings>/<plan-id>/plan.json``), where the publish step reads
+    which parts to expect.
+
+    Args:
+        source_uri: The data lake.
+        dataset_root_uri: The dataset root the parts and the publish step write to.
+        parts: How many parts at most (fewer if the lake has fewer objects).
+        config: The settings the parts and the publish step will use.
+
+    Returns:
+        ``{"plan_id": …, "parts": [part, …]}``; each part is a JSON-serialisable dict
+        (plan id, index, count of parts, start and end key, objects, bytes, and the lake and
+        settings it was planned for) to pass to :func:`ingest_part` as it is.
+    """
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise IngestError(f"Invalid parts: {parts!r}. Expect a whole number >= 1 (how many "
+                          "pods ingest the lake's key ranges).")
+    view = _open_lake(source_uri, config)
+    root = open_store(dataset_root_uri)
+    # Weight: bytes to read (an object refused from the listing is never read).
+    items = sorted([(o.key, o.size if o.size <= config.max_bytes else 0) for o in view.listing]
+                   + [(r["key"], 0) for r in view.refused])
+    before = [0]  # before[j]: the weight of items[:j]
+    for _, weight in items:
+        before.append(before[-1] + max(1, weight))
+    n = min(parts, len(items))
+    cuts = [0]
+    for i in range(1, n):
+        # The first object at or past i/n of the bytes, leaving one object for each later part.
+        j = min(max(bisect.bisect_left(before, before[-1] * i / n), cuts[-1] + 1),
+                len(items) - (n - i))
+        while j < len(items) and not _utf8(items[j][0]):
+            j += 1  # a boundary travels as a pipeline parameter: a valid UTF-8 key
+        if j >= len(items):
+            break
+        cuts.append(j)
+    starts = ["", *(items[j][0] for j in cuts[1:])]
+    source_id, settings_id = _source_id(view.store.uri), config.settings_id()
+    plan_id = hashlib.sha256(json.dumps({"source": source_id, "settings": settings_id,
+                                         "starts": starts}).encode()).hexdigest()[:16]
+    bounds = [*starts[1:], None]
+    plan = []
+    for index, (start, end) in enumerate(zip(starts, bounds, strict=True)):
+        inside = [w for k, w in items if start <= k and (end is None or k < end)]
+        plan.append({"plan_id": plan_id, "index": index, "of": len(starts), "start": start,
+                     "end": end, "objects": len(inside), "bytes": int(sum(inside)),
+                     "source_id": source_id, "settings_id": settings_id})
+    prefix = _parts_prefix(_cache_key(view.store.uri, config), plan_id)
+    root.put(f"{prefix}/plan.json", _json_bytes({"plan_id": plan_id, "source_uri": view.store.uri,
+                                                "parts": plan}))
+    logger.info("Planned %d parts of %s (plan %s): %s objects", len(plan), view.store.uri,
+                plan_id, ", ".join(str(p["objects"]) for p in plan))
+    return {"plan_id": plan_id, "parts": plan}
+
+
+def _check_part(part: Mapping | str) -> dict:
+    """A part as :func:`plan_parts` made it (or as JSON text), or an IngestError naming what
+    is wrong."""
+    expect = ("Expect one item of plan_parts()'s 'parts' as it is (plan_id, index, of, start, "
+              "end, source_id, settings_id).")
+    if isinstance(part, str):
+        try:
+            part = json.loads(part)
+        except ValueError as exc:
+            raise IngestError(f"Invalid part: {part[:200]!r} is not JSON. {expect}") from exc
+    if not isinstance(part, Mapping):
+        raise IngestError(f"Invalid part: {part!r}. {expect}")
+    missing = [k for k in ("plan_id", "index", "of", "start", "end", "source_id", "settings_id")
+               if k not in part]
+    if missing:
+        raise IngestError(f"Invalid part: missing {missing} in {dict(part)}. {expect}")
+    index, of = part["index"], part["of"]
+    if not (isinstance(index, int) and isinstance(of, int) and 0 <= index < of):
+        raise IngestError(f"Invalid part: index {index!r} of {of!r}. {expect}")
+    if not _PLAN_ID.match(str(part["plan_id"])):
+        raise IngestError(f"Invalid part: plan_id {part['plan_id']!r} is not a plan id. {expect}")
+    if not isinstance(part["start"], str) or not (part["end"] is None
+                                                  or isinstance(part["end"], str)):
+        raise IngestError(f"Invalid part: start {part['start']!r}, end {part['end']!r}. {expect}")
+    return dict(part)
+
+
+@dataclass
+class _PartFile:
+    records: dict[tuple[str, str], dict] = field(default_factory=dict)
+    verified: dict[str, str] = field(default_factory=dict)
+
+
+def _read_part_file(root: ObjectStore, key: str) -> _PartFile | None:
+    try:
+        table = pd.read_csv(io.BytesIO(root.get(key)), dtype={
+            "fingerprint": str, "key": str, "sha256": str, "detail": str,
+            "object_fingerprint": str}, keep_default_na=False)
+    except ObjectNotFoundError:
+        return None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            ValueError) as exc:
+        logger.warning("Ignoring unreadable part file %s: %s", root.uri_of(key), exc)
+        return None
+    if list(table.columns) != _PART_COLUMNS:
+        logger.warning("Ignoring part file %s with unexpected columns", root.uri_of(key))
+        return None
+    out = _PartFile()
+    for row in table.to_dict("records"):
+        fingerprint = row.pop("object_fingerprint")
+        out.records[(row["key"], row["fingerprint"])] = row
+        if fingerprint and row["status"] == "ok":
+            out.verified[row["sha256"]] = fingerprint
+    return out
+
+
+@dataclass
+class _Parts:
+    """What the parts of one plan learned, for its publish step."""
+
+    prefix: str
+    files: list[str]
+    records: dict[tuple[str, str], dict]
+    verified: dict[str, str]
+    merged: list[int]
+    missing: list[int]
+
+    def remove(self, root: ObjectStore) -> None:
+        for key in [*self.files, f"{self.prefix}/plan.json"]:
+            root.delete(key)
+
+
+def _load_parts(root: ObjectStore, cache_key: str, plan_id: str) -> _Parts:
+    if not _PLAN_ID.match(plan_id):
+        raise IngestError(f"Invalid plan_id: {plan_id!r}. Expect the 16 hex digits "
+                          "plan_parts() returned, or nothing for a single-step ingestion.")
+    prefix = _parts_prefix(cache_key, plan_id)
+    try:
+        expected = len(json.loads(root.get(f"{prefix}/plan.json"))["parts"])
+    except ObjectNotFoundError:
+        expected = 0
+        logger.warning("No plan %s for this lake and these validation settings under %s (made "
+                       "for another lake or settings, or already published): every object the "
+                       "cache does not know is decoded here.", plan_id, root.uri_of(prefix))
+    except (ValueError, KeyError, TypeError) as exc:
+        expected = 0
+        logger.warning("Unreadable plan %s: %s", root.uri_of(f"{prefix}/plan.json"), exc)
+    parts = _Parts(prefix, [], {}, {}, [], [])
+    for info in root.list(prefix):
+        m = _PART_FILE.search("/" + info.key)
+        if not m:
+            continue
+        found = _read_part_file(root, info.key)
+        parts.files.append(info.key)
+        if found is not None:
+            parts.records.update(found.records)
+            parts.verified.update(found.verified)
+            parts.merged.append(int(m.group(1)))
+    parts.merged.sort()
+    parts.missing = [i for i in range(expected) if i not in set(parts.merged)]
+    if parts.missing:
+        logger.warning("Parts %s of plan %s wrote nothing (failed or not run): their objects "
+                       "are read here.", parts.missing, plan_id)
+    logger.info("Merged %d part files of plan %s (%d objects)", len(parts.merged), plan_id,
+                len(parts.records))
+    return parts
+
+
+def ingest_part(source_uri: str, dataset_root_uri: str, part: Mapping | str,
+                config: IngestConfig = IngestConfig(),
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """Ingests one key range of a plan: reads, validates, hashes and stores its objects.
+
+    It publishes nothing. It lists the lake (so it sees its range as it is now), decides each
+    object the way :func:`ingest` does (key, size and label first; an unchanged object the
+    cache knows is not read), stores valid images in ``objects/``, checks the stored images
+    its range needs, and writes what it learned per key and fingerprint to its own part file
+    ``cache/parts/<lake>-<settings>/<plan-id>/part-<index>.csv`` in one write. Parts never
+    write the same file, so any number run at once; running a part again (a retry) rewrites
+    its file with the same facts and, with ``use_cache``, reads nothing its last run read.
+
+    Args:
+        source_uri: The data lake, as given to :func:`plan_parts`.
+        dataset_root_uri: The dataset root, likewise.
+        part: One item of :func:`plan_parts`'s ``parts`` (a dict, or the same as JSON).
+        config: The same settings as the plan and the publish step.
+        progress: Called with (objects done, objects to check) while reading.
+
+    Returns:
+        A summary: plan_id, index, objects (in the range), decoded, cache_hits, stored,
+        part_uri.
+
+    Raises:
+        IngestError: The part is malformed or was planned for another lake or other
+            validation settings; a stored object does not match its content hash.
+    """
+    spec = _check_part(part)
+    view = _open_lake(source_uri, config).within(spec["start"], spec["end"])
+    if spec["source_id"] != _source_id(view.store.uri) or \
+            spec["settings_id"] != config.settings_id():
+        raise IngestError(
+            f"Part {spec['index']} of plan {spec['plan_id']} was planned for another lake or "
+            f"other validation settings than {view.store.uri} with these (max_pixels, "
+            "min_side, draft). Give the plan, every part and the publish step the same "
+            "data_uri and settings.")
+    root = open_store(dataset_root_uri)
+    objects = root.child("objects")
+    cache_key = _cache_key(view.store.uri, config)
+    part_key = f"{_parts_prefix(cache_key, spec['plan_id'])}/part-{spec['index']:05d}.csv"
+    cache, own = {}, None
+    if config.use_cache:
+        cache = _load_cache(root, cache_key)
+        own = _read_part_file(root, part_key)  # an earlier attempt of this part
+        if own is not None:
+            cache.update(own.records)
+    present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
+    records, to_read = _triage(view, config, cache, present)
+    decoded, stored = _decode(records, to_read, view.store, objects, present, config, progress)
+    needed: dict[str, list[str]] = {}
+    for rec in records:
+        if rec["status"] == "ok":
+            needed.setdefault(rec["sha256"], []).append(rec["key"])
+    verified = _verified_objects(root, objects, needed, stored, present,
+                                 own.verified if own is not None else {},
+                                 config.workers or default_workers())
+    if records:
+        frame = _cache_frame(pd.DataFrame.from_records(records))
+        frame["object_fingerprint"] = [verified.get(sha, "") if status == "ok" else ""
+                                       for sha, status in zip(frame["sha256"], frame["status"],
+                                                              strict=True)]
+    else:
+        frame = pd.DataFrame(columns=_PART_COLUMNS)
+    root.put(part_key, _csv_bytes(frame))
+    summary = {"plan_id": spec["plan_id"], "index": spec["index"], "objects": len(records),
+               "decoded": decoded, "cache_hits": sum(1 for r in records if r.get("cached")),
+               "stored": len(stored), "part_uri": root.uri_of(part_key)}
+    logger.info("Part %d/%d of plan %s: %d objects, %d decoded, %d from cache, %d stored",
+                spec["index"] + 1, spec["of"], spec["plan_id"], summary["objects"], decoded,
+                summary["cache_hits"], len(stored))
+    return summary
+
+
+def ingest_in_parts(source_uri: str, dataset_root_uri: str, parts: int,
+                    config: IngestConfig = IngestConfig()) -> IngestResult:
+    """Plan, every part one after another, and the publish step, in this process: the
+    cluster's fan-out on one machine (same files, same version; no faster than ``workers``)."""
+    plan = plan_parts(source_uri, dataset_root_uri, parts, config)
+    for part in plan["parts"]:
+        ingest_part(source_uri, dataset_root_uri, part, config)
+    return ingest(source_uri, dataset_root_uri, config, plan_id=plan["plan_id"])
 
 
 def _cache_frame(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,211 @@
+"""Fanned-out ingestion: plan key ranges, ingest each part in its own process, publish once.
+
+The version and every published file must be those of a single-process ingestion of the same
+lake, bad files, duplicates and label conflicts across parts included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate, render
+from components.ingest import core
+from components.ingest.component import plan_ingest_parts
+from components.ingest.core import IngestConfig, IngestError, ingest, ingest_part, plan_parts
+
+REPO = Path(__file__).resolve().parents[3]
+SNAPSHOT_FILES = ("manifest.csv", "image_stats.csv", "stats.json", "quarantine.csv",
+                  "duplicates.csv", "report.json")
+
+
+def _make_lake(uri: str):
+    """48 images, bad files, and copies whose twins fall into other parts of a 3-part plan."""
+    lake = open_store(uri)
+    generate(LakeSpec(n=48, size=32, seed=61), lake)
+    a = render(LakeSpec(n=1, size=32, seed=62), 0)[1]
+    b = render(LakeSpec(n=1, size=32, seed=63), 0)[1]
+    lake.put("cats/000_a.jpg", a)
+    lake.put("cats/zzz_a.jpg", a)        # same bytes, same label: a duplicate
+    lake.put("cats/000_b.jpg", b)
+    lake.put("dogs/zzz_b.jpg", b)        # same bytes, another label: both quarantined
+    lake.put("dogs/broken.jpg", a[: len(a) // 2])
+    lake.put("cats/empty.jpg", b"")
+    lake.put("horses/h.jpg", render(LakeSpec(n=1, size=32, seed=64), 0)[1])
+    lake.put("stray.jpg", b)             # unlabelled
+    return lake
+
+
+def _part_of(plan: dict, key: str) -> int:
+    return next(p["index"] for p in plan["parts"]
+                if p["start"] <= key and (p["end"] is None or key < p["end"]))
+
+
+def _run_parts_in_processes(lake_uri: str, root_uri: str, parts: list[str]) -> list[dict]:
+    """Every part at the same time, each in its own interpreter (as pods would)."""
+    code = ("import json, sys\n"
+            "from components.ingest.component import ingest_part\n"
+            "out = ingest_part.python_func(data_uri=sys.argv[1], dataset_root=sys.argv[2], "
+            "part=sys.argv[3])\n"
+            "print(json.dumps(out._asdict()))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, lake_uri, root_uri, part], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for part in parts]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.mark.timeout(240)
+def test_parts_in_processes_then_one_publish_give_the_single_process_version(store_uri):
+    lake = _make_lake(f"{store_uri}/lake")
+    single = ingest(lake.uri, f"{store_uri}/single")
+
+    root_uri = f"{store_uri}/fanned"
+    out = plan_ingest_parts.python_func(data_uri=lake.uri, dataset_root=root_uri, parts=3)
+    plan = {"plan_id": out.plan_id, "parts": [json.loads(p) for p in out.parts]}
+    assert out.num_parts == 3 and len(plan["parts"]) == 3
+    # Deterministic, covering every listed object exactly once.
+    assert plan_parts(lake.uri, root_uri, 3)["plan_id"] == out.plan_id
+    assert sum(p["objects"] for p in plan["parts"]) == single.report["listed"]
+    # The twins really are in different parts.
+    assert _part_of(plan, "cats/000_a.jpg") != _part_of(plan, "cats/zzz_a.jpg")
+    assert _part_of(plan, "cats/000_b.jpg") != _part_of(plan, "dogs/zzz_b.jpg")
+
+    summaries = _run_parts_in_processes(lake.uri, root_uri, out.parts)
+    # Every readable, labelled object was decoded by exactly one part.
+    assert sum(s["decoded"] for s in summaries) == single.report["decoded"]
+    assert not list(open_store(root_uri).list("versions"))  # parts publish nothing
+
+    fanned = ingest(lake.uri, root_uri, plan_id=out.plan_id)
+    assert fanned.version == single.version
+    assert fanned.report["decoded"] == 0  # the publish step read no image
+    assert fanned.report["parts"] == {"plan_id": out.plan_id, "merged": [0, 1, 2],
+                                      "missing": []}
+    a, b = open_store(f"{store_uri}/single"), open_store(root_uri)
+    for name in SNAPSHOT_FILES:  # not just the version: every published file
+        assert (a.read_published(f"versions/{single.version}", name)
+                == b.read_published(f"versions/{fanned.version}", name)), name
+    assert ({o.key for o in a.list("objects")} == {o.key for o in b.list("objects")})
+    q = fanned.quarantine.set_index("key")["reason"].to_dict()
+    assert q == {"cats/000_b.jpg": "conflicting_labels", "dogs/zzz_b.jpg": "conflicting_labels",
+                 "dogs/broken.jpg": "truncated", "cats/empty.jpg": "zero_byte",
+                 "horses/h.jpg": "unknown_label", "stray.jpg": "unlabelled"}
+    assert fanned.duplicates[["key", "duplicate_of"]].values.tolist() == [
+        ["cats/zzz_a.jpg", "cats/000_a.jpg"]]
+    # What the parts learned went into the cache; their files are gone.
+    assert not [o.key for o in b.list("cache/parts") if o.key.endswith(".csv")]
+    again = ingest(lake.uri, root_uri)
+    assert again.version == single.version and again.report["decoded"] == 0
+
+
+def test_a_retried_part_changes_nothing_and_a_missing_part_is_read_by_the_publish(tmp_path):
+    lake = _make_lake(str(tmp_path / "lake"))
+    single = ingest(lake.uri, str(tmp_path / "single"))
+    root = str(tmp_path / "ds")
+    plan = plan_parts(lake.uri, root, 3)
+    store = open_store(root)
+
+    first = ingest_part(lake.uri, root, plan["parts"][0])
+    part_file = first["part_uri"].removeprefix(store.uri + "/")
+    written = store.get(part_file)
+    retry = ingest_part(lake.uri, root, json.dumps(plan["parts"][0]))  # as KFP passes it
+    assert first["decoded"] > 0 and retry["decoded"] == 0
+    assert store.get(part_file) == written
+    ingest_part(lake.uri, root, plan["parts"][2])
+    # Part 1 failed for good (its pod died before writing): the publish reads its objects.
+    result = ingest(lake.uri, root, plan_id=plan["plan_id"])
+    assert result.version == single.version
+    assert result.report["parts"]["missing"] == [1]
+    in_part_1 = plan["parts"][1]["objects"]
+    assert 0 < result.report["decoded"] <= in_part_1
+    assert store.read_published(f"versions/{result.version}", "manifest.csv") == \
+        open_store(str(tmp_path / "single")).read_published(f"versions/{single.version}",
+                                                           "manifest.csv")
+
+
+def test_a_lake_changed_after_the_parts_is_published_as_it_is_then(tmp_path):
+    lake = _make_lake(str(tmp_path / "lake"))
+    root = str(tmp_path / "ds")
+    plan = plan_parts(lake.uri, root, 2)
+    for part in plan["parts"]:
+        ingest_part(lake.uri, root, part)
+    first_cat = sorted(o.key for o in lake.list("cats"))[1]
+    lake.put(first_cat, render(LakeSpec(n=1, size=32, seed=65), 0)[1])   # changed
+    lake.put("dogs/new.jpg", render(LakeSpec(n=1, size=32, seed=66), 0)[1])  # added
+    lake.delete("dogs/broken.jpg")                                        # removed
+    result = ingest(lake.uri, root, plan_id=plan["plan_id"])
+    fresh = ingest(lake.uri, str(tmp_path / "fresh"))
+    assert result.version == fresh.version
+    assert result.report["decoded"] == 2  # only what changed since the parts read it
+    assert "dogs/new.jpg" in set(result.manifest["key"])
+    assert "dogs/broken.jpg" not in set(result.quarantine["key"])
+
+
+def test_a_part_for_other_settings_or_malformed_is_refused(tmp_path):
+    lake = _make_lake(str(tmp_path / "lake"))
+    root = str(tmp_path / "ds")
+    part = plan_parts(lake.uri, root, 2)["parts"][0]
+    with pytest.raises(IngestError, match="same data_uri and settings"):
+        ingest_part(lake.uri, root, part, IngestConfig(draft=False))
+    with pytest.raises(IngestError, match="not JSON"):
+        ingest_part(lake.uri, root, "{index: 0")
+    with pytest.raises(IngestError, match="missing"):
+        ingest_part(lake.uri, root, {"index": 0})
+    with pytest.raises(IngestError, match="Invalid parts: 0"):
+        plan_parts(lake.uri, root, 0)
+    with pytest.raises(IngestError, match="Invalid plan_id"):
+        ingest(lake.uri, root, plan_id="../x")
+    # More parts than objects: one part per object at most.
+    small = open_store(tmp_path / "small")
+    generate(LakeSpec(n=3, size=32, seed=67), small)
+    assert len(plan_parts(small.uri, root, 10)["parts"]) == 3
+
+
+def test_fanout_pipeline_compiles_to_a_parallel_for_and_one_publish(tmp_path):
+    from pipelines.local import compile_all
+
+    (path,) = compile_all(tmp_path, ["ingest-fanout"])
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    spec = next(d for d in docs if "deploymentSpec" in d)
+    root_tasks = spec["root"]["dag"]["tasks"]
+    loops = [t for t in root_tasks.values() if "parameterIterator" in t]
+    assert len(loops) == 1
+    loop = loops[0]
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith(
+        "plan-ingest-parts-parts")
+    assert loop["iteratorPolicy"]["parallelismLimit"] >= 2
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert [t["componentRef"]["name"] for t in body.values()] == ["comp-ingest-part"]
+    assert all(t["retryPolicy"]["maxRetryCount"] >= 1 for t in body.values())
+    publishes = [n for n, t in root_tasks.items() if t["componentRef"]["name"] ==
+                 "comp-ingest-data"]
+    assert len(publishes) == 1
+    publish = root_tasks[publishes[0]]
+    loop_name = next(n for n, t in root_tasks.items() if t is loop)
+    assert loop_name in publish["dependentTasks"]  # after every part
+    assert publish["inputs"]["parameters"]["plan_id"]["taskOutputParameter"] == {
+        "outputParameterKey": "plan_id", "producerTask": "plan-ingest-parts"}
+    for task in [*root_tasks.values(), *body.values()]:
+        if "cachingOptions" in task:
+            assert not task["cachingOptions"].get("enableCache")
+
+
+def test_ingest_in_parts_runs_the_fanout_in_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(core, "PROCESS_MIN_OBJECTS", 4)  # each part decodes with processes
+    lake = _make_lake(str(tmp_path / "lake"))
+    single = ingest(lake.uri, str(tmp_path / "single"), IngestConfig(workers=1, draft=False))
+    fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4,
+                                  IngestConfig(workers=2, draft=True))
+    assert fanned.version == single.version and fanned.report["decoded"] == 0
+    assert os.path.isdir(tmp_path / "ds" / "objects")
