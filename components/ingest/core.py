@@ -1429,4 +1429,9 @@ def report_markdown(result: IngestResult) -> str:
                 f"{s['contrast']['mean']:.3f}, width p50 {s['width']['p50']:.0f}px, height p50 "
                 f"{s['height']['p50']:.0f}px  ")
     lines += ["", f"Decoded this run: {r['decoded']}; reused from cache: {r['cache_hits']}."]
+    if r.get("parts"):
+        p = r["parts"]
+        lines.append(f"Fanned out: plan {p['plan_id']}, parts merged {p['merged']}"
+                     + (f", parts that wrote nothing (read here) {p['missing']}"
+                        if p["missing"] else "") + ".")
     return "\n".join(lines) + "\n"
