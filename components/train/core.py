@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from components.common.images import preprocess_image
-from components.common.storage import ObjectNotFoundError, open_store, sha256_bytes
+from components.common.storage import open_store, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -141,19 +141,12 @@ def load_split_images(rows: pd.DataFrame, image_size: int, dataset_version: str 
     Rows from a published dataset snapshot are read from its shards (built once per version
     and size by the first caller, then memory-mapped by every trial, the final training and
     evaluation; no JPEG is decoded again). Other rows, or ``use_shards=False``, are decoded
-    one by one with :func:`load_images`. Both give the same pixels.
+    one by one. Both give the same pixels (:func:`components.ingest.shards.split_images`, the
+    reader evaluation, packaging and the monitoring reference share).
     """
-    from components.ingest.core import IngestError
-    from components.ingest.shards import dataset_root_of, load_from_shards
+    from components.ingest.shards import split_images
 
-    root = (dataset_root_of(rows["uri"].iloc[0])
-            if use_shards and dataset_version and len(rows) and "sha256" in rows else None)
-    if root:
-        try:
-            return load_from_shards(rows, root, dataset_version, image_size)
-        except (IngestError, ObjectNotFoundError) as exc:  # not a published snapshot
-            logger.info("No shards for these rows (%s); decoding the images", exc)
-    return load_images(rows, image_size)
+    return split_images(rows, image_size, dataset_version, use_shards)
 
 
 def normalization(images: np.ndarray) -> tuple[list[float], list[float]]:
