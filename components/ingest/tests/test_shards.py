@@ -41,6 +41,15 @@ def test_shards_hold_exactly_the_reference_pixels_and_need_no_jpeg(snapshot):
     np.testing.assert_array_equal(from_shards, reference)
     index = shards.read_index(open_store(root), f"shards/{result.version}/32")
     assert index["shard"].nunique() == 3 and len(index) == 44
+    # The input statistics stored with them are the predictor's, for every photo (the
+    # 640x360 camera frames are measured on their draft decode, not on the 32 px input).
+    from components.monitor.capture import decode_and_measure
+
+    stats = shards.stats_from_shards(rows, root, result.version, 32)
+    for uri, got in zip(rows["uri"], stats, strict=True):
+        parent, name = uri.rsplit("/", 1)
+        assert got == decode_and_measure(open_store(parent).get(name), 32)[1]
+    assert sorted({s["width"] for s in stats})[-1] == 640
     # Reading again builds nothing and reads no image: it works with objects/ gone.
     store = open_store(root)
     for obj in list(store.list("objects")):
