@@ -220,3 +220,25 @@ def test_ingest_in_parts_runs_the_fanout_in_one_process(tmp_path, monkeypatch):
                                   IngestConfig(workers=2, draft=True))
     assert fanned.version == single.version and fanned.report["decoded"] == 0
     assert os.path.isdir(tmp_path / "ds" / "objects")
+
+
+def test_range_boundaries_skip_file_names_a_pipeline_parameter_cannot_carry(tmp_path):
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=4, size=32, seed=68), lake)
+    folder = os.fsencode(tmp_path / "lake" / "cats")
+    for i in range(6):  # most of the lake's keys are not UTF-8 (latin-1 names from a camera)
+        with open(os.path.join(folder, b"caf\xe9_%d.jpg" % i), "wb") as f:
+            f.write(render(LakeSpec(n=1, size=32, seed=70 + i), 0)[1])
+    plan = plan_parts(lake.uri, str(tmp_path / "ds"), 4)
+    for part in plan["parts"]:
+        json.dumps(part, ensure_ascii=False).encode("utf-8")  # no lone surrogate
+    keys = [o.key for o in core.list_local_lake(lake)[0]]
+    for key in keys:  # in exactly one part
+        assert sum(1 for p in plan["parts"] if p["start"] <= key
+                   and (p["end"] is None or key < p["end"])) == 1, key
+    assert len(plan["parts"]) >= 2
+    assert sum(p["objects"] for p in plan["parts"]) == len(keys) == 10
+    single = ingest(lake.uri, str(tmp_path / "single"))
+    fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4)
+    assert fanned.version == single.version and fanned.report["decoded"] == 0
+    assert (fanned.quarantine["reason"] == "invalid_key_encoding").sum() == 6
