@@ -16,6 +16,9 @@ Layout of a dataset root (any store URI)::
                                          validation settings; not versioned
     cache/objects.csv                    objects/ entries whose content was verified, with the
                                          fingerprint (size+mtime or ETag) they had then
+    cache/parts/<source-id>-<settings-id>/<plan-id>/
+        plan.json, part-<index>.csv      a fanned-out ingestion's key ranges and what each part
+                                         learned; folded into the cache by the publish step
     locks/versions-<version>.lock        held while one ingestion publishes that version
 
 The dataset version is a hash of the manifest, so it changes if and only if an image's
