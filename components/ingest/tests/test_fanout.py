@@ -68,6 +68,7 @@ def _run_parts_in_processes(lake_uri: str, root_uri: str, parts: list[str]) -> l
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_parts_in_processes_then_one_publish_give_the_single_process_version(store_uri):
     lake = _make_lake(f"{store_uri}/lake")
