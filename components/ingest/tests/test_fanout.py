@@ -243,3 +243,21 @@ def test_range_boundaries_skip_file_names_a_pipeline_parameter_cannot_carry(tmp_
     fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4)
     assert fanned.version == single.version and fanned.report["decoded"] == 0
     assert (fanned.quarantine["reason"] == "invalid_key_encoding").sum() == 6
+
+
+def test_a_labels_csv_lake_fans_out_to_the_same_version(tmp_path):
+    lake = open_store(tmp_path / "flat")
+    rows = ["key,label"]
+    for i in range(12):
+        lake.put(f"img_{i:02d}.jpg", render(LakeSpec(n=1, size=32, seed=80 + i), 0)[1])
+        rows.append(f"img_{i:02d}.jpg,{'Cat' if i % 2 else 'dogs'}")
+    lake.put("img_12.jpg", render(LakeSpec(n=1, size=32, seed=92), 0)[1])
+    rows += ["img_03.jpg,dog", "img_12.jpg,horse"]  # a conflict and an unknown label
+    lake.put("labels.csv", ("\n".join(rows) + "\n").encode())  # inside the lake
+    config = IngestConfig(labels_csv=str(tmp_path / "flat" / "labels.csv"))
+    single = ingest(lake.uri, str(tmp_path / "single"), config)
+    fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 3, config)
+    assert fanned.version == single.version and fanned.report["decoded"] == 0
+    assert fanned.report["excluded_from_listing"] == ["labels.csv"]
+    assert fanned.quarantine.set_index("key")["reason"].to_dict() == {
+        "img_03.jpg": "conflicting_labels", "img_12.jpg": "unknown_label"}
