@@ -90,3 +90,32 @@ def test_training_from_shards_equals_training_from_images(snapshot):
         metrics.append((data.train_x.tobytes(), data.mean, data.std, fitted.val_loss,
                         fitted.val_accuracy, [h["train_loss"] for h in fitted.history]))
     assert metrics[0] == metrics[1]
+
+
+def test_shards_without_statistics_still_serve_pixels_and_the_stats_are_decoded(snapshot,
+                                                                                caplog):
+    """Shards published before ``stats.csv`` existed (index only): pixels come from them,
+    statistics from decoding the photos, with a warning that says how to rebuild."""
+    import io
+    import logging
+
+    root, result, rows = snapshot
+    if root.startswith("s3://"):
+        pytest.skip("the fallback does not depend on the store")
+    store = open_store(root)
+    x, stats = shards.decode_rows(rows, 24)
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    name = shards.sha256_bytes(buf.getvalue())
+    store.put(f"shards/objects/{name}.npy", buf.getvalue())
+    index = pd.DataFrame({"sha256": rows["sha256"], "shard": name, "row": range(len(rows))})
+    store.publish(f"shards/{result.version}/24",
+                  {"index.csv": index.to_csv(index=False, lineterminator="\n").encode()})
+    caplog.set_level(logging.INFO, logger="components.ingest.shards")
+    assert shards.stats_from_shards(rows, root, result.version, 24) is None
+    images, measured = shards.split_images_and_stats(rows, 24, result.version)
+    assert np.array_equal(images, x) and measured == stats
+    assert "built without input statistics" in caplog.text
+    caplog.clear()
+    np.testing.assert_array_equal(shards.split_images(rows, 24, result.version), x)
+    assert "from the shards of dataset" in caplog.text and "Decoding" not in caplog.text
