@@ -525,7 +525,7 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
 #: Modules that add their own verb groups: each has ``add_commands(sub)``.
 COMMAND_MODULES: list[str] = ["pipelines.runs", "components.monitor.cli",
                               "components.deploy.cluster_cli", "components.govern.cli",
-                              "pipelines.loop_cli"]
+                              "pipelines.loop_cli", "components.ingest.cli"]
 
 DESCRIPTION = """\
 Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifier.
@@ -533,6 +533,8 @@ Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifi
 The workflow's verbs, in the order you use them:
   data generate / versions   a sample data lake; published dataset versions
   run ingest / training      run a pipeline on this machine (kfp.local)
+  ingest plan / part / publish / fanout
+                             one ingestion over several machines or processes
   runs list / show           find a run's reports, log and outputs later
   registry …                 versions, lineage, aliases, approvals, releases
   serve                      one KServe model server for a registered version

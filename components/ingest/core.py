@@ -1117,6 +1117,29 @@ def plan_parts(source_uri: str, dataset_root_uri: str, parts: int,
     return {"plan_id": plan_id, "parts": plan}
 
 
+def read_plan(source_uri: str, dataset_root_uri: str, plan_id: str,
+              config: IngestConfig = IngestConfig()) -> dict:
+    """A plan :func:`plan_parts` wrote, as it returned it (to run its parts by index).
+
+    Raises:
+        IngestError: No such plan for this lake and these validation settings (it was made
+            for others, or it was published and removed).
+    """
+    if not _PLAN_ID.match(str(plan_id)):
+        raise IngestError(f"Invalid plan id: {plan_id!r}. Expect the 16 hex digits the plan "
+                          "step printed.")
+    lake = open_store(source_uri)
+    root = open_store(dataset_root_uri)
+    key = f"{_parts_prefix(_cache_key(lake.uri, config), plan_id)}/plan.json"
+    try:
+        plan = json.loads(root.get(key))
+    except ObjectNotFoundError:
+        raise IngestError(f"No plan {plan_id} for {lake.uri} under {root.uri} with these "
+                          "validation settings: plan it again (it was made for another lake "
+                          "or settings, or it was already published).") from None
+    return {"plan_id": plan["plan_id"], "parts": plan["parts"]}
+
+
 def _check_part(part: Mapping | str) -> dict:
     """A part as :func:`plan_parts` made it (or as JSON text), or an IngestError naming what
     is wrong."""

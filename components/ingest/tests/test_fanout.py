@@ -261,3 +261,26 @@ def test_a_labels_csv_lake_fans_out_to_the_same_version(tmp_path):
     assert fanned.report["excluded_from_listing"] == ["labels.csv"]
     assert fanned.quarantine.set_index("key")["reason"].to_dict() == {
         "img_03.jpg": "conflicting_labels", "img_12.jpg": "unknown_label"}
+
+
+def _mlops(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_fans_out_over_processes_and_names_mistakes(tmp_path):
+    lake = _make_lake(str(tmp_path / "lake"))
+    single = ingest(lake.uri, str(tmp_path / "single"))
+    res = _mlops("ingest", "fanout", "--data", "lake", "--dataset-root", "ds", "--parts", "3",
+                 cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f"Dataset version: {single.version} (published)" in res.stdout
+    assert "parts merged [0, 1, 2]" in res.stdout and "decoded by this step: 0" in res.stdout
+    assert f"{single.report['accounting']}" in res.stdout
+    bad = _mlops("ingest", "part", "--data", "lake", "--dataset-root", "ds", "--plan",
+                 "0123456789abcdef", "--index", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "No plan 0123456789abcdef" in bad.stderr
+    assert "Traceback" not in bad.stderr
