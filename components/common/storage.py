@@ -303,8 +303,8 @@ class LocalStore(ObjectStore):
         found = []
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = [d for d in dirnames if not _INTERNAL_NAME.match(d)]
-            # Key prefix once per folder, plain os calls per file: building a Path per object
-            # cost about 0.1 ms each, 10 s of a 100,000-object listing.
+            # Key prefix once per folder, plain os calls per file: a Path per object made a
+            # 100,000-object listing 2x slower (1.5-2 s instead of 0.7-0.8 s, loaded 2 cores).
             rel = Path(dirpath).relative_to(self.root).as_posix()
             head = "" if rel == "." else rel + "/"
             for name in filenames:
