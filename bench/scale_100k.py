@@ -103,10 +103,15 @@ def part_small(args, res: dict) -> None:
                first_decoded=first.report["decoded"], first_rss=rss.peak / MiB,
                first_rss_worker=rss.peak_worker / MiB)
     print(f"small: first ingest of {args.n} in {first_s:.1f} s", flush=True)
-    with _RssSampler() as rss:
-        again, again_s = _timed(ingest, str(lake), str(root), IngestConfig())
-    assert again.version == first.version
-    out.update(again_s=again_s, again_decoded=again.report["decoded"], again_rss=rss.peak / MiB)
+    times = []
+    for _ in range(2):  # twice: the first follows 100k fresh writes still being flushed
+        with _RssSampler() as rss:
+            again, again_s = _timed(ingest, str(lake), str(root), IngestConfig())
+        assert again.version == first.version
+        times.append(again_s)
+    again_s = min(times)
+    out.update(again_s=again_s, again_times=times, again_decoded=again.report["decoded"],
+               again_rss=rss.peak / MiB)
     print(f"small: re-ingest {again_s:.1f} s, decoded {again.report['decoded']}", flush=True)
     index, shards_s = _timed(build_shards, str(root), first.version, 64)
     out.update(shards_s=shards_s, shard_files=int(index["shard"].nunique()),
@@ -365,7 +370,8 @@ def section(res: dict, cmd: str) -> str:
             f"| first ingest ({s['ingested']:,} ingested, {s['first_decoded']:,} decoded) | "
             f"{_fmt_s(s['first_s'])} | {n / s['first_s']:,.0f} images/s | "
             f"{s['first_rss']:.0f} MiB (largest worker {s['first_rss_worker']:.0f} MiB) | |",
-            f"| re-ingest of the unchanged lake (decoded: {s['again_decoded']}) | "
+            f"| re-ingest of the unchanged lake (decoded: {s['again_decoded']}; best of "
+            f"{' and '.join(f'{x:.1f}' for x in s.get('again_times', [s['again_s']]))} s) | "
             f"{s['again_s']:.1f} s | {n / s['again_s']:,.0f} objects/s | "
             f"{s['again_rss']:.0f} MiB | no decoding, under 30 s: "
             f"{'met' if s['again_decoded'] == 0 and s['again_s'] < 30 else 'missed'} |",
@@ -379,11 +385,15 @@ def section(res: dict, cmd: str) -> str:
             f"| the same with the per-image loader `load_images` ({s['old_n']:,} images"
             f"{'' if s['old_n'] == s['train_rows'] else ', a subset'}) | "
             f"{_fmt_s(s['old_s'])} | {old_rate:,.0f} images/s | | |", "",
-            f"Shards against the per-image loader at 64 px: "
-            f"{s['train_rows'] / s['shard_load_s'] / old_rate:.0f}x, in the same run. At 64 px "
-            "a JPEG decodes in well under a millisecond, so this is the floor of the gain; at "
-            "camera resolution (below) the per-image loader is far slower and the shards are "
-            "as fast as here.", ""]
+            f"Shards against the per-image loader, same run, 64 px lake: "
+            f"{s['train_rows'] / s['shard_load_s'] / old_rate:.1f}x. A 64 px JPEG decodes in "
+            "well under a millisecond, so from a 64 px lake the shards gain little: this is "
+            "the floor of their gain. Their point is camera resolution (below), where the "
+            "per-image loader decodes a full frame per image and per step while the shards "
+            "of a 1080p snapshot are the same 12 KiB per image as here. Time to the first "
+            "batch from shards includes reading the index and checking every shard file "
+            "against its sha256 (the whole 64 px form of the dataset, for the training and "
+            "again for the validation part).", ""]
     t = res.get("train")
     if t:
         steps = [(f"trial {x['slot']}", x) for x in t["trials"]] + [("final training",
@@ -534,7 +544,7 @@ def psutil_mem() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["small", "train", "camera", "s3"],
+    parser.add_argument("--parts", nargs="*", default=["small", "train", "camera", "s3"],
                         choices=["small", "train", "camera", "s3"])
     parser.add_argument("--n", type=int, default=100_000, help="images of the 64 px lake")
     parser.add_argument("--old-loader-n", type=int, default=0,
