@@ -54,6 +54,7 @@ def continuous_training_pipeline(
     trigger: str = "",
     since: float = 0.0,
     min_new_images: int = 1,
+    export_since_episode: bool = True,
     classes: str = "cats,dogs",
     test_fraction: float = 0.2,
     search_space: str = json.dumps(CT_SPACE),
@@ -100,6 +101,13 @@ def continuous_training_pipeline(
         since: Export only captures from this unix time on (0: every capture not yet in the
             production model's dataset or the lake).
         min_new_images: Fewer new labelled production images than this exports nothing.
+        export_since_episode: With ``since`` 0, a run started by governance exports the
+            captures since production was last judged normal (the end of the last window
+            without the episode's alarms, else the start of the window that opened the
+            episode): the changed data. False exports every capture not yet in the lake. The retrained
+            version's monitoring reference is built from the exported images it was never
+            fitted on (when there are at least 40), so it is judged against production as
+            it is now.
         classes: The declared classes, comma-separated; images labelled otherwise are
             quarantined by the ingest step.
         test_fraction: Share of each class in the test split (hash-stable: images already
@@ -141,7 +149,8 @@ def continuous_training_pipeline(
     """
     export = export_production_data(monitoring_uri=monitoring_uri, data_uri=data_uri,
                                     registry_uri=registry_uri, model_name=model_name,
-                                    trigger=trigger, since=since, min_images=min_new_images)
+                                    trigger=trigger, since=since, min_images=min_new_images,
+                                    since_episode=export_since_episode)
     export.set_display_name("export production data")
     ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, classes=classes,
                          test_fraction=test_fraction).after(export)

@@ -69,7 +69,7 @@ class LoopConfig:
     window: int = 100
     check_every: int = 50
     label_share: float = 0.5
-    retrain_labels: int = 150
+    retrain_labels: int = 250
     seed: int = 7
     image_rate: float = 1.0
     ct_arguments: dict = field(default_factory=dict)
@@ -196,6 +196,7 @@ class Served:
     predicted: str
     version: int
     labelled: bool = False
+    sent: float = 0.0  # when the request left (``time``: when its answer came back)
 
 
 class Loop:
@@ -271,13 +272,14 @@ class Loop:
         self.session = self.session or requests.Session()
         for truth, data in self.camera.frames(condition, n):
             rid = f"cam-{uuid.UUID(int=self.rng.getrandbits(128)).hex}"
+            sent = time.time()
             r = self.session.post(f"{dep.url}/v1/models/{dep.name}:predict",
                                   json=v1_body([data]), headers={"x-request-id": rid},
                                   timeout=30)
             r.raise_for_status()
             pred = r.json()["predictions"][0]["label"]
             s = Served(rid, time.time(), condition, _class_name(truth, classes), pred,
-                       dep.stable.version)
+                       dep.stable.version, sent=sent)
             out.append(s)
             self.served.append(s)
         return out
@@ -317,7 +319,8 @@ class Loop:
         from components.monitor.core import run_monitoring
 
         window = self.served[-last:]
-        start, end = window[0].time - 0.5, window[-1].time + 0.5
+        # Each request was captured between sending it and its answer: exactly these.
+        start, end = window[0].sent - 0.001, window[-1].time + 0.001
         self._wait_captured(start, end, len(window))
         dep = self._target().status("production")
         result = run_monitoring(self.cfg.model_name, self.s["registry"], self.s["monitoring"],

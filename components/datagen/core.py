@@ -77,8 +77,9 @@ class LakeSpec:
         size: Side of the square sample images in pixels (16 to 1024), or a camera size
             ``(width, height)`` (or ``"1920x1080"``) for CCTV-like frames.
         seed: Seed; the same spec gives the same bytes.
-        condition: ``day`` (default), ``night`` (dark, low-contrast, IR-like greyscale) or
-            ``blur`` (out-of-focus lens).
+        condition: ``day`` (default), ``night`` (the infrared night mode: dark,
+            low-contrast greyscale, soft from the lens's infrared focus shift, eyes shining in
+            the illuminator's light) or ``blur`` (out-of-focus lens).
         cat_fraction: Class prior of cats; 0.5 by default, other values shift the prior.
         layout: ``folders`` (``cats/…``, ``dogs/…``) or ``kaggle`` (flat ``cat.12.jpg``).
         quality: JPEG quality; default 90 for square sample images, 85 for camera sizes.
@@ -174,8 +175,13 @@ def _background(rng: np.random.Generator, s: int) -> Image.Image:
     return img
 
 
-def _draw_animal(label: str, rng: np.random.Generator, s: int) -> Image.Image:
-    """The animal on a transparent layer, centred, upright; pose is applied by the caller."""
+def _draw_animal(label: str, rng: np.random.Generator, s: int,
+                 night: bool = False) -> Image.Image:
+    """The animal on a transparent layer, centred, upright; pose is applied by the caller.
+
+    ``night``: under the camera's infrared illuminator both cats' and dogs' eyes shine (the
+    tapetum reflects the light straight back), so the eyes are bright discs and the pupils'
+    shapes cannot be seen."""
     layer = Image.new("RGBA", (s, s), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
     fur = _colour(rng)
@@ -201,7 +207,10 @@ def _draw_animal(label: str, rng: np.random.Generator, s: int) -> Image.Image:
     ey = cy - ry * 0.2
     for side in (-1, 1):
         ex = cx + side * rx * 0.42
-        if label == "cat":  # almond eyes with vertical slit pupils
+        if night:  # eyeshine: a glowing disc, whatever the pupil's shape
+            d.ellipse([ex - r * 0.18, ey - r * 0.15, ex + r * 0.18, ey + r * 0.15],
+                      fill=(250, 250, 250))
+        elif label == "cat":  # almond eyes with vertical slit pupils
             d.ellipse([ex - r * 0.22, ey - r * 0.14, ex + r * 0.22, ey + r * 0.14], fill=eye)
             d.rectangle([ex - r * 0.04, ey - r * 0.14, ex + r * 0.04, ey + r * 0.14],
                         fill=(10, 10, 10))
@@ -245,7 +254,7 @@ def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     rng = _rng(spec.seed, index, 2)
     s = spec.size * 2  # draw at 2x and downsample, for anti-aliased edges
     img = _background(rng, s)
-    animal = _draw_animal(label, rng, s)
+    animal = _draw_animal(label, rng, s, night=spec.condition == "night")
     scale = rng.uniform(0.75, 1.35)
     angle = rng.uniform(-25, 25)
     side = max(8, int(s * scale))
@@ -265,9 +274,13 @@ def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     noise = rng.uniform(0, 10)
     arr = arr + rng.normal(0, noise, arr.shape)
     if spec.condition == "night":
-        # IR night mode: greyscale, dark, low contrast, sensor noise.
+        # IR night mode: greyscale, dark, low contrast, soft (a lens corrected for visible
+        # light focuses infrared behind the sensor), sensor noise.
         grey = arr @ np.array([0.299, 0.587, 0.114])
         grey = (grey - grey.mean()) * 0.45 + grey.mean() * 0.35 + 10
+        soft = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8), "L").filter(
+            ImageFilter.GaussianBlur(radius=spec.size * NIGHT_FOCUS_SHIFT))
+        grey = np.asarray(soft, dtype=float)
         grey = grey + rng.normal(0, 6, grey.shape)
         arr = np.repeat(grey[..., None], 3, axis=2)
     img = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8), "RGB")
@@ -277,6 +290,9 @@ def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     img.save(buf, format="JPEG", quality=spec.quality or JPEG_QUALITY)
     return label, buf.getvalue()
 
+
+#: Blur radius of night frames, as a share of the image side (the infrared focus shift).
+NIGHT_FOCUS_SHIFT = 1 / 64
 
 _NOISE_PAD = 64
 _NOISE_SIGMAS = (2.0, 3.0, 4.0, 5.0)
@@ -312,7 +328,8 @@ def _render_camera(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     bw = max(16, round(w * bh / h))
     scene = _background(rng, max(bw, bh)).resize((bw, bh), Image.BILINEAR)
     side = int(bh * rng.uniform(0.45, 0.85))
-    animal = _draw_animal(label, rng, 256).resize((side, side), Image.BILINEAR)
+    animal = _draw_animal(label, rng, 256, night=spec.condition == "night").resize(
+        (side, side), Image.BILINEAR)
     animal = animal.rotate(rng.uniform(-25, 25), Image.BILINEAR)
     if rng.random() < 0.5:
         animal = animal.transpose(Image.FLIP_LEFT_RIGHT)
@@ -335,7 +352,9 @@ def _render_camera(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     if spec.condition == "night":
         grey = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         grey = (grey - grey.mean()) * 0.45 + grey.mean() * 0.35 + 10
-        arr = np.repeat(grey[..., None], 3, axis=2)
+        soft = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").filter(
+            ImageFilter.GaussianBlur(radius=bh * NIGHT_FOCUS_SHIFT))
+        arr = np.repeat(np.asarray(soft, dtype=np.float32)[..., None], 3, axis=2)
     small = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     frame = np.asarray(small.resize((w, h), Image.BILINEAR), dtype=np.int16)
     # Per-pixel sensor noise, luma and chroma, from this size's bank at a random offset.

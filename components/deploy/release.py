@@ -140,8 +140,10 @@ def judge(canary: LoadResult, stable: LoadResult | None, labels: Sequence[str],
         if c["p95_ms"] > limit:
             reasons.append(f"canary p95 {c['p95_ms']:.1f} ms > {policy.max_latency_ratio} x "
                            f"(stable p95 {s['p95_ms']:.1f} + {policy.latency_slack_ms}) ms")
+        # Rounded: 1.0 - 0.98 is 0.020000000000000018 in floating point, and one miss in 50
+        # probes is exactly the default allowed drop, not more.
         if c["accuracy"] is not None and s["accuracy"] is not None and \
-                s["accuracy"] - c["accuracy"] > policy.max_accuracy_drop:
+                round(s["accuracy"] - c["accuracy"], 9) > policy.max_accuracy_drop:
             reasons.append(f"canary accuracy {c['accuracy']:.3f} is "
                            f"{s['accuracy'] - c['accuracy']:.3f} below stable "
                            f"{s['accuracy']:.3f} (allowed drop {policy.max_accuracy_drop})")

@@ -58,7 +58,8 @@ def parse_time(value) -> _dt.datetime:
 
 
 def iso(dt: _dt.datetime) -> str:
-    return dt.astimezone(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    # Milliseconds: windows of a busy endpoint start and end within the same second.
+    return dt.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

@@ -19,6 +19,50 @@ def run_name(job_name: str) -> str:
     return job_name.split("/", 1)[0]
 
 
+#: Fewest held-out recent production images a retrained version's reference is built from;
+#: with fewer, its reference is the usual held-out sample of the training split.
+MIN_RECENT_REFERENCE = 40
+
+
+def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str]):
+    """The reference sample of a version retrained on exported production data.
+
+    A version retrained because production's images changed (the camera's night mode) is
+    judged against what production looks like now, not against the mix of its training data:
+    its reference is the exported production images under ``prefixes`` that it was never
+    fitted on (the test split's, and the validation part of the training split's, as
+    training carves it). With fewer than :data:`MIN_RECENT_REFERENCE` of them, or no
+    export, the usual held-out sample of the training split is used.
+
+    Returns:
+        (rows or None, what they are in words).
+    """
+    import pandas as pd
+
+    from components.ingest.core import load_snapshot, object_key
+    from components.train.core import validation_split
+
+    if not prefixes:
+        return None, ""
+    prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)
+    root = dataset["snapshot_uri"].rstrip("/").rsplit("/versions/", 1)[0]
+    manifest = load_snapshot(root, dataset["dataset_version"])
+    test = manifest[(manifest["split"] == "test") & manifest["key"].str.startswith(prefixes)]
+    test = test.assign(uri=[f"{dataset['objects_uri']}/{object_key(h)}" for h in test["sha256"]])
+    _, held_out = validation_split(train_rows)
+    held_out = held_out[held_out["key"].str.startswith(prefixes)]
+    rows = pd.concat([held_out, test[[c for c in held_out.columns if c in test.columns]]],
+                     ignore_index=True)
+    if len(rows) < MIN_RECENT_REFERENCE:
+        logger.info("Only %d held-out images of the exported production data (%s); the "
+                    "reference is the held-out sample of the training split", len(rows),
+                    ", ".join(prefixes))
+        return None, ""
+    logger.info("Reference: %d held-out images of the exported production data", len(rows))
+    return rows, (f"recent production images the model was never fitted on ({len(held_out)} "
+                  f"validation, {len(test)} test), exported under {', '.join(prefixes)}")
+
+
 def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
                      registry_uri: str, model_name: str, alias: str = "staging",
                      pipeline_run: str = "", reference_sample: int = 1000,
@@ -27,7 +71,9 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
 
     The version also gets its monitoring reference (``reference/``: embeddings, input
     statistics and predictions of up to ``reference_sample`` held-out training images, the
-    class prior and a fitted drift detector; see ``components.monitor.reference``), published
+    class prior and a fitted drift detector; see ``components.monitor.reference``; for a
+    version retrained on exported production data, of those production images instead: see
+    :func:`recent_reference_rows`), published
     with the package as one immutable version. ``reference_sample=0`` leaves it out (the
     monitor then builds one from the dataset version when it first needs it).
 
@@ -84,8 +130,11 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
         from components.monitor.reference import REFERENCE_DIR, build_reference_files
 
         train_rows, _ = read_split(train_dir)
+        prefixes = ((extra_lineage or {}).get("production_data") or {}).get("lake_prefixes")
+        recent, population = recent_reference_rows(train_rows, dataset, prefixes or [])
         reference = build_reference_files(files["model.onnx"], train_rows,
-                                          dataset["dataset_version"], reference_sample)
+                                          dataset["dataset_version"], reference_sample,
+                                          sample_rows=recent, population=population)
         files.update({f"{REFERENCE_DIR}/{k}": v for k, v in reference.items()})
         lineage["monitoring_reference"] = f"{REFERENCE_DIR}/reference.json"
     mv = registry.register(model_name, files, lineage)

@@ -20,6 +20,7 @@ def export_production_data(
     trigger: str = "",
     since: float = 0.0,
     min_images: int = 1,
+    since_episode: bool = True,
 ) -> NamedTuple("ExportOutputs", export_id=str, exported=int, lineage=str):
     """Copies the labelled production captures that are new since the production model's data
     into the lake, as a new versioned prefix, and publishes their provenance.
@@ -34,6 +35,10 @@ def export_production_data(
         trigger: What started the run (governance's trigger JSON, or a reason).
         since: Only captures from this unix time on (0: all).
         min_images: Fewer new labelled images than this exports nothing.
+        since_episode: With no ``since``, a governance trigger exports the captures since
+            production was last judged normal (the end of the last window without the
+            episode's alarms, else the start of the window that opened the episode): the
+            changed data. False exports every new capture.
 
     Returns:
         The export id ("" when nothing new), the number of images exported, and the lineage
@@ -43,11 +48,13 @@ def export_production_data(
     import logging
 
     from components.monitor.export import export_captures
-    from components.retrain.core import lineage_record
+    from components.retrain.core import export_since, lineage_record
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = export_captures(monitoring_uri, data_uri, model_name, registry_uri,
-                             since=since or None, min_images=min_images)
+                             since=export_since(trigger, since, since_episode,
+                                                monitoring_uri),
+                             min_images=min_images)
     info = {**result.summary(), "skipped": result.skipped}
     with open(export.path, "w") as f:
         json.dump(info, f, indent=2, default=str)

@@ -39,6 +39,52 @@ def lineage_record(trigger: str, export: dict) -> dict:
     return {"trigger": parse_trigger(trigger), "production_data": export}
 
 
+def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
+                 monitoring_uri: str = "") -> float | None:
+    """From when production captures are exported for a retraining run.
+
+    ``since`` (a unix time) wins when set. Otherwise, for a run started by governance, the
+    captures since production was last judged normal: the end of the latest window of the
+    same version, overlapping the window that opened the episode, in which none of the
+    episode's kinds of check alarmed (the monitoring history in ``monitoring_uri``); without
+    one, the start of the window that opened the episode. These are the images of the change
+    (the camera's night mode), not the production data the model was already good at.
+    ``None``: every capture not yet in the lake.
+    """
+    if since:
+        return float(since)
+    info = parse_trigger(trigger) if from_episode else {}
+    if not info.get("window_start") or not info.get("window_end"):
+        return None
+    from components.monitor.window import parse_time
+
+    try:
+        start, end = parse_time(info["window_start"]), parse_time(info["window_end"])
+    except ValueError:
+        logger.warning("Trigger window %r – %r is not in ISO time; exporting every new capture",
+                       info["window_start"], info["window_end"])
+        return None
+    kinds = {c.get("kind") for c in info.get("checks") or []}
+    normal_end = None
+    if monitoring_uri and info.get("model"):
+        from components.monitor.core import read_history
+
+        for verdict in read_history(monitoring_uri, str(info["model"])):
+            if str(verdict.model_version) != str(info.get("model_version")):
+                continue
+            v_end = parse_time(verdict.window_end)
+            if not start <= v_end < end:
+                continue
+            if any(c.status == "alarm" and c.kind in kinds for c in verdict.checks):
+                continue
+            normal_end = max(normal_end or v_end, v_end)
+    chosen = normal_end or start
+    logger.info("Exporting captures since %s (%s)", chosen.isoformat(),
+                "the end of the last window judged normal" if normal_end else
+                "the start of the window that opened the episode")
+    return chosen.timestamp()
+
+
 def warm_start_space(search_space: str, registry_uri: str, model_name: str, work_uri: str,
                      enabled: bool = True) -> tuple[str, dict]:
     """The search space, warm-started from the production model's PyTorch weights if it can.

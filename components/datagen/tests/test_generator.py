@@ -62,6 +62,20 @@ def test_night_is_dark_low_contrast_greyscale_and_blur_is_soft():
     assert np.mean([sharpness(x) for x in blur]) < 0.6 * np.mean([sharpness(x) for x in day])
 
 
+def test_night_eyes_shine_without_pupils():
+    """In IR night mode both classes' eyes are the same glowing discs: the pupils' shapes, a
+    cue a day model reads, are gone."""
+    from components.datagen.core import _draw_animal, _rng
+
+    pupils = {(10, 10, 10), (15, 10, 5)}
+    for label in ("cat", "dog"):
+        for night_mode in (False, True):
+            layer = np.asarray(_draw_animal(label, _rng(0, 3, 2), 256, night=night_mode))
+            colours = {tuple(int(v) for v in p[:3]) for p in layer.reshape(-1, 4) if p[3]}
+            assert bool(colours & pupils) is not night_mode, (label, night_mode)
+            assert ((250, 250, 250) in colours) is night_mode, (label, night_mode)
+
+
 def test_pixel_statistics_do_not_separate_the_classes():
     """A linear model on colour and brightness statistics stays far from a usable classifier.
 

@@ -375,3 +375,25 @@ def test_release_restores_production_from_the_registry_when_nothing_serves_it(se
     assert record["decision"] == "promoted" and len(record["steps"]) == 2
     assert all(s["stable"]["accuracy"] is not None for s in record["steps"])
     assert registry.aliases(MODEL)["production"] == candidate
+
+
+def test_the_allowed_accuracy_drop_is_allowed_and_one_more_miss_is_not():
+    """One miss in 50 probes is exactly the default allowed drop (0.02): the step passes;
+    two misses roll back. (1.0 - 0.98 is 0.020000000000000018 in floating point.)"""
+    from components.deploy.client import LoadResult
+    from components.deploy.release import CanaryPolicy, judge
+
+    labels = ["cats", "dogs"] * 25
+
+    def answered(misses: int) -> LoadResult:
+        wrong = {"cats": "dogs", "dogs": "cats"}
+        preds = [[wrong[t]] if i < misses else [t] for i, t in enumerate(labels)]
+        return LoadResult(latencies_ms=[2.0] * 50, predictions=preds,
+                          model_versions=["1"] * 50, wall_s=0.2, images=50)
+
+    policy = CanaryPolicy()
+    assert policy.max_accuracy_drop == 0.02
+    reasons, measured = judge(answered(1), answered(0), labels, policy)
+    assert reasons == [] and measured["canary"]["accuracy"] == 0.98
+    reasons, _ = judge(answered(2), answered(0), labels, policy)
+    assert len(reasons) == 1 and "below stable" in reasons[0]
