@@ -128,16 +128,31 @@ def write_doc(result: dict, day: dict, prod: dict, size: int, n_lake: int, sizes
         "The detection delay is counted in requests and has the granularity of the check "
         f"interval ({sizes['check_every']} requests): the alarm came at the first check after "
         "the switch, on a window half day, half night. The next window after the release is "
-        "night frames judged against the new version's reference, which is a held-out sample "
-        "of its training data (mostly day images): accuracy is back, the input distribution is "
-        "still not the training one, so drift stays on until the reference follows the camera. "
-        "Wall time includes the continuous-training run and was measured while other jobs "
-        "shared the two cores (load average 5 to 15).",
+        "night frames judged against the new version's reference: "
+        f"{_reference_population(result)}. "
+        "Wall time includes the continuous-training run; load average "
+        f"{_LOAD[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs "
+        "shared the two cores).",
         "",
         "Command: `.venv/bin/python bench/loop.py` (fresh temporary stores each run).",
         "",
     ]
     write_section("\n".join(lines))
+
+
+_LOAD = os.getloadavg()
+
+
+def _reference_population(result: dict) -> str:
+    home = Path(result["config"]["home"])
+    version = result["version_after"]
+    path = (home / "registry" / result["config"]["model_name"] / "versions" / str(version)
+            / "reference" / "reference.json")
+    try:
+        doc = json.loads(path.read_text())
+        return f"{doc['sample']['n']} images, {doc['sample']['from']}"
+    except (OSError, ValueError, KeyError):
+        return f"version {version}'s reference (not read from {path})"
 
 
 def _after(after: dict | None) -> str:
