@@ -614,23 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline locally under kfp.local")
     run_sub = run.add_subparsers(dest="pipeline", required=True)
     ing = run_sub.add_parser("ingest", help="the data-ingestion pipeline")
-    ing.add_argument("--data", required=True,
-                     help="the data lake: a folder, or s3://bucket/prefix")
-    ing.add_argument("--dataset-root", default="",
-                     help="where snapshots go (default: $MLOPS_HOME/datasets)")
-    ing.add_argument("--labels-csv", default="",
-                     help="a key,label CSV (path or URI) for lakes without class folders")
-    ing.add_argument("--layout", default="auto", choices=["auto", "folders", "kaggle", "csv"],
-                     help="how labels are read: from folders, kaggle-style names or a CSV")
-    ing.add_argument("--test-fraction", type=float, default=0.2,
-                     help="share of each class held out for testing")
-    ing.add_argument("--workers", type=int, default=0,
-                     help="parallel readers and decoders; 0 = one process per CPU core")
-    ing.add_argument("--classes", default="cats,dogs",
-                     help="the declared classes; images labelled otherwise are quarantined")
-    ing.add_argument("--label-aliases", default="",
-                     help="alias=class pairs, e.g. cat=cats,kitten=cats (default cat=cats,"
-                          "dog=dogs)")
+    from components.ingest.cli import lake_options
+
+    lake_options(ing, split=True, draft=False)
     ing.add_argument("--outputs", default=str(mlops_home() / "pipeline-runs"),
                      help="local pipeline root for task outputs")
     ing.set_defaults(func=_cmd_run)

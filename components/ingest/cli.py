@@ -135,7 +135,9 @@ def _cmd_fanout(args) -> int:
     return 0
 
 
-def _options(parser: argparse.ArgumentParser, *, split: bool = False) -> None:
+def lake_options(parser: argparse.ArgumentParser, *, split: bool = False,
+                 draft: bool = True) -> None:
+    """The options that say which lake to ingest and how (also ``mlops run ingest``'s)."""
     parser.add_argument("--data", required=True,
                         help="the data lake: a folder, or s3://bucket/prefix")
     parser.add_argument("--dataset-root", default="",
@@ -151,8 +153,10 @@ def _options(parser: argparse.ArgumentParser, *, split: bool = False) -> None:
                         help="the declared classes; images labelled otherwise are quarantined")
     parser.add_argument("--label-aliases", default="",
                         help="alias=class pairs, e.g. cat=cats (default cat=cats,dog=dogs)")
-    parser.add_argument("--no-draft", action="store_true",
-                        help="decode JPEGs at full size (the same for plan, parts and publish)")
+    if draft:
+        parser.add_argument("--no-draft", action="store_true",
+                            help="decode JPEGs at full size (the same for plan, parts and "
+                                 "publish)")
     if split:
         parser.add_argument("--test-fraction", type=float, default=0.2,
                             help="share of each class held out for testing")
@@ -163,20 +167,20 @@ def add_commands(sub) -> None:
                                           "each part anywhere, publish one version")
     verbs = group.add_subparsers(dest="ingest_command", required=True)
     plan = verbs.add_parser("plan", help="cut the lake into key ranges of about equal bytes")
-    _options(plan)
+    lake_options(plan)
     plan.add_argument("--parts", type=int, required=True, help="how many parts at most")
     plan.set_defaults(func=_cmd_plan)
     part = verbs.add_parser("part", help="ingest one part of a plan (publishes nothing)")
-    _options(part)
+    lake_options(part)
     part.add_argument("--plan", required=True, help="the plan id `mlops ingest plan` printed")
     part.add_argument("--index", type=int, required=True, help="which part (0, 1, …)")
     part.set_defaults(func=_cmd_part)
     publish = verbs.add_parser("publish", help="publish the plan's dataset version once")
-    _options(publish, split=True)
+    lake_options(publish, split=True)
     publish.add_argument("--plan", required=True, help="the plan id `mlops ingest plan` printed")
     publish.set_defaults(func=_cmd_publish)
     fan = verbs.add_parser("fanout", help="plan, every part as its own process, publish")
-    _options(fan, split=True)
+    lake_options(fan, split=True)
     fan.add_argument("--parts", type=int, required=True, help="how many parts at most")
     fan.add_argument("--processes", type=int, default=0,
                      help="parts at once; 0 = as many as CPU cores, at most --parts")
