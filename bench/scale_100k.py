@@ -644,13 +644,16 @@ def main() -> None:
     results = args.results_path = Path(args.results or Path(args.tmp, "scale_100k.json"))
     res = json.loads(results.read_text()) if results.exists() else {}
     res.setdefault("commands", {})
-    cmd = "nice -n 10 .venv/bin/python bench/scale_100k.py " + " ".join(sys.argv[1:])
+    cmd = "nice -n 10 .venv/bin/python bench/scale_100k.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--no-write")
     for name in args.parts:
         {"small": part_small, "train": part_train, "camera": part_camera,
          "s3": part_s3}[name](args, res)
         res["commands"][name] = cmd
         results.write_text(json.dumps(res, indent=1))
-    commands = sorted(set(res["commands"].values()))
+    order = ["small", "train", "camera", "s3"]
+    commands = list(dict.fromkeys(v for _, v in sorted(
+        res["commands"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)))
     text = section(res, "`; `".join(commands))
     print(text)
     if not args.no_write:
