@@ -114,6 +114,15 @@ def test_challenger_that_wins_on_night_images_is_released_and_traceable(
     records = AuditLog(GovernanceStore(str(base / "monitoring"), MODEL)).records()
     assert any(r["kind"] == "release" and r["details"]["version"] == 2 for r in records)
     assert champion["version"] == 1
+    # The compliance report names the export and which images the reference holds.
+    from components.govern.report import write_report
+
+    paths = write_report(MODEL, "@production", str(base / "registry"),
+                         str(base / "monitoring"), str(tmp_path / "report"))
+    text = Path(paths["markdown"]).read_text()
+    assert export["export_id"] in text
+    ref = json.loads(registry.read_file(MODEL, 2, lin["monitoring_reference"]))
+    assert f"{ref['sample']['n']} images, {ref['sample']['from']}" in text
 
 
 @pytest.mark.slow

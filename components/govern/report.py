@@ -181,6 +181,21 @@ def _release_plot(releases) -> bytes | None:
     return _png(fig)
 
 
+def _reference_text(registry, model: str, version: int, lin: dict) -> str | None:
+    """Where the version's monitoring reference is and which images it holds."""
+    path = lin.get("monitoring_reference")
+    if not path:
+        return None
+    from components.common.registry import RegistryError
+    from components.common.storage import StorageError
+
+    try:
+        sample = json.loads(registry.read_file(model, version, path)).get("sample") or {}
+    except (RegistryError, StorageError, ValueError, AttributeError) as exc:
+        return f"{path} (not readable: {exc})"
+    return f"{path}: {sample.get('n')} images, {sample.get('from')}"
+
+
 def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                  figures: Path, qa_report: str = "") -> tuple[str, str, dict]:
     """(HTML, Markdown, facts) of the compliance report; plot PNGs go to ``figures``."""
@@ -227,8 +242,8 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
              f"{(lin.get('training') or {}).get('best_epoch')} / "
              f"{_fmt((lin.get('training') or {}).get('val_accuracy'))}"],
             ["parent version", lin.get("parent_version")],
-            ["monitoring reference", lin.get("monitoring_reference")]]
-    for key in ("trigger", "export", "warm_start"):
+            ["monitoring reference", _reference_text(registry, model, version, lin)]]
+    for key in ("trigger", "production_data", "export", "warm_start"):
         if lin.get(key):
             rows.append([key, json.dumps(lin[key], sort_keys=True, default=str)[:400]])
     doc.table(["what", "value"], rows)
