@@ -103,11 +103,11 @@ def continuous_training_pipeline(
         min_new_images: Fewer new labelled production images than this exports nothing.
         export_since_episode: With ``since`` 0, a run started by governance exports the
             captures since production was last judged normal (the end of the last window
-            without the episode's alarms, else the start of the window that opened the
-            episode): the changed data. False exports every capture not yet in the lake. The retrained
-            version's monitoring reference is built from the exported images it was never
-            fitted on (when there are at least 40), so it is judged against production as
-            it is now.
+            whose checks of the episode's kinds were measured and none alarmed, else the
+            start of the window that opened the episode): the changed data. False exports
+            every capture not yet in the lake. The retrained version's monitoring reference
+            is built from the exported images it was not trained on (when there are at
+            least 40), so it is judged against production as it is now.
         classes: The declared classes, comma-separated; images labelled otherwise are
             quarantined by the ingest step.
         test_fraction: Share of each class in the test split (hash-stable: images already

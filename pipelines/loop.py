@@ -319,8 +319,10 @@ class Loop:
         from components.monitor.core import run_monitoring
 
         window = self.served[-last:]
-        # Each request was captured between sending it and its answer: exactly these.
-        start, end = window[0].sent - 0.001, window[-1].time + 0.001
+        # Each request is captured after it is sent and before its answer is back, and the
+        # camera sends the next only after that answer: [first sent, last answered) holds
+        # exactly these requests.
+        start, end = window[0].sent, window[-1].time
         self._wait_captured(start, end, len(window))
         dep = self._target().status("production")
         result = run_monitoring(self.cfg.model_name, self.s["registry"], self.s["monitoring"],

@@ -120,7 +120,9 @@ def test_challenger_that_wins_on_night_images_is_released_and_traceable(
     paths = write_report(MODEL, "@production", str(base / "registry"),
                          str(base / "monitoring"), str(tmp_path / "report"))
     text = Path(paths["markdown"]).read_text()
-    assert export["export_id"] in text
+    row = next(line for line in text.splitlines() if "production data (export)" in line)
+    assert export["export_id"] in row and export["manifest_uri"] in row
+    assert f"new to version {export['production_version']}" in row
     ref = json.loads(registry.read_file(MODEL, 2, lin["monitoring_reference"]))
     assert f"{ref['sample']['n']} images, {ref['sample']['from']}" in text
 

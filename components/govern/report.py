@@ -243,7 +243,16 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
              f"{_fmt((lin.get('training') or {}).get('val_accuracy'))}"],
             ["parent version", lin.get("parent_version")],
             ["monitoring reference", _reference_text(registry, model, version, lin)]]
-    for key in ("trigger", "production_data", "export", "warm_start"):
+    data = lin.get("production_data") or {}
+    if data:
+        counts = data.get("counts") or {}
+        rows.append(["production data (export)",
+                     f"export {data.get('export_id') or 'none'}: {counts.get('exported', 0)} "
+                     f"labelled captures new to version {data.get('production_version')} "
+                     f"(dataset {data.get('production_dataset')}), under "
+                     f"{', '.join(data.get('lake_prefixes') or []) or '-'}; provenance "
+                     f"{data.get('manifest_uri') or '-'}"])
+    for key in ("trigger", "export", "warm_start"):
         if lin.get(key):
             rows.append([key, json.dumps(lin[key], sort_keys=True, default=str)[:400]])
     doc.table(["what", "value"], rows)

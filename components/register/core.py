@@ -24,15 +24,19 @@ def run_name(job_name: str) -> str:
 MIN_RECENT_REFERENCE = 40
 
 
-def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str]):
+def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str],
+                          sample_size: int = 1000):
     """The reference sample of a version retrained on exported production data.
 
     A version retrained because production's images changed (the camera's night mode) is
     judged against what production looks like now, not against the mix of its training data:
-    its reference is the exported production images under ``prefixes`` that it was never
-    fitted on (the test split's, and the validation part of the training split's, as
-    training carves it). With fewer than :data:`MIN_RECENT_REFERENCE` of them, or no
-    export, the usual held-out sample of the training split is used.
+    its reference is the exported production images under ``prefixes`` that it was not
+    trained on (the test split's, which judged the retraining gate, and the validation part
+    of the training split's, as training carves it, which chose the epoch and the trial),
+    at most ``sample_size`` of them chosen by content hash. With fewer than
+    :data:`MIN_RECENT_REFERENCE`, or no export, the usual held-out sample of the training
+    split is used. (The held-out sample of the training split also chose the epoch; the
+    reference's accuracy is that of images the model was selected on, not of fresh ones.)
 
     Returns:
         (rows or None, what they are in words).
@@ -51,16 +55,21 @@ def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str]):
     test = test.assign(uri=[f"{dataset['objects_uri']}/{object_key(h)}" for h in test["sha256"]])
     _, held_out = validation_split(train_rows)
     held_out = held_out[held_out["key"].str.startswith(prefixes)]
-    rows = pd.concat([held_out, test[[c for c in held_out.columns if c in test.columns]]],
-                     ignore_index=True)
+    rows = pd.concat([held_out.assign(part="validation"),
+                      test[[c for c in held_out.columns if c in test.columns]].assign(
+                          part="test")], ignore_index=True)
+    rows = rows.sort_values("sha256").head(sample_size).reset_index(drop=True)
     if len(rows) < MIN_RECENT_REFERENCE:
         logger.info("Only %d held-out images of the exported production data (%s); the "
                     "reference is the held-out sample of the training split", len(rows),
                     ", ".join(prefixes))
         return None, ""
+    counts = rows["part"].value_counts()
     logger.info("Reference: %d held-out images of the exported production data", len(rows))
-    return rows, (f"recent production images the model was never fitted on ({len(held_out)} "
-                  f"validation, {len(test)} test), exported under {', '.join(prefixes)}")
+    return rows.drop(columns="part"), (
+        f"recent production images the model was not trained on ({int(counts.get('validation', 0))}"
+        f" validation, {int(counts.get('test', 0))} test), exported under "
+        f"{', '.join(prefixes)}")
 
 
 def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
@@ -131,7 +140,8 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
 
         train_rows, _ = read_split(train_dir)
         prefixes = ((extra_lineage or {}).get("production_data") or {}).get("lake_prefixes")
-        recent, population = recent_reference_rows(train_rows, dataset, prefixes or [])
+        recent, population = recent_reference_rows(train_rows, dataset, prefixes or [],
+                                                   reference_sample)
         reference = build_reference_files(files["model.onnx"], train_rows,
                                           dataset["dataset_version"], reference_sample,
                                           sample_rows=recent, population=population)

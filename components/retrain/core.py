@@ -39,16 +39,22 @@ def lineage_record(trigger: str, export: dict) -> dict:
     return {"trigger": parse_trigger(trigger), "production_data": export}
 
 
+#: Check kinds whose alarms open a retraining episode (``components/govern/default_policy.yaml``).
+EPISODE_KINDS = ("drift", "prediction_drift", "performance")
+
+
 def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
                  monitoring_uri: str = "") -> float | None:
     """From when production captures are exported for a retraining run.
 
     ``since`` (a unix time) wins when set. Otherwise, for a run started by governance, the
     captures since production was last judged normal: the end of the latest window of the
-    same version, overlapping the window that opened the episode, in which none of the
-    episode's kinds of check alarmed (the monitoring history in ``monitoring_uri``); without
-    one, the start of the window that opened the episode. These are the images of the change
-    (the camera's night mode), not the production data the model was already good at.
+    same version that ends inside the window that opened the episode, whose checks of the
+    episode's kinds were all measured and none alarmed (the monitoring history in
+    ``monitoring_uri``); without one, the start of the window that opened the episode. These
+    are the images of the change (the camera's night mode), not the production data the model
+    was already good at. The trade-off: a window that straddled the change without reaching
+    significance counts as normal, so up to its newest part of the change is left out.
     ``None``: every capture not yet in the lake.
     """
     if since:
@@ -64,25 +70,52 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
         logger.warning("Trigger window %r – %r is not in ISO time; exporting every new capture",
                        info["window_start"], info["window_end"])
         return None
-    kinds = {c.get("kind") for c in info.get("checks") or []}
+    kinds = {c.get("kind") for c in info.get("checks") or [] if isinstance(c, dict)}
+    kinds = (kinds & set(EPISODE_KINDS)) or set(EPISODE_KINDS)
     normal_end = None
     if monitoring_uri and info.get("model"):
-        from components.monitor.core import read_history
-
-        for verdict in read_history(monitoring_uri, str(info["model"])):
+        for verdict in _history_between(monitoring_uri, str(info["model"]), start, end):
             if str(verdict.model_version) != str(info.get("model_version")):
                 continue
-            v_end = parse_time(verdict.window_end)
-            if not start <= v_end < end:
+            judged = [c for c in verdict.checks if c.kind in kinds]
+            if not judged or any(c.status in ("alarm", "unknown") for c in judged):
                 continue
-            if any(c.status == "alarm" and c.kind in kinds for c in verdict.checks):
+            try:
+                v_end = parse_time(verdict.window_end)
+            except ValueError:
                 continue
-            normal_end = max(normal_end or v_end, v_end)
+            if start <= v_end < end:
+                normal_end = max(normal_end or v_end, v_end)
     chosen = normal_end or start
     logger.info("Exporting captures since %s (%s)", chosen.isoformat(),
                 "the end of the last window judged normal" if normal_end else
                 "the start of the window that opened the episode")
     return chosen.timestamp()
+
+
+def _history_between(monitoring_uri: str, model: str, start, end) -> list:
+    """The model's verdicts whose window ends between ``start`` and ``end`` (whole seconds
+    around them), reading only those entries: history keys begin with the window's end."""
+    import datetime as _dt
+
+    from components.common.storage import StorageError, open_store
+    from components.monitor.contract import Verdict
+    from components.monitor.core import _stamp, history_prefix
+
+    store = open_store(monitoring_uri)
+    low = _stamp(start - _dt.timedelta(seconds=1))
+    high = _stamp(end + _dt.timedelta(seconds=1))
+    prefix = history_prefix(model) + "/"
+    out = []
+    for obj in store.list(history_prefix(model)):
+        name = obj.key[len(prefix):] if obj.key.startswith(prefix) else ""
+        if not name.endswith(".json") or not low <= name[:len(low)] <= high:
+            continue
+        try:
+            out.append(Verdict.from_dict(json.loads(store.get(obj.key))))
+        except (StorageError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("Skipping unreadable history entry %s: %s", obj.key, exc)
+    return out
 
 
 def warm_start_space(search_space: str, registry_uri: str, model_name: str, work_uri: str,

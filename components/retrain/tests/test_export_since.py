@@ -12,6 +12,7 @@ MODEL = "pet-classifier"
 
 
 def _verdict(version: str, start: str, end: str, drift: str, run: str) -> Verdict:
+    """A verdict with one drift check of status ``drift``."""
     return Verdict(model=MODEL, model_version=version, window_start=start, window_end=end,
                    run_id=run, n_requests=100, n_labelled=50,
                    checks=[Check("drift.embedding", "drift", 0.5, 0.05, drift, "")])
@@ -53,3 +54,27 @@ def test_export_starts_where_production_was_last_judged_normal(tmp_path):
     empty = str(tmp_path / "empty")
     assert export_since(trigger, 0.0, monitoring_uri=empty) == \
         parse_time("2026-11-23T10:00:00.000Z").timestamp()
+
+
+def test_unmeasured_windows_and_other_trigger_shapes_are_not_taken_for_normal(tmp_path):
+    from components.common.storage import open_store
+    from components.monitor.core import history_prefix
+    from components.monitor.window import parse_time
+
+    store = str(tmp_path / "monitoring")
+    # A window with no data: drift unknown. Not evidence that production was normal.
+    append_history(store, _verdict("1", "2026-11-23T09:59:58.000Z",
+                                   "2026-11-23T10:00:03.000Z", "unknown", "no-data"))
+    # An unreadable entry in the range is skipped, not fatal.
+    open_store(store).put(f"{history_prefix(MODEL)}/20261123T100002Z-broken.json", b"{")
+    start = parse_time("2026-11-23T10:00:00.000Z").timestamp()
+    trigger = _trigger("2026-11-23T10:00:00.000Z", "2026-11-23T10:00:04.000Z")
+    assert export_since(trigger, 0.0, monitoring_uri=store) == start
+    # A hand-written trigger whose checks are names, not objects: every episode kind counts.
+    append_history(store, _verdict("1", "2026-11-23T09:59:58.000Z",
+                                   "2026-11-23T10:00:02.000Z", "alarm", "alarmed"))
+    by_hand = json.dumps({"model": MODEL, "model_version": "1", "verdict": "v",
+                          "window_start": "2026-11-23T10:00:00.000Z",
+                          "window_end": "2026-11-23T10:00:04.000Z",
+                          "checks": ["drift.embedding"]})
+    assert export_since(by_hand, 0.0, monitoring_uri=store) == start
