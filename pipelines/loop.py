@@ -490,24 +490,29 @@ class Loop:
         after = None
         now_version = registry.resolve(cfg.model_name, "@production")
         if trigger is not None:
-            # The next window: night frames again, judged against the production version now.
+            # The next windows: night frames again, judged against the production version
+            # now, every check_every requests as before (the last one is reported). Governed
+            # as usual, except that the demo retrains once: a trigger is recorded (the audit
+            # log shows it) but starts no second run.
             self.served_after_start = len(self.served)
+            last = min(cfg.window, cfg.after_requests)
             while len(self.served) - self.served_after_start < cfg.after_requests:
                 batch = self.serve("night", cfg.check_every)
                 self.label(batch)
-            # Governed as usual, except that the demo retrains once: a trigger is recorded
-            # (the audit log shows it) but starts no second run.
-            verdict, actions, entry = self.monitor(
-                min(cfg.window, cfg.after_requests), lambda v, e: self.event(
+                if len(self.served) - self.served_after_start < last:
+                    continue
+                verdict, actions, entry = self.monitor(last, lambda v, e: self.event(
                     "monitor", "after the release: " + self._summary(e), verdict=e),
-                retrain=False)
-            after = entry
-            for a in actions:
-                if a["action"] == "retrain":
-                    self.event("retrain", "a further trigger recorded, not started (the demo "
-                                          f"retrains once): {a.get('detail', '')}", action=a)
-                elif a["action"] in ("rollback", "hold", "resolved"):
-                    self.event(a["action"], a.get("detail") or a.get("rule", ""), action=a)
+                    retrain=False)
+                after = entry
+                for a in actions:
+                    if a["action"] == "retrain":
+                        self.event("retrain", "a further trigger recorded, not started (the "
+                                              f"demo retrains once): {a.get('detail', '')}",
+                                   action=a)
+                    elif a["action"] in ("rollback", "hold", "resolved"):
+                        self.event(a["action"], a.get("detail") or a.get("rule", ""),
+                                   action=a)
         night_before = [s for s in self.served[switch_at:] if s.version == before_version
                         and s.condition == "night"]
         night_after = [s for s in self.served if s.condition == "night"

@@ -293,7 +293,8 @@ def test_body_over_the_limit_is_refused(server, images):
 
 
 def test_metrics_and_request_logs(server, images):
-    _v1(server, [_b64(images[0][0])])
+    rid = "metrics-and-logs-1"
+    _v1(server, [_b64(images[0][0])], headers={"x-request-id": rid})
     text = httpx.get(f"{server['url']}/metrics", timeout=10).text
     assert 'pet_classifier_predicted_class_total{label="' in text
     assert 'pet_classifier_requests_total{model="pets",outcome="ok",protocol="v1"}' in text
@@ -302,13 +303,17 @@ def test_metrics_and_request_logs(server, images):
     # Captured for monitoring (components/monitor/tests/test_capture_server.py tests it fully).
     import time
 
+    def ours():  # this request's record (earlier tests' records are there too)
+        return [r for p in server["log_dir"].rglob("*.jsonl")
+                for r in map(json.loads, p.read_text().splitlines())
+                if r.get("request_id") == rid]
+
     deadline = time.monotonic() + 10
-    while not list(server["log_dir"].rglob("*.jsonl")) and time.monotonic() < deadline:
+    while not ours() and time.monotonic() < deadline:  # capture writes in batches
         time.sleep(0.1)
-    records = [json.loads(line) for p in server["log_dir"].rglob("*.jsonl")
-               for line in p.read_text().splitlines()]
-    assert records
-    record = max(records, key=lambda r: r["time"])
+    found = ours()
+    assert found
+    record = found[0]
     assert record["model"] == MODEL and record["label"] and record["stats"]["width"]
     assert record["revision"] == "stable"  # no MLOPS_REVISION: the stable revision
 
