@@ -1347,6 +1347,11 @@ def _json_bytes(value) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
+def root_of_snapshot(snapshot_uri: str) -> str:
+    """The dataset root of a snapshot's URI (``<root>/versions/<version>``)."""
+    return snapshot_uri.rstrip("/").rsplit("/versions/", 1)[0]
+
+
 def load_snapshot(dataset_root_uri: str, version: str) -> pd.DataFrame:
     """Reads a published snapshot's manifest, verified against its publish checksums."""
     root = open_store(dataset_root_uri)

@@ -267,10 +267,21 @@ def append_history(monitoring_uri: str, verdict: Verdict) -> str:
     return key
 
 
-def read_history(monitoring_uri: str, model: str, last: int | None = None) -> list[Verdict]:
-    """The model's monitoring verdicts, oldest window first (unreadable entries skipped)."""
+def read_history(monitoring_uri: str, model: str, last: int | None = None,
+                 ends_between: tuple | None = None) -> list[Verdict]:
+    """The model's monitoring verdicts, oldest window first (unreadable entries skipped).
+
+    ``ends_between=(start, end)`` reads only the entries whose window ends between the two
+    (whole seconds around them: a history key begins with its window's end), without
+    fetching the others.
+    """
     store = open_store(monitoring_uri)
+    prefix = history_prefix(model) + "/"
     keys = sorted(o.key for o in store.list(history_prefix(model)) if o.key.endswith(".json"))
+    if ends_between is not None:
+        low = _stamp(parse_time(ends_between[0]) - _dt.timedelta(seconds=1))
+        high = _stamp(parse_time(ends_between[1]) + _dt.timedelta(seconds=1))
+        keys = [k for k in keys if low <= k[len(prefix):][:len(low)] <= high]
     if last is not None:
         keys = keys[-last:] if last > 0 else []
     out = []

@@ -260,7 +260,7 @@ def build_reference(registry_uri: str, model: str, version: int,
         The URI of the reference folder.
     """
     from components.common.registry import ModelRegistry
-    from components.ingest.core import IngestError, load_snapshot, object_key
+    from components.ingest.core import IngestError, load_snapshot, object_key, root_of_snapshot
 
     registry = ModelRegistry(registry_uri)
     mv = registry.get(model, int(version))
@@ -273,7 +273,7 @@ def build_reference(registry_uri: str, model: str, version: int,
     if not dataset_version or not (snapshot or dataset_root):
         raise ReferenceMissing(f"{model} version {mv.version} has no monitoring reference and "
                                "its lineage names no dataset version to build one from.")
-    root = dataset_root or snapshot.rstrip("/").rsplit("/versions/", 1)[0]
+    root = dataset_root or root_of_snapshot(snapshot)
     try:
         manifest = load_snapshot(root, dataset_version)
     except (IngestError, StorageError) as exc:

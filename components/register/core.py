@@ -43,14 +43,14 @@ def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str],
     """
     import pandas as pd
 
-    from components.ingest.core import load_snapshot, object_key
+    from components.ingest.core import load_snapshot, object_key, root_of_snapshot
     from components.train.core import validation_split
 
     if not prefixes:
         return None, ""
     prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)
-    root = dataset["snapshot_uri"].rstrip("/").rsplit("/versions/", 1)[0]
-    manifest = load_snapshot(root, dataset["dataset_version"])
+    manifest = load_snapshot(root_of_snapshot(dataset["snapshot_uri"]),
+                             dataset["dataset_version"])
     test = manifest[(manifest["split"] == "test") & manifest["key"].str.startswith(prefixes)]
     test = test.assign(uri=[f"{dataset['objects_uri']}/{object_key(h)}" for h in test["sha256"]])
     _, held_out = validation_split(train_rows)

@@ -74,7 +74,10 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
     kinds = (kinds & set(EPISODE_KINDS)) or set(EPISODE_KINDS)
     normal_end = None
     if monitoring_uri and info.get("model"):
-        for verdict in _history_between(monitoring_uri, str(info["model"]), start, end):
+        from components.monitor.core import read_history
+
+        for verdict in read_history(monitoring_uri, str(info["model"]),
+                                    ends_between=(start, end)):
             if str(verdict.model_version) != str(info.get("model_version")):
                 continue
             judged = [c for c in verdict.checks if c.kind in kinds]
@@ -91,31 +94,6 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
                 "the end of the last window judged normal" if normal_end else
                 "the start of the window that opened the episode")
     return chosen.timestamp()
-
-
-def _history_between(monitoring_uri: str, model: str, start, end) -> list:
-    """The model's verdicts whose window ends between ``start`` and ``end`` (whole seconds
-    around them), reading only those entries: history keys begin with the window's end."""
-    import datetime as _dt
-
-    from components.common.storage import StorageError, open_store
-    from components.monitor.contract import Verdict
-    from components.monitor.core import _stamp, history_prefix
-
-    store = open_store(monitoring_uri)
-    low = _stamp(start - _dt.timedelta(seconds=1))
-    high = _stamp(end + _dt.timedelta(seconds=1))
-    prefix = history_prefix(model) + "/"
-    out = []
-    for obj in store.list(history_prefix(model)):
-        name = obj.key[len(prefix):] if obj.key.startswith(prefix) else ""
-        if not name.endswith(".json") or not low <= name[:len(low)] <= high:
-            continue
-        try:
-            out.append(Verdict.from_dict(json.loads(store.get(obj.key))))
-        except (StorageError, ValueError, TypeError, KeyError) as exc:
-            logger.warning("Skipping unreadable history entry %s: %s", obj.key, exc)
-    return out
 
 
 def warm_start_space(search_space: str, registry_uri: str, model_name: str, work_uri: str,
