@@ -544,6 +544,7 @@ The workflow's verbs, in the order you use them:
   manifests / compile / submit / schedule
                              the same workflow on Kubeflow and KServe
   demo                       all of it on the sample lake
+  demo-loop                  then the closed loop: night camera, alarm, retraining, canary
 
 Local stores live in $MLOPS_HOME, else the nearest .mlops folder up from here, else ~/.mlops.
 Add --debug to see the full logs and tracebacks."""
