@@ -1,0 +1,345 @@
+"""The layer contract (issue 19): imports point down, checked over every first-party module.
+
+An AST walk over components/, pipelines/, demo/ and bench/ (tests excluded) that sees every
+``import`` statement, the ones inside function bodies included (import-linter's ``layers``
+contract, written out because import-linter is not installed). Rules:
+
+(a) a room imports only rooms on lower lines of ``LAYERS``: never a room above it, never a
+    sibling on its own line (``ALLOWED_SIBLINGS`` names the noted exceptions);
+(b) no cycle between rooms (every edge counted, the excepted ones included);
+(c) the kernel (``components.common``) imports nothing first-party but ``components.settings``;
+(d) a first-party import inside a function body sits only in a ``component.py`` (KFP needs it
+    there) or a CLI module (start-up time), or its line says why: ``# deferred: <reason>``.
+
+Today's violations are listed exactly below. The lists only shrink: the test fails on a new
+violation and on an entry that is no longer needed, so each move deletes its entry.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_PARTY = ("components", "pipelines", "demo", "bench")
+
+#: The rooms, top to bottom. A room may import the rooms on lower lines only.
+LAYERS: list[tuple[str, ...]] = [
+    ("components.cli", "demo", "bench"),  # entry points
+    ("pipelines",),  # KFP definitions, kfp.local runner, launchers
+    ("components.govern", "components.retrain"),
+    ("components.deploy",),
+    ("components.register", "components.serve"),
+    ("components.monitor",),
+    ("components.evaluate", "components.package"),
+    ("components.train",),
+    ("components.ingest", "components.datagen"),
+    ("components.common",),  # the kernel
+    ("components.settings",),
+]
+KERNEL = "components.common"
+#: Sibling imports the layering allows: the entry points reuse the demo's closed loop.
+ALLOWED_SIBLINGS = {("components.cli", "demo"), ("bench", "demo")}
+DEFERRED_MARK = "# deferred:"
+
+#: (a) and (c): (importer file, imported module) pairs that break the order today.
+EDGE_EXCEPTIONS: set[tuple[str, str]] = {
+    ("components/common/k8s.py", "components.govern.policy"),
+    ("components/common/k8s.py", "components.govern.rules"),
+    ("components/deploy/cluster_cli.py", "pipelines"),
+    ("components/deploy/cluster_cli.py", "pipelines.local"),
+    ("components/deploy/release.py", "components.govern.holds"),
+    ("components/evaluate/challenger.py", "components.package.core"),
+    ("components/evaluate/core.py", "components.package.core"),
+    ("components/govern/cli.py", "components.cli"),
+    ("components/govern/trigger.py", "pipelines"),
+    ("components/govern/trigger.py", "pipelines.local"),
+    ("components/ingest/shards.py", "components.monitor.capture"),
+    ("components/monitor/cli.py", "components.cli"),
+    ("components/monitor/feedback.py", "components.cli"),
+    ("components/package/core.py", "components.evaluate.core"),
+    ("components/retrain/core.py", "components.govern.audit"),
+    ("components/retrain/core.py", "components.govern.records"),
+}
+
+#: (b): the strongly connected sets of rooms today.
+CYCLE_EXCEPTIONS: list[set[str]] = [
+    {
+        "components.cli", "components.common", "components.datagen", "components.deploy",
+        "components.evaluate", "components.govern", "components.ingest", "components.monitor",
+        "components.package", "components.register", "components.retrain", "components.serve",
+        "components.train", "pipelines"},
+]
+
+#: (d): file -> number of first-party imports in function bodies without a reason, today.
+DEFERRED_EXCEPTIONS: dict[str, int] = {
+    "bench/capture.py": 3,
+    "bench/drift.py": 23,
+    "bench/governance.py": 1,
+    "bench/ingest_throughput.py": 6,
+    "bench/loop.py": 3,
+    "bench/router.py": 2,
+    "bench/scale_100k.py": 8,
+    "bench/serving.py": 14,
+    "bench/serving_hostile.py": 2,
+    "bench/shard_readers.py": 8,
+    "bench/training.py": 12,
+    "components/common/k8s.py": 2,
+    "components/deploy/apptest.py": 2,
+    "components/deploy/cluster_cli.py": 5,
+    "components/deploy/local_cli.py": 5,
+    "components/deploy/release.py": 1,
+    "components/deploy/targets.py": 9,
+    "components/evaluate/challenger.py": 5,
+    "components/evaluate/core.py": 7,
+    "components/govern/audit.py": 2,
+    "components/govern/cli.py": 20,
+    "components/govern/core.py": 4,
+    "components/govern/receiver.py": 3,
+    "components/govern/report.py": 2,
+    "components/govern/trigger.py": 4,
+    "components/ingest/cli.py": 6,
+    "components/ingest/core.py": 1,
+    "components/ingest/shards.py": 3,
+    "components/monitor/capture.py": 2,
+    "components/monitor/checks.py": 2,
+    "components/monitor/cli.py": 10,
+    "components/monitor/core.py": 8,
+    "components/monitor/explain.py": 4,
+    "components/monitor/export.py": 2,
+    "components/monitor/feedback.py": 7,
+    "components/monitor/reference.py": 10,
+    "components/monitor/report.py": 1,
+    "components/monitor/simulate.py": 5,
+    "components/package/core.py": 3,
+    "components/register/core.py": 4,
+    "components/retrain/core.py": 10,
+    "components/serve/predictor.py": 5,
+    "components/serve/server.py": 5,
+    "components/train/core.py": 1,
+    "pipelines/common.py": 5,
+    "pipelines/loop.py": 20,
+    "pipelines/loop_cli.py": 5,
+    "pipelines/runs.py": 1,
+}
+
+
+RANK = {room: i for i, line in enumerate(LAYERS) for room in line}
+
+
+def room_of(module: str) -> str | None:
+    """The room a dotted module belongs to (None for the bare ``components`` package)."""
+    parts = module.split(".")
+    if parts[0] != "components":
+        return parts[0]
+    return f"components.{parts[1]}" if len(parts) > 1 else None
+
+
+def is_module(dotted: str) -> bool:
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def first_party_files() -> list[Path]:
+    files = []
+    for top in FIRST_PARTY:
+        for path in sorted((ROOT / top).rglob("*.py") if (ROOT / top).is_dir() else []):
+            rel = path.relative_to(ROOT)
+            if "tests" in rel.parts or path.name.startswith("test_") or path.name == "conftest.py":
+                continue
+            files.append(path)
+    return files
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, module: str | None = None):
+    """Yields (imported module, line number, in a function body, the statement's source lines)."""
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source, str(path))
+    module = module or module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    script_dir = not (path.parent / "__init__.py").is_file()  # bench/: scripts import siblings
+
+    def resolve(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from components import settings` imports the module components.settings.
+            names = [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
+        out = []
+        for name in names:
+            top = name.split(".")[0]
+            if script_dir and (path.parent / f"{top}.py").is_file():
+                name = f"{module_name(path.parent / top)}{name[len(top):]}"
+            if name.split(".")[0] in FIRST_PARTY and name not in out:
+                out.append(name)
+        return out
+
+    def walk(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                text = "\n".join(lines[child.lineno - 1 : child.end_lineno])
+                for name in resolve(child):
+                    yield name, child.lineno, in_function, text
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            yield from walk(child, inner)
+
+    yield from walk(tree, False)
+
+
+def scan():
+    """The whole first-party import graph, read once per test session."""
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)  # (file, module) -> "file:line"
+    room_edges: set[tuple[str, str]] = set()
+    deferred: Counter[str] = Counter()
+    unplaced: list[str] = []
+    for path in first_party_files():
+        rel = path.relative_to(ROOT).as_posix()
+        importer = room_of(module_name(path))
+        found = list(imports_of(path))
+        if importer not in RANK and (importer is not None or found):  # None: the bare namespace
+            unplaced.append(rel)
+        exempt = path.name == "component.py" or importer == "components.cli"
+        for module, line, in_function, text in found:
+            edges[(rel, module)].append(f"{rel}:{line}")
+            imported = room_of(module)
+            if imported and imported != importer:
+                room_edges.add((importer, imported))
+            if in_function and not exempt and not _has_reason(text):
+                deferred[rel] += 1
+    return edges, room_edges, deferred, unplaced
+
+
+def _has_reason(text: str) -> bool:
+    for line in text.splitlines():
+        _, mark, reason = line.partition(DEFERRED_MARK)
+        if mark and reason.strip():
+            return True
+    return False
+
+
+_SCAN = None
+
+
+def graph():
+    global _SCAN
+    if _SCAN is None:
+        _SCAN = scan()
+    return _SCAN
+
+
+def violations() -> dict[tuple[str, str], str]:
+    """(file, module) -> why, for every import that breaks rule (a) or (c)."""
+    edges, _, _, _ = graph()
+    found = {}
+    for (rel, module), where in edges.items():
+        importer = room_of(module_name(ROOT / rel))
+        imported = room_of(module)
+        if importer == KERNEL and imported not in (KERNEL, "components.settings"):
+            found[(rel, module)] = f"kernel imports {module} ({where[0]})"
+        elif imported is None or imported == importer:
+            continue
+        elif imported not in RANK:
+            found[(rel, module)] = f"{module} is in no room of LAYERS ({where[0]})"
+        elif RANK[imported] < RANK[importer]:
+            found[(rel, module)] = f"{importer} imports {imported}, a room above it ({where[0]})"
+        elif RANK[imported] == RANK[importer] and (importer, imported) not in ALLOWED_SIBLINGS:
+            found[(rel, module)] = f"{importer} imports its sibling {imported} ({where[0]})"
+    return found
+
+
+def cycles(room_edges: set[tuple[str, str]]) -> list[set[str]]:
+    """The strongly connected sets of two or more rooms (Tarjan's algorithm)."""
+    succ = defaultdict(set)
+    for a, b in room_edges:
+        succ[a].add(b)
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(succ[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted({r for edge in room_edges for r in edge}):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_first_party_module_sits_in_a_room():
+    _, _, _, unplaced = graph()
+    assert not unplaced, f"add these files' rooms to LAYERS: {unplaced}"
+
+
+def test_imports_point_down():
+    """Rules (a) and (c): no import goes up or sideways, the kernel imports only settings."""
+    found = violations()
+    new = {key: why for key, why in found.items() if key not in EDGE_EXCEPTIONS}
+    stale = sorted(EDGE_EXCEPTIONS - set(found))
+    assert not new, "imports against the layer order:\n" + "\n".join(sorted(new.values()))
+    assert not stale, (
+        "these exceptions are no longer needed; delete them from EDGE_EXCEPTIONS:\n"
+        + "\n".join(map(repr, stale)))
+
+
+def test_no_cycle_between_rooms():
+    """Rule (b), on every edge (the excepted ones included)."""
+    _, room_edges, _, _ = graph()
+    found = cycles(room_edges)
+    key = sorted(sorted(c) for c in found)
+    expected = sorted(sorted(c) for c in CYCLE_EXCEPTIONS)
+    assert key == expected, (
+        f"the rooms' cycles changed; CYCLE_EXCEPTIONS should read {key} (it reads {expected}). "
+        "A new cycle is a bug: fix the import instead.")
+
+
+def test_first_party_imports_sit_at_module_top():
+    """Rule (d): outside component.py and the CLI, a deferred import says why on its line."""
+    _, _, deferred, _ = graph()
+    grown = {f: n for f, n in deferred.items() if n > DEFERRED_EXCEPTIONS.get(f, 0)}
+    shrunk = {f: deferred.get(f, 0) for f, n in DEFERRED_EXCEPTIONS.items() if deferred.get(f, 0) < n}
+    assert not grown, (
+        "first-party imports in function bodies: move them to module top or end the line with "
+        f"'{DEFERRED_MARK} <reason>' (file: count now): {grown}")
+    assert not shrunk, f"DEFERRED_EXCEPTIONS is stale; set these counts (0: delete): {shrunk}"
+
+
+def test_the_checker_sees_what_it_must(tmp_path):
+    """The walk sees function-body, relative and `from package import module` imports."""
+    path = tmp_path / "probe.py"
+    path.write_text(
+        "from components import settings\n"
+        "def f():\n"
+        "    from .common import storage\n"
+        "    import pipelines.local  # deferred: a reason\n"
+        "    return lambda: __import__('x')\n")
+    seen = [(m, fn, _has_reason(t)) for m, _, fn, t in imports_of(path, "components.probe")]
+    assert seen == [("components.settings", False, False), ("components.common.storage", True, False),
+                    ("pipelines.local", True, True)]
+    assert cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [{"a", "b", "c"}]
