@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from components.common import k8s
+from components.govern.policy import load_policy
+from components.govern.rules import prometheus_rule, rule_yaml
 from tests.kustomize_subset import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +69,9 @@ def built(tmp_path_factory) -> dict[str, list[dict]]:
 
 
 def test_committed_manifests_are_exactly_what_the_builders_produce():
-    rendered = k8s.render_manifests(extra_base_resources=k8s.EXTRA_BASE_RESOURCES)
+    # As `mlops manifests` renders them: with the governance step's PrometheusRule.
+    rule = rule_yaml(prometheus_rule(load_policy()))
+    rendered = k8s.render_manifests(extra_base_files={"prometheus-rule.yaml": rule})
     for rel, text in rendered.items():
         path = REPO / "manifests" / rel
         assert path.is_file() and path.read_text() == text, \

@@ -154,8 +154,13 @@ def cmd_manifests(args) -> int:
         predictor_service_account=args.predictor_service_account, s3_secret=args.s3_secret,
         gateway_namespaces=tuple(args.gateway_namespace or ("istio-system",
                                                             "knative-serving")))
-    extra = () if args.no_prometheus_rule else None
-    for rel, text in render_manifests(options, extra_base_resources=extra).items():
+    # The governance step's alerting rules, built from its default policy.
+    from components.govern.policy import load_policy
+    from components.govern.rules import prometheus_rule, rule_yaml
+
+    extra = {} if args.no_prometheus_rule else {
+        "prometheus-rule.yaml": rule_yaml(prometheus_rule(load_policy()))}
+    for rel, text in render_manifests(options, extra_base_files=extra).items():
         path = Path(args.out) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
