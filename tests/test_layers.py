@@ -42,6 +42,7 @@ KERNEL = "components.common"
 #: Sibling imports the layering allows: the entry points reuse the demo's closed loop.
 ALLOWED_SIBLINGS = {("components.cli", "demo"), ("bench", "demo")}
 DEFERRED_MARK = "# deferred:"
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 #: (a) and (c): (importer file, imported module) pairs that break the order today.
 EDGE_EXCEPTIONS: set[tuple[str, str]] = {
@@ -173,7 +174,8 @@ def imports_of(path: Path, module: str | None = None):
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             # `from components import settings` imports the module components.settings.
-            names = [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
+            names = [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base
+                     for a in node.names]
         out = []
         for name in names:
             top = name.split(".")[0]
@@ -189,7 +191,7 @@ def imports_of(path: Path, module: str | None = None):
                 text = "\n".join(lines[child.lineno - 1 : child.end_lineno])
                 for name in resolve(child):
                     yield name, child.lineno, in_function, text
-            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            inner = in_function or isinstance(child, FUNCTIONS)
             yield from walk(child, inner)
 
     yield from walk(tree, False)
@@ -321,7 +323,7 @@ def test_first_party_imports_sit_at_module_top():
     """Rule (d): outside component.py and the CLI, a deferred import says why on its line."""
     _, _, deferred, _ = graph()
     grown = {f: n for f, n in deferred.items() if n > DEFERRED_EXCEPTIONS.get(f, 0)}
-    shrunk = {f: deferred.get(f, 0) for f, n in DEFERRED_EXCEPTIONS.items() if deferred.get(f, 0) < n}
+    shrunk = {f: deferred[f] for f, n in DEFERRED_EXCEPTIONS.items() if deferred[f] < n}
     assert not grown, (
         "first-party imports in function bodies: move them to module top or end the line with "
         f"'{DEFERRED_MARK} <reason>' (file: count now): {grown}")
@@ -338,6 +340,7 @@ def test_the_checker_sees_what_it_must(tmp_path):
         "    import pipelines.local  # deferred: a reason\n"
         "    return lambda: __import__('x')\n")
     seen = [(m, fn, _has_reason(t)) for m, _, fn, t in imports_of(path, "components.probe")]
-    assert seen == [("components.settings", False, False), ("components.common.storage", True, False),
+    assert seen == [("components.settings", False, False),
+                    ("components.common.storage", True, False),
                     ("pipelines.local", True, True)]
     assert cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [{"a", "b", "c"}]

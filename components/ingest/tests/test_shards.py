@@ -83,13 +83,23 @@ def test_training_from_shards_equals_training_from_images(snapshot):
         pytest.skip("training is the same on either store; the S3 shard path is covered above")
     train_rows = result.split_manifest("train")
     hp = core.HParams(epochs=2, image_size=32, batch_size=16, seed=3)
-    metrics = []
+    inputs, fits = [], []
     for use_shards in (False, True):
         data = core.prepare(train_rows, result.version, 32, use_shards=use_shards)
         fitted, _ = core.train(data, hp)
-        metrics.append((data.train_x.tobytes(), data.mean, data.std, fitted.val_loss,
-                        fitted.val_accuracy, [h["train_loss"] for h in fitted.history]))
-    assert metrics[0] == metrics[1]
+        inputs.append((data.train_x.tobytes(), data.mean, data.std))
+        fits.append(fitted)
+    assert inputs[0] == inputs[1]  # exactly: the same pixels and normalisation
+    # Same data, seed and order, but torch's CPU kernels split their sums by the threads they
+    # get, so on a busy machine two runs differ in the last float bits (0.67315024 against
+    # 0.67315018 seen); a different input would move the losses by far more than 1e-4, and a
+    # last-bit change of the weights can flip at most a near-tie, one validation image.
+    decoded, sharded = fits
+    assert sharded.val_loss == pytest.approx(decoded.val_loss, rel=1e-4)
+    assert sharded.val_accuracy == pytest.approx(decoded.val_accuracy,
+                                                 abs=1 / len(data.val_y) + 1e-9)
+    assert [h["train_loss"] for h in sharded.history] == pytest.approx(
+        [h["train_loss"] for h in decoded.history], rel=1e-4, abs=1e-5)  # rounded to 1e-5
 
 
 def test_shards_without_statistics_still_serve_pixels_and_the_stats_are_decoded(snapshot,

@@ -37,6 +37,7 @@ def test_reference_from_shards_equals_the_reference_from_the_photos(
     doc, embeddings, probabilities = from_shards
     assert doc["sha256"] == decoded[0]["sha256"] and len(doc["sha256"]) == 60
     assert doc["stats"] == decoded[0]["stats"]  # exactly: stored, not recomputed
+    # The accuracy exactly: one ONNX model on the same pixels in the same batches.
     assert doc["modes"] == decoded[0]["modes"] and doc["accuracy"] == decoded[0]["accuracy"]
     np.testing.assert_allclose(embeddings, decoded[1], atol=1e-6)
     np.testing.assert_allclose(probabilities, decoded[2], atol=1e-6)

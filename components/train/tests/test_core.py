@@ -38,8 +38,12 @@ def test_training_is_reproducible_on_cpu(dataset_dirs):
     hp = core.HParams(epochs=1, image_size=32, seed=3)
     a, _ = core.train(data, hp)
     b, _ = core.train(data, hp)
-    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
-    assert a.val_loss == b.val_loss
+    # Reproducible up to the order of float sums: torch's CPU kernels split them by the threads
+    # they get, which a busy machine changes (last-bit differences); an unseeded run differs by
+    # far more than 1e-4.
+    assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], rel=1e-4,
+                                                       abs=1e-5)  # rounded to 1e-5
+    assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
 
 
 def test_validation_split_comes_from_training_rows_only_and_is_stable(dataset_dirs):
