@@ -3,7 +3,7 @@
 production slice apart) → (blessed?) package → register with the trigger in the lineage →
 application test → (passed?) canary release → the new version's monitoring reference active.
 
-Governance starts it (``components.govern.trigger``: under kfp.local on this machine, through
+Governance starts it (``pipelines.launchers``: under kfp.local on this machine, through
 ``kfp.Client`` in a cluster) with the episode and verdict as ``trigger``; a person can start it
 by hand (``mlops run`` through ``pipelines.local.run_local``, or ``mlops submit``).
 """

@@ -352,7 +352,7 @@ class Loop:
     def govern(self, verdict, verdict_uri: str, retrain: bool = True) -> list[dict]:
         from components.govern.core import govern
         from components.govern.policy import load_policy
-        from components.govern.trigger import LocalLauncher
+        from pipelines.launchers import LocalLauncher
 
         loop = self
 

@@ -76,27 +76,26 @@ def _parse_args_list(items: list[str], option: str) -> dict:
 
 
 def _launcher(args, policy, store: str):
-    from components.govern.trigger import KfpLauncher, LocalLauncher
+    from pipelines.launchers import open_launcher
 
     home = _home()
     extra = _parse_args_list(args.retrain_arg, "--retrain-arg")
-    if args.launcher == "none":
-        return None
     if args.launcher == "kfp":
         if not args.kfp_host:
             raise ValueError("--launcher kfp needs --kfp-host (the KFP API, e.g. "
                              "http://localhost:8080).")
-        return KfpLauncher(args.kfp_host, args.package, {"model_name": args.model, **extra},
-                           namespace=args.namespace or None,
-                           trigger_argument=policy.retrain.trigger_argument,
-                           pipeline=policy.retrain.pipeline)
-    arguments = {"data_uri": args.data or str(home / "lake"),
-                 "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
-                 "work_root": str(home / "work"), "monitoring_uri": store,
-                 "model_name": args.model, "deploy_target": "local",
-                 "serving_root": args.serving_root or str(home / "deployments"), **extra}
-    return LocalLauncher(arguments, home / "retraining-runs", pipeline=policy.retrain.pipeline,
-                         trigger_argument=policy.retrain.trigger_argument, wait=args.wait)
+        arguments = {"model_name": args.model, **extra}
+    else:
+        arguments = {"data_uri": args.data or str(home / "lake"),
+                     "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
+                     "work_root": str(home / "work"), "monitoring_uri": store,
+                     "model_name": args.model, "deploy_target": "local",
+                     "serving_root": args.serving_root or str(home / "deployments"), **extra}
+    return open_launcher(args.launcher, arguments, runs_root=home / "retraining-runs",
+                         pipeline=policy.retrain.pipeline,
+                         trigger_argument=policy.retrain.trigger_argument,
+                         kfp_host=args.kfp_host, package_path=args.package,
+                         namespace=args.namespace or None, wait=args.wait)
 
 
 def _target(args):

@@ -59,7 +59,7 @@ def govern_verdict(
 
     from components.govern import core
     from components.govern.policy import load_policy, parse_policy
-    from components.govern.trigger import KfpLauncher, LocalLauncher
+    from pipelines.launchers import open_launcher
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not policy:  # the pet park's default, applied to this pipeline's model
@@ -82,17 +82,10 @@ def govern_verdict(
                              state_dir=serving_root)
     args = {"model_name": model_name, "registry_uri": registry_uri,
             "monitoring_uri": monitoring_uri, **json.loads(retrain_arguments or "{}")}
-    run_launcher = None
-    if launcher == "kfp":
-        run_launcher = KfpLauncher(kfp_host, "", args, namespace=namespace or None,
-                                   trigger_argument=pol.retrain.trigger_argument,
-                                   pipeline=pol.retrain.pipeline)
-    elif launcher == "local":
-        run_launcher = LocalLauncher(args, os.path.join(tempfile.gettempdir(), "retraining"),
-                                     pipeline=pol.retrain.pipeline,
-                                     trigger_argument=pol.retrain.trigger_argument)
-    elif launcher != "none":
-        raise ValueError(f"Unknown launcher {launcher!r}. Expect kfp, local or none.")
+    run_launcher = open_launcher(launcher, args, kfp_host=kfp_host, namespace=namespace or None,
+                                 runs_root=os.path.join(tempfile.gettempdir(), "retraining"),
+                                 pipeline=pol.retrain.pipeline,
+                                 trigger_argument=pol.retrain.trigger_argument)
     taken = core.govern(v, pol, store_uri=monitoring_uri, registry_uri=registry_uri,
                         target=target, launcher=run_launcher,
                         verdict_uri=v.report_uri)

@@ -10,23 +10,16 @@ it is older than ``retrain.max_episode_age``; only then can the version start an
 While any retraining run of the model is still in progress, no new one starts; that
 refusal is recorded in the audit log, as is every trigger, with the verdict that caused it.
 
-A :class:`RetrainLauncher` starts the run: :class:`LocalLauncher` runs the
-continuous-training pipeline under ``kfp.local`` in a process of its own, and
-:class:`KfpLauncher` submits the compiled pipeline to a Kubeflow Pipelines API through
-``kfp.Client.create_run_from_pipeline_package``.
+A :class:`RetrainLauncher` starts the run. Governance only defines what a launcher does and
+is given one by its caller (the ``mlops govern`` handlers, the govern step's component, the
+demo loop); the launchers themselves (``kfp.local``, the KFP API) are pipeline machinery and
+live in :mod:`pipelines.launchers`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import subprocess
-import sys
-import uuid
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 from components.govern.records import GovernanceStore, now_iso, parse_time
 
@@ -42,13 +35,11 @@ class LaunchError(RuntimeError):
     """A retraining run could not be started; the message says why."""
 
 
-# ------------------------------------------------------------------------------------------
-# Launchers
-# ------------------------------------------------------------------------------------------
-
-
 class RetrainLauncher(ABC):
-    """Starts the continuous-training pipeline and tells how a started run is doing."""
+    """Starts the continuous-training pipeline and tells how a started run is doing.
+
+    ``kind`` names the launcher in the launch records, so that a later govern run asks only
+    a launcher of the same kind about a run."""
 
     kind: str = "launcher"
 
@@ -66,233 +57,6 @@ class RetrainLauncher(ABC):
     @abstractmethod
     def state(self, launch: dict) -> str:
         """``running``, ``succeeded``, ``failed`` or ``unknown`` for a launch record."""
-
-
-def _pipeline_name(name: str) -> str:
-    """A name in ``pipelines.PIPELINES``, or ``module:function`` of any pipeline."""
-    from pipelines import PIPELINES
-
-    if ":" in name:
-        return name
-    for candidate in (name, name.replace("-", "_"), name.replace("_", "-")):
-        if candidate in PIPELINES:
-            return candidate
-    raise LaunchError(f"No pipeline {name!r} to retrain with (known: {sorted(PIPELINES)}). "
-                      "Set retrain.pipeline in the policy.")
-
-
-def _alive(pid: int, marker: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return marker in cmdline
-
-
-class LocalLauncher(RetrainLauncher):
-    """Runs a pipeline under ``kfp.local`` (``pipelines.local.run_local``) in its own process.
-
-    The process writes ``result.json`` into its run folder when the pipeline ends, so later
-    govern runs (other processes) can tell whether it is still going.
-
-    Args:
-        arguments: The pipeline's arguments; the trigger is added under ``trigger_argument``.
-        runs_root: Folder for the runs' logs, results and kfp.local outputs.
-        pipeline: A name in ``pipelines.PIPELINES``.
-        wait: Wait for the run to end (a demo) instead of returning once it started.
-    """
-
-    kind = "local"
-
-    def __init__(self, arguments: dict, runs_root: str | os.PathLike,
-                 pipeline: str = "continuous-training", trigger_argument: str = "trigger",
-                 wait: bool = False, timeout_s: float | None = None):
-        self.arguments = dict(arguments)
-        self.runs_root = Path(runs_root)
-        self.pipeline = pipeline
-        self.trigger_argument = trigger_argument
-        self.wait = wait
-        self.timeout_s = timeout_s
-
-    def launch(self, trigger: dict) -> dict:
-        name = _pipeline_name(self.pipeline)
-        run_id = f"local-{trigger.get('episode', 'manual')}-{uuid.uuid4().hex[:8]}"
-        run_dir = (self.runs_root / run_id).resolve()
-        run_dir.mkdir(parents=True)
-        spec = {"pipeline": name, "pipeline_root": str(run_dir / "outputs"),
-                "arguments": {**self.arguments, self.trigger_argument: json.dumps(trigger)},
-                "result": str(run_dir / "result.json")}
-        (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
-        with open(run_dir / "run.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "components.govern.trigger", "--run-local",
-                 str(run_dir / "spec.json")], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=not self.wait)
-        launch = {"run_id": run_id, "url": run_dir.as_uri(), "launcher": self.kind,
-                  "pid": proc.pid, "run_dir": str(run_dir), "state": "running"}
-        logger.info("Started %s locally as %s (pid %d, log %s)", name, run_id, proc.pid,
-                    run_dir / "run.log")
-        if self.wait:
-            try:
-                proc.wait(self.timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("Run %s still going after %s s; leaving it running", run_id,
-                               self.timeout_s)
-            launch["state"] = self.state(launch)
-        return launch
-
-    def state(self, launch: dict) -> str:
-        run_dir = Path(launch.get("run_dir", ""))
-        result = run_dir / "result.json"
-        if result.is_file():
-            return json.loads(result.read_text()).get("state", "unknown")
-        if _alive(int(launch.get("pid", 0)), str(run_dir)):
-            return "running"
-        return "failed" if run_dir.is_dir() else "unknown"
-
-
-def run_local_spec(spec_path: str) -> int:
-    """The local launcher's process: runs one pipeline and writes its result file."""
-    spec = json.loads(Path(spec_path).read_text())
-    result: dict = {"started": now_iso()}
-    try:
-        from pipelines import PIPELINES
-        from pipelines.local import run_local
-
-        if ":" in spec["pipeline"]:  # module:function, e.g. a pipeline outside the collection
-            PIPELINES[spec["pipeline"]] = tuple(spec["pipeline"].split(":", 1))
-        outputs = run_local(spec["pipeline"], spec["arguments"], spec["pipeline_root"])
-        result.update(state="succeeded", outputs={
-            k: (v if isinstance(v, str | int | float | bool) or v is None
-                else getattr(v, "uri", str(v))) for k, v in outputs.items()})
-    except Exception as exc:  # noqa: BLE001 - any failure of the run is its result
-        logger.exception("The pipeline run failed")
-        result.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-    result["ended"] = now_iso()
-    tmp = Path(spec["result"] + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, spec["result"])
-    return 0 if result["state"] == "succeeded" else 1
-
-
-_KFP_RUNNING = {"PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"}
-_KFP_DONE = {"SUCCEEDED": "succeeded", "SKIPPED": "succeeded", "FAILED": "failed",
-             "CANCELED": "failed"}
-
-
-class KfpLauncher(RetrainLauncher):
-    """Submits the compiled continuous-training pipeline to a Kubeflow Pipelines API.
-
-    Args:
-        host: The KFP API (``http://ml-pipeline.kubeflow:8888`` from inside the cluster);
-            empty: kfp.Client's in-cluster default. A projected service-account token at
-            ``KF_PIPELINES_SA_TOKEN_PATH`` (multi-user Kubeflow) is used when present.
-        package_path: The compiled pipeline YAML (``mlops compile``); empty: ``pipeline`` is
-            compiled from the code that runs (in a pipeline step: the image's own).
-        arguments: The pipeline's arguments; the trigger is added under ``trigger_argument``.
-        experiment: The KFP experiment the runs go to.
-        namespace: The profile namespace (multi-user Kubeflow).
-        client: A ``kfp.Client`` (default: one for ``host``).
-        pipeline: The pipeline to compile when ``package_path`` is empty.
-    """
-
-    kind = "kfp"
-
-    def __init__(self, host: str, package_path: str, arguments: dict,
-                 experiment: str = "pet-classifier-retraining", namespace: str | None = None,
-                 trigger_argument: str = "trigger", client=None,
-                 pipeline: str = "continuous-training"):
-        self.host = host.rstrip("/")
-        self.package_path = package_path
-        self.arguments = dict(arguments)
-        self.experiment = experiment
-        self.namespace = namespace
-        self.trigger_argument = trigger_argument
-        self._client = client
-        self.pipeline = pipeline
-
-    @property
-    def client(self):
-        if self._client is None:
-            import warnings
-
-            import kfp
-            from kfp.client import (
-                KF_PIPELINES_SA_TOKEN_ENV,
-                KF_PIPELINES_SA_TOKEN_PATH,
-                ServiceAccountTokenVolumeCredentials,
-            )
-
-            # In a pipeline pod of multi-user Kubeflow, the projected service-account token
-            # (audience pipelines.kubeflow.org) authenticates the step to the KFP API.
-            token = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH)
-            credentials = ServiceAccountTokenVolumeCredentials() if Path(token).is_file() \
-                else None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                self._client = kfp.Client(host=self.host or None,
-                                          namespace=self.namespace or "kubeflow",
-                                          credentials=credentials)
-        return self._client
-
-    def launch(self, trigger: dict) -> dict:
-        import urllib3
-        from kfp_server_api.exceptions import ApiException
-
-        if not self.package_path:
-            self.package_path = self._compile()
-        if not Path(self.package_path).is_file():
-            raise LaunchError(f"No compiled pipeline at {self.package_path}: run "
-                              "`mlops compile` and pass its continuous-training YAML.")
-        run_name = f"retrain-{trigger.get('model', 'model')}-{trigger.get('episode', 'manual')}"
-        try:
-            result = self.client.create_run_from_pipeline_package(
-                self.package_path,
-                arguments={**self.arguments, self.trigger_argument: json.dumps(trigger)},
-                run_name=run_name, experiment_name=self.experiment,
-                namespace=self.namespace)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            raise LaunchError(f"Kubeflow Pipelines at {self.host} did not start the run: "
-                              f"{exc}") from exc
-        run_id = result.run_id
-        logger.info("Submitted %s to %s as run %s", run_name, self.host, run_id)
-        return {"run_id": run_id, "url": f"{self.host}/#/runs/details/{run_id}",
-                "launcher": self.kind, "run_name": run_name, "state": "running"}
-
-    def _compile(self) -> str:
-        """Compiles the pipeline this code holds (the image's own), when no package is given."""
-        import tempfile
-
-        from kfp import compiler
-
-        from pipelines import load
-
-        name = _pipeline_name(self.pipeline)
-        if ":" in name:
-            import importlib
-
-            module, attr = name.split(":", 1)
-            func = getattr(importlib.import_module(module), attr)
-        else:
-            func = load(name)
-        path = Path(tempfile.mkdtemp(prefix="mlops-retrain-")) / "pipeline.yaml"
-        compiler.Compiler().compile(func, str(path))
-        logger.info("Compiled %s to %s", self.pipeline, path)
-        return str(path)
-
-    def state(self, launch: dict) -> str:
-        import urllib3
-        from kfp_server_api.exceptions import ApiException
-
-        try:
-            run = self.client.get_run(launch["run_id"])
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            logger.warning("Cannot read the state of run %s: %s", launch["run_id"], exc)
-            return "unknown"
-        state = str(run.state or "").upper()
-        if state in _KFP_DONE:
-            return _KFP_DONE[state]
-        return "running" if state in _KFP_RUNNING else "unknown"
 
 
 # ------------------------------------------------------------------------------------------
@@ -348,16 +112,3 @@ class Episodes:
 
 def episode_age_s(episode: dict, now) -> float:
     return (now - parse_time(episode["claimed_at"])).total_seconds()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The local retraining launcher's process.")
-    parser.add_argument("--run-local", required=True, help="spec.json written by LocalLauncher")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
-    return run_local_spec(args.run_local)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

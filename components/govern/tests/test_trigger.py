@@ -1,6 +1,6 @@
 """Retraining triggers: one episode starts one run, also under concurrent govern runs (threads
-and processes, local store and S3); a run in progress blocks another; launchers for kfp.local
-and the KFP API (against a loopback stand-in of the v2beta1 API)."""
+and processes, local store and S3); a run in progress blocks another. The launchers' own
+tests are in tests/test_launchers.py."""
 
 from __future__ import annotations
 
@@ -17,13 +17,7 @@ from components.govern.audit import AuditLog
 from components.govern.core import govern
 from components.govern.policy import parse_policy
 from components.govern.records import GovernanceStore
-from components.govern.trigger import (
-    Episodes,
-    KfpLauncher,
-    LaunchError,
-    LocalLauncher,
-    RetrainLauncher,
-)
+from components.govern.trigger import Episodes, RetrainLauncher
 from components.monitor.contract import Check, Verdict
 
 MODEL = "pet-classifier"
@@ -166,88 +160,6 @@ def test_concurrent_govern_processes_start_exactly_one_run(store_uri, tmp_path):
     assert len(Episodes(GovernanceStore(store, MODEL)).all()) == 1
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_local_launcher_runs_a_pipeline_under_kfp_local(tmp_path):
-    out = tmp_path / "trigger.json"
-    launcher = LocalLauncher({"out_file": str(out)}, tmp_path / "runs",
-                             pipeline="components.govern.tests.retrain_pipeline:retrain_stand_in",
-                             wait=True, timeout_s=200)
-    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path / "store"),
-                  launcher=launcher)
-    assert acts[0]["action"] == "retrain"
-    (ep,) = Episodes(GovernanceStore(str(tmp_path / "store"), MODEL)).all()
-    assert ep["launch"]["state"] == "succeeded", (Path(ep["launch"]["run_dir"]) /
-                                                  "run.log").read_text()[-3000:]
-    assert json.loads(out.read_text())["verdict"] == "w1"
-    assert launcher.state(ep["launch"]) == "succeeded"
-
-
-def test_local_launcher_names_an_unknown_pipeline(tmp_path):
-    with pytest.raises(LaunchError, match="No pipeline 'nope'"):
-        LocalLauncher({}, tmp_path, pipeline="nope").launch({"episode": "v1-0001"})
-
-
-@pytest.fixture
-def kfp_api():
-    from components.govern.tests.kfp_standin import KfpStandIn
-
-    api = KfpStandIn()
-    yield api
-    api.stop()
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    from kfp import compiler
-
-    from components.govern.tests.retrain_pipeline import retrain_stand_in
-
-    path = tmp_path_factory.mktemp("compiled") / "retrain.yaml"
-    compiler.Compiler().compile(retrain_stand_in, str(path))
-    return str(path)
-
-
-@pytest.mark.timeout(60)
-def test_kfp_launcher_submits_the_compiled_pipeline_with_the_trigger(kfp_api, package,
-                                                                     tmp_path):
-    launcher = KfpLauncher(kfp_api.url, package, {"out_file": "/tmp/x.json"},
-                           namespace="kubeflow-user-example-com")
-    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
-    assert acts[0]["action"] == "retrain"
-    (run,) = kfp_api.runs.values()
-    assert acts[0]["run_id"] == run["run_id"]
-    assert run["display_name"] == "retrain-pet-classifier-v3-0001"
-    exp = kfp_api.experiments[run["experiment_id"]]
-    assert exp["display_name"] == "pet-classifier-retraining"
-    assert exp["namespace"] == "kubeflow-user-example-com"
-    params = run["runtime_config"]["parameters"]
-    assert json.loads(params["trigger"])["verdict"] == "w1"
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "retrain-stand-in"
-    # The run is in progress: a second drifting version starts nothing ...
-    acts = govern(verdict("w2", 2, version="4"), POLICY, store_uri=str(tmp_path),
-                  launcher=launcher)
-    assert acts[0]["action"] == "retrain_skipped" and len(kfp_api.runs) == 1
-    # ... until the API says it ended.
-    run["state"] = "FAILED"
-    acts = govern(verdict("w3", 3, version="4"), POLICY, store_uri=str(tmp_path),
-                  launcher=launcher)
-    assert acts[0]["action"] == "retrain" and len(kfp_api.runs) == 2
-
-
-@pytest.mark.timeout(60)
-def test_kfp_refusal_is_recorded_not_lost(kfp_api, package, tmp_path):
-    # A parameter the pipeline does not have: the API refuses the run.
-    launcher = KfpLauncher(kfp_api.url, package, {"no_such_parameter": 1},
-                           namespace="kubeflow-user-example-com")
-    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
-    assert acts[0]["action"] == "retrain_failed"
-    assert "no_such_parameter" in acts[0]["detail"]
-    record = AuditLog(GovernanceStore(str(tmp_path), MODEL)).records()[-1]
-    assert record["kind"] == "retrain_failed"
-    assert kfp_api.runs == {}
-
-
 def test_catch_up_governs_the_newest_windows_in_order_and_skips_older_ones(tmp_path):
     from components.govern.core import govern_pending
 
@@ -263,34 +175,3 @@ def test_catch_up_governs_the_newest_windows_in_order_and_skips_older_ones(tmp_p
     governed = GovernanceStore(store, MODEL).store
     assert "skipped" in governed.get_json("governed/w1.json")
     assert govern_pending(store, MODEL, POLICY, limit=2, launcher=launcher) == [("", [])]
-
-
-@pytest.mark.timeout(60)
-def test_kfp_launcher_compiles_the_pipeline_it_runs_when_given_none(kfp_api, tmp_path):
-    launcher = KfpLauncher(kfp_api.url, "", {"out_file": "/tmp/x.json"},
-                           pipeline="components.govern.tests.retrain_pipeline:retrain_stand_in")
-    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
-    assert acts[0]["action"] == "retrain"
-    (run,) = kfp_api.runs.values()
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "retrain-stand-in"
-    assert json.loads(run["runtime_config"]["parameters"]["trigger"])["episode"] == "v3-0001"
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_kfp_launcher_submits_the_real_continuous_training_pipeline(kfp_api, tmp_path):
-    """The contract with pipelines/continuous_training.py: it compiles, takes the trigger as
-    its `trigger` parameter, and the API accepts the run with the arguments governance
-    passes (the stand-in refuses parameters the pipeline does not declare)."""
-    arguments = {"data_uri": "s3://lake/petpark", "dataset_root": "s3://mlops/datasets",
-                 "registry_uri": "s3://mlops/registry", "work_root": "s3://mlops/work",
-                 "monitoring_uri": "s3://mlops/monitoring", "model_name": MODEL}
-    launcher = KfpLauncher(kfp_api.url, "", arguments, namespace="kubeflow-user-example-com")
-    acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path), launcher=launcher)
-    assert acts[0]["action"] == "retrain", acts
-    (run,) = kfp_api.runs.values()
-    params = run["runtime_config"]["parameters"]
-    assert json.loads(params["trigger"])["verdict"] == "w1"
-    assert params["monitoring_uri"] == "s3://mlops/monitoring"
-    # The storage Secret travels in the platform spec, not as a parameter.
-    assert "platform_spec" in run["pipeline_spec"]
