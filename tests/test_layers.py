@@ -54,8 +54,10 @@ EDGE_EXCEPTIONS: set[tuple[str, str]] = {
     ("components/evaluate/challenger.py", "components.package.core"),
     ("components/evaluate/core.py", "components.package.core"),
     ("components/govern/cli.py", "components.cli"),
-    ("components/govern/trigger.py", "pipelines"),
-    ("components/govern/trigger.py", "pipelines.local"),
+    ("components/govern/cli.py", "pipelines.launchers"),
+    # The govern step's KFP body builds the launcher that compiles and submits the
+    # continuous-training pipeline (the trigger logic itself no longer imports pipelines).
+    ("components/govern/component.py", "pipelines.launchers"),
     ("components/ingest/shards.py", "components.monitor.capture"),
     ("components/monitor/cli.py", "components.cli"),
     ("components/monitor/feedback.py", "components.cli"),
@@ -97,7 +99,6 @@ DEFERRED_EXCEPTIONS: dict[str, int] = {
     "components/govern/core.py": 4,
     "components/govern/receiver.py": 3,
     "components/govern/report.py": 2,
-    "components/govern/trigger.py": 4,
     "components/ingest/cli.py": 6,
     "components/ingest/core.py": 1,
     "components/ingest/shards.py": 3,
