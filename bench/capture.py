@@ -57,8 +57,8 @@ def step_costs(package_dir: str, frames: list[bytes], n: int = 2000) -> dict:
     time, is not inflated by other work on the machine."""
     import onnxruntime as ort
 
-    from components.common.images import decode_image_and_mode, model_input
-    from components.monitor.capture import CaptureConfig, CaptureWriter, image_stats
+    from components.common.images import decode_image_and_mode, image_stats, model_input
+    from components.monitor.capture import CaptureConfig, CaptureWriter
     from components.package.core import read_onnx_metadata
 
     onnx_bytes = (Path(package_dir) / "model.onnx").read_bytes()

@@ -75,9 +75,8 @@ def pool(sim, n: int, seed: int, **spec_kw) -> dict:
     """Renders ``n`` images and runs the model: embeddings, stats, predictions, labels."""
     from PIL import Image
 
-    from components.common.images import decode_image_and_mode
+    from components.common.images import decode_image_and_mode, image_stats
     from components.datagen.core import LakeSpec, render
-    from components.monitor.capture import image_stats
 
     spec = LakeSpec(n=n, size=32, seed=seed, **spec_kw)
     out = {"emb": [], "probs": [], "stats": [], "truth": [], "jpeg": []}

@@ -58,7 +58,6 @@ EDGE_EXCEPTIONS: set[tuple[str, str]] = {
     # The govern step's KFP body builds the launcher that compiles and submits the
     # continuous-training pipeline (the trigger logic itself no longer imports pipelines).
     ("components/govern/component.py", "pipelines.launchers"),
-    ("components/ingest/shards.py", "components.monitor.capture"),
     ("components/monitor/cli.py", "components.cli"),
     ("components/monitor/feedback.py", "components.cli"),
     ("components/package/core.py", "components.evaluate.core"),
@@ -69,15 +68,15 @@ EDGE_EXCEPTIONS: set[tuple[str, str]] = {
 #: (b): the strongly connected sets of rooms today.
 CYCLE_EXCEPTIONS: list[set[str]] = [
     {
-        "components.cli", "components.deploy", "components.evaluate", "components.govern",
-        "components.ingest", "components.monitor", "components.package", "components.register",
-        "components.retrain", "components.serve", "components.train", "pipelines"},
+        "components.cli", "components.deploy", "components.govern", "components.monitor",
+        "components.register", "components.retrain", "components.serve", "pipelines"},
+    {"components.evaluate", "components.package"},
 ]
 
 #: (d): file -> number of first-party imports in function bodies without a reason, today.
 DEFERRED_EXCEPTIONS: dict[str, int] = {
     "bench/capture.py": 3,
-    "bench/drift.py": 23,
+    "bench/drift.py": 22,
     "bench/governance.py": 1,
     "bench/ingest_throughput.py": 6,
     "bench/loop.py": 3,
@@ -101,8 +100,8 @@ DEFERRED_EXCEPTIONS: dict[str, int] = {
     "components/govern/report.py": 2,
     "components/ingest/cli.py": 6,
     "components/ingest/core.py": 1,
-    "components/ingest/shards.py": 3,
-    "components/monitor/capture.py": 2,
+    "components/ingest/shards.py": 2,
+    "components/monitor/capture.py": 1,
     "components/monitor/checks.py": 2,
     "components/monitor/cli.py": 10,
     "components/monitor/core.py": 8,
@@ -115,7 +114,7 @@ DEFERRED_EXCEPTIONS: dict[str, int] = {
     "components/package/core.py": 3,
     "components/register/core.py": 4,
     "components/retrain/core.py": 10,
-    "components/serve/predictor.py": 5,
+    "components/serve/predictor.py": 4,
     "components/serve/server.py": 5,
     "components/train/core.py": 1,
     "pipelines/common.py": 5,

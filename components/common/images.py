@@ -1,9 +1,14 @@
-"""Image validation and decoding shared by ingestion, training and serving.
+"""Image validation, decoding and input statistics shared by ingestion, training, serving
+and monitoring.
 
 One function decides whether bytes are a usable photo, so that the data-ingestion step, the
 training data loader and the predictor agree on what is an image, and one function
 (:func:`preprocess_image`) turns a photo into the network's input, so that training and
-serving see the same pixels for the same photo.
+serving see the same pixels for the same photo. One function (:func:`image_stats`) measures
+an input image (size, mode, brightness, contrast, sharpness), and :func:`decode_and_measure`
+gives a photo's network input and its statistics from one decode: the predictor, the
+monitoring reference and the training-ready shards all measure with them, so production and
+training images are measured the same way.
 
 Camera-sized JPEGs are decoded in *draft* mode where only a smaller image is needed: libjpeg
 scales by 1/2, 1/4 or 1/8 while it decodes (in the DCT domain), which costs a fraction of a
@@ -29,6 +34,8 @@ SUPPORTED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: larger than any CCTV or phone photo in use
 DEFAULT_MIN_SIDE = 16
 _ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose reads
+#: Longest side of the grey image the input statistics are measured on.
+STATS_SIDE = 256
 
 # Why an image was refused; the keys of a quarantine report.
 QUARANTINE_REASONS = {
@@ -199,3 +206,69 @@ def decode_image_and_mode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     stored in (``RGB``, ``L``, ``P`` …) and its full upright (width, height)."""
     img, _, mode, full_size = _validated(data, max_pixels, min_side, draft_side)
     return img, mode, full_size
+
+
+def image_stats(img: Image.Image, mode: str | None = None,
+                size: tuple[int, int] | None = None) -> dict:
+    """Measures one decoded image the way both serving and the monitoring reference do.
+
+    Brightness and contrast are the mean and standard deviation of the luminance (0..1);
+    sharpness is the variance of a 4-neighbour Laplacian of the luminance (0..1 scale), a
+    standard blur measure: a blurred or defocused frame has little high-frequency energy.
+    All three are measured on the grey image reduced (by box averaging) to at most
+    ``STATS_SIDE`` pixels on its longest side, so that a 4K frame costs about what a
+    thumbnail does; width and height are the decoded image's own.
+
+    Args:
+        img: A PIL image, upright (EXIF orientation applied), as ``decode_image`` returns it.
+        mode: The pixel mode the image was sent in (``RGB``, ``L``, ``P`` …), which decoding
+            to RGB loses; ``img.mode`` when not given.
+        size: The image's full (width, height) when ``img`` was decoded at a reduced scale
+            (a JPEG in draft mode); ``img.size`` when not given.
+
+    Returns:
+        ``{"width", "height", "mode", "brightness", "contrast", "sharpness"}``.
+    """
+    width, height = size or img.size
+    grey = img.convert("L")
+    factor = max(1, -(-max(grey.size) // STATS_SIDE))  # ceil division
+    if factor > 1:
+        grey = grey.reduce(factor)
+    # One float64 copy of the luminance; sums and dot products rather than mean()/std()/var(),
+    # which cost more in call overhead than in arithmetic on images this small.
+    lum = np.asarray(grey, dtype=np.float64)
+    flat = lum.reshape(-1)
+    mean = float(flat.sum()) / flat.size
+    std = max(0.0, float(flat @ flat) / flat.size - mean * mean) ** 0.5
+    if lum.shape[0] >= 3 and lum.shape[1] >= 3:
+        lap = (lum[:-2, 1:-1] + lum[2:, 1:-1] + lum[1:-1, :-2] + lum[1:-1, 2:]
+               - 4.0 * lum[1:-1, 1:-1]).reshape(-1)
+        lap_mean = float(lap.sum()) / lap.size
+        sharpness = max(0.0, float(lap @ lap) / lap.size - lap_mean * lap_mean) / 255.0 ** 2
+    else:
+        sharpness = 0.0
+    return {"width": int(width), "height": int(height), "mode": mode or img.mode,
+            "brightness": round(mean / 255.0, 6), "contrast": round(std / 255.0, 6),
+            "sharpness": round(sharpness, 8)}
+
+
+def decode_and_measure(data: bytes, size: int, *, max_pixels: int | None = None,
+                       min_side: int = 1) -> tuple[np.ndarray, dict]:
+    """One photo -> (network input, input statistics), decoding once.
+
+    The network input is exactly :func:`preprocess_image` ``(data, size)``
+    (a JPEG decoded in draft mode down to the smallest scale that keeps ``size``, then
+    resized with Pillow's bilinear filter); the statistics are :func:`image_stats` of that
+    decoded image. The shards and the monitoring reference use this function, and the
+    predictor takes the same steps on its own decode, so production and training images are
+    measured the same way.
+
+    Returns:
+        ``uint8`` ``(3, size, size)`` array and the statistics dict.
+
+    Raises:
+        ImageRejected: The bytes are not a usable image.
+    """
+    img, mode, full = decode_image_and_mode(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                            min_side=min_side, draft_side=size)
+    return model_input(img, size), image_stats(img, mode, full)

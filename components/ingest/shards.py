@@ -4,9 +4,9 @@ Every search trial, the final training, evaluation, the packaging parity check a
 monitoring reference read the same images; decoding camera-sized JPEGs each time costs far
 more than the work done on them. A dataset version's images are therefore decoded once per
 input size, with the very function the predictor uses
-(:func:`components.monitor.capture.decode_and_measure`: the pixels of
+(:func:`components.common.images.decode_and_measure`: the pixels of
 :func:`components.common.images.preprocess_image` and the input statistics of
-``capture.image_stats``, measured on the same decode), into a few large ``uint8`` arrays that
+``images.image_stats``, measured on the same decode), into a few large ``uint8`` arrays that
 readers memory-map, and a table of the statistics. Layout, in the dataset root::
 
     shards/objects/<sha256>.npy            N x 3 x S x S uint8 arrays, content-addressed
@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.common.images import decode_and_measure
 from components.common.storage import (
     LocalStore,
     ObjectNotFoundError,
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 #: Images per shard file: 4096 images of 64 px are 48 MiB.
 SHARD_IMAGES = 4096
-#: The columns of a version's ``stats.csv`` (``capture.image_stats``, per image).
+#: The columns of a version's ``stats.csv`` (``images.image_stats``, per image).
 STATS_COLUMNS = ("sha256", "width", "height", "mode", "brightness", "contrast", "sharpness")
 
 
@@ -77,7 +78,7 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
     """Preprocesses every image of a published version at ``size`` into shards (idempotent).
 
     Each image is read once, verified against its content hash and decoded once by
-    ``capture.decode_and_measure``; its network input goes to a shard and its input
+    ``images.decode_and_measure``; its network input goes to a shard and its input
     statistics to ``stats.csv``, published with the index.
 
     Returns:
@@ -132,14 +133,12 @@ def decode_rows(rows: pd.DataFrame, size: int, workers: int = 8
         size: The network input side.
 
     Returns:
-        ``N x 3 x S x S`` uint8 network inputs and each image's ``capture.image_stats``.
+        ``N x 3 x S x S`` uint8 network inputs and each image's ``images.image_stats``.
 
     Raises:
         ShardError: An image does not match its content hash.
         ImageRejected: An image cannot be decoded.
     """
-    from components.monitor.capture import decode_and_measure
-
     if rows.empty:
         return np.zeros((0, 3, size, size), np.uint8), []
     stores: dict[str, ObjectStore] = {}
@@ -266,7 +265,7 @@ def load_from_shards(rows: pd.DataFrame, dataset_root: str, version: str, size: 
 
 def stats_from_shards(rows: pd.DataFrame, dataset_root: str, version: str, size: int,
                       build: bool = True) -> list[dict] | None:
-    """The input statistics of ``rows`` at ``size`` (``capture.image_stats`` of each image,
+    """The input statistics of ``rows`` at ``size`` (``images.image_stats`` of each image,
     stored when the shards were built), in the rows' order; None for shards built before
     statistics were stored with them.
 
@@ -319,7 +318,7 @@ def split_images(rows: pd.DataFrame, size: int, dataset_version: str = "",
 
 def split_images_and_stats(rows: pd.DataFrame, size: int, dataset_version: str = "",
                            use_shards: bool = True) -> tuple[np.ndarray, list[dict]]:
-    """:func:`split_images` and each image's input statistics (``capture.image_stats`` on
+    """:func:`split_images` and each image's input statistics (``images.image_stats`` on
     the predictor's decode), from the shards' statistics table when the rows come from a
     snapshot, else from decoding them."""
     return _split(rows, size, dataset_version, use_shards, stats=True)

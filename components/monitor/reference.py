@@ -6,7 +6,7 @@ that training carves out by content hash and never fits on), seen through the pa
 model exactly as the predictor sees production inputs:
 
     reference/reference.json      classes, class prior of the training split, the sample's
-                                  true labels, input statistics (``capture.image_stats``, the
+                                  true labels, input statistics (``images.image_stats``, the
                                   function the predictor uses) and modes, dataset version
     reference/embeddings.npy      float32 [n, d]: the model's ``embedding`` output
     reference/probabilities.npy   float32 [n, classes]: the model's probabilities
@@ -85,7 +85,7 @@ def class_prior(train_rows) -> dict[str, float]:
 def _measure(sample, size: int, dataset_version: str = "", use_shards: bool = True
              ) -> tuple[np.ndarray, list[dict]]:
     """The sample's network inputs and input statistics, as the predictor gets them
-    (``capture.decode_and_measure``: one decode gives both).
+    (``images.decode_and_measure``: one decode gives both).
 
     Rows of a published snapshot are read from the dataset version's shards, whose
     statistics table was measured by that same function when the shards were built (once per

@@ -2,7 +2,7 @@
 
 Renders images of the sample lake (``components.datagen``: day, night or blur, any class
 mix), asks the packaged ONNX model about them exactly as the predictor does (probabilities and
-the ``embedding`` output, statistics by ``capture.image_stats``), and hands each answer to the
+the ``embedding`` output, statistics by ``images.image_stats``), and hands each answer to the
 same :class:`~components.monitor.capture.CaptureWriter` the predictor uses, so the monitoring
 store holds what production would have written. Optionally stores the true labels through the
 feedback path, as a reviewer would later.
@@ -96,8 +96,8 @@ def simulate(model: SimulatedModel, monitoring_uri: str, model_name: str, model_
     """
     from PIL import Image
 
-    from components.common.images import decode_image_and_mode
-    from components.monitor.capture import CaptureConfig, CaptureWriter, image_stats
+    from components.common.images import decode_image_and_mode, image_stats
+    from components.monitor.capture import CaptureConfig, CaptureWriter
 
     rng = np.random.default_rng(seed)
     writer = CaptureWriter(CaptureConfig(uri=monitoring_uri, image_rate=image_rate,

@@ -48,7 +48,12 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 from prometheus_client import Counter, Gauge, Histogram
 
-from components.common.images import ImageRejected, decode_image_and_mode, model_input
+from components.common.images import (
+    ImageRejected,
+    decode_image_and_mode,
+    image_stats,
+    model_input,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -353,10 +358,8 @@ class PetClassifier(Model):
         The pixels are those of ``components.common.images.preprocess_image`` (a JPEG is
         decoded in draft mode down to the smallest scale that keeps the input size), the
         preprocessing training uses. With ``stats``, each image's input statistics
-        (``capture.image_stats``) are appended to it.
+        (``images.image_stats``) are appended to it.
         """
-        from components.monitor.capture import image_stats
-
         self._check_pixels(encoded)
         out = np.empty((len(encoded), 3, self.size, self.size), np.float32)
         for i, data in enumerate(encoded):

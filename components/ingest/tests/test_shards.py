@@ -43,7 +43,7 @@ def test_shards_hold_exactly_the_reference_pixels_and_need_no_jpeg(snapshot):
     assert index["shard"].nunique() == 3 and len(index) == 44
     # The input statistics stored with them are the predictor's, for every photo (the
     # 640x360 camera frames are measured on their draft decode, not on the 32 px input).
-    from components.monitor.capture import decode_and_measure
+    from components.common.images import decode_and_measure
 
     stats = shards.stats_from_shards(rows, root, result.version, 32)
     for uri, got in zip(rows["uri"], stats, strict=True):

@@ -4,14 +4,12 @@ memory, flush on close, and the S3 backend over HTTP."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import threading
 import time
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
 
 from components.common.storage import LocalStore, open_store
 from components.monitor import capture as C
@@ -157,31 +155,6 @@ def test_capture_to_s3_over_http(s3_uri):
     assert len([o for o in store.list("capture/records")]) == 3
     assert len(_records(store)) == 7
     assert len(list(store.list("capture/images"))) == 1
-
-
-def test_image_stats_measure_size_mode_brightness_contrast_and_blur():
-    rng = np.random.default_rng(0)
-    noise = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
-    s = C.image_stats(noise, "P")
-    assert (s["width"], s["height"], s["mode"]) == (160, 120, "P")
-    assert 0.45 < s["brightness"] < 0.55 and s["contrast"] > 0.1
-    blurred = C.image_stats(noise.filter(ImageFilter.GaussianBlur(3)))
-    assert blurred["sharpness"] < s["sharpness"] / 10  # blur is measured
-    dark = C.image_stats(Image.fromarray((np.asarray(noise) * 0.2).astype(np.uint8)))
-    assert dark["brightness"] < 0.15  # a night frame
-    big = C.image_stats(noise.resize((4000, 3000)))
-    assert (big["width"], big["height"]) == (4000, 3000)  # measured on a reduced copy
-
-
-def test_decode_and_measure_gives_the_training_pixels():
-    from components.common.images import preprocess_image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-                    ).save(buf, "JPEG")
-    x, stats = C.decode_and_measure(buf.getvalue(), 64)
-    assert np.array_equal(x, preprocess_image(buf.getvalue(), 64))
-    assert (stats["width"], stats["height"], stats["mode"]) == (640, 480, "RGB")
 
 
 def test_the_inference_service_turns_capture_on_in_the_predictor_pod():

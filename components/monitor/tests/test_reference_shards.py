@@ -53,11 +53,11 @@ def test_reference_statistics_are_the_predictors_on_camera_photos(tmp_path):
     """On camera-sized JPEGs (decoded in draft mode, measured on that decode, not on the
     network input) the statistics stored with the shards equal what the predictor's
     ``decode_and_measure`` gives for the same bytes."""
+    from components.common.images import decode_and_measure
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
     from components.ingest import shards
     from components.ingest.core import ingest
-    from components.monitor.capture import decode_and_measure
 
     lake = open_store(tmp_path / "lake")
     generate(LakeSpec(n=6, size="1280x720", seed=5), lake)

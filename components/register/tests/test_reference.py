@@ -60,9 +60,8 @@ def test_registration_publishes_the_reference_with_the_version(
     assert ref.dataset_version == train_rows.attrs.get("dataset_version", ref.dataset_version)
 
     # The statistics and embeddings are the predictor's: the same functions on the same image.
-    from components.common.images import preprocess_image
+    from components.common.images import decode_and_measure, preprocess_image
     from components.common.storage import read_uri
-    from components.monitor.capture import decode_and_measure
     from components.package.core import onnx_embedder
 
     row = held_out.set_index("sha256").loc[doc["sha256"][0]]
