@@ -33,16 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
 from serving import NAME, _free_port, _load, build_model, camera_frames, start_server  # noqa: E402
 
+from components.common import prom  # noqa: E402
+
 
 def _metric(url: str, name: str, **labels) -> float:
-    import requests
-
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(prom.values(prom.fetch(url, timeout=10), name, **labels))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,9 +155,9 @@ def main() -> None:
                       f"p95 {result['p95']:.1f} ms, server CPU {result['cpu_ms']:.3f} ms/req, "
                       f"errors {result['errors']}", flush=True)
         on_url = servers["on"][1]
-        counts = {o: _metric(on_url, "pet_classifier_capture_records_total", outcome=o)
+        counts = {o: _metric(on_url, prom.CAPTURE_RECORDS, outcome=o)
                   for o in ("written", "dropped", "failed")}
-        images = _metric(on_url, "pet_classifier_capture_images_total", outcome="written")
+        images = _metric(on_url, prom.CAPTURE_IMAGES, outcome="written")
     finally:
         for proc, _ in servers.values():
             proc.terminate()

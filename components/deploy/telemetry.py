@@ -15,61 +15,34 @@ unknown rather than guessed.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+
+from components.common import prom
+from components.common.prom import Scrape
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Snapshot:
-    """The predictor's counters for one model, as one scrape found them."""
-
-    instance: str | None
-    outcomes: dict[str, float] = field(default_factory=dict)
-    buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative
-
-
-def parse(text: str, model: str) -> Snapshot:
-    """A snapshot from Prometheus text exposition of one server."""
-    snap = Snapshot(instance=None)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("model") != model:
-                continue
-            if sample.name == "pet_classifier_server_info":
-                snap.instance = sample.labels.get("instance")
-            elif sample.name == "pet_classifier_requests_total":
-                outcome = sample.labels.get("outcome", "")
-                snap.outcomes[outcome] = snap.outcomes.get(outcome, 0.0) + sample.value
-            elif sample.name == "pet_classifier_request_seconds_bucket":
-                le = float(sample.labels["le"])
-                snap.buckets[le] = snap.buckets.get(le, 0.0) + sample.value
-    return snap
-
-
-def scrape(url: str, model: str, timeout: float = 10.0) -> Snapshot | None:
-    """``GET <url>/metrics``; None (logged) when the revision does not answer."""
+def scrape(url: str, model: str, timeout: float = 10.0) -> Scrape | None:
+    """``GET <url>/metrics`` parsed (:func:`components.common.prom.parse`); None (logged)
+    when the revision does not answer."""
     try:
-        r = requests.get(f"{url.rstrip('/')}/metrics", timeout=timeout)
-        r.raise_for_status()
+        text = prom.fetch(url, timeout)
     except requests.RequestException as exc:
         logger.warning("Could not read the metrics of %s: %s", url, exc)
         return None
-    return parse(r.text, model)
+    return prom.parse(text, model)
 
 
-def served_between(before: Snapshot | None, after: Snapshot | None) -> dict:
+def served_between(before: Scrape | None, after: Scrape | None) -> dict:
     """Requests, server errors, client errors and p95 latency served between two snapshots.
 
     ``error_rate`` counts server errors (``outcome="error"``, HTTP 5xx) among the requests
     the server could answer. Bad requests (``outcome="bad_request"``, HTTP 4xx: malformed
     bodies, unknown routes, bodies over the limit) are the caller's fault and are counted
-    apart as ``bad_requests``, never held against a revision. (Servers before the
-    ``bad_request`` label counted them as ``invalid``; both are read.)
+    apart as ``bad_requests``, never held against a revision (a server's legacy ``invalid``
+    label is read as ``bad_request``, see :mod:`components.common.prom`).
     ``p95_ms`` is the 95th percentile latency of the successful requests, interpolated within
     its histogram bucket. ``available`` is False, with a ``note``, when the window cannot be
     measured.
@@ -82,26 +55,17 @@ def served_between(before: Snapshot | None, after: Snapshot | None) -> dict:
                         f"then {after.instance})"}
 
     def delta(key: str) -> float:
-        return after.outcomes.get(key, 0.0) - before.outcomes.get(key, 0.0)
+        return after.requests.get(key, 0.0) - before.requests.get(key, 0.0)
 
-    ok, errors = delta("ok"), delta("error")
-    bad = delta("bad_request") + delta("invalid")
+    ok, errors, bad = delta(prom.OK), delta(prom.ERROR), delta(prom.BAD_REQUEST)
     answered = ok + errors
     out = {"available": True, "requests": int(ok + errors + bad), "errors": int(errors),
            "bad_requests": int(bad),
            "error_rate": errors / answered if answered else 0.0, "p95_ms": None}
-    counts = sorted((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0))
-                    for le in after.buckets)
-    total = counts[-1][1] if counts else 0.0
-    if total > 0:
-        rank, lower, below = 0.95 * total, 0.0, 0.0
-        for le, cumulative in counts:
-            if cumulative >= rank:
-                if math.isinf(le):
-                    out["note"] = "p95 above the largest latency bucket"
-                else:  # linear within the bucket, as Prometheus' histogram_quantile()
-                    share = (rank - below) / (cumulative - below)
-                    out["p95_ms"] = round((lower + share * (le - lower)) * 1000, 3)
-                break
-            lower, below = le, cumulative
+    buckets = prom.increase(after.buckets, before.buckets)
+    p95 = prom.histogram_quantile(0.95, buckets)
+    if p95 is not None:
+        out["p95_ms"] = round(p95 * 1000, 3)
+    elif prom.above_buckets(0.95, buckets):
+        out["note"] = "p95 above the largest latency bucket"
     return out

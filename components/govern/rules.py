@@ -17,6 +17,7 @@ written by ``mlops manifests`` with the rest of ``manifests/`` (a test fails whe
 
 from __future__ import annotations
 
+from components.common import prom
 from components.govern.policy import Policy
 
 API_VERSION = "monitoring.coreos.com/v1"
@@ -25,32 +26,26 @@ LABELS = {"app.kubernetes.io/name": "pet-classifier",
           "app.kubernetes.io/component": "governance"}
 
 
-def _sel(model: str, **matchers: str) -> str:
-    parts = [f'model="{model}"'] + [f'{k}=~"{v}"' if "|" in v else f'{k}="{v}"'
-                                     for k, v in matchers.items()]
-    return "{" + ",".join(parts) + "}"
-
-
 def expressions(policy: Policy, model: str = "pet-classifier") -> dict[str, str]:
     """The PromQL of each alert, by alert name; each one's value is in the unit of the
     monitor's check of the same name (a share, milliseconds, a share shift)."""
     p = policy.prometheus
-    req = "pet_classifier_requests_total"
+    req = prom.REQUESTS
     rw, sw = p.rate_window, p.share_window
-    answered = f"sum(rate({req}{_sel(model, outcome='ok|error')}[{rw}]))"
-    errors = f"sum(rate({req}{_sel(model, outcome='error')}[{rw}]))"
-    enough = f"sum(increase({req}{_sel(model)}[{rw}])) >= {p.min_requests}"
-    total = f"sum(rate(pet_classifier_predicted_class_total{_sel(model)}[{sw}]))"
-    shifts = [f"abs(\n  sum by (label) (rate(pet_classifier_predicted_class_total"
-              f"{_sel(model, label=cls)}[{sw}]))\n  / ignoring(label) group_left\n  {total}"
-              f"\n  - {prior:g}\n)" for cls, prior in p.class_prior]
-    images = f"sum(increase(pet_classifier_images_total{_sel(model)}[{sw}])) >= {p.min_requests}"
+    answered = f"sum(rate({req}{prom.selector(model, outcome=f'{prom.OK}|{prom.ERROR}')}[{rw}]))"
+    errors = f"sum(rate({req}{prom.selector(model, outcome=prom.ERROR)}[{rw}]))"
+    enough = f"sum(increase({req}{prom.selector(model)}[{rw}])) >= {p.min_requests}"
+    total = f"sum(rate({prom.PREDICTED_CLASS}{prom.selector(model)}[{sw}]))"
+    shifts = [f"abs(\n  sum by (label) (rate({prom.PREDICTED_CLASS}"
+              f"{prom.selector(model, label=cls)}[{sw}]))\n  / ignoring(label) group_left\n"
+              f"  {total}\n  - {prior:g}\n)" for cls, prior in p.class_prior]
+    images = f"sum(increase({prom.IMAGES}{prom.selector(model)}[{sw}])) >= {p.min_requests}"
     return {
         "PetClassifierErrorRate": f"(\n  {errors}\n  /\n  {answered}\n) > {p.error_rate:g}\n"
                                   f"and on() ({enough})",
         "PetClassifierLatencyP95": (
             "1000 * histogram_quantile(0.95,\n  sum by (le) "
-            f"(rate(pet_classifier_request_seconds_bucket{_sel(model)}[{rw}]))\n) > "
+            f"(rate({prom.REQUEST_SECONDS}_bucket{prom.selector(model)}[{rw}]))\n) > "
             f"{p.p95_latency_ms:g}"),
         "PetClassifierPredictedClassShare": "(\n" + "\nor\n".join(shifts)
                                             + f"\n) > {p.max_share_shift:g}\nand on() ({images})",
@@ -68,7 +63,7 @@ def prometheus_rule(policy: Policy, model: str = "pet-classifier",
     """
     p = policy.prometheus
     exprs = expressions(policy, model)
-    req = "pet_classifier_requests_total"
+    req = prom.REQUESTS
     samples = ('{{ with query "sum(increase(' + req + '{model=\\"' + model + '\\"}['
                + p.rate_window + ']))" }}{{ . | first | value | printf "%.0f" }}{{ end }}')
     prior = ", ".join(f"{c} {v:.0%}" for c, v in p.class_prior)

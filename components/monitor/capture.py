@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
+from components.common import prom
 from components.common.storage import (
     AlreadyExistsError,
     ObjectStore,
@@ -48,17 +49,17 @@ from components.common.storage import (
 
 logger = logging.getLogger(__name__)
 
-RECORDS = Counter("pet_classifier_capture_records_total",
+RECORDS = Counter(prom.CAPTURE_RECORDS,
                   "Capture records by outcome: written to the store, dropped because the queue "
                   "was full, or lost because the store failed", ["model", "outcome"])
-IMAGES = Counter("pet_classifier_capture_images_total",
+IMAGES = Counter(prom.CAPTURE_IMAGES,
                  "Sampled input images by outcome (duplicate: already in the store)",
                  ["model", "outcome"])
-BATCHES = Counter("pet_classifier_capture_batches_total", "Capture batch writes by outcome",
+BATCHES = Counter(prom.CAPTURE_BATCHES, "Capture batch writes by outcome",
                   ["model", "outcome"])
-QUEUE_DEPTH = Gauge("pet_classifier_capture_queue_records",
+QUEUE_DEPTH = Gauge(prom.CAPTURE_QUEUE_RECORDS,
                     "Capture records waiting in the in-memory queue", ["model"])
-WRITE_SECONDS = Histogram("pet_classifier_capture_write_seconds",
+WRITE_SECONDS = Histogram(prom.CAPTURE_WRITE_SECONDS,
                           "Time to write one capture batch (and its images) to the store",
                           ["model"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                               2.5, 5.0, 10.0, 30.0))

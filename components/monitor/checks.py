@@ -148,12 +148,12 @@ def integrity(win: Window, ref: Reference | None, cfg: MonitorConfig,
         checks.append(_range_check(win, ref, cfg))
         checks.append(_mode_check(win, ref, cfg))
     if telemetry is not None and telemetry.get("requests"):
-        share = telemetry["invalid_share"]
+        share = telemetry["bad_request_share"]
         checks.append(_share_check(
             "integrity.undecodable", "integrity", share, cfg.max_undecodable,
-            f"{telemetry['invalid']} of {telemetry['requests']} requests refused as unusable "
-            "input (HTTP 400)", {"invalid": telemetry["invalid"],
-                                 "requests": telemetry["requests"]}))
+            f"{telemetry['bad_requests']} of {telemetry['requests']} requests refused as "
+            "unusable input (HTTP 400)", {"invalid": telemetry["bad_requests"],
+                                          "requests": telemetry["requests"]}))
     else:
         checks.append(Check("integrity.undecodable", "integrity", None, cfg.max_undecodable,
                             "unknown", "the predictor's metrics could not be read", "", {}))
@@ -543,7 +543,11 @@ def telemetry_checks(summary: dict | None, cfg: MonitorConfig, source: str = "")
         status = "alarm" if thr is not None and v > thr else "ok"
         checks.append(Check(name, "telemetry", round(float(v), 6), thr, status,
                             f"{label} {v:.4g}" + (f" (limit {thr})" if thr is not None else ""),
-                            "", {k: summary.get(k) for k in ("source", "requests", "errors",
-                                                             "invalid", "seconds",
-                                                             "processes")}))
+                            "", {"source": summary.get("source"),
+                                 "requests": summary.get("requests"),
+                                 "errors": summary.get("errors"),
+                                 # the evidence's name for the bad requests, as before
+                                 "invalid": summary.get("bad_requests"),
+                                 "seconds": summary.get("seconds"),
+                                 "processes": summary.get("processes")}))
     return checks

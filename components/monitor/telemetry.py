@@ -10,9 +10,11 @@ PromQL instead.
 
 Either way the answer is a summary dict (``summarize``): request rate, server error rate
 (HTTP 500s among the requests the server could answer; 400s are the caller's and are counted
-apart), the share of undecodable requests, p50/p95/p99 latency interpolated within the
-histogram's buckets (as Prometheus' ``histogram_quantile``), CPU in cores and resident
-memory of the serving processes. When nothing could be read the answer is None and the
+apart as ``bad_requests``), the share of bad requests (undecodable input), p50/p95/p99 latency
+interpolated within the histogram's buckets (as Prometheus' ``histogram_quantile``), CPU in
+cores and resident memory of the serving processes. Scrapes are parsed, and outcomes named,
+by :mod:`components.common.prom` (a stored scrape from before the ``bad_request`` vocabulary
+says ``invalid``; it is read the same). When nothing could be read the answer is None and the
 telemetry checks say "unknown".
 """
 
@@ -23,10 +25,11 @@ import logging
 import math
 import re
 import time
+from dataclasses import asdict
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
+from components.common import prom
 from components.common.storage import StorageError, open_store
 
 logger = logging.getLogger(__name__)
@@ -39,42 +42,15 @@ def telemetry_prefix(model: str) -> str:
     return f"monitoring/{model}/telemetry"
 
 
-def parse_metrics(text: str, model: str) -> dict:
-    """One scrape of a predictor's ``/metrics``, reduced to what the monitor needs."""
-    snap = {"instance": None, "requests": {}, "buckets": {}, "cpu_seconds": None,
-            "memory_bytes": None, "process_start": None}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "process_cpu_seconds_total":
-                snap["cpu_seconds"] = s.value
-            elif s.name == "process_resident_memory_bytes":
-                snap["memory_bytes"] = s.value
-            elif s.name == "process_start_time_seconds":
-                snap["process_start"] = s.value
-            if s.labels.get("model") != model:
-                continue
-            if s.name == "pet_classifier_server_info":
-                snap["instance"] = s.labels.get("instance")
-            elif s.name == "pet_classifier_requests_total":
-                key = s.labels.get("outcome", "")
-                key = {"bad_request": "invalid"}.get(key, key)  # the predictor's 4xx label
-                snap["requests"][key] = snap["requests"].get(key, 0.0) + s.value
-            elif s.name == "pet_classifier_request_seconds_bucket":
-                le = s.labels["le"]
-                snap["buckets"][le] = snap["buckets"].get(le, 0.0) + s.value
-    return snap
-
-
 def scrape_to_store(url: str, model: str, monitoring_uri: str, timeout: float = 5.0
                     ) -> dict | None:
     """Scrapes ``<url>/metrics`` once and stores the parsed snapshot; None if unreachable."""
     try:
-        r = requests.get(f"{url.rstrip('/')}/metrics", timeout=timeout)
-        r.raise_for_status()
+        text = prom.fetch(url, timeout)
     except requests.RequestException as exc:
         logger.warning("Telemetry: cannot scrape %s: %s", url, exc)
         return None
-    snap = parse_metrics(r.text, model)
+    snap = asdict(prom.parse(text, model))
     if snap["instance"] is None:
         logger.warning("Telemetry: %s serves no metrics of model %r", url, model)
         return None
@@ -104,24 +80,6 @@ def read_snapshots(monitoring_uri: str, model: str, until: float) -> list[dict]:
     return sorted(out, key=lambda s: s["time"])
 
 
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """The ``q`` quantile from cumulative bucket counts (upper bound -> count), linear within
-    the bucket it falls in; None when empty or in the open-ended top bucket."""
-    counts = sorted(buckets.items())
-    if not counts or counts[-1][1] <= 0:
-        return None
-    rank, lower, below = q * counts[-1][1], 0.0, 0.0
-    for le, cumulative in counts:
-        if cumulative >= rank:
-            if math.isinf(le):
-                return None
-            if cumulative == below:
-                return le
-            return lower + (rank - below) / (cumulative - below) * (le - lower)
-        lower, below = le, cumulative
-    return None
-
-
 def summarize(snapshots: list[dict], start: float, end: float) -> dict | None:
     """What the predictor processes served in ``[start, end)``, from stored snapshots.
 
@@ -132,7 +90,7 @@ def summarize(snapshots: list[dict], start: float, end: float) -> dict | None:
     by_instance: dict[str, list[dict]] = {}
     for s in snapshots:
         by_instance.setdefault(s["instance"], []).append(s)
-    total = {"ok": 0.0, "error": 0.0, "invalid": 0.0}
+    total = {prom.OK: 0.0, prom.ERROR: 0.0, prom.BAD_REQUEST: 0.0}
     buckets: dict[float, float] = {}
     cpu, memory, seconds, processes = 0.0, 0.0, 0.0, 0
     for snaps in by_instance.values():
@@ -154,27 +112,27 @@ def summarize(snapshots: list[dict], start: float, end: float) -> dict | None:
             continue
         processes += 1
         seconds = max(seconds, last["time"] - t0)
+        now, then = prom.by_outcome(last["requests"]), prom.by_outcome(base["requests"])
         for k in total:
-            total[k] += max(0.0, last["requests"].get(k, 0.0) - base["requests"].get(k, 0.0))
-        for le, v in last["buckets"].items():
-            bound = float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + max(0.0, v - base["buckets"].get(le, 0.0))
+            total[k] += max(0.0, now.get(k, 0.0) - then.get(k, 0.0))
+        for bound, v in prom.increase(last["buckets"], base["buckets"]).items():
+            buckets[bound] = buckets.get(bound, 0.0) + v
         if last.get("cpu_seconds") is not None and base.get("cpu_seconds") is not None:
             cpu += max(0.0, last["cpu_seconds"] - base["cpu_seconds"]) / (last["time"] - t0)
         memory += last.get("memory_bytes") or 0.0
     if not processes:
         return None
     requests_n = sum(total.values())
-    answered = total["ok"] + total["error"]
+    ok, err, bad = total[prom.OK], total[prom.ERROR], total[prom.BAD_REQUEST]
+    answered = ok + err
     out = {"source": "scrapes", "processes": processes, "seconds": round(seconds, 3),
-           "requests": int(requests_n), "errors": int(total["error"]),
-           "invalid": int(total["invalid"]),
+           "requests": int(requests_n), "errors": int(err), "bad_requests": int(bad),
            "request_rate": requests_n / seconds if seconds else 0.0,
-           "error_rate": total["error"] / answered if answered else 0.0,
-           "invalid_share": total["invalid"] / requests_n if requests_n else 0.0,
+           "error_rate": err / answered if answered else 0.0,
+           "bad_request_share": bad / requests_n if requests_n else 0.0,
            "cpu_cores": round(cpu, 4), "memory_mb": round(memory / 2 ** 20, 2)}
     for q in QUANTILES:
-        v = histogram_quantile(q, buckets)
+        v = prom.histogram_quantile(q, buckets)
         out[f"p{int(q * 100)}_ms"] = None if v is None else round(v * 1000, 3)
     return out
 
@@ -190,7 +148,7 @@ def query_prometheus(url: str, model: str, start: float, end: float, namespace: 
     """
     span = max(1, int(end - start))
     rng = f"[{span}s]"
-    sel = f'model="{model}"'
+    sel = prom.selector(model)
     pod = f'pod=~"{model}-predictor.*"' + (f',namespace="{namespace}"' if namespace else "")
 
     def ask(promql: str) -> list:
@@ -208,11 +166,12 @@ def query_prometheus(url: str, model: str, start: float, end: float, namespace: 
         return sum(vals) if vals else None
 
     try:
-        by_outcome = {x["metric"].get("outcome", ""): float(x["value"][1]) for x in ask(
-            f"sum by (outcome) (increase(pet_classifier_requests_total{{{sel}}}{rng}))")}
+        by_outcome = prom.by_outcome({x["metric"].get("outcome", ""): float(x["value"][1])
+                                      for x in ask(f"sum by (outcome) (increase("
+                                                   f"{prom.REQUESTS}{sel}{rng}))")})
         quantiles = {q: scalar(ask(
             f"histogram_quantile({q}, sum by (le) "
-            f"(increase(pet_classifier_request_seconds_bucket{{{sel}}}{rng})))"))
+            f"(increase({prom.REQUEST_SECONDS}_bucket{sel}{rng})))"))
             for q in QUANTILES}
         cpu = scalar(ask(f'sum(rate(container_cpu_usage_seconds_total{{{pod},'
                          f'container="kserve-container"}}{rng}))'))
@@ -221,13 +180,12 @@ def query_prometheus(url: str, model: str, start: float, end: float, namespace: 
     except (requests.RequestException, ValueError, KeyError) as exc:
         logger.warning("Telemetry: Prometheus at %s did not answer: %s", url, exc)
         return None
-    ok, err, inv = (by_outcome.get(k, 0.0) for k in ("ok", "error", "invalid"))
-    inv += by_outcome.get("bad_request", 0.0)  # the predictor's label for a client's 4xx
-    n = ok + err + inv
+    ok, err, bad = (by_outcome.get(k, 0.0) for k in (prom.OK, prom.ERROR, prom.BAD_REQUEST))
+    n = ok + err + bad
     out = {"source": "prometheus", "processes": None, "seconds": span, "requests": int(n),
-           "errors": int(err), "invalid": int(inv), "request_rate": n / span,
+           "errors": int(err), "bad_requests": int(bad), "request_rate": n / span,
            "error_rate": err / (ok + err) if ok + err else 0.0,
-           "invalid_share": inv / n if n else 0.0,
+           "bad_request_share": bad / n if n else 0.0,
            "cpu_cores": cpu, "memory_mb": None if mem is None else round(mem / 2 ** 20, 2)}
     for q, v in quantiles.items():
         out[f"p{int(q * 100)}_ms"] = None if v is None else round(v * 1000, 3)

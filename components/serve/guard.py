@@ -31,9 +31,11 @@ from http import HTTPStatus
 
 from prometheus_client import Counter
 
+from components.common import prom
+
 logger = logging.getLogger(__name__)
 
-REQUESTS = Counter("pet_classifier_requests_total",
+REQUESTS = Counter(prom.REQUESTS,
                    "Inference requests by outcome: ok, bad_request (HTTP 4xx, the client's "
                    "mistake) or error (HTTP 5xx, the server's fault)",
                    ["model", "protocol", "outcome"])
@@ -103,10 +105,9 @@ class RequestGuard:
             if match:
                 name = match.group("v1") or match.group("v2")
                 status = state["status"] or 500
-                outcome = ("ok" if status < 400 else "bad_request" if status < 500
-                           else "error")
                 REQUESTS.labels(name if self.known_models(name) else "",
-                                "v1" if match.group("v1") else "v2", outcome).inc()
+                                "v1" if match.group("v1") else "v2",
+                                prom.outcome_of(status)).inc()
         if status is not None and 400 <= status < 500:
             detail = _error_text(state["error_body"])
             self.warn.warning("Bad request %s %s: %d %s", method, _printable(path[:200]),

@@ -48,6 +48,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
 from prometheus_client import Counter, Gauge, Histogram
 
+from components.common import prom
 from components.common.images import (
     ImageRejected,
     decode_image_and_mode,
@@ -57,17 +58,16 @@ from components.common.images import (
 
 logger = logging.getLogger(__name__)
 
-IMAGES = Counter("pet_classifier_images_total", "Images classified", ["model"])
-PREDICTED = Counter("pet_classifier_predicted_class_total", "Predictions per class",
-                    ["model", "label"])
-LATENCY = Histogram("pet_classifier_request_seconds", "Preprocess + predict + postprocess",
+IMAGES = Counter(prom.IMAGES, "Images classified", ["model"])
+PREDICTED = Counter(prom.PREDICTED_CLASS, "Predictions per class", ["model", "label"])
+LATENCY = Histogram(prom.REQUEST_SECONDS, "Preprocess + predict + postprocess",
                     ["model", "protocol"],
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 
 
 # Which process answered a scrape: counters can only be differenced within one process (in
 # a cluster, two scrapes of a revision's URL may reach different replicas).
-SERVER = Gauge("pet_classifier_server_info", "This server process (value 1)",
+SERVER = Gauge(prom.SERVER_INFO, "This server process (value 1)",
                ["instance", "model", "model_version"])
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from components.deploy.telemetry import parse, served_between
+from components.common.prom import parse
+from components.deploy.telemetry import served_between
 
 
 def _exposition(instance: str, ok: int, error: int, bad: int, buckets: dict) -> str:

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from components.common import prom
 from components.common.storage import open_store
 from components.monitor.contract import RECORD_FIELDS
 
@@ -75,12 +76,10 @@ def _v1(url, imgs, request_id=None):
 
 
 def _metric(url, name, **labels) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = prom.values(httpx.get(f"{url}/metrics", timeout=10).text, name, **labels)
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+    assert found, f"no {name}{{{want}}} in /metrics"
+    return found[0]
 
 
 def _records(store) -> tuple[list[str], list[dict]]:

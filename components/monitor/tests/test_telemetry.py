@@ -4,61 +4,51 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from components.common import prom
 from components.monitor.checks import MonitorConfig, telemetry_checks
-from components.monitor.telemetry import (
-    histogram_quantile,
-    parse_metrics,
-    query_prometheus,
-    summarize,
-)
+from components.monitor.telemetry import query_prometheus, summarize
 
 BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
-def exposition(instance: str, ok: int, errors: int, invalid: int, latencies: list[float]):
+def exposition(instance: str, ok: int, errors: int, bad: int, latencies: list[float]):
     """Prometheus text as the predictor exposes it (its metric names and labels)."""
     reg = CollectorRegistry()
-    requests = Counter("pet_classifier_requests", "", ["model", "protocol", "outcome"],
-                       registry=reg)
-    latency = Histogram("pet_classifier_request_seconds", "", ["model", "protocol"],
+    requests = Counter(prom.REQUESTS, "", ["model", "protocol", "outcome"], registry=reg)
+    latency = Histogram(prom.REQUEST_SECONDS, "", ["model", "protocol"],
                         buckets=BUCKETS, registry=reg)
-    Gauge("pet_classifier_server_info", "", ["instance", "model", "model_version"],
+    Gauge(prom.SERVER_INFO, "", ["instance", "model", "model_version"],
           registry=reg).labels(instance, "pets", "1").set(1)
     requests.labels("pets", "v1", "ok").inc(ok)
     if errors:
         requests.labels("pets", "v1", "error").inc(errors)
-    if invalid:
-        requests.labels("pets", "v2", "invalid").inc(invalid)
+    if bad:
+        requests.labels("pets", "v2", "bad_request").inc(bad)
     requests.labels("other-model", "v1", "ok").inc(1000)  # another model: not counted
     for s in latencies:
         latency.labels("pets", "v1").observe(s)
     return generate_latest(reg).decode()
 
 
-def snap(t, instance, ok, errors=0, invalid=0, latencies=(), start=None, cpu=None, mem=None):
-    s = parse_metrics(exposition(instance, ok, errors, invalid, list(latencies)), "pets")
+def snap(t, instance, ok, errors=0, bad=0, latencies=(), start=None, cpu=None, mem=None):
+    """A stored scrape, as ``scrape_to_store`` writes it."""
+    s = asdict(prom.parse(exposition(instance, ok, errors, bad, list(latencies)), "pets"))
     s.update(time=t, cpu_seconds=cpu, memory_bytes=mem, process_start=start)
     return s
-
-
-def test_parse_reads_the_predictor_exposition():
-    s = parse_metrics(exposition("host:1", 10, 2, 3, [0.001, 0.02]), "pets")
-    assert s["instance"] == "host:1"
-    assert s["requests"] == {"ok": 10, "error": 2, "invalid": 3}
-    assert s["buckets"]["+Inf"] == 2 and s["buckets"]["0.025"] == 2
 
 
 def test_window_figures_from_scrapes_of_two_processes_and_a_restart():
     fast = [0.003] * 90 + [0.04] * 10
     snaps = [
         snap(0, "a:1", 100, latencies=[0.003] * 100, cpu=10.0, mem=100e6),  # before the window
-        snap(100, "a:1", 300, errors=2, invalid=5, latencies=[0.003] * 100 + fast * 2,
+        snap(100, "a:1", 300, errors=2, bad=5, latencies=[0.003] * 100 + fast * 2,
              cpu=30.0, mem=120e6),
         # b started inside the window: counted from zero at its start.
         snap(100, "b:2", 50, latencies=[0.2] * 50, start=60.0, cpu=4.0, mem=80e6),
@@ -67,9 +57,9 @@ def test_window_figures_from_scrapes_of_two_processes_and_a_restart():
     out = summarize(snaps, 50, 150)
     assert out["processes"] == 2
     assert out["requests"] == 200 + 2 + 5 + 50
-    assert out["errors"] == 2 and out["invalid"] == 5
+    assert out["errors"] == 2 and out["bad_requests"] == 5
     assert out["error_rate"] == pytest.approx(2 / 252)
-    assert out["invalid_share"] == pytest.approx(5 / 257)
+    assert out["bad_request_share"] == pytest.approx(5 / 257)
     assert out["cpu_cores"] == pytest.approx(20 / 100 + 4 / 40)
     assert out["memory_mb"] == pytest.approx((120e6 + 80e6) / 2 ** 20, rel=1e-3)
     assert 2 < out["p50_ms"] <= 5
@@ -79,12 +69,14 @@ def test_window_figures_from_scrapes_of_two_processes_and_a_restart():
     assert summarize([], 0, 1) is None
 
 
-def test_histogram_quantile_interpolates_within_a_bucket():
-    buckets = {0.01: 50.0, 0.1: 100.0, float("inf"): 100.0}
-    assert histogram_quantile(0.5, buckets) == pytest.approx(0.01)
-    assert histogram_quantile(0.75, buckets) == pytest.approx(0.055)
-    assert histogram_quantile(0.99, {0.01: 1.0, float("inf"): 100.0}) is None
-    assert histogram_quantile(0.5, {}) is None
+def test_a_scrape_stored_in_the_old_vocabulary_is_read_the_same():
+    # Scrapes stored before the one vocabulary named a client's 4xx "invalid".
+    new = [snap(0, "a:1", 10, bad=0), snap(100, "a:1", 20, bad=4)]
+    old = [dict(s, requests={("invalid" if k == "bad_request" else k): v
+                             for k, v in s["requests"].items()}) for s in new]
+    assert "invalid" in old[1]["requests"]
+    assert summarize(old, 50, 150) == summarize(new, 50, 150)
+    assert summarize(old, 50, 150)["bad_requests"] == 4
 
 
 def test_telemetry_checks_judge_errors_and_latency():
@@ -113,7 +105,8 @@ class _Prometheus(BaseHTTPRequestHandler):
         t = float(q["time"][0])
         if promql.startswith("sum by (outcome)"):
             result = [{"metric": {"outcome": o}, "value": [t, v]}
-                      for o, v in (("ok", "970"), ("error", "10"), ("invalid", "20"))]
+                      for o, v in (("ok", "970"), ("error", "10"),
+                                   ("invalid", "20"))]  # an older server's label for a 4xx
         elif promql.startswith("histogram_quantile(0.95"):
             result = [{"metric": {}, "value": [t, "0.120"]}]
         elif promql.startswith("histogram_quantile"):
@@ -144,7 +137,7 @@ def test_prometheus_queries_give_the_same_summary():
     finally:
         server.shutdown()
         server.server_close()
-    assert out["requests"] == 1000 and out["errors"] == 10 and out["invalid"] == 20
+    assert out["requests"] == 1000 and out["errors"] == 10 and out["bad_requests"] == 20
     assert out["error_rate"] == pytest.approx(10 / 980)
     assert out["p95_ms"] == pytest.approx(120.0)
     assert out["p50_ms"] is None  # NaN from Prometheus: not measurable

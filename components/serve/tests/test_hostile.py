@@ -26,7 +26,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from components.deploy.telemetry import parse, served_between
+from components.common.prom import parse
+from components.deploy.telemetry import served_between
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -536,7 +537,7 @@ def test_a_server_error_keeps_the_keep_alive_connection_usable(package_dir, tmp_
                 assert status == 200, body
         finally:
             conn.close()
-        window = parse(httpx.get(f"{url}/metrics", timeout=10).text, MODEL).outcomes
+        window = parse(httpx.get(f"{url}/metrics", timeout=10).text, MODEL).requests
         assert window.get("error") == 3 and window.get("ok") == 3
         log = (tmp_path / "server.log").read_text()
         assert log.count("Traceback") == 3  # the server's own fault is logged in full, once
