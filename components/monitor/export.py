@@ -43,6 +43,7 @@ from components.common.storage import (
     sha256_bytes,
 )
 from components.monitor.contract import utcnow
+from components.monitor.window import read_capture, read_labels
 
 logger = logging.getLogger(__name__)
 
@@ -99,64 +100,27 @@ def _ext(data: bytes) -> str:
     return "img"
 
 
-def current_labels(store: ObjectStore, model: str) -> dict[tuple[str, int], dict]:
-    """The current label of every labelled instance: (request id, index) -> label record.
-
-    The highest sequence number under ``capture/labels/model=<model>/<id>/<index>/`` wins
-    (the contract: labels are create-only, a correction is a higher number). Unreadable
-    label files are logged and counted by the caller through the missing entries.
-    """
-    best: dict[tuple[str, int], tuple[int, str]] = {}
-    for obj in store.list(f"capture/labels/model={model}"):
-        parts = obj.key.split("/")
-        if len(parts) != 6 or not parts[5].endswith(".json"):
-            continue
-        request_id, index, seq = parts[3], parts[4], parts[5][:-5]
-        if not (index.isdigit() and seq.isdigit()):
-            continue
-        ident = (request_id, int(index))
-        if ident not in best or int(seq) > best[ident][0]:
-            best[ident] = (int(seq), obj.key)
-    labels = {}
-    for ident, (_, key) in best.items():
-        try:
-            record = store.get_json(key)
-        except (ValueError, ObjectNotFoundError) as exc:
-            logger.warning("Skipping unreadable label %s: %s", store.uri_of(key), exc)
-            continue
-        if isinstance(record, dict) and isinstance(record.get("label"), str):
-            labels[ident] = record
-        else:
-            logger.warning("Skipping label %s without a 'label' string", store.uri_of(key))
-    return labels
-
-
 def captured_records(store: ObjectStore, model: str, wanted: set[tuple[str, int]],
                      since: float | None = None) -> tuple[dict[tuple[str, int], dict], int]:
     """Capture records of the wanted instances; also returns how many lines were unreadable."""
     found: dict[tuple[str, int], dict] = {}
     bad = 0
-    for obj in store.list(f"capture/records/model={model}"):
-        if not obj.key.endswith(".jsonl"):
-            continue
+
+    def note(kind: str, where: str) -> None:
+        nonlocal bad
+        bad += kind in ("parse_errors", "truncated")
+
+    for _, rec in read_capture(store, model, None, note):
         try:
-            text = store.get(obj.key).decode("utf-8", errors="replace")
-        except ObjectNotFoundError:
+            ident = (str(rec["request_id"]), int(rec.get("index", 0)))
+        except (ValueError, KeyError, TypeError):
+            bad += 1
             continue
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                ident = (str(rec["request_id"]), int(rec.get("index", 0)))
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-                continue
-            if ident not in wanted:
-                continue
-            if since is not None and float(rec.get("time") or 0) < since:
-                continue
-            found[ident] = rec
+        if ident not in wanted:
+            continue
+        if since is not None and float(rec.get("time") or 0) < since:
+            continue
+        found[ident] = rec
     return found, bad
 
 
@@ -244,7 +208,7 @@ def export_captures(monitoring_uri: str, lake_uri: str, model: str, registry_uri
         raise ExportError(f"No classes to validate labels against: {model!r} has no production "
                           f"version with metadata.json in {registry_uri or '(no registry)'} "
                           "and no classes were given.")
-    labels = current_labels(store, model)
+    labels = read_labels(store, model)
     records, bad_lines = captured_records(store, model, set(labels), since)
     in_lake = _lake_production_hashes(lake, _published_exports(store))
     counts = {"labelled": len(labels), "exported": 0, "already_in_dataset": 0,

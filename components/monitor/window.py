@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,6 +122,9 @@ class Window:
         return [r["label"] for r in self.records]
 
     def note(self, kind: str, where: str) -> None:
+        if kind in ("files", "lines"):  # read, not a problem
+            setattr(self, kind, getattr(self, kind) + 1)
+            return
         self.problems[kind] += 1
         examples = self.examples.setdefault(kind, [])
         if len(examples) < 5:
@@ -160,6 +164,11 @@ def read_labels(store: ObjectStore, model: str, request_ids: set[str] | None = N
 
     Labels are create-only files, one per correction; the highest sequence number wins.
     Files that are not JSON objects with a ``label`` are skipped and logged.
+
+    Args:
+        store: The monitoring store.
+        model: Model name.
+        request_ids: Read only the labels of these requests (None: every label).
     """
     prefix = f"capture/labels/model={model}"
     latest: dict[tuple[str, int], tuple[int, str]] = {}
@@ -168,26 +177,81 @@ def read_labels(store: ObjectStore, model: str, request_ids: set[str] | None = N
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].endswith(".json"):
             continue
         rid, index, seq = parts[0], int(parts[1]), parts[2][:-5]
-        if request_ids is not None and rid not in request_ids:
+        if not seq.isdigit() or (request_ids is not None and rid not in request_ids):
             continue
-        try:
-            n = int(seq)
-        except ValueError:
-            continue
-        if (rid, index) not in latest or n > latest[(rid, index)][0]:
-            latest[(rid, index)] = (n, obj.key)
+        if (rid, index) not in latest or int(seq) > latest[(rid, index)][0]:
+            latest[(rid, index)] = (int(seq), obj.key)
     out = {}
     for key, (_, obj_key) in latest.items():
         try:
             rec = json.loads(store.get(obj_key))
         except (StorageError, ValueError) as exc:
-            logger.warning("Skipping unreadable label %s: %s", obj_key, exc)
+            logger.warning("Skipping unreadable label %s: %s", store.uri_of(obj_key), exc)
             continue
         if isinstance(rec, dict) and isinstance(rec.get("label"), str):
             out[key] = rec
         else:
-            logger.warning("Skipping label %s: not an object with a 'label'", obj_key)
+            logger.warning("Skipping label %s: not an object with a 'label'",
+                           store.uri_of(obj_key))
     return out
+
+
+def read_capture(store: ObjectStore, model: str, days: list[str] | None,
+                 note: Callable[[str, str], None]) -> Iterator[tuple[str, dict]]:
+    """Every JSON object in the capture batches of ``model``: ``(where, record)`` pairs.
+
+    The one reader of ``capture/records/``. What it cannot use it passes to ``note(kind,
+    where)``, a kind of ``PROBLEMS`` (foreign files, unreadable batches, lines that are not a
+    JSON object, a batch cut off inside its last line); the records themselves are the
+    caller's to check.
+
+    Args:
+        store: The monitoring store.
+        model: Model name.
+        days: The date partitions to read (``YYYY-MM-DD``), or None for all.
+        note: Called once for each problem, and with ``"files"`` and ``"lines"`` for each
+            batch and each non-empty line read.
+    """
+    root = f"capture/records/model={model}"
+    prefixes = [f"{root}/date={day}" for day in days] if days is not None else [root]
+    for prefix in prefixes:
+        for obj in store.list(prefix):
+            m = _RECORD_FILE.match(obj.key)
+            if not m or m.group(1) != model:
+                note("foreign", obj.key)
+                continue
+            try:
+                data = store.get(obj.key)
+            except StorageError as exc:
+                logger.warning("Cannot read %s: %s", obj.key, exc)
+                note("unreadable_files", obj.key)
+                continue
+            note("files", obj.key)
+            yield from _read_batch(obj.key, data, note)
+
+
+def _read_batch(key: str, data: bytes, note: Callable[[str, str], None]
+                ) -> Iterator[tuple[str, dict]]:
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    if complete:
+        lines = lines[:-1]
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{key}:{n}"
+        note("lines", where)
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            last = n == len(lines) and not complete
+            note("truncated" if last else "parse_errors", where)
+            continue
+        if not isinstance(rec, dict):
+            note("parse_errors", where)
+            continue
+        yield where, rec
 
 
 def read_window(monitoring_uri: str, model: str, start, end, model_version: str | None = None,
@@ -208,21 +272,21 @@ def read_window(monitoring_uri: str, model: str, start, end, model_version: str 
     store = open_store(monitoring_uri)
     win = Window(model, start, end, None if model_version is None else str(model_version))
     t0, t1 = start.timestamp(), end.timestamp()
-    root = f"capture/records/model={model}"
-    for day in _dates(start, end):
-        for obj in store.list(f"{root}/date={day}"):
-            m = _RECORD_FILE.match(obj.key)
-            if not m or m.group(1) != model:
-                win.note("foreign", obj.key)
-                continue
-            try:
-                data = store.get(obj.key)
-            except StorageError as exc:
-                logger.warning("Cannot read %s: %s", obj.key, exc)
-                win.note("unreadable_files", obj.key)
-                continue
-            win.files += 1
-            _read_batch(win, obj.key, data, t0, t1)
+    for where, rec in read_capture(store, model, _dates(start, end), win.note):
+        if rec.get("model") != win.model:
+            win.note("foreign", where)
+            continue
+        problem = _valid(rec)
+        if problem:
+            win.note("missing_fields", f"{where} ({problem})")
+            continue
+        if not t0 <= rec["time"] < t1:
+            continue
+        version = str(rec["model_version"])
+        if win.model_version is not None and version != win.model_version:
+            win.other_versions[version] = win.other_versions.get(version, 0) + 1
+            continue
+        win.records.append(rec)
     if win.records:  # one model version, one embedding size: anything else is damaged
         dims = Counter(len(r["embedding"]) for r in win.records)
         usual = dims.most_common(1)[0][0]
@@ -248,42 +312,6 @@ def read_window(monitoring_uri: str, model: str, start, end, model_version: str 
         logger.warning("Window of %s: %d usable records; problems %s", model, len(win),
                        {k: v for k, v in win.problems.items() if v})
     return win
-
-
-def _read_batch(win: Window, key: str, data: bytes, t0: float, t1: float) -> None:
-    text = data.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    complete = text.endswith("\n")
-    if complete:
-        lines = lines[:-1]
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        win.lines += 1
-        where = f"{key}:{n}"
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            last = n == len(lines) and not complete
-            win.note("truncated" if last else "parse_errors", where)
-            continue
-        if not isinstance(rec, dict):
-            win.note("parse_errors", where)
-            continue
-        if rec.get("model") != win.model:
-            win.note("foreign", where)
-            continue
-        problem = _valid(rec)
-        if problem:
-            win.note("missing_fields", f"{where} ({problem})")
-            continue
-        if not t0 <= rec["time"] < t1:
-            continue
-        version = str(rec["model_version"])
-        if win.model_version is not None and version != win.model_version:
-            win.other_versions[version] = win.other_versions.get(version, 0) + 1
-            continue
-        win.records.append(rec)
 
 
 def mode_counts(win: Window) -> Counter:
