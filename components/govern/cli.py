@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 logger = logging.getLogger(__name__)
@@ -305,7 +306,8 @@ def _cmd_receiver(args) -> int:
     print(f"Alertmanager webhook receiver on http://{args.host}:{args.port}/alerts "
           f"(store {store}); Ctrl-C stops it.", file=sys.stderr)
     serve(policy, store_uri=store, registry_uri=args.registry, host=args.host, port=args.port,
-          target=_target(args), launcher=_launcher(args, policy, store))
+          target=_target(args), launcher=_launcher(args, policy, store),
+          token=os.environ.get("MLOPS_RECEIVER_TOKEN", ""))
     return 0
 
 
@@ -399,7 +401,10 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_rules)
 
     p = gsub.add_parser("receiver", formatter_class=fmt,
-                        help="an Alertmanager webhook receiver that governs what it is sent")
+                        help="an Alertmanager webhook receiver that governs what it is sent",
+                        description="Serves POST /alerts (Alertmanager's webhook). Set "
+                                    "MLOPS_RECEIVER_TOKEN to require 'Authorization: Bearer "
+                                    "<token>'.")
     _stores(p)
     _policy_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")

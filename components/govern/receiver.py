@@ -11,7 +11,11 @@ Alertmanager resends a notification that was not acknowledged with 2xx, and repe
 groups; the verdict's id is derived from the alerts' fingerprints, start times and statuses,
 so a resent notification is governed once. Answers: 200 with the actions taken, 400 with the
 reason for a payload that is not Alertmanager's, 500 only for a failure on this side (the
-store is down: Alertmanager will retry, and nothing was half-recorded).
+store is down: Alertmanager will retry, and nothing was half-recorded), 401 without the
+bearer token when one is set (``MLOPS_RECEIVER_TOKEN``; Alertmanager sends it with
+``http_config: {authorization: {credentials: …}}``), 413 for a body over 1 MiB.
+``GET /healthz`` answers ``{"status": "ok"}``. The app is the kernel's
+:func:`components.common.service.json_app`, as the monitor's feedback endpoint's is.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import logging
 import threading
 
+from components.common.service import json_app, read_json
 from components.govern.policy import Policy
 from components.monitor.contract import KINDS, Check, Verdict
 
@@ -98,8 +103,9 @@ def verdicts_from_notification(payload, production_version) -> list[Verdict]:
 
 
 def make_app(policy: Policy, *, store_uri: str, registry_uri: str = "", target=None,
-             launcher=None, sinks=None):
-    """The aiohttp application: ``POST /alerts``, ``GET /healthz``."""
+             launcher=None, sinks=None, token: str = ""):
+    """The aiohttp application: ``POST /alerts``, ``GET /healthz``; with a ``token``,
+    ``/alerts`` needs ``Authorization: Bearer <token>``."""
     from aiohttp import web
 
     from components.govern.core import govern
@@ -134,12 +140,7 @@ def make_app(policy: Policy, *, store_uri: str, registry_uri: str = "", target=N
         return results
 
     async def alerts(request: web.Request) -> web.Response:
-        try:
-            payload = json.loads(await request.read())
-        except web.HTTPRequestEntityTooLarge:
-            raise
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return web.json_response({"error": f"body is not JSON: {exc}"}, status=400)
+        payload = await read_json(request)
         try:
             results = await asyncio.get_running_loop().run_in_executor(None, handle, payload)
         except BadPayload as exc:
@@ -154,23 +155,16 @@ def make_app(policy: Policy, *, store_uri: str, registry_uri: str = "", target=N
         return web.json_response({"governed": results}, dumps=lambda o: json.dumps(o,
                                                                                    default=str))
 
-    async def healthz(_request):
-        return web.json_response({"ok": True})
-
-    app = web.Application(client_max_size=MAX_BODY)
+    app = json_app(max_body_bytes=MAX_BODY, token=token)
     app.router.add_post("/alerts", alerts)
-    app.router.add_get("/healthz", healthz)
     return app
 
 
 def serve(policy: Policy, *, store_uri: str, registry_uri: str = "", host: str = "127.0.0.1",
-          port: int = 9095, target=None, launcher=None) -> None:
+          port: int = 9095, target=None, launcher=None, token: str = "") -> None:
     """Runs the receiver until interrupted."""
-    try:
-        from aiohttp import web
-    except ImportError as exc:  # pragma: no cover - aiohttp comes with kserve
-        raise ImportError("The receiver needs aiohttp: pip install 'mlops-workflow[serve]'") \
-            from exc
     app = make_app(policy, store_uri=store_uri, registry_uri=registry_uri, target=target,
-                   launcher=launcher)
+                   launcher=launcher, token=token)
+    from aiohttp import web  # json_app has imported it (or said how to install it)
+
     web.run_app(app, host=host, port=port, print=None, access_log=None)

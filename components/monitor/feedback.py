@@ -33,6 +33,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from components.common.service import json_app, read_json
 from components.common.storage import AlreadyExistsError, ObjectStore, open_store
 from components.monitor.contract import utcnow
 
@@ -329,24 +330,18 @@ def make_app(labels: LabelStore, token: str = "", max_body_bytes: int = 1024 * 1
     ``POST /v1/labels`` with ``{"request_id", "label", "index"?, "by"?, "note"?,
     "relabel"?}`` or ``{"labels": [...], "relabel"?}`` → 201 (stored), 200 (the same label
     was already stored), 400 (invalid: nothing stored), 409 (a different label is stored:
-    send ``"relabel": true`` to correct it), 401 (token required).
+    send ``"relabel": true`` to correct it), 401 (token required), 413 (body over
+    ``max_body_bytes``).
     ``GET /v1/labels/{request_id}`` → every labelled instance of the request, with history.
-    ``GET /healthz`` → ``{"status": "ok"}``.
+    ``GET /healthz`` → ``{"status": "ok", "model", "classes"}`` (no token needed).
+    The app is the kernel's :func:`components.common.service.json_app`.
     """
     import asyncio
 
     from aiohttp import web
 
-    def authorised(request) -> bool:
-        return not token or request.headers.get("Authorization", "") == f"Bearer {token}"
-
     async def post_labels(request):
-        if not authorised(request):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
-        try:
-            body = await request.json()
-        except ValueError:
-            return web.json_response({"error": "the body is not JSON"}, status=400)
+        body = await read_json(request)
         if not isinstance(body, dict):
             return web.json_response({"error": 'expect a JSON object: {"request_id", '
                                                '"label", "index"} or {"labels": [...]}'},
@@ -372,8 +367,6 @@ def make_app(labels: LabelStore, token: str = "", max_body_bytes: int = 1024 * 1
         return web.json_response({"results": results}, status=201 if created else 200)
 
     async def get_labels(request):
-        if not authorised(request):
-            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
         rid = request.match_info["request_id"]
         if not _REQUEST_ID.match(rid):
             return web.json_response({"error": f"invalid request id {rid!r}"}, status=400)
@@ -383,14 +376,10 @@ def make_app(labels: LabelStore, token: str = "", max_body_bytes: int = 1024 * 1
         return web.json_response({"request_id": rid,
                                   "instances": {str(k): v for k, v in found.items()}})
 
-    async def health(request):
-        return web.json_response({"status": "ok", "model": labels.model,
-                                  "classes": labels.classes})
-
-    app = web.Application(client_max_size=max_body_bytes)
+    app = json_app(health=lambda: {"model": labels.model, "classes": labels.classes},
+                   max_body_bytes=max_body_bytes, token=token)
     app.router.add_post("/v1/labels", post_labels)
     app.router.add_get("/v1/labels/{request_id}", get_labels)
-    app.router.add_get("/healthz", health)
     return app
 
 

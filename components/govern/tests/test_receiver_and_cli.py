@@ -118,6 +118,34 @@ def test_receiver_answers_400_for_what_is_not_alertmanagers(receiver_process):
     assert too_big.status_code == 413
 
 
+def test_receiver_requires_its_bearer_token_when_one_is_set(tmp_path, dead_url):
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from components.govern.policy import load_policy
+    from components.govern.receiver import make_app
+
+    app = make_app(load_policy(_policy_file(tmp_path, dead_url)),
+                   store_uri=str(tmp_path / "monitoring"), token="s3cret")
+
+    async def go():
+        async with TestClient(TestServer(app)) as client:
+            health = await client.get("/healthz")
+            anonymous = await client.post("/alerts", data=b"{}")
+            wrong = await client.post("/alerts", data=b"{}",
+                                      headers={"Authorization": "Bearer other"})
+            right = await client.post("/alerts", data=b"not json",
+                                      headers={"Authorization": "Bearer s3cret"})
+            return ((health.status, await health.json()), anonymous.status, wrong.status,
+                    (right.status, await right.json()))
+
+    health, anonymous, wrong, right = asyncio.run(go())
+    assert health == (200, {"status": "ok"})  # Kubernetes' probes send no token
+    assert anonymous == 401 and wrong == 401
+    assert right[0] == 400 and "body is not JSON" in right[1]["error"]
+
+
 def _mlops(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "components.cli", *args], capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})})
