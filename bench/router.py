@@ -121,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from components.common.registry import ModelRegistry
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     print("training a model to serve ...", flush=True)

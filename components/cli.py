@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from components.common.paths import mlops_home
+from components.deploy.targets import TARGETS
 
 
 class Progress:
@@ -380,7 +381,8 @@ def _capture_uri() -> str:
 
 
 def _deploy_target(args):
-    from components.deploy.targets import KServeTarget, LocalTarget
+    from components.deploy.targets.kserve import KServeTarget
+    from components.deploy.targets.local import LocalTarget
 
     home = mlops_home()
     registry = args.registry or str(home / "registry")
@@ -475,7 +477,7 @@ def _cmd_demo(args) -> int:
                  "deploy_target": "local", "serving_root": str(home / "deployments")}
     started = time.monotonic()
     from components.deploy.local_cli import Camera
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     camera = Camera.from_lake(LocalTarget(arguments["registry_uri"], arguments["model_name"],
                                           arguments["serving_root"]), lake_uri).start()
@@ -495,7 +497,7 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
     """Sends test images of each class to the production endpoint and prints its answers."""
     from components.common.storage import read_uri
     from components.deploy.client import predict
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
     from components.ingest.core import read_split
 
     target = LocalTarget(arguments["registry_uri"], arguments["model_name"],
@@ -698,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--serving-root", default="",
                     help="local target state (default $MLOPS_HOME/deployments)")
     dp.add_argument("--model", default="pet-classifier", help="registered model name")
-    dp.add_argument("--target", choices=["local", "kserve"], default="local",
+    dp.add_argument("--target", choices=list(TARGETS), default="local",
                     help="local model servers (default) or InferenceServices in --namespace")
     dp.add_argument("--namespace", default="", help="Kubernetes namespace (kserve target)")
     dp_sub = dp.add_subparsers(dest="deploy_command", required=True)

@@ -231,7 +231,7 @@ class Loop:
         return ModelRegistry(self.s["registry"])
 
     def _target(self):
-        from components.deploy.targets import LocalTarget
+        from components.deploy.targets.local import LocalTarget
 
         return LocalTarget(self.s["registry"], self.cfg.model_name, self.s["deployments"])
 

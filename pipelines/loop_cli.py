@@ -61,7 +61,7 @@ def _cmd_demo_loop(args) -> int:
         result = run_loop(config, on_event=_print_event, on_alert=_print_alert)
     finally:
         if not args.keep_serving:
-            from components.deploy.targets import LocalTarget
+            from components.deploy.targets.local import LocalTarget
 
             s = config.stores
             LocalTarget(s["registry"], config.model_name, s["deployments"]).delete_all()

@@ -69,7 +69,7 @@ def _ct_args(base: Path, **extra) -> dict:
 @pytest.fixture
 def stop_servers(tmp_path):
     yield
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     LocalTarget(str(tmp_path / "world" / "registry"), MODEL,
                 tmp_path / "world" / "deployments").delete_all()
@@ -177,7 +177,7 @@ def test_continuous_training_compiles_with_its_gates_and_trigger_parameter(tmp_p
 def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tmp_path):
     """The story at a small size: real model servers over HTTP with capture, the monitor,
     governance with a webhook receiver on loopback, and the continuous-training pipeline."""
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
     from pipelines.loop import run_loop
 
     home = tmp_path / "home"

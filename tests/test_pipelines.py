@@ -150,7 +150,7 @@ def _training_args(tmp_path, lake_uri, **extra):
 @pytest.fixture
 def local_servers(tmp_path):
     """Stops whatever model servers a pipeline run left in production or test."""
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     yield
     LocalTarget(str(tmp_path / "registry"), "pet-classifier",
@@ -163,7 +163,7 @@ def test_training_pipeline_registers_tests_and_releases_a_traceable_model(tmp_pa
                                                                            local_servers):
     from components.common.registry import ModelRegistry
     from components.deploy.client import predict
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     lake = open_store(tmp_path / "lake")
     generate(LakeSpec(n=300, size=32, seed=12), lake)

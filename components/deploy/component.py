@@ -46,8 +46,9 @@ def application_test(
         qa_summary: The same for people (Markdown, shown in the Kubeflow UI).
         qa_metrics: Live accuracy, error rate and latency percentiles.
         model_name: Registered model name.
-        target: kserve (an InferenceService in ``namespace``) or local (model server
-            processes; state in ``serving_root``).
+        target: A deployment target named in :data:`components.deploy.targets.TARGETS`:
+            kserve (an InferenceService in ``namespace``) or local (model server processes;
+            state in ``serving_root``).
         namespace: Kubernetes namespace for the kserve target (where manifests/ was applied).
         serving_root: State folder of the local target.
         predictor_image: The predictor image the InferenceService runs (kserve target;
@@ -171,7 +172,8 @@ def release_model(
         release_summary: The same for people (Markdown).
         release_metrics: The decision and each step's canary and stable measurements.
         model_name: Registered model name.
-        target: kserve or local (see application_test).
+        target: A deployment target named in :data:`components.deploy.targets.TARGETS` (see
+            application_test).
         namespace: Kubernetes namespace for the kserve target.
         serving_root: State folder of the local target.
         predictor_image: The predictor image (kserve target; see application_test).

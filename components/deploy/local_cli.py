@@ -109,7 +109,7 @@ def print_status(target) -> int:
 
 def start(target, args) -> int:
     """``mlops deploy start``: every environment back to what the registry says."""
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     ports = _ports(args.port)
     envs = tuple(args.env or ENVIRONMENTS)

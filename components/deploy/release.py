@@ -32,7 +32,7 @@ import numpy as np
 
 from components.common.registry import ModelRegistry
 from components.deploy.client import LoadResult, run_load
-from components.deploy.targets import DeploymentError, DeploymentTarget
+from components.deploy.targets.base import DeploymentError, DeploymentTarget
 from components.deploy.telemetry import scrape, served_between
 
 logger = logging.getLogger(__name__)

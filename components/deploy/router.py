@@ -5,7 +5,7 @@ stable and the canary revision, and the supervisor of the environment's model se
         --environment production --port 8500
 
 One router process runs per environment (started by
-:class:`~components.deploy.targets.LocalTarget`). Its address does not change across releases:
+:class:`~components.deploy.targets.local.LocalTarget`). Its address does not change across releases:
 the camera's client is configured once. What it routes to is the environment's entry in the
 target's state file ``<state-dir>/<model>.json`` (stable and canary revision, canary percent,
 and a ``generation`` counter); the router reloads it on ``SIGHUP`` (the target sends one after

@@ -13,7 +13,7 @@ recorded. A revision that stays ready for ``stable_after`` seconds has its conse
 reset.
 
 What it finds is written, after every change, to ``<state_dir>/<model>.<environment>.supervisor.json``
-(read by :class:`~components.deploy.targets.LocalTarget` and ``mlops deploy status``), and every
+(read by :class:`~components.deploy.targets.local.LocalTarget` and ``mlops deploy status``), and every
 crash, restart and give-up is appended to ``<state_dir>/events.jsonl`` (one JSON object a line,
 with ``severity`` ``warning`` or ``alarm``) for alerting.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from components.common.registry import ModelRegistry
-from components.deploy.targets import DeploymentTarget
+from components.deploy.targets.base import DeploymentTarget
 from components.govern.holds import place_hold
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 
+from components.deploy.targets import TARGETS
+
 logger = logging.getLogger(__name__)
 
 
@@ -312,7 +314,7 @@ def _cmd_receiver(args) -> int:
 
 
 def _target_args(p) -> None:
-    p.add_argument("--target", default="local", choices=["none", "local", "kserve"],
+    p.add_argument("--target", default="local", choices=["none", *TARGETS],
                    help="where production runs, for rollbacks: local model servers, KServe "
                         "InferenceServices in --namespace, or none (record only)")
     p.add_argument("--serving-root", default="",

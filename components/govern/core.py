@@ -85,7 +85,7 @@ def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: st
         store_uri: The monitoring store (governance records go under ``governance/<model>``).
         registry_uri: The model registry (holds, rollbacks, the audit view); without it,
             rollback and hold are recorded as not possible.
-        target: The :class:`~components.deploy.targets.DeploymentTarget` of production, for
+        target: The :class:`~components.deploy.targets.base.DeploymentTarget` of production, for
             rollbacks; without it a rollback is recorded as not possible.
         launcher: Starts retraining runs; without it a trigger is recorded but no run starts.
         sinks: recipient name -> sink, overriding the policy's webhooks.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from components.common.registry import ModelRegistry
-from components.deploy.targets import DeploymentError
+from components.deploy.targets.base import DeploymentError
 from components.govern.records import actor, now_iso, parse_time
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import requests
 from components.common import k8s
 from components.common.registry import ModelRegistry
 from components.deploy import release
-from components.deploy.targets import DeploymentError, KServeTarget
+from components.deploy.targets.base import DeploymentError
+from components.deploy.targets.kserve import KServeTarget
 from components.deploy.tests.kube_standin import KubeStandIn, crd_path
 
 NS = "pets-prod"

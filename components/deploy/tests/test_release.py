@@ -14,7 +14,9 @@ from components.common.registry import ModelRegistry
 from components.deploy.apptest import AppTestConfig, application_test, load_labelled_split
 from components.deploy.client import predict
 from components.deploy.release import CanaryPolicy, release
-from components.deploy.targets import DeploymentError, LocalTarget, _process_alive
+from components.deploy.supervisor import process_alive
+from components.deploy.targets.base import DeploymentError
+from components.deploy.targets.local import LocalTarget
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -105,7 +107,7 @@ def test_application_test_matches_offline_accuracy_and_enforces_its_rules(setup,
     finally:
         target.delete("test")
     assert target.status("test") is None
-    assert not _process_alive(dep.stable.detail["pid"], dep.stable.detail["port"])
+    assert not process_alive(dep.stable.detail["pid"], dep.stable.detail["port"])
 
 
 def test_application_test_counts_failed_requests_as_errors(setup):
@@ -211,7 +213,7 @@ def test_good_candidate_is_promoted_and_moves_the_production_alias(setup):
     new = target.status("production")
     assert new.stable.version == 3 and new.canary is None
     assert predict(new.url, new.name, images[:1])
-    assert not _process_alive(old.stable.detail["pid"], old.stable.detail["port"])
+    assert not process_alive(old.stable.detail["pid"], old.stable.detail["port"])
     assert registry.aliases(MODEL)["production"] == 3
     last = registry.alias_history(MODEL, "production")[-1]
     assert last["previous"] == old.stable.version and "promoted" in last["reason"]

@@ -17,8 +17,8 @@ from components.common.registry import ModelRegistry
 from components.deploy.apptest import load_labelled_split
 from components.deploy.client import v1_body
 from components.deploy.router import REVISION_HEADER, VERSION_HEADER, WeightedChoice
-from components.deploy.supervisor import read_events
-from components.deploy.targets import LocalTarget, _process_alive
+from components.deploy.supervisor import process_alive, read_events
+from components.deploy.targets.local import LocalTarget
 
 MODEL = "pets"
 FAST = ("--backoff-base=0.2", "--backoff-max=1", "--max-restarts=2")
@@ -172,7 +172,7 @@ def test_a_killed_model_server_is_restarted_and_status_says_so(env):
     # Stopping the environment stops the restarted server too (the supervisor's child).
     restarted = now.stable.detail["pid"]
     target.delete("production")
-    assert not _process_alive(restarted, now.stable.detail["port"])
+    assert not process_alive(restarted, now.stable.detail["port"])
 
 
 @pytest.mark.slow
@@ -214,7 +214,7 @@ def test_start_after_a_reboot_restores_what_the_registry_alias_says(env):
     router = target.router("production")
     os.kill(router["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _process_alive(dep.stable.detail["pid"], dep.stable.detail["port"]) and \
+    while process_alive(dep.stable.detail["pid"], dep.stable.detail["port"]) and \
             time.monotonic() < deadline:
         time.sleep(0.05)
     back = target.start(("production",))["production"]

@@ -13,7 +13,7 @@ from components.common.registry import ModelRegistry
 from components.deploy.apptest import load_labelled_split
 from components.deploy.client import v1_body
 from components.deploy.router import REVISION_HEADER
-from components.deploy.targets import LocalTarget
+from components.deploy.targets.local import LocalTarget
 from components.monitor.window import read_window
 
 MODEL = "pets"

@@ -105,7 +105,7 @@ def test_storage_down_mid_govern_then_the_next_run_catches_up(receiver, tmp_path
 @pytest.mark.timeout(300)
 def test_rollback_and_hold_on_a_real_local_deployment(package_dir, receiver, tmp_path):
     from components.deploy.client import predict
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
 
     registry = ModelRegistry(str(tmp_path / "registry"))
     files = _package_files(package_dir)
@@ -181,7 +181,7 @@ def test_release_step_refuses_a_held_release(package_dir, dataset_dirs, tmp_path
     """The release step checks holds before it deploys anything."""
     from components.deploy.apptest import load_labelled_split
     from components.deploy.release import release
-    from components.deploy.targets import LocalTarget
+    from components.deploy.targets.local import LocalTarget
     from components.govern.holds import place_hold
 
     registry = ModelRegistry(str(tmp_path / "registry"))
