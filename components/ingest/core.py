@@ -439,7 +439,7 @@ def list_local_lake(store: LocalStore) -> tuple[list[ObjectInfo], list[dict]]:
     Returns:
         (objects sorted by key, refusals as dicts with key, status, detail).
     """
-    from components.common.storage import _INTERNAL_NAME
+    from components.common.storage.local import _INTERNAL_NAME
 
     root = os.path.realpath(store.root)
     found: list[ObjectInfo] = []
