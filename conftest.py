@@ -62,7 +62,8 @@ def dataset_dirs(tmp_path_factory):
     """(train_dir, test_dir) of an ingested 600-image, 32 px sample lake."""
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
-    from components.ingest.core import ingest, write_split
+    from components.ingest.core import ingest
+    from components.ingest.snapshot import write_split
 
     base = tmp_path_factory.mktemp("data")
     generate(LakeSpec(n=600, size=32, seed=21), open_store(base / "lake"))
@@ -77,7 +78,7 @@ def dataset_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_model_dir(dataset_dirs, tmp_path_factory):
     """A small CNN trained for a few epochs on ``dataset_dirs`` (a model folder)."""
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
     from components.train import core
 
     rows, meta = read_split(dataset_dirs[0])
@@ -90,7 +91,7 @@ def trained_model_dir(dataset_dirs, tmp_path_factory):
 @pytest.fixture(scope="session")
 def package_dir(dataset_dirs, trained_model_dir, tmp_path_factory):
     """An ONNX package (model.onnx, metadata, model card) of ``trained_model_dir``."""
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
     from components.package.core import build_package
     from components.train.core import load_images, load_model
 

@@ -43,7 +43,8 @@ def build(work: Path, n_lake: int):
     from components.common.registry import ModelRegistry
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
-    from components.ingest.core import ingest, read_split, write_split
+    from components.ingest.core import ingest
+    from components.ingest.snapshot import read_split, write_split
     from components.monitor.simulate import SimulatedModel
     from components.package.core import build_package
     from components.train import core as train

@@ -30,12 +30,8 @@ from benchdoc import write_section  # noqa: E402
 
 from components.common.storage import open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate  # noqa: E402
-from components.ingest.core import (  # noqa: E402
-    available_cpus,
-    ingest,
-    ingest_part,
-    plan_parts,
-)
+from components.ingest.core import available_cpus, ingest  # noqa: E402
+from components.ingest.fanout import ingest_part, plan_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 _PART = ("import json, sys\n"

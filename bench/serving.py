@@ -201,7 +201,7 @@ def camera_frames(test_dir: str, side: int, limit: int = 200) -> list[bytes]:
     from PIL import Image
 
     from components.common.storage import read_uri
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
 
     rows, _ = read_split(test_dir)
     out = []
@@ -218,7 +218,8 @@ def build_model(tmp: Path, n: int, size: int) -> tuple[str, str, str]:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
     from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import ingest, read_split, write_split
+    from components.ingest.core import ingest
+    from components.ingest.snapshot import read_split, write_split
     from components.package.core import build_package
     from components.train import core
 

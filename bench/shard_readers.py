@@ -56,8 +56,9 @@ def main() -> None:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
     from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import available_cpus, ingest, read_split, write_split
+    from components.ingest.core import available_cpus, ingest
     from components.ingest.shards import build_shards, split_images
+    from components.ingest.snapshot import read_split, write_split
     from components.monitor.reference import build_reference_files, held_out_sample
     from components.package.core import build_package
     from components.train import core as train

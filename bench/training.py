@@ -88,7 +88,8 @@ def main() -> None:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
     from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import ingest, read_split, write_split
+    from components.ingest.core import ingest
+    from components.ingest.snapshot import read_split, write_split
     from components.package.core import build_package
     from components.register.core import register_package
     from components.train import core

@@ -55,7 +55,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_versions(args) -> int:
-    from components.ingest.core import list_versions
+    from components.ingest.snapshot import list_versions
 
     versions = list_versions(args.root)
     if not versions:
@@ -498,7 +498,7 @@ def _demo_answers(arguments: dict, outputs: dict, keep_serving: bool) -> int:
     from components.common.storage import read_uri
     from components.deploy.client import predict
     from components.deploy.targets.local import LocalTarget
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
 
     target = LocalTarget(arguments["registry_uri"], arguments["model_name"],
                          arguments["serving_root"])

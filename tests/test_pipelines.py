@@ -12,7 +12,7 @@ import yaml
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate
-from components.ingest.core import list_versions
+from components.ingest.snapshot import list_versions
 from pipelines import PIPELINES
 from pipelines.local import run_local
 

@@ -60,7 +60,7 @@ def load_labelled_split(split_dir: str, max_images: int = 0) -> tuple[list[bytes
     unrelated to class or key.
     """
     from components.common.storage import read_uri
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
 
     rows, _ = read_split(split_dir)
     if rows.empty:

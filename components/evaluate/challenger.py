@@ -167,8 +167,8 @@ def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
     its own input size (decoded one by one when the rows are not from a published snapshot
     or ``use_shards`` is off).
     """
-    from components.ingest.core import read_split
     from components.ingest.shards import split_images
+    from components.ingest.snapshot import read_split
     from components.train.core import load_model
 
     model, meta = load_model(model_dir)

@@ -271,8 +271,8 @@ def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str 
     one by one when the split's rows are not from a published snapshot or ``use_shards`` is
     off; both give the same pixels.
     """
-    from components.ingest.core import read_split
     from components.ingest.shards import split_images
+    from components.ingest.snapshot import read_split
     from components.train.core import load_model
 
     model, meta = load_model(model_dir)

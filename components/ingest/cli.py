@@ -61,7 +61,7 @@ def _print_result(result) -> None:
 
 
 def _cmd_plan(args) -> int:
-    from components.ingest.core import plan_parts
+    from components.ingest.fanout import plan_parts
 
     plan = plan_parts(args.data, _root(args), _positive("--parts", args.parts), _config(args))
     _print_plan(plan)
@@ -71,7 +71,7 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_part(args) -> int:
-    from components.ingest.core import ingest_part, read_plan
+    from components.ingest.fanout import ingest_part, read_plan
 
     config = _config(args)
     plan = read_plan(args.data, _root(args), args.plan, config)
@@ -93,7 +93,8 @@ def _cmd_publish(args) -> int:
 
 
 def _cmd_fanout(args) -> int:
-    from components.ingest.core import available_cpus, ingest, plan_parts
+    from components.ingest.core import available_cpus, ingest
+    from components.ingest.fanout import plan_parts
 
     _positive("--parts", args.parts)
     processes = _positive("--processes", args.processes) if args.processes else min(

@@ -54,7 +54,8 @@ def ingest_data(
     """
     import logging
 
-    from components.ingest import core
+    from components.ingest import core, snapshot
+    from components.ingest.report import report_markdown
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = core.ingest(data_uri, dataset_root, core.IngestConfig(
@@ -62,10 +63,10 @@ def ingest_data(
         workers=workers, use_cache=use_cache, classes=core.parse_classes(classes),
         aliases=core.parse_aliases(label_aliases), draft=draft), plan_id=plan_id)
     for name, artifact in (("train", train), ("test", test)):
-        artifact.metadata.update(core.write_split(result, name, artifact.path))
+        artifact.metadata.update(snapshot.write_split(result, name, artifact.path))
     report.metadata.update({"dataset_version": result.version, "source_uri": data_uri})
     with open(report.path, "w") as f:
-        f.write(core.report_markdown(result))
+        f.write(report_markdown(result))
     for key in ("listed", "ingested", "quarantined", "duplicates"):
         metrics.log_metric(key, result.report[key])
     outputs = NamedTuple("IngestOutputs", dataset_version=str, num_train=int, num_test=int)
@@ -98,10 +99,10 @@ def plan_ingest_parts(
     import json
     import logging
 
-    from components.ingest import core
+    from components.ingest import core, fanout
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    plan = core.plan_parts(data_uri, dataset_root, parts, core.IngestConfig(
+    plan = fanout.plan_parts(data_uri, dataset_root, parts, core.IngestConfig(
         labels_csv=labels_csv or None, draft=draft))
     outputs = NamedTuple("IngestPlan", plan_id=str, parts=list, num_parts=int)
     return outputs(plan["plan_id"], [json.dumps(p, sort_keys=True) for p in plan["parts"]],
@@ -142,10 +143,10 @@ def ingest_part(
     """
     import logging
 
-    from components.ingest import core
+    from components.ingest import core, fanout
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = core.ingest_part(data_uri, dataset_root, part, core.IngestConfig(
+    summary = fanout.ingest_part(data_uri, dataset_root, part, core.IngestConfig(
         layout=layout, labels_csv=labels_csv or None, workers=workers, use_cache=use_cache,
         classes=core.parse_classes(classes), aliases=core.parse_aliases(label_aliases),
         draft=draft))

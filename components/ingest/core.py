@@ -27,7 +27,6 @@ content, label, split or size changes.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
 import json
@@ -879,10 +878,11 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         dataset_root_uri: Where snapshots, content-addressed images and the cache live.
         config: How to ingest.
         progress: Called with (objects done, objects to check) while reading.
-        plan_id: The publish step of a fanned-out ingestion (:func:`plan_parts`,
-            :func:`ingest_part`): what the parts of this plan learned is used as if cached
-            (even with ``use_cache=False``), then folded into the cache and their part files
-            removed. The result is the version a single ingestion of the lake would publish.
+        plan_id: The publish step of a fanned-out ingestion
+            (:func:`~components.ingest.fanout.plan_parts`,
+            :func:`~components.ingest.fanout.ingest_part`): what the parts of this plan
+            learned is used as if cached (even with ``use_cache=False``), then folded into the
+            cache and their part files removed. The result is the version a single ingestion of the lake would publish.
 
     Returns:
         The snapshot's version, manifest, statistics and report.
@@ -1033,7 +1033,8 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
                         created=created, quarantine=quarantine, duplicates=duplicates)
 
 
-# ---- fan-out: plan key ranges, ingest each in its own pod, publish once -------------------
+
+# ---- the parts' files of a fanned-out ingestion (fanout.py), read by its publish step ----
 
 _PART_COLUMNS = [*_CACHE_COLUMNS, "object_fingerprint"]
 _PLAN_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -1043,128 +1044,6 @@ _PART_FILE = re.compile(r"/part-(\d{5})\.csv$")
 def _parts_prefix(cache_key: str, plan_id: str) -> str:
     stem = cache_key.removeprefix("cache/").removesuffix(".csv")
     return f"cache/parts/{stem}/{plan_id}"
-
-
-def _utf8(key: str) -> bool:
-    try:
-        key.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def plan_parts(source_uri: str, dataset_root_uri: str, parts: int,
-               config: IngestConfig = IngestConfig()) -> dict:
-    """Splits a lake into ``parts`` contiguous key ranges of about equal bytes, for
-    :func:`ingest_part` to ingest each (in its own pod) before one :func:`ingest` publishes.
-
-    The ranges cover the whole key space (the first starts at ``""``, the last has no end),
-    so an object added after planning still belongs to exactly one part. The plan id is a
-    hash of the lake, the validation settings and the range boundaries: planning an
-    unchanged lake again gives the same plan. The plan is also written under the dataset root
-    (``cache/parts/<lake>-<settings>/<plan-id>/plan.json``), where the publish step reads
-    which parts to expect.
-
-    Args:
-        source_uri: The data lake.
-        dataset_root_uri: The dataset root the parts and the publish step write to.
-        parts: How many parts at most (fewer if the lake has fewer objects).
-        config: The settings the parts and the publish step will use.
-
-    Returns:
-        ``{"plan_id": …, "parts": [part, …]}``; each part is a JSON-serialisable dict
-        (plan id, index, count of parts, start and end key, objects, bytes, and the lake and
-        settings it was planned for) to pass to :func:`ingest_part` as it is.
-    """
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise IngestError(f"Invalid parts: {parts!r}. Expect a whole number >= 1 (how many "
-                          "pods ingest the lake's key ranges).")
-    view = _open_lake(source_uri, config)
-    root = open_store(dataset_root_uri)
-    # Weight: bytes to read (an object refused from the listing is never read).
-    items = sorted([(o.key, o.size if o.size <= config.max_bytes else 0) for o in view.listing]
-                   + [(r["key"], 0) for r in view.refused])
-    before = [0]  # before[j]: the weight of items[:j]
-    for _, weight in items:
-        before.append(before[-1] + max(1, weight))
-    n = min(parts, len(items))
-    cuts = [0]
-    for i in range(1, n):
-        # The first object at or past i/n of the bytes, leaving one object for each later part.
-        j = min(max(bisect.bisect_left(before, before[-1] * i / n), cuts[-1] + 1),
-                len(items) - (n - i))
-        while j < len(items) and not _utf8(items[j][0]):
-            j += 1  # a boundary travels as a pipeline parameter: a valid UTF-8 key
-        if j >= len(items):
-            break
-        cuts.append(j)
-    starts = ["", *(items[j][0] for j in cuts[1:])]
-    source_id, settings_id = _source_id(view.store.uri), config.settings_id()
-    plan_id = hashlib.sha256(json.dumps({"source": source_id, "settings": settings_id,
-                                         "starts": starts}).encode()).hexdigest()[:16]
-    bounds = [*starts[1:], None]
-    plan = []
-    for index, (start, end) in enumerate(zip(starts, bounds, strict=True)):
-        inside = [w for k, w in items if start <= k and (end is None or k < end)]
-        plan.append({"plan_id": plan_id, "index": index, "of": len(starts), "start": start,
-                     "end": end, "objects": len(inside), "bytes": int(sum(inside)),
-                     "source_id": source_id, "settings_id": settings_id})
-    prefix = _parts_prefix(_cache_key(view.store.uri, config), plan_id)
-    root.put(f"{prefix}/plan.json", _json_bytes({"plan_id": plan_id, "source_uri": view.store.uri,
-                                                "parts": plan}))
-    logger.info("Planned %d parts of %s (plan %s): %s objects", len(plan), view.store.uri,
-                plan_id, ", ".join(str(p["objects"]) for p in plan))
-    return {"plan_id": plan_id, "parts": plan}
-
-
-def read_plan(source_uri: str, dataset_root_uri: str, plan_id: str,
-              config: IngestConfig = IngestConfig()) -> dict:
-    """A plan :func:`plan_parts` wrote, as it returned it (to run its parts by index).
-
-    Raises:
-        IngestError: No such plan for this lake and these validation settings (it was made
-            for others, or it was published and removed).
-    """
-    if not _PLAN_ID.match(str(plan_id)):
-        raise IngestError(f"Invalid plan id: {plan_id!r}. Expect the 16 hex digits the plan "
-                          "step printed.")
-    lake = open_store(source_uri)
-    root = open_store(dataset_root_uri)
-    key = f"{_parts_prefix(_cache_key(lake.uri, config), plan_id)}/plan.json"
-    try:
-        plan = json.loads(root.get(key))
-    except ObjectNotFoundError:
-        raise IngestError(f"No plan {plan_id} for {lake.uri} under {root.uri} with these "
-                          "validation settings: plan it again (it was made for another lake "
-                          "or settings, or it was already published).") from None
-    return {"plan_id": plan["plan_id"], "parts": plan["parts"]}
-
-
-def _check_part(part: Mapping | str) -> dict:
-    """A part as :func:`plan_parts` made it (or as JSON text), or an IngestError naming what
-    is wrong."""
-    expect = ("Expect one item of plan_parts()'s 'parts' as it is (plan_id, index, of, start, "
-              "end, source_id, settings_id).")
-    if isinstance(part, str):
-        try:
-            part = json.loads(part)
-        except ValueError as exc:
-            raise IngestError(f"Invalid part: {part[:200]!r} is not JSON. {expect}") from exc
-    if not isinstance(part, Mapping):
-        raise IngestError(f"Invalid part: {part!r}. {expect}")
-    missing = [k for k in ("plan_id", "index", "of", "start", "end", "source_id", "settings_id")
-               if k not in part]
-    if missing:
-        raise IngestError(f"Invalid part: missing {missing} in {dict(part)}. {expect}")
-    index, of = part["index"], part["of"]
-    if not (isinstance(index, int) and isinstance(of, int) and 0 <= index < of):
-        raise IngestError(f"Invalid part: index {index!r} of {of!r}. {expect}")
-    if not _PLAN_ID.match(str(part["plan_id"])):
-        raise IngestError(f"Invalid part: plan_id {part['plan_id']!r} is not a plan id. {expect}")
-    if not isinstance(part["start"], str) or not (part["end"] is None
-                                                  or isinstance(part["end"], str)):
-        raise IngestError(f"Invalid part: start {part['start']!r}, end {part['end']!r}. {expect}")
-    return dict(part)
 
 
 @dataclass
@@ -1248,90 +1127,6 @@ def _load_parts(root: ObjectStore, cache_key: str, plan_id: str) -> _Parts:
     return parts
 
 
-def ingest_part(source_uri: str, dataset_root_uri: str, part: Mapping | str,
-                config: IngestConfig = IngestConfig(),
-                progress: Callable[[int, int], None] | None = None) -> dict:
-    """Ingests one key range of a plan: reads, validates, hashes and stores its objects.
-
-    It publishes nothing. It lists the lake (so it sees its range as it is now), decides each
-    object the way :func:`ingest` does (key, size and label first; an unchanged object the
-    cache knows is not read), stores valid images in ``objects/``, checks the stored images
-    its range needs, and writes what it learned per key and fingerprint to its own part file
-    ``cache/parts/<lake>-<settings>/<plan-id>/part-<index>.csv`` in one write. Parts never
-    write the same file, so any number run at once; running a part again (a retry) rewrites
-    its file with the same facts and, with ``use_cache``, reads nothing its last run read.
-
-    Args:
-        source_uri: The data lake, as given to :func:`plan_parts`.
-        dataset_root_uri: The dataset root, likewise.
-        part: One item of :func:`plan_parts`'s ``parts`` (a dict, or the same as JSON).
-        config: The same settings as the plan and the publish step.
-        progress: Called with (objects done, objects to check) while reading.
-
-    Returns:
-        A summary: plan_id, index, objects (in the range), decoded, cache_hits, stored,
-        part_uri.
-
-    Raises:
-        IngestError: The part is malformed or was planned for another lake or other
-            validation settings; a stored object does not match its content hash.
-    """
-    spec = _check_part(part)
-    view = _open_lake(source_uri, config).within(spec["start"], spec["end"])
-    if spec["source_id"] != _source_id(view.store.uri) or \
-            spec["settings_id"] != config.settings_id():
-        raise IngestError(
-            f"Part {spec['index']} of plan {spec['plan_id']} was planned for another lake or "
-            f"other validation settings than {view.store.uri} with these (max_pixels, "
-            "min_side, draft). Give the plan, every part and the publish step the same "
-            "data_uri and settings.")
-    root = open_store(dataset_root_uri)
-    objects = root.child("objects")
-    cache_key = _cache_key(view.store.uri, config)
-    part_key = f"{_parts_prefix(cache_key, spec['plan_id'])}/part-{spec['index']:05d}.csv"
-    cache, own = {}, None
-    if config.use_cache:
-        cache = _load_cache(root, cache_key)
-        own = _read_part_file(root, part_key)  # an earlier attempt of this part
-        if own is not None:
-            cache.update(own.records)
-    present = {o.key.rsplit("/", 1)[-1]: o.fingerprint for o in objects.list()}
-    records, to_read = _triage(view, config, cache, present)
-    decoded, stored = _decode(records, to_read, view.store, objects, present, config, progress)
-    needed: dict[str, list[str]] = {}
-    for rec in records:
-        if rec["status"] == "ok":
-            needed.setdefault(rec["sha256"], []).append(rec["key"])
-    verified = _verified_objects(root, objects, needed, stored, present,
-                                 own.verified if own is not None else {},
-                                 config.workers or default_workers())
-    if records:
-        frame = _cache_frame(pd.DataFrame.from_records(records))
-        frame["object_fingerprint"] = [verified.get(sha, "") if status == "ok" else ""
-                                       for sha, status in zip(frame["sha256"], frame["status"],
-                                                              strict=True)]
-    else:
-        frame = pd.DataFrame(columns=_PART_COLUMNS)
-    root.put(part_key, _csv_bytes(frame))
-    summary = {"plan_id": spec["plan_id"], "index": spec["index"], "objects": len(records),
-               "decoded": decoded, "cache_hits": sum(1 for r in records if r.get("cached")),
-               "stored": len(stored), "part_uri": root.uri_of(part_key)}
-    logger.info("Part %d/%d of plan %s: %d objects, %d decoded, %d from cache, %d stored",
-                spec["index"] + 1, spec["of"], spec["plan_id"], summary["objects"], decoded,
-                summary["cache_hits"], len(stored))
-    return summary
-
-
-def ingest_in_parts(source_uri: str, dataset_root_uri: str, parts: int,
-                    config: IngestConfig = IngestConfig()) -> IngestResult:
-    """Plan, every part one after another, and the publish step, in this process: the
-    cluster's fan-out on one machine (same files, same version; no faster than ``workers``)."""
-    plan = plan_parts(source_uri, dataset_root_uri, parts, config)
-    for part in plan["parts"]:
-        ingest_part(source_uri, dataset_root_uri, part, config)
-    return ingest(source_uri, dataset_root_uri, config, plan_id=plan["plan_id"])
-
-
 def _cache_frame(table: pd.DataFrame) -> pd.DataFrame:
     """What is worth remembering: per key and fingerprint, the image facts (or the refusal).
 
@@ -1347,122 +1142,3 @@ def _json_bytes(value) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
-def root_of_snapshot(snapshot_uri: str) -> str:
-    """The dataset root of a snapshot's URI (``<root>/versions/<version>``)."""
-    return snapshot_uri.rstrip("/").rsplit("/versions/", 1)[0]
-
-
-def load_snapshot(dataset_root_uri: str, version: str) -> pd.DataFrame:
-    """Reads a published snapshot's manifest, verified against its publish checksums."""
-    root = open_store(dataset_root_uri)
-    snapshot = f"versions/{version}"
-    if not root.is_published(snapshot):
-        raise IngestError(f"Dataset version {version!r} is not published under "
-                          f"{root.uri}. List versions with `mlops data versions`.")
-    data = root.read_published(snapshot, "manifest.csv")
-    return pd.read_csv(io.BytesIO(data), dtype={"key": str, "sha256": str, "label": str,
-                                                "split": str}, keep_default_na=False)
-
-
-def list_versions(dataset_root_uri: str) -> list[str]:
-    """Published dataset versions under a dataset root."""
-    root = open_store(dataset_root_uri)
-    return sorted({o.key.split("/")[1] for o in root.list("versions")
-                   if o.key.endswith("/_PUBLISHED")})
-
-
-def write_split(result: IngestResult, split: str, path: str) -> dict:
-    """Writes one split as a dataset folder (``manifest.csv``, ``dataset.json``).
-
-    The folder holds a manifest, not the images: every row has the ``uri`` of its image in the
-    snapshot's content-addressed store, so a split of 80,000 images is a small artifact and
-    the images are never copied twice.
-
-    Returns:
-        The metadata to attach to the KFP artifact.
-    """
-    import os
-
-    rows = result.split_manifest(split)
-    os.makedirs(path, exist_ok=True)
-    rows.to_csv(os.path.join(path, "manifest.csv"), index=False, lineterminator="\n")
-    stats = result.stats[split]
-    meta = {
-        "dataset_version": result.version,
-        "split": split,
-        "count": int(len(rows)),
-        "classes": result.report["classes"],
-        "class_counts": stats["class_counts"],
-        "source_uri": result.report["source_uri"],
-        "snapshot_uri": result.snapshot_uri,
-        "objects_uri": result.objects_uri,
-    }
-    with open(os.path.join(path, "dataset.json"), "w") as f:
-        json.dump({**meta, "statistics": stats}, f, indent=2, sort_keys=True)
-    return meta
-
-
-def read_split(path: str) -> tuple[pd.DataFrame, dict]:
-    """Reads a dataset folder written by :func:`write_split`."""
-    import os
-
-    with open(os.path.join(path, "dataset.json")) as f:
-        meta = json.load(f)
-    rows = pd.read_csv(os.path.join(path, "manifest.csv"), dtype={"key": str, "sha256": str,
-                                                                  "label": str, "uri": str},
-                       keep_default_na=False)
-    return rows, meta
-
-
-def report_markdown(result: IngestResult) -> str:
-    """The ingestion report for people (rendered by the Kubeflow UI)."""
-    r = result.report
-    lines = [
-        f"# Dataset {r['dataset_version']}",
-        "",
-        f"Source: `{r['source_uri']}` (layout: {r['layout']})  ",
-        f"Snapshot: `{result.snapshot_uri}` ({'new' if result.created else 'already published'})",
-        "",
-        f"**{r['accounting']}**",
-        "",
-        "| split | " + " | ".join(r["classes"]) + " | total |",
-        "|---|" + "---|" * (len(r["classes"]) + 1),
-    ]
-    for split in ("train", "test"):
-        counts = r["splits"][split]
-        lines.append(f"| {split} | " + " | ".join(str(counts.get(c, 0)) for c in r["classes"])
-                     + f" | {sum(counts.values())} |")
-    lines += ["", "Test share per class: " + ", ".join(
-        f"{c} {v:.1%}" for c, v in r["test_share_per_class"].items()), ""]
-    if r["quarantine_reasons"]:
-        lines += ["## Quarantined", "", "| reason | objects | meaning |", "|---|---|---|"]
-        lines += [f"| {k} | {v} | {QUARANTINE_REASONS.get(k, '')} |"
-                  for k, v in r["quarantine_reasons"].items()]
-        shown = result.quarantine.head(20)
-        lines += ["", "First quarantined keys:", ""]
-        lines += [f"- `{k}`: {reason} ({detail})"
-                  for k, reason, detail in zip(shown["key"], shown["reason"], shown["detail"], strict=False)]
-        lines.append("")
-    if r["duplicates"]:
-        lines += [f"## Duplicates: {r['duplicates']} removed", ""]
-        lines += [f"- `{k}` = `{d}`" for k, d in zip(result.duplicates["key"].head(20),
-                                                   result.duplicates["duplicate_of"].head(20), strict=False)]
-        lines.append("")
-    for name in ("label_rows_rejected", "labels_missing_from_lake"):
-        if r[name]:
-            lines += [f"## {name.replace('_', ' ').capitalize()}: {len(r[name])}", ""]
-            lines += [f"- {item}" for item in r[name][:20]] + [""]
-    for split in ("train", "test"):
-        s = result.stats[split]
-        if s["count"]:
-            lines.append(
-                f"{split}: brightness mean {s['brightness']['mean']:.3f}, contrast mean "
-                f"{s['contrast']['mean']:.3f}, width p50 {s['width']['p50']:.0f}px, height p50 "
-                f"{s['height']['p50']:.0f}px  ")
-    lines += ["", f"Decoded this run: {r['decoded']}; reused from cache: {r['cache_hits']}."]
-    if r.get("parts"):
-        p = r["parts"]
-        lines.append(f"Fanned out: plan {p['plan_id']}, parts merged {p['merged']}"
-                     + (f", parts that wrote nothing (read here) {p['missing']}"
-                        if p["missing"] else "") + ".")
-    return "\n".join(lines) + "\n"

@@ -88,7 +88,8 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
         IngestError: ``version`` is not published under ``dataset_root``.
         ShardError: A snapshot image does not match its content hash.
     """
-    from components.ingest.core import load_snapshot, object_key
+    from components.ingest.core import object_key
+    from components.ingest.snapshot import load_snapshot
 
     root = open_store(dataset_root)
     prefix = _index_prefix(version, size)

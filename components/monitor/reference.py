@@ -260,7 +260,8 @@ def build_reference(registry_uri: str, model: str, version: int,
         The URI of the reference folder.
     """
     from components.common.registry import ModelRegistry
-    from components.ingest.core import IngestError, load_snapshot, object_key, root_of_snapshot
+    from components.ingest.core import IngestError, object_key
+    from components.ingest.snapshot import load_snapshot, root_of_snapshot
 
     registry = ModelRegistry(registry_uri)
     mv = registry.get(model, int(version))

@@ -27,8 +27,8 @@ def package_model(
     import json
     import logging
 
-    from components.ingest.core import read_split
     from components.ingest.shards import split_images
+    from components.ingest.snapshot import read_split
     from components.package import core
     from components.train.core import load_model
 

@@ -43,7 +43,8 @@ def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str],
     """
     import pandas as pd
 
-    from components.ingest.core import load_snapshot, object_key, root_of_snapshot
+    from components.ingest.core import object_key
+    from components.ingest.snapshot import load_snapshot, root_of_snapshot
     from components.train.core import validation_split
 
     if not prefixes:
@@ -135,7 +136,7 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
         raise RegistryError("Refusing to register a model the quality gate did not bless: "
                             + "; ".join(evaluation["gate"]["reasons"]))
     if reference_sample > 0:
-        from components.ingest.core import read_split
+        from components.ingest.snapshot import read_split
         from components.monitor.reference import REFERENCE_DIR, build_reference_files
 
         train_rows, _ = read_split(train_dir)

@@ -49,7 +49,7 @@ def hpo_trial(
     import logging
 
     from components.common.storage import open_store
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
     from components.train import core
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -109,7 +109,7 @@ def train_best(
     import os
 
     from components.common.storage import ObjectNotFoundError, open_store
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
     from components.train import core
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -81,7 +81,7 @@ def test_evaluate_against_a_registered_production_model(dataset_dirs, trained_mo
 
     # Register it as production, then test a worse challenger: an untrained network.
     model, meta = load_model(trained_model_dir)
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
 
     rows, _ = read_split(test_dir)
     build_package(model, meta, result, load_images(rows, 32), "pets", tmp_path / "pkg")

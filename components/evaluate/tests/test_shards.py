@@ -10,7 +10,7 @@ import pytest
 
 from components.common.storage import ObjectNotFoundError
 from components.evaluate import challenger, core
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.ingest.tests.snapshot_copy import copy_snapshot, remove_photos
 
 GATE = core.GateConfig(min_accuracy=0.5, min_macro_f1=0.5, max_recall_gap=1.0)

@@ -9,7 +9,7 @@ from kfp.dsl import Dataset, Markdown, Metrics
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate
 from components.ingest.component import ingest_data
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 
 
 def test_component_writes_typed_artifacts_with_metadata(tmp_path):

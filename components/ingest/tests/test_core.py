@@ -13,14 +13,8 @@ from PIL import Image
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate, render
-from components.ingest.core import (
-    IngestConfig,
-    IngestError,
-    ingest,
-    list_versions,
-    load_snapshot,
-    split_of,
-)
+from components.ingest.core import IngestConfig, IngestError, ingest, split_of
+from components.ingest.snapshot import list_versions, load_snapshot
 
 
 def _png(img: Image.Image) -> bytes:

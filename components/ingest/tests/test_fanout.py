@@ -19,9 +19,10 @@ from kfp.dsl import Dataset, Markdown, Metrics
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate, render
-from components.ingest import core
+from components.ingest import core, fanout
 from components.ingest.component import ingest_data, plan_ingest_parts
-from components.ingest.core import IngestConfig, IngestError, ingest, ingest_part, plan_parts
+from components.ingest.core import IngestConfig, IngestError, ingest
+from components.ingest.fanout import ingest_part, plan_parts
 
 REPO = Path(__file__).resolve().parents[3]
 SNAPSHOT_FILES = ("manifest.csv", "image_stats.csv", "stats.json", "quarantine.csv",
@@ -217,7 +218,7 @@ def test_ingest_in_parts_runs_the_fanout_in_one_process(tmp_path, monkeypatch):
     monkeypatch.setattr(core, "PROCESS_MIN_OBJECTS", 4)  # each part decodes with processes
     lake = _make_lake(str(tmp_path / "lake"))
     single = ingest(lake.uri, str(tmp_path / "single"), IngestConfig(workers=1, draft=False))
-    fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4,
+    fanned = fanout.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4,
                                   IngestConfig(workers=2, draft=True))
     assert fanned.version == single.version and fanned.report["decoded"] == 0
     assert os.path.isdir(tmp_path / "ds" / "objects")
@@ -240,7 +241,7 @@ def test_range_boundaries_skip_file_names_a_pipeline_parameter_cannot_carry(tmp_
     assert len(plan["parts"]) >= 2
     assert sum(p["objects"] for p in plan["parts"]) == len(keys) == 10
     single = ingest(lake.uri, str(tmp_path / "single"))
-    fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4)
+    fanned = fanout.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 4)
     assert fanned.version == single.version and fanned.report["decoded"] == 0
     assert (fanned.quarantine["reason"] == "invalid_key_encoding").sum() == 6
 
@@ -256,7 +257,7 @@ def test_a_labels_csv_lake_fans_out_to_the_same_version(tmp_path):
     lake.put("labels.csv", ("\n".join(rows) + "\n").encode())  # inside the lake
     config = IngestConfig(labels_csv=str(tmp_path / "flat" / "labels.csv"))
     single = ingest(lake.uri, str(tmp_path / "single"), config)
-    fanned = core.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 3, config)
+    fanned = fanout.ingest_in_parts(lake.uri, str(tmp_path / "ds"), 3, config)
     assert fanned.version == single.version and fanned.report["decoded"] == 0
     assert fanned.report["excluded_from_listing"] == ["labels.csv"]
     assert fanned.quarantine.set_index("key")["reason"].to_dict() == {

@@ -11,14 +11,9 @@ import pytest
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate, render
-from components.ingest.core import (
-    IngestConfig,
-    IngestError,
-    ingest,
-    list_versions,
-    object_key,
-    report_markdown,
-)
+from components.ingest.core import IngestConfig, IngestError, ingest, object_key
+from components.ingest.report import report_markdown
+from components.ingest.snapshot import list_versions
 
 
 def _jpeg(index: int, size: int = 32, seed: int = 31) -> bytes:

@@ -28,7 +28,7 @@ def monitor_setup(package_dir, trained_model_dir, dataset_dirs, tmp_path_factory
     from pathlib import Path
 
     from components.common.registry import ModelRegistry
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
     from components.monitor.reference import build_reference_files, load_reference
     from components.monitor.simulate import SimulatedModel
 

@@ -62,7 +62,7 @@ def _stop(proc) -> int:
 
 @pytest.fixture(scope="module")
 def images(dataset_dirs):
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
 
     rows, _ = read_split(dataset_dirs[1])
     return [open_store(u.rsplit("/", 1)[0]).get(u.rsplit("/", 1)[1]) for u in rows["uri"].head(6)]

@@ -10,7 +10,8 @@ import pytest
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store, sha256_bytes
 from components.datagen.core import LakeSpec, render
-from components.ingest.core import ingest, read_split
+from components.ingest.core import ingest
+from components.ingest.snapshot import read_split
 from components.monitor.export import (
     ExportError,
     export_captures,

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.ingest.tests.snapshot_copy import copy_snapshot, remove_photos
 from components.monitor import reference as R
 

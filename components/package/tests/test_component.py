@@ -7,7 +7,7 @@ import json
 import pytest
 from kfp.dsl import Artifact, Dataset, Model
 
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.ingest.tests.snapshot_copy import copy_snapshot, remove_photos
 from components.package.component import package_model
 from components.package.tests.test_core import EVALUATION

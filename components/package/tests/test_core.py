@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.package import core
 from components.train.core import build_model, load_images, load_model
 

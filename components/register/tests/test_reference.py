@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from components.common.registry import ModelRegistry
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.monitor import reference as R
 from components.register.core import register_package
 

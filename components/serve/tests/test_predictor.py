@@ -74,7 +74,7 @@ PER_REQUEST_LOG_MARKS = ("kserve.trace", "ORJSONResponse", "POST /v1")
 
 @pytest.fixture(scope="module")
 def images(dataset_dirs):
-    from components.ingest.core import read_split
+    from components.ingest.snapshot import read_split
 
     rows, _ = read_split(dataset_dirs[1])
     out = []

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.train import core
 
 
