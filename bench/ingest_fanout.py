@@ -35,7 +35,8 @@ from components.ingest.fanout import ingest_part, plan_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 _PART = ("import json, sys\n"
-         "from components.ingest.core import IngestConfig, ingest_part\n"
+         "from components.ingest.core import IngestConfig\n"
+         "from components.ingest.fanout import ingest_part\n"
          "print(json.dumps(ingest_part(sys.argv[1], sys.argv[2], sys.argv[3], "
          "IngestConfig(workers=int(sys.argv[4])))))\n")
 

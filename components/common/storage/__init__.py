@@ -16,7 +16,8 @@ immutable: publishing different files to the same prefix again raises
 :class:`AlreadyExistsError`; publishing the very same files again (a retry, or a concurrent
 publisher of the same content) returns the existing marker. Concurrent publishers of one prefix
 never mix their files: on S3 they take turns through a lease-based lock (see
-:class:`~components.common.storage.s3._PublishLock`), on a directory the atomic rename of a private staging folder decides.
+:class:`~components.common.storage.s3._PublishLock`), on a directory the atomic rename of a
+private staging folder decides.
 
 Create-only writes (``put(..., if_absent=True)``) are idempotent: when the object already holds
 exactly the bytes being written, the write succeeds. That is what makes a retried S3 request
