@@ -11,16 +11,20 @@ so the same canary rules run on a cluster and on a laptop.
 
 A new target is registered here, in :data:`TARGETS`, and nowhere else: the command line's
 ``--target`` choices and :func:`open_target` read it. The registry names each class by its
-import path, so that building the command line's parser does not import the targets (they pull
-in the registry client, NumPy and requests).
+import path, and this module imports no first-party code when it loads: the command line reads
+:data:`TARGETS` to build its parser before ``mlops submit`` sets the compile settings (the
+targets import :mod:`components.settings`), and without the targets' imports (the registry
+client, NumPy, requests).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from components.common import k8s
-from components.deploy.targets.base import DeploymentError, DeploymentTarget
+if TYPE_CHECKING:
+    from components.common import k8s
+    from components.deploy.targets.base import DeploymentTarget
 
 TARGETS: dict[str, str] = {
     "local": "components.deploy.targets.local:LocalTarget",
@@ -32,6 +36,9 @@ TARGETS: dict[str, str] = {
 
 def target_class(kind: str) -> type[DeploymentTarget]:
     """The class registered as ``kind`` in :data:`TARGETS`."""
+    # deferred: the CLI reads TARGETS before it sets the compile settings (module doc)
+    from components.deploy.targets.base import DeploymentError  # deferred: module doc
+
     if kind not in TARGETS:
         raise DeploymentError(f"Unknown deployment target {kind!r}. Expect "
                               f"{' or '.join(repr(name) for name in TARGETS)}.")
