@@ -117,7 +117,10 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
         "hyperparameters": model_meta["hparams"],
         "training": {"best_epoch": model_meta["best_epoch"],
                      "val_accuracy": model_meta["val_accuracy"],
-                     "history": model_meta["history"]},
+                     "history": model_meta["history"],
+                     # nodes and processes of a distributed (torchrun / TrainJob) training
+                     "distributed": model_meta.get("distributed",
+                                                   {"nodes": 1, "processes": 1, "backend": ""})},
         "search_trials": json.loads(trials_path.read_text()) if trials_path.exists() else [],
         "metrics": {"accuracy": evaluation["metrics"]["accuracy"],
                     "macro_f1": evaluation["metrics"]["macro"]["f1"],

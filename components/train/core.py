@@ -235,6 +235,7 @@ class FitResult:
     val_loss: float = float("inf")
     val_accuracy: float = 0.0
     images_per_second: float = 0.0
+    world: object = None  # the components.train.distributed.Dist it was trained in
 
 
 def _augment(size: int):
@@ -249,61 +250,110 @@ def _augment(size: int):
 def fit(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
         num_classes: int, hp: HParams, mean: list[float], std: list[float],
         progress: Callable[[dict], None] | None = None) -> FitResult:
-    """Trains one model with augmentation and early stopping on validation loss."""
+    """Trains one model with augmentation and early stopping on validation loss.
+
+    One code path for one process and for ``torchrun`` processes
+    (:mod:`components.train.distributed`): in a process group the model is wrapped in DDP,
+    each rank takes its share of every global batch of ``hp.batch_size`` images
+    (:class:`~components.train.distributed.EpochSampler`), and losses, accuracy and
+    throughput are summed over the ranks, so every rank takes the same early-stopping
+    decision. On a GPU: mixed precision (autocast + GradScaler), pinned memory, non-blocking
+    copies and channels-last; all of them are off on the CPU.
+    """
     import torch
     import torch.nn.functional as F
+
+    from components.train import distributed
 
     if len(train_x) == 0 or len(val_x) == 0:
         raise TrainError(f"Empty split: {len(train_x)} training and {len(val_x)} validation "
                          "images. Ingest more images.")
+    world = distributed.current()
+    if hp.batch_size % world.world_size:
+        raise TrainError(f"Invalid batch_size: {hp.batch_size} for {world.world_size} "
+                         "processes. Expect a multiple of the number of processes (the batch "
+                         "size is the global batch, split evenly over them).")
+    local_batch = hp.batch_size // world.world_size
     seed_everything(hp.seed)
-    dev = device()
+    dev = world.device() if world.world_size > 1 else device()
+    cuda = dev.type == "cuda"
     model = build_model(hp.arch, num_classes)
     if hp.pretrained:
         _load_pretrained(model, hp.pretrained)
     model.to(dev)
+    if cuda:  # convolutions are faster in NHWC on tensor cores; no-op on the CPU
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if world.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     m = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
     s = torch.tensor(std, device=dev).view(1, 3, 1, 1)
     augment = _augment(hp.image_size)
     xt = torch.from_numpy(train_x)
     yt = torch.from_numpy(train_y).long()
-    xv = ((torch.from_numpy(val_x).to(dev).float() / 255.0) - m) / s
-    yv = torch.from_numpy(val_y).long().to(dev)
-    gen = torch.Generator().manual_seed(hp.seed)
+    xv_all, yv_all = val_x, val_y
+    if world.world_size > 1:  # each rank validates its share; the sums are reduced
+        xv_all, yv_all = val_x[world.rank::world.world_size], val_y[world.rank::world.world_size]
+    xv = ((torch.from_numpy(np.ascontiguousarray(xv_all)).to(dev).float() / 255.0) - m) / s
+    yv = torch.from_numpy(np.ascontiguousarray(yv_all)).long().to(dev)
+    if cuda:
+        xv = xv.contiguous(memory_format=torch.channels_last)
+    sampler = distributed.EpochSampler(len(xt), hp.seed, world.world_size, world.rank)
     result = FitResult(model=model)
     best_state, stale, seen, busy = None, 0, 0, 0.0
     for epoch in range(1, hp.epochs + 1):
-        model.train()
+        net.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(len(xt), generator=gen)
+        sampler.set_epoch(epoch - 1)
+        order = torch.tensor(list(sampler), dtype=torch.long)
         total, n = 0.0, 0
-        for start in range(0, len(perm), hp.batch_size):
-            idx = perm[start:start + hp.batch_size]
+        for start in range(0, len(order), local_batch):
+            idx = order[start:start + local_batch]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            batch = torch.stack([augment(xt[i]) for i in idx]).to(dev).float() / 255.0
+            batch = torch.stack([augment(xt[i]) for i in idx])
+            if cuda:
+                batch = batch.pin_memory()
+            batch = batch.to(dev, non_blocking=cuda).float() / 255.0
             batch = (batch - m) / s
-            loss = F.cross_entropy(model(batch), yt[idx].to(dev))
+            if cuda:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, enabled=cuda):
+                loss = F.cross_entropy(net(batch), yt[idx].to(dev, non_blocking=cuda))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             total += float(loss.detach()) * len(idx)
             n += len(idx)
         busy += time.perf_counter() - t0
-        seen += n
+        distributed.broadcast_buffers(model)
         model.eval()
-        with torch.no_grad():
-            logits = torch.cat([model(xv[i:i + 256]) for i in range(0, len(xv), 256)])
-            val_loss = float(F.cross_entropy(logits, yv))
-            val_acc = float((logits.argmax(1) == yv).float().mean())
+        with torch.no_grad(), torch.autocast(dev.type, enabled=cuda):
+            logits = torch.cat([model(xv[i:i + 256]) for i in range(0, len(xv), 256)]
+                               or [torch.zeros(0, num_classes, device=dev)]).float()
+            if world.world_size > 1:
+                loss_sum = float(F.cross_entropy(logits, yv, reduction="sum")) if len(yv) else 0.0
+                correct = float((logits.argmax(1) == yv).sum())
+                total, n, loss_sum, correct, count = distributed.all_sum(
+                    [total, n, loss_sum, correct, len(yv)])
+                n = int(n)
+                val_loss, val_acc = loss_sum / count, correct / count
+            else:
+                val_loss = float(F.cross_entropy(logits, yv))
+                val_acc = float((logits.argmax(1) == yv).float().mean())
+        seen += n
         row = {"epoch": epoch, "train_loss": round(total / max(n, 1), 5),
                "val_loss": round(val_loss, 5), "val_accuracy": round(val_acc, 5),
                "seconds": round(time.perf_counter() - t0, 2)}
         result.history.append(row)
         logger.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f (%.1fs)", epoch,
                     hp.epochs, row["train_loss"], val_loss, val_acc, row["seconds"])
-        if progress:
+        if progress and world.is_writer:
             progress(row)
         if val_loss < result.val_loss - 1e-4:
             result.val_loss, result.val_accuracy, result.best_epoch = val_loss, val_acc, epoch
@@ -318,6 +368,7 @@ def fit(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.n
     if best_state is not None:
         model.load_state_dict(best_state)
     result.images_per_second = seen / busy if busy else 0.0
+    result.world = world
     return result
 
 
@@ -375,7 +426,8 @@ def save_model(result: FitResult, hp: HParams, classes: list[str], mean, std,
             "std": std, "hparams": asdict(hp), "dataset_version": dataset_version,
             "history": result.history, "best_epoch": result.best_epoch,
             "val_loss": round(result.val_loss, 6), "val_accuracy": round(result.val_accuracy, 6),
-            "images_per_second": round(result.images_per_second, 1)}
+            "images_per_second": round(result.images_per_second, 1),
+            "distributed": distributed_record(result.world)}
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     plot_curve(result.history, out / "curve.png", result.best_epoch)
     return meta
@@ -466,16 +518,31 @@ def prepare(rows: pd.DataFrame, dataset_version: str, image_size: int,
                         dataset_version)
 
 
+def distributed_record(world=None) -> dict:
+    """How a model was trained, for ``model.json`` and the lineage: nodes, processes, backend."""
+    if world is None or world.world_size == 1:
+        return {"nodes": 1, "processes": 1, "backend": ""}
+    return {"nodes": world.nodes, "processes": world.world_size, "backend": world.backend}
+
+
 def train(data: PreparedData, hp: HParams, out_dir: str | os.PathLike | None = None,
           progress: Callable[[dict], None] | None = None) -> tuple[FitResult, dict | None]:
-    """Trains one configuration; saves the model folder if ``out_dir`` is given."""
+    """Trains one configuration; saves the model folder if ``out_dir`` is given.
+
+    Under ``torchrun`` (an initialised process group, :mod:`components.train.distributed`)
+    every rank trains and only rank 0 writes the folder; the others return ``None`` for it.
+    The CPU threads are shared between the processes of a machine.
+    """
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from components.train import distributed
+
+    local = max(1, distributed.current().local_world_size)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     result = fit(data.train_x, data.train_y, data.val_x, data.val_y, len(data.classes), hp,
                  data.mean, data.std, progress)
     meta = None
-    if out_dir is not None:
+    if out_dir is not None and (result.world is None or result.world.is_writer):
         meta = save_model(result, hp, data.classes, data.mean, data.std, data.dataset_version,
                           out_dir)
     return result, meta
