@@ -48,6 +48,11 @@ Knative Serving (knative/serving v1.23)
       (pkg/reconciler/route/traffic/traffic.go addConfigurationTarget, addRevisionTarget).
     * Tagged targets get URLs ``http://<tag>-<service>.<namespace>.<domain>``.
 
+Kubeflow Trainer v2.3.0 (``trainjob_standin.py``, each rule cited there)
+    * ``trainer.kubeflow.org/v1alpha1`` TrainJobs validated against Trainer's CRD; the
+      controller's ``Complete``/``Failed`` conditions, ``jobsStatus`` and
+      ``activeDeadlineSeconds``.
+
 Revisions become ready after a delay, or never, as the test sets per registry version
 (:meth:`KubeStandIn.behave`). Every traffic split the route ever applied is kept in
 :attr:`KubeStandIn.traffic_history`, so a test can ask how much traffic a revision ever got.
@@ -83,6 +88,8 @@ from urllib.parse import parse_qs, urlparse
 
 import jsonpatch
 import yaml
+
+from components.deploy.tests import trainjob_standin
 
 CRD_NAME = "serving.kserve.io_inferenceservices.yaml.gz"
 SHARED_CRD = Path(__file__).resolve().parents[3].parent / "shared" / "kserve" / CRD_NAME
@@ -294,6 +301,8 @@ class KubeStandIn:
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
+        #: Kubeflow Trainer's TrainJobs and their controller (trainjob_standin.py)
+        self.trainjobs = trainjob_standin.TrainJobRules(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -490,6 +499,8 @@ class KubeStandIn:
                     r"(?:/([^/]+))?(/status)?$"), "isvc"),
         (re.compile(r"^/apis/serving\.knative\.dev/v1/namespaces/([^/]+)/revisions"
                     r"(?:/([^/]+))?$"), "revision"),
+        (re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs"
+                    r"(?:/([^/]+))?(/status)?$"), "trainjob"),
     ]
 
     def handle(self, method: str, raw_path: str, body: bytes, content_type: str):
@@ -502,6 +513,9 @@ class KubeStandIn:
             raise ApiError(404, "NotFound", f"the server could not find the requested "
                                             f"resource ({url.path})")
         with self.lock:
+            if kind == "trainjob":
+                return self.trainjobs.handle(method, *m.groups(), body, query.get(
+                    "fieldValidation", [""])[0] == "Strict")
             if kind == "core":
                 if method != "GET":
                     raise ApiError(405, "MethodNotAllowed", "read-only in the stand-in")
@@ -642,6 +656,7 @@ class KubeStandIn:
             with self.lock:
                 for key in [k for k in self.objects if k[0] == "inferenceservices"]:
                     self.reconcile(key[1], key[2])
+                self.trainjobs.reconcile_all()
 
     def reconcile(self, ns: str, name: str) -> None:
         isvc = self.objects[("inferenceservices", ns, name)]

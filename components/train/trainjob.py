@@ -1,0 +1,138 @@
+"""Runs a training as a Kubeflow Trainer TrainJob: create, watch, clean up.
+
+The KFP task that trains on several nodes creates a ``TrainJob``
+(:func:`components.common.trainjob.train_job`: ``torchrun -m components.train.ddp`` on the
+``torch-distributed`` runtime), watches its status until Trainer reports it finished, and
+deletes it, whatever happened. The nodes read the shards from object storage and rank 0 writes
+the model folder back there (``--out``); the task then copies it to its own output, so
+evaluation, packaging and lineage see the same model folder as from one pod.
+
+Rules read from kubeflow/trainer v2.3.0:
+
+* Finished means a ``Complete`` or ``Failed`` condition with status ``True``
+  (pkg/util/trainjob/trainjob.go:32-35).
+* ``Complete`` and ``Failed`` are copied from the JobSet's ``Completed``/``Failed`` conditions
+  with their reason and message (pkg/runtime/framework/plugins/jobset/jobset.go:450-457); a pod
+  that fails past its Job's back-off fails its Job and so the JobSet (reason ``FailedJobs``),
+  and ``status.jobsStatus[].failed`` counts failed child Jobs (jobset.go:459-469).
+* ``activeDeadlineSeconds``: past it the controller sets ``Failed`` with reason
+  ``DeadlineExceeded`` and deletes the JobSet (pkg/controller/trainjob_controller.go:155-178).
+  The launcher also keeps its own deadline (the job's plus a grace period), for a controller
+  that is not running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from components.common import trainjob as tj
+from components.train.core import TrainError
+
+logger = logging.getLogger(__name__)
+
+#: Added to the TrainJob's own deadline before the launcher gives up on the controller.
+GRACE_S = 60.0
+
+
+class TrainJobFailed(TrainError):
+    """The TrainJob failed, ran past its deadline, or could not be created."""
+
+
+@dataclass
+class TrainJobRun:
+    """How a TrainJob ended."""
+
+    name: str
+    outcome: str
+    reason: str
+    message: str
+    seconds: float
+    failed_jobs: int
+    nodes: int
+    processes_per_node: int
+
+
+def _custom_api(api_client=None):
+    import kubernetes
+
+    if api_client is None:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException as exc:
+            raise TrainJobFailed("A TrainJob is created from inside the cluster (the KFP task's "
+                                 f"service account): no in-cluster configuration ({exc}).") from exc
+        api_client = kubernetes.client.ApiClient()
+    return kubernetes.client.CustomObjectsApi(api_client)
+
+
+def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float = 5.0,
+                  timeout_s: float | None = None, keep: bool = False) -> TrainJobRun:
+    """Creates the TrainJob, waits until it has finished, deletes it, returns how it ended.
+
+    Args:
+        cfg: The TrainJob (:class:`components.common.trainjob.TrainJobConfig`).
+        api_client: A ``kubernetes.client.ApiClient``; by default the in-cluster one.
+        poll_s: Seconds between status reads.
+        timeout_s: The launcher's own deadline; by default the job's deadline plus
+            :data:`GRACE_S`, or none when the job has none.
+        keep: Leave the TrainJob in the cluster (for debugging); it is deleted by default.
+
+    Raises:
+        TrainJobFailed: Trainer is not installed, the job could not be created, it failed
+            (the reason and message of its ``Failed`` condition), or it ran past the deadline.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    api = _custom_api(api_client)
+    obj = tj.train_job(cfg)
+    where = dict(group=tj.GROUP, version=tj.VERSION, namespace=cfg.namespace, plural=tj.PLURAL)
+    if timeout_s is None and cfg.deadline_s:
+        timeout_s = cfg.deadline_s + GRACE_S
+    try:
+        api.create_namespaced_custom_object(body=obj, **where)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise TrainJobFailed(
+                f"No TrainJob resource in the cluster ({tj.GROUP}/{tj.VERSION}): install "
+                "Kubeflow Trainer v2 and its torch-distributed runtime (README, cluster "
+                "section).") from exc
+        raise TrainJobFailed(f"Cannot create TrainJob {cfg.name} in {cfg.namespace}: "
+                             f"{exc.status} {exc.reason}: {exc.body}") from exc
+    logger.info("Created TrainJob %s/%s: %d node(s) x %d process(es), image %s", cfg.namespace,
+                cfg.name, cfg.num_nodes, cfg.num_proc_per_node, cfg.image)
+    start = time.monotonic()
+    seen_failed = 0
+    try:
+        while True:
+            current = api.get_namespaced_custom_object(name=cfg.name, **where)
+            failed = tj.failed_pods(current)
+            if failed > seen_failed:
+                logger.warning("TrainJob %s: %d child job(s) failed (pod failures past their "
+                               "back-off)", cfg.name, failed)
+                seen_failed = failed
+            ended = tj.outcome(current)
+            if ended is not None:
+                kind, reason, message = ended
+                run = TrainJobRun(cfg.name, kind, reason, message, time.monotonic() - start,
+                                  seen_failed, cfg.num_nodes, cfg.num_proc_per_node)
+                if kind == tj.FAILED:
+                    raise TrainJobFailed(f"TrainJob {cfg.namespace}/{cfg.name} failed: "
+                                         f"{reason}: {message}")
+                logger.info("TrainJob %s completed in %.0f s", cfg.name, run.seconds)
+                return run
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise TrainJobFailed(f"TrainJob {cfg.namespace}/{cfg.name} did not finish "
+                                     f"within {timeout_s:.0f} s (deadline {cfg.deadline_s} s "
+                                     f"plus {GRACE_S:.0f} s grace); it is deleted.")
+            time.sleep(poll_s)
+    finally:
+        if not keep:
+            try:
+                api.delete_namespaced_custom_object(name=cfg.name, **where)
+                logger.info("Deleted TrainJob %s/%s", cfg.namespace, cfg.name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    logger.error("Could not delete TrainJob %s/%s: %s %s", cfg.namespace,
+                                 cfg.name, exc.status, exc.reason)
