@@ -24,10 +24,12 @@ Rules read from kubeflow/trainer v2.3.0:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
 from components.common import trainjob as tj
+from components.common.service import wait_until
 from components.train.core import TrainError
 
 logger = logging.getLogger(__name__)
@@ -103,30 +105,31 @@ def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float = 5.0,
     logger.info("Created TrainJob %s/%s: %d node(s) x %d process(es), image %s", cfg.namespace,
                 cfg.name, cfg.num_nodes, cfg.num_proc_per_node, cfg.image)
     start = time.monotonic()
-    seen_failed = 0
+    failed_seen = [0]
+
+    def finished():
+        current = api.get_namespaced_custom_object(name=cfg.name, **where)
+        failed = tj.failed_pods(current)
+        if failed > failed_seen[0]:
+            logger.warning("TrainJob %s: %d child job(s) failed (pod failures past their "
+                           "back-off)", cfg.name, failed)
+            failed_seen[0] = failed
+        return tj.outcome(current)
+
     try:
-        while True:
-            current = api.get_namespaced_custom_object(name=cfg.name, **where)
-            failed = tj.failed_pods(current)
-            if failed > seen_failed:
-                logger.warning("TrainJob %s: %d child job(s) failed (pod failures past their "
-                               "back-off)", cfg.name, failed)
-                seen_failed = failed
-            ended = tj.outcome(current)
-            if ended is not None:
-                kind, reason, message = ended
-                run = TrainJobRun(cfg.name, kind, reason, message, time.monotonic() - start,
-                                  seen_failed, cfg.num_nodes, cfg.num_proc_per_node)
-                if kind == tj.FAILED:
-                    raise TrainJobFailed(f"TrainJob {cfg.namespace}/{cfg.name} failed: "
-                                         f"{reason}: {message}")
-                logger.info("TrainJob %s completed in %.0f s", cfg.name, run.seconds)
-                return run
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                raise TrainJobFailed(f"TrainJob {cfg.namespace}/{cfg.name} did not finish "
-                                     f"within {timeout_s:.0f} s (deadline {cfg.deadline_s} s "
-                                     f"plus {GRACE_S:.0f} s grace); it is deleted.")
-            time.sleep(poll_s)
+        ended = wait_until(finished, math.inf if timeout_s is None else timeout_s, poll_s)
+        if ended is None:
+            raise TrainJobFailed(f"TrainJob {cfg.namespace}/{cfg.name} did not finish within "
+                                 f"{timeout_s:.0f} s (deadline {cfg.deadline_s} s plus "
+                                 f"{GRACE_S:.0f} s grace); it is deleted.")
+        kind, reason, message = ended
+        run = TrainJobRun(cfg.name, kind, reason, message, time.monotonic() - start,
+                          failed_seen[0], cfg.num_nodes, cfg.num_proc_per_node)
+        if kind == tj.FAILED:
+            raise TrainJobFailed(f"TrainJob {cfg.namespace}/{cfg.name} failed: {reason}: "
+                                 f"{message}")
+        logger.info("TrainJob %s completed in %.0f s", cfg.name, run.seconds)
+        return run
     finally:
         if not keep:
             try:
