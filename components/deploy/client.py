@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import requests
 
+from components.common.service import wait_until
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,18 +56,20 @@ def wait_ready(url: str, model: str, timeout: float = 60.0,
         alive: Optional check that the server process still runs, to fail fast on a crash.
         poll_s: Pause between checks.
     """
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
+    started = time.monotonic()
+
+    def ready() -> bool:
         if alive is not None and not alive():
             raise EndpointError(f"The model server for {url} exited before it became ready.")
         try:
             r = requests.get(f"{url.rstrip('/')}/v1/models/{model}", timeout=2)
-            if r.status_code == 200 and r.json().get("ready"):
-                return time.perf_counter() - started
+            return r.status_code == 200 and bool(r.json().get("ready"))
         except requests.RequestException:
-            pass
-        time.sleep(poll_s)
-    raise EndpointError(f"{url} did not report model {model!r} ready within {timeout:.0f} s.")
+            return False
+
+    if not wait_until(ready, timeout, poll_s):
+        raise EndpointError(f"{url} did not report model {model!r} ready within {timeout:.0f} s.")
+    return time.monotonic() - started
 
 
 @dataclass

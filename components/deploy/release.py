@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from components.common.registry import ModelRegistry
+from components.common.service import wait_until
 from components.deploy.client import LoadResult, run_load
 from components.deploy.targets.base import DeploymentError, DeploymentTarget
 from components.deploy.telemetry import scrape, served_between
@@ -177,18 +178,23 @@ def _probe(urls: dict[str, str], name: str, images: Sequence[bytes], labels: Seq
 def wait_for_approval(registry: ModelRegistry, model: str, version: int,
                       timeout_s: float, poll_s: float = 5.0) -> dict:
     """Waits until a person approved ``version``; a clear error after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    asked = False
+
+    def approved() -> dict | None:
+        nonlocal asked
         approval = registry.approval(model, version)
-        if approval:
-            return approval
-        if time.monotonic() >= deadline:
-            raise DeploymentError(
-                f"Version {version} of {model!r} is waiting for approval. A person approves it "
-                f"with `mlops registry approve {model} {version}`; then rerun the release (or "
-                "give the release an approval timeout long enough to wait).")
-        logger.info("Waiting for approval of %s version %d ...", model, version)
-        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.1)))
+        if not approval and asked:
+            logger.info("Waiting for approval of %s version %d ...", model, version)
+        asked = True
+        return approval
+
+    approval = wait_until(approved, timeout_s, poll_s)
+    if not approval:
+        raise DeploymentError(
+            f"Version {version} of {model!r} is waiting for approval. A person approves it "
+            f"with `mlops registry approve {model} {version}`; then rerun the release (or "
+            "give the release an approval timeout long enough to wait).")
+    return approval
 
 
 def _restore_stable(target: DeploymentTarget, environment: str):

@@ -47,6 +47,7 @@ import signal
 import time
 from pathlib import Path
 
+from components.common.service import wait_until
 from components.deploy.supervisor import SupervisionPolicy, Supervisor
 
 logger = logging.getLogger(__name__)
@@ -633,13 +634,14 @@ def start_router(state_dir: str | os.PathLike, model: str, environment: str, ser
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answered_or_exited() -> str | None:
         if proc.poll() is not None:
-            break
-        if router_status(url, timeout=1.0) is not None:
-            return proc.pid
-        time.sleep(0.05)
+            return "exited"
+        return "answered" if router_status(url, timeout=1.0) is not None else None
+
+    if wait_until(answered_or_exited, timeout, 0.05) == "answered":
+        return proc.pid
     if proc.poll() is None:
         proc.kill()
         proc.wait(5)
@@ -650,27 +652,28 @@ def start_router(state_dir: str | os.PathLike, model: str, environment: str, ser
 
 def wait_generation(url: str, generation: int, timeout: float = 10.0) -> dict:
     """Waits until the router at ``url`` applies routes of at least ``generation``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    status = None
+
+    def applied() -> bool:
+        nonlocal status
         status = router_status(url)
-        if status is not None and status["generation"] >= generation:
-            return status
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"The router at {url} did not apply routes generation "
-                               f"{generation} within {timeout:.0f} s (it reports "
-                               f"{status['generation'] if status else 'nothing'}).")
-        time.sleep(0.02)
+        return status is not None and status["generation"] >= generation
+
+    if not wait_until(applied, timeout, 0.02):
+        raise RuntimeError(f"The router at {url} did not apply routes generation "
+                           f"{generation} within {timeout:.0f} s (it reports "
+                           f"{status['generation'] if status else 'nothing'}).")
+    return status
 
 
 def wait_drained(url: str, backend_url: str, timeout: float = 30.0) -> bool:
     """Waits until the router at ``url`` has no request in flight to ``backend_url``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def drained() -> bool:
         status = router_status(url)
-        if status is None or not status["inflight"].get(backend_url):
-            return True
-        time.sleep(0.02)
-    return False
+        return status is None or not status["inflight"].get(backend_url)
+
+    return wait_until(drained, timeout, 0.02)
 
 
 def build_parser() -> argparse.ArgumentParser:

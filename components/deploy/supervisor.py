@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common.service import backoff
+
 logger = logging.getLogger(__name__)
 
 
@@ -120,7 +122,7 @@ class SupervisionPolicy:
     start_timeout: float = 120.0
 
     def backoff(self, failures: int) -> float:
-        return min(self.backoff_base * 2 ** max(failures - 1, 0), self.backoff_max)
+        return backoff(failures, self.backoff_base, self.backoff_max)
 
 
 class Supervisor:

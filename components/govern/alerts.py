@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from components.common.service import backoff
 from components.govern.policy import Delivery, Recipient
 from components.govern.records import GovernanceStore, now_iso
 
@@ -184,7 +185,6 @@ def deliver(sink: AlertSink, alert: dict, delivery: Delivery,
     what happened.
     """
     started = time.monotonic()
-    wait = delivery.backoff_s
     error = ""
     for attempt in range(1, delivery.attempts + 1):
         try:
@@ -199,8 +199,7 @@ def deliver(sink: AlertSink, alert: dict, delivery: Delivery,
                 return DeliveryResult(sink.name, False, attempt, time.monotonic() - started,
                                       error)
         if attempt < delivery.attempts:
-            sleep(min(wait, delivery.max_backoff_s))
-            wait *= 2
+            sleep(backoff(attempt, delivery.backoff_s, delivery.max_backoff_s))
     return DeliveryResult(sink.name, False, delivery.attempts, time.monotonic() - started, error)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from components.common import prom
+from components.common.service import backoff
 from components.common.storage import (
     AlreadyExistsError,
     ObjectStore,
@@ -356,7 +357,6 @@ class CaptureWriter:
         self._write_seconds.observe(time.perf_counter() - started)
 
     def _put(self, key: str, body: bytes) -> bool:
-        delay = self.config.retry_seconds
         for attempt in range(self.config.retries + 1):
             try:
                 self.store.put(key, body, if_absent=True)
@@ -370,8 +370,7 @@ class CaptureWriter:
                 # would silently stop capturing, which is worse than counting the failure.
                 last = exc
             if attempt < self.config.retries and not self._closed:
-                time.sleep(delay)
-                delay *= 2
+                time.sleep(backoff(attempt + 1, self.config.retry_seconds))
         logger.warning("Could not write capture batch %s to %s: %s", key, self.store.uri, last)
         return False
 
