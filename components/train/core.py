@@ -27,6 +27,7 @@ import pandas as pd
 
 from components.common.images import preprocess_image
 from components.common.storage import open_store, sha256_bytes
+from components.train import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -255,15 +256,13 @@ def fit(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.n
     One code path for one process and for ``torchrun`` processes
     (:mod:`components.train.distributed`): in a process group the model is wrapped in DDP,
     each rank takes its share of every global batch of ``hp.batch_size`` images
-    (:class:`~components.train.distributed.EpochSampler`), and losses, accuracy and
+    (:func:`~components.train.distributed.epoch_sampler`), and losses, accuracy and
     throughput are summed over the ranks, so every rank takes the same early-stopping
     decision. On a GPU: mixed precision (autocast + GradScaler), pinned memory, non-blocking
     copies and channels-last; all of them are off on the CPU.
     """
     import torch
     import torch.nn.functional as F
-
-    from components.train import distributed
 
     if len(train_x) == 0 or len(val_x) == 0:
         raise TrainError(f"Empty split: {len(train_x)} training and {len(val_x)} validation "
@@ -302,7 +301,7 @@ def fit(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.n
     yv = torch.from_numpy(np.ascontiguousarray(yv_all)).long().to(dev)
     if cuda:
         xv = xv.contiguous(memory_format=torch.channels_last)
-    sampler = distributed.EpochSampler(len(xt), hp.seed, world.world_size, world.rank)
+    sampler = distributed.epoch_sampler(len(xt), hp.seed, world.world_size, world.rank)
     result = FitResult(model=model)
     best_state, stale, seen, busy = None, 0, 0, 0.0
     for epoch in range(1, hp.epochs + 1):
@@ -534,8 +533,6 @@ def train(data: PreparedData, hp: HParams, out_dir: str | os.PathLike | None = N
     The CPU threads are shared between the processes of a machine.
     """
     import torch
-
-    from components.train import distributed
 
     local = max(1, distributed.current().local_world_size)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

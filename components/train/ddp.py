@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from components.common.storage import LocalStore, open_store
-from components.ingest.core import read_split
+from components.ingest.snapshot import read_split
 from components.train import core, distributed
 
 logger = logging.getLogger(__name__)

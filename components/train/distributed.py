@@ -4,7 +4,7 @@
 runtime starts it) sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` and the rendezvous address;
 :func:`init_from_env` joins that process group (NCCL when the process has a GPU, Gloo on CPU)
 and :func:`components.train.core.fit` then wraps the model in DDP and draws its batches from
-:class:`EpochSampler`. Without those variables nothing is initialised and the same code runs as
+:func:`epoch_sampler`. Without those variables nothing is initialised and the same code runs as
 one process (world size 1), with exactly the batches, random draws and results it always had.
 
 The global batch is ``HParams.batch_size``: each of ``W`` processes takes every ``W``-th image
@@ -17,6 +17,7 @@ Every rank starts from the same seed (the same initial weights and the same epoc
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -130,44 +131,49 @@ def broadcast_buffers(model) -> None:
             dist.broadcast(buf, 0)
 
 
-def _sampler_base():
+def epoch_sampler(n: int, seed: int, num_replicas: int = 1, rank: int = 0):
+    """An :class:`EpochSampler` (the class is made on first use: torch is imported then)."""
+    return _sampler_class()(n, seed, num_replicas, rank)
+
+
+@functools.cache
+def _sampler_class():
     from torch.utils.data import DistributedSampler
 
-    return DistributedSampler
+    class EpochSampler(DistributedSampler):
+        """:class:`~torch.utils.data.DistributedSampler` over the rows of the memory-mapped
+        shards, with the epoch order drawn as the single-process training always drew it.
 
+        One ``torch.Generator`` seeded with the training seed gives each epoch's permutation
+        in turn (the same on every rank); the sampler then pads it to a multiple of the world
+        size and gives this rank every ``world_size``-th index, as ``DistributedSampler``
+        does. With world size 1 the order is exactly the one-process order.
+        """
 
-class EpochSampler(_sampler_base()):
-    """:class:`~torch.utils.data.DistributedSampler` over the rows of the memory-mapped shards,
-    with the epoch order drawn as the single-process training always drew it.
+        def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
+            import torch
 
-    One ``torch.Generator`` seeded with the training seed gives each epoch's permutation in
-    turn (the same on every rank); the sampler then pads it to a multiple of the world size
-    and gives this rank every ``world_size``-th index, as ``DistributedSampler`` does. With
-    world size 1 the order is exactly the one-process order.
-    """
+            super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True,
+                             seed=seed, drop_last=False)
+            self._gen = torch.Generator().manual_seed(seed)
+            self._drawn: dict[int, list[int]] = {}
 
-    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True,
-                         seed=seed, drop_last=False)
-        import torch
+        def _permutation(self) -> list[int]:
+            """The epoch's order; epochs are drawn in sequence from the one generator."""
+            import torch
 
-        self._gen = torch.Generator().manual_seed(seed)
-        self._drawn: dict[int, list[int]] = {}
+            while self.epoch not in self._drawn:
+                self._drawn[len(self._drawn)] = torch.randperm(len(self.dataset),
+                                                               generator=self._gen).tolist()
+            return self._drawn[self.epoch]
 
-    def _permutation(self) -> list[int]:
-        """The epoch's order; epochs are drawn in sequence from the one generator."""
-        import torch
+        def __iter__(self) -> Iterator[int]:
+            indices = list(self._permutation())
+            padding = self.total_size - len(indices)
+            if padding > 0:  # as DistributedSampler: repeat from the start, all ranks step alike
+                indices += (indices * (padding // max(1, len(indices)) + 1))[:padding]
+            mine = indices[self.rank:self.total_size:self.num_replicas]
+            assert len(mine) == self.num_samples
+            return iter(mine)
 
-        while self.epoch not in self._drawn:
-            self._drawn[len(self._drawn)] = torch.randperm(len(self.dataset),
-                                                           generator=self._gen).tolist()
-        return self._drawn[self.epoch]
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(self._permutation())
-        padding = self.total_size - len(indices)
-        if padding > 0:  # as DistributedSampler: repeat from the start so all ranks step alike
-            indices += (indices * (padding // max(1, len(indices)) + 1))[:padding]
-        mine = indices[self.rank:self.total_size:self.num_replicas]
-        assert len(mine) == self.num_samples
-        return iter(mine)
+    return EpochSampler

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from components.train import ddp
-from components.train.distributed import EpochSampler
+from components.train.distributed import epoch_sampler
 
 ROOT = Path(__file__).resolve().parents[3]
 HPARAMS = {"epochs": 6, "image_size": 32, "seed": 0, "lr": 0.003, "batch_size": 64}
@@ -67,8 +67,8 @@ def test_two_gloo_processes_train_the_model_one_process_trains(dataset_dirs, tmp
 @pytest.mark.parametrize("n, world", [(403, 2), (10, 3), (64, 4)])
 def test_the_ranks_share_every_global_batch_of_the_one_process_order(n, world):
     batch = 12  # global batch; each rank takes batch // world of it
-    one = EpochSampler(n, seed=3)
-    ranks = [EpochSampler(n, seed=3, num_replicas=world, rank=r) for r in range(world)]
+    one = epoch_sampler(n, seed=3)
+    ranks = [epoch_sampler(n, seed=3, num_replicas=world, rank=r) for r in range(world)]
     for epoch in range(3):
         for s in (one, *ranks):
             s.set_epoch(epoch)
@@ -87,7 +87,7 @@ def test_one_process_order_is_the_order_training_always_used():
     import torch
 
     gen = torch.Generator().manual_seed(7)
-    sampler = EpochSampler(50, seed=7)
+    sampler = epoch_sampler(50, seed=7)
     for epoch in range(3):
         sampler.set_epoch(epoch)
         assert list(sampler) == torch.randperm(50, generator=gen).tolist()
