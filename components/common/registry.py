@@ -1,4 +1,5 @@
-"""A model registry on the storage layer: versions, aliases with history, lineage.
+"""A model registry on the storage layer: versions, aliases with history, lineage, approvals,
+release decisions and release holds.
 
 Layout under the registry root (any store URI)::
 
@@ -10,6 +11,11 @@ Layout under the registry root (any store URI)::
                                         sequence number is where the alias points now
     <model>/approvals/<n>.json          a person's approval of version n, create-only
     <model>/releases/<seq>.json         every release decision with its measurements
+    <model>/apptests/<n>/<seq>.json     the application tests of version n
+    <model>/holds/<seq>.json            release holds placed and lifted
+
+Claims, alias moves, release decisions, application tests and holds are numbered record logs
+(``components/common/records.py``).
 
 Version numbers are claimed with a create-only write (``If-None-Match: *`` on S3, ``link()``
 on a directory), so two concurrent registrations always get two different numbers and neither
@@ -19,13 +25,20 @@ nonce makes sure that can never be somebody else's record. An alias event is wri
 sequence number right after the event it names as ``previous``; if another move took that
 number first, the event is rebuilt on top of that move, so the history is a chain in which
 ``previous`` is always what the alias pointed to immediately before. A version whose publish
-failed leaves a claimed number unused; numbers are never reused. Versions are immutable, and every download is checked against the recorded sha256.
+failed leaves a claimed number unused; numbers are never reused. Versions are immutable, and
+every download is checked against the recorded sha256.
+
+A release hold stops releases of a model after a collapse until a person says so:
+``{"action": "hold"}`` places it, ``{"action": "lift"}`` lifts it (``mlops govern hold``).
+The release step (``components/deploy/release.py``) calls :meth:`ModelRegistry.check_release`
+before it deploys anything: while a hold is in force, a version is released only if a person
+approved it *after* the hold was placed (``mlops registry approve MODEL VERSION``) or lifted the
+hold (``mlops govern hold lift MODEL``); otherwise the release stops with :class:`ReleaseHeld`,
+whose message says so, and production is untouched.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import getpass
 import json
 import logging
 import os
@@ -35,6 +48,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common.records import RecordLog, now_iso, parse_time
+from components.common.records import actor as _actor  # `actor` names an argument here
 from components.common.storage import (
     AlreadyExistsError,
     ObjectStore,
@@ -50,6 +65,10 @@ LINEAGE_FILE = "lineage.json"
 
 class RegistryError(ValueError):
     """A registry request that cannot be served; the message says what to do."""
+
+
+class ReleaseHeld(RuntimeError):
+    """A release refused because of a governance hold; the message says how to proceed."""
 
 
 @dataclass(frozen=True)
@@ -68,20 +87,6 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _actor() -> str:
-    for var in ("MLOPS_ACTOR", "KFP_RUN_ID", "USER"):
-        if os.environ.get(var):
-            return os.environ[var] if var != "KFP_RUN_ID" else f"kfp-run:{os.environ[var]}"
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 class ModelRegistry:
     """Models and their versions under one store URI."""
 
@@ -89,28 +94,14 @@ class ModelRegistry:
         self.store: ObjectStore = open_store(root_uri)
         self.uri = self.store.uri
 
+    def _log(self, folder: str) -> RecordLog:
+        return RecordLog(self.store, folder)
+
+    def _append(self, folder: str, event: dict) -> int:
+        """Adds ``event`` (with a nonce) as the next numbered record of ``folder``."""
+        return self._log(folder).append({**event, "nonce": uuid.uuid4().hex})["seq"]
+
     # -- versions -----------------------------------------------------------------------
-
-    def _numbers(self, model: str, folder: str) -> list[int]:
-        nums = set()
-        for obj in self.store.list(f"{model}/{folder}"):
-            part = obj.key.split("/")[2]
-            if part.isdigit():
-                nums.add(int(part))
-        return sorted(nums)
-
-    def _claim(self, model: str, folder: str, payload: bytes) -> int:
-        """Claims the next free number in ``folder`` with create-only writes."""
-        existing = self._numbers(model, folder)
-        n = (existing[-1] if existing else 0) + 1
-        for _ in range(1000):
-            key = f"{model}/{folder}/{n}"
-            try:
-                self.store.put(key, payload, if_absent=True)
-                return n
-            except AlreadyExistsError:
-                n += 1  # somebody else took it: try the next one
-        raise RegistryError(f"Could not claim a number under {model}/{folder} after 1000 tries.")
 
     def register(self, model: str, files: Mapping[str, bytes], lineage: dict) -> ModelVersion:
         """Publishes a new immutable version of ``model``.
@@ -129,10 +120,10 @@ class ModelRegistry:
             raise RegistryError("Nothing to register: the package has no files.")
         if LINEAGE_FILE in files:
             raise RegistryError(f"{LINEAGE_FILE!r} is written by the registry; pass lineage=.")
-        claim = json.dumps({"claimed_at": _now(), "by": _actor(),
-                            "nonce": uuid.uuid4().hex}).encode()
-        version = self._claim(model, "claims", claim)
-        record = {**lineage, "model": model, "version": version, "registered_at": _now(),
+        claims = RecordLog(self.store, f"{model}/claims", bare_names=True)
+        version = claims.append({"claimed_at": now_iso(), "by": _actor(),
+                                 "nonce": uuid.uuid4().hex})["seq"]
+        record = {**lineage, "model": model, "version": version, "registered_at": now_iso(),
                   "registered_by": _actor()}
         payload = dict(files)
         payload[LINEAGE_FILE] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
@@ -203,47 +194,18 @@ class ModelRegistry:
         if version not in self.versions(model):
             raise RegistryError(f"Model {model!r} has no version {version} to point "
                                 f"{alias!r} at. Versions: {self.versions(model)}.")
-        folder = f"{model}/aliases/{alias}"
-        seqs = self._seqs(folder)
-        n = (seqs[-1] if seqs else 0) + 1
-        previous = self.store.get_json(f"{folder}/{n - 1:08d}.json")["version"] if seqs else None
-        event = {"alias": alias, "version": int(version), "at": _now(),
+        log = self._log(f"{model}/aliases/{alias}")
+        event = {"alias": alias, "version": int(version), "at": now_iso(),
                  "by": actor or _actor(), "reason": reason, "nonce": uuid.uuid4().hex}
-        while True:
-            record = {**event, "previous": previous, "seq": n}
-            try:
-                self.store.put(f"{folder}/{n:08d}.json",
-                               json.dumps(record, sort_keys=True).encode(), if_absent=True)
-                break
-            except AlreadyExistsError:
-                # Another move took number n: this one comes after it.
-                previous = self.store.get_json(f"{folder}/{n:08d}.json")["version"]
-                n += 1
+        # Written right after the move it names as previous: if another move took number n,
+        # this one is rebuilt on top of that one.
+        record = log.append(lambda n: {**event,
+                                       "previous": log.read(n - 1)["version"] if n > 1 else None})
         logger.info("Alias %s@%s -> version %d (%s)", model, alias, version, reason or "no reason")
         return record
 
-    def _seqs(self, folder: str) -> list[int]:
-        return sorted(int(o.key.rsplit("/", 1)[1][:-5]) for o in self.store.list(folder)
-                      if o.key.endswith(".json") and o.key.rsplit("/", 1)[1][:-5].isdigit())
-
-    def _append(self, folder: str, event: dict) -> int:
-        """Adds ``event`` as the next numbered record of ``folder``; never overwrites one."""
-        seqs = self._seqs(folder)
-        n = (seqs[-1] if seqs else 0) + 1
-        event = {**event, "nonce": uuid.uuid4().hex}
-        while True:
-            try:
-                self.store.put(f"{folder}/{n:08d}.json",
-                               json.dumps({**event, "seq": n}, sort_keys=True).encode(),
-                               if_absent=True)
-                return n
-            except AlreadyExistsError:
-                n += 1
-
     def _alias_events(self, model: str, alias: str) -> list[dict]:
-        folder = f"{model}/aliases/{alias}"
-        keys = sorted(o.key for o in self.store.list(folder) if o.key.endswith(".json"))
-        return [self.store.get_json(k) for k in keys]
+        return self._log(f"{model}/aliases/{alias}").records()
 
     def aliases(self, model: str) -> dict[str, int]:
         """Every alias of ``model`` and the version it points at now."""
@@ -275,7 +237,7 @@ class ModelRegistry:
         if version not in self.versions(model):
             raise RegistryError(f"Model {model!r} has no version {version} to approve. "
                                 f"Versions: {self.versions(model)}.")
-        record = {"version": int(version), "at": _now(), "by": actor or _actor(), "note": note}
+        record = {"version": int(version), "at": now_iso(), "by": actor or _actor(), "note": note}
         try:
             self.store.put(f"{model}/approvals/{int(version)}.json",
                            json.dumps(record, sort_keys=True).encode(), if_absent=True)
@@ -295,10 +257,74 @@ class ModelRegistry:
     def record_release(self, model: str, record: dict) -> int:
         """Appends a release decision (canary steps, measurements, outcome) to the audit log."""
         _check_name("model name", model)
-        return self._append(f"{model}/releases", {**record, "at": _now()})
+        return self._append(f"{model}/releases", {**record, "at": now_iso()})
 
     def releases(self, model: str) -> list[dict]:
         """Every recorded release decision, oldest first."""
-        keys = sorted(o.key for o in self.store.list(f"{model}/releases")
-                      if o.key.endswith(".json"))
-        return [self.store.get_json(k) for k in keys]
+        return self._log(f"{model}/releases").records()
+
+    def record_apptest(self, model: str, version: int, report: dict) -> int:
+        """Keeps an application test's report with ``version`` (for its compliance report)."""
+        _check_name("model name", model)
+        return self._append(f"{model}/apptests/{int(version)}", report)
+
+    def apptests(self, model: str, version: int) -> list[dict]:
+        """The application tests of ``version``, oldest first."""
+        return self._log(f"{model}/apptests/{int(version)}").records()
+
+    # -- release holds --------------------------------------------------------------------
+
+    def hold_records(self, model: str) -> list[dict]:
+        """Every hold placed and lifted on releases of ``model``, oldest first."""
+        return self._log(f"{model}/holds").records()
+
+    def active_hold(self, model: str) -> dict | None:
+        """The hold in force, or None."""
+        records = self.hold_records(model)
+        return records[-1] if records and records[-1]["action"] == "hold" else None
+
+    def place_hold(self, model: str, reason: str, evidence: str = "",
+                   by: str | None = None) -> tuple[dict, bool]:
+        """Places a hold unless one is in force. Returns (the hold in force, placed now)."""
+        current = self.active_hold(model)
+        if current is not None:
+            return current, False
+        seq = self._append(f"{model}/holds", {"action": "hold", "at": now_iso(),
+                                              "by": by or _actor(), "reason": reason,
+                                              "evidence": evidence})
+        logger.warning("Releases of %s are held: %s", model, reason)
+        placed = next(r for r in self.hold_records(model) if r["seq"] == seq)
+        return placed, True
+
+    def lift_hold(self, model: str, note: str, by: str | None = None) -> dict:
+        """A person lifts the hold in force."""
+        if self.active_hold(model) is None:
+            raise ValueError(f"Releases of {model!r} are not held; nothing to lift.")
+        if not note:
+            raise ValueError("Say why the hold can be lifted (--note).")
+        self._append(f"{model}/holds", {"action": "lift", "at": now_iso(),
+                                        "by": by or _actor(), "reason": note})
+        logger.info("Hold on %s lifted: %s", model, note)
+        return self.hold_records(model)[-1]
+
+    def check_release(self, model: str, version: int) -> dict:
+        """What the release step needs to know about holds: ``{}`` when none is in force,
+        ``{"hold": …, "approval": …}`` when a person approved ``version`` after the hold.
+
+        Raises:
+            ReleaseHeld: A hold is in force and nobody approved ``version`` since.
+        """
+        hold = self.active_hold(model)
+        if hold is None:
+            return {}
+        approval = self.approval(model, version)
+        if approval and parse_time(approval["at"]) > parse_time(hold["at"]):
+            logger.info("Hold on %s: version %d was approved by %s after it", model, version,
+                        approval["by"])
+            return {"hold": hold, "approval": approval}
+        why = ("its approval predates the hold" if approval else "nobody approved it since")
+        raise ReleaseHeld(
+            f"Releases of {model!r} are held since {hold['at']} by {hold['by']}: "
+            f"{hold['reason']}. Version {version} cannot be released ({why}). A person approves "
+            f"it with `mlops registry approve {model} {version}`, or lifts the hold with "
+            f"`mlops govern hold lift {model} --note WHY`; then release again.")

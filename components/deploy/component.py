@@ -97,7 +97,7 @@ def application_test(
     # Kept with the version too, for its compliance report (components/govern/report.py).
     from components.common.registry import ModelRegistry
 
-    ModelRegistry(registry_uri)._append(f"{model_name}/apptests/{int(version)}", report)
+    ModelRegistry(registry_uri).record_apptest(model_name, version, report)
     with open(qa_summary.path, "w") as f:
         f.write(apptest.report_markdown(report, model_name, version))
     load = report["load"]

@@ -242,11 +242,9 @@ def release(target: DeploymentTarget, version: int, probe_images: Sequence[bytes
     if policy.require_approval:
         record["approval"] = wait_for_approval(registry, model, version,
                                                policy.approval_timeout_s)
-    # A governance hold (components/govern/holds.py) stops the release unless a person
-    # approved this version after the hold was placed, or lifted it.
-    from components.govern.holds import check_release
-
-    record.update(check_release(registry, model, version))
+    # A governance hold stops the release unless a person approved this version after the
+    # hold was placed, or lifted it.
+    record.update(registry.check_release(model, version))
     dep = _restore_stable(target, environment)
     if dep is not None and dep.canary is not None:
         logger.warning("A canary of version %d was left running in %s by an earlier release; "

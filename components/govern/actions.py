@@ -11,7 +11,6 @@ import logging
 
 from components.common.registry import ModelRegistry
 from components.deploy.targets.base import DeploymentTarget
-from components.govern.holds import place_hold
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +53,9 @@ def rollback(target: DeploymentTarget, judged_version: str | int, reason: str,
 
 
 def hold(registry: ModelRegistry, model: str, reason: str, evidence: str = "") -> dict:
-    """Holds releases of ``model`` until a person approves (see :mod:`.holds`)."""
-    record, placed = place_hold(registry, model, reason, evidence)
+    """Holds releases of ``model`` until a person approves (see
+    :meth:`~components.common.registry.ModelRegistry.place_hold`)."""
+    record, placed = registry.place_hold(model, reason, evidence)
     if not placed:
         return {"action": "hold_exists", "detail": f"releases already held since "
                                                    f"{record['at']}: {record['reason']}"}

@@ -23,9 +23,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from components.common.records import now_iso
 from components.common.service import backoff
 from components.govern.policy import Delivery, Recipient
-from components.govern.records import GovernanceStore, now_iso
+from components.govern.records import GovernanceStore
 
 logger = logging.getLogger(__name__)
 
@@ -223,24 +224,17 @@ class AlertBook:
 
     def rounds(self, seq: int) -> dict[str, list[dict]]:
         """Delivery rounds of alert ``seq`` by recipient, oldest first."""
-        out: dict[str, list[dict]] = {}
         prefix = f"{DELIVERIES}/{seq:08d}"
-        for o in self.gov.store.list(prefix):
-            parts = o.key.split("/")
-            if len(parts) == 4 and parts[3].endswith(".json"):
-                out.setdefault(parts[2], []).append(o.key)
-        return {r: [self.gov.store.get_json(k) for k in sorted(keys)]
-                for r, keys in sorted(out.items())}
+        recipients = {o.key.split("/")[2] for o in self.gov.store.list(prefix)
+                      if o.key.count("/") == 3}
+        return {r: self.gov.records(f"{prefix}/{r}") for r in sorted(recipients)}
 
     def record_round(self, seq: int, result: DeliveryResult) -> dict:
-        folder = f"{DELIVERIES}/{seq:08d}/{result.recipient}"
-        n = len([o for o in self.gov.store.list(folder)]) + 1
         record = {"alert": seq, "recipient": result.recipient, "delivered": result.delivered,
                   "attempts": result.attempts, "seconds": round(result.seconds, 3),
                   "error": result.error, "at": now_iso()}
-        while not self.gov.create(f"{folder}/{n:04d}.json", {**record, "round": n}):
-            n += 1
-        return {**record, "round": n}
+        return self.gov.append(f"{DELIVERIES}/{seq:08d}/{result.recipient}",
+                               lambda n: {**record, "round": n})
 
     def state(self, alert: dict) -> dict[str, str]:
         """recipient -> ``delivered`` | ``undelivered`` | ``pending`` (never tried)."""

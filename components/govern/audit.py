@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from components.govern.records import GovernanceStore, actor, now_iso
+from components.common.records import actor, now_iso
+from components.govern.records import GovernanceStore
 
 logger = logging.getLogger(__name__)
 

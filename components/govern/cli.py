@@ -230,28 +230,27 @@ def _cmd_report(args) -> int:
 def _cmd_hold(args) -> int:
     from components.common.registry import ModelRegistry
     from components.govern.audit import AuditLog
-    from components.govern.holds import active_hold, hold_records, lift_hold, place_hold
     from components.govern.records import GovernanceStore
 
     registry = ModelRegistry(args.registry)
     audit = AuditLog(GovernanceStore(args.store or _store_default(), args.model_name))
     if args.hold_command == "lift":
-        record = lift_hold(registry, args.model_name, args.note)
+        record = registry.lift_hold(args.model_name, args.note)
         audit.append("hold_lifted", args.note, subject="releases", by=record["by"])
         print(f"Hold on {args.model_name} lifted by {record['by']}: {record['reason']}")
     elif args.hold_command == "place":
         if not args.note:
             raise ValueError("Say why releases are held (--note).")
-        record, placed = place_hold(registry, args.model_name, args.note)
+        record, placed = registry.place_hold(args.model_name, args.note)
         if placed:
             audit.append("hold", args.note, subject="releases", by=record["by"])
         print(("Releases of {m} are now held" if placed else "Releases of {m} were already "
                "held").format(m=args.model_name) + f" ({record['reason']})")
     else:
-        hold = active_hold(registry, args.model_name)
+        hold = registry.active_hold(args.model_name)
         if hold is None:
             print(f"Releases of {args.model_name} are not held "
-                  f"({len(hold_records(registry, args.model_name))} hold record(s) in all).")
+                  f"({len(registry.hold_records(args.model_name))} hold record(s) in all).")
         else:
             print(f"Releases of {args.model_name} are HELD since {hold['at']} by {hold['by']}: "
                   f"{hold['reason']}")

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import fields
 
+from components.common.records import now_iso, parse_time
 from components.common.storage import open_store
 from components.govern.alerts import AlertBook, AlertSink, fingerprint, send_to
 from components.govern.audit import AuditLog
 from components.govern.policy import Policy, Rule
-from components.govern.records import GovernanceStore, now_iso, parse_time
+from components.govern.records import GovernanceStore
 from components.govern.trigger import (
     RELAUNCH_AFTER_S,
     Episodes,

@@ -1,4 +1,4 @@
-"""Create-only, sequence-numbered records under ``governance/<model>/`` in the monitoring store.
+"""Create-only records under ``governance/<model>/`` in the monitoring store.
 
 Every governance record (alert, delivery round, audit entry, episode) is one JSON object
 written with a create-only put (``If-None-Match: *`` on S3, ``link()`` on a directory), so
@@ -13,31 +13,18 @@ is ever rewritten. Layout (see ``components/monitor/contract.py``)::
     governance/<model>/episodes/<key>.ended.json          how its run ended (once known)
     governance/<model>/episodes/<key>.closed.json         its end
     governance/<model>/governed/<verdict run_id>.json     a verdict fully governed
+
+Alerts, delivery rounds and audit entries are numbered record logs
+(``components/common/records.py``); episodes and ``governed`` markers are keyed.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import re
+from collections.abc import Callable
 
-from components.common.registry import _actor as _registry_actor
+from components.common.records import RecordLog
 from components.common.storage import AlreadyExistsError, ObjectStore, open_store
-
-_SEQ = re.compile(r"^(\d{8})\.json$")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
-
-
-def parse_time(text: str) -> _dt.datetime:
-    """An ISO time as an aware datetime (naive times are taken as UTC)."""
-    t = _dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
-
-
-actor = _registry_actor  # who acts: MLOPS_ACTOR, the KFP run, else the user
 
 
 class GovernanceStore:
@@ -52,30 +39,18 @@ class GovernanceStore:
     def uri_of(self, key: str) -> str:
         return self.store.uri_of(key)
 
-    def append(self, folder: str, record: dict) -> dict:
-        """Adds ``record`` as the next numbered record of ``folder``; never overwrites one.
-        Returns the record with its ``seq``."""
-        n = self.last_seq(folder) + 1
-        while True:
-            body = {**record, "seq": n}
-            try:
-                self.store.put(f"{folder}/{n:08d}.json",
-                               json.dumps(body, sort_keys=True, default=str).encode(),
-                               if_absent=True)
-                return body
-            except AlreadyExistsError:
-                n += 1  # a concurrent writer took it
+    def log(self, folder: str) -> RecordLog:
+        """The numbered records of ``folder`` (``alerts``, ``audit``, a delivery folder)."""
+        return RecordLog(self.store, folder)
 
-    def last_seq(self, folder: str) -> int:
-        seqs = [int(m.group(1)) for o in self.store.list(folder)
-                if (m := _SEQ.match(o.key.rsplit("/", 1)[-1])) and o.key.count("/") == 1]
-        return max(seqs, default=0)
+    def append(self, folder: str, record: dict | Callable[[int], dict]) -> dict:
+        """Adds ``record`` (or what it builds from the number) as the next numbered record of
+        ``folder``; never overwrites one. Returns the record with its ``seq``."""
+        return self.log(folder).append(record)
 
     def records(self, folder: str) -> list[dict]:
         """Every numbered record of ``folder``, oldest first."""
-        keys = sorted(o.key for o in self.store.list(folder)
-                      if o.key.count("/") == 1 and _SEQ.match(o.key.rsplit("/", 1)[-1]))
-        return [self.store.get_json(k) for k in keys]
+        return self.log(folder).records()
 
     def create(self, key: str, record: dict) -> bool:
         """Writes ``record`` at ``key`` if nothing is there; False when somebody was first."""

@@ -29,7 +29,6 @@ from pathlib import Path
 from components.common.registry import ModelRegistry
 from components.govern.audit import audit_view
 from components.govern.core import history
-from components.govern.holds import hold_records
 
 logger = logging.getLogger(__name__)
 
@@ -280,8 +279,7 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                for c, v in sorted(per_class.items())])
 
     doc.heading("4. Application test")
-    tests = [registry.store.get_json(o.key) for o in
-             registry.store.list(f"{model}/apptests/{version}") if o.key.endswith(".json")]
+    tests = registry.apptests(model, version)
     if qa_report:
         tests.append(json.loads(Path(qa_report).read_text()))
     if tests:
@@ -318,7 +316,7 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
               [[approval["by"], approval["at"][:19], approval.get("note")]] if approval else [])
     doc.table(["hold record", "at", "by", "reason"],
               [[h["action"], h["at"][:19], h["by"], h["reason"]]
-               for h in hold_records(registry, model)])
+               for h in registry.hold_records(model)])
 
     doc.heading("7. Monitoring since release")
     doc.table(["window end", "verdict", "status", "requests", "labelled", "checks not ok"],

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 
-from components.govern.records import GovernanceStore, now_iso, parse_time
+from components.common.records import now_iso, parse_time
+from components.govern.records import GovernanceStore
 
 logger = logging.getLogger(__name__)
 

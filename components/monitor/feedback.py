@@ -33,8 +33,10 @@ import logging
 import re
 from dataclasses import dataclass
 
+from components.common.records import RecordLog, actor
+from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import json_app, read_json
-from components.common.storage import AlreadyExistsError, ObjectStore, open_store
+from components.common.storage import ObjectStore, open_store
 from components.monitor.contract import utcnow
 
 logger = logging.getLogger(__name__)
@@ -65,16 +67,8 @@ class LabelRequest:
     where: str = ""  # "line 3" of a file, for messages
 
 
-def _who() -> str:
-    from components.common.registry import _actor
-
-    return _actor()
-
-
 def model_classes(registry_uri: str, model: str) -> list[str]:
     """The classes of the model in production (else its latest version), from the registry."""
-    from components.common.registry import ModelRegistry, RegistryError
-
     registry = ModelRegistry(registry_uri)
     try:
         version = registry.resolve(model, "@production")
@@ -126,16 +120,12 @@ class LabelStore:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    def _folder(self, request_id: str, index: int) -> str:
-        return f"{LABELS_PREFIX}/model={self.model}/{request_id}/{index}"
+    def _log(self, request_id: str, index: int) -> RecordLog:
+        return RecordLog(self.store, f"{LABELS_PREFIX}/model={self.model}/{request_id}/{index}")
 
     def history(self, request_id: str, index: int = 0) -> list[dict]:
         """Every label of one instance, oldest first (the last is the current one)."""
-        folder = self._folder(request_id, index)
-        keys = sorted((o.key for o in self.store.list(folder)
-                       if o.key.endswith(".json") and o.key.rsplit("/", 1)[1][:-5].isdigit()),
-                      key=lambda k: int(k.rsplit("/", 1)[1][:-5]))
-        return [self.store.get_json(k) for k in keys]
+        return self._log(request_id, index).records()
 
     def current(self, request_id: str, index: int = 0) -> dict | None:
         history = self.history(request_id, index)
@@ -161,9 +151,10 @@ class LabelStore:
             LabelConflict: A different label is stored and ``relabel`` is False.
         """
         req = self.check(req)
-        folder = self._folder(req.request_id, req.index)
+        log = self._log(req.request_id, req.index)
         for _ in range(100):
-            history = self.history(req.request_id, req.index)
+            numbers = log.numbers()
+            history = [log.read(n) for n in numbers]
             current = history[-1] if history else None
             if current is not None and current.get("label") == req.label:
                 return {"status": "unchanged", "record": current}
@@ -174,15 +165,12 @@ class LabelStore:
                     f"{current.get('by')}, {current.get('at')}); refusing to replace it with "
                     f"{req.label!r}. Relabel explicitly (--relabel) to record the correction; "
                     "the history keeps both.")
-            seq = (max(int(h.get("seq", 0)) for h in history) if history else 0) + 1
+            seq = (numbers[-1] if numbers else 0) + 1
             record = {"request_id": req.request_id, "index": req.index, "label": req.label,
-                      "by": req.by or _who(), "at": utcnow(), "source": source,
+                      "by": req.by or actor(), "at": utcnow(), "source": source,
                       "note": req.note, "seq": seq,
                       "previous": current.get("label") if current else None}
-            try:
-                self.store.put(f"{folder}/{seq:08d}.json",
-                               json.dumps(record, sort_keys=True).encode(), if_absent=True)
-            except AlreadyExistsError:
+            if not log.create(seq, record):
                 continue  # someone labelled it at the same moment: look again
             logger.info("Label %s/%d = %s by %s (%s)", req.request_id, req.index, req.label,
                         record["by"], source)
@@ -486,8 +474,6 @@ def _label_store(args) -> LabelStore:
     if args.classes:
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     else:
-        from components.common.registry import RegistryError
-
         try:
             classes = model_classes(args.registry, args.model)
         except RegistryError as exc:

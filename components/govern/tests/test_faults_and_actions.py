@@ -9,12 +9,11 @@ import uuid
 
 import pytest
 
-from components.common.registry import ModelRegistry
+from components.common.registry import ModelRegistry, ReleaseHeld
 from components.common.storage import S3Store, open_store
 from components.govern.alerts import AlertBook
 from components.govern.audit import AuditLog, audit_view
 from components.govern.core import govern, govern_pending
-from components.govern.holds import ReleaseHeld, check_release, lift_hold
 from components.govern.policy import parse_policy
 from components.govern.records import GovernanceStore
 from components.govern.tests.test_trigger import FolderLauncher
@@ -144,11 +143,11 @@ def test_rollback_and_hold_on_a_real_local_deployment(package_dir, receiver, tmp
         assert registry.aliases(MODEL)["production"] == 1
         # Releases are held until a person approves the version after the hold.
         with pytest.raises(ReleaseHeld, match="mlops registry approve pets 2"):
-            check_release(registry, MODEL, 2)
+            registry.check_release(MODEL, 2)
         registry.approve(MODEL, 2, note="fixed the camera; checked the night images")
-        assert check_release(registry, MODEL, 2)["approval"]["version"] == 2
-        lift_hold(registry, MODEL, "incident closed")
-        assert check_release(registry, MODEL, 1) == {}
+        assert registry.check_release(MODEL, 2)["approval"]["version"] == 2
+        registry.lift_hold(MODEL, "incident closed")
+        assert registry.check_release(MODEL, 1) == {}
         # The audit view tells the story in order.
         kinds = [e["kind"] for e in audit_view(store, MODEL, registry.uri)]
         assert kinds.index("rollback") < kinds.index("hold")
@@ -182,12 +181,11 @@ def test_release_step_refuses_a_held_release(package_dir, dataset_dirs, tmp_path
     from components.deploy.apptest import load_labelled_split
     from components.deploy.release import release
     from components.deploy.targets.local import LocalTarget
-    from components.govern.holds import place_hold
 
     registry = ModelRegistry(str(tmp_path / "registry"))
     files = _package_files(package_dir)
     registry.register(MODEL, files, {"dataset_version": "test"})
-    place_hold(registry, MODEL, "accuracy collapse on version 0")
+    registry.place_hold(MODEL, "accuracy collapse on version 0")
     target = LocalTarget(registry.uri, MODEL, tmp_path / "deployments")
     images, labels = load_labelled_split(dataset_dirs[1])
     with pytest.raises(ReleaseHeld, match="held since"):

@@ -10,7 +10,6 @@ import sys
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
 from components.govern.core import govern
-from components.govern.holds import place_hold
 from components.govern.policy import parse_policy
 from components.monitor.contract import Check, Verdict
 
@@ -75,7 +74,7 @@ def _setup(tmp_path, receiver):
         open_store(store).put_json(f"monitoring/{MODEL}/history/{v.window_end}-{v.run_id}.json",
                                    v.to_dict())
         govern(v, policy, store_uri=store)
-    place_hold(registry, MODEL, "accuracy collapse drill")
+    registry.place_hold(MODEL, "accuracy collapse drill")
     return registry, store
 
 
