@@ -19,7 +19,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from components.govern.records import now_iso
+from components.common.records import now_iso
 from components.govern.trigger import LaunchError, RetrainLauncher
 from pipelines import PIPELINES, load
 from pipelines.local import run_local
