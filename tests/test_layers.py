@@ -105,7 +105,7 @@ DEFERRED_EXCEPTIONS: dict[str, int] = {
     "components/monitor/core.py": 8,
     "components/monitor/explain.py": 4,
     "components/monitor/export.py": 2,
-    "components/monitor/feedback.py": 5,
+    "components/monitor/feedback.py": 4,
     "components/monitor/reference.py": 11,
     "components/monitor/report.py": 1,
     "components/monitor/simulate.py": 5,
