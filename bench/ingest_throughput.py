@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdoc import write_section  # noqa: E402
 
+from components.common.service import wait_until  # noqa: E402
 from components.common.storage import S3Store, open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate, render  # noqa: E402
 from components.ingest import core  # noqa: E402
@@ -46,6 +47,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    """True once something accepts connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def measure(lake_uri: str, root_base: str, workers: int, repeats: int) -> float:
@@ -324,16 +334,9 @@ def main() -> None:
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise SystemExit("moto server did not start within 30 s") from None
-            time.sleep(0.2)
+    if not wait_until(lambda: _answers(port), 30, 0.2):
+        server.kill()
+        raise SystemExit("moto server did not start within 30 s")
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                        "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_REGION": "us-east-1"})

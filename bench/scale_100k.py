@@ -48,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdoc import write_section  # noqa: E402
-from ingest_throughput import _free_port, _in_process_limit, _RssSampler  # noqa: E402
+from ingest_throughput import _answers, _free_port, _in_process_limit, _RssSampler  # noqa: E402
 
+from components.common.service import wait_until  # noqa: E402
 from components.common.storage import open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate  # noqa: E402
 from components.ingest.core import IngestConfig, available_cpus, ingest  # noqa: E402
@@ -291,17 +292,8 @@ def part_s3(args, res: dict) -> None:
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = {"n": len(paths), "load_start": _load(), "runs": [], "cores": available_cpus()}
     try:
-        import socket
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("moto server did not start within 30 s") from None
-                time.sleep(0.2)
+        if not wait_until(lambda: _answers(port), 30, 0.2):
+            raise SystemExit("moto server did not start within 30 s")
         os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                            "AWS_REGION": "us-east-1"})

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from components.common.service import wait_until
+
 logger = logging.getLogger(__name__)
 
 MODEL = "pet-classifier"
@@ -300,15 +302,17 @@ class Loop:
     def _wait_captured(self, start: float, end: float, expected: int, timeout: float = 20.0):
         from components.monitor.window import read_window
 
-        deadline = time.monotonic() + timeout
-        while True:
+        n = 0
+
+        def captured() -> bool:
+            nonlocal n
             n = len(read_window(self.s["monitoring"], self.cfg.model_name, start, end,
                                 with_labels=False))
-            if n >= expected or time.monotonic() > deadline:
-                if n < expected:
-                    logger.warning("Only %d of %d requests captured in the window", n, expected)
-                return n
-            time.sleep(0.25)
+            return n >= expected
+
+        if not wait_until(captured, timeout, 0.25):
+            logger.warning("Only %d of %d requests captured in the window", n, expected)
+        return n
 
     def monitor(self, last: int, on_verdict=None, govern: bool = True,
                 retrain: bool = True) -> tuple:

@@ -26,11 +26,12 @@ T = TypeVar("T")
 
 
 def wait_until(predicate: Callable[[], T], timeout_s: float, poll_s: float = 0.1, *,
-               sleep: Callable[[float], None] = time.sleep,
+               max_poll_s: float | None = None, sleep: Callable[[float], None] = time.sleep,
                clock: Callable[[], float] = time.monotonic) -> T:
     """Calls ``predicate`` until it returns something truthy, and returns that.
 
-    The predicate is called at once, then every ``poll_s`` seconds, and a last time at the
+    The predicate is called at once, then every ``poll_s`` seconds (with ``max_poll_s``, the
+    pause backs off: doubled after each call, up to ``max_poll_s``), and a last time at the
     deadline (the pause before it is shortened so that the wait never runs past
     ``timeout_s``). An exception in the predicate propagates: a predicate that can fail fast
     (the process it waits for exited) raises.
@@ -40,14 +41,17 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, poll_s: float = 0.1
         says what did not happen.
     """
     deadline = clock() + timeout_s
+    calls = 0
     while True:
         result = predicate()
+        calls += 1
         if result:
             return result
         remaining = deadline - clock()
         if remaining <= 0:
             return result
-        sleep(min(poll_s, remaining))
+        pause = poll_s if max_poll_s is None else backoff(calls, poll_s, max_poll_s)
+        sleep(min(pause, remaining))
 
 
 def backoff(attempt: int, base_s: float, max_s: float = math.inf) -> float:

@@ -52,6 +52,7 @@ from components.common.images import (
     ImageRejected,
     inspect_image,
 )
+from components.common.service import wait_until
 from components.common.storage import (
     AlreadyExistsError,
     LocalStore,
@@ -665,34 +666,44 @@ def _publish(root: ObjectStore, snapshot: str, files: dict[str, bytes], manifest
         return False
     lock = f"locks/{snapshot.replace('/', '-')}.lock"
     token = uuid.uuid4().hex
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            root.put(lock, json.dumps({"token": token, "host": socket.gethostname(),
-                                       "pid": os.getpid(), "time": time.time()}).encode(),
-                     if_absent=True)
-            break
-        except AlreadyExistsError:
-            if already():
-                return False
+    held: dict = {}
+    age = 0.0
+
+    def take_lock() -> str | None:
+        """"locked", "published", or None while another ingestion holds the lock."""
+        nonlocal held, age
+        while True:  # a lock released or stale is tried again at once
             try:
-                held = json.loads(root.get(lock))
-                age = time.time() - float(held["time"])
-            except ObjectNotFoundError:
-                continue  # released just now: try again at once
-            except (ValueError, KeyError, TypeError):
-                held, age = {}, PUBLISH_LOCK_STALE_S + 1  # unreadable: treat as stale
-            if age > PUBLISH_LOCK_STALE_S:
-                logger.warning("Taking over the publish lock %s (held by %s for %.0f s)",
-                               root.uri_of(lock), held, age)
-                root.delete(lock)
-                continue
-            if time.monotonic() > deadline:
-                raise IngestError(
-                    f"Another ingestion ({held.get('host')}, pid {held.get('pid')}) has been "
-                    f"publishing {root.uri_of(snapshot)} for {age:.0f} s. Try again later; if "
-                    f"no ingestion is running, delete {root.uri_of(lock)}.") from None
-            time.sleep(0.2)
+                # The lock's age is read by other processes, maybe on other hosts: wall clock.
+                root.put(lock, json.dumps({"token": token, "host": socket.gethostname(),
+                                           "pid": os.getpid(), "time": time.time()}).encode(),
+                         if_absent=True)
+                return "locked"
+            except AlreadyExistsError:
+                if already():
+                    return "published"
+                try:
+                    held = json.loads(root.get(lock))
+                    age = time.time() - float(held["time"])
+                except ObjectNotFoundError:
+                    continue  # released just now: try again at once
+                except (ValueError, KeyError, TypeError):
+                    held, age = {}, PUBLISH_LOCK_STALE_S + 1  # unreadable: treat as stale
+                if age > PUBLISH_LOCK_STALE_S:
+                    logger.warning("Taking over the publish lock %s (held by %s for %.0f s)",
+                                   root.uri_of(lock), held, age)
+                    root.delete(lock)
+                    continue
+                return None
+
+    outcome = wait_until(take_lock, wait_s, 0.2)
+    if outcome == "published":
+        return False
+    if outcome is None:
+        raise IngestError(
+            f"Another ingestion ({held.get('host')}, pid {held.get('pid')}) has been "
+            f"publishing {root.uri_of(snapshot)} for {age:.0f} s. Try again later; if "
+            f"no ingestion is running, delete {root.uri_of(lock)}.")
     try:
         if already():
             return False

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from components.common.service import wait_until
 from components.common.storage.base import (
     _LOCK_NAME,
     PUBLISHED_MARKER,
@@ -385,45 +386,50 @@ class _PublishLock:
     def acquire(self) -> bool:
         """True once this publisher holds the lock; False if the folder got published."""
         marker = join_key(self.prefix, PUBLISHED_MARKER)
-        deadline = time.monotonic() + _publish_wait()
         seen: tuple[int, bytes] | None = None
         seen_at = time.monotonic()
-        delay = 0.05
-        while True:
-            if self.store.exists(marker):
-                return False
-            generations = self._generations()
-            if not generations:
-                if self._try(1):
-                    return True
-                continue
-            top = generations[-1]
-            try:
-                body = self.store.get(self._key(top))
-            except ObjectNotFoundError:
-                continue  # released meanwhile
-            now = time.monotonic()
-            if seen is None or seen != (top, body):
-                seen, seen_at = (top, body), now
-            holder = _parse_lock(body)
-            dead = (holder.get("host") == socket.gethostname()
-                    and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid()
-                    and not _pid_alive(holder["pid"]))
-            if dead or now - seen_at > self.lease:
-                logger.warning("Taking over the publish lock of %s from %s (%s)",
-                               self.store.uri_of(self.prefix), holder or "an unreadable lock",
-                               "its process is gone" if dead else
-                               f"no heartbeat for {now - seen_at:.0f} s")
-                if self._try(top + 1):
-                    return True
-                continue
-            if now > deadline:
-                raise StorageError(
-                    f"Gave up waiting for another publisher of {self.store.uri_of(self.prefix)}"
-                    f" ({holder}) after {_publish_wait():.0f} s (MLOPS_PUBLISH_WAIT); it is "
-                    "still renewing its lock.")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        holder: dict = {}
+
+        def attempt() -> str | None:
+            """"held", "published", or None while a live publisher holds the lock."""
+            nonlocal seen, seen_at, holder
+            while True:  # a lock released or lost meanwhile is tried again at once
+                if self.store.exists(marker):
+                    return "published"
+                generations = self._generations()
+                if not generations:
+                    if self._try(1):
+                        return "held"
+                    continue
+                top = generations[-1]
+                try:
+                    body = self.store.get(self._key(top))
+                except ObjectNotFoundError:
+                    continue  # released meanwhile
+                now = time.monotonic()
+                if seen is None or seen != (top, body):
+                    seen, seen_at = (top, body), now
+                holder = _parse_lock(body)
+                dead = (holder.get("host") == socket.gethostname()
+                        and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid()
+                        and not _pid_alive(holder["pid"]))
+                if dead or now - seen_at > self.lease:
+                    logger.warning("Taking over the publish lock of %s from %s (%s)",
+                                   self.store.uri_of(self.prefix),
+                                   holder or "an unreadable lock", "its process is gone"
+                                   if dead else f"no heartbeat for {now - seen_at:.0f} s")
+                    if self._try(top + 1):
+                        return "held"
+                    continue
+                return None
+
+        outcome = wait_until(attempt, _publish_wait(), 0.05, max_poll_s=1.0)
+        if outcome is None:
+            raise StorageError(
+                f"Gave up waiting for another publisher of {self.store.uri_of(self.prefix)}"
+                f" ({holder}) after {_publish_wait():.0f} s (MLOPS_PUBLISH_WAIT); it is "
+                "still renewing its lock.")
+        return outcome == "held"
 
     def check(self) -> None:
         """Raises if another publisher took the lock over (this one was presumed dead)."""

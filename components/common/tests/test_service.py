@@ -46,6 +46,12 @@ def test_wait_until_checks_once_more_at_the_deadline_and_never_runs_past_it():
     assert clock.sleeps == []
 
 
+def test_wait_until_can_back_off_between_checks():
+    clock = _Clock()
+    assert wait_until(lambda: None, 5, 0.5, max_poll_s=2, sleep=clock.sleep, clock=clock) is None
+    assert clock.sleeps == pytest.approx([0.5, 1, 2, 1.5])
+
+
 def test_wait_until_lets_the_predicates_exception_through():
     def crashed():
         raise RuntimeError("the server exited")

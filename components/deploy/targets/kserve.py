@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import replace
 
 from components.common import k8s
+from components.common.service import wait_until
 from components.deploy.targets.base import (
     Deployment,
     DeploymentError,
@@ -285,28 +285,31 @@ class KServeTarget(DeploymentTarget):
     def _wait(self, environment: str, what: str, done, timeout: float | None) -> dict:
         """Polls the InferenceService until ``done(obj, component status)`` holds."""
         timeout = self.timeout_s if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
+        obj: dict = {}
+        comp: dict = {}
+
+        def reached() -> dict | None:
+            nonlocal obj, comp
             obj = self._get(environment)
             if obj is None:
                 raise DeploymentError(f"InferenceService {self.namespace}/"
                                       f"{self.served_name(environment)} disappeared while "
                                       f"waiting for {what}.")
             comp = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
-            if done(obj, comp):
-                return obj
-            if time.monotonic() >= deadline:
-                conditions = {c.get("type"): c.get("status") for c in
-                              (obj.get("status") or {}).get("conditions", [])}
-                raise DeploymentError(
-                    f"InferenceService {self.namespace}/{self.served_name(environment)}: "
-                    f"{what} did not happen within {timeout:.0f} s (latest created revision "
-                    f"{comp.get('latestCreatedRevision')!r}, latest ready "
-                    f"{comp.get('latestReadyRevision')!r}, rolled out "
-                    f"{comp.get('latestRolledoutRevision')!r}, traffic "
-                    f"{[(t.get('tag'), t.get('revisionName'), t.get('percent')) for t in comp.get('traffic') or []]}, "  # noqa: E501
-                    f"conditions {conditions}). See `kubectl describe revision` for why.")
-            time.sleep(self.poll_s)
+            return obj if done(obj, comp) else None
+
+        if wait_until(reached, timeout, self.poll_s):
+            return obj
+        conditions = {c.get("type"): c.get("status") for c in
+                      (obj.get("status") or {}).get("conditions", [])}
+        raise DeploymentError(
+            f"InferenceService {self.namespace}/{self.served_name(environment)}: "
+            f"{what} did not happen within {timeout:.0f} s (latest created revision "
+            f"{comp.get('latestCreatedRevision')!r}, latest ready "
+            f"{comp.get('latestReadyRevision')!r}, rolled out "
+            f"{comp.get('latestRolledoutRevision')!r}, traffic "
+            f"{[(t.get('tag'), t.get('revisionName'), t.get('percent')) for t in comp.get('traffic') or []]}, "  # noqa: E501
+            f"conditions {conditions}). See `kubectl describe revision` for why.")
 
     def _split(self, comp: dict) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from components.common import k8s
+from components.common.service import wait_until
 from components.deploy.client import EndpointError, wait_ready
 from components.deploy.supervisor import process_alive
 from components.deploy.targets.base import (
@@ -256,10 +257,7 @@ class LocalTarget(DeploymentTarget):
         if rec.get("pid") and rt.router_alive(rec["pid"], rec["port"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec["pid"], signal.SIGTERM)
-            deadline = time.time() + 10
-            while time.time() < deadline and rt.router_alive(rec["pid"], rec["port"]):
-                time.sleep(0.05)
-            if rt.router_alive(rec["pid"], rec["port"]):
+            if not wait_until(lambda: not rt.router_alive(rec["pid"], rec["port"]), 10, 0.05):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rec["pid"], signal.SIGKILL)
 
@@ -315,14 +313,15 @@ class LocalTarget(DeploymentTarget):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.time() + grace
         child = self._children.pop(pid, None)
-        while time.time() < deadline:
-            if child is not None and child.poll() is not None:
-                return
-            if child is None and not process_alive(pid, port):
-                return
-            time.sleep(0.05)
+
+        def ended() -> bool:
+            if child is not None:
+                return child.poll() is not None
+            return not process_alive(pid, port)
+
+        if wait_until(ended, grace, 0.05):
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if child is not None:
