@@ -63,3 +63,54 @@ def code_version() -> str:
 
 #: Hyperparameter-search trial slots compiled into the training pipeline (each a task).
 HPO_SLOTS = int(os.environ.get("MLOPS_HPO_SLOTS", "4"))
+
+#: The accelerator of the search trials and the final training (``mlops compile
+#: --accelerator``): KFP's accelerator type, e.g. ``nvidia.com/gpu``; empty for CPU only.
+ACCELERATOR_TYPE = os.environ.get("MLOPS_ACCELERATOR_TYPE", "")
+#: Accelerators per training pod (``--accelerator-count``); with a TrainJob, per node.
+ACCELERATOR_COUNT = int(os.environ.get("MLOPS_ACCELERATOR_COUNT", "1"))
+#: Nodes of the final training (``--trainer-nodes``): 1 trains in the task's own pod, more
+#: run a Kubeflow Trainer TrainJob of that many nodes that the task creates and watches.
+TRAINER_NODES = int(os.environ.get("MLOPS_TRAINER_NODES", "1"))
+#: Node selector of the training pods, ``key=value,…`` (``--node-selector``).
+NODE_SELECTOR = os.environ.get("MLOPS_NODE_SELECTOR", "")
+#: Tolerations of the training pods, ``key=value:Effect,…`` or ``key:Effect`` (``--toleration``).
+TOLERATIONS = os.environ.get("MLOPS_TOLERATIONS", "")
+
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def node_selector() -> dict[str, str]:
+    """:data:`NODE_SELECTOR` as labels.
+
+    Raises:
+        ValueError: An item is not ``key=value``.
+    """
+    pairs = {}
+    for item in filter(None, (i.strip() for i in NODE_SELECTOR.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Invalid --node-selector {item!r}. Expect key=value[,key=value…], "
+                             "e.g. cloud.google.com/gke-accelerator=nvidia-l4.")
+        pairs[key] = value
+    return pairs
+
+
+def tolerations() -> list[dict]:
+    """:data:`TOLERATIONS` as kfp-kubernetes ``add_toleration`` arguments: ``key=value:Effect``
+    (operator Equal) or ``key:Effect`` (operator Exists).
+
+    Raises:
+        ValueError: An item has no effect, or an unknown one.
+    """
+    out = []
+    for item in filter(None, (i.strip() for i in TOLERATIONS.split(","))):
+        head, _, effect = item.rpartition(":")
+        key, sep, value = head.partition("=")
+        if not key or effect not in _EFFECTS:
+            raise ValueError(f"Invalid --toleration {item!r}. Expect key=value:Effect or "
+                             f"key:Effect with Effect one of {', '.join(_EFFECTS)}, e.g. "
+                             "nvidia.com/gpu:NoSchedule.")
+        out.append({"key": key, "operator": "Equal" if sep else "Exists",
+                    "value": value if sep else None, "effect": effect})
+    return out

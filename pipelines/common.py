@@ -2,7 +2,17 @@
 
 from kfp import kubernetes
 
-from components.settings import S3_ENDPOINT, STORAGE_SECRET, STORAGE_SECRET_KEYS
+from components.settings import (
+    ACCELERATOR_COUNT,
+    ACCELERATOR_TYPE,
+    COMPONENT_IMAGE,
+    S3_ENDPOINT,
+    STORAGE_SECRET,
+    STORAGE_SECRET_KEYS,
+    TRAINER_NODES,
+    node_selector,
+    tolerations,
+)
 
 
 def with_storage_credentials(task):
@@ -53,7 +63,7 @@ def search_and_train(train, work_root, search_space, search_mode, seed, trial_ep
     from kfp import dsl
 
     from components.settings import HPO_SLOTS
-    from components.train.component import hpo_trial, train_best
+    from components.train.component import hpo_trial, train_best, train_best_trainjob
 
     trials = []
     for slot in range(HPO_SLOTS):
@@ -63,9 +73,49 @@ def search_and_train(train, work_root, search_space, search_mode, seed, trial_ep
                           image_size=image_size)
         trial.set_display_name(f"hpo trial {slot}")
         trials.append(trial)
-    best = train_best(train=train, work_root=work_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                      n_slots=HPO_SLOTS, epochs=epochs).after(*trials)
-    best.set_display_name("train best")
+    if TRAINER_NODES > 1:  # a Kubeflow Trainer TrainJob that this task creates and watches
+        gpus = ACCELERATOR_COUNT if ACCELERATOR_TYPE else 0
+        best = train_best_trainjob(
+            train=train, work_root=work_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            n_slots=HPO_SLOTS, epochs=epochs, image=COMPONENT_IMAGE, nodes=TRAINER_NODES,
+            procs_per_node=max(1, gpus), accelerator_resource=ACCELERATOR_TYPE if gpus else "",
+            accelerator_count=gpus, storage_secret=STORAGE_SECRET,
+            storage_secret_keys=",".join(f"{k}={v}" for k, v in STORAGE_SECRET_KEYS.items()),
+        ).after(*trials)
+        best.set_display_name(f"train best ({TRAINER_NODES}-node TrainJob)")
+    else:
+        best = train_best(train=train, work_root=work_root,
+                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, n_slots=HPO_SLOTS,
+                          epochs=epochs).after(*trials)
+        best.set_display_name("train best")
+    return trials, best
+
+
+def with_training_resources(trials, best):
+    """Resources of the search trials and the final training, from the compile-time settings.
+
+    On CPU: 2-4 CPUs and 4-8 GB each. With ``mlops compile --accelerator TYPE
+    --accelerator-count N``: each task asks for N accelerators of that type
+    (``set_accelerator_type``/``set_accelerator_limit``) and CPU and memory that fit a GPU
+    node (4-8 CPUs, 16-32 GB), plus the node selector and tolerations given. With
+    ``--trainer-nodes`` above 1 the final training's task only launches and watches the
+    TrainJob (small requests); the TrainJob's nodes get the accelerators.
+    """
+    launcher = best if TRAINER_NODES > 1 else None
+    for task in [*trials, best]:
+        if task is launcher:
+            with_resources(task, "500m", "1G", "1", "2G")
+            continue
+        if ACCELERATOR_TYPE:
+            with_resources(task, "4", "16G", "8", "32G", retries=1)
+            task.set_accelerator_type(ACCELERATOR_TYPE)
+            task.set_accelerator_limit(ACCELERATOR_COUNT)
+        else:
+            with_resources(task, "2", "4G", "4", "8G", retries=1)
+        for key, value in node_selector().items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in tolerations():
+            kubernetes.add_toleration(task, **toleration)
     return trials, best
 
 

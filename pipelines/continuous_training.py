@@ -29,6 +29,7 @@ from pipelines.common import (
     search_and_train,
     with_resources,
     with_storage_credentials,
+    with_training_resources,
 )
 
 #: A short search around the production model's settings: the trials start from its weights.
@@ -206,8 +207,7 @@ def continuous_training_pipeline(
     # (the export is idempotent; register and release are not).
     with_resources(export, "500m", "1G", "1", "2G", retries=2)
     with_resources(ingest, "1", "2G", "2", "8G", retries=2)
-    for task in [*trials, best]:
-        with_resources(task, "2", "4G", "4", "8G", retries=1)
+    with_training_resources(trials, best)  # CPU, or the accelerators compiled in
     with_resources(test, "1", "2G", "2", "4G", retries=2)
     with_resources(tasks["package"], "1", "2G", "2", "4G", retries=2)
     with_resources(tasks["register"], "500m", "512M", "1", "1G")

@@ -17,6 +17,7 @@ from pipelines.common import (
     search_and_train,
     with_resources,
     with_storage_credentials,
+    with_training_resources,
 )
 
 
@@ -138,8 +139,7 @@ def training_pipeline(
     # Resources per task; retries only where running a task twice does no harm (not for
     # register, which would claim a second version, nor for release).
     with_resources(ingest, "1", "2G", "2", "8G", retries=2)
-    for task in [*trials, best]:
-        with_resources(task, "2", "4G", "4", "8G", retries=1)
+    with_training_resources(trials, best)  # CPU, or the accelerators compiled in
     with_resources(test, "1", "2G", "2", "4G", retries=2)
     with_resources(package, "1", "2G", "2", "4G", retries=2)
     with_resources(register, "500m", "512M", "1", "1G")

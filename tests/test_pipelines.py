@@ -207,3 +207,53 @@ def test_training_pipeline_stops_an_unblessed_model_before_packaging(tmp_path):
     assert ModelRegistry(str(tmp_path / "registry")).models() == []
     runs = list((tmp_path / "runs").iterdir())
     assert not any((run / "package-model").exists() for run in runs)
+
+
+@pytest.mark.timeout(300)
+def test_compile_for_gpus_and_a_trainjob_asks_for_what_was_given(tmp_path):
+    from kfp import components
+
+    out = _compile(tmp_path, "--accelerator", "nvidia.com/gpu", "--accelerator-count", "2",
+                   "--trainer-nodes", "3", "--node-selector",
+                   "cloud.google.com/gke-accelerator=nvidia-l4", "--toleration",
+                   "nvidia.com/gpu:NoSchedule,dedicated=ml:NoExecute", "training",
+                   "continuous-training")
+    for name in ("training", "continuous-training"):
+        path = out / f"{name}.yaml"
+        spec, platform = _read_ir(path)
+        executors = spec["deploymentSpec"]["executors"]
+        k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        trials = [k for k in executors if k.startswith("exec-hpo-trial")]
+        assert trials, name
+        for key in trials:
+            res = executors[key]["container"]["resources"]
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert res["accelerator"]["resourceCount"] == "2"
+            assert res["resourceCpuRequest"] == "4" and res["resourceMemoryRequest"] == "16G"
+            assert k8s[key]["nodeSelector"]["labels"] == {
+                "cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert {(t["key"], t["operator"], t["effect"]) for t in k8s[key]["tolerations"]} == {
+                ("nvidia.com/gpu", "Exists", "NoSchedule"), ("dedicated", "Equal", "NoExecute")}
+        # the final training is a TrainJob of 3 nodes with 2 GPUs (2 processes) each; its own
+        # task only launches and watches it
+        assert "exec-train-best" not in executors and "exec-train-best-trainjob" in executors
+        task = next(t for t in spec["root"]["dag"]["tasks"].values()
+                    if t["componentRef"]["name"] == "comp-train-best-trainjob")
+        given = {k: v["runtimeValue"]["constant"] for k, v in task["inputs"]["parameters"].items()
+                 if "runtimeValue" in v}
+        assert (given["nodes"], given["procs_per_node"], given["accelerator_count"],
+                given["accelerator_resource"]) == (3, 2, 2, "nvidia.com/gpu")
+        assert "accelerator" not in executors["exec-train-best-trainjob"]["container"].get(
+            "resources", {})
+        loaded = components.load_component_from_file(str(path))
+        assert loaded.name == spec["pipelineInfo"]["name"]
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("--toleration", "nvidia.com/gpu", "Invalid --toleration 'nvidia.com/gpu'"),
+    ("--node-selector", "gpu", "Invalid --node-selector 'gpu'"),
+    ("--trainer-nodes", "0", "Invalid --trainer-nodes 0"),
+])
+def test_bad_accelerator_options_are_one_line_naming_the_option(tmp_path, option, value, named):
+    done = _mlops("compile", "--out", str(tmp_path / "c"), option, value, "training")
+    assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr

@@ -22,6 +22,11 @@ COMPILE_SETTINGS = {
     "storage_secret_keys": "MLOPS_STORAGE_SECRET_KEYS",
     "s3_endpoint": "MLOPS_S3_ENDPOINT",
     "trials": "MLOPS_HPO_SLOTS",
+    "accelerator": "MLOPS_ACCELERATOR_TYPE",
+    "accelerator_count": "MLOPS_ACCELERATOR_COUNT",
+    "trainer_nodes": "MLOPS_TRAINER_NODES",
+    "node_selector": "MLOPS_NODE_SELECTOR",
+    "toleration": "MLOPS_TOLERATIONS",
 }
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
@@ -122,6 +127,18 @@ def _compile_options(p) -> None:
                         "8333; '' to take it from the Secret)")
     p.add_argument("--trials", type=int, default=None,
                    help="hyperparameter-search trial slots in the training pipeline (default 4)")
+    p.add_argument("--accelerator", default=None, metavar="TYPE",
+                   help="accelerator of the search trials and the final training, e.g. "
+                        "nvidia.com/gpu (default: none, CPU)")
+    p.add_argument("--accelerator-count", type=int, default=None, metavar="N",
+                   help="accelerators per training pod, or per TrainJob node (default 1)")
+    p.add_argument("--trainer-nodes", type=int, default=None, metavar="N",
+                   help="nodes of the final training: above 1 it runs as a Kubeflow Trainer "
+                        "TrainJob (torch-distributed runtime) (default 1: the task's pod)")
+    p.add_argument("--node-selector", default=None, metavar="KEY=VALUE,…",
+                   help="node selector of the training pods (kfp-kubernetes)")
+    p.add_argument("--toleration", default=None, metavar="KEY[=VALUE]:EFFECT,…",
+                   help="tolerations of the training pods, e.g. nvidia.com/gpu:NoSchedule")
 
 
 def _apply_compile_settings(args) -> None:
@@ -130,6 +147,10 @@ def _apply_compile_settings(args) -> None:
               if getattr(args, opt, None) is not None}
     if "trials" in vars(args) and args.trials is not None and args.trials < 1:
         raise ValueError(f"Invalid --trials {args.trials}. Expect 1 or more.")
+    for opt in ("accelerator_count", "trainer_nodes"):
+        if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
+            raise ValueError(f"Invalid --{opt.replace('_', '-')} {getattr(args, opt)}. "
+                             "Expect 1 or more.")
     if "components.settings" in sys.modules:
         import components.settings as settings
 
@@ -143,6 +164,11 @@ def _apply_compile_settings(args) -> None:
                              "imported; run the command alone.")
     for env, value in wanted.items():
         os.environ[env] = str(value)
+    if "components.settings" not in sys.modules:  # the values just set, checked before work
+        import components.settings as settings  # deferred: read after the options set them
+
+        settings.node_selector()
+        settings.tolerations()
 
 
 def cmd_manifests(args) -> int:

@@ -101,56 +101,119 @@ def train_best(
         epochs: Maximum epochs of the final training.
         patience: Early-stopping patience.
     """
-    import base64
-    import dataclasses
-    import html
     import json
     import logging
-    import os
 
-    from components.common.storage import ObjectNotFoundError, open_store
     from components.ingest.snapshot import read_split
+    from components.train import best as selection
     from components.train import core
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    store = open_store(work_root).child(f"hpo/{run_id}")
-    results = []
-    for slot in range(n_slots):
-        try:
-            results.append(store.get_json(f"slot-{slot}.json"))
-        except ObjectNotFoundError:
-            logging.info("No result for slot %d (unused slot)", slot)
-    if not results:
-        raise core.TrainError(f"No trial results under {store.uri}: did the trials run?")
-    best = max(results, key=lambda r: (r["val_accuracy"], -r["val_loss"], -r["slot"]))
-    logging.info("Best of %d trials: slot %d %s val_accuracy %.4f", len(results), best["slot"],
-                 best["hparams"], best["val_accuracy"])
-    hp = core.HParams.from_dict({**best["hparams"], "epochs": epochs, "patience": patience})
+    results = selection.trial_results(work_root, run_id, n_slots)
+    best, hp = selection.pick_best(results, epochs, patience)
     rows, meta = read_split(train.path)
     data = core.prepare(rows, meta["dataset_version"], hp.image_size)
-    result, info = core.train(data, hp, model.path)
-    trials = sorted(results, key=lambda r: r["slot"])
-    with open(os.path.join(model.path, "trials.json"), "w") as f:
-        json.dump(trials, f, indent=2)
-    model.metadata.update({"arch": hp.arch, "hparams": dataclasses.asdict(hp),
-                           "dataset_version": meta["dataset_version"],
-                           "classes": data.classes, "val_accuracy": info["val_accuracy"],
-                           "best_epoch": info["best_epoch"], "framework": "pytorch"})
-    png = base64.b64encode(open(os.path.join(model.path, "curve.png"), "rb").read()).decode()
-    rows_html = "".join(
-        f"<tr{' class=win' if t['slot'] == best['slot'] else ''}><td>{t['slot']}"
-        f"{' (chosen)' if t['slot'] == best['slot'] else ''}</td><td>{html.escape(str(t['hparams']))}"
-        f"</td><td>{t['val_accuracy']:.4f}</td></tr>"
-        for t in trials if t["val_accuracy"] >= 0)
-    with open(curve.path, "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><style>body{{font-family:"
-                f"sans-serif}} td,th{{padding:3px 8px}} tr.win{{background:#dfd;font-weight:"
-                f"bold}}</style></head><body><h2>Training curve ({hp.arch})</h2>"
-                f"<p>Final training of the chosen trial: {info['best_epoch']} of at most "
-                f"{hp.epochs} epochs kept (dashed line), validation accuracy "
-                f"{info['val_accuracy']:.4f}.</p><img src='data:image/png;base64,{png}'>"
-                f"<h3>Search trials</h3><table border=1><tr><th>slot</th><th>"
-                f"hyperparameters</th><th>val accuracy</th></tr>{rows_html}</table></body>"
-                "</html>")
+    _, info = core.train(data, hp, model.path)
+    model.metadata.update(selection.write_outputs(model.path, curve.path, hp, info, results,
+                                                  best))
+    outputs = NamedTuple("TrainOutputs", hparams=str, val_accuracy=float)
+    return outputs(json.dumps(best["hparams"]), float(info["val_accuracy"]))
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def train_best_trainjob(
+    train: Input[Dataset],
+    model: Output[Model],
+    curve: Output[HTML],
+    work_root: str,
+    run_id: str,
+    n_slots: int,
+    image: str,
+    epochs: int = 10,
+    patience: int = 3,
+    nodes: int = 2,
+    procs_per_node: int = 1,
+    accelerator_resource: str = "",
+    accelerator_count: int = 0,
+    node_cpu: str = "4",
+    node_memory: str = "16Gi",
+    storage_secret: str = "",
+    storage_secret_keys: str = "",
+    deadline_s: int = 21600,
+    namespace: str = "",
+) -> NamedTuple("TrainOutputs", hparams=str, val_accuracy=float):
+    """Picks the best trial and trains it on Kubeflow Trainer: a TrainJob of several nodes.
+
+    The same selection and outputs as ``train_best``; the training runs as a TrainJob
+    (``torch-distributed`` runtime, ``torchrun -m components.train.ddp`` on every node) that
+    this task creates, watches and deletes. The nodes read the split and its shards from
+    ``work_root`` (object storage) and rank 0 writes the model folder back there, which this
+    task copies to its output.
+
+    Args:
+        train: The training split.
+        model: The trained model folder (model.pt, model.json, curve.png, trials.json).
+        curve: The training curve.
+        work_root: Scratch storage of the pipeline (s3://…, which the nodes can read).
+        run_id: The pipeline run.
+        n_slots: Trial slots compiled into the pipeline.
+        image: The image of the TrainJob's nodes (the component image).
+        epochs: Maximum epochs of the final training.
+        patience: Early-stopping patience.
+        nodes: Nodes (pods) of the TrainJob.
+        procs_per_node: Training processes per node (one per GPU).
+        accelerator_resource: The nodes' accelerator resource (nvidia.com/gpu); empty: CPU.
+        accelerator_count: Accelerators per node.
+        node_cpu: CPU request and limit per node.
+        node_memory: Memory request and limit per node.
+        storage_secret: Secret with the S3 credentials, given to the nodes as environment.
+        storage_secret_keys: Its keys as KEY=ENV,…
+        deadline_s: The TrainJob's activeDeadlineSeconds.
+        namespace: Where the TrainJob runs (default: this task's namespace).
+    """
+    import dataclasses
+    import json
+    import logging
+    import os
+    import uuid
+    from pathlib import Path
+
+    from components.common import trainjob as tj
+    from components.common.storage import LocalStore, open_store
+    from components.train import best as selection
+    from components.train import core
+    from components.train.trainjob import run_train_job
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    results = selection.trial_results(work_root, run_id, n_slots)
+    best, hp = selection.pick_best(results, epochs, patience)
+    scratch = open_store(work_root).child(f"trainjob/{run_id}")
+    if isinstance(scratch, LocalStore):
+        raise core.TrainError(f"work_root {work_root!r} is a local folder: a TrainJob's nodes "
+                              "read the split and write the model through object storage. "
+                              "Give an s3:// work_root.")
+    for name in ("dataset.json", "manifest.csv"):
+        scratch.child("train").put(name, Path(train.path, name).read_bytes())
+    if not namespace:
+        namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text()
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+           if os.environ.get(k)}
+    keys = dict(item.split("=", 1) for item in storage_secret_keys.split(",") if item)
+    cfg = tj.TrainJobConfig(
+        name=f"train-{uuid.uuid4().hex[:12]}", namespace=namespace.strip(), image=image,
+        args=("--train", scratch.child("train").uri, "--hparams",
+              json.dumps(dataclasses.asdict(hp)), "--out", scratch.child("model").uri),
+        num_nodes=nodes, num_proc_per_node=procs_per_node, cpu=node_cpu, memory=node_memory,
+        accelerator_resource=accelerator_resource, accelerator_count=accelerator_count,
+        env=env, secret_name=storage_secret, secret_keys=keys, deadline_s=deadline_s,
+        labels={"pipeline-run": run_id[:63]})
+    run_train_job(cfg)
+    out = Path(model.path)
+    out.mkdir(parents=True, exist_ok=True)
+    for obj in scratch.child("model").list():
+        (out / obj.key).write_bytes(scratch.child("model").get(obj.key))
+    info = json.loads((out / "model.json").read_text())
+    model.metadata.update(selection.write_outputs(model.path, curve.path, hp, info, results,
+                                                  best))
     outputs = NamedTuple("TrainOutputs", hparams=str, val_accuracy=float)
     return outputs(json.dumps(best["hparams"]), float(info["val_accuracy"]))
