@@ -68,11 +68,11 @@ def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
                 batch.probs = torch.softmax(logits, dim=1).numpy()
             return batch
 
-    from components.serve.server import trim_kserve_request_path
+    from components.serve.kserve_patches import trim_request_path
 
     model = TorchPetClassifier(NAME, package_dir)
     model.load()
-    trim_kserve_request_path(log_each_request=False)
+    trim_request_path(log_each_request=False)
     ModelServer(http_port=port, enable_grpc=False, workers=1,
                 enable_latency_logging=False).start([model])
 

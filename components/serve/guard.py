@@ -16,7 +16,8 @@
   logs a client's mistake as one rate-limited WARNING line, without a traceback.
 
 :func:`install` wires it (and quiet exception handlers, and truthful readiness) into KServe's
-``RESTServer`` in every process that serves, ``--workers`` children included.
+``RESTServer`` in every process that serves, ``--workers`` children included, through the
+one module that patches KServe's internals (``kserve_patches.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ import threading
 import time
 from http import HTTPStatus
 
+from fastapi.responses import JSONResponse
+from kserve import errors
 from prometheus_client import Counter
 
 from components.common import prom
+from components.serve import kserve_patches
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +231,6 @@ def _error_text(body: bytes) -> str:
 
 
 def _handler(status: HTTPStatus, *, traceback: bool = False, prefix: str = ""):
-    from fastapi.responses import JSONResponse
-
     async def handle(_request, exc):
         if traceback:
             logger.error("Server error: %s", exc, exc_info=exc)
@@ -240,8 +242,6 @@ def _handler(status: HTTPStatus, *, traceback: bool = False, prefix: str = ""):
 def _quiet_exception_handlers(app) -> None:
     """KServe's handlers log every 4xx as an ERROR with a traceback; these do not (the guard
     logs client errors, rate-limited). Server faults keep their traceback."""
-    from kserve import errors
-
     handlers = {
         errors.InvalidInput: _handler(HTTPStatus.BAD_REQUEST),
         errors.ModelNotFound: _handler(HTTPStatus.NOT_FOUND),
@@ -280,47 +280,27 @@ class _RateLimitFilter(logging.Filter):
 
 
 def install(max_body_bytes: int, body_timeout_s: float) -> None:
-    """Wires the guard into KServe's ``RESTServer`` (idempotent; the last limits win).
+    """Wires the guard into KServe's REST server (idempotent; the last limits win).
 
-    Patches ``RESTServer.create_application``, which every serving process runs before its
-    first request: after KServe has built the app, the model repository routes are removed,
-    the exception handlers are replaced with quiet ones, readiness is made to reflect the
-    models, and :class:`RequestGuard` becomes the outermost middleware.
+    Through :func:`components.serve.kserve_patches.configure_rest_app`, which every serving
+    process runs before its first request: after KServe has built the app, the model
+    repository routes are removed, the exception handlers are replaced with quiet ones,
+    readiness is made to reflect the models, and :class:`RequestGuard` becomes the outermost
+    middleware.
     """
-    from kserve.protocol.rest import server as rest
 
-    original = getattr(rest.RESTServer.create_application, "unguarded",
-                       rest.RESTServer.create_application)
-
-    def create_application(self):
-        original(self)
-        from kserve.model_server import app
-
-        app.router.routes = [r for r in app.router.routes
-                             if not getattr(r, "path", "").startswith(REPOSITORY_PREFIX)]
+    def configure(app, server) -> None:
+        kserve_patches.remove_routes(app, REPOSITORY_PREFIX)
         _quiet_exception_handlers(app)
-        registry = self.dataplane.model_registry
-
-        async def ready() -> bool:  # KServe's answers True whatever the models say
-            models = registry.get_models()
-            return bool(models) and all(getattr(m, "ready", False) for m in models.values())
-
-        self.dataplane.ready = ready
-        metadata = self.dataplane.metadata
-
-        def server_metadata() -> dict:  # the repository extension is not offered here
-            meta = dict(metadata())
-            meta["extensions"] = [e for e in meta.get("extensions", [])
-                                  if e != "model_repository_extension"]
-            return meta
-
-        self.dataplane.metadata = server_metadata
+        kserve_patches.truthful_readiness(server.dataplane)
+        # The repository extension is not offered here.
+        kserve_patches.without_extension(server.dataplane, "model_repository_extension")
+        registry = server.dataplane.model_registry
         app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,
                            body_timeout_s=body_timeout_s,
                            known_models=lambda name: registry.get_model(name) is not None)
 
-    create_application.unguarded = original
-    rest.RESTServer.create_application = create_application
+    kserve_patches.configure_rest_app(configure)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _RateLimitFilter) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(_RateLimitFilter())

@@ -55,6 +55,7 @@ from components.common.images import (
     image_stats,
     model_input,
 )
+from components.serve import guard, kserve_patches, v2_compat
 
 logger = logging.getLogger(__name__)
 
@@ -206,10 +207,8 @@ class PetClassifier(Model):
         import onnxruntime as ort
 
         from components.package.core import read_onnx_metadata
-        from components.serve import guard, v2_compat
-
         # In every process that serves this model, including --workers children.
-        v2_compat.install()
+        kserve_patches.decode_raw_v2_bodies_with(v2_compat.request_from_body)
         guard.install(self.limits.max_body_bytes, self.limits.body_timeout_s)
 
         path = self.package_dir / "model.onnx"

@@ -32,87 +32,6 @@ def resolve_package(model_ref: str, registry_uri: str, cache_dir: str) -> tuple[
     return name, str(dest)
 
 
-def trim_kserve_request_path(log_each_request: bool, workers: int = 1) -> None:
-    """Takes out per-request work of KServe 0.20's REST server that a camera-rate server
-    should not pay for. Call before ``ModelServer(...)``.
-
-    - Logging. Every route is wrapped in a timing middleware that logs two ``kserve.trace``
-      lines per request whatever ``enable_latency_logging`` says, and uvicorn logs an access
-      line. Unless ``log_each_request``, both loggers are set to WARNING here, and in the
-      ``--workers`` child processes through the logging configuration KServe applies there
-      (its ``log_config_file`` accepts a dict).
-    - The same middleware measures process CPU time with ``getrusage`` twice per request; a
-      profile of the server under load on a 2-core VM, with ONNX Runtime's threads running,
-      found a fifth of the server's samples in those calls. When
-      the lines are not logged, the measurement is wall clock only (this process; workers
-      started by ``--workers`` keep KServe's middleware as it is).
-    - FastAPI re-emits a deprecation warning for KServe's ``ORJSONResponse`` on every call.
-    - KServe's single-process server runs uvicorn inside ``asyncio.run``, so uvicorn's own
-      choice of uvloop never happens; uvloop is installed here when it is importable.
-    """
-    import copy
-    import warnings
-
-    import kserve.logging
-    import kserve.model_server
-
-    ignore = "ignore:ORJSONResponse is deprecated"
-    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-    # Spawned --workers children start a fresh interpreter; the environment reaches them.
-    os.environ["PYTHONWARNINGS"] = ",".join(
-        filter(None, [os.environ.get("PYTHONWARNINGS", ""), ignore]))
-    if not log_each_request:
-        config = copy.deepcopy(kserve.logging.KSERVE_LOG_CONFIG)
-        for name in ("kserve.trace", "uvicorn.access"):
-            config["loggers"][name]["level"] = "WARNING"
-            logging.getLogger(name).setLevel(logging.WARNING)
-        if workers > 1:
-            kserve.model_server.args.log_config_file = config
-        _time_requests_by_wall_clock_only()
-    try:
-        import asyncio
-
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    # KServe asks for the current loop before its asyncio.run(); uvloop does not make one.
-    asyncio.set_event_loop(asyncio.new_event_loop())
-
-
-def _time_requests_by_wall_clock_only() -> None:
-    import time
-
-    import timing_asgi.middleware
-
-    class WallClockTimingStats(timing_asgi.middleware.TimingStats):
-        def start(self):
-            self.start_time, self.start_cpu_time = time.time(), 0.0
-
-        def stop(self):
-            self.end_time, self.end_cpu_time = time.time(), 0.0
-
-    timing_asgi.middleware.TimingStats = WallClockTimingStats
-
-
-def bind_host(host: str) -> None:
-    """Makes KServe's REST server bind ``host``; KServe 0.20 always binds 0.0.0.0.
-
-    Both of its servers (one process, or the ``--workers`` parent that binds the socket its
-    children share) take the address from the ``uvicorn.Config`` their ``RESTServer`` builds.
-    """
-    from kserve.protocol.rest import server as rest
-
-    original = getattr(rest.RESTServer.__init__, "wrapped", rest.RESTServer.__init__)
-
-    def __init__(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.config.host = host
-
-    __init__.wrapped = original
-    rest.RESTServer.__init__ = __init__
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -256,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from kserve import ModelServer
 
+    from components.serve import kserve_patches  # deferred: imports KServe, not for --help
     from components.serve.predictor import PetClassifier, ServingLimits
 
     try:
@@ -279,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    trim_kserve_request_path(args.log_each_request, args.workers)
-    bind_host(args.host)
+    kserve_patches.trim_request_path(args.log_each_request, args.workers)
+    kserve_patches.bind_host(args.host)
     server = ModelServer(http_port=args.port, enable_grpc=False, workers=args.workers,
                          enable_latency_logging=args.log_each_request)
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -9,8 +9,9 @@ KServe 0.20's REST data plane gets two common cases wrong before a model sees th
   ``set_data_from_numpy``) is converted to JSON text, which fails for any non-UTF-8 bytes such
   as a JPEG, and the client gets a 500.
 
-:func:`install` replaces ``DataPlane.decode_inference_request`` for raw bodies with
-:func:`request_from_body`, which accepts both, keeps binary ``BYTES`` elements as bytes
+The predictor has KServe decode raw bodies with :func:`request_from_body` (wired by
+``kserve_patches.decode_raw_v2_bodies_with``, KServe offering no extension point for it), which
+accepts both, keeps binary ``BYTES`` elements as bytes
 (JSON clients send base64 strings; the predictor decodes both), and answers a
 malformed body with a 400 that says what is wrong. The guard (``guard.py``) sends every V2
 ``infer`` body here, whatever its Content-Type, so that FastAPI's lenient JSON parsing (which
@@ -25,8 +26,9 @@ import struct
 import orjson
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput
-from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+from components.serve.kserve_patches import raw_infer_input
 
 # The Open Inference Protocol's tensor datatypes, with the item size of the fixed-size ones.
 DATATYPES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
@@ -157,9 +159,7 @@ def _read_input(inp, i: int, body: bytes, offset: int) -> tuple[InferInput, int]
             raise InvalidInput(f"Input {name!r}: binary {datatype} data of shape {shape} is "
                                f"{count * DATATYPES[datatype]} bytes; the request has "
                                f"{len(blob)}.")
-        infer_input = InferInput(name, shape, datatype, None, rest)
-        infer_input._raw_data = blob  # read with numpy.frombuffer, never through lists
-        return infer_input, offset
+        return raw_infer_input(name, shape, datatype, blob, rest), offset
     if data is None:
         raise InvalidInput(f"Input {name!r} has no 'data' and no binary_data_size.")
     if not isinstance(data, list):
@@ -220,17 +220,3 @@ def _byte_elements(blob: bytes, name) -> list[bytes]:
         pos += n
     return out
 
-
-def install() -> None:
-    """Routes KServe's raw-body V2 decoding through :func:`request_from_body` (idempotent)."""
-    if getattr(DataPlane.decode_inference_request, "reads_triton_clients", False):
-        return
-    original = DataPlane.decode_inference_request
-
-    def decode_inference_request(self, body, headers, model_name):
-        if isinstance(body, bytes):
-            return request_from_body(body, headers, model_name)
-        return original(self, body, headers, model_name)
-
-    decode_inference_request.reads_triton_clients = True
-    DataPlane.decode_inference_request = decode_inference_request
