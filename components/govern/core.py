@@ -19,10 +19,11 @@ from dataclasses import fields
 
 from components.common.records import now_iso, parse_time
 from components.common.storage import open_store
-from components.govern.alerts import AlertBook, AlertSink, fingerprint, send_to
+from components.govern.alerts import AlertBook, fingerprint, send_to
 from components.govern.audit import AuditLog
 from components.govern.policy import Policy, Rule
 from components.govern.records import GovernanceStore
+from components.govern.sinks import AlertSink
 from components.govern.trigger import (
     RELAUNCH_AFTER_S,
     Episodes,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from components.govern.sinks import SINKS
 from components.monitor.contract import KINDS, STATUSES, Check
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
 ACTIONS = ("alert", "retrain", "rollback", "hold")
 #: Events other steps report through :func:`components.govern.core.notify`.
 EVENTS = ("retrain-started", "retrain-failed", "retrain-rejected", "retrain-released")
-FORMATS = ("slack", "alertmanager")
 SEVERITIES = ("info", "warning", "critical")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -402,8 +402,8 @@ def parse_policy(data, source: str = "") -> Policy:
             errors.add(where, "a recipient name is lowercase letters, digits and '-'")
         r = errors.keys(where, spec, _RECIPIENT, required=("format",))
         fmt = r.get("format")
-        if "format" in r and fmt not in FORMATS:
-            errors.add(f"{where}.format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+        if "format" in r and fmt not in SINKS:
+            errors.add(f"{where}.format", f"{fmt!r} is not one of {', '.join(SINKS)}")
         url, url_env = r.get("url", ""), r.get("url_env", "")
         if r and bool(url) == bool(url_env):
             errors.add(where, "give exactly one of url or url_env")

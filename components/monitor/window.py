@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from components.common.records import record_number
 from components.common.storage import ObjectStore, StorageError, open_store
 from components.monitor.contract import STAT_FIELDS
 
@@ -162,7 +163,8 @@ def read_labels(store: ObjectStore, model: str, request_ids: set[str] | None = N
                 ) -> dict[tuple[str, int], dict]:
     """The current label of each labelled instance: ``(request_id, index) -> label record``.
 
-    Labels are create-only files, one per correction; the highest sequence number wins.
+    Each instance's labels are a record log (:class:`components.common.records.RecordLog`),
+    one record per correction; the highest number wins.
     Files that are not JSON objects with a ``label`` are skipped and logged.
 
     Args:
@@ -176,11 +178,11 @@ def read_labels(store: ObjectStore, model: str, request_ids: set[str] | None = N
         parts = obj.key[len(prefix) + 1:].split("/")
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].endswith(".json"):
             continue
-        rid, index, seq = parts[0], int(parts[1]), parts[2][:-5]
-        if not seq.isdigit() or (request_ids is not None and rid not in request_ids):
+        rid, index, seq = parts[0], int(parts[1]), record_number(parts[2])
+        if seq is None or (request_ids is not None and rid not in request_ids):
             continue
-        if (rid, index) not in latest or int(seq) > latest[(rid, index)][0]:
-            latest[(rid, index)] = (int(seq), obj.key)
+        if (rid, index) not in latest or seq > latest[(rid, index)][0]:
+            latest[(rid, index)] = (seq, obj.key)
     out = {}
     for key, (_, obj_key) in latest.items():
         try:
