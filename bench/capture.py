@@ -50,17 +50,12 @@ def step_costs(package_dir: str, frames: list[bytes], n: int = 2000) -> dict:
     """CPU time (this process, all threads) of each step capture adds, in microseconds per
     request, against the decode and inference every request pays. CPU time, unlike wall
     time, is not inflated by other work on the machine."""
-    import onnxruntime as ort
-
     from components.common.images import decode_image_and_mode, image_stats, model_input
+    from components.common.runtime import load_onnx
     from components.monitor.capture import CaptureConfig, CaptureWriter
-    from components.package.core import read_onnx_metadata
 
-    onnx_bytes = (Path(package_dir) / "model.onnx").read_bytes()
-    size = int(read_onnx_metadata(onnx_bytes)["input_size"])
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    model = load_onnx((Path(package_dir) / "model.onnx").read_bytes(), spin_wait=False)
+    size, session = model.size, model.session
 
     def cpu_us(fn, count=n) -> float:
         for i in range(50):

@@ -33,6 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
 
+from components.common.images import (  # noqa: E402
+    decode_image_and_mode,
+    image_stats,
+    model_input,
+)
+from components.common.runtime import EMBEDDING, PROBABILITIES  # noqa: E402
+
 MODEL = "pet-classifier"
 KINDS = {"night": {"condition": "night"}, "blur": {"condition": "blur"},
          "80% cats": {"cat_fraction": 0.8}}
@@ -45,7 +52,7 @@ def build(work: Path, n_lake: int):
     from components.datagen.core import LakeSpec, generate
     from components.ingest.core import ingest
     from components.ingest.snapshot import read_split, write_split
-    from components.monitor.simulate import SimulatedModel
+    from components.monitor.simulate import simulated_model
     from components.package.core import build_package
     from components.train import core as train
 
@@ -69,14 +76,11 @@ def build(work: Path, n_lake: int):
     reg = ModelRegistry(str(work / "registry"))
     mv = reg.register(MODEL, files, {"dataset_version": meta["dataset_version"]})
     reg.set_alias(MODEL, "production", mv.version)
-    return str(work / "registry"), mv.version, SimulatedModel.from_onnx(files["model.onnx"])
+    return str(work / "registry"), mv.version, simulated_model(files["model.onnx"])
 
 
 def pool(sim, n: int, seed: int, **spec_kw) -> dict:
     """Renders ``n`` images and runs the model: embeddings, stats, predictions, labels."""
-    from PIL import Image
-
-    from components.common.images import decode_image_and_mode, image_stats
     from components.datagen.core import LakeSpec, render
 
     spec = LakeSpec(n=n, size=32, seed=seed, **spec_kw)
@@ -87,13 +91,10 @@ def pool(sim, n: int, seed: int, **spec_kw) -> dict:
             truth, data = render(spec, i)
             decoded = decode_image_and_mode(data)
             out["stats"].append(image_stats(*decoded))
-            img = decoded[0]
-            if img.size != (sim.size, sim.size):
-                img = img.resize((sim.size, sim.size), Image.BILINEAR)
-            pixels.append(np.asarray(img, np.uint8).transpose(2, 0, 1))
+            pixels.append(model_input(decoded[0], sim.size))
             out["truth"].append(truth + "s")
             out["jpeg"].append(data)
-        p, e = sim.run(np.stack(pixels))
+        p, e = sim.run(np.stack(pixels), (PROBABILITIES, EMBEDDING))
         out["probs"].append(p)
         out["emb"].append(e)
     out["probs"] = np.concatenate(out["probs"])

@@ -59,8 +59,7 @@ def bare_loop(data, hp) -> float:
 
 
 def inference(model, meta, onnx_bytes, images, batch: int, seconds: float = 3.0) -> dict:
-    from components.evaluate.core import torch_predictor
-    from components.package.core import onnx_predictor
+    from components.common.runtime import onnx_predictor, torch_predictor
 
     out = {}
     for name, predict in (("pytorch", torch_predictor(model, meta["mean"], meta["std"])),

@@ -25,11 +25,11 @@ MODEL = "pet-classifier"
 
 def capture_night(base: Path, n: int, first_index: int = 0, seed: int = 41) -> dict:
     """Night-mode camera traffic served by the production model, captured and labelled."""
-    from components.monitor.simulate import SimulatedModel, simulate
+    from components.monitor.simulate import registered_model, simulate
 
     registry = str(base / "registry")
     version = ModelRegistry(registry).resolve(MODEL, "@production")
-    return simulate(SimulatedModel.from_registry(registry, MODEL, version),
+    return simulate(registered_model(registry, MODEL, version),
                     str(base / "monitoring"), MODEL, str(version),
                     LakeSpec(n=n, size=SIZE, seed=seed, condition="night"),
                     start_time=1_790_000_000.0, first_index=first_index, image_rate=1.0,

@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from components.common.runtime import onnx_predictor, predict_in_batches, torch_predictor
 from components.evaluate.core import (
     GateConfig,
     classification_metrics,
     html_report,
-    predict_in_batches,
     production_onnx,
     quality_gate,
-    torch_predictor,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,7 +83,6 @@ def _champion(registry_uri: str, model_name: str, rows, classes: list[str],
     ``images``, the challenger's inputs, are reused when the sizes agree.
     """
     from components.ingest.shards import split_images
-    from components.package.core import onnx_predictor
 
     onnx_bytes, meta, version = production_onnx(registry_uri, model_name, classes, "challenger")
     if onnx_bytes is None:

@@ -7,10 +7,16 @@ import html
 import io
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from components.common.runtime import (
+    onnx_predictor,
+    predict_in_batches,
+    read_onnx_metadata,
+    torch_predictor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,26 +116,6 @@ def quality_gate(metrics: dict, config: GateConfig, champion: dict | None = None
             if champion else None, "config": asdict(config)}
 
 
-def predict_in_batches(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                       batch: int = 256) -> np.ndarray:
-    """Runs a ``uint8 NCHW -> probabilities`` function over all images."""
-    return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
-
-
-def torch_predictor(model, mean, std) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            t = (torch.from_numpy(x).float() / 255.0 - m) / s
-            return torch.softmax(model(t), dim=1).numpy()
-
-    return predict
-
-
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
@@ -216,7 +202,6 @@ def production_onnx(registry_uri: str, model_name: str, classes: list[str],
     """The registry's production ONNX model as (bytes, metadata, version), or Nones when there
     is none; a production model with other classes than ``classes`` is an error."""
     from components.common.registry import ModelRegistry, RegistryError
-    from components.package.core import read_onnx_metadata
 
     if not registry_uri:
         return None, None, None
@@ -244,8 +229,6 @@ def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_t
     ``images`` are the candidate's inputs; a production model with another input size gets
     the same test ``rows`` at its own size (from the shards of ``dataset_version``).
     """
-    from components.package.core import onnx_predictor
-
     onnx_bytes, meta, version = production_onnx(registry_uri, model_name, classes)
     if onnx_bytes is None:
         return None, None

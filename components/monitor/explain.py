@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.runtime import torch_normaliser
 from components.common.storage import StorageError, open_store
 from components.monitor.checks import wilson
 from components.monitor.contract import Reference
@@ -120,9 +121,7 @@ def saliency_maps(torch_model, meta: dict, images: np.ndarray, targets: list[int
     import torch
     from captum.attr import Saliency
 
-    mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    x = ((torch.from_numpy(images).float() / 255.0) - mean) / std
+    x = torch_normaliser(meta["mean"], meta["std"])(images)
     x.requires_grad_(True)
     torch_model.eval()
     attr = Saliency(torch_model).attribute(x, target=torch.tensor(targets), abs=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.common.storage import (
     AlreadyExistsError,
     ObjectNotFoundError,
@@ -96,26 +97,14 @@ def _measure(sample, size: int, dataset_version: str = "", use_shards: bool = Tr
     return split_images_and_stats(sample, size, dataset_version, use_shards)
 
 
-def _run_onnx(onnx_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
-    from components.package.core import read_onnx_metadata
-
-    meta = read_onnx_metadata(onnx_bytes)
-    mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
-    std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    if "embedding" not in {o.name for o in session.get_outputs()}:
+def _run_onnx(model: OnnxModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities and embeddings of the images, 256 per ONNX Runtime call."""
+    if not model.has_embedding:
         raise ReferenceError("The package's model.onnx has no 'embedding' output, so its "
                              "inputs cannot be compared with production's: package the model "
                              "again with the current package step.")
-    probs, embs = [], []
-    for i in range(0, len(images), 256):
-        x = (images[i:i + 256].astype(np.float32) / 255.0 - mean) / std
-        p, e = session.run(["probabilities", "embedding"], {"input": x})
-        probs.append(p)
-        embs.append(e)
-    return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)
+    probs, embs = model.run(images, (PROBABILITIES, EMBEDDING), batch=256)
+    return probs.astype(np.float32), embs.astype(np.float32)
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -169,13 +158,11 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
     Returns:
         Relative file name -> bytes (names without the ``reference/`` folder).
     """
-    from components.package.core import read_onnx_metadata
-
     if len(train_rows) == 0:
         raise ReferenceError("The training split is empty: there is nothing to build a "
                              "monitoring reference from.")
-    meta = read_onnx_metadata(onnx_bytes)
-    classes = json.loads(meta["classes"])
+    model = load_onnx(onnx_bytes)
+    meta, classes = model.metadata, model.classes
     if sample_rows is None:
         sample = held_out_sample(train_rows, sample_size)
         population = ("validation part of the training split (never fitted on), chosen by "
@@ -186,11 +173,11 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         raise ReferenceError(f"The training split's held-out part has {len(sample)} images; a "
                              "drift test needs more. Ingest more images.")
     try:
-        images, stats = _measure(sample, int(meta["input_size"]), dataset_version, use_shards)
+        images, stats = _measure(sample, model.size, dataset_version, use_shards)
     except (StorageError, OSError, ValueError) as exc:
         raise ReferenceError(f"Cannot read the training images of dataset {dataset_version} "
                              f"to build the monitoring reference: {exc}") from exc
-    probs, embs = _run_onnx(onnx_bytes, images)
+    probs, embs = _run_onnx(model, images)
     doc = {
         "format": FORMAT,
         "classes": classes,

@@ -14,52 +14,33 @@ days of history) that would take long through HTTP on a small machine.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from dataclasses import dataclass
 
 import numpy as np
 
+from components.common.images import decode_image_and_mode, image_stats, model_input
+from components.common.registry import ModelRegistry
+from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.datagen.core import LakeSpec, render
+from components.monitor.capture import CaptureConfig, CaptureWriter
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SimulatedModel:
-    """A packaged model as the predictor runs it: ONNX Runtime over ``model.onnx``."""
+#: ONNX Runtime threads of the simulated predictor: one, so that a simulation run beside the
+#: monitor (tests, notebooks, benchmarks) takes one core.
+THREADS = 1
 
-    classes: list[str]
-    size: int
-    session: object
-    mean: np.ndarray
-    std: np.ndarray
 
-    @classmethod
-    def from_onnx(cls, onnx_bytes: bytes) -> SimulatedModel:
-        import onnxruntime as ort
+def simulated_model(onnx_bytes: bytes) -> OnnxModel:
+    """A packaged model as the predictor runs it: the runtime's ONNX model (on one thread)."""
+    return load_onnx(onnx_bytes, threads=THREADS)
 
-        from components.package.core import read_onnx_metadata
 
-        meta = read_onnx_metadata(onnx_bytes)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-        return cls(json.loads(meta["classes"]), int(meta["input_size"]), session,
-                   np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1),
-                   np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1))
-
-    @classmethod
-    def from_registry(cls, registry_uri: str, model: str, version: int) -> SimulatedModel:
-        from components.common.registry import ModelRegistry
-
-        return cls.from_onnx(ModelRegistry(registry_uri).read_file(model, version, "model.onnx"))
-
-    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = ((pixels.astype(np.float32) / 255.0) - self.mean) / self.std
-        probs, emb = self.session.run(["probabilities", "embedding"], {"input": x})
-        return probs, emb
+def registered_model(registry_uri: str, model: str, version: int) -> OnnxModel:
+    """:func:`simulated_model` of a registered version's ``model.onnx``."""
+    return simulated_model(ModelRegistry(registry_uri).read_file(model, version, "model.onnx"))
 
 
 def _lake_class(label: str, classes: list[str]) -> str:
@@ -70,7 +51,7 @@ def _lake_class(label: str, classes: list[str]) -> str:
     return label
 
 
-def simulate(model: SimulatedModel, monitoring_uri: str, model_name: str, model_version: str,
+def simulate(model: OnnxModel, monitoring_uri: str, model_name: str, model_version: str,
              spec: LakeSpec, *, start_time: float, seconds_apart: float = 1.0,
              first_index: int = 0, image_rate: float = 0.0, label_share: float = 0.0,
              labelled_by: str = "reviewer", revision: str = "stable", batch: int = 64,
@@ -78,7 +59,7 @@ def simulate(model: SimulatedModel, monitoring_uri: str, model_name: str, model_
     """Serves ``spec.n`` images (indices from ``first_index``) and captures every answer.
 
     Args:
-        model: The packaged model.
+        model: The packaged model (:func:`simulated_model`).
         monitoring_uri: The monitoring store.
         model_name, model_version: What the records say served them.
         spec: Which images: condition, class mix, size, seed (``spec.n`` of them).
@@ -94,11 +75,6 @@ def simulate(model: SimulatedModel, monitoring_uri: str, model_name: str, model_
     Returns:
         ``{"requests", "labelled", "accuracy", "first_time", "last_time"}``.
     """
-    from PIL import Image
-
-    from components.common.images import decode_image_and_mode, image_stats
-    from components.monitor.capture import CaptureConfig, CaptureWriter
-
     rng = np.random.default_rng(seed)
     writer = CaptureWriter(CaptureConfig(uri=monitoring_uri, image_rate=image_rate,
                                          batch_records=500, batch_seconds=3600,
@@ -110,13 +86,10 @@ def simulate(model: SimulatedModel, monitoring_uri: str, model_name: str, model_
             rendered = [render(spec, i) for i in idx]
             pixels, stats = [], []
             for _, data in rendered:
-                decoded = decode_image_and_mode(data)  # (image, mode[, full size])
-                img = decoded[0]
+                decoded = decode_image_and_mode(data)  # (image, mode, full size)
                 stats.append(image_stats(*decoded))
-                if img.size != (model.size, model.size):
-                    img = img.resize((model.size, model.size), Image.BILINEAR)
-                pixels.append(np.asarray(img, np.uint8).transpose(2, 0, 1))
-            probs, emb = model.run(np.stack(pixels))
+                pixels.append(model_input(decoded[0], model.size))
+            probs, emb = model.run(np.stack(pixels), (PROBABILITIES, EMBEDDING))
             for (truth, data), p, e, s in zip(rendered, probs, emb, stats, strict=True):
                 label = model.classes[int(np.argmax(p))]
                 truth = _lake_class(truth, model.classes)

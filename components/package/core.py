@@ -26,6 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.runtime import (
+    onnx_embedder,
+    onnx_predictor,
+    predict_in_batches,
+    torch_embedder,
+    torch_predictor,
+    with_embedding,
+)
+
 logger = logging.getLogger(__name__)
 
 OPSET = 17
@@ -40,60 +49,6 @@ class PackageError(RuntimeError):
 def model_version_id(state_dict_bytes: bytes) -> str:
     """A content id of the trained weights (the registry adds its integer version)."""
     return hashlib.sha256(state_dict_bytes).hexdigest()[:16]
-
-
-def penultimate_layer(model):
-    """The classifier head: the last ``nn.Linear`` of the network, whose input is the
-    embedding (the penultimate layer's output). Every architecture in ``train.core`` ends in
-    one (small_cnn's ``Linear``, resnet18's ``fc``, mobilenet_v3_small's last classifier
-    layer)."""
-    import torch
-
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise PackageError(f"{type(model).__name__} has no Linear layer: the embedding output "
-                           "is the input of the classifier's last Linear layer.")
-    return linears[-1]
-
-
-def with_embedding(model):
-    """A copy of ``model`` as a module ``x -> (softmax(model(x)), embedding)``, where the
-    embedding is the input of the last Linear layer. The caller's model is not changed."""
-    import copy
-
-    import torch
-
-    class WithEmbedding(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self._captured: list = []
-            penultimate_layer(inner).register_forward_pre_hook(self._keep)
-
-        def _keep(self, module, args):
-            self._captured.append(torch.flatten(args[0], 1))
-
-        def forward(self, x):
-            self._captured.clear()
-            probs = torch.softmax(self.inner(x), dim=1)
-            return probs, self._captured[-1]
-
-    return WithEmbedding(copy.deepcopy(model)).eval()
-
-
-def torch_embedder(model, mean, std):
-    """A ``uint8 NCHW -> embeddings`` function over the torch model."""
-    import torch
-
-    wrapped = with_embedding(model)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-
-    def embed(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return wrapped((torch.from_numpy(x).float() / 255.0 - m) / s)[1].numpy()
-
-    return embed
 
 
 def export_onnx(model, meta: dict, model_version: str) -> bytes:
@@ -136,49 +91,6 @@ def export_onnx(model, meta: dict, model_version: str) -> bytes:
     return proto.SerializeToString()
 
 
-def read_onnx_metadata(onnx_bytes: bytes) -> dict:
-    import onnx
-
-    proto = onnx.load_from_string(onnx_bytes)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def onnx_predictor(onnx_bytes: bytes):
-    """A ``uint8 NCHW -> probabilities`` function over an ONNX Runtime session, normalising
-    with the statistics stored in the model itself."""
-    import onnxruntime as ort
-
-    meta = read_onnx_metadata(onnx_bytes)
-    mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
-    std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return session.run(["probabilities"],
-                           {"input": ((x.astype(np.float32) / 255.0) - mean) / std})[0]
-
-    return predict
-
-
-def onnx_embedder(onnx_bytes: bytes):
-    """A ``uint8 NCHW -> embeddings`` function over the package's ``embedding`` output."""
-    import onnxruntime as ort
-
-    meta = read_onnx_metadata(onnx_bytes)
-    mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
-    std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    if "embedding" not in {o.name for o in session.get_outputs()}:
-        raise PackageError("The ONNX model has no 'embedding' output: package it again with "
-                           "this version of the package step.")
-
-    def embed(x: np.ndarray) -> np.ndarray:
-        return session.run(["embedding"],
-                           {"input": ((x.astype(np.float32) / 255.0) - mean) / std})[0]
-
-    return embed
-
-
 def parity_check(torch_predict, onnx_predict, images: np.ndarray,
                  atol: float = PARITY_ATOL, torch_embed=None, onnx_embed=None) -> dict:
     """Same argmax everywhere and probabilities within ``atol``; raises otherwise.
@@ -187,8 +99,6 @@ def parity_check(torch_predict, onnx_predict, images: np.ndarray,
     embedding output is held to the same tolerance, relative to the embedding's scale
     (``max |a - b| <= atol * max(1, max |a|)``), since its values are not bounded by 1.
     """
-    from components.evaluate.core import predict_in_batches
-
     if len(images) == 0:
         raise PackageError("Parity check needs test images; the test split is empty.")
     a = predict_in_batches(torch_predict, images)
@@ -275,8 +185,6 @@ def build_package(model, meta: dict, evaluation: dict, test_images: np.ndarray, 
                   out_dir: str | os.PathLike) -> dict:
     """Exports, checks and writes the package folder; returns its metadata."""
     import torch
-
-    from components.evaluate.core import torch_predictor
 
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

@@ -55,6 +55,7 @@ from components.common.images import (
     image_stats,
     model_input,
 )
+from components.common.runtime import load_onnx, normalise
 from components.serve import guard, kserve_patches, v2_compat
 
 logger = logging.getLogger(__name__)
@@ -204,9 +205,6 @@ class PetClassifier(Model):
         self.size = 0
 
     def load(self) -> bool:
-        import onnxruntime as ort
-
-        from components.package.core import read_onnx_metadata
         # In every process that serves this model, including --workers children.
         kserve_patches.decode_raw_v2_bodies_with(v2_compat.request_from_body)
         guard.install(self.limits.max_body_bytes, self.limits.body_timeout_s)
@@ -215,26 +213,13 @@ class PetClassifier(Model):
         if not path.is_file():
             raise FileNotFoundError(f"No model.onnx in {self.package_dir}: point the predictor "
                                     "at a package folder (mlops registry download …).")
-        onnx_bytes = path.read_bytes()
-        meta = read_onnx_metadata(onnx_bytes)
-        missing = {"classes", "input_size", "mean", "std"} - set(meta)
-        if missing:
-            raise ValueError(f"{path} lacks metadata {sorted(missing)}: package it with the "
-                             "package step, which records what serving needs.")
-        self.classes = json.loads(meta["classes"])
-        self.size = int(meta["input_size"])
-        self.mean = np.array(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
-        self.std = np.array(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
-        self.model_version = meta.get("model_version", "")
-        self.dataset_version = meta.get("dataset_version", "")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning",
-                                         "1" if self.spin_wait else "0")
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
-        self.has_embedding = "embedding" in {o.name for o in self.session.get_outputs()}
+        model = load_onnx(path.read_bytes(), threads=self.intra_op_threads,
+                          spin_wait=self.spin_wait, gpu=True, source=str(path))
+        self.session, self.classes, self.size = model.session, model.classes, model.size
+        self.mean, self.std = model.mean, model.std
+        self.model_version = model.metadata.get("model_version", "")
+        self.dataset_version = model.metadata.get("dataset_version", "")
+        self.has_embedding = model.has_embedding
         self.registry_version = self._registry_version()
         if self.capture is not None and self._capture is None:
             from components.monitor.capture import CaptureWriter
@@ -360,7 +345,7 @@ class PetClassifier(Model):
         (``images.image_stats``) are appended to it.
         """
         self._check_pixels(encoded)
-        out = np.empty((len(encoded), 3, self.size, self.size), np.float32)
+        out = np.empty((len(encoded), 3, self.size, self.size), np.uint8)
         for i, data in enumerate(encoded):
             try:
                 img, mode, full = decode_image_and_mode(
@@ -372,8 +357,8 @@ class PetClassifier(Model):
                 instances.append(self.describe_image(i, img))
             if stats is not None:
                 stats.append(image_stats(img, mode, full))
-            out[i] = model_input(img, self.size) / np.float32(255.0)  # as in training
-        return (out - self.mean) / self.std
+            out[i] = model_input(img, self.size)
+        return normalise(out, self.mean, self.std)  # as in training
 
     async def _decode(self, encoded: list[bytes], instances: list,
                       stats: list | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ class MonitorSetup:
     registry_uri: str
     model: str
     version: int
-    sim: object  # SimulatedModel
+    sim: object  # the packaged model, as simulate.simulated_model opens it
     reference: object  # contract.Reference
 
 
@@ -30,7 +30,7 @@ def monitor_setup(package_dir, trained_model_dir, dataset_dirs, tmp_path_factory
     from components.common.registry import ModelRegistry
     from components.ingest.snapshot import read_split
     from components.monitor.reference import build_reference_files, load_reference
-    from components.monitor.simulate import SimulatedModel
+    from components.monitor.simulate import simulated_model
 
     registry_uri = str(tmp_path_factory.mktemp("registry"))
     package = Path(package_dir)
@@ -50,8 +50,8 @@ def monitor_setup(package_dir, trained_model_dir, dataset_dirs, tmp_path_factory
     reg.set_alias(MODEL, "production", mv.version, reason="test")
     ref = load_reference(registry_uri, MODEL, mv.version,
                          cache_dir=tmp_path_factory.mktemp("refcache"))
-    return MonitorSetup(registry_uri, MODEL, mv.version, SimulatedModel.from_onnx(
-        files["model.onnx"]), ref)
+    return MonitorSetup(registry_uri, MODEL, mv.version, simulated_model(files["model.onnx"]),
+                        ref)
 
 
 def simulate_window(setup: MonitorSetup, uri: str, *, n: int = 120, condition: str = "day",

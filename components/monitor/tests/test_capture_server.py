@@ -90,8 +90,8 @@ def _records(store) -> tuple[list[str], list[dict]]:
 def test_served_requests_are_captured_in_batches_with_the_contract_fields(
         package_dir, images, tmp_path):
     from components.common.images import decode_and_measure
+    from components.common.runtime import onnx_embedder
     from components.monitor.capture import image_key
-    from components.package.core import onnx_embedder
 
     capture = tmp_path / "monitoring"
     proc, url, log_path = _start(

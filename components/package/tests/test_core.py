@@ -7,6 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from components.common.runtime import (
+    onnx_embedder,
+    onnx_predictor,
+    read_onnx_metadata,
+    torch_embedder,
+    torch_predictor,
+)
 from components.ingest.snapshot import read_split
 from components.package import core
 from components.train.core import build_model, load_images, load_model
@@ -35,7 +42,7 @@ def test_package_is_checked_faithful_and_self_describing(dataset_dirs, trained_m
     onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
     assert md["parity"]["passed"] and md["parity"]["max_abs_diff"] <= 1e-4
     assert md["parity"]["images"] == len(images)
-    props = core.read_onnx_metadata(onnx_bytes)
+    props = read_onnx_metadata(onnx_bytes)
     assert json.loads(props["classes"]) == ["cats", "dogs"]
     assert props["input_size"] == "32" and json.loads(props["mean"]) == meta["mean"]
     assert props["dataset_version"] == meta["dataset_version"]
@@ -49,14 +56,14 @@ def test_package_is_checked_faithful_and_self_describing(dataset_dirs, trained_m
     # The embedding is held to the same parity check as the probabilities.
     assert md["parity"]["embedding"]["passed"] and md["embedding_dim"] == 64
     assert md["parity"]["embedding"]["max_abs_diff"] <= 1e-4 * md["parity"]["embedding"]["scale"]
-    onnx_emb = core.onnx_embedder(onnx_bytes)(images[:9])
-    torch_emb = core.torch_embedder(model, meta["mean"], meta["std"])(images[:9])
+    onnx_emb = onnx_embedder(onnx_bytes)(images[:9])
+    torch_emb = torch_embedder(model, meta["mean"], meta["std"])(images[:9])
     assert np.abs(onnx_emb - torch_emb).max() <= 1e-4 * max(1.0, np.abs(torch_emb).max())
     assert np.abs(onnx_emb).max() > 0  # a real layer output, not zeros
     # The PyTorch weights are part of the package and give the same answers.
     torch_model, torch_meta = core.load_torch_model(tmp_path)
     assert torch_meta["classes"] == meta["classes"]
-    assert np.allclose(core.torch_embedder(torch_model, meta["mean"], meta["std"])(images[:9]),
+    assert np.allclose(torch_embedder(torch_model, meta["mean"], meta["std"])(images[:9]),
                        torch_emb, atol=1e-6)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert meta["dataset_version"] in card and "Intended use" in card and "Limits" in card
@@ -66,8 +73,6 @@ def test_package_is_checked_faithful_and_self_describing(dataset_dirs, trained_m
 def test_parity_check_fails_when_the_exported_graph_differs(trained_model_dir, dataset_dirs):
     import torch
 
-    from components.evaluate.core import torch_predictor
-
     model, meta = load_model(trained_model_dir)
     torch.manual_seed(1)
     other = build_model("small_cnn", 2).eval()
@@ -75,14 +80,12 @@ def test_parity_check_fails_when_the_exported_graph_differs(trained_model_dir, d
     rows, _ = read_split(dataset_dirs[1])
     with pytest.raises(core.PackageError, match="parity check failed"):
         core.parity_check(torch_predictor(model, meta["mean"], meta["std"]),
-                          core.onnx_predictor(onnx_bytes), load_images(rows.head(40), 32))
+                          onnx_predictor(onnx_bytes), load_images(rows.head(40), 32))
 
 
 def test_embedding_parity_fails_when_the_exported_embedding_differs(trained_model_dir,
                                                                     dataset_dirs):
     import torch
-
-    from components.evaluate.core import torch_predictor
 
     model, meta = load_model(trained_model_dir)
     onnx_bytes = core.export_onnx(model, meta, "x")
@@ -92,9 +95,9 @@ def test_embedding_parity_fails_when_the_exported_embedding_differs(trained_mode
     images = load_images(rows.head(20), 32)
     with pytest.raises(core.PackageError, match="embedding: max abs difference"):
         core.parity_check(torch_predictor(model, meta["mean"], meta["std"]),
-                          core.onnx_predictor(onnx_bytes), images,
-                          torch_embed=core.torch_embedder(other, meta["mean"], meta["std"]),
-                          onnx_embed=core.onnx_embedder(onnx_bytes))
+                          onnx_predictor(onnx_bytes), images,
+                          torch_embed=torch_embedder(other, meta["mean"], meta["std"]),
+                          onnx_embed=onnx_embedder(onnx_bytes))
 
 
 def test_a_package_without_torch_weights_names_the_fix(tmp_path):

@@ -61,8 +61,8 @@ def test_registration_publishes_the_reference_with_the_version(
 
     # The statistics and embeddings are the predictor's: the same functions on the same image.
     from components.common.images import decode_and_measure, preprocess_image
+    from components.common.runtime import onnx_embedder
     from components.common.storage import read_uri
-    from components.package.core import onnx_embedder
 
     row = held_out.set_index("sha256").loc[doc["sha256"][0]]
     data = read_uri(row["uri"])

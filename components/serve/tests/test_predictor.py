@@ -135,7 +135,7 @@ def test_v2_with_kserves_rest_client_bytes_and_fp32(server, images):
     assert labels == [["cats", "dogs"][i] for i in probs.argmax(1)]
 
     # The same image, preprocessed by the client as the package describes, as FP32.
-    from components.package.core import read_onnx_metadata
+    from components.common.runtime import read_onnx_metadata
 
     meta = read_onnx_metadata(open(next(iter(server["log_dir"].parent.glob(
         "cache/pets/*/model.onnx"))), "rb").read())

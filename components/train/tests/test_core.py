@@ -24,7 +24,7 @@ def test_small_cnn_learns_the_sample_lake_and_saves_a_loadable_model(dataset_dir
     assert len(info["mean"]) == 3 and all(0 < s < 1 for s in info["std"])
     assert (tmp_path / "model" / "curve.png").stat().st_size > 1000
     model, saved = core.load_model(tmp_path / "model")
-    from components.evaluate.core import predict_in_batches, torch_predictor
+    from components.common.runtime import predict_in_batches, torch_predictor
 
     probs = predict_in_batches(torch_predictor(model, saved["mean"], saved["std"]), data.val_x)
     assert np.isclose((probs.argmax(1) == data.val_y).mean(), result.val_accuracy, atol=1e-6)
