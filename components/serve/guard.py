@@ -13,7 +13,10 @@
   an exception raised after the response by closing the keep-alive connection without
   ``Connection: close``; a client that reuses the connection has its next request fail;
 - counts inference requests by outcome (``ok``, ``bad_request`` for 4xx, ``error`` for 5xx) and
-  logs a client's mistake as one rate-limited WARNING line, without a traceback.
+  logs a client's mistake as one rate-limited WARNING line, without a traceback. A request
+  whose client closed the connection before its body arrived (or whose body the HTTP parser
+  refused) is the client's outcome, ``bad_request`` (recorded as 499), never a server error:
+  only the server's own faults raise the error rate a canary is judged by.
 
 :func:`install` wires it (and quiet exception handlers, and truthful readiness) into KServe's
 ``RESTServer`` in every process that serves, ``--workers`` children included, through the
@@ -48,6 +51,11 @@ _INFER = re.compile(r"^/v1/models/(?P<v1>[^/:]+):(predict|explain)$"
                     r"|^/v2/models/(?P<v2>[^/]+)(/versions/[^/]+)?/infer$")
 _V2_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 REPOSITORY_PREFIX = "/v2/repository"
+
+
+#: The status recorded (nginx's convention; never sent) for a request whose client closed the
+#: connection before its body arrived: an ``outcome="bad_request"``, never a server error.
+CLIENT_CLOSED = 499
 
 
 class _BodyRefused(Exception):
@@ -147,9 +155,10 @@ class RequestGuard:
 
         deadline = time.monotonic() + self.body_timeout_s
         received = 0
+        body_done = False
 
         async def guarded_receive():
-            nonlocal received
+            nonlocal received, body_done
             if state["refused"]:
                 raise _BodyRefused(state["refused"])
             remaining = deadline - time.monotonic()
@@ -161,9 +170,16 @@ class RequestGuard:
                 raise _BodyRefused(408) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     state["refused"] = 413
                     raise _BodyRefused(413)
+            elif message["type"] == "http.disconnect" and not body_done:
+                # The client left (or sent a body the HTTP parser refused, which uvicorn
+                # answers itself) before its body arrived: the client's outcome, not a fault
+                # of this server, so a canary's server error rate cannot be raised from outside.
+                state["refused"] = CLIENT_CLOSED
+                raise _BodyRefused(CLIENT_CLOSED)
             return message
 
         started = False
@@ -185,11 +201,18 @@ class RequestGuard:
         except _BodyRefused:
             pass
         except Exception:
-            if started:
-                raise  # uvicorn closes the connection: a half-sent answer cannot be fixed
-            logger.exception("Server error on %s %s", method, path)
-            await reply(500, "Internal server error; the server log has the details.")
-            return 500
+            if not state["refused"]:  # else the application failed on the refused body
+                if started:
+                    raise  # uvicorn closes the connection: a half-sent answer cannot be fixed
+                logger.exception("Server error on %s %s", method, path)
+                await reply(500, "Internal server error; the server log has the details.")
+                return 500
+        if state["refused"] == CLIENT_CLOSED and not started:
+            # Nobody to answer; counted (and logged, rate-limited) as the client's outcome.
+            state["status"] = CLIENT_CLOSED
+            state["error_body"] = b"the client closed the connection before its request " \
+                                  b"body arrived"
+            return CLIENT_CLOSED
         if state["refused"] and not started:
             if state["refused"] == 413:
                 await reply(413, f"The request body is over the limit of "

@@ -427,6 +427,36 @@ def test_a_body_that_does_not_arrive_is_a_408(server):
     assert headers.get("connection") == "close"
 
 
+def test_abandoned_and_malformed_bodies_are_the_clients_not_server_errors(server, frame):
+    """A client that leaves before its body arrived, or sends a chunk size the HTTP parser
+    refuses, cannot raise the server error rate the canary analysis rolls back on."""
+    url, port = server["url"], server["port"]
+    before = parse(httpx.get(f"{url}/metrics", timeout=10).text, MODEL)
+    for _ in range(20):  # declares 1000 bytes, sends 15, hangs up
+        conn = Connection(port)
+        conn.send("POST", f"/v1/models/{MODEL}:predict", b'{"instances": [', JSON, length=1000)
+        conn.close()
+    for junk in (b"zz\r\n", b"5\r\nab"):  # a bad chunk size; a chunk cut short
+        conn = Connection(port)
+        conn.send("POST", f"/v1/models/{MODEL}:predict", b"",
+                  {**JSON, "Transfer-Encoding": "chunked"})
+        conn.sock.sendall(junk)
+        conn.close()
+    assert _predict(url, [frame]).status_code == 200
+
+    def window():
+        return served_between(before, parse(httpx.get(f"{url}/metrics", timeout=10).text,
+                                            MODEL))
+
+    deadline = time.monotonic() + 30  # the server counts each one when it notices the close
+    while window()["bad_requests"] < 22 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    served = window()
+    assert (served["errors"], served["bad_requests"], served["requests"]) == (0, 22, 23), served
+    assert served["error_rate"] == 0.0
+    assert "Traceback" not in server["log"].read_text()
+
+
 # ---- logs --------------------------------------------------------------------------------
 
 
