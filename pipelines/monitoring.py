@@ -7,7 +7,7 @@ from kfp.dsl import HTML, Artifact, Markdown, Metrics
 
 from components.govern.component import govern_verdict
 from components.monitor.component import monitor_window
-from pipelines.common import with_storage_credentials
+from pipelines.common import with_resources, with_storage_credentials
 
 
 @dsl.pipeline(
@@ -66,7 +66,9 @@ def monitoring_pipeline(
                           metrics_url=metrics_url, prometheus_url=prometheus_url,
                           namespace=namespace, explain=explain)
     task.set_display_name("monitor window")
-    task.set_cpu_request("1").set_memory_request("2G").set_memory_limit("6G")
+    # A retry judges the same window again (reads only, then one new verdict): safe to
+    # repeat, like the training pipeline's tasks that have retries.
+    with_resources(task, "1", "2G", "2", "6G", retries=2)
     task.set_caching_options(False)  # every run judges the traffic as it is now
     with_storage_credentials(task)
     gov = govern_verdict(verdict=task.outputs["verdict"], monitoring_uri=monitoring_uri,
@@ -75,6 +77,9 @@ def monitoring_pipeline(
                          launcher=govern_launcher, kfp_host=kfp_host,
                          retrain_arguments=retrain_arguments)
     gov.set_display_name("govern")
+    # Governance is idempotent per verdict (components/govern/actions.py): a retry after a
+    # lost pod never rolls back or holds twice.
+    with_resources(gov, "250m", "512M", "1", "1G", retries=2)
     gov.set_caching_options(False)
     with_storage_credentials(gov)
     outputs = NamedTuple("MonitoringPipelineOutputs", status=str, verdict=Artifact,

@@ -257,3 +257,20 @@ def test_compile_for_gpus_and_a_trainjob_asks_for_what_was_given(tmp_path):
 def test_bad_accelerator_options_are_one_line_naming_the_option(tmp_path, option, value, named):
     done = _mlops("compile", "--out", str(tmp_path / "c"), option, value, "training")
     assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(300)
+def test_every_monitoring_task_asks_for_resources_and_is_retried(tmp_path):
+    """Like the training pipeline's: CPU and memory requests and limits, and retries (both
+    tasks can be repeated: governance acts at most once per verdict)."""
+    out = _compile(tmp_path, "monitoring")
+    spec, _ = _read_ir(out / "monitoring.yaml")
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-monitor-window", "exec-govern-verdict"}
+    for key, executor in executors.items():
+        res = executor["container"].get("resources", {})
+        assert {"resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest",
+                "resourceMemoryLimit"} <= set(res), (key, res)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {name: t.get("retryPolicy", {}).get("maxRetryCount") for name, t in
+            tasks.items()} == {"monitor-window": 2, "govern-verdict": 2}
