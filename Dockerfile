@@ -20,6 +20,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu \
 COPY constraints.txt setup.cfg pyproject.toml README.md ./
 COPY components ./components
 COPY pipelines ./pipelines
+COPY demo ./demo
 # The constraints pin the CUDA-only nvidia-* wheels that PyPI's torch needs; the CPU build
 # above does not need them, so they are filtered out of the constraints used here.
 RUN grep -v -E '^(nvidia-|triton==|torch==|torchvision==)' constraints.txt > /tmp/constraints-cpu.txt \

@@ -57,6 +57,9 @@ EDGE_EXCEPTIONS: set[tuple[str, str]] = {
     ("components/govern/component.py", "pipelines.launchers"),
     ("components/monitor/cli.py", "components.cli"),
     ("components/monitor/feedback.py", "components.cli"),
+    # mlops demo-loop's handlers, until pipelines/loop_cli.py moves to components/cli/.
+    ("pipelines/loop_cli.py", "demo.loop"),
+    ("pipelines/loop_cli.py", "demo.webhook"),
     ("components/retrain/core.py", "components.govern.audit"),
     ("components/retrain/core.py", "components.govern.records"),
 }
@@ -65,7 +68,8 @@ EDGE_EXCEPTIONS: set[tuple[str, str]] = {
 CYCLE_EXCEPTIONS: list[set[str]] = [
     {
         "components.cli", "components.deploy", "components.govern", "components.monitor",
-        "components.register", "components.retrain", "components.serve", "pipelines"},
+        "components.register", "components.retrain", "components.serve", "demo",
+        "pipelines"},
 ]
 
 #: (d): file -> number of first-party imports in function bodies without a reason, today.
@@ -111,8 +115,8 @@ DEFERRED_EXCEPTIONS: dict[str, int] = {
     "components/serve/predictor.py": 1,
     "components/serve/server.py": 5,
     "components/train/core.py": 1,
+    "demo/loop.py": 20,
     "pipelines/common.py": 5,
-    "pipelines/loop.py": 21,
     "pipelines/loop_cli.py": 5,
     "pipelines/runs.py": 1,
 }
