@@ -356,6 +356,7 @@ class KubeStandIn:
 
     def stop(self) -> None:
         self._stop.set()
+        self.trainjobs.stop_all()
         for server in (self._server, self._ingress):
             if server is not None:
                 server.shutdown()
