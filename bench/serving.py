@@ -27,6 +27,7 @@ import io
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
-
-from components.common.service import free_port  # noqa: E402
 
 NAME = "pets"
 
@@ -79,6 +78,12 @@ def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
 
 
 # --------------------------------------------------------------------------- measurement
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_server(cmd: list[str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
@@ -346,7 +351,7 @@ def main() -> None:
     }
     results, cold = {}, {}
     for label, (base, concurrencies, per_request) in servers.items():
-        port = free_port()
+        port = _free_port()
         cmd = base + ([str(port)] if "--serve-torch" in base else [f"--port={port}"])
         proc, ready_s = start_server(cmd, port, tmp / f"server-{len(cold)}.log")
         if label in (ONNX, "PyTorch eager"):

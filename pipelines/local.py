@@ -8,6 +8,7 @@ import re
 import warnings
 from pathlib import Path
 
+from components.common.errors import MlopsError
 from pipelines import PIPELINES, load
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Fa
                          r"(?::\s*(.*))?$")
 
 
-class PipelineFailed(RuntimeError):
+class PipelineFailed(MlopsError, RuntimeError):
     """A pipeline task failed; names the task, the error's own text and the full log.
 
     Attributes:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from components.common.errors import UserError
+
 # Formats a camera or a photo library produces; anything else Pillow may open (EPS, ICO,
 # PSD, ...) is rejected rather than guessed at.
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO"})
@@ -62,7 +64,7 @@ QUARANTINE_REASONS = {
 }
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UserError, ValueError):
     """Bytes that are not a usable image; ``reason`` is a key of QUARANTINE_REASONS."""
 
     def __init__(self, reason: str, detail: str):

@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Callable
 
+from components.common.errors import MlopsError
 from components.common.storage import AlreadyExistsError, ObjectNotFoundError, ObjectStore
 
 #: Numbers a writer tries before it gives up (only a store that refuses every write gets there).
@@ -36,7 +37,7 @@ MAX_TRIES = 1000
 _NAME = re.compile(r"^(\d+)(?:\.json)?$")
 
 
-class RecordLogError(RuntimeError):
+class RecordLogError(MlopsError, RuntimeError):
     """A record could not be appended: every number tried was taken."""
 
 

@@ -48,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common.errors import MlopsError, UserError
 from components.common.records import RecordLog, now_iso, parse_time
 from components.common.records import actor as _actor  # `actor` names an argument here
 from components.common.storage import (
@@ -63,11 +64,11 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LINEAGE_FILE = "lineage.json"
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A registry request that cannot be served; the message says what to do."""
 
 
-class ReleaseHeld(RuntimeError):
+class ReleaseHeld(MlopsError, RuntimeError):
     """A release refused because of a governance hold; the message says how to proceed."""
 
 

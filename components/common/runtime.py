@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from components.common.errors import MlopsError, UserError
+
 #: The metadata a packaged ONNX model must carry to be run.
 REQUIRED_METADATA = ("classes", "input_size", "mean", "std")
 #: The outputs of a packaged model: class probabilities and the penultimate layer.
@@ -38,11 +40,11 @@ PROBABILITIES, EMBEDDING = "probabilities", "embedding"
 INPUT = "input"
 
 
-class ModelMetadataError(ValueError):
+class ModelMetadataError(UserError, ValueError):
     """A model file lacks the metadata (classes, input size, normalisation) needed to run it."""
 
 
-class UnsupportedModelError(RuntimeError):
+class UnsupportedModelError(MlopsError, RuntimeError):
     """A model lacks the part it was asked for (the ``embedding`` output, a last Linear layer)."""
 
 

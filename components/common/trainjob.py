@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from components.common.errors import UserError
+
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
@@ -39,7 +41,7 @@ TRAIN_COMMAND = ("torchrun", "-m", "components.train.ddp")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-class TrainJobSpecError(ValueError):
+class TrainJobSpecError(UserError, ValueError):
     """A TrainJob that cannot be built; the message names the value and what is expected."""
 
 

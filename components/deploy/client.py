@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import requests
 
+from components.common.errors import MlopsError
 from components.common.service import wait_until
 
 logger = logging.getLogger(__name__)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(MlopsError, RuntimeError):
     """An endpoint that cannot be reached or never became ready."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from components.common.errors import UserError
 from components.govern.sinks import SINKS
 from components.monitor.contract import KINDS, STATUSES, Check
 
@@ -39,7 +40,7 @@ _UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """A policy file that cannot be used; the message names every key that is wrong."""
 
 

@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 
+from components.common.errors import UserError
 from components.common.service import json_app, read_json
 from components.govern.policy import Policy
 from components.monitor.contract import KINDS, Check, Verdict
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 
 
-class BadPayload(ValueError):
+class BadPayload(UserError, ValueError):
     """A request body that is not an Alertmanager webhook notification."""
 
 

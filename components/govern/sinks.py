@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from components.common.errors import MlopsError
 
-class DeliveryError(RuntimeError):
+
+class DeliveryError(MlopsError, RuntimeError):
     """One delivery attempt failed. ``retry`` says whether trying again can help."""
 
     def __init__(self, message: str, retry: bool = True):

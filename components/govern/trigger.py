@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 
+from components.common.errors import MlopsError
 from components.common.records import now_iso, parse_time
 from components.govern.records import GovernanceStore
 
@@ -32,7 +33,7 @@ EPISODES = "episodes"
 RELAUNCH_AFTER_S = 600.0
 
 
-class LaunchError(RuntimeError):
+class LaunchError(MlopsError, RuntimeError):
     """A retraining run could not be started; the message says why."""
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from components.common.errors import UserError
 from components.common.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
@@ -97,7 +98,7 @@ MAX_DEFAULT_WORKERS = 8
 PUBLISH_LOCK_STALE_S = 600.0
 
 
-class IngestError(ValueError):
+class IngestError(UserError, ValueError):
     """Input that cannot be ingested; the message says what to fix."""
 
 

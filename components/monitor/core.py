@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from components.common.errors import UserError
 from components.common.storage import AlreadyExistsError, StorageError, open_store
 from components.monitor import checks as C
 from components.monitor.contract import Check, Reference, Verdict
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOURS = 24.0
 
 
-class MonitorError(ValueError):
+class MonitorError(UserError, ValueError):
     """A monitoring request that cannot be served; the message says what to do."""
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("alibi", "torch")
@@ -50,7 +52,7 @@ LICENCE_NOTE = ("Alibi Detect 0.13 is licensed under the Business Source License
                 "this project's Apache-2.0 implementation.")
 
 
-class DriftError(ValueError):
+class DriftError(UserError, ValueError):
     """Data or settings a detector cannot work with; the message says what to fix."""
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from components.common.errors import UserError
 from components.common.storage import (
     ObjectNotFoundError,
     ObjectStore,
@@ -54,7 +55,7 @@ MANIFEST_COLUMNS = ["key", "sha256", "label", "request_id", "index", "model_vers
                     "captured_at", "labelled_by", "labelled_at"]
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be done; the message says what to fix."""
 
 

@@ -33,6 +33,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from components.common.errors import UserError
 from components.common.records import RecordLog, actor
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import json_app, read_json
@@ -44,15 +45,18 @@ logger = logging.getLogger(__name__)
 LABELS_PREFIX = "capture/labels"
 INBOX_PREFIX = "capture/inbox"
 MAX_ROWS = 100_000
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
 
 
-class LabelError(ValueError):
+class LabelError(UserError, ValueError):
     """A label that cannot be stored; the message says what to fix."""
 
 
 class LabelConflict(LabelError):
-    """The instance already has a different label and relabelling was not asked for."""
+    """The instance already has a different label and relabelling was not asked for (HTTP
+    409 at the feedback endpoint)."""
+
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class LabelStore:
         """Returns the request with its fields normalised, or raises :class:`LabelError`."""
         where = f"{req.where}: " if req.where else ""
         rid = str(req.request_id).strip()
-        if not _REQUEST_ID.match(rid) or rid in (".", ".."):
+        if not REQUEST_ID.match(rid) or rid in (".", ".."):
             raise LabelError(f"{where}invalid request id {req.request_id!r}: expect the "
                              "x-request-id (or V2 id) the predictor answered, 1-200 letters, "
                              "digits or . _ : @ + = -")
@@ -347,16 +351,14 @@ def make_app(labels: LabelStore, token: str = "", max_body_bytes: int = 1024 * 1
         try:
             results = await asyncio.to_thread(labels.add_many, reqs, relabel=relabel,
                                               source="http")
-        except LabelConflict as exc:
-            return web.json_response({"error": str(exc)}, status=409)
-        except LabelError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+        except LabelError as exc:  # 400, or 409 for a conflicting label
+            return web.json_response({"error": str(exc)}, status=exc.http_status)
         created = any(r["status"] in ("created", "relabelled") for r in results)
         return web.json_response({"results": results}, status=201 if created else 200)
 
     async def get_labels(request):
         rid = request.match_info["request_id"]
-        if not _REQUEST_ID.match(rid):
+        if not REQUEST_ID.match(rid):
             return web.json_response({"error": f"invalid request id {rid!r}"}, status=400)
         found = await asyncio.to_thread(labels.request_labels, rid)
         if not found:
@@ -399,170 +401,3 @@ def serve(labels: LabelStore, host: str = "127.0.0.1", port: int = 8095, token: 
     if inbox_seconds > 0:
         app.cleanup_ctx.append(poll_inbox)
     web.run_app(app, host=host, port=port, print=None, handle_signals=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: ``mlops monitor label`` and ``mlops monitor feedback-server``
-# ---------------------------------------------------------------------------------------------
-
-
-def _common(p) -> None:
-    from components.common.paths import mlops_home
-
-    home = mlops_home()
-    p.add_argument("--model", default="pet-classifier", help="served model name")
-    p.add_argument("--store", default="",
-                   help="monitoring store URI (when empty: $MLOPS_MONITORING_URI, "
-                        f"$MLOPS_CAPTURE_URI, else {home / 'monitoring'})")
-    p.add_argument("--registry", default=str(home / "registry"),
-                   help="registry URI, for the model's classes")
-    p.add_argument("--classes", default="",
-                   help="comma-separated classes to validate against instead of the "
-                        "registry's")
-
-
-def add_label_commands(monitor_sub) -> None:
-    """Adds ``label``, ``labels``, ``feedback-server`` and ``reference`` to ``mlops monitor``."""
-
-    from components.monitor.reference import add_reference_commands
-
-    add_reference_commands(monitor_sub)
-
-    from components.cli import HelpFormatter as fmt  # defaults shown once, never empty
-    p = monitor_sub.add_parser(
-        "label", formatter_class=fmt,
-        help="store ground truth for captured requests (one, a CSV, or the file drop)",
-        description="Stores the true class of a captured instance, joined by request id. "
-                    "Refuses a different label for an instance that has one unless "
-                    "--relabel (the history keeps both).")
-    p.add_argument("request_id", nargs="?", help="the request's id (x-request-id or V2 id)")
-    p.add_argument("label", nargs="?", help="the true class")
-    p.add_argument("--index", type=int, default=0, help="the instance's position in the request")
-    p.add_argument("--csv", default="", help="a CSV file of request_id,label[,index] rows")
-    p.add_argument("--inbox", action="store_true",
-                   help="apply the CSV files dropped under capture/inbox/model=<model>/")
-    p.add_argument("--relabel", action="store_true",
-                   help="replace an existing different label (recorded as a correction)")
-    p.add_argument("--by", default="", help="who says so ($MLOPS_ACTOR or $USER when empty)")
-    p.add_argument("--note", default="", help="a note kept with the label")
-    _common(p)
-    p.set_defaults(func=_cmd_label)
-
-    p = monitor_sub.add_parser("labels", formatter_class=fmt,
-                               help="show the labels (with history) of a captured request")
-    p.add_argument("request_id")
-    _common(p)
-    p.set_defaults(func=_cmd_labels)
-
-    p = monitor_sub.add_parser(
-        "feedback-server", formatter_class=fmt,
-        help="HTTP endpoint for labelling tools (POST /v1/labels)",
-        description="Serves POST /v1/labels and GET /v1/labels/<request_id>. Set "
-                    "MLOPS_FEEDBACK_TOKEN to require 'Authorization: Bearer <token>'.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (0.0.0.0 only behind an authenticating proxy)")
-    p.add_argument("--port", type=int, default=8095, help="port to listen on")
-    p.add_argument("--inbox-seconds", type=float, default=30.0,
-                   help="apply the file drop this often (0: never)")
-    _common(p)
-    p.set_defaults(func=_cmd_server)
-
-
-def _label_store(args) -> LabelStore:
-    from components.monitor.capture import default_capture_uri
-
-    if args.classes:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    else:
-        try:
-            classes = model_classes(args.registry, args.model)
-        except RegistryError as exc:
-            raise LabelError(f"Cannot read the classes of {args.model!r} from the registry "
-                             f"{args.registry}: {exc} Pass --classes or --registry.") from exc
-    return LabelStore(args.store or default_capture_uri(), args.model, classes)
-
-
-def _cmd_label(args) -> int:
-    single = args.request_id is not None or args.label is not None
-    if sum([single, bool(args.csv), args.inbox]) != 1:
-        raise LabelError("Give exactly one of: REQUEST_ID LABEL, --csv FILE, or --inbox.")
-    if single and (args.request_id is None or args.label is None):
-        raise LabelError("Give both REQUEST_ID and LABEL (or --csv FILE).")
-    if args.csv:
-        try:
-            with open(args.csv, encoding="utf-8-sig", newline="") as f:
-                text = f.read()
-        except OSError as exc:
-            raise FileNotFoundError(f"Cannot read --csv {args.csv}: {exc.strerror}.") from exc
-    labels = _label_store(args)
-    if args.inbox:
-        summary = process_inbox(labels, relabel=args.relabel)
-        print(f"File drop {labels.store.uri_of(inbox_prefix(labels.model))}: "
-              f"{summary['files']} files, {summary['applied']} applied "
-              f"({summary['labels']} labels), {summary['rejected']} rejected (see rejected/).")
-        return 1 if summary["rejected"] else 0
-    if args.csv:
-        results = labels.add_many(parse_csv(text, default_by=args.by, name=args.csv),
-                                  relabel=args.relabel, source="csv")
-    else:
-        results = [labels.add(LabelRequest(args.request_id, args.label, args.index, args.by,
-                                           args.note), relabel=args.relabel, source="cli")]
-    counts = {s: sum(r["status"] == s for r in results)
-              for s in ("created", "relabelled", "unchanged")}
-    for r in results if len(results) <= 10 else []:
-        rec = r["record"]
-        extra = f" (was {rec['previous']})" if r["status"] == "relabelled" else ""
-        print(f"{rec['request_id']}/{rec['index']}: {rec['label']} {r['status']}{extra} "
-              f"by {rec['by']} at {rec['at']}")
-    print(f"{len(results)} labels: {counts['created']} new, {counts['relabelled']} corrected, "
-          f"{counts['unchanged']} already stored, in "
-          f"{labels.store.uri_of(f'{LABELS_PREFIX}/model={labels.model}')}")
-    return 0
-
-
-def _cmd_labels(args) -> int:
-    if not _REQUEST_ID.match(args.request_id):
-        raise LabelError(f"Invalid request id {args.request_id!r}: expect the x-request-id (or "
-                         "V2 id) the predictor answered.")
-    labels = _label_store(args)
-    found = labels.request_labels(args.request_id)
-    if not found:
-        print(f"No label for request {args.request_id}.")
-        return 1
-    for index, history in found.items():
-        for rec in history:
-            mark = "*" if rec is history[-1] else " "
-            print(f"{mark} {args.request_id}/{index}: {rec['label']:<10} by {rec['by']} at "
-                  f"{rec['at']} ({rec['source']}){' - ' + rec['note'] if rec.get('note') else ''}")
-    return 0
-
-
-def _cmd_server(args) -> int:
-    import os
-
-    labels = _label_store(args)
-    print(f"Feedback endpoint for {labels.model} on http://{args.host}:{args.port}/v1/labels "
-          f"(classes {labels.classes}; labels in {labels.store.uri})", flush=True)
-    serve(labels, args.host, args.port, os.environ.get("MLOPS_FEEDBACK_TOKEN", ""),
-          args.inbox_seconds)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m components.monitor.feedback …``: the same verbs without the full CLI."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m components.monitor.feedback")
-    add_label_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.errors import UserError
 from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.common.storage import (
     AlreadyExistsError,
@@ -53,11 +54,11 @@ SAMPLE_SIZE = 1000
 FORMAT = 1
 
 
-class ReferenceError(ValueError):
+class ReferenceDataError(UserError, ValueError):
     """A reference that cannot be built or read; the message says what to do."""
 
 
-class ReferenceMissing(ReferenceError, FileNotFoundError):
+class ReferenceMissing(ReferenceDataError, FileNotFoundError):
     """The version has no reference and none could be built."""
 
 
@@ -100,9 +101,9 @@ def _measure(sample, size: int, dataset_version: str = "", use_shards: bool = Tr
 def _run_onnx(model: OnnxModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The model's probabilities and embeddings of the images, 256 per ONNX Runtime call."""
     if not model.has_embedding:
-        raise ReferenceError("The package's model.onnx has no 'embedding' output, so its "
-                             "inputs cannot be compared with production's: package the model "
-                             "again with the current package step.")
+        raise ReferenceDataError("The package's model.onnx has no 'embedding' output, so its "
+                                 "inputs cannot be compared with production's: package the "
+                                 "model again with the current package step.")
     probs, embs = model.run(images, (PROBABILITIES, EMBEDDING), batch=256)
     return probs.astype(np.float32), embs.astype(np.float32)
 
@@ -159,8 +160,8 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         Relative file name -> bytes (names without the ``reference/`` folder).
     """
     if len(train_rows) == 0:
-        raise ReferenceError("The training split is empty: there is nothing to build a "
-                             "monitoring reference from.")
+        raise ReferenceDataError("The training split is empty: there is nothing to build a "
+                                 "monitoring reference from.")
     model = load_onnx(onnx_bytes)
     meta, classes = model.metadata, model.classes
     if sample_rows is None:
@@ -170,13 +171,14 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
     else:
         sample = sample_rows.sort_values("sha256").head(sample_size).reset_index(drop=True)
     if len(sample) < 2:
-        raise ReferenceError(f"The training split's held-out part has {len(sample)} images; a "
-                             "drift test needs more. Ingest more images.")
+        raise ReferenceDataError(f"The training split's held-out part has {len(sample)} "
+                                 "images; a drift test needs more. Ingest more images.")
     try:
         images, stats = _measure(sample, model.size, dataset_version, use_shards)
     except (StorageError, OSError, ValueError) as exc:
-        raise ReferenceError(f"Cannot read the training images of dataset {dataset_version} "
-                             f"to build the monitoring reference: {exc}") from exc
+        raise ReferenceDataError(f"Cannot read the training images of dataset "
+                                 f"{dataset_version} to build the monitoring reference: "
+                                 f"{exc}") from exc
     probs, embs = _run_onnx(model, images)
     doc = {
         "format": FORMAT,
@@ -354,53 +356,3 @@ def load_reference(registry_uri: str, model: str, version: int, monitoring_uri: 
                      modes=doc.get("modes", {}), labels=doc.get("labels", []),
                      probabilities=probabilities, dataset_version=doc.get("dataset_version", ""),
                      detector_uri=detector_uri, uri=store.uri_of(f"{folder}/{prefix}".rstrip("/")))
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: ``mlops monitor reference MODEL VERSION``
-# ---------------------------------------------------------------------------------------------
-
-
-def add_reference_commands(monitor_sub) -> None:
-    """Adds ``reference`` to ``mlops monitor``."""
-    import argparse
-
-    from components.common.paths import mlops_home
-
-    p = monitor_sub.add_parser(
-        "reference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="show a version's monitoring reference, building it if it has none",
-        description="Shows the monitoring reference of a registered version; a version "
-                    "registered without one gets it built from the dataset version its "
-                    "lineage names.")
-    p.add_argument("model", help="registered model name")
-    p.add_argument("version", help="version number or @alias")
-    p.add_argument("--registry", default=str(mlops_home() / "registry"), help="registry URI")
-    p.add_argument("--sample", type=int, default=SAMPLE_SIZE,
-                   help="most held-out training images when building one")
-    p.add_argument("--dataset-root", default="",
-                   help="where the dataset versions live, if they moved since training")
-    p.set_defaults(func=_cmd_reference)
-
-
-def _cmd_reference(args) -> int:
-    from components.common.registry import ModelRegistry
-
-    if args.sample < 2:
-        raise ReferenceError(f"Invalid --sample {args.sample}: expect at least 2 images.")
-    version = ModelRegistry(args.registry).resolve(args.model, args.version)
-    built = not has_reference(args.registry, args.model, version)
-    if built:
-        build_reference(args.registry, args.model, version, args.sample, args.dataset_root)
-    ref = load_reference(args.registry, args.model, version, build=False)
-    print(f"{'Built' if built else 'Found'} the monitoring reference of {args.model} version "
-          f"{version}: {ref.uri}")
-    print(f"  {len(ref.labels)} held-out images of dataset {ref.dataset_version}, embedding "
-          f"of {ref.embeddings.shape[1]} values")
-    print("  class prior: " + ", ".join(f"{k} {v:.3f}" for k, v in ref.prior.items()))
-    for name, values in ref.stats.items():
-        arr = np.asarray(values, dtype=float)
-        print(f"  {name:<10} min {arr.min():.4g}  median {np.median(arr):.4g}  max "
-              f"{arr.max():.4g}")
-    print(f"  drift detector: {ref.detector_uri or 'none (fitted by the monitor on demand)'}")
-    return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.errors import MlopsError
 from components.common.runtime import (
     onnx_embedder,
     onnx_predictor,
@@ -42,7 +43,7 @@ PARITY_ATOL = 1e-4
 TORCH_DIR = "torch"
 
 
-class PackageError(RuntimeError):
+class PackageError(MlopsError, RuntimeError):
     """The exported model is not faithful to the trained one, or cannot be exported."""
 
 

@@ -41,11 +41,13 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput
 from kserve.protocol.rest import server as rest
 
+from components.common.errors import MlopsError
+
 SUPPORTED_KSERVE = "0.20.0"
 """The KServe release every patch here was written and tested against (setup.cfg pins it)."""
 
 
-class UnsupportedKServe(ImportError):
+class UnsupportedKServe(MlopsError, ImportError):
     """The installed KServe is not the one these patches were written for."""
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.common.errors import UserError
 from components.common.images import preprocess_image
 from components.common.storage import open_store, sha256_bytes
 from components.train import distributed
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 ARCHITECTURES = ("small_cnn", "mobilenet_v3_small", "resnet18")
 
 
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """Training input that cannot work; the message says what to fix."""
 
 
@@ -530,14 +531,12 @@ def train(data: PreparedData, hp: HParams, out_dir: str | os.PathLike | None = N
 
     Under ``torchrun`` (an initialised process group, :mod:`components.train.distributed`)
     every rank trains and only rank 0 writes the folder; the others return ``None`` for it.
-    The CPU threads are shared between the processes of a machine (``MLOPS_TORCH_THREADS``
-    sets them per process instead: a pod's CPU limit is not what ``os.cpu_count`` sees).
+    The CPU threads are shared between the processes of a machine.
     """
     import torch
 
     local = max(1, distributed.current().local_world_size)
-    torch.set_num_threads(int(os.environ.get("MLOPS_TORCH_THREADS") or 0)
-                          or max(1, (os.cpu_count() or 1) // local))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     result = fit(data.train_x, data.train_y, data.val_x, data.val_y, len(data.classes), hp,
                  data.mean, data.std, progress)
     meta = None

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from components.common import trainjob as tj
+from components.common.errors import EXIT_FAILURE
 from components.common.service import wait_until
 from components.train.core import TrainError
 
@@ -36,12 +37,14 @@ logger = logging.getLogger(__name__)
 
 #: Added to the TrainJob's own deadline before the launcher gives up on the controller.
 GRACE_S = 60.0
-#: Seconds between status reads.
-POLL_S = 5.0
 
 
 class TrainJobFailed(TrainError):
-    """The TrainJob failed, ran past its deadline, or could not be created."""
+    """The TrainJob failed, ran past its deadline, or could not be created: a failure (exit
+    code 1, HTTP 500), not a mistake in the training input its base class stands for."""
+
+    exit_code = EXIT_FAILURE
+    http_status = 500
 
 
 @dataclass
@@ -71,14 +74,14 @@ def _custom_api(api_client=None):
     return kubernetes.client.CustomObjectsApi(api_client)
 
 
-def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float | None = None,
+def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float = 5.0,
                   timeout_s: float | None = None, keep: bool = False) -> TrainJobRun:
     """Creates the TrainJob, waits until it has finished, deletes it, returns how it ended.
 
     Args:
         cfg: The TrainJob (:class:`components.common.trainjob.TrainJobConfig`).
         api_client: A ``kubernetes.client.ApiClient``; by default the in-cluster one.
-        poll_s: Seconds between status reads (default :data:`POLL_S`).
+        poll_s: Seconds between status reads.
         timeout_s: The launcher's own deadline; by default the job's deadline plus
             :data:`GRACE_S`, or none when the job has none.
         keep: Leave the TrainJob in the cluster (for debugging); it is deleted by default.
@@ -90,7 +93,6 @@ def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float | None 
     from kubernetes.client.exceptions import ApiException
 
     api = _custom_api(api_client)
-    poll_s = POLL_S if poll_s is None else poll_s
     obj = tj.train_job(cfg)
     where = dict(group=tj.GROUP, version=tj.VERSION, namespace=cfg.namespace, plural=tj.PLURAL)
     if timeout_s is None and cfg.deadline_s:

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from components.common.errors import MlopsError
+
 logger = logging.getLogger(__name__)
 
 PUBLISHED_MARKER = "_PUBLISHED"
@@ -19,12 +21,16 @@ PUBLISHED_MARKER = "_PUBLISHED"
 _LOCK_NAME = "_PUBLISHING"
 
 
-class StorageError(Exception):
-    """Base class of the storage layer's errors."""
+class StorageError(MlopsError):
+    """Base class of the storage layer's errors (exit code 1: a storage failure, whatever
+    the builtin class a subclass also derives from)."""
 
 
 class UnsafeKeyError(StorageError, ValueError):
-    """A key that is empty, absolute, or tries to leave the store's root (``..``)."""
+    """A key that is empty, absolute, or tries to leave the store's root (``..``); at a
+    serving edge the caller's mistake (HTTP 400)."""
+
+    http_status = 400
 
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):

@@ -15,12 +15,13 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
 from components.common import k8s
+from components.common.errors import MlopsError
 from components.common.registry import ModelRegistry
 
 ENVIRONMENTS = tuple(k8s.ENVIRONMENTS)
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(MlopsError, RuntimeError):
     """A deployment step that could not be done; the message says what to do."""
 
 

@@ -19,7 +19,6 @@ from components.deploy.client import v1_body
 from components.deploy.router import REVISION_HEADER, VERSION_HEADER, WeightedChoice
 from components.deploy.supervisor import process_alive, read_events
 from components.deploy.targets.local import LocalTarget
-from tests.support import free_port
 
 MODEL = "pets"
 FAST = ("--backoff-base=0.2", "--backoff-max=1", "--max-restarts=2")
@@ -261,6 +260,7 @@ def test_cli_start_prints_the_camera_address_and_status_tells_the_truth(env):
 def echo_router(tmp_path):
     """A router in front of two plain HTTP servers on loopback that echo what they get."""
     import http.server
+    import socket
 
     from components.deploy.router import start_router
 
@@ -300,7 +300,9 @@ def echo_router(tmp_path):
     state = tmp_path / f"{MODEL}.json"
     state.write_text(json.dumps({"generation": 1, "production": {
         "stable": rev[0], "canary": rev[1], "canary_percent": 50}}))
-    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     pid = start_router(tmp_path, MODEL, "production", MODEL, "127.0.0.1", port,
                        tmp_path / "router.log", extra_args=("--max-body-bytes=100000",))
     yield f"http://127.0.0.1:{port}", servers, state, rev
@@ -338,7 +340,11 @@ def test_router_passes_http_through_faithfully(echo_router):
     r.read()
     # One revision down (nothing listens on its port): its share goes to the other one,
     # nobody sees an error.
-    dead = free_port()
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
     down = dict(rev[1], url=f"http://127.0.0.1:{dead}")
     state.write_text(json.dumps({"generation": 2, "production": {
         "stable": rev[0], "canary": down, "canary_percent": 50}}))
@@ -358,7 +364,7 @@ def test_router_passes_http_through_faithfully(echo_router):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_demo_camera_sees_the_split_and_no_failure_across_a_promotion(env):
-    from components.deploy.local_cli import Camera
+    from components.cli.demo import Camera
 
     registry, target, images = env
     _deployed(target, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,10 +13,10 @@ import time
 import pytest
 import requests
 
+from components.cli import main as mlops
 from components.common.storage import open_store
 from components.monitor import feedback
 from components.monitor.feedback import LabelConflict, LabelError, LabelRequest, LabelStore
-from tests.support import free_port, stop_process
 
 CLASSES = ["cats", "dogs"]
 
@@ -103,13 +104,19 @@ def test_file_drop_applies_good_files_and_rejects_bad_ones_with_the_reason(store
     assert feedback.process_inbox(labels)["files"] == 0  # nothing is applied twice
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.timeout(60)
 def test_http_feedback_endpoint(tmp_path):
-    port = free_port()
+    port = _free_port()
     store = tmp_path / "monitoring"
     env = {**os.environ, "MLOPS_FEEDBACK_TOKEN": "s3cret"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "components.monitor.feedback", "feedback-server",
+        [sys.executable, "-m", "components.cli", "monitor", "feedback-server",
          "--port", str(port), "--store", str(store), "--model", "pets", "--classes",
          "cats,dogs", "--inbox-seconds", "0"], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT)
@@ -150,7 +157,12 @@ def test_http_feedback_endpoint(tmp_path):
         assert got["instances"]["1"][0]["by"].startswith("http:127.0.0.1")
         assert requests.get(f"{base}/v1/labels/nope", headers=auth, timeout=5).status_code == 404
     finally:
-        stop_process(proc, signal.SIGINT, timeout=10)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
     # What the endpoint stored is what the monitor reads.
     labels = _labels(store)
     assert labels.current("abc123", 0)["label"] == "cats"
@@ -160,17 +172,17 @@ def test_http_feedback_endpoint(tmp_path):
 def test_label_cli_single_and_csv(tmp_path, capsys):
     store = tmp_path / "monitoring"
     common = ["--store", str(store), "--model", "pets", "--classes", "cats,dogs"]
-    assert feedback.main(["label", "r9", "cats", "--by", "dana", *common]) == 0
+    assert mlops(["monitor", "label", "r9", "cats", "--by", "dana", *common]) == 0
     assert "r9/0: cats created by dana" in capsys.readouterr().out
-    assert feedback.main(["label", "r9", "dogs", *common]) == 2
+    assert mlops(["monitor", "label", "r9", "dogs", *common]) == 2
     assert "already labelled 'cats'" in capsys.readouterr().err
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("request_id,label,index\nr9,dogs,0\nr10,cats,2\n")
-    assert feedback.main(["label", "--csv", str(csv_path), "--relabel", *common]) == 0
+    assert mlops(["monitor", "label", "--csv", str(csv_path), "--relabel", *common]) == 0
     assert "2 labels: 1 new, 1 corrected" in capsys.readouterr().out
-    assert feedback.main(["label", "--csv", str(tmp_path / "missing.csv"), *common]) == 2
+    assert mlops(["monitor", "label", "--csv", str(tmp_path / "missing.csv"), *common]) == 2
     assert "Cannot read --csv" in capsys.readouterr().err
-    assert feedback.main(["labels", "r9", *common]) == 0
+    assert mlops(["monitor", "labels", "r9", *common]) == 0
     out = capsys.readouterr().out
     assert "r9/0: cats" in out and "* r9/0: dogs" in out
     records = [json.loads(p.read_text()) for p in store.rglob("*.json")]
@@ -185,6 +197,6 @@ def test_classes_come_from_the_registry(tmp_path, package_dir):
              for p in package_dir.rglob("*") if p.is_file()}
     ModelRegistry(str(tmp_path / "reg")).register("pets", files, {"dataset_version": "x"})
     assert feedback.model_classes(str(tmp_path / "reg"), "pets") == CLASSES
-    code = feedback.main(["label", "r1", "cats", "--model", "nobody", "--registry",
-                          str(tmp_path / "reg"), "--store", str(tmp_path / "m")])
+    code = mlops(["monitor", "label", "r1", "cats", "--model", "nobody", "--registry",
+                  str(tmp_path / "reg"), "--store", str(tmp_path / "m")])
     assert code == 2 and not open_store(tmp_path / "m").exists("capture")

@@ -43,7 +43,7 @@ def test_reference_from_shards_equals_the_reference_from_the_photos(
     np.testing.assert_allclose(probabilities, decoded[2], atol=1e-6)
 
     remove_photos(root)  # from now on a decode would fail
-    with pytest.raises(R.ReferenceError, match="Cannot read the training images"):
+    with pytest.raises(R.ReferenceDataError, match="Cannot read the training images"):
         R.build_reference_files(onnx, rows, version, 60, detector=False, use_shards=False)
     again = _reference(R.build_reference_files(onnx, rows, version, 60, detector=False))
     assert again[0] == doc and np.array_equal(again[1], embeddings)

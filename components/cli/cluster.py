@@ -7,12 +7,13 @@ the components, so this module must not import them either.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
+
+from components.cli.common import OptionError
 
 #: Option -> environment variable read by components.settings at import.
 COMPILE_SETTINGS = {
@@ -29,12 +30,9 @@ COMPILE_SETTINGS = {
     "toleration": "MLOPS_TOLERATIONS",
 }
 
-HELP = argparse.ArgumentDefaultsHelpFormatter
-
-
 def add_commands(sub) -> None:
     """Adds the cluster verbs to the top-level subparsers."""
-    man = sub.add_parser("manifests", formatter_class=HELP,
+    man = sub.add_parser("manifests",
                          help="write manifests/ (kustomize base, one overlay per install mode)")
     man.add_argument("--out", default="manifests", help="folder to write")
     man.add_argument("--namespace", default=None,
@@ -48,7 +46,7 @@ def add_commands(sub) -> None:
                           "standalone)")
     man.add_argument("--s3-endpoint", default="http://seaweedfs.kubeflow:8333",
                      help="S3 endpoint the predictor downloads packages from (KFP 2.16's "
-                          "SeaweedFS by default; http://minio-service.kubeflow:9000 before)")
+                          "SeaweedFS; http://minio-service.kubeflow:9000 before 2.16)")
     man.add_argument("--predictor-service-account", default="pet-classifier-predictor",
                      help="the predictor's ServiceAccount (the pipeline's "
                           "predictor_service_account)")
@@ -63,8 +61,7 @@ def add_commands(sub) -> None:
                           "a stock Kubeflow install does not have)")
     man.set_defaults(func=cmd_manifests)
 
-    comp = sub.add_parser("compile", formatter_class=HELP,
-                          help="compile pipelines to KFP IR YAML for the Kubeflow UI")
+    comp = sub.add_parser("compile", help="compile pipelines to KFP IR YAML for the Kubeflow UI")
     comp.add_argument("--out", default="compiled", help="folder to write")
     _compile_options(comp)
     comp.add_argument("pipelines", nargs="*", help="pipeline names (default: all)")
@@ -74,7 +71,7 @@ def add_commands(sub) -> None:
             ("submit", "start a pipeline run on a Kubeflow Pipelines API", cmd_submit),
             ("schedule", "create a recurring run (cron) on a Kubeflow Pipelines API",
              cmd_schedule)):
-        p = sub.add_parser(name, formatter_class=HELP, help=helptext)
+        p = sub.add_parser(name, help=helptext)
         p.add_argument("pipeline", help="a registered pipeline name (mlops compile lists them)")
         p.add_argument("--host", required=True,
                        help="KFP API, e.g. http://localhost:8080 (port-forwarded ml-pipeline-ui)"
@@ -146,11 +143,11 @@ def _apply_compile_settings(args) -> None:
     wanted = {env: getattr(args, opt) for opt, env in COMPILE_SETTINGS.items()
               if getattr(args, opt, None) is not None}
     if "trials" in vars(args) and args.trials is not None and args.trials < 1:
-        raise ValueError(f"Invalid --trials {args.trials}. Expect 1 or more.")
+        raise OptionError(f"Invalid --trials {args.trials}. Expect 1 or more.")
     for opt in ("accelerator_count", "trainer_nodes"):
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
-            raise ValueError(f"Invalid --{opt.replace('_', '-')} {getattr(args, opt)}. "
-                             "Expect 1 or more.")
+            raise OptionError(f"Invalid --{opt.replace('_', '-')} {getattr(args, opt)}. "
+                              "Expect 1 or more.")
     if "components.settings" in sys.modules:
         import components.settings as settings
 
@@ -208,7 +205,7 @@ def cmd_compile(args) -> int:
 
     unknown = [p for p in args.pipelines if p not in PIPELINES]
     if unknown:
-        raise ValueError(f"Unknown pipeline(s) {unknown}. Expect some of {sorted(PIPELINES)}.")
+        raise OptionError(f"Unknown pipeline(s) {unknown}. Expect some of {sorted(PIPELINES)}.")
     for path in compile_all(args.out, args.pipelines or None):
         print(f"compiled {path}")
     return 0
@@ -231,11 +228,11 @@ def typed_arguments(pipeline, items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"Invalid --arg {item!r}. Expect NAME=VALUE.")
+            raise OptionError(f"Invalid --arg {item!r}. Expect NAME=VALUE.")
         name, value = item.split("=", 1)
         if name not in inputs:
-            raise ValueError(f"Unknown parameter {name!r} of pipeline "
-                             f"{pipeline.name!r}. Expect one of {sorted(inputs)}.")
+            raise OptionError(f"Unknown parameter {name!r} of pipeline "
+                              f"{pipeline.name!r}. Expect one of {sorted(inputs)}.")
         kind = str(inputs[name].type)
         try:
             if kind == "Integer":
@@ -254,12 +251,12 @@ def typed_arguments(pipeline, items: list[str]) -> dict:
                 raise ValueError(f"parameter of type {kind} cannot be given on the command "
                                  "line")
         except (ValueError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Invalid --arg {name}={value!r}: the parameter is {kind} "
-                             f"({exc}).") from exc
+            raise OptionError(f"Invalid --arg {name}={value!r}: the parameter is {kind} "
+                              f"({exc}).") from exc
     missing = sorted(n for n, spec in inputs.items()
                      if spec.default is None and not spec.optional and n not in out)
     if missing:
-        raise ValueError(f"Pipeline {pipeline.name!r} needs --arg for {', '.join(missing)}.")
+        raise OptionError(f"Pipeline {pipeline.name!r} needs --arg for {', '.join(missing)}.")
     return out
 
 
@@ -328,8 +325,8 @@ def _prepare(args):
     from pipelines import PIPELINES, load
 
     if args.pipeline not in PIPELINES:
-        raise ValueError(f"Unknown pipeline {args.pipeline!r}. Expect one of "
-                         f"{sorted(PIPELINES)}.")
+        raise OptionError(f"Unknown pipeline {args.pipeline!r}. Expect one of "
+                          f"{sorted(PIPELINES)}.")
     pipeline = load(args.pipeline)
     return pipeline, typed_arguments(pipeline, args.arg)
 
@@ -355,8 +352,8 @@ def kfp_cron(expr: str) -> str:
     if len(fields) == 5:
         fields = ["0", *fields]
     if len(fields) != 6:
-        raise ValueError(f"Invalid --cron {expr!r}. Expect 5 fields (minute hour day month "
-                         "weekday), e.g. '0 */6 * * *'.")
+        raise OptionError(f"Invalid --cron {expr!r}. Expect 5 fields (minute hour day month "
+                          "weekday), e.g. '0 */6 * * *'.")
     return " ".join(fields)
 
 
@@ -367,7 +364,7 @@ def cmd_schedule(args) -> int:
 
     cron = kfp_cron(args.cron)
     if args.max_concurrency < 1:
-        raise ValueError(f"Invalid --max-concurrency {args.max_concurrency}. Expect 1 or more.")
+        raise OptionError(f"Invalid --max-concurrency {args.max_concurrency}. Expect 1 or more.")
     pipeline, arguments = _prepare(args)
     client = _client(args)
     if client is None:

@@ -9,15 +9,12 @@ import logging
 import os
 import sys
 
+from components.cli.common import OptionError, parse_assignments
+from components.common.errors import MlopsError
+from components.common.paths import mlops_home
 from components.deploy.targets import TARGETS
 
 logger = logging.getLogger(__name__)
-
-
-def _home():
-    from components.common.paths import mlops_home
-
-    return mlops_home()
 
 
 def _store_default() -> str:
@@ -27,7 +24,7 @@ def _store_default() -> str:
 
 
 def _stores(p, registry: bool = True) -> None:
-    home = _home()
+    home = mlops_home()
     p.add_argument("--model", default="pet-classifier", help="registered model name")
     p.add_argument("--store", default="",
                    help="monitoring store URI (default: $MLOPS_MONITORING_URI, else "
@@ -42,8 +39,8 @@ def _policy_arg(p) -> None:
                         "components/govern/default_policy.yaml)")
 
 
-class _StorageDown(RuntimeError):
-    pass
+class _StorageDown(MlopsError, RuntimeError):
+    """The store cannot be reached (exit code 1)."""
 
 
 def _storage_guard(fn):
@@ -65,27 +62,14 @@ def _storage_guard(fn):
 # ------------------------------------------------------------------------------------------
 
 
-def _parse_args_list(items: list[str], option: str) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"Invalid {option} {item!r}. Expect NAME=VALUE.")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _launcher(args, policy, store: str):
     from pipelines.launchers import open_launcher
 
-    home = _home()
-    extra = _parse_args_list(args.retrain_arg, "--retrain-arg")
+    home = mlops_home()
+    extra = parse_assignments(args.retrain_arg, "--retrain-arg")
     if args.launcher == "kfp":
         if not args.kfp_host:
-            raise ValueError("--launcher kfp needs --kfp-host (the KFP API, e.g. "
+            raise OptionError("--launcher kfp needs --kfp-host (the KFP API, e.g. "
                              "http://localhost:8080).")
         arguments = {"model_name": args.model, **extra}
     else:
@@ -107,7 +91,7 @@ def _target(args):
     from components.deploy.targets import open_target
 
     return open_target(args.target, args.registry, args.model, namespace=args.namespace,
-                       state_dir=args.serving_root or str(_home() / "deployments"))
+                       state_dir=args.serving_root or str(mlops_home() / "deployments"))
 
 
 def _print_actions(verdict_id: str, actions: list[dict]) -> None:
@@ -240,7 +224,7 @@ def _cmd_hold(args) -> int:
         print(f"Hold on {args.model_name} lifted by {record['by']}: {record['reason']}")
     elif args.hold_command == "place":
         if not args.note:
-            raise ValueError("Say why releases are held (--note).")
+            raise OptionError("Say why releases are held (--note).")
         record, placed = registry.place_hold(args.model_name, args.note)
         if placed:
             audit.append("hold", args.note, subject="releases", by=record["by"])
@@ -336,12 +320,11 @@ def _target_args(p) -> None:
 
 def add_commands(sub) -> None:
     """Adds the ``govern`` verb group to the top-level subparsers."""
-    from components.cli import HelpFormatter as fmt  # defaults shown once, never empty
     group = sub.add_parser("govern", help="governance: alerts, rollback, holds, retraining "
                                           "triggers, audit log, compliance report")
     gsub = group.add_subparsers(dest="govern_command", required=True)
 
-    p = gsub.add_parser("run", formatter_class=fmt,
+    p = gsub.add_parser("run",
                         help="apply the policy to every verdict not governed yet (cron-able)")
     _stores(p)
     _policy_arg(p)
@@ -351,15 +334,14 @@ def add_commands(sub) -> None:
     _target_args(p)
     p.set_defaults(func=_cmd_run)
 
-    p = gsub.add_parser("alerts", formatter_class=fmt,
-                        help="every alert and whether each recipient got it")
+    p = gsub.add_parser("alerts", help="every alert and whether each recipient got it")
     _stores(p, registry=False)
     p.add_argument("--undelivered", action="store_true", help="only alerts not delivered yet")
     p.add_argument("--last", type=int, default=0, help="only the last N alerts (0: all)")
     p.add_argument("--json", action="store_true", help="as JSON, with every delivery round")
     p.set_defaults(func=_cmd_alerts)
 
-    p = gsub.add_parser("audit", formatter_class=fmt,
+    p = gsub.add_parser("audit",
                         help="the audit log: governance actions, alerts, alias moves, "
                              "approvals, releases")
     _stores(p)
@@ -367,33 +349,30 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=_cmd_audit)
 
-    p = gsub.add_parser("report", formatter_class=fmt,
+    p = gsub.add_parser("report",
                         help="compliance report (HTML and Markdown) of MODEL[@alias|version]")
     p.add_argument("model_ref", help="e.g. pet-classifier, pet-classifier@production, "
                                      "pet-classifier@3")
-    p.add_argument("--registry", default=str(_home() / "registry"), help="model registry URI")
+    p.add_argument("--registry", default=str(mlops_home() / "registry"), help="model registry URI")
     p.add_argument("--store", default="", help="monitoring store URI")
-    p.add_argument("--out", default=str(_home() / "reports"), help="folder for the report")
+    p.add_argument("--out", default=str(mlops_home() / "reports"), help="folder for the report")
     p.add_argument("--qa-report", default="",
                    help="the application test's qa_report JSON, if the registry has none")
     p.set_defaults(func=_cmd_report)
 
-    p = gsub.add_parser("hold", formatter_class=fmt,
-                        help="release holds: status, place, lift")
+    p = gsub.add_parser("hold", help="release holds: status, place, lift")
     p.add_argument("hold_command", choices=["status", "place", "lift"])
     p.add_argument("model_name", help="registered model name")
     p.add_argument("--note", default="", help="why (required to place or lift)")
-    p.add_argument("--registry", default=str(_home() / "registry"), help="model registry URI")
+    p.add_argument("--registry", default=str(mlops_home() / "registry"), help="model registry URI")
     p.add_argument("--store", default="", help="monitoring store URI (its audit log)")
     p.set_defaults(func=_cmd_hold)
 
-    p = gsub.add_parser("policy", formatter_class=fmt,
-                        help="check a policy file and show what it does")
+    p = gsub.add_parser("policy", help="check a policy file and show what it does")
     p.add_argument("file", nargs="?", default="", help="policy YAML (default: the pet park's)")
     p.set_defaults(func=_cmd_policy)
 
-    p = gsub.add_parser("rules", formatter_class=fmt,
-                        help="the PrometheusRule built from the policy's thresholds")
+    p = gsub.add_parser("rules", help="the PrometheusRule built from the policy's thresholds")
     _policy_arg(p)
     p.add_argument("--model", default="pet-classifier", help="served model name")
     p.add_argument("--namespace", default="kubeflow-user-example-com",
@@ -401,7 +380,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="", help="write to this file (default: print)")
     p.set_defaults(func=_cmd_rules)
 
-    p = gsub.add_parser("receiver", formatter_class=fmt,
+    p = gsub.add_parser("receiver",
                         help="an Alertmanager webhook receiver that governs what it is sent",
                         description="Serves POST /alerts (Alertmanager's webhook). Set "
                                     "MLOPS_RECEIVER_TOKEN to require 'Authorization: Bearer "

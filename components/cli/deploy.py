@@ -1,6 +1,6 @@
-"""``mlops deploy status | start | install-service`` for the local target (the park's computer).
+"""``mlops deploy …``: test and production deployments, canary releases, predictions.
 
-``components/cli.py`` builds the ``deploy`` group; these handlers do the local target's part:
+For the local target (the park's computer) also:
 
 * ``status``: per environment, the endpoint (router: pid, alive), and per revision the
   version, traffic share, pid, whether the process is alive and the server says ready
@@ -19,10 +19,51 @@ import shlex
 import sys
 from pathlib import Path
 
+from components.cli.common import check_range, parse_canary_steps, positive_int
+from components.common.paths import mlops_home
+from components.deploy.targets import TARGETS
+
 ENVIRONMENTS = ("test", "production")
 
 
-def add_verbs(dp_sub) -> None:
+def add_commands(sub) -> None:
+    """Adds the ``deploy`` verb group to the top-level subparsers."""
+    dp = sub.add_parser("deploy", help="deployments: status, release, predict, stop")
+    dp.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
+    dp.add_argument("--serving-root", default="",
+                    help="local target state (default $MLOPS_HOME/deployments)")
+    dp.add_argument("--model", default="pet-classifier", help="registered model name")
+    dp.add_argument("--target", choices=list(TARGETS), default="local",
+                    help="local model servers (default) or InferenceServices in --namespace")
+    dp.add_argument("--namespace", default="", help="Kubernetes namespace (kserve target)")
+    dp_sub = dp.add_subparsers(dest="deploy_command", required=True)
+    d = dp_sub.add_parser("release", help="release a registered version by canary")
+    d.add_argument("version", type=positive_int, help="registry version to release")
+    d.add_argument("--probes", required=True,
+                   help="a labelled dataset folder (a split written by the ingest step)")
+    d.add_argument("--canary-steps", default="10,50",
+                   help="canary traffic percentages, increasing, each 1 to 99")
+    d.add_argument("--requests-per-step", type=int, default=100,
+                   help="labelled probe requests sent to each revision per step")
+    d.add_argument("--max-p95-ms", type=float, default=250.0,
+                   help="largest canary p95 latency in ms")
+    d.add_argument("--require-approval", action="store_true",
+                   help="hold the release until `mlops registry approve`")
+    d.add_argument("--approval-timeout-s", type=float, default=0.0,
+                   help="how long a held release waits for approval")
+    dp_sub.add_parser("status", help="what runs in test and production")
+    _add_local_verbs(dp_sub)  # start, install-service
+    d = dp_sub.add_parser("stop", help="stop the local model servers")
+    d.add_argument("--env", action="append", choices=["test", "production"],
+                   help="stop only this environment (repeatable; default: all)")
+    d = dp_sub.add_parser("predict", help="classify image files with a deployed model")
+    d.add_argument("images", nargs="+", help="image files (JPEG, PNG, …)")
+    d.add_argument("--env", default="production", choices=["test", "production"],
+                   help="which environment to ask")
+    dp.set_defaults(func=_cmd_deploy)
+
+
+def _add_local_verbs(dp_sub) -> None:
     """Adds ``start`` and ``install-service`` to the ``deploy`` subparsers (``status`` exists)."""
     d = dp_sub.add_parser("start",
                           help="bring the local environments back to what the registry says "
@@ -42,6 +83,89 @@ def add_verbs(dp_sub) -> None:
                    help="where to write the unit file (default: %(default)s)")
     d.add_argument("--print", dest="print_only", action="store_true",
                    help="print the unit instead of writing it")
+
+
+def capture_uri() -> str:
+    """Where production captures what it serves: the monitoring store the monitor reads.
+
+    Also exported as ``$MLOPS_CAPTURE_URI`` so that the release steps of a local pipeline run
+    (subprocesses) start production's model servers with capture on."""
+    from components.monitor.capture import default_capture_uri
+
+    uri = default_capture_uri()
+    os.environ.setdefault("MLOPS_CAPTURE_URI", uri)
+    return uri
+
+
+def _deploy_target(args):
+    from components.deploy.targets.kserve import KServeTarget
+    from components.deploy.targets.local import LocalTarget
+
+    home = mlops_home()
+    registry = args.registry or str(home / "registry")
+    if args.target == "kserve":
+        if not args.namespace:
+            raise ValueError("--target kserve needs --namespace.")
+        # From outside the cluster: probe the revisions at their external URLs.
+        return KServeTarget(registry, args.model, args.namespace, cluster_local=False)
+    return LocalTarget(registry, args.model, args.serving_root or str(home / "deployments"),
+                       capture_uri=capture_uri())
+
+
+def _cmd_deploy(args) -> int:
+    target = _deploy_target(args)
+    if args.deploy_command in ("status", "start", "install-service"):
+        if args.target == "local":
+            return _run_local(target, args)
+        if args.deploy_command != "status":
+            raise ValueError(f"`mlops deploy {args.deploy_command}` is for the local target.")
+    if args.deploy_command == "release":
+        parse_canary_steps("--canary-steps", args.canary_steps)
+        check_range("--requests-per-step", args.requests_per_step, 1)
+        check_range("--max-p95-ms", args.max_p95_ms, 0.0, low_open=True)
+        check_range("--approval-timeout-s", args.approval_timeout_s, 0.0)
+        from components.deploy.apptest import load_labelled_split
+        from components.deploy.release import CanaryPolicy, release, release_markdown
+
+        policy = CanaryPolicy.from_steps_text(
+            args.canary_steps, requests_per_step=args.requests_per_step,
+            max_p95_ms=args.max_p95_ms, require_approval=args.require_approval,
+            approval_timeout_s=args.approval_timeout_s)
+        images, labels = load_labelled_split(args.probes)
+        print(f"Releasing {args.model} version {args.version} to production "
+              f"(canary steps {args.canary_steps}) ...", file=sys.stderr)
+        record = release(target, int(args.version), images, labels, policy,
+                         reason="released from the command line")
+        print(release_markdown(record))
+        return 0 if record["decision"] != "rolled_back" else 1
+    if args.deploy_command == "status":
+        for env in ("test", "production"):
+            dep = target.status(env)
+            if dep is None:
+                print(f"{env}: nothing deployed")
+                continue
+            print(f"{env}: version {dep.stable.version} at {dep.url} "
+                  f"(/v1/models/{dep.name}:predict)"
+                  + ("" if dep.stable.detail.get("running", True) else "  NOT RUNNING"))
+            if dep.canary:
+                print(f"  canary: version {dep.canary.version} at {dep.canary.url} "
+                      f"({dep.canary_percent}% recorded)")
+    elif args.deploy_command == "stop":
+        for env in args.env or ["test", "production"]:
+            target.delete(env)
+            print(f"stopped {env}")
+    elif args.deploy_command == "predict":
+        from components.deploy.client import predict
+
+        dep = target.status(args.env)
+        if dep is None:
+            raise ValueError(f"Nothing is deployed in {args.env!r}: run the training pipeline "
+                             "(mlops run training) or `make demo` first.")
+        images = [Path(p).read_bytes() for p in args.images]
+        for path, p in zip(args.images, predict(dep.url, dep.name, images), strict=True):
+            prob = p["probabilities"][p["label"]]
+            print(f"{path}\t{p['label']}\t{prob:.3f}")
+    return 0
 
 
 def _ports(values: list[str]) -> dict[str, int]:
@@ -174,8 +298,8 @@ WantedBy=default.target
     return 0
 
 
-def run(target, args) -> int:
-    """Dispatches the local target's verbs; called from ``components/cli.py``."""
+def _run_local(target, args) -> int:
+    """Dispatches the local target's verbs."""
     if args.deploy_command == "status":
         return print_status(target)
     if args.deploy_command == "start":
@@ -183,76 +307,3 @@ def run(target, args) -> int:
     if args.deploy_command == "install-service":
         return install_service(target, args)
     raise ValueError(f"Unknown local deploy command {args.deploy_command!r}.")
-
-
-class Camera:
-    """The park's camera for the demo: while the pipeline runs, sends a frame to the production
-    endpoint (the router) every ``interval`` seconds and counts the answers by the revision and
-    version that served them, so the demo shows live traffic split during the release and that
-    no frame failed across it.
-
-    Args:
-        target: The local target whose production endpoint to call.
-        frames: Encoded images to send in turn.
-    """
-
-    def __init__(self, target, frames: list[bytes], interval: float = 0.1):
-        import threading
-
-        self.target, self.frames, self.interval = target, frames, interval
-        self.answers: dict[tuple[str, str], int] = {}
-        self.failed: list[str] = []
-        self.endpoint = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="demo-camera")
-
-    @classmethod
-    def from_lake(cls, target, lake_uri: str, n: int = 40, **kwargs) -> Camera:
-        from components.common.storage import open_store
-
-        lake = open_store(lake_uri)
-        keys = [o.key for o in lake.list() if o.key.lower().endswith((".jpg", ".jpeg", ".png"))]
-        return cls(target, [lake.get(k) for k in keys[:: max(1, len(keys) // n)][:n]], **kwargs)
-
-    def start(self) -> Camera:
-        if self.frames:
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(15)
-
-    def _run(self) -> None:
-        import requests
-
-        from components.deploy.client import v1_body
-        from components.deploy.router import REVISION_HEADER, VERSION_HEADER
-
-        session, i = requests.Session(), 0
-        while not self._stop.wait(self.interval):
-            dep = self.target.status("production")
-            if dep is None or dep.url == dep.stable.url:  # nothing (or no router) yet
-                continue
-            self.endpoint = dep.url
-            try:
-                r = session.post(f"{dep.url}/v1/models/{dep.name}:predict",
-                                 json=v1_body([self.frames[i % len(self.frames)]]), timeout=10)
-                if r.status_code == 200:
-                    key = (r.headers.get(REVISION_HEADER, "?"), r.headers.get(VERSION_HEADER, "?"))
-                    self.answers[key] = self.answers.get(key, 0) + 1
-                else:
-                    self.failed.append(f"HTTP {r.status_code}")
-            except requests.RequestException as exc:
-                self.failed.append(type(exc).__name__)
-            i += 1
-
-    def summary(self) -> str:
-        total = sum(self.answers.values())
-        if not total and not self.failed:
-            return "Camera: production had no endpoint while the pipeline ran."
-        parts = ", ".join(f"version {v} ({role}) {n}"
-                          for (role, v), n in sorted(self.answers.items(), key=lambda x: x[0][1]))
-        return (f"Camera at {self.endpoint}: {total} frames answered ({parts}), "
-                f"{len(self.failed)} failed")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.deploy.cluster_cli import kfp_cron, typed_arguments
+from components.cli.cluster import kfp_cron, typed_arguments
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(300)

@@ -14,18 +14,15 @@ import subprocess
 import sys
 import time
 
-
-def _positive(option: str, value: int) -> int:
-    if value < 1:
-        raise ValueError(f"{option} {value}: expected a whole number >= 1.")
-    return value
+from components.cli.common import OptionError, check_whole_number
+from components.common.paths import mlops_home
 
 
 def _config(args, *, with_split: bool = False):
     from components.ingest.core import IngestConfig, absolute_uri, parse_aliases, parse_classes
 
     if args.workers < 0:
-        raise ValueError(f"--workers {args.workers}: expected 0 (one per CPU core) or more.")
+        raise OptionError(f"--workers {args.workers}: expected 0 (one per CPU core) or more.")
     extra = {"test_fraction": args.test_fraction} if with_split else {}
     return IngestConfig(layout=args.layout,
                         labels_csv=absolute_uri(args.labels_csv) if args.labels_csv else None,
@@ -35,8 +32,6 @@ def _config(args, *, with_split: bool = False):
 
 
 def _root(args) -> str:
-    from components.common.paths import mlops_home
-
     return args.dataset_root or str(mlops_home() / "datasets")
 
 
@@ -63,7 +58,8 @@ def _print_result(result) -> None:
 def _cmd_plan(args) -> int:
     from components.ingest.fanout import plan_parts
 
-    plan = plan_parts(args.data, _root(args), _positive("--parts", args.parts), _config(args))
+    plan = plan_parts(args.data, _root(args), check_whole_number("--parts", args.parts),
+                      _config(args))
     _print_plan(plan)
     print(f"Next: mlops ingest part --plan {plan['plan_id']} --index I (each I), then "
           f"mlops ingest publish --plan {plan['plan_id']} (same --data and options).")
@@ -76,7 +72,7 @@ def _cmd_part(args) -> int:
     config = _config(args)
     plan = read_plan(args.data, _root(args), args.plan, config)
     if not 0 <= args.index < len(plan["parts"]):
-        raise ValueError(f"--index {args.index}: plan {args.plan} has parts 0 to "
+        raise OptionError(f"--index {args.index}: plan {args.plan} has parts 0 to "
                          f"{len(plan['parts']) - 1}.")
     s = ingest_part(args.data, _root(args), plan["parts"][args.index], config)
     print(f"Part {s['index']} of plan {s['plan_id']}: {s['objects']} objects, {s['decoded']} "
@@ -96,8 +92,8 @@ def _cmd_fanout(args) -> int:
     from components.ingest.core import available_cpus, ingest
     from components.ingest.fanout import plan_parts
 
-    _positive("--parts", args.parts)
-    processes = _positive("--processes", args.processes) if args.processes else min(
+    check_whole_number("--parts", args.parts)
+    processes = check_whole_number("--processes", args.processes) if args.processes else min(
         args.parts, available_cpus())
     config = _config(args, with_split=True)
     root = _root(args)
@@ -164,6 +160,7 @@ def lake_options(parser: argparse.ArgumentParser, *, split: bool = False,
 
 
 def add_commands(sub) -> None:
+    """Adds the ``ingest`` verb group to the top-level subparsers."""
     group = sub.add_parser("ingest", help="a fanned-out ingestion: plan key ranges, ingest "
                                           "each part anywhere, publish one version")
     verbs = group.add_subparsers(dest="ingest_command", required=True)
