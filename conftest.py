@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 
 import pytest
 
+from tests.support import free_port
+
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +17,7 @@ def s3_endpoint():
     """A real S3-compatible HTTP server (moto in server mode) on 127.0.0.1."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

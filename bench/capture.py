@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
-from serving import NAME, _free_port, _load, build_model, camera_frames, start_server  # noqa: E402
+from serving import NAME, _load, build_model, camera_frames, start_server  # noqa: E402
 
 from components.common import prom  # noqa: E402
+from components.common.service import free_port  # noqa: E402
 
 
 def _metric(url: str, name: str, **labels) -> float:
@@ -132,7 +133,7 @@ def main() -> None:
         for config, extra in (("off", []),
                               ("on", ["--capture-uri", str(capture_dir),
                                       "--capture-image-rate", str(args.image_rate)])):
-            port = _free_port()
+            port = free_port()
             proc, _ = start_server([*base, "--port", str(port), *extra], port,
                                    tmp / f"server-{config}.log")
             servers[config] = (proc, f"http://127.0.0.1:{port}")

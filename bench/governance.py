@@ -12,40 +12,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchdoc import write_section  # noqa: E402
+from components.common.service import free_port  # noqa: E402
 from components.govern.core import govern  # noqa: E402
 from components.govern.policy import load_policy, parse_policy  # noqa: E402
 from components.govern.records import GovernanceStore  # noqa: E402
 from components.govern.trigger import Episodes, RetrainLauncher  # noqa: E402
 from components.monitor.contract import Check, Verdict  # noqa: E402
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+from demo.webhook import WebhookReceiver  # noqa: E402
 
 
 class CountingLauncher(RetrainLauncher):
@@ -91,14 +75,13 @@ def main() -> None:
         args.trials, args.threads = 3, 4
     from moto.server import ThreadedMotoServer
 
-    port = _port()
+    port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="b",
                       AWS_SECRET_ACCESS_KEY="b", AWS_REGION="us-east-1")
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    hook = WebhookReceiver(path="/hook").start()
+    url = hook.url
     os.environ["MLOPS_ALERT_PRODUCT_OWNER_URL"] = url
     os.environ["MLOPS_ALERT_QA_URL"] = url
     policy = load_policy()
@@ -142,7 +125,7 @@ def main() -> None:
                 assert len(Episodes(GovernanceStore(store, "pet-classifier")).all()) == 1
             results[f"race_{backend}"] = counts
         # 3. An unreachable webhook with the default delivery settings.
-        dead = f"http://127.0.0.1:{_port()}/hook"
+        dead = f"http://127.0.0.1:{free_port()}/hook"
         os.environ["MLOPS_ALERT_PRODUCT_OWNER_URL"] = dead
         one_rule = parse_policy({
             "version": 1, "recipients": {"po": {"format": "slack", "url_env":
@@ -154,7 +137,7 @@ def main() -> None:
         results["dead_s"] = time.perf_counter() - started
     finally:
         moto.stop()
-        hook.shutdown()
+        hook.stop()
     d = policy.delivery
     gl, gs = results["govern_local"], results["govern_s3"]
     rl, rs = results["race_local"], results["race_s3"]

@@ -36,17 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdoc import write_section  # noqa: E402
 
-from components.common.service import wait_until  # noqa: E402
+from components.common.service import free_port, wait_until  # noqa: E402
 from components.common.storage import S3Store, open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate, render  # noqa: E402
 from components.ingest import core  # noqa: E402
 from components.ingest.core import IngestConfig, ingest  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
@@ -331,7 +325,7 @@ def main() -> None:
 
     # The S3 server runs in its own process, as MinIO would, so that it does not share the
     # client's interpreter lock.
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_until(lambda: _answers(port), 30, 0.2):

@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--home", default="", help="stores folder (default: a temporary one)")
     args = parser.parse_args()
     from components.deploy.targets.local import LocalTarget
-    from pipelines.loop import Loop, LoopConfig, bootstrap_production, run_loop
+    from demo.loop import Loop, LoopConfig, bootstrap_production, run_loop
 
     size, n_lake, epochs = (32, 400, 4) if args.quick else (64, 1000, 8)
     home = Path(args.home or tempfile.mkdtemp(prefix="bench-loop-"))

@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdoc import write_section  # noqa: E402
-from ingest_throughput import _answers, _free_port, _in_process_limit, _RssSampler  # noqa: E402
+from ingest_throughput import _answers, _in_process_limit, _RssSampler  # noqa: E402
 
-from components.common.service import wait_until  # noqa: E402
+from components.common.service import free_port, wait_until  # noqa: E402
 from components.common.storage import open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate  # noqa: E402
 from components.ingest.core import IngestConfig, available_cpus, ingest  # noqa: E402
@@ -287,7 +287,7 @@ def part_s3(args, res: dict) -> None:
         lake_dir = Path(args.tmp, f"lake1080-{args.s3_n}")
         paths, _ = _ensure_lake(lake_dir, LakeSpec(n=args.s3_n, size=(1920, 1080), seed=0),
                                 available_cpus())
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = {"n": len(paths), "load_start": _load(), "runs": [], "cores": available_cpus()}

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
+
+from components.common.service import free_port  # noqa: E402
 
 NAME = "pets"
 
@@ -78,12 +79,6 @@ def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
 
 
 # --------------------------------------------------------------------------- measurement
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(cmd: list[str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
@@ -351,7 +346,7 @@ def main() -> None:
     }
     results, cold = {}, {}
     for label, (base, concurrencies, per_request) in servers.items():
-        port = _free_port()
+        port = free_port()
         cmd = base + ([str(port)] if "--serve-torch" in base else [f"--port={port}"])
         proc, ready_s = start_server(cmd, port, tmp / f"server-{len(cold)}.log")
         if label in (ONNX, "PyTorch eager"):

@@ -45,7 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
-from serving import NAME, _free_port, build_model, camera_frames, start_server  # noqa: E402
+from serving import NAME, build_model, camera_frames, start_server  # noqa: E402
+
+from components.common.service import free_port  # noqa: E402
 
 CONCURRENCY = 16
 
@@ -187,7 +189,7 @@ def main() -> None:
     good = [json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(f).decode()}}]}
                        ).encode() for f in frames]
     bad = bad_requests(300, args.seed)
-    port = _free_port()
+    port = free_port()
     log = tmp / "server.log"
     proc, _ = start_server([sys.executable, "-m", "components.serve.server",
                             f"--package-dir={package_dir}", f"--name={NAME}",

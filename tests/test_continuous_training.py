@@ -15,8 +15,8 @@ import yaml
 
 from components.common.registry import ModelRegistry
 from components.datagen.core import LakeSpec
+from demo.loop import LoopConfig, bootstrap_production
 from pipelines.local import run_local
-from pipelines.loop import LoopConfig, bootstrap_production
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -178,7 +178,7 @@ def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tm
     """The story at a small size: real model servers over HTTP with capture, the monitor,
     governance with a webhook receiver on loopback, and the continuous-training pipeline."""
     from components.deploy.targets.local import LocalTarget
-    from pipelines.loop import run_loop
+    from demo.loop import run_loop
 
     home = tmp_path / "home"
     bootstrap_production(home, n=400, size=SIZE, epochs=8, reference_sample=200)

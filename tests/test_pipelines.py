@@ -189,6 +189,7 @@ def test_training_pipeline_registers_tests_and_releases_a_traceable_model(tmp_pa
     assert lin["pipeline_run"].startswith("pet-classifier-training-")
     assert "/" not in lin["pipeline_run"]
     assert lin["hyperparameters"]["arch"] == "small_cnn"
+    assert lin["training"]["distributed"] == {"nodes": 1, "processes": 1, "backend": ""}
     assert len(lin["search_trials"]) == 4  # every trial slot ran and was recorded
     assert {"model.onnx", "metadata.json", "MODEL_CARD.md", "lineage.json"} <= set(mv.files)
 

@@ -149,3 +149,60 @@ def test_a_cluster_without_trainer_says_what_to_install(standin, monkeypatch, tm
     monkeypatch.setenv("MLOPS_TRAINER_DIR", str(tmp_path))
     with pytest.raises(TrainJobFailed, match="install Kubeflow Trainer v2"):
         run_train_job(_cfg("train-none"), standin.client, poll_s=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_trainjob_task_trains_on_two_nodes_and_leaves_the_one_pod_outputs(
+        standin, dataset_dirs, s3_uri, tmp_path, monkeypatch):
+    """The KFP task end to end: it copies the split to S3, creates the TrainJob, whose two
+    nodes run ``torchrun -m components.train.ddp`` for real (the stand-in starts them with
+    the runtime's PET_* environment), waits, deletes it and leaves what ``train_best`` leaves."""
+    import dataclasses
+    import os
+
+    import kubernetes
+    from kfp.dsl import HTML, Dataset, Model
+
+    from components.common.storage import open_store
+    from components.train import core
+    from components.train import trainjob as launcher
+    from components.train.component import train_best, train_best_trainjob
+
+    hp = dataclasses.asdict(core.HParams(image_size=32, lr=0.003, seed=0))
+    trial = {"slot": 0, "hparams": hp, "val_accuracy": 0.9, "val_loss": 0.3, "best_epoch": 1}
+    for root in (s3_uri, str(tmp_path / "work")):
+        open_store(root).child("hpo/run-1").put_json("slot-0.json", trial)
+    monkeypatch.setattr(launcher, "_custom_api",
+                        lambda client=None: kubernetes.client.CustomObjectsApi(standin.client))
+    monkeypatch.setattr(launcher, "POLL_S", 0.2)
+    standin.trainjobs.default_plan = ("run", 0.0)
+    train = Dataset(name="train", uri=dataset_dirs[0], metadata={})
+    outputs = {}
+    for how in ("trainjob", "pod"):
+        model = Model(name="model", uri=str(tmp_path / how / "model"), metadata={})
+        curve = HTML(name="curve", uri=str(tmp_path / how / "curve.html"), metadata={})
+        if how == "trainjob":
+            out = train_best_trainjob.python_func(
+                train=train, model=model, curve=curve, work_root=s3_uri, run_id="run-1",
+                n_slots=1, image="registry.example/pets/mlops:1", epochs=6, nodes=2,
+                procs_per_node=1, storage_secret="mlops-s3",
+                storage_secret_keys="accesskey=AWS_ACCESS_KEY_ID", namespace=NS,
+                deadline_s=600)
+        else:
+            out = train_best.python_func(train=train, model=model, curve=curve,
+                                         work_root=str(tmp_path / "work"), run_id="run-1",
+                                         n_slots=1, epochs=6)
+        outputs[how] = (out, model, sorted(os.listdir(model.path)))
+    (job_out, job_model, job_files), (pod_out, pod_model, pod_files) = (outputs["trainjob"],
+                                                                        outputs["pod"])
+    assert job_files == pod_files == ["curve.png", "model.json", "model.pt", "trials.json"]
+    assert set(job_model.metadata) == set(pod_model.metadata)
+    assert job_model.metadata["distributed"] == {"nodes": 2, "processes": 2, "backend": "gloo"}
+    assert pod_model.metadata["distributed"] == {"nodes": 1, "processes": 1, "backend": ""}
+    assert job_out.hparams == pod_out.hparams
+    assert job_out.val_accuracy >= 0.8 and pod_out.val_accuracy >= 0.8, (job_out, pod_out)
+    core.load_model(job_model.path)  # a loadable model folder, as evaluation reads it
+    (name,) = standin.trainjobs.deleted  # created, finished and deleted
+    assert standin.trainjobs.history[0][0] == name
+    assert (tmp_path / "trainjob" / "curve.html").stat().st_size > 1000

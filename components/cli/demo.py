@@ -129,13 +129,13 @@ def _print_event(e: dict) -> None:
 
 
 def _print_alert(m: dict) -> None:
-    from pipelines.loop import alert_text
+    from demo.webhook import alert_text
 
     print(f"  >> webhook {m['path']} received: {alert_text(m['body'])}", flush=True)
 
 
 def _cmd_demo_loop(args) -> int:
-    from pipelines.loop import LoopConfig, run_loop
+    from demo.loop import LoopConfig, run_loop
 
     config = LoopConfig(home=mlops_home(), day_requests=args.day_requests,
                         max_night_requests=args.max_night_requests,
@@ -193,7 +193,7 @@ def print_summary(result: dict) -> None:
                         f"{pct(s['stable_accuracy'])}" for s in rel.get("steps", [])))
     after = result.get("after")
     if after:
-        from pipelines.loop import Loop
+        from demo.loop import Loop
 
         print(f"  next window           {Loop._summary(after)}")
     print(f"  alerts received       {len(result['alerts_received'])}")

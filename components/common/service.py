@@ -5,6 +5,7 @@
   polling_interval)``). A deadline is never measured on ``time.time()``, which jumps when
   the wall clock is set.
 - :func:`backoff` is the wait before a retry: doubled for each further attempt, capped.
+- :func:`free_port` is a TCP port nothing listens on now, for a server started next.
 - :func:`json_app` builds the aiohttp application of a small JSON endpoint (the monitor's
   feedback server, governance's Alertmanager receiver): ``GET /healthz``, a body limit, an
   optional bearer token, and JSON bodies for every error aiohttp answers itself.
@@ -16,6 +17,7 @@ import hmac
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -58,6 +60,15 @@ def backoff(attempt: int, base_s: float, max_s: float = math.inf) -> float:
     """The wait before retry number ``attempt`` (1 for the first retry): ``base_s``, doubled
     for each further one, at most ``max_s``."""
     return min(base_s * 2 ** max(attempt - 1, 0), max_s)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that the system had free a moment ago (bind to port 0, read it,
+    close). Another process may take it before the caller binds it; a server that must not
+    race binds port 0 itself."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 # ---- the JSON app ------------------------------------------------------------------------------

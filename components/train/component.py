@@ -211,7 +211,8 @@ def train_best_trainjob(
     out = Path(model.path)
     out.mkdir(parents=True, exist_ok=True)
     for obj in scratch.child("model").list():
-        (out / obj.key).write_bytes(scratch.child("model").get(obj.key))
+        if obj.key != "result.json":  # the program's summary, not part of the model folder
+            (out / obj.key).write_bytes(scratch.child("model").get(obj.key))
     info = json.loads((out / "model.json").read_text())
     model.metadata.update(selection.write_outputs(model.path, curve.path, hp, info, results,
                                                   best))

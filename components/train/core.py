@@ -531,12 +531,14 @@ def train(data: PreparedData, hp: HParams, out_dir: str | os.PathLike | None = N
 
     Under ``torchrun`` (an initialised process group, :mod:`components.train.distributed`)
     every rank trains and only rank 0 writes the folder; the others return ``None`` for it.
-    The CPU threads are shared between the processes of a machine.
+    The CPU threads are shared between the processes of a machine (``MLOPS_TORCH_THREADS``
+    sets them per process instead: a pod's CPU limit is not what ``os.cpu_count`` sees).
     """
     import torch
 
     local = max(1, distributed.current().local_world_size)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    torch.set_num_threads(int(os.environ.get("MLOPS_TORCH_THREADS") or 0)
+                          or max(1, (os.cpu_count() or 1) // local))
     result = fit(data.train_x, data.train_y, data.val_x, data.val_y, len(data.classes), hp,
                  data.mean, data.std, progress)
     meta = None

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Added to the TrainJob's own deadline before the launcher gives up on the controller.
 GRACE_S = 60.0
+#: Seconds between status reads.
+POLL_S = 5.0
 
 
 class TrainJobFailed(TrainError):
@@ -74,14 +76,14 @@ def _custom_api(api_client=None):
     return kubernetes.client.CustomObjectsApi(api_client)
 
 
-def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float = 5.0,
+def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float | None = None,
                   timeout_s: float | None = None, keep: bool = False) -> TrainJobRun:
     """Creates the TrainJob, waits until it has finished, deletes it, returns how it ended.
 
     Args:
         cfg: The TrainJob (:class:`components.common.trainjob.TrainJobConfig`).
         api_client: A ``kubernetes.client.ApiClient``; by default the in-cluster one.
-        poll_s: Seconds between status reads.
+        poll_s: Seconds between status reads (default :data:`POLL_S`).
         timeout_s: The launcher's own deadline; by default the job's deadline plus
             :data:`GRACE_S`, or none when the job has none.
         keep: Leave the TrainJob in the cluster (for debugging); it is deleted by default.
@@ -93,6 +95,7 @@ def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float = 5.0,
     from kubernetes.client.exceptions import ApiException
 
     api = _custom_api(api_client)
+    poll_s = POLL_S if poll_s is None else poll_s
     obj = tj.train_job(cfg)
     where = dict(group=tj.GROUP, version=tj.VERSION, namespace=cfg.namespace, plural=tj.PLURAL)
     if timeout_s is None and cfg.deadline_s:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 
 import pytest
 
-from components.common.service import backoff, json_app, read_json, wait_until
+from components.common.service import backoff, free_port, json_app, read_json, wait_until
 
 
 class _Clock:
@@ -69,6 +70,13 @@ def test_backoff_doubles_up_to_its_cap():
     assert [backoff(n, 1.0, 10.0) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
     assert backoff(0, 0.5) == 0.5  # attempt 0 waits the base too
     assert backoff(40, 0.25) == 0.25 * 2 ** 39 and backoff(1, 3.0, math.inf) == 3.0
+
+
+def test_free_port_can_be_bound_on_loopback():
+    port = free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
 
 
 def _run(app, calls):

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from components.common import k8s
-from components.common.service import wait_until
+from components.common.service import free_port, wait_until
 from components.deploy.client import EndpointError, wait_ready
 from components.deploy.supervisor import process_alive
 from components.deploy.targets.base import (
@@ -37,14 +36,6 @@ from components.deploy.targets.base import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 
 
 class LocalTarget(DeploymentTarget):
@@ -200,7 +191,7 @@ class LocalTarget(DeploymentTarget):
         host = rec.get("host") or self.router_host or "127.0.0.1"
         if self.router_host and self.router_host != host:
             host = self.router_host
-        port = rec.get("port") or self.router_ports.get(environment) or _free_port(host)
+        port = rec.get("port") or self.router_ports.get(environment) or free_port(host)
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"router-{self.model_name}-{environment}.log"
@@ -278,7 +269,7 @@ class LocalTarget(DeploymentTarget):
 
     def _start(self, environment: str, version: int, timeout: float) -> Revision:
         package = self._package(version)
-        port = _free_port(self.host)
+        port = free_port(self.host)
         name = self.served_name(environment)
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)

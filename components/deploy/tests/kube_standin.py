@@ -76,7 +76,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -90,6 +89,7 @@ import jsonpatch
 import yaml
 
 from components.deploy.tests import trainjob_standin
+from tests.support import free_port
 
 CRD_NAME = "serving.kserve.io_inferenceservices.yaml.gz"
 SHARED_CRD = Path(__file__).resolve().parents[3].parent / "shared" / "kserve" / CRD_NAME
@@ -356,6 +356,7 @@ class KubeStandIn:
 
     def stop(self) -> None:
         self._stop.set()
+        self.trainjobs.stop_all()
         for server in (self._server, self._ingress):
             if server is not None:
                 server.shutdown()
@@ -446,9 +447,7 @@ class KubeStandIn:
         name = next(a.split("=", 1)[1] for a in container.get("args", [])
                     if a.startswith("--name="))
         package = self._package_for(env["STORAGE_URI"])
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         self._log_dir.mkdir(parents=True, exist_ok=True)
         with open(self._log_dir / f"{rev_name}.log", "ab") as log:
             proc = subprocess.Popen(

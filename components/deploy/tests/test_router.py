@@ -19,6 +19,7 @@ from components.deploy.client import v1_body
 from components.deploy.router import REVISION_HEADER, VERSION_HEADER, WeightedChoice
 from components.deploy.supervisor import process_alive, read_events
 from components.deploy.targets.local import LocalTarget
+from tests.support import free_port
 
 MODEL = "pets"
 FAST = ("--backoff-base=0.2", "--backoff-max=1", "--max-restarts=2")
@@ -260,7 +261,6 @@ def test_cli_start_prints_the_camera_address_and_status_tells_the_truth(env):
 def echo_router(tmp_path):
     """A router in front of two plain HTTP servers on loopback that echo what they get."""
     import http.server
-    import socket
 
     from components.deploy.router import start_router
 
@@ -300,9 +300,7 @@ def echo_router(tmp_path):
     state = tmp_path / f"{MODEL}.json"
     state.write_text(json.dumps({"generation": 1, "production": {
         "stable": rev[0], "canary": rev[1], "canary_percent": 50}}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     pid = start_router(tmp_path, MODEL, "production", MODEL, "127.0.0.1", port,
                        tmp_path / "router.log", extra_args=("--max-body-bytes=100000",))
     yield f"http://127.0.0.1:{port}", servers, state, rev
@@ -340,11 +338,7 @@ def test_router_passes_http_through_faithfully(echo_router):
     r.read()
     # One revision down (nothing listens on its port): its share goes to the other one,
     # nobody sees an error.
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = sock.getsockname()[1]
+    dead = free_port()
     down = dict(rev[1], url=f"http://127.0.0.1:{dead}")
     state.write_text(json.dumps({"generation": 2, "production": {
         "stable": rev[0], "canary": down, "canary_percent": 50}}))

@@ -30,7 +30,14 @@ Rules modelled, each from kubeflow/trainer at tag v2.3.0:
 * ``DELETE`` removes the TrainJob (its JobSet and pods go with it by owner reference).
 
 How each job ends is the test's choice (:meth:`TrainJobRules.plan`): complete or fail after a
-delay, or never finish.
+delay, never finish, or ``run``: its nodes run for real, as local processes. Each node is the
+TrainJob's command with the environment the ``torch`` plugin gives the trainer container
+(``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``,
+``PET_MASTER_PORT``: pkg/runtime/framework/plugins/torch/torch.go:140-175) plus the job's
+plain ``env``; the master is 127.0.0.1 instead of the first node's pod. The job is
+``Complete`` when every node exits 0 and ``Failed`` (``FailedJobs``) when one exits otherwise
+(the Job's pod back-off is not modelled: a failed node is a failed Job). Deleting the job, or
+its deadline, stops the processes.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -101,12 +112,15 @@ class TrainJobRules:
         self.deleted: list[str] = []
         #: Every status each job took, in order: (name, status)
         self.history: list[tuple[str, dict]] = []
+        #: ``run`` jobs: name -> the node processes, and their log files
+        self.nodes: dict[str, list[subprocess.Popen]] = {}
+        self.logs: dict[str, list[Path]] = {}
 
     def plan(self, name: str, outcome: str = "complete", after_s: float = 0.1) -> None:
         """How the TrainJob ``name`` ends: ``complete``, ``fail`` (a pod fails past its
         back-off) after ``after_s`` seconds of running, or ``never``."""
-        if outcome not in ("complete", "fail", "never"):
-            raise ValueError(f"Unknown outcome {outcome!r}: use complete, fail or never")
+        if outcome not in ("complete", "fail", "never", "run"):
+            raise ValueError(f"Unknown outcome {outcome!r}: use complete, fail, never or run")
         self.plans[name] = (outcome, after_s)
 
     # -- REST ------------------------------------------------------------------------------
@@ -130,6 +144,7 @@ class TrainJobRules:
         if method == "DELETE" and name and not status:
             obj = self.jobs.pop((ns, name))
             self.created_at.pop((ns, name), None)
+            self._stop_nodes(name)
             self.deleted.append(name)
             return 200, obj
         raise ks.ApiError(405, "MethodNotAllowed", f"{method} trainjobs (not modelled)")
@@ -189,8 +204,12 @@ class TrainJobRules:
         deadline = job["spec"].get("activeDeadlineSeconds")
         if deadline and elapsed > deadline:  # controller.go:155-178
             self._set(status, "Failed", "DeadlineExceeded", DEADLINE_MESSAGE)
+            self._stop_nodes(name)  # the JobSet is deleted, and its pods with it
             return
         outcome, after_s = self.plans.get(name, self.default_plan)
+        if outcome == "run":
+            self._run(name, job, status)
+            return
         jobs = {"name": "node", "ready": 1, "succeeded": 0, "failed": 0, "active": 1,
                 "suspended": 0}  # jobset.go:459-469
         if outcome != "never" and elapsed >= after_s:
@@ -216,3 +235,63 @@ class TrainJobRules:
                       "lastTransitionTime": _now()})
         status["conditions"] = conds
 
+
+    # -- nodes as local processes ------------------------------------------------------------
+
+    def _run(self, name: str, job: dict, status: dict) -> None:
+        trainer = job["spec"].get("trainer") or {}
+        n = int(trainer.get("numNodes") or 1)
+        if name not in self.nodes:
+            self.nodes[name] = self._start_nodes(name, trainer, n)
+        codes = [p.poll() for p in self.nodes[name]]
+        running = sum(c is None for c in codes)
+        failed = sum(c not in (None, 0) for c in codes)
+        jobs = {"name": "node", "ready": int(running > 0), "succeeded": 0,
+                "failed": int(failed > 0), "active": int(running > 0 and not failed),
+                "suspended": 0}
+        if failed:
+            self._stop_nodes(name)
+            jobs.update(active=0, ready=0)
+            self._set(status, "Failed", "FailedJobs",
+                      "jobset failed due to one or more job failures")
+        elif not running:
+            jobs.update(succeeded=1)
+            self._set(status, "Complete", "AllJobsCompleted", "jobset completed successfully")
+        status["jobsStatus"] = [jobs]
+
+    def _start_nodes(self, name: str, trainer: dict, n: int) -> list[subprocess.Popen]:
+        command = list(trainer.get("command") or []) + list(trainer.get("args") or [])
+        if command[:1] == ["torchrun"]:
+            command = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        root = Path(__file__).resolve().parents[3]
+        env = {**os.environ, **{e["name"]: e["value"] for e in trainer.get("env") or []
+                                if "value" in e},
+               "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [
+                   os.environ.get("PYTHONPATH")])]),
+               "PET_NNODES": str(n), "PET_NPROC_PER_NODE": str(trainer.get("numProcPerNode")
+                                                               or 1),
+               "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+        procs, logs = [], []
+        for rank in range(n):
+            log = Path(tempfile.mkstemp(prefix=f"{name}-node{rank}-", suffix=".log")[1])
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(command, env={**env, "PET_NODE_RANK": str(rank)},
+                                              cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+            logs.append(log)
+        self.logs[name] = logs
+        return procs
+
+    def _stop_nodes(self, name: str) -> None:
+        for proc in self.nodes.get(name, []):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        """Stops every node process (the stand-in is stopping)."""
+        for name in list(self.nodes):
+            self._stop_nodes(name)

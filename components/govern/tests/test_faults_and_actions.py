@@ -4,7 +4,6 @@ that the release step respects."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -18,6 +17,7 @@ from components.govern.policy import parse_policy
 from components.govern.records import GovernanceStore
 from components.govern.tests.test_trigger import FolderLauncher
 from components.monitor.contract import Check, Verdict
+from tests.support import free_port
 
 MODEL = "pets"
 
@@ -41,17 +41,11 @@ def _drift(run_id="w1", version="3") -> Verdict:
                                           "embeddings moved")])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(180)
 def test_storage_down_mid_govern_then_the_next_run_catches_up(receiver, tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
@@ -66,11 +60,11 @@ def test_storage_down_mid_govern_then_the_next_run_catches_up(receiver, tmp_path
                                v.to_dict())
     servers = [server]
 
-    def storage_goes_down(_payload):
+    def storage_goes_down(_entry):
         if len(receiver.received) == 1:
             servers[0].stop()  # the store dies right after the webhook got the alert
 
-    receiver.on_receive = storage_goes_down
+    receiver.on_message = storage_goes_down
     launcher = FolderLauncher(str(tmp_path))
     try:
         with pytest.raises(Exception) as info:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,7 @@ import yaml
 
 from components.govern.alerts import AlertBook
 from components.govern.records import GovernanceStore
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port
 
 
 def _policy_file(tmp_path, url: str) -> str:
@@ -60,7 +54,7 @@ def _notification(status="firing", value="0.12", samples="400") -> dict:
 
 @pytest.fixture
 def receiver_process(tmp_path, receiver):
-    port = _free_port()
+    port = free_port()
     store = str(tmp_path / "monitoring")
     proc = subprocess.Popen(
         [sys.executable, "-m", "components.cli", "govern", "receiver", "--port", str(port),

@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,43 +19,21 @@ import pytest
 from components.common import prom
 from components.common.storage import open_store
 from components.monitor.contract import RECORD_FIELDS
+from tests.support import free_port, start_model_server, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 MODEL = "pets"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(package_dir, tmp_path, *args, env=None, name="server"):
-    from components.deploy.client import EndpointError, wait_ready
-
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / f"{name}.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "components.serve.server", "--package-dir", str(package_dir),
-         "--name", MODEL, "--port", str(port), *args],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, MODEL, timeout=90, alive=lambda: proc.poll() is None)
-    except EndpointError as exc:
-        proc.kill()
-        pytest.fail(f"server did not start ({exc}): {log_path.read_text()[-3000:]}")
+    proc = start_model_server(
+        [sys.executable, "-m", "components.serve.server", "--package-dir", str(package_dir),
+         "--name", MODEL, "--port", str(port), *args], url, MODEL, log_path,
+        env={**os.environ, **(env or {})})
     return proc, url, log_path
-
-
-def _stop(proc) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +96,7 @@ def test_served_requests_are_captured_in_batches_with_the_contract_fields(
         assert _metric(url, "pet_classifier_capture_records_total", model=MODEL,
                        outcome="written") == 10
     finally:
-        assert _stop(proc) == 0
+        assert stop_process(proc) == 0
     # Shutdown flushed the last partial batch.
     store = open_store(capture)
     keys, records = _records(store)
@@ -215,10 +191,10 @@ def test_slow_or_down_storage_never_fails_a_prediction(package_dir, images, tmp_
         assert failed >= 1
     finally:
         hole.close()
-        _stop(proc)
+        stop_process(proc)
 
     # Storage down (connection refused): every prediction still answers 200.
-    refused = _free_port()
+    refused = free_port()
     proc, url, _ = _start(package_dir, tmp_path, "--capture-uri", "s3://capture/monitoring",
                           "--capture-batch-records", "1",
                           env={**s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{refused}"},
@@ -234,4 +210,4 @@ def test_slow_or_down_storage_never_fails_a_prediction(package_dir, images, tmp_
         assert _metric(url, "pet_classifier_capture_records_total", model=MODEL,
                        outcome="failed") == 3
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from components.cli import main as mlops
 from components.common.storage import open_store
 from components.monitor import feedback
 from components.monitor.feedback import LabelConflict, LabelError, LabelRequest, LabelStore
+from tests.support import free_port, stop_process
 
 CLASSES = ["cats", "dogs"]
 
@@ -104,15 +104,9 @@ def test_file_drop_applies_good_files_and_rejects_bad_ones_with_the_reason(store
     assert feedback.process_inbox(labels)["files"] == 0  # nothing is applied twice
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(60)
 def test_http_feedback_endpoint(tmp_path):
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "monitoring"
     env = {**os.environ, "MLOPS_FEEDBACK_TOKEN": "s3cret"}
     proc = subprocess.Popen(
@@ -157,12 +151,7 @@ def test_http_feedback_endpoint(tmp_path):
         assert got["instances"]["1"][0]["by"].startswith("http:127.0.0.1")
         assert requests.get(f"{base}/v1/labels/nope", headers=auth, timeout=5).status_code == 404
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, signal.SIGINT, timeout=10)
     # What the endpoint stored is what the monitor reads.
     labels = _labels(store)
     assert labels.current("abc123", 0)["label"] == "cats"

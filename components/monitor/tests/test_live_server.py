@@ -3,9 +3,6 @@ scrapes its /metrics, a reviewer labels, and a monitoring run judges the window.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -16,36 +13,25 @@ import requests
 from components.deploy.client import v1_body
 from components.monitor.core import run_monitoring
 from components.monitor.telemetry import read_snapshots, scrape_to_store
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support import free_port, start_model_server, stop_process
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_served_window_is_captured_scraped_labelled_and_judged(monitor_setup, tmp_path):
     from components.datagen.core import LakeSpec, render
-    from components.deploy.client import EndpointError, wait_ready
     from components.monitor.feedback import LabelRequest, LabelStore
 
     store = str(tmp_path / "monitoring")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
+    proc = start_model_server(
         [sys.executable, "-m", "components.cli", "serve", "--model",
          f"{monitor_setup.model}@production", "--registry", monitor_setup.registry_uri,
          "--cache-dir", str(tmp_path / "cache"), "--port", str(port), "--capture-uri", store,
          "--capture-batch-seconds", "0.2", "--capture-image-rate", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        url, monitor_setup.model, tmp_path / "server.log", timeout=120)
     try:
-        try:
-            wait_ready(url, monitor_setup.model, timeout=120, alive=lambda: proc.poll() is None)
-        except EndpointError as exc:
-            pytest.fail(f"server did not start ({exc}): {(tmp_path / 'server.log').read_text()}")
         start = time.time()
         assert scrape_to_store(url, monitor_setup.model, store) is not None
         spec = LakeSpec(n=40, size=32, seed=81)
@@ -66,9 +52,7 @@ def test_served_window_is_captured_scraped_labelled_and_judged(monitor_setup, tm
         assert scrape_to_store(url, monitor_setup.model, store) is not None
         end = time.time() + 0.5
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        stop_process(proc)
     LabelStore(store, monitor_setup.model, ["cats", "dogs"]).add_many(
         [LabelRequest(rid, label, 0, by="test") for rid, label in list(truth.items())[:20]])
     assert len(read_snapshots(store, monitor_setup.model, until=end)) == 2

@@ -28,6 +28,7 @@ from PIL import Image
 
 from components.common.prom import parse
 from components.deploy.telemetry import served_between
+from tests.support import free_port, start_model_server, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -36,38 +37,13 @@ MAX_BODY = 400_000
 BODY_TIMEOUT = 2.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(package_dir, log_path, *extra) -> tuple[subprocess.Popen, str, int]:
-    from components.deploy.client import EndpointError, wait_ready
-
-    port = _free_port()
-    log = open(log_path, "w")  # a pipe nobody reads would fill and block
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "components.cli", "serve", "--package-dir", str(package_dir),
-         "--name", MODEL, "--port", str(port), *extra],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    log.close()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, MODEL, timeout=90, alive=lambda: proc.poll() is None)
-    except EndpointError as exc:
-        proc.kill()
-        pytest.fail(f"server did not start ({exc}): {log_path.read_text()[-3000:]}")
+    proc = start_model_server(
+        [sys.executable, "-m", "components.cli", "serve", "--package-dir", str(package_dir),
+         "--name", MODEL, "--port", str(port), *extra], url, MODEL, log_path)
     return proc, url, port
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +53,7 @@ def server(package_dir, tmp_path_factory):
     proc, url, port = _start(package_dir, log_path, "--max-body-bytes", str(MAX_BODY),
                              "--body-timeout", str(BODY_TIMEOUT))
     yield {"url": url, "port": port, "proc": proc, "log": log_path, "package_dir": package_dir}
-    _stop(proc)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +254,7 @@ def test_health_checks_are_answered_while_images_decode(package_dir, tmp_path):
         answered = time.perf_counter()
         caller.join()
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert r.status_code == 200 and done["status"] == 200
     assert answered < done["at"], "the health check waited for the decoding"
 
@@ -572,4 +548,4 @@ def test_a_server_error_keeps_the_keep_alive_connection_usable(package_dir, tmp_
         log = (tmp_path / "server.log").read_text()
         assert log.count("Traceback") == 3  # the server's own fault is logged in full, once
     finally:
-        _stop(proc)
+        stop_process(proc)

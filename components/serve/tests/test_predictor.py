@@ -6,8 +6,6 @@ import asyncio
 import base64
 import io
 import json
-import os
-import socket
 import struct
 import subprocess
 import sys
@@ -20,17 +18,12 @@ from PIL import Image
 
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
+from tests.support import free_port, start_model_server, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = "pets"
 MAX_BODY = 400_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,32 +34,18 @@ def server(package_dir, tmp_path_factory):
     files = {p.name: p.read_bytes() for p in package_dir.iterdir() if p.is_file()}
     mv = registry.register(MODEL, files, {"dataset_version": "test"})
     registry.set_alias(MODEL, "production", mv.version)
-    port = _free_port()
+    port = free_port()
     log_dir = base / "requests"
-    server_log = open(base / "server.log", "w")  # a pipe nobody reads would fill and block
-    proc = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    proc = start_model_server(
         [sys.executable, "-m", "components.cli", "serve", "--model", f"{MODEL}@production",
          "--registry", str(base / "registry"), "--cache-dir", str(base / "cache"),
          "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--max-instances", "64",
          "--capture-uri", str(log_dir), "--capture-batch-seconds", "0.2"],
-        stdout=server_log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    _wait_ready(proc, url, base / "server.log")
+        url, MODEL, base / "server.log")
     yield {"url": url, "log_dir": log_dir, "proc": proc, "server_log": base / "server.log",
            "package_dir": package_dir}
-    proc.terminate()
-    proc.wait(timeout=30)
-    server_log.close()
-
-
-def _wait_ready(proc, url: str, log_path) -> None:
-    from components.deploy.client import EndpointError, wait_ready
-
-    try:
-        wait_ready(url, MODEL, timeout=90, alive=lambda: proc.poll() is None)
-    except EndpointError as exc:
-        proc.kill()
-        pytest.fail(f"server did not start ({exc}): {log_path.read_text()[-3000:]}")
+    stop_process(proc)
 
 
 PER_REQUEST_LOG_MARKS = ("kserve.trace", "ORJSONResponse", "POST /v1")
@@ -353,39 +332,36 @@ def test_worker_processes_serve_the_same_answers_quietly(server, package_dir, im
                                                          tmp_path):
     """--workers 2: KServe spawns two processes; each loads the package, answers like the
     one-process server, and inherits the quiet logging."""
-    port = _free_port()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "workers.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "components.cli", "serve", "--package-dir",
-             str(package_dir), "--name", MODEL, "--port", str(port), "--workers", "2",
-             "--ort-threads", "1"],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(proc, url, log_path)
-            instances = [_b64(data) for data, _ in images]
-            expected = _v1(server, instances).json()["predictions"]
+    proc = start_model_server(
+        [sys.executable, "-m", "components.cli", "serve", "--package-dir",
+         str(package_dir), "--name", MODEL, "--port", str(port), "--workers", "2",
+         "--ort-threads", "1"],
+        url, MODEL, log_path)
+    try:
+        instances = [_b64(data) for data, _ in images]
+        expected = _v1(server, instances).json()["predictions"]
 
-            async def many() -> list[dict]:
-                async with httpx.AsyncClient(timeout=30) as client:
-                    async def one():
-                        r = await client.post(f"{url}/v1/models/{MODEL}:predict",
-                                              json={"instances": instances})
-                        assert r.status_code == 200, r.text
-                        return r.json()["predictions"]
-                    return await asyncio.gather(*(one() for _ in range(24)))
-            answers = asyncio.run(many())
-            # The guard runs in the worker processes too.
-            unload = httpx.post(f"{url}/v2/repository/models/{MODEL}/unload", timeout=10)
-            assert unload.status_code == 403
-            bad = httpx.post(f"{url}/v2/models/{MODEL}/infer", timeout=10,
-                             content=b'{"inputs": [{"name": "i", "shape": [1], '
-                                     b'"datatype": "BYTES", "data": [null]}]}')
-            assert bad.status_code == 400 and "element 0 is null" in bad.json()["error"]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        async def many() -> list[dict]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                async def one():
+                    r = await client.post(f"{url}/v1/models/{MODEL}:predict",
+                                          json={"instances": instances})
+                    assert r.status_code == 200, r.text
+                    return r.json()["predictions"]
+                return await asyncio.gather(*(one() for _ in range(24)))
+        answers = asyncio.run(many())
+        # The guard runs in the worker processes too.
+        unload = httpx.post(f"{url}/v2/repository/models/{MODEL}/unload", timeout=10)
+        assert unload.status_code == 403
+        bad = httpx.post(f"{url}/v2/models/{MODEL}/infer", timeout=10,
+                         content=b'{"inputs": [{"name": "i", "shape": [1], '
+                                 b'"datatype": "BYTES", "data": [null]}]}')
+        assert bad.status_code == 400 and "element 0 is null" in bad.json()["error"]
+    finally:
+        stop_process(proc)
     for got in answers:
         assert [p["label"] for p in got] == [p["label"] for p in expected]
         np.testing.assert_allclose([list(p["probabilities"].values()) for p in got],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +21,12 @@ import pytest
 
 from components.train import ddp
 from components.train.distributed import epoch_sampler
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 HPARAMS = {"epochs": 6, "image_size": 32, "seed": 0, "lr": 0.003, "batch_size": 64}
 ACCURACY_TOLERANCE = 0.12
 LOSS_TOLERANCE = 0.25
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -42,7 +36,7 @@ def test_two_gloo_processes_train_the_model_one_process_trains(dataset_dirs, tmp
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]), "MLOPS_DDP_TIMEOUT_S": "120"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "components.train.ddp",
+           "--master_port", str(free_port()), "-m", "components.train.ddp",
            "--train", dataset_dirs[0], "--hparams", json.dumps(HPARAMS),
            "--out", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=200)

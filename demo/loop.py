@@ -6,8 +6,9 @@ images from the camera over HTTP; then the camera switches to night mode (the ge
 ``--condition night``). A reviewer labels a sample of each window's frames through the
 feedback path. After every ``check_every`` requests the monitor judges the last ``window``
 requests against the production version's reference; from the switch on, governance applies
-the policy to each verdict (the day windows are the baseline, judged and reported): the product owner's webhook (a receiver on 127.0.0.1 that this module starts) gets
-the alert, and the retraining trigger runs the continuous-training pipeline under kfp.local.
+the policy to each verdict (the day windows are the baseline, judged and reported): the
+product owner's webhook (a receiver on 127.0.0.1 that this module starts, :mod:`demo.webhook`)
+gets the alert, and the retraining trigger runs the continuous-training pipeline under kfp.local.
 The retrained model is released by canary only if it beats production on the captured night
 images; then the next window is judged against the new version.
 
@@ -19,14 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from components.common.service import wait_until
+from demo.camera import Camera
+from demo.webhook import WebhookReceiver, alert_text
 
 logger = logging.getLogger(__name__)
 
@@ -94,90 +95,6 @@ class LoopConfig:
                 "registry": str(h / "registry"), "deployments": str(h / "deployments"),
                 "monitoring": str(h / "monitoring"), "work": str(h / "work"),
                 "runs": str(h / "pipeline-runs"), "retrain_runs": str(h / "retrain-runs")}
-
-
-# --------------------------------------------------------------------------------------------
-# The product owner's webhook
-# --------------------------------------------------------------------------------------------
-
-
-class WebhookReceiver:
-    """An HTTP receiver on 127.0.0.1 that keeps what it is sent (Slack or Alertmanager JSON).
-
-    ``on_message`` is called with each parsed body (the demo prints it).
-    """
-
-    def __init__(self, on_message=None, host: str = "127.0.0.1", port: int = 0):
-        self.messages: list[dict] = []
-        self.on_message = on_message
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(min(length, 1 << 20))
-                try:
-                    message = json.loads(body or b"{}")
-                except json.JSONDecodeError:
-                    message = {"raw": body.decode("utf-8", "replace")}
-                entry = {"at": time.time(), "path": self.path, "body": message}
-                receiver.messages.append(entry)
-                if receiver.on_message:
-                    receiver.on_message(entry)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"ok": true}')
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.timeout = 5
-        self.url = f"http://{host}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-def alert_text(body: dict) -> str:
-    """One line from a Slack or Alertmanager payload."""
-    if "text" in body:
-        return str(body["text"]).splitlines()[0]
-    alerts = body.get("alerts") or []
-    if alerts:
-        a = alerts[0]
-        return (f"[{a.get('status', body.get('status', ''))}] "
-                f"{a.get('annotations', {}).get('summary') or a.get('labels', {})}")
-    return json.dumps(body)[:200]
-
-
-# --------------------------------------------------------------------------------------------
-# The camera
-# --------------------------------------------------------------------------------------------
-
-
-class Camera:
-    """Frames from the sample lake's generator, never the training images (other seed)."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed = size, seed
-        self.next_index = {"day": 0, "night": 0}
-
-    def frames(self, condition: str, n: int) -> list[tuple[str, bytes]]:
-        from components.datagen.core import LakeSpec, render
-
-        spec = LakeSpec(n=1_000_000, size=self.size, seed=self.seed, condition=condition)
-        first = self.next_index[condition]
-        self.next_index[condition] += n
-        return [render(spec, i) for i in range(first, first + n)]
 
 
 def _class_name(label: str, classes: list[str]) -> str:
