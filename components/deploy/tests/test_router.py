@@ -358,11 +358,11 @@ def test_router_passes_http_through_faithfully(echo_router):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_demo_camera_sees_the_split_and_no_failure_across_a_promotion(env):
-    from components.cli.demo import Camera
+    from demo.camera import ProductionCamera
 
     registry, target, images = env
     _deployed(target, 1)
-    camera = Camera(target, images[:5], interval=0.02).start()
+    camera = ProductionCamera(target, images[:5], interval=0.02).start()
     try:
         target.start_canary("production", 2, 50)
         time.sleep(1.5)
