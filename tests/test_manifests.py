@@ -206,17 +206,33 @@ def test_onnx_runtime_threads_follow_the_cpu_limit_not_the_node(cpu, threads):
 
 
 def test_release_patches_touch_traffic_or_the_package_and_nothing_else():
+    old = k8s.inference_service(k8s.ServingConfig(storage_uri="s3://r/pets/versions/3"),
+                                registry_version=3)
     new = k8s.inference_service(k8s.ServingConfig(storage_uri="s3://r/pets/versions/4"),
                                 registry_version=4)
-    patch = k8s.canary_patch(new, 10)
+    patch = k8s.template_patch(old, new, 0)
     assert set(patch["spec"]["predictor"]) == {"canaryTrafficPercent", "labels", "containers"}
     assert patch["spec"]["predictor"]["labels"] == {k8s.REGISTRY_VERSION_LABEL: "4"}
+    assert patch["spec"]["predictor"]["canaryTrafficPercent"] == 0
     assert "metadata" not in patch  # nothing that would add a revision of its own
+    # Another configuration: the predictor becomes exactly the new one, and the record of
+    # the configuration (which every revision keeps) changes with it.
+    other = k8s.inference_service(k8s.ServingConfig(storage_uri="s3://r/pets/versions/4",
+                                                    image="reg/p:2", logger_url=""),
+                                  registry_version=4)
+    patch = k8s.template_patch(old, other, 100)
+    assert patch["spec"]["predictor"]["logger"] is None  # removed by the merge patch
+    assert patch["spec"]["predictor"]["containers"][0]["image"] == "reg/p:2"
+    recorded = patch["metadata"]["annotations"][k8s.SERVING_CONFIG_ANNOTATION]
+    assert k8s.serving_config_from_record(recorded, k8s.ServingConfig()) == \
+        k8s.ServingConfig(image="reg/p:2", logger_url="")
     assert k8s.promote_patch() == {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
     assert k8s.rollback_patch() == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
-    for bad in (0, 100, 150):
+    for bad in (-1, 101, 150):
         with pytest.raises(ValueError, match="canary percent"):
-            k8s.canary_patch(new, bad)
+            k8s.template_patch(old, new, bad)
+    with pytest.raises(ValueError, match="Not a serving configuration record"):
+        k8s.serving_config_from_record('{"image": 3}', k8s.ServingConfig())
 
 
 def test_no_secret_values_in_the_repository():

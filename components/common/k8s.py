@@ -15,8 +15,9 @@ Two kinds of objects, applied by two parties:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlparse
 
 from components.settings import DEFAULT_S3_ENDPOINT, __version__
@@ -97,6 +98,45 @@ class ServingConfig:
 APP_LABELS = {"app.kubernetes.io/name": "pet-classifier",
               "app.kubernetes.io/part-of": "mlops-workflow"}
 
+#: Annotation of the InferenceService recording how it was released (:data:`RECORDED_FIELDS`
+#: of its :class:`ServingConfig`, as JSON). KServe copies the InferenceService's annotations
+#: into the revision template, so every Knative revision keeps the configuration it was made
+#: with; a rollback, or governance opened without the release's parameters, reads it back.
+#: It changes only when the configuration does, which changes the template anyway.
+SERVING_CONFIG_ANNOTATION = "mlops.pet-park.io/serving-config"
+
+#: The fields of a :class:`ServingConfig` a release chooses (the others, name, namespace,
+#: package and replicas, follow from the environment and the version).
+RECORDED_FIELDS = ("image", "service_account", "s3_secret", "logger_url", "capture_uri", "cpu",
+                   "memory", "labels")
+
+
+def serving_config_record(cfg: ServingConfig) -> str:
+    """The value of :data:`SERVING_CONFIG_ANNOTATION` for ``cfg``."""
+    return json.dumps({name: getattr(cfg, name) for name in RECORDED_FIELDS},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def serving_config_from_record(text: str, base: ServingConfig) -> ServingConfig:
+    """``base`` with the fields recorded in ``text`` (see :func:`serving_config_record`).
+
+    Raises:
+        ValueError: ``text`` is not such a record.
+    """
+    try:
+        recorded = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"Not a serving configuration record: {text[:80]!r}") from exc
+    def fits(name, value) -> bool:
+        if name == "labels":
+            return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        return isinstance(value, str) or (name == "logger_url" and value is None)
+
+    if not isinstance(recorded, dict) or not set(recorded) <= set(RECORDED_FIELDS) or \
+            not all(fits(k, v) for k, v in recorded.items()):
+        raise ValueError(f"Not a serving configuration record: {text[:80]!r}")
+    return replace(base, **recorded)
+
 
 def predictor_container(cfg: ServingConfig) -> dict:
     """The predictor's container; its ``STORAGE_URI`` is the package it serves."""
@@ -165,24 +205,54 @@ def inference_service(cfg: ServingConfig, registry_version: int | None = None) -
                          # Tag routing gives the canary ("latest") and the stable revision
                          # ("prev") URLs of their own, which the canary analysis probes.
                          "serving.kserve.io/enable-tag-routing": "true",
-                         "serving.kserve.io/enable-prometheus-scraping": "true"}},
+                         "serving.kserve.io/enable-prometheus-scraping": "true",
+                         SERVING_CONFIG_ANNOTATION: serving_config_record(cfg)}},
         "spec": {"predictor": predictor},
     }
 
 
-def canary_patch(isvc: dict, percent: int) -> dict:
-    """The merge patch that starts a canary of ``isvc``'s package with ``percent`` of traffic.
+def template_patch(current: dict, isvc: dict, percent: int) -> dict:
+    """The merge patch that gives ``current`` the spec of ``isvc`` with ``percent`` of the
+    traffic for the latest revision (``canaryTrafficPercent``).
 
-    ``isvc`` is the whole object of the new version (:func:`inference_service`); only its
-    predictor's containers and labels (the revision template) and the traffic share are sent.
+    ``isvc`` is the whole object of the version to serve (:func:`inference_service`). The
+    patch holds only what differs: the predictor becomes exactly ``isvc``'s (fields it lacks
+    are removed), and ``isvc``'s labels and annotations are set (others are kept). A change
+    of the package or of the configuration makes one new revision; ``percent`` decides what
+    "latest" gets meanwhile (the release writes every new template at 0%).
     """
-    if not 0 < percent < 100:
-        raise ValueError(f"Invalid canary percent: {percent}. Expect 1 to 99; use "
-                         "promote_patch() for 100.")
-    pred = isvc["spec"]["predictor"]
-    return {"spec": {"predictor": {"canaryTrafficPercent": int(percent),
-                                   "labels": copy.deepcopy(pred.get("labels", {})),
-                                   "containers": copy.deepcopy(pred["containers"])}}}
+    if not 0 <= percent <= 100:
+        raise ValueError(f"Invalid canary percent: {percent}. Expect 0 to 100.")
+    new_pred = {**copy.deepcopy(isvc["spec"]["predictor"]), "canaryTrafficPercent": int(percent)}
+    patch: dict = {}
+    spec = _merge_diff((current.get("spec") or {}).get("predictor") or {}, new_pred)
+    if spec:
+        patch["spec"] = {"predictor": spec}
+    meta = {}
+    for key in ("labels", "annotations"):
+        have = (current.get("metadata") or {}).get(key) or {}
+        changed = {k: v for k, v in (isvc["metadata"].get(key) or {}).items()
+                   if have.get(k) != v}
+        if changed:
+            meta[key] = changed
+    if meta:
+        patch["metadata"] = meta
+    return patch
+
+
+def _merge_diff(old: dict, new: dict) -> dict:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (None removes a key)."""
+    out: dict = {}
+    for key in old.keys() - new.keys():
+        out[key] = None
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            sub = _merge_diff(old[key], value)
+            if sub:
+                out[key] = sub
+        elif old.get(key) != value or key not in old:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def traffic_patch(percent: int) -> dict:
@@ -201,10 +271,9 @@ def rollback_patch() -> dict:
     """KServe's rollback: ``canaryTrafficPercent: 0``.
 
     The controller routes 100% to ``latestRolledoutRevision`` under the ``prev`` tag and 0% to
-    the latest revision (ksvc_reconciler.go, createKnativeService), so the rejected version
-    never gets more traffic than it had, ready or not. Redeploying the old package at 100%
-    instead would create a revision, and Knative would route "latest" to the latest *ready*
-    revision, the rejected canary, until the new one is up.
+    the latest revision (kserve v0.20.0 ksvc_reconciler.go:134-153), so the rejected version
+    never gets more traffic than it had, ready or not, and nothing new starts. (The release
+    then replaces the rejected template: see ``components/deploy/README.md``.)
     """
     return traffic_patch(0)
 

@@ -40,7 +40,9 @@ def rollback(target: DeploymentTarget, judged_version: str | int, reason: str,
                           "there is nothing to roll back to"}
     logger.warning("Rolling %s production back from version %s to %s: %s", model, current,
                    previous, reason)
-    dep = target.deploy(PRODUCTION, int(previous))
+    # The version production had, with the configuration it was released with: on KServe
+    # a fresh revision that takes the traffic only once ready (KServeTarget.restore).
+    dep = target.restore(PRODUCTION, int(previous))
     registry.set_alias(model, PRODUCTION, int(previous),
                        reason=f"governance rollback from version {current}: {reason}")
     registry.record_release(model, {

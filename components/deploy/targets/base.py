@@ -106,6 +106,11 @@ class DeploymentTarget(ABC):
     def deploy(self, environment: str, version: int, timeout: float = 300) -> Deployment:
         """Serves ``version`` with all traffic, replacing what was there once it is ready."""
 
+    def restore(self, environment: str, version: int, timeout: float = 300) -> Deployment:
+        """Serves an earlier ``version`` again with all traffic (a governance rollback), with
+        the configuration it was released with where the target records one."""
+        return self.deploy(environment, version, timeout)
+
     @abstractmethod
     def start_canary(self, environment: str, version: int, percent: int,
                      timeout: float = 300) -> Deployment:

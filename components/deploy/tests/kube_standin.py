@@ -19,33 +19,58 @@ API server (kubernetes/kubernetes, staging/src/k8s.io/apiextensions-apiserver)
     * ``metadata.generation`` increases when anything outside ``metadata`` and ``status``
       changes; ``resourceVersion`` on every write; ``PUT`` with a stale one is a 409.
 
-KServe controller, Knative (``Serverless``/``Knative``) mode
+KServe controller, Knative (``Serverless``/``Knative``) mode (kserve/kserve@v0.20.0; paths
+under pkg/, controller = controller/v1beta1/inferenceservice/)
     * Deployment mode: ``status.deploymentMode`` first, then the
       ``serving.kserve.io/deploymentMode`` annotation, then the default, ``Standard`` in 0.20
-      (pkg/controller/v1beta1/inferenceservice/utils/utils.go GetDeploymentMode,
-      pkg/constants/constants.go ParseDeploymentMode). ``Standard`` is not modelled: the
+      (controller/controller.go:156, controller/utils/utils.go:224 GetDeploymentMode,
+      constants/constants.go:571 ParseDeploymentMode). ``Standard`` is not modelled: the
       stand-in records the mode and creates no revisions.
+    * Knative mode without Knative Serving installed (no ``serving.knative.dev/v1`` Service
+      in API discovery, utils/utils.go:216-233 IsCrdAvailable): a ``ServerlessModeRejected``
+      warning event, the mode and the initial conditions in the status, nothing else, never
+      retried (controller/controller.go:239-256). ``KubeStandIn(knative=False)``.
     * Revision template: the InferenceService's annotations minus
       ``serviceAnnotationDisallowedList`` and its labels plus the predictor's labels minus
       ``serviceLabelDisallowedList``, the storage URI annotation, the autoscaling bounds, and
-      the predictor's pod spec (components/predictor.go buildPredictorResources,
-      buildObjectMeta; reconcilers/knative/ksvc_reconciler.go createKnativeService).
+      the predictor's pod spec (controller/components/predictor.go:99-172
+      buildPredictorResources, :498 buildObjectMeta; reconcilers/knative/ksvc_reconciler.go:88-224
+      createKnativeService).
     * Traffic: with ``canaryTrafficPercent`` set and a ``latestRolledoutRevision`` known,
-      ``latest`` (latestRevision: true) gets the percent and ``prev`` (the latest rolled-out
-      revision) the rest when it is below 100; otherwise the latest revision gets 100
-      (ksvc_reconciler.go createKnativeService). The ``latest`` tag needs
-      ``serving.kserve.io/enable-tag-routing: "true"``.
-    * Status: ``latestRolledoutRevision`` moves to the latest ready revision when a
-      latestRevision target names it at 100%, and back to ``previousRolledoutRevision`` in the
-      rollback case; ``status.observedGeneration`` is the Knative Service's, not the
-      InferenceService's (pkg/apis/serving/v1beta1/inference_service_status.go PropagateStatus).
+      ``latest`` (``latestRevision: true``) gets the percent and ``prev`` (the latest
+      rolled-out revision, by name) the rest when it is below 100; otherwise one ``latest``
+      target gets 100 (ksvc_reconciler.go:132-164). The ``latest`` tag needs
+      ``serving.kserve.io/enable-tag-routing: "true"`` (:139, :160).
+    * Status (apis/serving/v1beta1/inference_service_status.go:567-636 PropagateStatus): for
+      the ``latestRevision`` target resolved to the latest ready revision,
+      ``latestRolledoutRevision`` moves to it when it has 100% (the old one becomes
+      ``previousRolledoutRevision``, :585-590), and moves back to
+      ``previousRolledoutRevision`` when it is already the rolled-out one, is also the latest
+      created, has less than 100% and the route gives its revision 100% in all (:591-604);
+      ``status.observedGeneration`` is the Knative Service's, not the InferenceService's
+      (:635).
 
-Knative Serving (knative/serving v1.23)
-    * A new Revision ``<service>-<generation:05d>`` whenever the Configuration's template
-      changes, never for a traffic change (pkg/reconciler/configuration/configuration.go).
-    * A ``latestRevision`` target is resolved to the Configuration's latest *ready* revision;
-      a target naming a revision that is not ready leaves the route's traffic as it was
-      (pkg/reconciler/route/traffic/traffic.go addConfigurationTarget, addRevisionTarget).
+Knative Serving (knative/serving@knative-v1.21.1, the ``knative.dev/serving v0.48.1`` KServe
+v0.20.0 pins; paths under pkg/)
+    * A new Revision ``<configuration>-<generation:05d>`` whenever the Configuration's
+      template changes, never for a traffic change (reconciler/configuration/
+      resources/revision.go:42, reconciler/configuration/configuration.go:66-96).
+    * The Configuration's latest ready revision is the newest ready one; a newer revision
+      that is not ready (yet, or ever) leaves it where it was (configuration.go:98-157).
+    * A ``latestRevision`` target resolves to the Configuration's latest *ready* revision
+      (reconciler/route/traffic/traffic.go:354-377), not to the latest created one: until a
+      new revision is ready, "latest" is the one before it, whatever that one is.
+    * A target that cannot be resolved (no ready revision, a named revision not ready) fails
+      the whole traffic configuration, and the route keeps the traffic it had
+      (traffic.go:320-350, 379-397; reconciler/route/route.go:121-131, 468-481).
+    * Routing state (reconciler/labeler/metasync.go:33-99): every revision named in the
+      route's status or spec traffic, and the latest created revision of a configuration
+      with a ``latestRevision`` target, is ``active`` — a 0% target too (:41); the others
+      become ``reserve`` once the route is resolved (:85-93). A reserve revision is
+      unreachable (reconciler/revision/resources/pa.go:74-78) and its autoscaler ignores
+      ``min-scale`` (apis/autoscaling/v1alpha1/pa_lifecycle.go:87-95): it scales to zero.
+      The stand-in keeps the label ``serving.knative.dev/routingState`` and
+      :meth:`KubeStandIn.pods` (``min-scale`` while active, 0 in reserve).
     * Tagged targets get URLs ``http://<tag>-<service>.<namespace>.<domain>``.
 
 Kubeflow Trainer v2.3.0 (``trainjob_standin.py``, each rule cited there)
@@ -55,7 +80,8 @@ Kubeflow Trainer v2.3.0 (``trainjob_standin.py``, each rule cited there)
 
 Revisions become ready after a delay, or never, as the test sets per registry version
 (:meth:`KubeStandIn.behave`). Every traffic split the route ever applied is kept in
-:attr:`KubeStandIn.traffic_history`, so a test can ask how much traffic a revision ever got.
+:attr:`KubeStandIn.traffic_history`, so a test can ask how much traffic a revision ever got
+(:meth:`KubeStandIn.max_traffic`, from a :meth:`KubeStandIn.mark` on).
 
 With :meth:`KubeStandIn.enable_data_plane`, each revision is a real model server process
 (``components.serve.server`` on 127.0.0.1, serving the package of its ``STORAGE_URI``), ready
@@ -276,16 +302,20 @@ class KubeStandIn:
         default_deployment_mode: KServe's ``deploy.defaultDeploymentMode`` (0.20: Standard).
         schema_source: Which InferenceService schema the API server validates against
             (:func:`inference_service_schema`).
+        knative: Whether Knative Serving is installed (KServe's default Standard install has
+            none: the ``serving.knative.dev`` API is absent).
     """
 
     ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
     REVISION = ("serving.knative.dev", "v1", "revisions")
 
     def __init__(self, tick_s: float = 0.02, default_deployment_mode: str = "Standard",
-                 schema_source: str = "auto"):
+                 schema_source: str = "auto", knative: bool = True):
         self.schema, self.schema_source = inference_service_schema(schema_source)
         self.tick_s = tick_s
         self.default_mode = default_deployment_mode
+        self.knative = knative
+        self.events: list[dict] = []  # (namespace, object, type, reason, message)
         self.lock = threading.RLock()
         self.objects: dict[tuple, dict] = {}  # (plural, namespace, name) -> object
         self.ksvcs: dict[tuple, dict] = {}  # (namespace, isvc name) -> Knative service model
@@ -493,6 +523,7 @@ class KubeStandIn:
     # -- REST ------------------------------------------------------------------------------
 
     _PATHS = [
+        (re.compile(r"^/apis/([^/]+)/([^/]+)/?$"), "discovery"),
         (re.compile(r"^/api/v1/namespaces/([^/]+)/(serviceaccounts|secrets)/([^/]+)$"), "core"),
         (re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices"
                     r"(?:/([^/]+))?(/status)?$"), "isvc"),
@@ -511,7 +542,12 @@ class KubeStandIn:
         if m is None:
             raise ApiError(404, "NotFound", f"the server could not find the requested "
                                             f"resource ({url.path})")
+        if kind == "revision" and not self.knative:
+            raise ApiError(404, "NotFound", f"the server could not find the requested "
+                                            f"resource ({url.path})")
         with self.lock:
+            if kind == "discovery":
+                return 200, self._discovery(*m.groups())
             if kind == "trainjob":
                 return self.trainjobs.handle(method, *m.groups(), body, query.get(
                     "fieldValidation", [""])[0] == "Strict")
@@ -526,10 +562,14 @@ class KubeStandIn:
                     raise ApiError(405, "MethodNotAllowed", "revisions are made by Knative")
                 if name:
                     return 200, self._get("revisions", ns, name)
+                wanted = dict(term.split("=", 1) for term in
+                              query.get("labelSelector", [""])[0].split(",") if "=" in term)
                 return 200, {"kind": "RevisionList", "apiVersion": "serving.knative.dev/v1",
-                             "items": [copy.deepcopy(o) for (p, n, _), o in
+                             "items": [self._get(p, n, r) for (p, n, r), o in
                                        sorted(self.objects.items())
-                                       if p == "revisions" and n == ns]}
+                                       if p == "revisions" and n == ns and
+                                       all(o["metadata"]["labels"].get(k) == v
+                                           for k, v in wanted.items())]}
             ns, name, status = m.groups()
             strict = query.get("fieldValidation", [""])[0] == "Strict"
             if method == "GET" and name:
@@ -552,6 +592,25 @@ class KubeStandIn:
                         self._kill(key[2])
                 return 200, obj
         raise ApiError(405, "MethodNotAllowed", f"{method} {url.path}")
+
+    _API_RESOURCES = {
+        ("serving.kserve.io", "v1beta1"): [("inferenceservices", "InferenceService")],
+        ("serving.knative.dev", "v1"): [("services", "Service"),
+                                         ("configurations", "Configuration"),
+                                         ("revisions", "Revision"), ("routes", "Route")],
+        ("trainer.kubeflow.org", "v1alpha1"): [("trainjobs", "TrainJob")],
+    }
+
+    def _discovery(self, group: str, version: str) -> dict:
+        """``GET /apis/<group>/<version>``: the APIResourceList of an installed API."""
+        resources = self._API_RESOURCES.get((group, version))
+        if resources is None or (group == "serving.knative.dev" and not self.knative):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}",
+                "resources": [{"name": plural, "singularName": kind.lower(), "namespaced": True,
+                               "kind": kind, "verbs": ["get", "list", "create", "update",
+                                                       "patch", "delete"]}
+                              for plural, kind in resources]}
 
     def _get(self, plural: str, ns: str, name: str) -> dict:
         obj = self.objects.get((plural, ns, name))
@@ -667,6 +726,16 @@ class KubeStandIn:
         status["deploymentMode"] = mode
         if mode != "Knative":
             return  # raw Deployments have no revisions or traffic split: not modelled
+        if not self.knative:
+            # controller.go:239-256: an event, the initial conditions, and a terminal error.
+            status.setdefault("conditions", [{"type": "Ready", "status": "Unknown"}])
+            event = {"namespace": ns, "object": name, "type": "Warning",
+                     "reason": "ServerlessModeRejected",
+                     "message": "It is not possible to use Knative deployment mode when "
+                                "Knative Services are not available"}
+            if event not in self.events:
+                self.events.append(event)
+            return
         ksvc = self.ksvcs.setdefault((ns, name), {
             "name": f"{name}-predictor", "generation": 0, "config_generation": 0,
             "template": None, "traffic_spec": None, "latest_created": "", "latest_ready": "",
@@ -766,7 +835,7 @@ class KubeStandIn:
         return bool(rev) and rev["status"]["conditions"][0]["status"] == "True"
 
     def _route(self, ns: str, name: str, ksvc: dict) -> None:
-        # Configuration status: the newest ready revision is the latest ready one.
+        # configuration.go:98-157: the newest ready revision is the latest ready one.
         revs = sorted(r for (p, n, r) in self.objects if p == "revisions" and n == ns and
                       r.startswith(ksvc["name"] + "-"))
         ready = [r for r in revs if self._ready(ns, r)]
@@ -776,25 +845,46 @@ class KubeStandIn:
         for t in ksvc["traffic_spec"]:
             if t.get("latestRevision"):
                 if not ksvc["latest_ready"]:
-                    return  # errUnreadyConfiguration: the route keeps its traffic
+                    break  # traffic.go:359-361 errUnreadyConfiguration
+                # traffic.go:354-377: "latest" is the latest *ready* revision.
                 target = {**t, "revisionName": ksvc["latest_ready"]}
             else:
                 if not self._ready(ns, t["revisionName"]):
-                    return  # errUnreadyRevision: the route keeps its traffic
+                    break  # traffic.go:395-397 errUnreadyRevision
                 target = dict(t)
             if target.get("tag"):
                 target["url"] = self._url(f"{target['tag']}-{ksvc['name']}.{ns}.{DOMAIN}")
             resolved.append(target)
-        if resolved != ksvc["route"]:
-            split: dict[str, int] = {}
-            for t in resolved:
-                split[t["revisionName"]] = split.get(t["revisionName"], 0) + t["percent"]
-            self.traffic_history.append((time.monotonic(), name, split))
-        ksvc["route"] = resolved
-        ksvc["route_ready"] = True
+        else:
+            # route.go:468-491: only a fully resolved configuration replaces the traffic;
+            # otherwise the route keeps what it had.
+            if resolved != ksvc["route"]:
+                split: dict[str, int] = {}
+                for t in resolved:
+                    split[t["revisionName"]] = split.get(t["revisionName"], 0) + t["percent"]
+                self.traffic_history.append((time.monotonic(), name, split))
+            ksvc["route"] = resolved
+            ksvc["route_ready"] = True
+        self._routing_state(ns, ksvc)
+
+    def _routing_state(self, ns: str, ksvc: dict) -> None:
+        """metasync.go:33-99: which revisions Knative keeps reachable, and so their pods."""
+        active = {t["revisionName"] for t in ksvc["route"]}  # status traffic, 0% too (:41)
+        active |= {t["revisionName"] for t in ksvc["traffic_spec"] if t.get("revisionName")}
+        if ksvc["latest_created"] and any(t.get("latestRevision")
+                                          for t in ksvc["traffic_spec"]):
+            active.add(ksvc["latest_created"])  # :77-81
+        for (p, n, r), rev in self.objects.items():
+            if p != "revisions" or n != ns or not r.startswith(ksvc["name"] + "-"):
+                continue
+            labels = rev["metadata"]["labels"]
+            if r in active:
+                labels["serving.knative.dev/routingState"] = "active"
+            elif ksvc["route_ready"]:  # :85-93: cleared once the route is resolved
+                labels["serving.knative.dev/routingState"] = "reserve"
 
     def _propagate(self, isvc: dict, ksvc: dict, comp: dict) -> None:
-        """inference_service_status.go PropagateStatus, for the predictor."""
+        """inference_service_status.go:567-636 PropagateStatus, for the predictor."""
         ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
         comp["latestCreatedRevision"] = ksvc["latest_created"]
         traffic = ksvc["route"]
@@ -803,14 +893,14 @@ class KubeStandIn:
             totals[t["revisionName"]] = totals.get(t["revisionName"], 0) + t["percent"]
         for t in traffic:
             if t["revisionName"] == ksvc["latest_ready"] and t.get("latestRevision"):
-                if comp.get("latestRolledoutRevision") != ksvc["latest_ready"]:
+                if comp.get("latestRolledoutRevision") != ksvc["latest_ready"]:  # :585-590
                     if t["percent"] == 100:
                         comp["previousRolledoutRevision"] = comp.get("latestRolledoutRevision",
                                                                      "")
                         comp["latestRolledoutRevision"] = ksvc["latest_ready"]
                 elif ksvc["latest_ready"] == ksvc["latest_created"] and t["percent"] < 100 \
                         and totals.get(t["revisionName"]) == 100 and \
-                        comp.get("previousRolledoutRevision"):
+                        comp.get("previousRolledoutRevision"):  # :591-604, rolled back
                     comp["latestRolledoutRevision"] = comp["previousRolledoutRevision"]
         comp["latestReadyRevision"] = ksvc["latest_ready"]
         created_ready = self._ready(ns, ksvc["latest_created"])
@@ -833,11 +923,41 @@ class KubeStandIn:
 
     # -- what tests ask --------------------------------------------------------------------
 
-    def max_traffic(self, isvc_name: str, revision: str, since: float = 0.0) -> int:
-        """The largest share of traffic ``revision`` ever had since ``since``."""
+    def max_traffic(self, isvc_name: str, revision: str, since: float = 0.0,
+                    after: int | None = None) -> int:
+        """The largest share of traffic ``revision`` ever had in a route applied since
+        ``since`` (a ``time.monotonic()``), or after the :meth:`mark` ``after``."""
         with self.lock:
-            return max([split.get(revision, 0) for t, name, split in self.traffic_history
+            history = self.traffic_history if after is None else self.traffic_history[after:]
+            return max([split.get(revision, 0) for t, name, split in history
                         if name == isvc_name and t >= since] or [0])
+
+    def mark(self) -> int:
+        """A point in the route history, for :meth:`max_traffic`."""
+        with self.lock:
+            return len(self.traffic_history)
+
+    def shares(self, isvc_name: str, revision: str, after: int = 0) -> list[int]:
+        """Every share ``revision`` had, route by route, after the mark ``after``."""
+        with self.lock:
+            return [split.get(revision, 0) for _, name, split in self.traffic_history[after:]
+                    if name == isvc_name]
+
+    def routing_state(self, ns: str, revision: str) -> str:
+        """``active`` or ``reserve`` (Knative's label on the revision), or "" before any."""
+        with self.lock:
+            return self.objects[("revisions", ns, revision)]["metadata"]["labels"].get(
+                "serving.knative.dev/routingState", "")
+
+    def pods(self, ns: str, revision: str) -> int:
+        """The pods Knative keeps for a revision: its ``min-scale`` while active, none in
+        reserve (pa.go:74-78, pa_lifecycle.go:87-95)."""
+        with self.lock:
+            rev = self.objects[("revisions", ns, revision)]
+            if rev["metadata"]["labels"].get("serving.knative.dev/routingState") != "active":
+                return 0
+            return int(rev["metadata"]["annotations"].get("autoscaling.knative.dev/min-scale",
+                                                          "0"))
 
     def revisions(self, ns: str) -> list[str]:
         with self.lock:

@@ -91,8 +91,11 @@ def test_deploy_creates_a_schema_valid_serverless_inference_service(target, stan
     assert dep.stable.version == 1 and dep.canary is None
     assert dep.stable.detail["model_version"] == "m1"
     assert dep.url == f"http://pets-test.{NS}.svc.cluster.local"
-    # No release bookkeeping in annotations: nothing there changes from one version to another.
-    assert not [k for k in ann if k.startswith("mlops.")]
+    # No release state in annotations (KServe copies them into every revision): they record
+    # the configuration, the same for every version released with it.
+    assert k8s.serving_config_from_record(ann[k8s.SERVING_CONFIG_ANNOTATION],
+                                          k8s.ServingConfig()) == k8s.ServingConfig()
+    assert target._object("test", 2, k8s.ServingConfig())["metadata"]["annotations"] == ann
 
 
 def test_canary_waits_for_its_revision_and_promote_creates_no_revision(target, standin):
@@ -126,17 +129,23 @@ def test_rollback_never_gives_the_rejected_version_more_traffic_than_it_had(targ
     target.deploy(PROD, 1)
     target.start_canary(PROD, 2, 10)
     rev1, rev2 = _revision_of(standin, 1)[0], _revision_of(standin, 2)[0]
-    revisions_before = standin.revisions(NS)
+    rejected = standin.mark()
     dep = target.rollback(PROD)
-    assert standin.routed(NS, "pets") == {rev1: 100}
-    assert standin.max_traffic("pets", rev2) == 10
-    assert standin.revisions(NS) == revisions_before  # traffic only
-    assert dep.stable.version == 1 and dep.canary is None
-    assert dep.stable.detail["rejected_version"] == 2
+    assert standin.max_traffic("pets", rev2) == 10  # what it had as the canary
+    assert standin.max_traffic("pets", rev2, after=rejected) == 0
+    assert standin.max_traffic("pets", rev1, after=rejected) == 100  # at once
+    # The rejected template is replaced by a fresh revision of version 1, which took the
+    # traffic once ready: the rejected revision is in no route and has no pods.
+    (fresh,) = set(_revision_of(standin, 1)) - {rev1}
+    assert standin.routed(NS, "pets") == {fresh: 100}
+    assert _revision_of(standin, 2) == [rev2]  # nothing of version 2 started again
+    assert standin.routing_state(NS, rev2) == "reserve" and standin.pods(NS, rev2) == 0
+    assert dep.stable.version == 1 and dep.stable.detail["revision"] == fresh
+    assert dep.canary is None and "held_revision" not in dep.stable.detail
     # The next release starts from the stable revision, not from the rejected one.
     dep = target.start_canary(PROD, 3, 10)
-    assert dep.stable.detail["revision"] == rev1 and dep.canary.version == 3
-    assert standin.max_traffic("pets", rev2) == 10
+    assert dep.stable.detail["revision"] == fresh and dep.canary.version == 3
+    assert standin.max_traffic("pets", rev2, after=rejected) == 0
 
 
 def test_a_canary_that_never_becomes_ready_is_rolled_back_not_passed(target, standin, registry):
@@ -151,9 +160,10 @@ def test_a_canary_that_never_becomes_ready_is_rolled_back_not_passed(target, sta
     assert "did not start" in record["reasons"][0] and "ready canary revision" in \
         record["reasons"][0]
     assert record["steps"] == []  # no probe ever reached a canary that was not there
-    rev1, rev2 = _revision_of(standin, 1)[0], _revision_of(standin, 2)[0]
+    rev2 = _revision_of(standin, 2)[0]
     assert standin.max_traffic("pets", rev2, since=started) == 0
-    assert standin.routed(NS, "pets") == {rev1: 100}
+    assert standin.routed(NS, "pets") == {_revision_of(standin, 1)[-1]: 100}
+    assert standin.routing_state(NS, rev2) == "reserve" and standin.pods(NS, rev2) == 0
     assert registry.aliases(MODEL)["production"] == 1
     assert target.status(PROD).stable.version == 1
 
@@ -165,8 +175,8 @@ def test_the_stand_in_routes_like_knative_the_old_rollback_went_to_the_canary(ta
     target.start_canary(PROD, 2, 10)
     rev2 = _revision_of(standin, 2)[0]
     standin.behave(1, 0.5)
-    old_style = k8s.canary_patch(target._object(PROD, 1), 10)
-    old_style["spec"]["predictor"]["canaryTrafficPercent"] = 100
+    current = standin.objects[("inferenceservices", NS, "pets")]
+    old_style = k8s.template_patch(current, target._object(PROD, 1, k8s.ServingConfig()), 100)
     requests.patch(f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/"
                    "inferenceservices/pets", json=old_style,
                    headers={"Content-Type": "application/merge-patch+json"},
@@ -197,7 +207,7 @@ def test_any_annotation_change_makes_a_revision_in_the_stand_in(target, standin)
 @pytest.mark.parametrize("standin", ["crd", "models"], indirect=True)
 def test_the_api_server_validates_against_the_kserve_schema(target, standin):
     base = f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
-    obj = target._object(PROD, 1)
+    obj = target._object(PROD, 1, k8s.ServingConfig())
     wrong_type = json.loads(json.dumps(obj))
     wrong_type["spec"]["predictor"]["minReplicas"] = "two"
     r = requests.post(base, json=wrong_type, timeout=5)
@@ -238,7 +248,7 @@ def test_a_missing_service_account_or_secret_fails_before_anything_is_created(st
 
 
 def test_an_inference_service_in_raw_mode_is_refused(target, standin):
-    obj = target._object(PROD, 1)
+    obj = target._object(PROD, 1, k8s.ServingConfig())
     del obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
     requests.post(f"{standin.url}/apis/serving.kserve.io/v1beta1/namespaces/{NS}/"
                   "inferenceservices", json=obj, timeout=5).raise_for_status()
