@@ -144,12 +144,22 @@ def _cmd_deploy(args) -> int:
             if dep is None:
                 print(f"{env}: nothing deployed")
                 continue
+            if dep.stable is None:
+                print(f"{env}: {dep.name} has no ready revision yet")
+                continue
             print(f"{env}: version {dep.stable.version} at {dep.url} "
                   f"(/v1/models/{dep.name}:predict)"
                   + ("" if dep.stable.detail.get("running", True) else "  NOT RUNNING"))
             if dep.canary:
                 print(f"  canary: version {dep.canary.version} at {dep.canary.url} "
                       f"({dep.canary_percent}% recorded)")
+            detail = dep.stable.detail
+            if detail.get("held_revision"):  # KServe: a rolled-back revision not yet replaced
+                print(f"  held at 0%: revision {detail['held_revision']} (version "
+                      f"{detail.get('held_version')}), replaced by the next release")
+            if detail.get("pending_revision"):
+                print(f"  not ready: revision {detail['pending_revision']} (version "
+                      f"{detail.get('pending_version')}), no traffic")
     elif args.deploy_command == "stop":
         for env in args.env or ["test", "production"]:
             target.delete(env)
