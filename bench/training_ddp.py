@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import write_section  # noqa: E402
 
+from components.common.service import free_port  # noqa: E402
 from components.common.storage import open_store  # noqa: E402
 from components.datagen.core import LakeSpec, generate  # noqa: E402
 from components.ingest.core import ingest  # noqa: E402
 from components.ingest.snapshot import read_split, write_split  # noqa: E402
 from components.train import core  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(procs: int, *args: str, threads: int = 0) -> tuple[float, str]:
@@ -48,7 +42,7 @@ def _torchrun(procs: int, *args: str, threads: int = 0) -> tuple[float, str]:
     if threads:
         env["MLOPS_TORCH_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           str(procs), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+           str(procs), "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if done.returncode:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from pathlib import Path
 import yaml
 
 from components.deploy.tests import kube_standin as ks
+from tests.support import free_port
 
 TRAINJOBS_CRD = "trainer.kubeflow.org_trainjobs.yaml.gz"
 RUNTIMES_CRD = "trainer.kubeflow.org_clustertrainingruntimes.yaml.gz"
@@ -263,9 +263,7 @@ class TrainJobRules:
         command = list(trainer.get("command") or []) + list(trainer.get("args") or [])
         if command[:1] == ["torchrun"]:
             command = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         root = Path(__file__).resolve().parents[3]
         env = {**os.environ, **{e["name"]: e["value"] for e in trainer.get("env") or []
                                 if "value" in e},
