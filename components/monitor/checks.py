@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.monitor import estimate
 from components.monitor.contract import STAT_FIELDS, Check, Reference
 from components.monitor.window import Window, mode_counts
 
@@ -51,6 +52,11 @@ class MonitorConfig:
         max_recall_gap: Largest per-class recall difference (the training gate's bias
             limit).
         min_labels: Fewer labelled requests than this: measured performance is unknown.
+        min_reference: Fewer labelled reference predictions than this: the accuracy
+            estimate is not trusted (``unknown``, or a warning below the floor).
+        min_reference_errors: Fewer wrong reference predictions than this: likewise.
+        min_separation: Least ROC AUC of the reference's confidence for its right against
+            its wrong predictions; below it, likewise.
         max_error_rate: Server error rate (HTTP 500 among answered requests).
         p95_slo_ms: Latency objective for the 95th percentile.
     """
@@ -70,6 +76,9 @@ class MonitorConfig:
     min_accuracy: float = 0.80
     max_recall_gap: float = 0.10
     min_labels: int = 20
+    min_reference: int = estimate.MIN_REFERENCE
+    min_reference_errors: int = estimate.MIN_ERRORS
+    min_separation: float = estimate.MIN_SEPARATION
     max_error_rate: float = 0.01
     p95_slo_ms: float = 250.0
 
@@ -393,38 +402,6 @@ def reference_accuracy(ref: Reference) -> float | None:
     return float(np.mean([p == t for p, t in zip(pred, ref.labels, strict=True)]))
 
 
-def calibration_map(ref: Reference, bins: int = 10):
-    """Confidence -> probability of being right, binned on the reference's labelled sample
-    (histogram binning, equal-count bins of at least 50 points; with fewer than 100 points,
-    confidence minus the reference's overconfidence); None without a labelled sample, when
-    raw confidence is used."""
-    acc = reference_accuracy(ref)
-    if acc is None:
-        return None
-    probs = np.asarray(ref.probabilities, dtype=float)
-    conf = probs.max(1)
-    right = np.array([ref.classes[i] == t for i, t in zip(probs.argmax(1), ref.labels,
-                                                            strict=True)], float)
-    bins = min(bins, len(conf) // 50)  # at least ~50 reference points per bin
-    edges = np.unique(np.quantile(conf, np.linspace(0, 1, bins + 1))) if bins >= 2 else []
-    if len(edges) < 3:
-        # Too small a sample to bin: shift confidence by the reference's overconfidence.
-        offset = float(conf.mean()) - acc
-        return lambda c: np.clip(np.asarray(c, float) - offset, 0.0, 1.0)
-    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, len(edges) - 2)
-    # Accuracy per bin shrunk towards the overall accuracy (an m-estimate with m = 2), so a
-    # small bin of all-correct points does not promise certainty.
-    table = np.array([(right[idx == b].sum() + 2 * acc) / ((idx == b).sum() + 2)
-                      for b in range(len(edges) - 1)])
-
-    def calibrated(c):
-        c = np.asarray(c, float)
-        i = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, len(edges) - 2)
-        return table[i]
-
-    return calibrated
-
-
 def performance(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
     """Measured performance where labels arrived; an estimate from confidence otherwise."""
     checks = []
@@ -494,25 +471,51 @@ def performance(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
 
 
 def _estimate(win: Window, ref: Reference, cfg: MonitorConfig, floor: float) -> Check:
-    """Confidence-based performance estimation (CBPE): the expected accuracy of the window
-    from each prediction's calibrated confidence. Only a warning, as an estimate: it assumes
-    the calibration still holds, which drift can break."""
+    """Label-free accuracy (``components.monitor.estimate``): the lower of the expected
+    accuracy from each prediction's probability calibrated on the reference (CBPE) and the
+    window's share of confident predictions (ATC). Only a warning, as an estimate; ``unknown`` when the reference cannot support
+    one (too small, too few errors, confidence that does not separate right from wrong)."""
     name = "performance.estimated_accuracy"
+    base = {"estimated": True, "method": estimate.METHOD, "n": len(win)}
     if not len(win):
-        return Check(name, "performance", None, floor, "unknown", "no requests", "",
-                     {"estimated": True})
-    conf = win.probabilities(list(ref.classes)).max(1)
-    cal = calibration_map(ref)
-    expected = cal(conf) if cal is not None else conf
-    est = float(np.mean(expected))
-    status = "warning" if est < floor else "ok"
-    how = "calibrated on the reference sample" if cal is not None else "raw confidence"
-    return Check(name, "performance", round(est, 6), floor, status,
-                 f"estimated accuracy {est:.3f} from confidence ({how}; an estimate, no labels "
-                 "needed)", "", {"estimated": True, "mean_confidence": round(float(conf.mean()),
-                                                                             6),
-                                 "method": "CBPE", "calibrated": cal is not None,
-                                 "n": len(win)})
+        return Check(name, "performance", None, floor, "unknown", "no requests", "", base)
+    if ref.probabilities is None or not ref.labels:
+        return Check(name, "performance", None, floor, "unknown",
+                     "the reference has no labelled predictions to calibrate on: rebuild it "
+                     f"(mlops monitor reference {ref.model} {ref.model_version})", "",
+                     base | {"reference_n": 0})
+    try:
+        cal = estimate.fit(ref.probabilities, ref.labels, ref.classes,
+                           min_reference=cfg.min_reference,
+                           min_errors=cfg.min_reference_errors,
+                           min_separation=cfg.min_separation)
+    except estimate.EstimateError as exc:
+        return Check(name, "performance", None, floor, "unknown",
+                     f"cannot calibrate on the reference: {exc}", "", base)
+    est = estimate.estimate(cal, win.probabilities(list(ref.classes)))
+    value = round(est.accuracy, 6)
+    below = est.accuracy < floor
+    said = (f"estimated accuracy {est.accuracy:.3f} ± {est.sampling_error:.3f} from confidence "
+            f"(CBPE {est.cbpe:.3f}, ATC {est.atc:.3f}: the lower; no labels needed; reference "
+            f"of {cal.n_reference} labelled predictions, {cal.n_errors} wrong)")
+    if cal.trusted:
+        status = "warning" if below else "ok"
+        detail = said + (f": below the floor {floor:.3f}" if below else "")
+    else:
+        # An estimate the reference cannot support is never "ok"; one below the floor is
+        # still worth a look.
+        status = "warning" if below else "unknown"
+        detail = f"{said}, not to be trusted: {'; '.join(cal.problems)}"
+    return Check(name, "performance", value, floor, status, detail, "", base | {
+        "trusted": cal.trusted, "problems": list(cal.problems),
+        "reference_n": cal.n_reference, "reference_errors": cal.n_errors,
+        "reference_accuracy": round(cal.reference_accuracy, 6),
+        "separation": None if cal.separation is None else round(cal.separation, 6),
+        "cbpe": round(est.cbpe, 6), "atc": round(est.atc, 6),
+        "atc_threshold": round(cal.atc_threshold, 6),
+        "calibrated": cal.calibrated, "sampling_error": round(est.sampling_error, 6),
+        "mean_confidence": round(est.mean_confidence, 6),
+        "below_reference_confidence": round(est.below_reference, 6)})
 
 
 # --------------------------------------------------------------------------------------------
