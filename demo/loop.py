@@ -25,9 +25,26 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from components.common.registry import ModelRegistry
 from components.common.service import wait_until
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from components.deploy.client import v1_body
+from components.deploy.targets.local import LocalTarget
+from components.evaluate.core import GateConfig, evaluate
+from components.govern.core import govern
+from components.govern.policy import load_policy
+from components.ingest.core import ingest
+from components.ingest.snapshot import read_split, write_split
+from components.monitor.core import run_monitoring
+from components.monitor.feedback import LabelRequest, LabelStore
+from components.monitor.window import read_window
+from components.package.core import build_package
+from components.register.core import register_package
+from components.train import core as train
 from demo.camera import Camera
 from demo.webhook import WebhookReceiver, alert_text
+from pipelines.launchers import LocalLauncher
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +162,9 @@ class Loop:
         return e
 
     def _registry(self):
-        from components.common.registry import ModelRegistry
-
         return ModelRegistry(self.s["registry"])
 
     def _target(self):
-        from components.deploy.targets.local import LocalTarget
-
         return LocalTarget(self.s["registry"], self.cfg.model_name, self.s["deployments"])
 
     def _capture_env(self) -> None:
@@ -182,8 +195,6 @@ class Loop:
         """Sends ``n`` camera frames, one request each, to production."""
         import requests
 
-        from components.deploy.client import v1_body
-
         target = self._target()
         dep = target.status("production")
         classes = self.classes
@@ -205,8 +216,6 @@ class Loop:
 
     def label(self, served: list[Served]) -> int:
         """The reviewer labels a share of the frames (late ground truth)."""
-        from components.monitor.feedback import LabelRequest, LabelStore
-
         chosen = [s for s in served if self.rng.random() < self.cfg.label_share]
         for s in chosen:
             s.labelled = True
@@ -217,8 +226,6 @@ class Loop:
         return len(chosen)
 
     def _wait_captured(self, start: float, end: float, expected: int, timeout: float = 20.0):
-        from components.monitor.window import read_window
-
         n = 0
 
         def captured() -> bool:
@@ -237,8 +244,6 @@ class Loop:
         no retraining launcher, so a trigger is recorded but starts no run);
         ``on_verdict(verdict, entry)`` is called in between. Returns (verdict, actions,
         entry)."""
-        from components.monitor.core import run_monitoring
-
         window = self.served[-last:]
         # Each request is captured after it is sent and before its answer is back, and the
         # camera sends the next only after that answer: [first sent, last answered) holds
@@ -251,8 +256,6 @@ class Loop:
                                 explain=self.cfg.explain, full=True,
                                 metrics_url=dep.url if dep else "")
         verdict = result.verdict
-        from components.common.storage import open_store
-
         verdict_uri = open_store(self.s["monitoring"]).uri_of(result.history_key) \
             if result.history_key else ""
         entry = {"requests": len(self.served), "status": verdict.status,
@@ -271,10 +274,6 @@ class Loop:
         return verdict, actions, entry
 
     def govern(self, verdict, verdict_uri: str, retrain: bool = True) -> list[dict]:
-        from components.govern.core import govern
-        from components.govern.policy import load_policy
-        from pipelines.launchers import LocalLauncher
-
         loop = self
 
         class AfterLabels(LocalLauncher):
@@ -499,7 +498,7 @@ class Loop:
 
     def _compliance_report(self) -> dict:
         try:
-            from components.govern.report import write_report
+            from components.govern.report import write_report  # deferred: optional (below)
         except ImportError:
             self.event("skipped", "compliance report: components.govern.report is not "
                                   "installed")
@@ -563,16 +562,6 @@ def bootstrap_production(home: str | os.PathLike, n: int = 1000, size: int = 64,
     for the tests, the benchmark and the notebook). ``mlops demo`` does this with the
     pipeline.
     """
-    from components.common.registry import ModelRegistry
-    from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate
-    from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import ingest
-    from components.ingest.snapshot import read_split, write_split
-    from components.package.core import build_package
-    from components.register.core import register_package
-    from components.train import core as train
-
     home = Path(home)
     stores = LoopConfig(home=home).stores
     lake = open_store(stores["lake"])

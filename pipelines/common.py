@@ -2,10 +2,14 @@
 
 from kfp import kubernetes
 
+from components.deploy.component import application_test, qa_gate, release_model
+from components.package.component import package_model
+from components.register.component import register_model
 from components.settings import (
     ACCELERATOR_COUNT,
     ACCELERATOR_TYPE,
     COMPONENT_IMAGE,
+    HPO_SLOTS,
     S3_ENDPOINT,
     STORAGE_SECRET,
     STORAGE_SECRET_KEYS,
@@ -13,6 +17,7 @@ from components.settings import (
     node_selector,
     tolerations,
 )
+from components.train.component import hpo_trial, train_best, train_best_trainjob
 
 
 def with_storage_credentials(task):
@@ -61,9 +66,6 @@ def search_and_train(train, work_root, search_space, search_mode, seed, trial_ep
         (the trial tasks, the train_best task).
     """
     from kfp import dsl
-
-    from components.settings import HPO_SLOTS
-    from components.train.component import hpo_trial, train_best, train_best_trainjob
 
     trials = []
     for slot in range(HPO_SLOTS):
@@ -143,10 +145,6 @@ def package_register_release(*, model, train, test, evaluation, registry_uri, mo
         ``after_release`` added).
     """
     from kfp import dsl
-
-    from components.deploy.component import application_test, qa_gate, release_model
-    from components.package.component import package_model
-    from components.register.component import register_model
 
     package = package_model(model=model, test=test, evaluation=evaluation,
                             model_name=model_name)

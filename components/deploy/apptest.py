@@ -16,7 +16,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from components.common.storage import read_uri
 from components.deploy.client import run_load
+from components.ingest.snapshot import read_split
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +61,6 @@ def load_labelled_split(split_dir: str, max_images: int = 0) -> tuple[list[bytes
     With ``max_images``, a deterministic sample: rows in content-hash order, which is
     unrelated to class or key.
     """
-    from components.common.storage import read_uri
-    from components.ingest.snapshot import read_split
-
     rows, _ = read_split(split_dir)
     if rows.empty:
         raise ValueError(f"The split in {split_dir} has no images to test with.")

@@ -28,6 +28,9 @@ from components.evaluate.core import (
     production_onnx,
     quality_gate,
 )
+from components.ingest.shards import split_images
+from components.ingest.snapshot import read_split
+from components.train.core import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +85,6 @@ def _champion(registry_uri: str, model_name: str, rows, classes: list[str],
     version they belong to (the challenger's test split), not the champion's training data;
     ``images``, the challenger's inputs, are reused when the sizes agree.
     """
-    from components.ingest.shards import split_images
-
     onnx_bytes, meta, version = production_onnx(registry_uri, model_name, classes, "challenger")
     if onnx_bytes is None:
         return None, None
@@ -165,10 +166,6 @@ def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
     its own input size (decoded one by one when the rows are not from a published snapshot
     or ``use_shards`` is off).
     """
-    from components.ingest.shards import split_images
-    from components.ingest.snapshot import read_split
-    from components.train.core import load_model
-
     model, meta = load_model(model_dir)
     rows, split_meta = read_split(test_dir)
     if rows.empty:

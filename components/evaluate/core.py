@@ -11,12 +11,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from components.common.registry import ModelRegistry, RegistryError
 from components.common.runtime import (
     onnx_predictor,
     predict_in_batches,
     read_onnx_metadata,
     torch_predictor,
 )
+from components.ingest.shards import split_images
+from components.ingest.snapshot import read_split
+from components.train.core import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +205,6 @@ def production_onnx(registry_uri: str, model_name: str, classes: list[str],
                     role: str = "candidate") -> tuple[bytes | None, dict | None, int | None]:
     """The registry's production ONNX model as (bytes, metadata, version), or Nones when there
     is none; a production model with other classes than ``classes`` is an error."""
-    from components.common.registry import ModelRegistry, RegistryError
-
     if not registry_uri:
         return None, None, None
     registry = ModelRegistry(registry_uri)
@@ -238,8 +240,6 @@ def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_t
             raise ValueError(f"The production model {model_name} v{version} takes {size} px "
                              f"inputs, the test images are {images.shape[-1]} px: pass the "
                              "test rows so that they are read at its size.")
-        from components.ingest.shards import split_images
-
         images = split_images(rows, size, dataset_version)
     probs = predict_in_batches(onnx_predictor(onnx_bytes), images)
     return classification_metrics(y_true, probs, classes), version
@@ -254,10 +254,6 @@ def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str 
     one by one when the split's rows are not from a published snapshot or ``use_shards`` is
     off; both give the same pixels.
     """
-    from components.ingest.shards import split_images
-    from components.ingest.snapshot import read_split
-    from components.train.core import load_model
-
     model, meta = load_model(model_dir)
     rows, split_meta = read_split(test_dir)
     if rows.empty:

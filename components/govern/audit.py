@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 
 from components.common.records import actor, now_iso
+from components.common.registry import ModelRegistry
+from components.govern.alerts import AlertBook
 from components.govern.records import GovernanceStore
 
 logger = logging.getLogger(__name__)
@@ -61,8 +63,6 @@ class AuditLog:
 def audit_view(store_uri: str, model: str, registry_uri: str = "") -> list[dict]:
     """Every governance record, alert, alias move, approval and release of ``model``,
     oldest first, in one shape."""
-    from components.govern.alerts import AlertBook
-
     gov = GovernanceStore(store_uri, model)
     entries = [{**r, "source": "audit"} for r in AuditLog(gov).records()]
     book = AlertBook(gov)
@@ -76,8 +76,6 @@ def audit_view(store_uri: str, model: str, registry_uri: str = "") -> list[dict]
                         "verdict": a.get("verdict_run_id")},
             "source": "alerts", "seq": a["seq"]})
     if registry_uri:
-        from components.common.registry import ModelRegistry
-
         registry = ModelRegistry(registry_uri)
         for alias in registry.aliases(model):
             for e in registry.alias_history(model, alias):

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from components.common.records import now_iso, parse_time
+from components.common.registry import ModelRegistry
 from components.common.storage import open_store
+from components.govern.actions import hold, rollback
 from components.govern.alerts import AlertBook, fingerprint, send_to
 from components.govern.audit import AuditLog
-from components.govern.policy import Policy, Rule
+from components.govern.policy import Policy, Rule, load_policy
 from components.govern.records import GovernanceStore
 from components.govern.sinks import AlertSink
 from components.govern.trigger import (
@@ -165,8 +167,6 @@ def notify(event: str, *, store_uri: str, model: str, summary: str, detail: str 
         ``{"action": "notify", "seq", "delivered"}``, or None when the policy routes the
         event nowhere or it was already sent.
     """
-    from components.govern.policy import load_policy
-
     policy = policy or load_policy()
     route = policy.events.get(event)
     if route is None:
@@ -302,8 +302,6 @@ def _production_actions(verdict, policy, matched, audit: AuditLog, registry_uri,
                           "detail": "no deployment target was given to govern, so production "
                                     "could not be rolled back; roll back by hand"}
             else:
-                from components.govern.actions import rollback
-
                 result = rollback(target, verdict.model_version, reason, evidence,
                                   verdict.run_id)
         else:
@@ -312,9 +310,6 @@ def _production_actions(verdict, policy, matched, audit: AuditLog, registry_uri,
                           "detail": "no registry was given to govern, so releases could not "
                                     "be held"}
             else:
-                from components.common.registry import ModelRegistry
-                from components.govern.actions import hold
-
                 result = hold(ModelRegistry(registry_uri), verdict.model, reason, evidence)
         result.update(rule=rule.name, check=check.name)
         audit_kind = {"rollback": "rollback", "rollback_skipped": "rollback_skipped",

@@ -26,7 +26,8 @@ import json
 import logging
 from pathlib import Path
 
-from components.common.registry import ModelRegistry
+from components.common.registry import ModelRegistry, RegistryError
+from components.common.storage import StorageError
 from components.govern.audit import audit_view
 from components.govern.core import history
 
@@ -185,9 +186,6 @@ def _reference_text(registry, model: str, version: int, lin: dict) -> str | None
     path = lin.get("monitoring_reference")
     if not path:
         return None
-    from components.common.registry import RegistryError
-    from components.common.storage import StorageError
-
     try:
         sample = json.loads(registry.read_file(model, version, path)).get("sample") or {}
     except (RegistryError, StorageError, ValueError, AttributeError) as exc:

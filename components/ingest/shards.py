@@ -51,6 +51,8 @@ from components.common.storage import (
     open_store,
     sha256_bytes,
 )
+from components.ingest.core import IngestError, object_key
+from components.ingest.snapshot import load_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +90,6 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
         IngestError: ``version`` is not published under ``dataset_root``.
         ShardError: A snapshot image does not match its content hash.
     """
-    from components.ingest.core import object_key
-    from components.ingest.snapshot import load_snapshot
-
     root = open_store(dataset_root)
     prefix = _index_prefix(version, size)
     if root.is_published(prefix):
@@ -327,8 +326,6 @@ def split_images_and_stats(rows: pd.DataFrame, size: int, dataset_version: str =
 
 def _split(rows: pd.DataFrame, size: int, version: str, use_shards: bool, stats: bool
            ) -> tuple[np.ndarray, list[dict] | None]:
-    from components.ingest.core import IngestError
-
     root = snapshot_root(rows, version) if use_shards else None
     why = ("shards not asked for" if not use_shards else
            "the rows are not all from one published dataset snapshot")

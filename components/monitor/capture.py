@@ -41,6 +41,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from components.common import prom
+from components.common.paths import mlops_home
 from components.common.service import backoff
 from components.common.storage import (
     AlreadyExistsError,
@@ -91,8 +92,6 @@ def _utc(ts: float) -> _dt.datetime:
 def default_capture_uri() -> str:
     """The monitoring store when none is named: ``$MLOPS_MONITORING_URI`` or
     ``$MLOPS_CAPTURE_URI``, else ``<mlops home>/monitoring`` (as the monitor reads it)."""
-    from components.common.paths import mlops_home
-
     for var in ("MLOPS_MONITORING_URI", "MLOPS_CAPTURE_URI"):
         if os.environ.get(var):
             return os.environ[var]

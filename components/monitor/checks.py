@@ -16,6 +16,7 @@ import numpy as np
 
 from components.monitor import estimate
 from components.monitor.contract import STAT_FIELDS, Check, Reference
+from components.monitor.drift import make_detector
 from components.monitor.window import Window, mode_counts
 
 logger = logging.getLogger(__name__)
@@ -222,8 +223,6 @@ def _sample(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 def embedding_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: str,
                     detector=None) -> list[Check]:
     """MMD two-sample test of the window's embeddings against the reference's."""
-    from components.monitor.drift import make_detector
-
     name = "drift.embedding"
     if len(win) < cfg.min_requests:
         return [Check(name, "drift", None, cfg.p_val, "unknown",
@@ -252,8 +251,6 @@ def embedding_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: st
 def statistics_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: str,
                      detector=None) -> list[Check]:
     """Per-statistic KS tests with a multiple-testing correction; names what moved."""
-    from components.monitor.drift import make_detector
-
     name = "drift.statistics"
     names = [s for s in DRIFT_STATS if ref.stats.get(s)]
     if len(win) < cfg.min_requests:

@@ -13,18 +13,21 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from components.common.images import ImageRejected, decode_image
+from components.common.registry import ModelRegistry
 from components.common.runtime import torch_normaliser
 from components.common.storage import StorageError, open_store
 from components.monitor.checks import wilson
 from components.monitor.contract import Reference
+from components.monitor.report import PLOT_LOCK
 from components.monitor.window import Window
+from components.train.core import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +109,6 @@ def select(win: Window, classes: list[str], per_group: int, seed: int = 0) -> di
 
 def load_torch_model(registry_uri: str, model: str, version: int):
     """The PyTorch model registered with ``version`` (``torch/model.pt`` + ``model.json``)."""
-    from components.common.registry import ModelRegistry
-    from components.train.core import load_model
-
     reg = ModelRegistry(registry_uri)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("model.pt", "model.json"):
@@ -131,8 +131,6 @@ def saliency_maps(torch_model, meta: dict, images: np.ndarray, targets: list[int
 
 
 def _figure(img: np.ndarray, sal: np.ndarray, title: str) -> bytes:
-    from components.monitor.report import PLOT_LOCK
-
     with PLOT_LOCK:
         return _draw(img, sal, title)
 
@@ -185,8 +183,6 @@ def explain_window(win: Window, ref: Reference, registry_uri: str, monitoring_ur
             return out
     from PIL import Image
 
-    from components.common.images import ImageRejected, decode_image
-
     store = open_store(monitoring_uri)
     size = int(torch_meta["image_size"])
     todo, pixels = [], []
@@ -225,9 +221,3 @@ def explain_window(win: Window, ref: Reference, registry_uri: str, monitoring_ur
                                "confidence": round(confidence, 4),
                                "brightness": r["stats"].get("brightness"), "file": name})
     return out
-
-
-def explanations_json(explanations: dict) -> bytes:
-    """Everything but the PNG bytes, for the report folder."""
-    return json.dumps({k: v for k, v in explanations.items() if k != "images"}, indent=2,
-                      sort_keys=True, default=str).encode()

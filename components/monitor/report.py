@@ -242,11 +242,15 @@ def markdown_summary(verdict: Verdict, explanations: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def explanations_json(explanations: dict) -> bytes:
+    """Everything but the PNG bytes, for the report folder."""
+    return json.dumps({k: v for k, v in explanations.items() if k != "images"}, indent=2,
+                      sort_keys=True, default=str).encode()
+
+
 def report_files(html_text: str, md: str, explanations: dict, verdict: Verdict | None = None
                  ) -> dict[str, bytes]:
     """The files of a report folder: report.html, summary.md, explanations.json, gallery."""
-    from components.monitor.explain import explanations_json
-
     files = {"report.html": html_text.encode(), "summary.md": md.encode(),
              "explanations.json": explanations_json(explanations)}
     files.update(explanations.get("images", {}))

@@ -24,6 +24,7 @@ from components.common.registry import ModelRegistry
 from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.datagen.core import LakeSpec, render
 from components.monitor.capture import CaptureConfig, CaptureWriter
+from components.monitor.feedback import LabelRequest, LabelStore
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def simulate(model: OnnxModel, monitoring_uri: str, model_name: str, model_versi
     if writer.counts["dropped"] or writer.counts["failed"]:
         logger.warning("Simulation lost records: %s", writer.counts)
     if labels:
-        from components.monitor.feedback import LabelRequest, LabelStore
-
         LabelStore(monitoring_uri, model_name, model.classes).add_many(
             [LabelRequest(rid, truth, 0, by=labelled_by) for rid, truth in labels],
             source="simulation")

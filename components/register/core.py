@@ -7,7 +7,11 @@ import logging
 from pathlib import Path
 
 from components.common.registry import ModelRegistry, ModelVersion, RegistryError
+from components.ingest.core import object_key
+from components.ingest.snapshot import load_snapshot, read_split, root_of_snapshot
+from components.monitor.reference import REFERENCE_DIR, build_reference_files
 from components.settings import code_version
+from components.train.core import validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +46,6 @@ def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str],
         (rows or None, what they are in words).
     """
     import pandas as pd
-
-    from components.ingest.core import object_key
-    from components.ingest.snapshot import load_snapshot, root_of_snapshot
-    from components.train.core import validation_split
 
     if not prefixes:
         return None, ""
@@ -139,9 +139,6 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
         raise RegistryError("Refusing to register a model the quality gate did not bless: "
                             + "; ".join(evaluation["gate"]["reasons"]))
     if reference_sample > 0:
-        from components.ingest.snapshot import read_split
-        from components.monitor.reference import REFERENCE_DIR, build_reference_files
-
         train_rows, _ = read_split(train_dir)
         prefixes = ((extra_lineage or {}).get("production_data") or {}).get("lake_prefixes")
         recent, population = recent_reference_rows(train_rows, dataset, prefixes or [],

@@ -8,6 +8,12 @@ from __future__ import annotations
 import json
 import logging
 
+from components.common.registry import ModelRegistry, RegistryError
+from components.common.storage import ObjectNotFoundError, StorageError, open_store
+from components.monitor import reference as ref_mod
+from components.monitor.core import read_history
+from components.monitor.window import parse_time
+
 logger = logging.getLogger(__name__)
 
 #: Where the torch weights are in a registered version (``components.package.core``).
@@ -62,8 +68,6 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
     info = parse_trigger(trigger) if from_episode else {}
     if not info.get("window_start") or not info.get("window_end"):
         return None
-    from components.monitor.window import parse_time
-
     try:
         start, end = parse_time(info["window_start"]), parse_time(info["window_end"])
     except ValueError:
@@ -74,8 +78,6 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
     kinds = (kinds & set(EPISODE_KINDS)) or set(EPISODE_KINDS)
     normal_end = None
     if monitoring_uri and info.get("model"):
-        from components.monitor.core import read_history
-
         for verdict in read_history(monitoring_uri, str(info["model"]),
                                     ends_between=(start, end)):
             if str(verdict.model_version) != str(info.get("model_version")):
@@ -108,9 +110,6 @@ def warm_start_space(search_space: str, registry_uri: str, model_name: str, work
         (the search space JSON, what was decided: ``{"warm_start", "version", "weights",
         "reason"}``).
     """
-    from components.common.registry import ModelRegistry, RegistryError
-    from components.common.storage import ObjectNotFoundError, StorageError, open_store
-
     try:
         space = json.loads(search_space)
     except json.JSONDecodeError as exc:
@@ -153,8 +152,6 @@ def activate_reference(registry_uri: str, model_name: str, version: int, decisio
     Returns:
         ``{"active", "version", "reference_uri", "reason"}``.
     """
-    from components.common.registry import ModelRegistry, RegistryError
-
     registry = ModelRegistry(registry_uri)
     try:
         production = registry.resolve(model_name, "@production")
@@ -165,8 +162,6 @@ def activate_reference(registry_uri: str, model_name: str, version: int, decisio
                   f"so the reference of version {production} stays active")
         logger.info("Reference not switched: %s", reason)
         return {"active": False, "version": production, "reference_uri": "", "reason": reason}
-    from components.monitor import reference as ref_mod
-
     built = not ref_mod.has_reference(registry_uri, model_name, int(version))
     uri = ref_mod.build_reference(registry_uri, model_name, int(version))
     ref = ref_mod.load_reference(registry_uri, model_name, int(version), monitoring_uri)
@@ -175,8 +170,8 @@ def activate_reference(registry_uri: str, model_name: str, version: int, decisio
               else 0, "built_now": built,
               "reason": f"version {version} is in production; its reference is active"}
     try:
-        from components.govern.audit import AuditLog
-        from components.govern.records import GovernanceStore
+        from components.govern.audit import AuditLog  # deferred: optional, see except
+        from components.govern.records import GovernanceStore  # deferred: optional
 
         AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
             "release", f"retrained version {version} {decision}; its monitoring reference is "
@@ -198,8 +193,8 @@ def record_rejection(evaluation: dict, monitoring_uri: str, model_name: str,
               "champion_version": gate.get("champion_version"),
               "trigger": parse_trigger(trigger)}
     try:
-        from components.govern.audit import AuditLog
-        from components.govern.records import GovernanceStore
+        from components.govern.audit import AuditLog  # deferred: optional, see except
+        from components.govern.records import GovernanceStore  # deferred: optional
 
         AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
             "retrain_failed", "the retrained model did not pass the champion/challenger gate; "

@@ -56,6 +56,7 @@ from components.common.images import (
     model_input,
 )
 from components.common.runtime import load_onnx, normalise
+from components.monitor.capture import CaptureWriter
 from components.serve import guard, kserve_patches, v2_compat
 
 logger = logging.getLogger(__name__)
@@ -222,8 +223,6 @@ class PetClassifier(Model):
         self.has_embedding = model.has_embedding
         self.registry_version = self._registry_version()
         if self.capture is not None and self._capture is None:
-            from components.monitor.capture import CaptureWriter
-
             if not self.has_embedding:
                 logger.warning("%s has no 'embedding' output: captured records carry no "
                                "embedding, so embedding drift cannot be measured. Package the "

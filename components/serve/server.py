@@ -12,11 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from components.common.registry import ModelRegistry, RegistryError
+from components.monitor.capture import CaptureConfig
+from components.serve.predictor import PetClassifier, ServingLimits
+
 
 def resolve_package(model_ref: str, registry_uri: str, cache_dir: str) -> tuple[str, str]:
     """``NAME[:VERSION|@ALIAS]`` -> (model name, local package folder), checksums verified."""
-    from components.common.registry import ModelRegistry
-
     if "@" in model_ref:
         name, ref = model_ref.split("@", 1)
         ref = "@" + ref
@@ -62,8 +64,6 @@ def _seconds(text: str) -> float:
 def capture_config(args):
     """The capture settings from the options (whose defaults read ``MLOPS_CAPTURE_*``), or
     None when no capture store is named."""
-    from components.monitor.capture import CaptureConfig
-
     if not args.capture_uri:
         return None
     return CaptureConfig.from_env(uri=args.capture_uri, sample_rate=args.capture_sample_rate,
@@ -75,8 +75,6 @@ def capture_config(args):
 
 def build_parser() -> argparse.ArgumentParser:
     home = Path(os.environ.get("MLOPS_HOME") or Path.home() / ".mlops")
-    from components.serve.predictor import ServingLimits
-
     limits = ServingLimits()
     p = argparse.ArgumentParser(prog="mlops serve", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -163,8 +161,6 @@ def _port(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from components.common.registry import RegistryError
-
     try:
         if args.model:
             name, package_dir = resolve_package(args.model, args.registry, args.cache_dir)
@@ -176,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import ModelServer
 
     from components.serve import kserve_patches  # deferred: imports KServe, not for --help
-    from components.serve.predictor import PetClassifier, ServingLimits
 
     try:
         capture = capture_config(args)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from components.common import k8s
 from components.common.service import free_port, wait_until
+from components.deploy import router as rt
 from components.deploy.client import EndpointError, wait_ready
-from components.deploy.supervisor import process_alive
+from components.deploy.supervisor import process_alive, read_supervision, revision_key
 from components.deploy.targets.base import (
     ENVIRONMENTS,
     Deployment,
@@ -137,21 +138,15 @@ class LocalTarget(DeploymentTarget):
     def traffic(self, environment: str) -> dict | None:
         """Requests the environment's router has answered per revision role since it started
         (``{"stable": n, "canary": m}``), or None when no router answers."""
-        from components.deploy import router as rt
-
         rec = self.router(environment)
         status = rt.router_status(rec["url"]) if rec.get("url") else None
         return dict(status["served"]) if status else None
 
     def supervision(self, environment: str) -> dict:
         """What the environment's supervisor last reported (see ``supervisor.py``)."""
-        from components.deploy.supervisor import read_supervision
-
         return read_supervision(self.state_dir, self.model_name, _check_env(environment))
 
     def status(self, environment: str) -> Deployment | None:
-        from components.deploy.supervisor import revision_key
-
         state = self._read()
         entry = state.get(_check_env(environment))
         if not entry or not entry.get("stable"):
@@ -182,8 +177,6 @@ class LocalTarget(DeploymentTarget):
     def _ensure_router(self, environment: str, state: dict) -> dict:
         """Starts the environment's router if it does not run; returns its record (state is
         updated in place and written by the caller)."""
-        from components.deploy import router as rt
-
         routers = state.setdefault("routers", {})
         rec = dict(routers.get(environment) or {})
         if rec.get("pid") and rt.router_alive(rec["pid"], rec["port"]):
@@ -211,8 +204,6 @@ class LocalTarget(DeploymentTarget):
 
     def _commit(self, environment: str, state: dict) -> dict:
         """Writes the state, makes sure the router runs and waits until it applies it."""
-        from components.deploy import router as rt
-
         self._write(state)  # routes first, so that a router starting now reads them
         rec = self._ensure_router(environment, state)
         self._write(state)
@@ -226,9 +217,6 @@ class LocalTarget(DeploymentTarget):
 
     def _retire(self, environment: str, rev: Revision | None, router: dict | None) -> None:
         """Stops a revision the router no longer routes to, once nothing is in flight to it."""
-        from components.deploy import router as rt
-        from components.deploy.supervisor import revision_key
-
         if rev is None:
             return
         if router and not rt.wait_drained(router["url"], rev.url):
@@ -243,8 +231,6 @@ class LocalTarget(DeploymentTarget):
 
     def stop_router(self, environment: str) -> None:
         rec = self.router(environment)
-        from components.deploy import router as rt
-
         if rec.get("pid") and rt.router_alive(rec["pid"], rec["port"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec["pid"], signal.SIGTERM)
@@ -385,8 +371,6 @@ class LocalTarget(DeploymentTarget):
             self._write(state)  # the router stops routing (and supervising) first
             router = self.router(environment)
             if router.get("pid"):
-                from components.deploy import router as rt
-
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(router["pid"], signal.SIGHUP)
                 with contextlib.suppress(RuntimeError):
