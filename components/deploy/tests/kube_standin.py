@@ -743,11 +743,12 @@ class KubeStandIn:
         comp = status.setdefault("components", {}).setdefault("predictor", {})
         template = self._template(isvc)
         traffic_spec = self._traffic_spec(isvc, comp)
-        # ksvc_reconciler.Reconcile: update the Knative Service when its spec differs.
+        # ksvc_reconciler.go:258-318 Reconcile: update the Knative Service when it differs.
         if template != ksvc["template"] or traffic_spec != ksvc["traffic_spec"]:
             ksvc["generation"] += 1
             if template != ksvc["template"]:
-                # configuration.go: a new Revision for each new Configuration generation.
+                # configuration.go:66-96, resources/revision.go:42: a new Revision for each
+                # new Configuration generation.
                 ksvc["config_generation"] += 1
                 ksvc["template"] = template
                 rev_name = f"{ksvc['name']}-{ksvc['config_generation']:05d}"
@@ -780,17 +781,17 @@ class KubeStandIn:
         meta, pred = isvc["metadata"], isvc["spec"]["predictor"]
         annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                        if k not in ANNOTATION_DISALLOWED}
-        if pred.get("logger"):  # predictor.go addLoggerAnnotations
+        if pred.get("logger"):  # predictor.go:104 addLoggerAnnotations
             annotations.update({"serving.kserve.io/enable-logger": "true",
                                 "serving.kserve.io/logger-sink-url": pred["logger"].get("url", ""),
                                 "serving.kserve.io/logger-mode": pred["logger"].get("mode",
                                                                                      "all")})
         env = {e["name"]: e.get("value") for e in pred["containers"][0].get("env", [])}
-        if env.get("STORAGE_URI"):  # addStorageInitializerAnnotations
+        if env.get("STORAGE_URI"):  # predictor.go:117 addStorageInitializerAnnotations
             annotations[STORAGE_URI_ANNOTATION] = env["STORAGE_URI"]
         for key, field in (("autoscaling.knative.dev/min-scale", "minReplicas"),
                            ("autoscaling.knative.dev/max-scale", "maxReplicas")):
-            if field in pred:  # SetAutoScalingAnnotations
+            if field in pred:  # ksvc_reconciler.go:104-111 SetAutoScalingAnnotations
                 annotations[key] = str(pred[field])
         labels = {**(meta.get("labels") or {}), **(pred.get("labels") or {}),
                   "serving.kserve.io/inferenceservice": meta["name"], "component": "predictor"}
@@ -802,6 +803,7 @@ class KubeStandIn:
 
     @staticmethod
     def _traffic_spec(isvc: dict, comp: dict) -> list[dict]:
+        """ksvc_reconciler.go:132-164: the traffic KServe asks Knative for."""
         pred = isvc["spec"]["predictor"]
         percent = pred.get("canaryTrafficPercent")
         tagged = (isvc["metadata"].get("annotations") or {}).get(
