@@ -172,6 +172,7 @@ def test_release_reject_then_governance_rollback(cluster, release, governance, r
     (rev3,) = _revisions(cluster, 3)
     if not replaced:
         cluster.behave(2, None)  # the fresh revision of version 2 never becomes ready
+        release.timeout_s = 2  # how long the rollback waits for it
     rejected = cluster.mark()
     dep = release.rollback(PROD)
     assert dep.stable.version == 2 and dep.canary is None
