@@ -9,6 +9,12 @@ misbehave:
   connection is closed without the reply: the "lost reply" of a network blip.
 * ``blackhole=True``: connections are accepted and read, and nothing is ever answered: a
   partitioned server.
+* :meth:`outage` / :meth:`partition` / :meth:`restore` switch a relaying proxy while it runs:
+  during an outage every connection (new or kept alive) is closed at its next request without
+  an answer, as by a server that went down; during a partition requests are read and never
+  answered; after :meth:`restore` requests are relayed again. ``trip`` (a predicate like
+  ``drop_reply``) and ``trip_to`` switch the mode when the first matching request arrives,
+  before it is relayed: an outage in the middle of a publish.
 
 Every socket has a timeout, the serving threads are daemons, and :meth:`stop` closes the
 listening socket and every open connection, then joins the threads.
@@ -27,13 +33,17 @@ Predicate = Callable[[str, str, dict], bool]
 
 class FaultProxy:
     def __init__(self, upstream: str | None = None, *, drop_reply: Predicate | None = None,
-                 drop_count: int = 1, blackhole: bool = False, timeout: float = 30.0):
+                 drop_count: int = 1, blackhole: bool = False, timeout: float = 30.0,
+                 trip: Predicate | None = None, trip_to: str = "outage"):
         if not blackhole and not upstream:
             raise ValueError("A relaying proxy needs an upstream URL.")
         self.upstream = urlparse(upstream) if upstream else None
         self.drop_reply = drop_reply
         self.drops_left = drop_count
-        self.blackhole = blackhole
+        self.mode = "blackhole" if blackhole else "relay"
+        self.trip, self.trip_to = trip, trip_to
+        self.tripped: list[tuple[str, str]] = []
+        self.unanswered = 0  # requests (or connections) met by an outage or a partition
         self.timeout = timeout
         self.dropped: list[tuple[str, str]] = []
         self.requests: list[tuple[str, str]] = []
@@ -72,6 +82,24 @@ class FaultProxy:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    @property
+    def blackhole(self) -> bool:
+        return self.mode == "blackhole"
+
+    def outage(self) -> None:
+        """From now on, close every connection at its next request, unanswered."""
+        self.mode = "outage"
+
+    def partition(self) -> None:
+        """From now on, read requests and answer none."""
+        self.mode = "blackhole"
+
+    def restore(self) -> None:
+        """Relay requests again."""
+        if self.upstream is None:
+            raise ValueError("A proxy without an upstream cannot relay.")
+        self.mode = "relay"
+
     def _accept(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -90,9 +118,11 @@ class FaultProxy:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            if self.blackhole:
-                while not self._stopping.is_set() and conn.recv(65536):
-                    pass  # read everything, answer nothing
+            if self.mode in ("outage", "blackhole"):
+                with self._lock:
+                    self.unanswered += 1
+                if self.blackhole:
+                    self._swallow(conn)
                 return
             self._relay(conn)
         except OSError:
@@ -101,6 +131,10 @@ class FaultProxy:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        while not self._stopping.is_set() and conn.recv(65536):
+            pass  # read everything, answer nothing
 
     def _relay(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")
@@ -123,6 +157,18 @@ class FaultProxy:
                 if "chunked" in lowered.get("transfer-encoding", "").lower():
                     raise OSError("chunked request bodies are not supported by this proxy")
                 body = reader.read(int(lowered.get("content-length", "0") or 0))
+                with self._lock:
+                    if self.trip is not None and self.trip(method, path, lowered):
+                        self.trip = None
+                        self.tripped.append((method, path))
+                        self.mode = self.trip_to
+                    if self.mode != "relay":
+                        self.unanswered += 1
+                if self.mode == "outage":
+                    return  # the connection is closed unanswered
+                if self.mode == "blackhole":
+                    self._swallow(conn)
+                    return
                 self.requests.append((method, path))
                 upstream.request(method, path, body=body or None, headers=headers)
                 response = upstream.getresponse()

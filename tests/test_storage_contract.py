@@ -236,6 +236,37 @@ def test_s3_partition_fails_fast_and_names_the_endpoint(s3_uri, monkeypatch):
             assert time.monotonic() - started < 8  # (read 0.5 s) x 2 tries + back-off
 
 
+@pytest.mark.timeout(90)
+def test_s3_partition_costs_one_bound_then_one_try_per_request_until_an_answer(s3_uri,
+                                                                               monkeypatch):
+    """What a partition costs a step adds up to one request's bound: once a request has used
+    up its retries, the next ones are tried once each (cleaning up, reporting) instead of a
+    whole bound each; the first answer after the store's return ends that."""
+    from faultproxy import FaultProxy
+
+    base = open_store(s3_uri)
+    with FaultProxy(s3_env_endpoint()) as proxy:
+        store = _s3_store_via(proxy.url, base.bucket, monkeypatch, MLOPS_S3_CONNECT_TIMEOUT="2",
+                              MLOPS_S3_READ_TIMEOUT="0.5", MLOPS_S3_RETRIES="2")
+        store.put("k", b"x")
+        proxy.partition()
+        tries = []
+        for op in (lambda: store.get("k"), lambda: store.exists("k"),
+                   lambda: store.put("j", b"y"), lambda: store.delete("k")):
+            before = proxy.unanswered
+            with pytest.raises(StorageError, match="did not answer"):
+                op()
+            tries.append(proxy.unanswered - before)
+        assert tries == [3, 1, 1, 1]  # 1 + MLOPS_S3_RETRIES, then one try each
+        proxy.restore()
+        assert store.get("k") == b"x"  # answered: the endpoint is up again
+        proxy.partition()
+        before = proxy.unanswered
+        with pytest.raises(StorageError, match="did not answer"):
+            store.get("k")
+        assert proxy.unanswered - before == 3  # a new partition gets the whole bound again
+
+
 def test_s3_without_an_endpoint_names_the_variables(monkeypatch):
     import os
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from components.common.procs import exit_with
 from components.common.storage import ObjectStore, join_key
 
 logger = logging.getLogger(__name__)
@@ -398,7 +400,8 @@ def generate(spec: LakeSpec, store: ObjectStore, *, prefix: str = "",
     """
     counts = {c: 0 for c in CLASSES}
     tasks = ((spec, i) for i in range(spec.n))
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=exit_with,
+                               initargs=(os.getpid(),)) if workers > 1 else None
     results = pool.map(_render_indexed, tasks, chunksize=8) if pool else map(_render_indexed,
                                                                                tasks)
     try:

@@ -19,7 +19,7 @@ Layout of a dataset root (any store URI)::
     cache/parts/<source-id>-<settings-id>/<plan-id>/
         plan.json, part-<index>.csv      a fanned-out ingestion's key ranges and what each part
                                          learned; folded into the cache by the publish step
-    locks/versions-<version>.lock        held while one ingestion publishes that version
+    locks/versions-<version>.lock-<n>    held while one ingestion publishes that version
 
 The dataset version is a hash of the manifest, so it changes if and only if an image's
 content, label, split or size changes.
@@ -33,11 +33,8 @@ import json
 import logging
 import os
 import re
-import socket
 import stat
-import time
 import unicodedata
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +50,7 @@ from components.common.images import (
     ImageRejected,
     inspect_image,
 )
-from components.common.service import wait_until
+from components.common.procs import exit_with
 from components.common.storage import (
     AlreadyExistsError,
     LocalStore,
@@ -67,6 +64,7 @@ from components.common.storage import (
     sha256_bytes,
     split_uri,
 )
+from components.common.storage.lock import LeaseLock, LockTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +92,6 @@ PROCESS_MIN_OBJECTS = 256
 DEFAULT_MAX_BYTES = 256 * 2**20
 #: The most worker processes ``workers=0`` starts.
 MAX_DEFAULT_WORKERS = 8
-#: A publish lock older than this is presumed left behind by a crashed ingestion.
-PUBLISH_LOCK_STALE_S = 600.0
 
 
 class IngestError(UserError, ValueError):
@@ -535,8 +531,9 @@ _WORKER: _Checker | None = None
 
 
 def _init_worker(lake_uri: str, objects_uri: str, env: dict, present: frozenset[str],
-                 settings: tuple) -> None:
+                 settings: tuple, starter: int) -> None:
     global _WORKER
+    exit_with(starter)  # a killed ingestion leaves no idle workers behind
     os.environ.update(env)  # the S3 settings of the parent, whenever the pool was started
     logging.basicConfig(level=logging.WARNING)
     _WORKER = _Checker(open_store(lake_uri), open_store(objects_uri), present, *settings)
@@ -567,7 +564,7 @@ def _read_objects(tasks: list[str], lake: ObjectStore, objects: ObjectStore,
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                    initializer=_init_worker,
                                    initargs=(lake.uri, objects.uri, _storage_env(), present,
-                                             settings))
+                                             settings, os.getpid()))
         results = pool.map(_work, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8))))
         mode = "processes"
     else:
@@ -647,9 +644,11 @@ def _publish(root: ObjectStore, snapshot: str, files: dict[str, bytes], manifest
              wait_s: float) -> bool:
     """Publishes a snapshot once, however many ingestions of it run at the same time.
 
-    One ingestion holds a create-only lock object while it publishes; another that finds the
-    lock waits until the version is published (and then publishes nothing), or takes over a
-    lock older than ``PUBLISH_LOCK_STALE_S``.
+    One ingestion holds the lease lock ``locks/versions-<version>.lock-<n>`` while it
+    publishes (:class:`~components.common.storage.lock.LeaseLock`); another that finds the
+    lock waits until the version is published (and then publishes nothing), or takes the lock
+    over at once when its holder is gone (a dead process on this host, an attempt of this
+    process that ended, or a lease not renewed).
 
     Returns:
         True if this call published the snapshot, False if it was already published (by an
@@ -665,64 +664,24 @@ def _publish(root: ObjectStore, snapshot: str, files: dict[str, bytes], manifest
 
     if already():
         return False
-    lock = f"locks/{snapshot.replace('/', '-')}.lock"
-    token = uuid.uuid4().hex
-    held: dict = {}
-    age = 0.0
-
-    def take_lock() -> str | None:
-        """"locked", "published", or None while another ingestion holds the lock."""
-        nonlocal held, age
-        while True:  # a lock released or stale is tried again at once
-            try:
-                # The lock's age is read by other processes, maybe on other hosts: wall clock.
-                root.put(lock, json.dumps({"token": token, "host": socket.gethostname(),
-                                           "pid": os.getpid(), "time": time.time()}).encode(),
-                         if_absent=True)
-                return "locked"
-            except AlreadyExistsError:
-                if already():
-                    return "published"
-                try:
-                    held = json.loads(root.get(lock))
-                    age = time.time() - float(held["time"])
-                except ObjectNotFoundError:
-                    continue  # released just now: try again at once
-                except (ValueError, KeyError, TypeError):
-                    held, age = {}, PUBLISH_LOCK_STALE_S + 1  # unreadable: treat as stale
-                if age > PUBLISH_LOCK_STALE_S:
-                    logger.warning("Taking over the publish lock %s (held by %s for %.0f s)",
-                                   root.uri_of(lock), held, age)
-                    root.delete(lock)
-                    continue
-                return None
-
-    outcome = wait_until(take_lock, wait_s, 0.2)
-    if outcome == "published":
-        return False
-    if outcome is None:
-        raise IngestError(
-            f"Another ingestion ({held.get('host')}, pid {held.get('pid')}) has been "
-            f"publishing {root.uri_of(snapshot)} for {age:.0f} s. Try again later; if "
-            f"no ingestion is running, delete {root.uri_of(lock)}.")
+    lock = LeaseLock(root, f"locks/{snapshot.replace('/', '-')}.lock",
+                     what=f"the ingestion that publishes {root.uri_of(snapshot)}",
+                     wait_s=wait_s, done=already)
     try:
-        if already():
-            return False
-        try:
-            root.publish(snapshot, files)
-        except AlreadyExistsError:
-            # Published meanwhile by a writer that does not take the lock (an older version of
-            # this code): fine if it is this version, intact.
-            if already():
+        with lock as held:
+            if not held or already():
                 return False
-            raise
-        return True
-    finally:
-        try:
-            if json.loads(root.get(lock)).get("token") == token:
-                root.delete(lock)
-        except (ObjectNotFoundError, ValueError):
-            pass
+            try:
+                root.publish(snapshot, files)
+            except AlreadyExistsError:
+                # Published meanwhile by a writer that does not take the lock (an older
+                # version of this code): fine if it is this version, intact.
+                if already():
+                    return False
+                raise
+            return True
+    except LockTimeout as exc:
+        raise IngestError(f"{exc} (this ingestion waited publish_wait_s).") from exc
 
 
 @dataclass

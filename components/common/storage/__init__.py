@@ -15,8 +15,8 @@ its ``_PUBLISHED`` marker, or they do not see it as published at all. Published 
 immutable: publishing different files to the same prefix again raises
 :class:`AlreadyExistsError`; publishing the very same files again (a retry, or a concurrent
 publisher of the same content) returns the existing marker. Concurrent publishers of one prefix
-never mix their files: on S3 they take turns through a lease-based lock (see
-:class:`~components.common.storage.s3._PublishLock`), on a directory the atomic rename of a
+never mix their files: on S3 they take turns through a lease lock that heals when its holder
+is gone (see :mod:`components.common.storage.lock`), on a directory the atomic rename of a
 private staging folder decides.
 
 Create-only writes (``put(..., if_absent=True)``) are idempotent: when the object already holds

@@ -1,21 +1,18 @@
 """The S3 backend: any S3-compatible server through the ``minio`` client (MinIO, SeaweedFS,
-AWS S3, Ceph RGW ...), with bounded timeouts and a lease-based publish lock."""
+AWS S3, Ceph RGW ...), with bounded timeouts; publishers of one folder take turns through a
+:class:`~components.common.storage.lock.LeaseLock`."""
 
 from __future__ import annotations
 
+import functools
 import io
-import json
 import logging
 import os
-import socket
 import threading
-import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from components.common.service import wait_until
 from components.common.storage.base import (
     _LOCK_NAME,
     PUBLISHED_MARKER,
@@ -29,6 +26,7 @@ from components.common.storage.base import (
     check_key,
     join_key,
 )
+from components.common.storage.lock import LeaseLock
 
 logger = logging.getLogger(__name__)
 
@@ -279,20 +277,20 @@ class S3Store(ObjectStore):
         # Publishers of one prefix take turns through a lock, so one never overwrites the files
         # of a folder another is writing; a crashed publisher's unmarked files are overwritten
         # by the next one once its lock is found dead or stale.
-        lock = _PublishLock(self, prefix)
-        if not lock.acquire():
-            raise AlreadyExistsError(f"{self.uri_of(prefix)} was published while this "
-                                     "publisher waited for its turn.")
-        try:
-            if self.exists(join_key(prefix, PUBLISHED_MARKER)):
+        marker_key = join_key(prefix, PUBLISHED_MARKER)
+        lock = LeaseLock(self, join_key(prefix, _LOCK_NAME), what=f"publishing "
+                         f"{self.uri_of(prefix)}", done=lambda: self.exists(marker_key))
+        with lock as held:
+            if not held:
+                raise AlreadyExistsError(f"{self.uri_of(prefix)} was published while this "
+                                         "publisher waited for its turn.")
+            if self.exists(marker_key):
                 raise AlreadyExistsError(f"{self.uri_of(prefix)} is already published.")
             for name, data in files.items():
                 lock.check()
                 self.put(join_key(prefix, name), data)
             lock.check()
-            self.put(join_key(prefix, PUBLISHED_MARKER), marker, if_absent=True)
-        finally:
-            lock.release()
+            self.put(marker_key, marker, if_absent=True)
 
     def ensure_bucket(self) -> None:
         """Creates the bucket if it does not exist (for tests, demos and first runs)."""
@@ -305,166 +303,73 @@ class S3Store(ObjectStore):
             raise self._unavailable("a bucket check of", "", exc) from exc
 
 
-def _publish_lease() -> float:
-    return _number_env(os.environ, "MLOPS_PUBLISH_LEASE", 60.0)
+class _Endpoint:
+    """What this process knows of one S3 endpoint: did its last request get an answer?
 
-
-def _publish_wait() -> float:
-    return _number_env(os.environ, "MLOPS_PUBLISH_WAIT", 900.0)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _PublishLock:
-    """A lease on publishing one S3 folder: ``<prefix>/_PUBLISHING-<generation>``.
-
-    Acquire: create generation 1 with a create-only write. A publisher that finds a lock waits
-    until the folder is published (then it compares files), the lock is released (then it
-    tries again), or the lock is dead: its holder ran on this host and its process is gone, or
-    its heartbeat (the holder rewrites the lock every lease/4 seconds) has not changed for a
-    lease (``MLOPS_PUBLISH_LEASE``, 60 s), measured on the waiter's own monotonic clock so that
-    clock skew between machines does not matter. A dead lock of generation g is taken over by
-    creating generation g+1 create-only: exactly one waiter wins. The holder checks before
-    every write that its generation is still current, so a holder that was only slow stops
-    instead of overwriting its successor's files. Waiting is bounded by ``MLOPS_PUBLISH_WAIT``
-    (900 s).
+    While an endpoint is down (a request of this process used up its retries without an
+    answer), every request to it is tried once, not ``1 + retries`` times: requests that are
+    already waiting stop after their current try, and the ones that follow (cleaning up,
+    reporting) fail after one timeout each instead of adding up a whole bound each. The
+    first answer marks it up again, so a retry after the store's return runs normally.
     """
 
-    def __init__(self, store: S3Store, prefix: str):
-        self.store = store
-        self.prefix = prefix
-        self.owner = uuid.uuid4().hex
-        self.generation = 0
-        self.lease = _publish_lease()
-        self._beat = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, url: str):
+        self.url = url
+        self.down = False
+        self._guard = threading.Lock()
 
-    def _key(self, generation: int) -> str:
-        return join_key(self.prefix, f"{_LOCK_NAME}-{generation:06d}")
+    def mark_down(self) -> None:
+        with self._guard:
+            was, self.down = self.down, True
+        if not was:
+            logger.warning("S3 endpoint %s did not answer; until it does, each request to it "
+                           "is tried once", self.url)
 
-    def _body(self) -> bytes:
-        return json.dumps({"owner": self.owner, "host": socket.gethostname(),
-                           "pid": os.getpid(), "beat": self._beat}).encode()
+    def mark_up(self) -> None:
+        with self._guard:
+            was, self.down = self.down, False
+        if was:
+            logger.info("S3 endpoint %s answers again", self.url)
 
-    def _generations(self) -> list[int]:
-        found = []
-        for obj in self.store.list(self.prefix):
-            name = obj.key.rsplit("/", 1)[-1]
-            if name.startswith(_LOCK_NAME + "-") and name[len(_LOCK_NAME) + 1:].isdigit():
-                found.append(int(name[len(_LOCK_NAME) + 1:]))
-        return sorted(found)
 
-    def _try(self, generation: int) -> bool:
-        self.generation = generation
-        try:
-            self.store.put(self._key(generation), self._body(), if_absent=True)
-        except AlreadyExistsError:
-            return False
-        self._thread = threading.Thread(target=self._heartbeat, daemon=True,
-                                        name=f"publish-lease-{self.prefix}")
-        self._thread.start()
-        return True
+_ENDPOINTS: dict[str, _Endpoint] = {}
+_ENDPOINTS_GUARD = threading.Lock()
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.lease / 4):
-            self._beat += 1
+
+def _endpoint(url: str) -> _Endpoint:
+    with _ENDPOINTS_GUARD:
+        return _ENDPOINTS.setdefault(url, _Endpoint(url))
+
+
+@functools.cache
+def _http_classes():
+    """urllib3's retry and pool, told of the endpoint's state (urllib3 imported on first use)."""
+    import urllib3
+
+    class EndpointRetry(urllib3.Retry):
+        endpoint: _Endpoint | None = None
+
+        def new(self, **kw):
+            retry = super().new(**kw)
+            retry.endpoint = self.endpoint
+            return retry
+
+        def is_exhausted(self) -> bool:
+            return super().is_exhausted() or bool(self.endpoint and self.endpoint.down)
+
+    class EndpointPool(urllib3.PoolManager):
+        endpoint: _Endpoint | None = None
+
+        def urlopen(self, method, url, redirect=True, **kw):
             try:
-                self.store.put(self._key(self.generation), self._body())
-            except StorageError as exc:  # the next check() or the marker write decides
-                logger.warning("Could not renew the publish lease of %s: %s",
-                               self.store.uri_of(self.prefix), exc)
+                response = super().urlopen(method, url, redirect=redirect, **kw)
+            except urllib3.exceptions.HTTPError:
+                self.endpoint.mark_down()
+                raise
+            self.endpoint.mark_up()
+            return response
 
-    def acquire(self) -> bool:
-        """True once this publisher holds the lock; False if the folder got published."""
-        marker = join_key(self.prefix, PUBLISHED_MARKER)
-        seen: tuple[int, bytes] | None = None
-        seen_at = time.monotonic()
-        holder: dict = {}
-
-        def attempt() -> str | None:
-            """"held", "published", or None while a live publisher holds the lock."""
-            nonlocal seen, seen_at, holder
-            while True:  # a lock released or lost meanwhile is tried again at once
-                if self.store.exists(marker):
-                    return "published"
-                generations = self._generations()
-                if not generations:
-                    if self._try(1):
-                        return "held"
-                    continue
-                top = generations[-1]
-                try:
-                    body = self.store.get(self._key(top))
-                except ObjectNotFoundError:
-                    continue  # released meanwhile
-                now = time.monotonic()
-                if seen is None or seen != (top, body):
-                    seen, seen_at = (top, body), now
-                holder = _parse_lock(body)
-                dead = (holder.get("host") == socket.gethostname()
-                        and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid()
-                        and not _pid_alive(holder["pid"]))
-                if dead or now - seen_at > self.lease:
-                    logger.warning("Taking over the publish lock of %s from %s (%s)",
-                                   self.store.uri_of(self.prefix),
-                                   holder or "an unreadable lock", "its process is gone"
-                                   if dead else f"no heartbeat for {now - seen_at:.0f} s")
-                    if self._try(top + 1):
-                        return "held"
-                    continue
-                return None
-
-        outcome = wait_until(attempt, _publish_wait(), 0.05, max_poll_s=1.0)
-        if outcome is None:
-            raise StorageError(
-                f"Gave up waiting for another publisher of {self.store.uri_of(self.prefix)}"
-                f" ({holder}) after {_publish_wait():.0f} s (MLOPS_PUBLISH_WAIT); it is "
-                "still renewing its lock.")
-        return outcome == "held"
-
-    def check(self) -> None:
-        """Raises if another publisher took the lock over (this one was presumed dead)."""
-        if self.store.exists(self._key(self.generation + 1)):
-            raise StorageError(
-                f"Lost the publish lock of {self.store.uri_of(self.prefix)}: another publisher "
-                f"took it over after no heartbeat for {self.lease:.0f} s (MLOPS_PUBLISH_LEASE)."
-                " Nothing more was written by this one.")
-        try:
-            holder = _parse_lock(self.store.get(self._key(self.generation)))
-        except ObjectNotFoundError:
-            holder = {}
-        if holder.get("owner") != self.owner:
-            raise StorageError(f"Lost the publish lock of {self.store.uri_of(self.prefix)} to "
-                               f"{holder or 'nobody'}; nothing more was written by this one.")
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.store.settings.read_timeout * 2
-                              if self.store.settings else 60)
-        try:
-            for generation in range(1, self.generation + 1):
-                self.store.delete(self._key(generation))
-        except StorageError as exc:
-            logger.warning("Could not remove the publish lock of %s: %s",
-                           self.store.uri_of(self.prefix), exc)
-
-
-def _parse_lock(body: bytes) -> dict:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return EndpointRetry, EndpointPool
 
 
 def _make_minio_client(settings: S3Settings):
@@ -473,14 +378,19 @@ def _make_minio_client(settings: S3Settings):
 
     # minio's own default waits 300 s to connect and per read, with 5 retries: a partition
     # hangs a step for many minutes. Bounded, configurable limits instead (see S3Settings).
-    http_client = urllib3.PoolManager(
+    retry_class, pool_class = _http_classes()
+    endpoint = _endpoint(settings.url)
+    retries = retry_class(total=settings.retries, backoff_factor=0.2,
+                          status_forcelist=[500, 502, 503, 504])
+    retries.endpoint = endpoint
+    http_client = pool_class(
         timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
         maxsize=10,
         cert_reqs="CERT_REQUIRED" if (settings.verify_tls or not settings.secure) else "CERT_NONE",
         ca_certs=os.environ.get("SSL_CERT_FILE") or _certifi_where(),
-        retries=urllib3.Retry(total=settings.retries, backoff_factor=0.2,
-                              status_forcelist=[500, 502, 503, 504]),
+        retries=retries,
     )
+    http_client.endpoint = endpoint
     return Minio(settings.endpoint, access_key=settings.access_key,
                  secret_key=settings.secret_key, secure=settings.secure,
                  region=settings.region, http_client=http_client)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -262,3 +263,115 @@ def test_two_ingestions_at_once_publish_one_intact_version(tmp_path, store_uri):
         store.read_published(snapshot, name)  # every file matches its publish checksum
     assert list_versions(root) == [results[0].version]
     assert not list(store.list("locks"))  # the publish lock was released
+
+
+# --- worker processes end with the ingestion that started them -------------------------------
+
+_KILLED_INGESTION = """
+import sys, time
+from components.ingest import core
+
+core.PROCESS_MIN_OBJECTS = 1  # decode this small lake in worker processes
+
+def stop_here(done, total):
+    print("reading", flush=True)
+    time.sleep(600)  # killed here, with its pool's workers alive
+
+if __name__ == "__main__":
+    core.ingest(sys.argv[1], sys.argv[2], core.IngestConfig(workers=2), progress=stop_here)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rpartition(b")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, pending = set(), [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.add(child)
+            pending.append(child)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+@pytest.mark.timeout(120)
+def test_killing_an_ingestion_leaves_no_worker_processes_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from components.common.procs import pid_alive
+    from components.common.service import wait_until
+
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=12, size=32, seed=47), lake)
+    script = tmp_path / "killed_ingestion.py"
+    script.write_text(_KILLED_INGESTION)
+    proc = subprocess.Popen([sys.executable, str(script), lake.uri, str(tmp_path / "ds")],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    try:
+        assert proc.stdout.readline().strip() == "reading"
+        helpers = _descendants(proc.pid)  # the forkserver, 2 workers, the resource tracker
+        assert len(helpers) >= 3, helpers
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    wait_until(lambda: not any(pid_alive(p) for p in helpers), 60, 0.2)
+    still = [p for p in helpers if pid_alive(p)]
+    for pid in still:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not still, f"{len(still)} of {len(helpers)} helper processes outlived the ingestion"
+
+
+# --- a publish cut off by an S3 outage ----------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_an_ingestion_cut_off_by_an_s3_outage_is_retried_at_once_after_the_store_returns(
+        tmp_path, s3_uri, monkeypatch, caplog):
+    """The outage starts at the first file of the version; the failed run cannot delete its
+    locks, and the rerun in this process takes them over at once (it waited 300 s before)."""
+    import logging
+    import time
+
+    from tests.faultproxy import FaultProxy
+
+    from components.common.storage import StorageUnavailableError
+
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=12, size=32, seed=53), lake)
+    root = s3_uri + "/ds"
+
+    def first_file_of_the_version(method, path, headers):
+        return method == "PUT" and "/versions/" in path and "_PUBLISHING" not in path
+
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"], trip=first_file_of_the_version) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(StorageUnavailableError, match=proxy.url):
+            ingest(lake.uri, root)
+        assert proxy.tripped
+        proxy.restore()  # the store is back
+        store = open_store(root)
+        assert list_versions(root) == []  # nothing half-written is visible
+        assert [o.key for o in store.list() if "PUBLISHING" in o.key or "locks/" in o.key]
+        with caplog.at_level(logging.WARNING, logger="components.common.storage.lock"):
+            started = time.monotonic()
+            result = ingest(lake.uri, root)
+            took = time.monotonic() - started
+        assert result.created and list_versions(root) == [result.version]
+        for name in ("manifest.csv", "image_stats.csv", "report.json"):
+            store.read_published(f"versions/{result.version}", name)  # every checksum holds
+        assert not [o.key for o in store.list() if "PUBLISHING" in o.key or "locks/" in o.key]
+    taken = [r.getMessage() for r in caplog.records if "Taking over" in r.getMessage()]
+    assert len(taken) == 2 and all("in an attempt that ended" in m for m in taken), taken
+    # Not a timing test: the rerun waits for no lease (60 s) and no lock bound (300 s); on an
+    # idle machine it takes about a second.
+    assert took < 60, f"the rerun took {took:.0f} s"
