@@ -20,10 +20,13 @@ not on the resized network input, and the monitor must compare production with t
 measured the same way.
 
 The index is published with the storage layer's atomic publish: a reader sees all of it or
-none of it. Shards are deterministic (same version and size: same bytes), so two trials that
-build them at the same time write the same objects and publish the same index, which the
-storage layer accepts as one publish. Every shard is verified against its name (sha256) when
-it is opened.
+none of it. One process builds a version's shards at one size at a time, under the lease lock
+``locks/shards-<version>-<size>.lock-<n>`` (:mod:`components.common.storage.lock`); another
+trial that needs them waits for them instead of decoding every photo too. Shards are
+deterministic (same version and size: same bytes). Every shard is verified against its name
+(sha256) when it is opened; one that is missing or damaged is rebuilt from the version's
+images, once, under the same lock, and said so at WARNING (if decoding gives other bytes now,
+the error says which index to delete).
 
 Readers call :func:`split_images` (or :func:`split_images_and_stats`) with a split's rows and
 its dataset version: rows of a published snapshot are read from its shards (built by the
@@ -32,10 +35,12 @@ first caller at a new size), any other rows are decoded one by one, with the sam
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import tempfile
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,6 +56,7 @@ from components.common.storage import (
     open_store,
     sha256_bytes,
 )
+from components.common.storage.lock import LeaseLock, LockTimeout
 from components.ingest.core import IngestError, object_key
 from components.ingest.snapshot import load_snapshot
 
@@ -94,6 +100,24 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
     prefix = _index_prefix(version, size)
     if root.is_published(prefix):
         return read_index(root, prefix)
+    # One builder at a time: another trial or reader that needs the same shards waits for
+    # them instead of decoding every photo too.
+    with _lock(root, version, size, "building", done=lambda: root.is_published(prefix)) as held:
+        if not held:
+            return read_index(root, prefix)
+        return _build(root, dataset_root, version, size, workers)
+
+
+def _lock(root: ObjectStore, version: str, size: int, doing: str, done=None) -> LeaseLock:
+    """The one lock of a version's shards at one size: building them, and rebuilding one."""
+    return LeaseLock(root, f"locks/shards-{version}-{int(size)}.lock",
+                     what=f"{doing} the shards of dataset {version} at {int(size)} px in "
+                          f"{root.uri}", done=done)
+
+
+def _build(root: ObjectStore, dataset_root: str, version: str, size: int, workers: int
+           ) -> pd.DataFrame:
+    prefix = _index_prefix(version, size)
     manifest = load_snapshot(dataset_root, version)
     shas = sorted(set(manifest["sha256"]))
     keys = manifest.drop_duplicates("sha256").set_index("sha256")["key"]
@@ -104,9 +128,7 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
         frame = pd.DataFrame({"sha256": part, "key": [keys[s] for s in part],
                               "uri": [objects.uri_of(object_key(s)) for s in part]})
         x, measured = decode_rows(frame, size, workers=workers)  # verifies every hash
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
-        data = buf.getvalue()
+        data = _shard_bytes(x)
         shard = sha256_bytes(data)
         root.put(f"shards/objects/{shard}.npy", data)
         rows += [{"sha256": s, "shard": shard, "row": i} for i, s in enumerate(part)]
@@ -120,6 +142,12 @@ def build_shards(dataset_root: str, version: str, size: int, workers: int = 8) -
     logger.info("Published shards of %s at %d px: %d images in %d shards", version, size,
                 len(index), index["shard"].nunique())
     return index
+
+
+def _shard_bytes(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
+    return buf.getvalue()
 
 
 def decode_rows(rows: pd.DataFrame, size: int, workers: int = 8
@@ -193,31 +221,94 @@ def _cache_dir() -> Path:
     return path
 
 
-def _open_shard(root: ObjectStore, shard: str) -> np.ndarray:
-    """Memory-maps one shard after checking its bytes against its name."""
+def _shard_path(root: ObjectStore, shard: str, fresh: bool = False) -> Path:
+    """A local file of one shard: in a local store itself; from S3, a copy downloaded once per
+    machine (again if ``fresh``).
+
+    Raises:
+        ObjectNotFoundError: The store has no such shard.
+    """
     key = f"shards/objects/{shard}.npy"
     if isinstance(root, LocalStore):
         path = root.root / "shards" / "objects" / f"{shard}.npy"
         if not path.is_file():
             raise ObjectNotFoundError(f"No shard {root.uri_of(key)}")
-    else:  # S3: a local copy, downloaded once per machine
-        path = _cache_dir() / f"{shard}.npy"
-        if not path.is_file():
-            data = root.get(key)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-    digest = _file_sha256(path)
-    if digest != shard:
-        raise ShardError(f"Shard {root.uri_of(key)} does not match its content hash "
-                         f"(got {digest}): it was overwritten or corrupted. Delete "
-                         f"shards/ of this version in the dataset root to rebuild it.")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+        return path
+    path = _cache_dir() / f"{shard}.npy"
+    if fresh or not path.is_file():
+        data = root.get(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # threads download too
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _intact(root: ObjectStore, shard: str) -> bool:
+    """True if the store holds the shard with exactly the bytes its name says."""
+    try:
+        if _file_sha256(_shard_path(root, shard)) == shard:
+            return True
+        # A damaged local copy of an S3 shard is fetched again before the store's is blamed.
+        return (not isinstance(root, LocalStore)
+                and _file_sha256(_shard_path(root, shard, fresh=True)) == shard)
+    except ObjectNotFoundError:
+        return False
+
+
+def _open_shard(root: ObjectStore, shard: str, index: pd.DataFrame | None = None,
+                version: str = "", size: int = 0) -> np.ndarray:
+    """Memory-maps one shard after checking its bytes against its name.
+
+    A shard that is missing or does not match its name is rebuilt once from the version's
+    images (``index``, ``version`` and ``size`` given), under the lock the first build took,
+    and said so at WARNING.
+
+    Raises:
+        ShardError: The shard is damaged or missing and could not be rebuilt as it was.
+    """
+    if not _intact(root, shard):
+        if index is None:
+            raise ShardError(f"Shard {root.uri_of(f'shards/objects/{shard}.npy')} is missing "
+                             "or does not match its content hash: it was deleted, overwritten "
+                             "or corrupted. Delete shards/ of this version in the dataset "
+                             "root to rebuild it.")
+        _rebuild(root, shard, index, version, size)
+        if not _intact(root, shard):  # fetches the rebuilt one (a copy of S3's was damaged)
+            raise ShardError(f"Shard {root.uri_of(f'shards/objects/{shard}.npy')} was rebuilt "
+                             "but the store does not hold it intact; check the store.")
+    return np.load(_shard_path(root, shard), mmap_mode="r", allow_pickle=False)
+
+
+def _rebuild(root: ObjectStore, shard: str, index: pd.DataFrame, version: str, size: int
+             ) -> None:
+    """Decodes a shard's images again and writes it, unless another process did meanwhile."""
+    key = f"shards/objects/{shard}.npy"
+    try:
+        with _lock(root, version, size, "rebuilding a shard of"):
+            if _intact(root, shard):
+                logger.info("Shard %s was rebuilt meanwhile by another process",
+                            root.uri_of(key))
+                return
+            shas = index[index["shard"] == shard].sort_values("row")["sha256"].to_list()
+            logger.warning("Shard %s of dataset %s at %d px is missing or damaged; rebuilding "
+                           "it from its %d images", root.uri_of(key), version, size, len(shas))
+            objects = root.child("objects")
+            frame = pd.DataFrame({"sha256": shas, "key": shas,
+                                  "uri": [objects.uri_of(object_key(s)) for s in shas]})
+            data = _shard_bytes(decode_rows(frame, size)[0])
+            if sha256_bytes(data) != shard:
+                raise ShardError(
+                    f"Shard {root.uri_of(key)} is missing or damaged, and decoding its images "
+                    "again gives other bytes (the preprocessing changed since it was built). "
+                    f"Delete {root.uri_of(_index_prefix(version, size))} to build all of this "
+                    "version's shards again.")
+            root.put(key, data)
+            logger.warning("Rebuilt shard %s (%d images)", root.uri_of(key), len(shas))
+    except LockTimeout as exc:
+        raise ShardError(f"Could not rebuild shard {root.uri_of(key)}: {exc}") from exc
 
 
 def _file_sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -254,7 +345,7 @@ def load_from_shards(rows: pd.DataFrame, dataset_root: str, version: str, size: 
     for shard, group in pd.DataFrame({"shard": located["shard"].to_numpy(),
                                       "row": located["row"].to_numpy(),
                                       "pos": np.arange(len(rows))}).groupby("shard"):
-        arr = _open_shard(root, shard)
+        arr = _open_shard(root, shard, index, version, size)
         if arr.shape[1:] != (3, size, size):
             raise ShardError(f"Shard {shard} holds {arr.shape[1:]} arrays, not (3, {size}, "
                              f"{size}).")
@@ -344,6 +435,9 @@ def _split(rows: pd.DataFrame, size: int, version: str, use_shards: bool, stats:
                 return images, measured
         except (IngestError, ObjectNotFoundError) as exc:  # not a published snapshot
             why = str(exc)
+        except LockTimeout as exc:  # another builder is slow: decode instead of waiting on
+            why = str(exc)
+            logger.warning("Decoding the images instead of reading shards: %s", why)
     logger.info("Decoding %d images at %d px (no shards: %s)", len(rows), size, why)
     images, measured = decode_rows(rows, size)
     return images, (measured if stats else None)

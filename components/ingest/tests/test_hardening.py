@@ -342,9 +342,8 @@ def test_an_ingestion_cut_off_by_an_s3_outage_is_retried_at_once_after_the_store
     import logging
     import time
 
-    from tests.faultproxy import FaultProxy
-
     from components.common.storage import StorageUnavailableError
+    from tests.faultproxy import FaultProxy
 
     lake = open_store(tmp_path / "lake")
     generate(LakeSpec(n=12, size=32, seed=53), lake)

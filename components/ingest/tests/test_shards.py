@@ -60,17 +60,63 @@ def test_shards_hold_exactly_the_reference_pixels_and_need_no_jpeg(snapshot):
     assert list(store.list("shards/objects"))
 
 
-def test_a_corrupted_shard_is_an_error(snapshot, tmp_path):
+@pytest.mark.timeout(120)
+def test_a_damaged_or_missing_shard_is_rebuilt_once_with_a_warning(snapshot, tmp_path, caplog):
+    import logging
+    import threading
+
     root, result, rows = snapshot
     shards.build_shards(root, result.version, 32)
+    expected = shards.load_from_shards(rows, root, result.version, 32)
     store = open_store(root)
-    first = next(iter(store.list("shards/objects"))).key
-    data = bytearray(store.get(first))
+    first, second = [o.key for o in store.list("shards/objects")][:2]
+    intact = store.get(first)
+    data = bytearray(intact)
     data[-1] ^= 0xFF  # one pixel changed
     store.put(first, bytes(data))
+    store.delete(second)
     shutil.rmtree(tmp_path / "shard-cache", ignore_errors=True)
-    with pytest.raises(shards.ShardError, match="does not match its content hash"):
+    # Two readers at once find both; each shard is decoded again once, under the lock.
+    got, errors = [None, None], []
+
+    def read(i):
+        try:
+            got[i] = shards.load_from_shards(rows, root, result.version, 32)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with caplog.at_level(logging.INFO, logger="components.ingest.shards"):
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=100)
+    assert errors == []
+    for images in got:
+        np.testing.assert_array_equal(images, expected)
+    assert store.get(first) == intact and store.exists(second)
+    rebuilt = [r for r in caplog.records if r.getMessage().startswith("Rebuilt shard")]
+    assert sorted(r.getMessage().split()[2] for r in rebuilt) == sorted(
+        store.uri_of(k) for k in (first, second))
+    assert all(r.levelno == logging.WARNING for r in rebuilt)
+    assert not list(store.list("locks"))
+
+
+def test_a_shard_is_never_rebuilt_from_images_that_do_not_match_their_hash(snapshot):
+    from components.ingest.core import object_key
+
+    root, result, rows = snapshot
+    index = shards.build_shards(root, result.version, 32)
+    store = open_store(root)
+    shard = index["shard"].iloc[0]
+    victim = index[index["shard"] == shard]["sha256"].iloc[0]
+    other = index[index["shard"] != shard]["sha256"].iloc[0]
+    objects = store.child("objects")
+    objects.put(object_key(victim), objects.get(object_key(other)))  # another photo's bytes
+    store.delete(f"shards/objects/{shard}.npy")
+    with pytest.raises(shards.ShardError, match=f"{victim}.*does not match its content hash"):
         shards.load_from_shards(rows, root, result.version, 32)
+    assert not store.exists(f"shards/objects/{shard}.npy")
 
 
 @pytest.mark.slow
