@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from components.common.errors import UserError
+
 #: Fewest labelled reference predictions to calibrate on.
 MIN_REFERENCE = 200
 #: Fewest wrong reference predictions: with fewer, nothing says how confident the model is
@@ -67,7 +69,7 @@ METHOD = ("the lower of CBPE (isotonic calibration per class on the reference, N
           "rules) and ATC (average thresholded confidence)")
 
 
-class EstimateError(ValueError):
+class EstimateError(UserError, ValueError):
     """Reference predictions and labels that cannot be calibrated at all (shapes, classes)."""
 
 
