@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.serve.tests.test_hostile import MODEL, _rss_mib, _start, _stop, _webp_declaring
+from components.serve.tests.test_hostile import MODEL, _rss_mib, _start, _webp_declaring
+from tests.support import stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -237,7 +238,7 @@ def test_fuzzed_bad_requests_never_get_a_5xx_or_hang_or_break_the_connection(
                     peak = max(peak, _rss_mib(proc.pid))
         log = log_path.read_text()
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert not failures, failures[:10]
     assert sum(n for s, n in statuses.items() if 400 <= s < 500) >= CASES * 0.8, statuses
     assert peak - baseline < RSS_GROWTH_MIB, (baseline, peak)
