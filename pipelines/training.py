@@ -34,8 +34,12 @@ def training_pipeline(
     work_root: str,
     model_name: str = "pet-classifier",
     labels_csv: str = "",
+    layout: str = "auto",
     classes: str = "cats,dogs",
+    label_aliases: str = "",
     test_fraction: float = 0.2,
+    workers: int = 0,
+    dataset_version: str = "",
     search_space: str = json.dumps(DEFAULT_SPACE),
     search_mode: str = "random",
     seed: int = 0,
@@ -69,9 +73,15 @@ def training_pipeline(
         work_root: Scratch storage for the run (trial results).
         model_name: Registered model name.
         labels_csv: Optional URI of a key,label CSV.
+        layout: How labels are read: auto, folders, kaggle or csv.
         classes: The declared classes, comma-separated; images labelled otherwise are
             quarantined (aliases cat=cats, dog=dogs).
+        label_aliases: Other names of the classes, as alias=class pairs; empty means the
+            defaults cat=cats and dog=dogs.
         test_fraction: Share of each class in the test split.
+        workers: Parallel reads and decodes of the ingestion; 0 is one per CPU core.
+        dataset_version: Train on this version, already published under dataset_root,
+            instead of ingesting the lake (data_uri and the ingestion options are unused).
         search_space: JSON: hyperparameter -> candidate values (lr, batch_size, weight_decay,
             arch).
         search_mode: grid or random (random samples one configuration per trial slot).
@@ -108,8 +118,9 @@ def training_pipeline(
         approval_timeout_s: How long the release waits for that approval.
     """
     ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
-                         classes=classes,
-                         test_fraction=test_fraction)
+                         layout=layout, classes=classes, label_aliases=label_aliases,
+                         test_fraction=test_fraction, workers=workers,
+                         dataset_version=dataset_version)
     ingest.set_display_name("ingest data")
     trials, best = search_and_train(ingest.outputs["train"], work_root, search_space,
                                     search_mode, seed, trial_epochs, image_size, epochs)

@@ -64,6 +64,19 @@ MISTAKES = [
     (["monitor", "run", "--start", "yesterday"], 2, ["yesterday", "iso 8601"]),
     (["govern", "run", "--policy", "/tmp/no-such-policy.yaml"], 2, ["no governance policy"]),
     (["data", "generate", "--out", "LAKE", "--size", "10x"], 2, ["10x", "wxh"]),
+    # Finding 1: training takes every ingestion option (one definition with `run ingest`),
+    # or a published version, and says which is missing.
+    (TRAIN + ["--labels-csv", "labels.csv", "--layout", "kaggle"], 2,
+     ["--layout kaggle", "--labels-csv"]),
+    (TRAIN + ["--layout", "csv"], 2, ["--layout csv", "--labels-csv"]),
+    (TRAIN + ["--test-fraction", "1.5"], 2, ["--test-fraction", "1.5"]),
+    (TRAIN + ["--workers", "-2"], 2, ["--workers", "-2"]),
+    (TRAIN + ["--label-aliases", "cat"], 2, ["cat"]),
+    (["run", "training"], 2, ["--data", "--dataset-version", "mlops data versions"]),
+    (["run", "training", "--dataset-version", "0123abcd"], 2,
+     ["0123abcd", "not published", "mlops data versions"]),
+    (TRAIN + ["--dataset-version", "0123abcd"], 2, ["--data", "--dataset-version",
+                                                    "one of them"]),
 ]
 
 

@@ -27,8 +27,9 @@ def add_commands(sub) -> None:
                      help="lighting of the scene: night and blur make drifted data")
     gen.add_argument("--cat-fraction", type=float, default=0.5,
                      help="share of cats (change it for a prior shift)")
-    gen.add_argument("--layout", default="folders", choices=["folders", "kaggle"],
-                     help="folders: <class>/<file>; kaggle: <class>.<n>.jpg in one folder")
+    gen.add_argument("--layout", default="folders", choices=["folders", "kaggle", "csv"],
+                     help="folders: <class>/<file>; kaggle: <class>.<n>.jpg in one folder; "
+                          "csv: photos/<n>.jpg and a labels.csv (key,label) beside them")
     gen.set_defaults(func=_cmd_generate)
     ver = data_sub.add_parser("versions", help="list published dataset versions")
     ver.add_argument("--root", default=str(mlops_home() / "datasets"),
@@ -38,7 +39,7 @@ def add_commands(sub) -> None:
 
 def _cmd_generate(args) -> int:
     from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate, parse_size
+    from components.datagen.core import LABELS_CSV, LakeSpec, generate, parse_size
 
     check_range("--n", args.n, 1)
     size = parse_size(args.size)  # 64, or a camera size such as 1920x1080
@@ -52,6 +53,9 @@ def _cmd_generate(args) -> int:
     counts = generate(spec, store, progress=Progress("generating"), workers=args.workers)
     print(f"Wrote {spec.n} images ({', '.join(f'{v} {k}s' for k, v in counts.items())}) "
           f"to {store.uri}")
+    if spec.layout == "csv":
+        print(f"Labels: {store.uri_of(LABELS_CSV)} (train with --labels-csv "
+              f"{store.uri_of(LABELS_CSV)})")
     return 0
 
 

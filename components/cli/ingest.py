@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from components.cli.common import OptionError, check_whole_number
+from components.cli.common import OptionError, check_range, check_whole_number, option_error
 from components.common.paths import mlops_home
 
 
@@ -133,10 +133,22 @@ def _cmd_fanout(args) -> int:
 
 
 def lake_options(parser: argparse.ArgumentParser, *, split: bool = False,
-                 draft: bool = True) -> None:
-    """The options that say which lake to ingest and how (also ``mlops run ingest``'s)."""
-    parser.add_argument("--data", required=True,
+                 draft: bool = True, version: bool = False) -> None:
+    """The options that say which lake to ingest and how: the one definition that
+    ``mlops ingest``, ``mlops run ingest`` and ``mlops run training`` share.
+
+    Args:
+        split: Add ``--test-fraction`` (the steps that publish a version).
+        draft: Add ``--no-draft``.
+        version: Add ``--dataset-version`` (an already published version instead of a lake):
+            ``--data`` is then not required, and :func:`lake_arguments` wants one of the two.
+    """
+    parser.add_argument("--data", required=not version, default="",
                         help="the data lake: a folder, or s3://bucket/prefix")
+    if version:
+        parser.add_argument("--dataset-version", default="",
+                            help="train on this published dataset version (`mlops data "
+                                 "versions` lists them) instead of ingesting --data")
     parser.add_argument("--dataset-root", default="",
                         help="where snapshots go (default: $MLOPS_HOME/datasets)")
     parser.add_argument("--labels-csv", default="",
@@ -157,6 +169,42 @@ def lake_options(parser: argparse.ArgumentParser, *, split: bool = False,
     if split:
         parser.add_argument("--test-fraction", type=float, default=0.2,
                             help="share of each class held out for testing")
+
+
+def lake_arguments(args) -> dict:
+    """Checks the options of :func:`lake_options` before any work starts and returns them as
+    the ingestion parameters of a pipeline (``mlops run ingest`` and ``run training``)."""
+    from components.ingest.core import IngestConfig, absolute_uri, parse_aliases, parse_classes
+
+    version = getattr(args, "dataset_version", "")
+    root = _root(args)
+    if version:
+        from components.ingest.snapshot import load_snapshot
+
+        if args.data:
+            raise OptionError(f"--data {args.data!r} and --dataset-version {version!r}: "
+                              "give one of them (a lake to ingest, or a published version).")
+        load_snapshot(root, version)  # published? (names `mlops data versions` if not)
+        return {"data_uri": "", "dataset_root": root, "dataset_version": version}
+    if not args.data:
+        raise OptionError("no data: give --data LAKE (a folder or s3://bucket/prefix) or "
+                          "--dataset-version VERSION (`mlops data versions` lists them).")
+    check_range("--test-fraction", args.test_fraction, 0.0, 1.0, low_open=True)
+    if args.test_fraction >= 1.0:
+        raise option_error("--test-fraction", args.test_fraction, "a share between 0 and 1")
+    check_range("--workers", args.workers, 0)
+    if args.layout == "csv" and not args.labels_csv:
+        raise OptionError("--layout csv needs --labels-csv FILE (a key,label CSV).")
+    if args.labels_csv and args.layout not in ("auto", "csv"):
+        raise OptionError(f"--layout {args.layout} and --labels-csv: the labels come from the "
+                          "CSV (layout csv); leave --layout out, or leave --labels-csv out.")
+    IngestConfig(classes=parse_classes(args.classes), aliases=parse_aliases(
+        args.label_aliases))  # checks --classes and --label-aliases
+    return {"data_uri": args.data, "dataset_root": root,
+            "labels_csv": absolute_uri(args.labels_csv) if args.labels_csv else "",
+            "layout": args.layout, "test_fraction": args.test_fraction,
+            "workers": args.workers, "classes": args.classes,
+            "label_aliases": args.label_aliases}
 
 
 def add_commands(sub) -> None:

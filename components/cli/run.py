@@ -11,7 +11,7 @@ from pathlib import Path
 
 from components.cli.common import check_range, option_error, parse_canary_steps
 from components.cli.deploy import capture_uri
-from components.cli.ingest import lake_options
+from components.cli.ingest import lake_arguments, lake_options
 from components.cli.registry import print_version
 from components.common.paths import mlops_home
 
@@ -26,10 +26,7 @@ def add_commands(sub) -> None:
     ing.set_defaults(func=_cmd_run)
 
     tr = run_sub.add_parser("training", help="the training pipeline (ingest to release)")
-    tr.add_argument("--data", required=True,
-                    help="the data lake: a folder, or s3://bucket/prefix")
-    tr.add_argument("--dataset-root", default="",
-                    help="where snapshots go (default: $MLOPS_HOME/datasets)")
+    lake_options(tr, split=True, draft=False, version=True)
     tr.add_argument("--registry", default="",
                     help="registry URI (default: $MLOPS_HOME/registry)")
     tr.add_argument("--work-root", default="",
@@ -117,28 +114,16 @@ def run_pipeline(name: str, arguments: dict, outputs_root, args) -> dict:
 def _cmd_run(args) -> int:
     home = mlops_home()
     if args.pipeline == "ingest":
-        check_range("--test-fraction", args.test_fraction, 0.0, 1.0, low_open=True)
-        if args.test_fraction >= 1.0:
-            raise option_error("--test-fraction", args.test_fraction, "a share between 0 and 1")
-        check_range("--workers", args.workers, 0)
-        from components.ingest.core import IngestConfig, absolute_uri, parse_aliases, parse_classes
-
-        IngestConfig(classes=parse_classes(args.classes), aliases=parse_aliases(
-            args.label_aliases))  # checks --classes and --label-aliases before any work
-        arguments = {"data_uri": args.data,
-                     "dataset_root": args.dataset_root or str(home / "datasets"),
-                     "labels_csv": absolute_uri(args.labels_csv) if args.labels_csv else "",
-                     "layout": args.layout, "test_fraction": args.test_fraction,
-                     "workers": args.workers, "classes": args.classes,
-                     "label_aliases": args.label_aliases}
+        arguments = lake_arguments(args)
         outputs = run_pipeline("ingest", arguments, args.outputs, args)
         _print_ingest(outputs)
     elif args.pipeline == "training":
         _check_training_args(args)
+        lake = lake_arguments(args)
         capture_uri()  # production, once released, captures for the monitor
         if args.trials:  # trial slots are compiled into the pipeline: set before it loads
             os.environ["MLOPS_HPO_SLOTS"] = str(args.trials)
-        arguments = _training_arguments(args, home)
+        arguments = {**lake, **_training_arguments(args, home)}
         outputs = run_pipeline("training", arguments, args.outputs, args)
         print_training(outputs, arguments)
     return 0
@@ -200,9 +185,7 @@ def _check_training_args(args) -> None:
 
 
 def _training_arguments(args, home: Path) -> dict:
-    arguments = {"data_uri": args.data,
-                 "dataset_root": args.dataset_root or str(home / "datasets"),
-                 "registry_uri": args.registry or str(home / "registry"),
+    arguments = {"registry_uri": args.registry or str(home / "registry"),
                  "work_root": args.work_root or str(home / "work"),
                  "model_name": args.model_name}
     for name in ("search_mode", "trial_epochs", "epochs", "seed", "min_accuracy",

@@ -36,7 +36,9 @@ from components.common.storage import ObjectStore, join_key
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("day", "night", "blur")
-LAYOUTS = ("folders", "kaggle")
+LAYOUTS = ("folders", "kaggle", "csv")
+#: The labels file a ``csv`` lake gets at its root (``key,label``; the keys say nothing).
+LABELS_CSV = "labels.csv"
 CLASSES = ("cat", "dog")
 JPEG_QUALITY = 90
 CAMERA_JPEG_QUALITY = 85  # a typical CCTV encoder setting
@@ -83,7 +85,10 @@ class LakeSpec:
             low-contrast greyscale, soft from the lens's infrared focus shift, eyes shining in
             the illuminator's light) or ``blur`` (out-of-focus lens).
         cat_fraction: Class prior of cats; 0.5 by default, other values shift the prior.
-        layout: ``folders`` (``cats/…``, ``dogs/…``) or ``kaggle`` (flat ``cat.12.jpg``).
+        layout: ``folders`` (``cats/…``, ``dogs/…``), ``kaggle`` (flat ``cat.12.jpg``) or
+            ``csv`` (``photos/000012.jpg``, whose names say nothing, and a ``labels.csv``
+            of ``key,label`` at the lake's root: as a camera's export and a labelling tool's
+            sheet look).
         quality: JPEG quality; default 90 for square sample images, 85 for camera sizes.
     """
 
@@ -145,6 +150,8 @@ def label_of(spec: LakeSpec, index: int) -> str:
 def key_of(spec: LakeSpec, index: int, label: str) -> str:
     if spec.layout == "kaggle":
         return f"{label}.{index}.jpg"
+    if spec.layout == "csv":
+        return f"photos/{index:06d}.jpg"
     return f"{label}s/{label}_{index:06d}.jpg"
 
 
@@ -404,15 +411,20 @@ def generate(spec: LakeSpec, store: ObjectStore, *, prefix: str = "",
                                initargs=(os.getpid(),)) if workers > 1 else None
     results = pool.map(_render_indexed, tasks, chunksize=8) if pool else map(_render_indexed,
                                                                                tasks)
+    labels = []
     try:
         for done, (i, label, data) in enumerate(results, start=1):
-            store.put(join_key(prefix, key_of(spec, i, label)), data)
+            key = key_of(spec, i, label)
+            store.put(join_key(prefix, key), data)
+            labels.append(f"{key},{label}\n")
             counts[label] += 1
             if progress:
                 progress(done, spec.n)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+    if spec.layout == "csv":
+        store.put(join_key(prefix, LABELS_CSV), ("key,label\n" + "".join(labels)).encode())
     logger.info("Generated %d images (%s) at %s", spec.n, counts, store.uri_of(prefix))
     return counts
 

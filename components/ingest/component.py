@@ -25,6 +25,7 @@ def ingest_data(
     label_aliases: str = "",
     draft: bool = True,
     plan_id: str = "",
+    dataset_version: str = "",
 ) -> NamedTuple("IngestOutputs", dataset_version=str, num_train=int, num_test=int):
     """Ingests a data lake into a validated, de-duplicated, split and versioned dataset.
 
@@ -51,6 +52,9 @@ def ingest_data(
             measure their statistics faster.
         plan_id: The publish step of a fanned-out ingestion: the plan whose parts
             (ingest_part) already read the lake; empty for a single-step ingestion.
+        dataset_version: A version already published under ``dataset_root``: its splits are
+            passed on as published and the lake is not read (``data_uri`` and the ingestion
+            options are then unused); empty ingests the lake.
     """
     import logging
 
@@ -58,10 +62,14 @@ def ingest_data(
     from components.ingest.report import report_markdown
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = core.ingest(data_uri, dataset_root, core.IngestConfig(
-        test_fraction=test_fraction, layout=layout, labels_csv=labels_csv or None,
-        workers=workers, use_cache=use_cache, classes=core.parse_classes(classes),
-        aliases=core.parse_aliases(label_aliases), draft=draft), plan_id=plan_id)
+    if dataset_version:
+        result = snapshot.published_result(dataset_root, dataset_version)
+        data_uri = result.report["source_uri"]
+    else:
+        result = core.ingest(data_uri, dataset_root, core.IngestConfig(
+            test_fraction=test_fraction, layout=layout, labels_csv=labels_csv or None,
+            workers=workers, use_cache=use_cache, classes=core.parse_classes(classes),
+            aliases=core.parse_aliases(label_aliases), draft=draft), plan_id=plan_id)
     for name, artifact in (("train", train), ("test", test)):
         artifact.metadata.update(snapshot.write_split(result, name, artifact.path))
     report.metadata.update({"dataset_version": result.version, "source_uri": data_uri})

@@ -928,8 +928,9 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     if kept.empty:
         raise IngestError(
             f"No valid labelled image under {lake.uri}: {listed} objects listed, quarantined "
-            f"by reason {reasons}, {len(duplicates)} duplicates. Fix the data or the layout "
-            f"(now {layout!r}) or the declared classes (now {', '.join(config.classes)}).")
+            f"by reason {reasons}, {len(duplicates)} duplicates. Fix the data, or the layout "
+            f"(--layout, now {layout!r}; --labels-csv for a key,label CSV), or the declared "
+            f"classes (--classes, now {','.join(config.classes)}; --label-aliases).")
     present_keys = {o.key for o in listing}
     missing = sorted(k for k in labels_map if k not in present_keys) if layout == "csv" else []
 

@@ -29,6 +29,28 @@ def load_snapshot(dataset_root_uri: str, version: str) -> pd.DataFrame:
                                                 "split": str}, keep_default_na=False)
 
 
+def published_result(dataset_root_uri: str, version: str) -> IngestResult:
+    """A published dataset version read back as the result of the ingestion that published it
+    (manifest, statistics, report, quarantine and duplicates, each verified), so that a
+    pipeline can train on a version without reading the lake again."""
+    manifest = load_snapshot(dataset_root_uri, version)
+    root = open_store(dataset_root_uri)
+    snapshot = f"versions/{version}"
+
+    def table(name: str) -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(root.read_published(snapshot, name)), dtype=str,
+                           keep_default_na=False)
+
+    report = json.loads(root.read_published(snapshot, "report.json"))
+    report.update(decoded=0, cache_hits=0)
+    return IngestResult(version=version, snapshot_uri=root.uri_of(snapshot),
+                        objects_uri=root.child("objects").uri, manifest=manifest,
+                        report=report,
+                        stats=json.loads(root.read_published(snapshot, "stats.json")),
+                        created=False, quarantine=table("quarantine.csv"),
+                        duplicates=table("duplicates.csv"))
+
+
 def list_versions(dataset_root_uri: str) -> list[str]:
     """Published dataset versions under a dataset root."""
     root = open_store(dataset_root_uri)

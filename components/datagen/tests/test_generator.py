@@ -135,3 +135,16 @@ def test_camera_sizes_render_cctv_like_jpeg_frames(tmp_path):
 def test_bad_camera_sizes_are_refused(size):
     with pytest.raises(ValueError, match="Invalid size"):
         LakeSpec(n=1, size=size)
+
+
+def test_a_csv_lake_has_uninformative_names_and_a_labels_file(tmp_path):
+    from components.datagen.core import LABELS_CSV
+    from components.ingest.core import read_labels_csv
+
+    store = open_store(tmp_path / "lake")
+    counts = generate(LakeSpec(n=12, size=32, seed=3, layout="csv"), store)
+    keys = sorted(o.key for o in store.list())
+    assert LABELS_CSV in keys and all(k.startswith("photos/") for k in keys if k != LABELS_CSV)
+    labels, rejected = read_labels_csv(store.uri_of(LABELS_CSV))
+    assert not rejected and len(labels) == 12 == len(keys) - 1
+    assert sorted(labels.values()).count("cat") == counts["cat"]

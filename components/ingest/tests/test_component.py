@@ -58,3 +58,35 @@ def test_component_takes_declared_classes_and_aliases(tmp_path):
                                       **arts)
     assert default.num_train + default.num_test == 20
     assert "unknown_label" in open(arts["report"].path).read()
+
+
+def _artifacts(tmp_path, name):
+    arts = {a: cls(name=a, uri=str(tmp_path / name / a), metadata={})
+            for a, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown),
+                           ("metrics", Metrics)]}
+    for a in arts.values():
+        os.makedirs(os.path.dirname(a.path), exist_ok=True)
+    return arts
+
+
+def test_a_published_version_is_passed_on_without_reading_the_lake(tmp_path):
+    """`mlops run training --dataset-version V`: the same splits as the ingestion that
+    published V, even once the lake is gone."""
+    import shutil
+
+    lake = open_store(tmp_path / "lake")
+    generate(LakeSpec(n=40, size=32, seed=12, layout="csv"), lake)
+    first = _artifacts(tmp_path, "first")
+    out = ingest_data.python_func(data_uri=lake.uri, dataset_root=str(tmp_path / "ds"),
+                                  labels_csv=lake.uri_of("labels.csv"), **first)
+    shutil.rmtree(tmp_path / "lake")
+    again = _artifacts(tmp_path, "again")
+    same = ingest_data.python_func(data_uri="", dataset_root=str(tmp_path / "ds"),
+                                   dataset_version=out.dataset_version, **again)
+    assert (same.dataset_version, same.num_train, same.num_test) == (
+        out.dataset_version, out.num_train, out.num_test)
+    for split in ("train", "test"):
+        rows, meta = read_split(again[split].path)
+        assert rows.equals(read_split(first[split].path)[0])
+        assert meta["source_uri"] == lake.uri  # the lineage still names the lake
+    assert out.dataset_version in open(again["report"].path).read()
