@@ -262,3 +262,34 @@ def test_validation_catches_a_misspelt_or_mistyped_field():
     nested["spec"]["predictor"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(ValueError, match=r"imagePullPolicyy"):
         k8s.validate_object(nested)
+
+
+@pytest.mark.parametrize("mode", sorted(k8s.INSTALL_MODES))
+def test_the_pod_monitor_scrapes_the_production_predictors_metrics_port(built, mode):
+    (monitor,) = [o for o in built[mode] if o["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == k8s.INSTALL_MODES[mode]["namespace"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", monitor["metadata"]["name"])
+    # What the Prometheus Operator's PodMonitor spec reads (monitoring.coreos.com/v1).
+    assert set(monitor["spec"]) == {"selector", "podMetricsEndpoints"}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+    assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+    # It selects the pods KServe makes for the production InferenceService, not the test one.
+    production, test = (_docs(REPO / "manifests" / "reference" / f"inferenceservice-{env}.yaml")[0]
+                        for env in ("production", "test"))
+    assert monitor["spec"]["selector"] == {
+        "matchLabels": {k8s.ISVC_POD_LABEL: production["metadata"]["name"]}}
+    assert test["metadata"]["name"] != production["metadata"]["name"]
+    # On the port Knative names the user container's one port, where the predictor listens.
+    (container,) = production["spec"]["predictor"]["containers"]
+    (port,) = container["ports"]
+    assert f"--port={port['containerPort']}" in container["args"]
+    assert endpoint["port"] == k8s.KNATIVE_USER_PORT and endpoint["path"] == "/metrics"
+
+
+def test_without_the_prometheus_operator_no_monitoring_objects_are_rendered():
+    files = k8s.render_manifests(k8s.ManifestOptions(pod_monitor=False))
+    assert "base/podmonitor.yaml" not in files
+    assert "podmonitor.yaml" not in yaml.safe_load(files["base/kustomization.yaml"])["resources"]
+    assert "monitoring.coreos.com" not in "".join(files.values())

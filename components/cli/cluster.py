@@ -55,10 +55,12 @@ def add_commands(sub) -> None:
     man.add_argument("--gateway-namespace", action="append", default=None,
                      help="namespace of a hop the pipeline's probes come through "
                           "(repeatable; default istio-system and knative-serving)")
-    man.add_argument("--no-prometheus-rule", action="store_true",
-                     help="leave the governance PrometheusRule out of the base (for a cluster "
-                          "without the Prometheus Operator's monitoring.coreos.com CRDs, which "
-                          "a stock Kubeflow install does not have)")
+    man.add_argument("--no-prometheus-operator", "--no-prometheus-rule", action="store_true",
+                     dest="no_prometheus_rule",
+                     help="leave the governance PrometheusRule and the predictor's PodMonitor "
+                          "out of the base (for a cluster without the Prometheus Operator's "
+                          "monitoring.coreos.com CRDs, which a stock Kubeflow install does not "
+                          "have)")
     man.set_defaults(func=cmd_manifests)
 
     comp = sub.add_parser("compile", help="compile pipelines to KFP IR YAML for the Kubeflow UI")
@@ -176,7 +178,8 @@ def cmd_manifests(args) -> int:
         pipeline_namespace=args.pipeline_namespace, s3_endpoint=args.s3_endpoint,
         predictor_service_account=args.predictor_service_account, s3_secret=args.s3_secret,
         gateway_namespaces=tuple(args.gateway_namespace or ("istio-system",
-                                                            "knative-serving")))
+                                                            "knative-serving")),
+        pod_monitor=not args.no_prometheus_rule)
     # The governance step's alerting rules, built from its default policy.
     from components.govern.policy import load_policy
     from components.govern.rules import prometheus_rule, rule_yaml

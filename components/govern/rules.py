@@ -28,28 +28,56 @@ LABELS = {"app.kubernetes.io/name": "pet-classifier",
 
 def expressions(policy: Policy, model: str = "pet-classifier") -> dict[str, str]:
     """The PromQL of each alert, by alert name; each one's value is in the unit of the
-    monitor's check of the same name (a share, milliseconds, a share shift)."""
+    monitor's check of the same name (a share, milliseconds, a share shift).
+
+    Each alert is one condition, so each expression yields at most one series: the class
+    shares are reduced to the largest shift with ``max`` (a ``label`` per class would make
+    one alert per class, and the receiver one check per class, for one condition). Each
+    is judged only over at least ``min_requests`` observations, as the monitor judges a
+    window: requests for the error rate, timed requests for the latency, images for the
+    class shares.
+    """
     p = policy.prometheus
-    req = prom.REQUESTS
     rw, sw = p.rate_window, p.share_window
-    answered = f"sum(rate({req}{prom.selector(model, outcome=f'{prom.OK}|{prom.ERROR}')}[{rw}]))"
-    errors = f"sum(rate({req}{prom.selector(model, outcome=prom.ERROR)}[{rw}]))"
-    enough = f"sum(increase({req}{prom.selector(model)}[{rw}])) >= {p.min_requests}"
-    total = f"sum(rate({prom.PREDICTED_CLASS}{prom.selector(model)}[{sw}]))"
+    sel = prom.selector(model)
+    answered = (f"sum(rate({prom.REQUESTS}{prom.selector(model, outcome=f'{prom.OK}|{prom.ERROR}')}"
+                f"[{rw}]))")
+    errors = f"sum(rate({prom.REQUESTS}{prom.selector(model, outcome=prom.ERROR)}[{rw}]))"
     shifts = [f"abs(\n  sum by (label) (rate({prom.PREDICTED_CLASS}"
               f"{prom.selector(model, label=cls)}[{sw}]))\n  / ignoring(label) group_left\n"
-              f"  {total}\n  - {prior:g}\n)" for cls, prior in p.class_prior]
-    images = f"sum(increase({prom.IMAGES}{prom.selector(model)}[{sw}])) >= {p.min_requests}"
+              f"  sum(rate({prom.PREDICTED_CLASS}{sel}[{sw}]))\n  - {prior:g}\n)"
+              for cls, prior in p.class_prior]
+    enough = {name: f"{query} >= {p.min_requests}" for name, query in _samples(policy, model)
+              .items()}
     return {
         "PetClassifierErrorRate": f"(\n  {errors}\n  /\n  {answered}\n) > {p.error_rate:g}\n"
-                                  f"and on() ({enough})",
+                                  f"and on() ({enough['PetClassifierErrorRate']})",
         "PetClassifierLatencyP95": (
             "1000 * histogram_quantile(0.95,\n  sum by (le) "
-            f"(rate({prom.REQUEST_SECONDS}_bucket{prom.selector(model)}[{rw}]))\n) > "
-            f"{p.p95_latency_ms:g}"),
-        "PetClassifierPredictedClassShare": "(\n" + "\nor\n".join(shifts)
-                                            + f"\n) > {p.max_share_shift:g}\nand on() ({images})",
+            f"(rate({prom.REQUEST_SECONDS}_bucket{sel}[{rw}]))\n) > {p.p95_latency_ms:g}\n"
+            f"and on() ({enough['PetClassifierLatencyP95']})"),
+        "PetClassifierPredictedClassShare": (
+            "max(\n" + "\nor\n".join(shifts) + f"\n) > {p.max_share_shift:g}\n"
+            f"and on() ({enough['PetClassifierPredictedClassShare']})"),
     }
+
+
+def _samples(policy: Policy, model: str) -> dict[str, str]:
+    """The PromQL of the observations behind each alert's value, by alert name."""
+    p, sel = policy.prometheus, prom.selector(model)
+    return {
+        "PetClassifierErrorRate": f"sum(increase({prom.REQUESTS}{sel}[{p.rate_window}]))",
+        "PetClassifierLatencyP95":
+            f"sum(increase({prom.REQUEST_SECONDS}_count{sel}[{p.rate_window}]))",
+        "PetClassifierPredictedClassShare":
+            f"sum(increase({prom.IMAGES}{sel}[{p.share_window}]))",
+    }
+
+
+def _query_template(query: str, each: str) -> str:
+    """A Go template that runs ``query`` when the alert fires (Prometheus' ``query``
+    template function) and prints ``each`` for its first result."""
+    return '{{ with query "' + query.replace('"', '\\"') + '" }}' + each + "{{ end }}"
 
 
 def prometheus_rule(policy: Policy, model: str = "pet-classifier",
@@ -63,9 +91,14 @@ def prometheus_rule(policy: Policy, model: str = "pet-classifier",
     """
     p = policy.prometheus
     exprs = expressions(policy, model)
-    req = prom.REQUESTS
-    samples = ('{{ with query "sum(increase(' + req + '{model=\\"' + model + '\\"}['
-               + p.rate_window + ']))" }}{{ . | first | value | printf "%.0f" }}{{ end }}')
+    samples = {name: _query_template(q, '{{ . | first | value | printf "%.0f" }}')
+               for name, q in _samples(policy, model).items()}
+    sel = prom.selector(model)
+    shares_query = (f"sum by (label) (rate({prom.PREDICTED_CLASS}{sel}[{p.share_window}])) "
+                    f"/ ignoring(label) group_left sum(rate({prom.PREDICTED_CLASS}{sel}"
+                    f"[{p.share_window}]))")
+    shares = ('{{ range query "' + shares_query.replace('"', '\\"') + '" }}'
+              '{{ .Labels.label }} {{ .Value | humanizePercentage }}, {{ end }}')
     prior = ", ".join(f"{c} {v:.0%}" for c, v in p.class_prior)
     rules = [
         {"alert": "PetClassifierErrorRate", "expr": exprs["PetClassifierErrorRate"],
@@ -78,7 +111,8 @@ def prometheus_rule(policy: Policy, model: str = "pet-classifier",
              "description": "Server error share {{ $value | humanizePercentage }}. The "
                             "governance policy alerts the QA expert, and rolls production "
                             "back and holds releases when it passes its hard limit.",
-             "value": "{{ $value }}", "threshold": f"{p.error_rate:g}", "samples": samples}},
+             "value": "{{ $value }}", "threshold": f"{p.error_rate:g}",
+             "samples": samples["PetClassifierErrorRate"]}},
         {"alert": "PetClassifierLatencyP95", "expr": exprs["PetClassifierLatencyP95"],
          "for": p.for_,
          "labels": {"severity": "warning", "model": model, "check": "telemetry.p95_latency",
@@ -87,7 +121,8 @@ def prometheus_rule(policy: Policy, model: str = "pet-classifier",
              "summary": f"{model}'s p95 latency is above {p.p95_latency_ms:g} ms "
                         f"(over {p.rate_window})",
              "description": "p95 request latency {{ $value | printf \"%.0f\" }} ms.",
-             "value": "{{ $value }}", "threshold": f"{p.p95_latency_ms:g}"}},
+             "value": "{{ $value }}", "threshold": f"{p.p95_latency_ms:g}",
+             "samples": samples["PetClassifierLatencyP95"]}},
         {"alert": "PetClassifierPredictedClassShare",
          "expr": exprs["PetClassifierPredictedClassShare"], "for": p.for_,
          "labels": {"severity": "warning", "model": model,
@@ -96,10 +131,12 @@ def prometheus_rule(policy: Policy, model: str = "pet-classifier",
              "summary": f"The share of a predicted class moved more than "
                         f"{p.max_share_shift:.0%} from the training prior ({prior}) over "
                         f"{p.share_window}",
-             "description": "Predicted class {{ $labels.label }} is {{ $value | "
-                            "humanizePercentage }} away from its prior: the camera's view or "
-                            "the animals changed, or the model is biased.",
-             "value": "{{ $value }}", "threshold": f"{p.max_share_shift:g}"}},
+             "description": "The largest shift of a predicted class share from its prior is "
+                            "{{ $value | humanizePercentage }} (predicted: " + shares
+                            + "prior: " + prior + "): the camera's view or the animals "
+                            "changed, or the model is biased.",
+             "value": "{{ $value }}", "threshold": f"{p.max_share_shift:g}",
+             "samples": samples["PetClassifierPredictedClassShare"]}},
     ]
     metadata = {"name": f"{model}-governance", "labels": dict(LABELS)}
     if namespace:

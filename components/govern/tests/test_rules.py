@@ -64,7 +64,10 @@ def test_thresholds_are_the_policys_and_the_monitors():
     exprs = expressions(policy)
     p = policy.prometheus
     assert exprs["PetClassifierErrorRate"].split("\nand")[0].endswith(f"> {p.error_rate:g}")
-    assert exprs["PetClassifierLatencyP95"].endswith(f"> {p.p95_latency_ms:g}")
+    assert exprs["PetClassifierLatencyP95"].split("\nand")[0].endswith(f"> {p.p95_latency_ms:g}")
+    # Every alert is judged over at least min_requests observations, as the monitor's checks.
+    for expr in exprs.values():
+        assert expr.endswith(f">= {p.min_requests})")
     assert f"> {p.max_share_shift:g}" in exprs["PetClassifierPredictedClassShare"]
     # The default policy's Prometheus thresholds are the monitor's alarm thresholds, so an
     # alert from Prometheus is the check a monitoring run would make.
