@@ -84,7 +84,7 @@ def test_registration_publishes_the_reference_with_the_version(
 def test_a_version_without_a_reference_gets_one_on_demand(
         tmp_path, package_dir, trained_model_dir, dataset_dirs, evaluation_path, capsys,
         monkeypatch):
-    from components.monitor.feedback import main
+    from components.cli import main
 
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     registry_uri = str(tmp_path / "registry")
@@ -95,10 +95,11 @@ def test_a_version_without_a_reference_gets_one_on_demand(
     with pytest.raises(R.ReferenceMissing, match="mlops monitor reference pets 1"):
         R.load_reference(registry_uri, "pets", mv.version, build=False)
     # `mlops monitor reference` builds it from the dataset version the lineage names.
-    assert main(["reference", "pets", "1", "--registry", registry_uri, "--sample", "40"]) == 0
+    assert main(["monitor", "reference", "pets", "1", "--registry", registry_uri,
+                 "--sample", "40"]) == 0
     out = capsys.readouterr().out
     assert "Built the monitoring reference of pets version 1" in out and "sharpness" in out
-    assert main(["reference", "pets", "1", "--registry", registry_uri]) == 0
+    assert main(["monitor", "reference", "pets", "1", "--registry", registry_uri]) == 0
     assert "Found the monitoring reference" in capsys.readouterr().out
     ref = R.load_reference(registry_uri, "pets", mv.version, cache_dir=tmp_path / "cache")
     assert ref.uri.endswith(f"pets/references/{mv.version}")
