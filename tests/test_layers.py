@@ -71,13 +71,6 @@ DEFERRED_EXCEPTIONS: dict[str, int] = {
     "bench/serving_hostile.py": 2,
     "bench/shard_readers.py": 9,
     "bench/training.py": 12,
-    "components/govern/receiver.py": 3,
-    "components/ingest/core.py": 1,
-    "components/monitor/core.py": 8,
-    "components/monitor/export.py": 2,
-    "components/monitor/reference.py": 7,
-    "components/package/core.py": 1,
-    "components/train/core.py": 1,
 }
 
 

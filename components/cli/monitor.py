@@ -180,7 +180,7 @@ def _cmd_scrape(args) -> int:
 
 
 def _add_reference_command(monitor_sub) -> None:
-    from components.monitor.reference import SAMPLE_SIZE
+    from components.monitor.contract import SAMPLE_SIZE
 
     p = monitor_sub.add_parser(
         "reference",

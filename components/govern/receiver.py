@@ -28,8 +28,11 @@ import logging
 import threading
 
 from components.common.errors import UserError
+from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import json_app, read_json
+from components.govern.core import govern
 from components.govern.policy import Policy
+from components.govern.records import GovernanceStore
 from components.monitor.contract import KINDS, Check, Verdict
 
 logger = logging.getLogger(__name__)
@@ -109,16 +112,11 @@ def make_app(policy: Policy, *, store_uri: str, registry_uri: str = "", target=N
     ``/alerts`` needs ``Authorization: Bearer <token>``."""
     from aiohttp import web
 
-    from components.govern.core import govern
-    from components.govern.records import GovernanceStore
-
     lock = threading.Lock()  # one govern at a time in this process
 
     def production_version(model: str) -> str:
         if not registry_uri:
             return "unknown"
-        from components.common.registry import ModelRegistry, RegistryError
-
         try:
             return str(ModelRegistry(registry_uri).aliases(model).get("production", "unknown"))
         except RegistryError:

@@ -64,6 +64,7 @@ from components.common.storage import (
     sha256_bytes,
     split_uri,
 )
+from components.common.storage.local import _INTERNAL_NAME
 from components.common.storage.lock import LeaseLock, LockTimeout
 
 logger = logging.getLogger(__name__)
@@ -436,8 +437,6 @@ def list_local_lake(store: LocalStore) -> tuple[list[ObjectInfo], list[dict]]:
     Returns:
         (objects sorted by key, refusals as dicts with key, status, detail).
     """
-    from components.common.storage.local import _INTERNAL_NAME
-
     root = os.path.realpath(store.root)
     found: list[ObjectInfo] = []
     refused: list[dict] = []

@@ -142,6 +142,9 @@ class Verdict:
 #: (``components.monitor.reference``) provides
 #: ``load_reference(registry_uri, model, version, monitoring_uri="") -> Reference``, building
 #: one on demand from the version's dataset when the version has none.
+#: Most held-out training images a reference holds (``held_out_sample``'s default).
+SAMPLE_SIZE = 1000
+
 REFERENCE_FIELDS = {
     "embeddings": "float32 [n, d]: embeddings of a held-out sample of the training data",
     "stats": "dict[str, list[float]]: STAT_FIELDS -> the sample's values (same order)",

@@ -19,9 +19,16 @@ import uuid
 from dataclasses import dataclass, field
 
 from components.common.errors import UserError
+from components.common.paths import mlops_home
+from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import AlreadyExistsError, StorageError, open_store
 from components.monitor import checks as C
+from components.monitor import explain as E
+from components.monitor import reference as ref_mod
+from components.monitor import report as R
+from components.monitor import telemetry as T
 from components.monitor.contract import Check, Reference, Verdict
+from components.monitor.drift import DriftError, check_backend, default_backend, load_detector
 from components.monitor.window import Window, iso, parse_time, read_window
 
 logger = logging.getLogger(__name__)
@@ -36,8 +43,6 @@ class MonitorError(UserError, ValueError):
 def default_monitoring_uri() -> str:
     """``$MLOPS_MONITORING_URI`` or ``$MLOPS_CAPTURE_URI``, else ``<mlops home>/monitoring``
     (see :func:`components.common.paths.mlops_home`)."""
-    from components.common.paths import mlops_home
-
     for var in ("MLOPS_MONITORING_URI", "MLOPS_CAPTURE_URI"):
         if os.environ.get(var):
             return os.environ[var]
@@ -74,8 +79,6 @@ class RunResult:
 
 def resolve_version(registry_uri: str, model: str, version: str | int | None) -> int:
     """The version to judge: ``version`` (a number or ``@alias``), else ``@production``."""
-    from components.common.registry import ModelRegistry, RegistryError
-
     try:
         return ModelRegistry(registry_uri).resolve(model, version if version not in (None, "")
                                                    else "@production")
@@ -87,11 +90,6 @@ def resolve_version(registry_uri: str, model: str, version: str | int | None) ->
 def load_reference(registry_uri: str, model: str, version: int, monitoring_uri: str
                    ) -> Reference:
     """The version's monitoring reference (built from its dataset when it has none)."""
-    try:
-        from components.monitor import reference as ref_mod
-    except ImportError as exc:
-        raise MonitorError("No monitoring reference builder is installed "
-                           "(components.monitor.reference).") from exc
     return ref_mod.load_reference(registry_uri, model, version, monitoring_uri)
 
 
@@ -99,8 +97,6 @@ def _fit_or_load(kind: str, ref: Reference, backend: str, cfg: C.MonitorConfig):
     """The reference's saved detector when it matches the backend and settings, else None."""
     if kind != "mmd" or not ref.detector_uri:
         return None
-    from components.monitor.drift import DriftError, load_detector
-
     path = ref.detector_uri
     if path.startswith("file://"):
         path = path[len("file://"):]
@@ -119,8 +115,6 @@ def _fit_or_load(kind: str, ref: Reference, backend: str, cfg: C.MonitorConfig):
 
 
 def _telemetry(model, monitoring_uri, start, end, metrics_url, prometheus_url, namespace):
-    from components.monitor import telemetry as T
-
     t0, t1 = start.timestamp(), end.timestamp()
     if prometheus_url:
         return T.query_prometheus(prometheus_url, model, t0, t1, namespace), "prometheus"
@@ -189,8 +183,6 @@ def run_monitoring(model: str, registry_uri: str, monitoring_uri: str | None = N
     Returns:
         The verdict (or a RunResult with ``full=True``).
     """
-    from components.monitor.drift import check_backend, default_backend
-
     cfg = config if isinstance(config, C.MonitorConfig) else C.MonitorConfig.from_dict(config)
     backend = check_backend(backend) if backend else default_backend()
     monitoring_uri = monitoring_uri or default_monitoring_uri()
@@ -222,12 +214,8 @@ def run_monitoring(model: str, registry_uri: str, monitoring_uri: str | None = N
                       n_labelled=win.n_labelled, checks=checks)
     explanations = {}
     if explain and ref is not None and len(win):
-        from components.monitor import explain as E
-
         explanations = E.explain_window(win, ref, registry_uri, monitoring_uri, number,
                                         per_group=gallery_size)
-    from components.monitor import report as R
-
     store = open_store(monitoring_uri)
     prefix = report_prefix(model, run_id)
     verdict.report_uri = store.uri_of(f"{prefix}/report.html") if write else ""

@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from components.common.errors import UserError
+from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import (
     ObjectNotFoundError,
     ObjectStore,
     open_store,
+    read_uri,
     sha256_bytes,
 )
 from components.monitor.contract import utcnow
@@ -128,8 +130,6 @@ def captured_records(store: ObjectStore, model: str, wanted: set[tuple[str, int]
 def _production(registry_uri: str, model: str) -> tuple[int | None, list[str] | None, str,
                                                         set[str]]:
     """The production version, its classes, dataset version and the image hashes it saw."""
-    from components.common.registry import ModelRegistry, RegistryError
-
     if not registry_uri:
         return None, None, "", set()
     registry = ModelRegistry(registry_uri)
@@ -146,8 +146,6 @@ def _production(registry_uri: str, model: str) -> tuple[int | None, list[str] | 
     known: set[str] = set()
     manifest_uri = mv.lineage.get("dataset_manifest", "")
     if manifest_uri:
-        from components.common.storage import read_uri
-
         try:
             table = pd.read_csv(io.BytesIO(read_uri(manifest_uri)), dtype=str,
                                 keep_default_na=False)

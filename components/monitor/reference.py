@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from components.common.errors import UserError
+from components.common.paths import mlops_home
+from components.common.registry import ModelRegistry
 from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.common.storage import (
     AlreadyExistsError,
@@ -45,12 +47,16 @@ from components.common.storage import (
     StorageError,
     open_store,
 )
-from components.monitor.contract import STAT_FIELDS, Reference
+from components.ingest.core import IngestError, object_key
+from components.ingest.shards import split_images_and_stats
+from components.ingest.snapshot import load_snapshot, root_of_snapshot
+from components.monitor import drift
+from components.monitor.contract import SAMPLE_SIZE, STAT_FIELDS, Reference
+from components.train.core import validation_split
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_DIR = "reference"
-SAMPLE_SIZE = 1000
 FORMAT = 1
 
 
@@ -70,8 +76,6 @@ class ReferenceMissing(ReferenceDataError, FileNotFoundError):
 def held_out_sample(train_rows, sample_size: int = SAMPLE_SIZE):
     """The validation part of the training split (by content hash, as training carves it),
     at most ``sample_size`` rows chosen by hash so that the choice is stable."""
-    from components.train.core import validation_split
-
     _, held_out = validation_split(train_rows)
     if len(held_out) > sample_size:
         held_out = held_out.sort_values("sha256").head(sample_size)
@@ -93,8 +97,6 @@ def _measure(sample, size: int, dataset_version: str = "", use_shards: bool = Tr
     statistics table was measured by that same function when the shards were built (once per
     version and size); other rows are decoded here.
     """
-    from components.ingest.shards import split_images_and_stats
-
     return split_images_and_stats(sample, size, dataset_version, use_shards)
 
 
@@ -116,13 +118,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 def _fit_detector(embeddings: np.ndarray) -> dict[str, bytes]:
     """Fits the MMD drift detector on the reference embeddings and returns its saved files
-    (empty when the drift module or its backend is not installed)."""
-    try:
-        from components.monitor import drift
-    except ImportError as exc:
-        logger.warning("No drift module (%s): the reference has no fitted detector; the "
-                       "monitor fits one when it first needs it.", exc)
-        return {}
+    (empty when the drift backend is not installed)."""
     try:
         detector = drift.make_detector("mmd", embeddings)
         with tempfile.TemporaryDirectory() as tmp:
@@ -248,10 +244,6 @@ def build_reference(registry_uri: str, model: str, version: int,
     Returns:
         The URI of the reference folder.
     """
-    from components.common.registry import ModelRegistry
-    from components.ingest.core import IngestError, object_key
-    from components.ingest.snapshot import load_snapshot, root_of_snapshot
-
     registry = ModelRegistry(registry_uri)
     mv = registry.get(model, int(version))
     found = _find(registry.store, model, mv.version)
@@ -294,8 +286,6 @@ def build_reference(registry_uri: str, model: str, version: int,
 
 def _cache_dir(registry_uri: str, model: str, version: int) -> Path:
     import hashlib
-
-    from components.common.paths import mlops_home
 
     key = hashlib.sha256(open_store(registry_uri).uri.encode()).hexdigest()[:12]
     return mlops_home() / "cache" / "references" / key / model / str(version)

@@ -35,6 +35,7 @@ from components.common.runtime import (
     torch_predictor,
     with_embedding,
 )
+from components.train.core import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +229,6 @@ def load_torch_model(package_dir: str | os.PathLike):
     Raises:
         FileNotFoundError: The package predates registering the weights with it.
     """
-    from components.train.core import load_model
-
     folder = Path(package_dir) / TORCH_DIR
     if not (folder / "model.pt").is_file():
         raise FileNotFoundError(f"No {TORCH_DIR}/model.pt in {package_dir}: the package was "

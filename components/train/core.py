@@ -28,6 +28,7 @@ import pandas as pd
 from components.common.errors import UserError
 from components.common.images import preprocess_image
 from components.common.storage import open_store, sha256_bytes
+from components.ingest.shards import split_images
 from components.train import distributed
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,6 @@ def load_split_images(rows: pd.DataFrame, image_size: int, dataset_version: str 
     one by one. Both give the same pixels (:func:`components.ingest.shards.split_images`, the
     reader evaluation, packaging and the monitoring reference share).
     """
-    from components.ingest.shards import split_images
-
     return split_images(rows, image_size, dataset_version, use_shards)
 
 
