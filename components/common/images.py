@@ -39,6 +39,32 @@ _ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose reads
 #: Longest side of the grey image the input statistics are measured on.
 STATS_SIDE = 256
 
+# What makes a served input junk rather than a photo of anything: the predictor records the
+# verdict with each captured input, and the monitor counts junk under integrity and leaves it
+# out of drift, class shares and performance. Measured on the generator's frames (day, night,
+# blur; 16 px to 1920x1080; thousands per condition): luminance std at least 0.010 (night,
+# 128 px), Laplacian-to-luminance variance ratio at most 10.5 by day and 17.4 at night, night
+# brightness at most 0.33. Junk measured: flat frames 0.000-0.0024 std, uniform noise a ratio
+# of 15.6 (16 px) to 20.6 at brightness 0.50.
+#: A luminance standard deviation below this is one flat colour.
+BLANK_CONTRAST = 0.004
+#: Independent pixels give a Laplacian variance of 20 times the luminance variance; a photo's
+#: neighbouring pixels are alike, so its ratio is far lower.
+NOISE_RATIO = 15.0
+#: Uniform noise spreads over the whole range, so its mean luminance is mid-grey.
+NOISE_BRIGHTNESS = (0.4, 0.6)
+#: Why a served input is junk; the values a capture record's ``input_quality`` takes besides
+#: ``ok``.
+JUNK_REASONS = {
+    "too_small": f"a side shorter than {DEFAULT_MIN_SIDE} px (ingestion quarantines such images "
+                 "as too_small)",
+    "blank": f"one flat colour (luminance standard deviation below {BLANK_CONTRAST}): a black, "
+             "white or covered frame, an all-zero tensor",
+    "noise": f"uniform noise: pixels unrelated to their neighbours (Laplacian variance at least "
+             f"{NOISE_RATIO:g} times the luminance variance) around mid-grey "
+             f"(brightness {NOISE_BRIGHTNESS[0]}-{NOISE_BRIGHTNESS[1]})",
+}
+
 # Why an image was refused; the keys of a quarantine report.
 QUARANTINE_REASONS = {
     "zero_byte": "the object is empty (0 bytes)",
@@ -252,6 +278,39 @@ def image_stats(img: Image.Image, mode: str | None = None,
     return {"width": int(width), "height": int(height), "mode": mode or img.mode,
             "brightness": round(mean / 255.0, 6), "contrast": round(std / 255.0, 6),
             "sharpness": round(sharpness, 8)}
+
+
+def input_quality(stats: dict) -> str | None:
+    """The verdict on one input from its :func:`image_stats`: ``ok``, or a key of
+    :data:`JUNK_REASONS`; None when the statistics are missing (nothing was measured)."""
+    try:
+        width, height = int(stats["width"]), int(stats["height"])
+        brightness, contrast = float(stats["brightness"]), float(stats["contrast"])
+        sharpness = float(stats["sharpness"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(np.isfinite((brightness, contrast, sharpness))):
+        return None
+    if min(width, height) < DEFAULT_MIN_SIDE:
+        return "too_small"
+    if contrast < BLANK_CONTRAST:
+        return "blank"
+    low, high = NOISE_BRIGHTNESS
+    if sharpness >= NOISE_RATIO * contrast * contrast and low <= brightness <= high:
+        return "noise"
+    return "ok"
+
+
+def tensor_stats(x: np.ndarray, mean, std) -> list[dict]:
+    """:func:`image_stats` of preprocessed inputs (``N x 3 x S x S`` float, normalised as
+    training does with ``mean`` and ``std``), measured on their pixels: the input quality
+    of a client that sends tensors instead of photos (an all-zero tensor is one flat
+    colour)."""
+    mean = np.asarray(mean, np.float64).reshape(1, 3, 1, 1)
+    std = np.asarray(std, np.float64).reshape(1, 3, 1, 1)
+    pixels = np.clip(np.rint((np.asarray(x, np.float64) * std + mean) * 255.0), 0, 255)
+    pixels = pixels.astype(np.uint8).transpose(0, 2, 3, 1)
+    return [image_stats(Image.fromarray(np.ascontiguousarray(p), "RGB")) for p in pixels]
 
 
 def decode_and_measure(data: bytes, size: int, *, max_pixels: int | None = None,

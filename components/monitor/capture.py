@@ -18,7 +18,9 @@ counted as failed. The counts are Prometheus counters on the predictor's ``/metr
     pet_classifier_capture_write_seconds{model}            (histogram of one batch write)
 
 A record's input statistics are :func:`components.common.images.image_stats` of the decoded
-image, the same function the monitoring reference and the shards measure with.
+image, the same function the monitoring reference and the shards measure with, and its
+``input_quality`` the verdict :func:`components.common.images.input_quality` gives on them
+(junk inputs are captured, and the monitor counts them apart).
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ class MonitorConfig:
             extremes understate the population's).
         max_unknown_mode: Share of inputs in an image mode never seen in training.
         max_undecodable: Share of requests the predictor refused as undecodable (HTTP 400).
+        max_junk_share: Share of captured inputs that are junk (blank, uniform noise, too
+            small: ``components.common.images.JUNK_REASONS``) above which integrity is
+            alarmed. Junk never enters drift, class shares or performance.
         max_share_shift: Largest change of a predicted class share against the training
             prior before a significant prediction drift is an alarm.
         max_accuracy_drop: Accuracy below the reference's by more than this is a problem.
@@ -72,6 +75,7 @@ class MonitorConfig:
     range_margin: float = 0.10
     max_unknown_mode: float = 0.01
     max_undecodable: float = 0.05
+    max_junk_share: float = 0.05
     max_share_shift: float = 0.10
     max_accuracy_drop: float = 0.05
     min_accuracy: float = 0.80
@@ -154,6 +158,7 @@ def integrity(win: Window, ref: Reference | None, cfg: MonitorConfig,
                         f"{foreign} records or files of something else in the capture store"
                         if foreign else "no foreign records", "",
                         {"examples": win.examples.get("foreign", [])}))
+    checks.append(_junk_check(win, cfg))
     if ref is not None and len(win):
         checks.append(_range_check(win, ref, cfg))
         checks.append(_mode_check(win, ref, cfg))
@@ -168,6 +173,24 @@ def integrity(win: Window, ref: Reference | None, cfg: MonitorConfig,
         checks.append(Check("integrity.undecodable", "integrity", None, cfg.max_undecodable,
                             "unknown", "the predictor's metrics could not be read", "", {}))
     return checks
+
+
+def _junk_check(win: Window, cfg: MonitorConfig) -> Check:
+    junk = win.n_junk
+    seen = len(win) + junk
+    kinds = {k: v for k, v in win.junk.items() if v}
+    detail = (f"{junk} of {seen} inputs are junk ({', '.join(f'{k} {v}' for k, v in kinds.items())})"
+              ", left out of drift, class shares and performance" if junk else
+              "no junk inputs (blank frames, uniform noise, images too small)")
+    return _share_check("integrity.junk_inputs", "integrity", junk / seen if seen else None,
+                        cfg.max_junk_share, detail if seen else "no captured inputs",
+                        {"counts": dict(win.junk), "examples": win.junk_examples, "seen": seen},
+                        any_is_warning=False)
+
+
+def _left_out(win: Window) -> str:
+    """What the window's drift and share checks say about the junk they did not see."""
+    return f"; {win.n_junk} junk inputs left out" if win.n_junk else ""
 
 
 def _range_check(win: Window, ref: Reference, cfg: MonitorConfig) -> Check:
@@ -240,12 +263,13 @@ def embedding_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: st
     drifted = bool(d["is_drift"])
     detail = (f"p={d['p_val']:.4f} < {d['threshold']}: the embeddings moved (MMD² "
               f"{d['distance']:.2e})" if drifted else
-              f"p={d['p_val']:.4f} ≥ {d['threshold']}: no embedding drift")
+              f"p={d['p_val']:.4f} ≥ {d['threshold']}: no embedding drift") + _left_out(win)
     return [Check(name, "drift", round(float(d["p_val"]), 6), float(d["threshold"]),
                   "alarm" if drifted else "ok", detail, "",
                   {"p_val": float(d["p_val"]), "distance": float(d["distance"]),
                    "distance_threshold": d.get("distance_threshold"), "is_drift": int(drifted),
-                   "backend": out["meta"]["backend"], "n": len(x), "n_ref": len(ref_x)})]
+                   "backend": out["meta"]["backend"], "n": len(x), "n_ref": len(ref_x),
+                   "junk_left_out": win.n_junk})]
 
 
 def statistics_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: str,
@@ -281,12 +305,12 @@ def statistics_drift(win: Window, ref: Reference, cfg: MonitorConfig, backend: s
     moved = d["drifted"]
     detail = (f"moved: {', '.join(f'{m} (p={p[m]:.1e}, KS {dist[m]:.2f})' for m in moved)}"
               if moved else f"no statistic moved (smallest p={min(p.values()):.3f} ≥ "
-              f"{d['threshold']:.4f} after {cfg.correction})")
+              f"{d['threshold']:.4f} after {cfg.correction})") + _left_out(win)
     return [Check(name, "drift", round(float(min(p.values())), 8), float(d["threshold"]),
                   "alarm" if moved else "ok", detail, "",
                   {"p_val": p, "distance": dist, "drifted": moved, "is_drift": int(bool(moved)),
                    "correction": cfg.correction, "backend": out["meta"]["backend"],
-                   "n": len(x), "n_ref": len(ref_x)})]
+                   "n": len(x), "n_ref": len(ref_x), "junk_left_out": win.n_junk})]
 
 
 def prediction_drift(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
@@ -334,13 +358,13 @@ def prediction_drift(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Ch
     detail = (f"{shares[worst]:.0%} predicted {classes[worst]} vs {baseline[worst]:.0%} on "
               f"the reference (training prior {prior[worst]:.0%}): {shift:.0%} {direction} "
               f"(chi² p={p:.1e})" if significant else
-              f"class shares match {against} (chi² p={p:.3f})")
+              f"class shares match {against} (chi² p={p:.3f})") + _left_out(win)
     return [Check(name, "prediction_drift", round(shift, 6), cfg.max_share_shift, status, detail,
                   "", {"shares": dict(zip(classes, shares.round(6).tolist(), strict=True)),
                        "prior": dict(zip(classes, prior.round(6).tolist(), strict=True)),
                        "baseline": dict(zip(classes, baseline.round(6).tolist(), strict=True)),
                        "baseline_from": against, "p_val": p, "n": int(n),
-                       "class": classes[worst]})]
+                       "class": classes[worst], "junk_left_out": win.n_junk})]
 
 
 # --------------------------------------------------------------------------------------------

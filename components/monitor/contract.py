@@ -51,6 +51,9 @@ RECORD_FIELDS = {
     "revision": "str: 'stable' or 'canary' (MLOPS_REVISION in the predictor's environment)",
     "protocol": "str: 'v1' or 'v2'",
     "stats": "dict: width, height, mode, brightness, contrast, sharpness of the input",
+    "input_quality": "str, optional: 'ok', or why the input is junk (a key of "
+                     "components.common.images.JUNK_REASONS: too_small, blank, noise), from "
+                     "the same decode as stats (a tensor's pixels); absent in older records",
     "embedding": "list[float]: the model's penultimate-layer output for the input",
     "label": "str: the predicted class",
     "probabilities": "dict[str, float]: class -> probability",

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from components.common.errors import UserError
+from components.common.images import JUNK_REASONS, input_quality
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import (
     ObjectNotFoundError,
@@ -236,6 +237,11 @@ def export_captures(monitoring_uri: str, lake_uri: str, model: str, registry_uri
             continue
         if label not in classes:
             skip(ident, "unknown_label", f"{label!r} is not one of {classes}")
+            continue
+        quality = rec.get("input_quality") or input_quality(rec.get("stats") or {})
+        if quality in JUNK_REASONS:
+            skip(ident, "junk_input", f"the predictor judged the input junk: "
+                 f"{JUNK_REASONS[quality]}")
             continue
         candidates.append((ident, rec, sha, label))
         labels_of_sha.setdefault(sha, set()).add(label)

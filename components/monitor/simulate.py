@@ -19,7 +19,7 @@ import uuid
 
 import numpy as np
 
-from components.common.images import decode_image_and_mode, image_stats, model_input
+from components.common.images import decode_image_and_mode, image_stats, input_quality, model_input
 from components.common.registry import ModelRegistry
 from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.datagen.core import LakeSpec, render
@@ -98,7 +98,7 @@ def simulate(model: OnnxModel, monitoring_uri: str, model_name: str, model_versi
                                 int(rng.integers(0, 2 ** 63))).hex
                 record = {"request_id": rid, "index": 0, "time": t, "model": model_name,
                           "model_version": str(model_version), "revision": revision,
-                          "protocol": "v1", "stats": s,
+                          "protocol": "v1", "stats": s, "input_quality": input_quality(s),
                           "embedding": [round(float(v), 6) for v in e],
                           "label": label,
                           "probabilities": {c: round(float(v), 6)

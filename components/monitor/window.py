@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from components.common.images import JUNK_REASONS, input_quality
 from components.common.records import record_number
 from components.common.storage import ObjectStore, StorageError, open_store
 from components.monitor.contract import STAT_FIELDS
@@ -72,7 +73,12 @@ class Window:
         model: Model name.
         start, end: The window, ``[start, end)`` in UTC.
         records: Usable records of ``model_version`` (or of every version when None), oldest
-            first, each with ``true_label`` (the latest label, or None) joined in.
+            first, each with ``true_label`` (the latest label, or None) joined in. Junk
+            inputs are not among them.
+        junk: Records of junk inputs left out of ``records``, by why they are junk (a key of
+            ``components.common.images.JUNK_REASONS``), and ``junk_examples`` of each (request
+            id/index): blank frames, uniform noise, images too small to be photos. Drift, class
+            shares and performance never see them; integrity counts them.
         problems: Counts by kind (see ``PROBLEMS``), and ``examples`` of each kind.
         other_versions: Records of other versions of the model in the window, by version.
         files: Batches read.
@@ -88,9 +94,16 @@ class Window:
     other_versions: dict = field(default_factory=dict)
     files: int = 0
     lines: int = 0
+    junk: dict = field(default_factory=lambda: {k: 0 for k in JUNK_REASONS})
+    junk_examples: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def n_junk(self) -> int:
+        """Junk inputs of the window's version, left out of ``records``."""
+        return sum(self.junk.values())
 
     @property
     def n_labelled(self) -> int:
@@ -288,6 +301,15 @@ def read_window(monitoring_uri: str, model: str, start, end, model_version: str 
         if win.model_version is not None and version != win.model_version:
             win.other_versions[version] = win.other_versions.get(version, 0) + 1
             continue
+        quality = rec.get("input_quality")
+        if quality is None:  # captured before the predictor judged inputs
+            quality = input_quality(rec["stats"])
+        if quality in JUNK_REASONS:
+            win.junk[quality] += 1
+            examples = win.junk_examples.setdefault(quality, [])
+            if len(examples) < 5:
+                examples.append(f"{rec['request_id']}/{rec['index']}")
+            continue
         win.records.append(rec)
     if win.records:  # one model version, one embedding size: anything else is damaged
         dims = Counter(len(r["embedding"]) for r in win.records)
@@ -313,6 +335,9 @@ def read_window(monitoring_uri: str, model: str, start, end, model_version: str 
     if win.bad_records or win.problems["foreign"]:
         logger.warning("Window of %s: %d usable records; problems %s", model, len(win),
                        {k: v for k, v in win.problems.items() if v})
+    if win.n_junk:
+        logger.info("Window of %s: %d junk inputs left out (%s)", model, win.n_junk,
+                    {k: v for k, v in win.junk.items() if v})
     return win
 
 

@@ -53,7 +53,9 @@ from components.common.images import (
     ImageRejected,
     decode_image_and_mode,
     image_stats,
+    input_quality,
     model_input,
+    tensor_stats,
 )
 from components.common.runtime import load_onnx, normalise
 from components.monitor.capture import CaptureWriter
@@ -95,6 +97,7 @@ class _Batch:
     capture: bool = False  # this request is sampled for capture
     revision: str = ""  # the role a router sent this request to (X-Model-Revision)
     stats: list = field(default_factory=list)  # per instance, when captured
+    quality: list = field(default_factory=list)  # per instance, when captured (input_quality)
     encoded: list | None = None  # the images as received, when captured
     embeddings: np.ndarray | None = None
     outputs: list[RequestedOutput] | None = None
@@ -492,6 +495,10 @@ class PetClassifier(Model):
             batch.sizes = [len(e) for e in encoded]
             if batch.capture:
                 batch.encoded = encoded
+                batch.quality = [input_quality(st) for st in batch.stats]
+        elif batch.capture:  # a preprocessed tensor: its pixels are judged, not kept as stats
+            batch.quality = [input_quality(st) for st in tensor_stats(batch.x, self.mean,
+                                                                      self.std)]
         return batch
 
     # ---- predict / postprocess ---------------------------------------------------------
@@ -546,6 +553,7 @@ class PetClassifier(Model):
                 "model_version": self.registry_version, "model_id": self.model_version,
                 "revision": batch.revision or self.revision, "protocol": batch.protocol,
                 "stats": batch.stats[i] if i < len(batch.stats) else {},
+                "input_quality": batch.quality[i] if i < len(batch.quality) else None,
                 "embedding": batch.embeddings[i] if batch.embeddings is not None else [],
                 "label": label,
                 "probabilities": dict(zip(classes, batch.probs[i].tolist(), strict=True)),

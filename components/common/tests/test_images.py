@@ -31,3 +31,54 @@ def test_decode_and_measure_gives_the_training_pixels():
     x, stats = decode_and_measure(buf.getvalue(), 64)
     assert np.array_equal(x, preprocess_image(buf.getvalue(), 64))
     assert (stats["width"], stats["height"], stats["mode"]) == (640, 480, "RGB")
+
+
+def _encoded(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_input_quality_flags_junk_and_no_camera_frame_by_day_or_night():
+    """Junk is judged on the predictor's decode (draft JPEG decoding to the input size); the
+    generator's frames, day, night (dark, grey, noisy, soft) and out of focus, at square
+    sample sizes and CCTV sizes, are never junk."""
+    from components.common.images import JUNK_REASONS, input_quality, tensor_stats
+    from components.datagen.core import LakeSpec, render
+
+    frames = [(cond, size, i) for cond in ("day", "night", "blur")
+              for size, count in ((16, 40), (32, 60), (64, 60), (128, 30), ("640x360", 3))
+              for i in range(count)]
+    flagged = {}
+    for cond, size, i in frames:
+        data = render(LakeSpec(n=100, size=size, seed=71, condition=cond), i)[1]
+        for input_size in (32, 64):
+            verdict = input_quality(decode_and_measure(data, input_size)[1])
+            if verdict != "ok":
+                flagged[(cond, size, i, input_size)] = verdict
+    assert flagged == {}
+
+    rng = np.random.default_rng(72)
+    junk = {
+        "too_small": [_encoded(np.zeros((1, 1, 3), np.uint8)),  # a 1x1 black PNG
+                      _encoded(rng.integers(0, 256, (8, 200, 3), dtype=np.uint8))],
+        "blank": [_encoded(np.full((2160, 3840, 3), 255, np.uint8), "JPEG"),  # 4K all-white
+                  _encoded(np.zeros((360, 640, 3), np.uint8), "JPEG"),
+                  _encoded(np.clip(20 + rng.normal(0, 3, (360, 640, 3)), 0, 255)
+                           .astype(np.uint8), "JPEG")],  # a covered lens: sensor noise only
+        "noise": [_encoded(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+                  _encoded(rng.integers(0, 256, (360, 640, 3), dtype=np.uint8), "JPEG"),
+                  _encoded(np.repeat(rng.integers(0, 256, (256, 256, 1), dtype=np.uint8), 3,
+                                     axis=2))],
+    }
+    for reason, inputs in junk.items():
+        assert reason in JUNK_REASONS
+        for data in inputs:
+            assert input_quality(decode_and_measure(data, 64)[1]) == reason
+    # Tensors a client preprocessed itself are judged on their pixels.
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    zeros = np.zeros((2, 3, 32, 32), np.float32)
+    noise = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert [input_quality(s) for s in tensor_stats(zeros, mean, std)] == ["blank", "blank"]
+    assert [input_quality(s) for s in tensor_stats(noise, mean, std)] == ["noise"]
+    assert input_quality({}) is None  # nothing measured: no verdict

@@ -22,7 +22,7 @@ from components.monitor.export import (
 
 
 def write_capture(store, model, request_id, image: bytes | None, *, version="1", index=0,
-                  t=1_700_000_000.0, predicted="cats"):
+                  t=1_700_000_000.0, predicted="cats", quality=None):
     """One captured instance in the contract's layout (what the predictor writes)."""
     sha = sha256_bytes(image) if image is not None else None
     if image is not None:
@@ -33,6 +33,8 @@ def write_capture(store, model, request_id, image: bytes | None, *, version="1",
            "probabilities": {"cats": 0.5, "dogs": 0.5}}
     if sha:
         rec["image_sha256"] = sha
+    if quality:
+        rec["input_quality"] = quality
     key = f"capture/records/model={model}/date=2026-11-23/000000-h-1-{request_id}.jsonl"
     store.put(key, (json.dumps(rec) + "\n").encode())
     return sha
@@ -164,3 +166,17 @@ def test_export_refuses_bad_settings_and_nothing_new_is_no_export(tmp_path):
                           min_images=2)
     assert few.export_id == "" and list(open_store(tmp_path / "lake").list()) == []
     assert isinstance(few.manifest, pd.DataFrame) and few.manifest.empty
+
+
+def test_labelled_junk_inputs_are_never_exported(tmp_path):
+    """A labelled blank frame or noise is not a photo of a cat or a dog for the next training."""
+    mon = open_store(tmp_path / "mon")
+    for i, quality in enumerate(["ok", "blank", "noise", None]):
+        true, data = night(50 + i)
+        write_capture(mon, "pets", f"q{i}", data, quality=quality)
+        write_label(mon, "pets", f"q{i}", true + "s")
+    result = export_captures(mon.uri, str(tmp_path / "lake"), "pets", classes=["cats", "dogs"])
+    assert sorted(result.manifest["request_id"]) == ["q0", "q3"]
+    assert result.counts["skipped_junk_input"] == 2
+    assert {s["request_id"] for s in result.skipped if s["reason"] == "junk_input"} == {
+        "q1", "q2"}
