@@ -102,8 +102,22 @@ def verdicts_from_notification(payload, production_version) -> list[Verdict]:
         run_id = "alertmanager-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         starts = min((a.get("startsAt") or now) for a, _ in items)
         out.append(Verdict(model, str(version), starts, now, run_id, 0, 0,
-                           [c for _, c in items], report_uri=payload.get("externalURL", "")))
+                           _one_per_condition([c for _, c in items]),
+                           report_uri=payload.get("externalURL", "")))
     return out
+
+
+def _one_per_condition(checks: list[Check]) -> list[Check]:
+    """One check per name: alerts of one condition (a rule whose expression yields a series
+    per pod or per class) are one check, the firing one with the largest value."""
+    best: dict[str, Check] = {}
+    for c in checks:
+        rank = (c.status == "alarm", c.value if c.value is not None else float("-inf"))
+        old = best.get(c.name)
+        if old is None or rank > (old.status == "alarm", old.value if old.value is not None
+                                  else float("-inf")):
+            best[c.name] = c
+    return list(best.values())
 
 
 def make_app(policy: Policy, *, store_uri: str, registry_uri: str = "", target=None,

@@ -237,3 +237,34 @@ def test_receiver_starts_one_retraining_for_a_prometheus_alert(tmp_path):
     assert run["model_version"] == "5"
     assert run["checks"][0]["name"] == "prediction_drift.class_shares"
     assert run["checks"][0]["value"] == 0.31
+
+
+def test_alerts_of_one_condition_in_a_notification_are_governed_as_one(tmp_path, receiver):
+    """A rule whose expression yields one series per class (or per pod) sends Alertmanager
+    one alert each; the receiver governs them as the one condition they are."""
+    from components.govern.core import govern
+    from components.govern.policy import load_policy
+    from components.govern.receiver import verdicts_from_notification
+
+    def alert(cls, value, status="firing"):
+        return {"status": status, "fingerprint": f"fp-{cls}", "startsAt": "2026-11-23T10:00:00Z",
+                "labels": {"alertname": "PetClassifierPredictedClassShare",
+                           "model": "pet-classifier", "model_version": "2", "label": cls,
+                           "check": "prediction_drift.class_shares",
+                           "kind": "prediction_drift"},
+                "annotations": {"value": value, "threshold": "0.1", "summary": "shares"}}
+
+    payload = {"version": "4", "status": "firing",
+               "alerts": [alert("cats", "0.29"), alert("dogs", "0.31"),
+                          alert("birds", "0.5", "resolved")]}
+    (verdict,) = verdicts_from_notification(payload, lambda model: "unknown")
+    (check,) = verdict.checks
+    assert (check.name, check.status, check.value) == ("prediction_drift.class_shares",
+                                                       "alarm", 0.31)
+    policy = load_policy(_policy_file(tmp_path, receiver.url))
+    store = str(tmp_path / "monitoring")
+    actions = govern(verdict, policy, store_uri=store)
+    assert [a["action"] for a in actions] == ["alert"]
+    assert len(receiver.received) == 1
+    assert [a["check"] for a in AlertBook(GovernanceStore(store, "pet-classifier")).alerts()] \
+        == ["prediction_drift.class_shares"]
