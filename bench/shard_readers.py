@@ -104,11 +104,13 @@ def main() -> None:
     # The monitoring reference, both ways.
     build_package(model, mmeta, ev_sh, sharded[:20], "pets", tmp / "pkg")
     onnx = (tmp / "pkg" / "model.onnx").read_bytes()
-    n_ref = len(held_out_sample(rows))
-    build_reference_files(onnx, rows, version, detector=False)  # untimed: imports, first run
+    n_ref = len(held_out_sample(test_rows))
+    build_reference_files(onnx, rows, version, detector=False,  # untimed: imports, first run
+                          test_rows=test_rows)
     ref_dec, t_ref_dec = _timed(build_reference_files, onnx, rows, version, detector=False,
-                                use_shards=False)
-    ref_sh, t_ref_sh = _timed(build_reference_files, onnx, rows, version, detector=False)
+                                use_shards=False, test_rows=test_rows)
+    ref_sh, t_ref_sh = _timed(build_reference_files, onnx, rows, version, detector=False,
+                              test_rows=test_rows)
     doc_dec, doc_sh = (json.loads(r["reference.json"]) for r in (ref_dec, ref_sh))
     assert doc_dec["stats"] == doc_sh["stats"], "reference statistics differ"
     emb = [np.load(io.BytesIO(r["embeddings.npy"])) for r in (ref_dec, ref_sh)]

@@ -192,7 +192,7 @@ def _add_reference_command(monitor_sub) -> None:
     p.add_argument("version", help="version number or @alias")
     p.add_argument("--registry", default=str(mlops_home() / "registry"), help="registry URI")
     p.add_argument("--sample", type=int, default=SAMPLE_SIZE,
-                   help="most held-out training images when building one")
+                   help="most test-split images when building one")
     p.add_argument("--dataset-root", default="",
                    help="where the dataset versions live, if they moved since training")
     p.set_defaults(func=_cmd_reference)
@@ -215,6 +215,8 @@ def _cmd_reference(args) -> int:
           f"{version}: {ref.uri}")
     print(f"  {len(ref.labels)} held-out images of dataset {ref.dataset_version}, embedding "
           f"of {ref.embeddings.shape[1]} values")
+    if ref.population:
+        print(f"  from {ref.population}")
     print("  class prior: " + ", ".join(f"{k} {v:.3f}" for k, v in ref.prior.items()))
     for name, values in ref.stats.items():
         arr = np.asarray(values, dtype=float)

@@ -266,7 +266,7 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
             rule = rules.get(prev["rule"])
             check = verdict.check(prev["check"])
             if prev["status"] != "firing" or fp in firing_now or rule is None or check is None \
-                    or check.status == "unknown" or rule.match.matches(check):
+                    or check.status == "unknown" or rule.match.matches(check, verdict.checks):
                 continue
             alert = book.create(_alert_record(verdict, rule, check, "resolved",
                                               prev["recipients"], prev["severity"],
@@ -336,7 +336,7 @@ def _clean(verdict: Verdict, rules: list[Rule]) -> bool:
     """No retrain rule matches, and the checks they look at were measured."""
     covered = [c for c in verdict.checks if any(r.match.covers(c) for r in rules)]
     return bool(covered) and all(c.status != "unknown" for c in covered) and \
-        not any(r.match.matches(c) for r in rules for c in verdict.checks)
+        not any(r.match.matches(c, verdict.checks) for r in rules for c in verdict.checks)
 
 
 def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri,

@@ -1,14 +1,15 @@
 """The governance policy: which monitor checks lead to which actions, as validated data.
 
 A policy is a YAML file (every key is documented in this folder's README). It maps checks of
-a monitoring verdict — chosen by name pattern, kind, status, and optionally a hard threshold
-on the measured value — to actions: ``alert`` a recipient (a webhook), ``retrain`` (start the
-continuous-training pipeline, once per episode), ``rollback`` production to the previous
-version, ``hold`` releases until a person approves. The file is checked completely before
+a monitoring verdict — chosen by name pattern, kind, status, optionally a hard threshold on
+the measured value, and optionally what the verdict's other checks say — to actions:
+``alert`` a recipient (a webhook), ``retrain`` (start the continuous-training pipeline, once
+per episode), ``rollback`` production to the previous version, ``hold`` releases until a
+person approves. The file is checked completely before
 anything runs; every mistake is reported with the key that holds it, for example::
 
     policy.yaml: rules[1].match.value_abov: unknown key; expect one of estimated, kind,
-    min_samples, name, status, value_above, value_below
+    min_samples, name, status, unless_any, value_above, value_below, with_any
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class Match:
             ``extra.n``, ``n_labelled`` or ``requests``: labelled requests behind an accuracy,
             requests behind an error rate).
         estimated: True: only estimates (no labels); False: only measured values; None: both.
+        with_any: Conditions on the other checks of the same verdict (each a ``Match``
+            without these two): the rule applies only if some check meets one of them.
+        unless_any: The rule does not apply if some check of the verdict meets one of these
+            (a statistics-only shift: the input statistics moved, the embeddings and the
+            accuracy did not).
     """
 
     names: tuple[str, ...] = ("*",)
@@ -115,8 +121,20 @@ class Match:
     value_below: float | None = None
     min_samples: int = 0
     estimated: bool | None = None
+    with_any: tuple[Match, ...] = ()
+    unless_any: tuple[Match, ...] = ()
 
-    def matches(self, check: Check) -> bool:
+    def matches(self, check: Check, verdict_checks: list[Check] | tuple = ()) -> bool:
+        """Whether the rule applies to ``check``, one of ``verdict_checks`` (the whole
+        verdict, for ``with_any`` and ``unless_any``)."""
+        if not self._holds(check):
+            return False
+        if self.with_any and not any(m._holds(c) for m in self.with_any
+                                     for c in verdict_checks):
+            return False
+        return not any(m._holds(c) for m in self.unless_any for c in verdict_checks)
+
+    def _holds(self, check: Check) -> bool:
         if not any(fnmatch.fnmatchcase(check.name, p) for p in self.names):
             return False
         if self.kinds and check.kind not in self.kinds:
@@ -243,7 +261,8 @@ class Policy:
 
     def matched(self, checks: list[Check]) -> list[tuple[Rule, Check]]:
         """Every (rule, check) pair whose condition holds, in the file's rule order."""
-        return [(rule, c) for rule in self.rules for c in checks if rule.match.matches(c)]
+        return [(rule, c) for rule in self.rules for c in checks
+                if rule.match.matches(c, checks)]
 
     def cooldown_of(self, rule: Rule) -> float:
         return self.cooldown_s if rule.cooldown_s is None else rule.cooldown_s
@@ -353,10 +372,13 @@ _RETRAIN = {"pipeline": "pipeline name", "trigger_argument": "parameter for the 
             "max_episode_age": "longest episode"}
 _RULE = {"name": "rule name", "description": "why the rule exists", "match": "which checks",
          "actions": "what to do", "cooldown": "overrides the policy's cooldown"}
-_MATCH = {"name": "glob pattern(s) on the check name", "kind": "check kind(s)",
-          "status": "check status(es)", "value_above": "hard threshold",
-          "value_below": "hard threshold", "min_samples": "least extra.n",
-          "estimated": "true: estimates only, false: measured only"}
+_CONDITION = {"name": "glob pattern(s) on the check name", "kind": "check kind(s)",
+              "status": "check status(es)", "value_above": "hard threshold",
+              "value_below": "hard threshold", "min_samples": "least extra.n",
+              "estimated": "true: estimates only, false: measured only"}
+_MATCH = {**_CONDITION,
+          "with_any": "conditions on the verdict's other checks; one must hold",
+          "unless_any": "conditions on the verdict's other checks; none may hold"}
 _ACTION = {"type": "alert, retrain, rollback or hold", "to": "recipient name(s), for alert",
            "severity": "info, warning or critical, for alert"}
 _PROM = {"error_rate": "server error share", "p95_latency_ms": "p95 request milliseconds",
@@ -501,32 +523,7 @@ def _parse_rule(errors: _Errors, where: str, raw, recipients: dict, seen: set) -
         elif name in seen:
             errors.add(f"{where}.name", f"{name!r} is used by another rule; names are unique")
         seen.add(name)
-    m = errors.keys(f"{where}.match", r.get("match", {}), _MATCH)
-    names = _str_list(errors, f"{where}.match.name", m["name"]) if "name" in m else ("*",)
-    kinds = _str_list(errors, f"{where}.match.kind", m["kind"], KINDS) if "kind" in m else ()
-    value_above = value_below = None
-    if "value_above" in m:
-        value_above = _number(errors, f"{where}.match.value_above", m["value_above"])
-    if "value_below" in m:
-        value_below = _number(errors, f"{where}.match.value_below", m["value_below"])
-    if value_above is not None and value_below is not None and value_below <= value_above:
-        errors.add(f"{where}.match", f"value_below {value_below} ≤ value_above {value_above} "
-                   "can never match")
-    has_threshold = "value_above" in m or "value_below" in m
-    default_status = STATUSES if has_threshold else ("alarm",)
-    statuses = (_str_list(errors, f"{where}.match.status", m["status"], STATUSES)
-                if "status" in m else default_status)
-    min_samples = 0
-    if "min_samples" in m:
-        min_samples = _number(errors, f"{where}.match.min_samples", m["min_samples"], low=0,
-                              integer=True) or 0
-    estimated = m.get("estimated")
-    if estimated is not None and not isinstance(estimated, bool):
-        errors.add(f"{where}.match.estimated", f"{estimated!r} is not true or false")
-        estimated = None
-    if m and not any(k in m for k in ("name", "kind")):
-        errors.add(f"{where}.match", "give a name pattern or a kind, so that the rule "
-                   "does not apply to every check by accident")
+    match = _parse_match(errors, f"{where}.match", r.get("match", {}), _MATCH)
 
     actions = []
     raw_actions = r.get("actions", [])
@@ -567,8 +564,48 @@ def _parse_rule(errors: _Errors, where: str, raw, recipients: dict, seen: set) -
     description = r.get("description", "")
     if not isinstance(description, str):
         errors.add(f"{where}.description", "expect text")
-    return Rule(str(name), Match(names, kinds, statuses, value_above, value_below, min_samples,
-                                 estimated), tuple(actions), str(description), cooldown)
+    return Rule(str(name), match, tuple(actions), str(description), cooldown)
+
+
+def _parse_match(errors: _Errors, where: str, raw, allowed: dict) -> Match:
+    m = errors.keys(where, raw, allowed)
+    names = _str_list(errors, f"{where}.name", m["name"]) if "name" in m else ("*",)
+    kinds = _str_list(errors, f"{where}.kind", m["kind"], KINDS) if "kind" in m else ()
+    value_above = value_below = None
+    if "value_above" in m:
+        value_above = _number(errors, f"{where}.value_above", m["value_above"])
+    if "value_below" in m:
+        value_below = _number(errors, f"{where}.value_below", m["value_below"])
+    if value_above is not None and value_below is not None and value_below <= value_above:
+        errors.add(where, f"value_below {value_below} ≤ value_above {value_above} "
+                   "can never match")
+    has_threshold = "value_above" in m or "value_below" in m
+    default_status = STATUSES if has_threshold else ("alarm",)
+    statuses = (_str_list(errors, f"{where}.status", m["status"], STATUSES)
+                if "status" in m else default_status)
+    min_samples = 0
+    if "min_samples" in m:
+        min_samples = _number(errors, f"{where}.min_samples", m["min_samples"], low=0,
+                              integer=True) or 0
+    estimated = m.get("estimated")
+    if estimated is not None and not isinstance(estimated, bool):
+        errors.add(f"{where}.estimated", f"{estimated!r} is not true or false")
+        estimated = None
+    if m and not any(k in m for k in ("name", "kind")):
+        errors.add(where, "give a name pattern or a kind, so that the rule "
+                   "does not apply to every check by accident")
+    context = {}
+    for key in ("with_any", "unless_any"):
+        if key not in m:
+            continue
+        items = m[key]
+        if not isinstance(items, list) or not items:
+            errors.add(f"{where}.{key}", f"expect a non-empty list of conditions, got {items!r}")
+            continue
+        context[key] = tuple(_parse_match(errors, f"{where}.{key}[{i}]", item, _CONDITION)
+                             for i, item in enumerate(items))
+    return Match(names, kinds, statuses, value_above, value_below, min_samples, estimated,
+                 **context)
 
 
 def load_policy(path: str | os.PathLike | None = None) -> Policy:

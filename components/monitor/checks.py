@@ -318,7 +318,7 @@ def prediction_drift(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Ch
     reference sample (a chi-square test of homogeneity of the two samples' counts, so the
     reference's own sampling noise is accounted for), with the training prior beside them.
 
-    The baseline is the model's own predictions on held-out training data, not the label
+    The baseline is the model's own predictions on held-out data (the test split), not the label
     prior: a model that already called 55% of a balanced test set dogs has not drifted when it
     does so in production. Without reference probabilities the prior is the baseline (a
     goodness-of-fit test).
@@ -446,7 +446,7 @@ def performance(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
         else:
             status = "ok"
         detail = (f"accuracy {acc:.3f} (95% CI {lo:.3f}–{hi:.3f}) on {n} labelled requests; "
-                  f"reference {_fmt(ref_acc)}")
+                  f"reference {_fmt(ref_acc)} on {len(ref.labels)} held-out images")
         checks.append(Check("performance.accuracy", "performance", round(acc, 6), floor, status,
                             detail, "", {"n_labelled": n, "ci_low": round(lo, 6),
                                          "ci_high": round(hi, 6), "per_class": per_class,

@@ -149,7 +149,7 @@ class Verdict:
 SAMPLE_SIZE = 1000
 
 REFERENCE_FIELDS = {
-    "embeddings": "float32 [n, d]: embeddings of a held-out sample of the training data",
+    "embeddings": "float32 [n, d]: embeddings of the held-out sample (the test split)",
     "stats": "dict[str, list[float]]: STAT_FIELDS -> the sample's values (same order)",
     "modes": "dict[str, int]: input image mode -> count in the sample (e.g. {'RGB': 400})",
     "labels": "list[str]: the sample's true classes (same order)",
@@ -166,7 +166,7 @@ class Reference:
         model, model_version: Which version (registry integer version as a string).
         classes: The model's classes, in output order.
         prior: Class shares of the training split.
-        embeddings: ``[n, d]`` array (numpy) of held-out training embeddings.
+        embeddings: ``[n, d]`` array (numpy) of the held-out sample's embeddings.
         stats: STAT_FIELDS -> list of the sample's values.
         modes: image mode -> count in the sample.
         labels: The sample's true classes, or empty.
@@ -174,6 +174,7 @@ class Reference:
         dataset_version: The dataset the sample came from (lineage).
         detector_uri: Where a fitted drift detector was saved for this reference, or "".
         uri: Where the reference is stored.
+        population: What the sample is, in words (e.g. the dataset's test split), or "".
     """
 
     model: str
@@ -188,3 +189,4 @@ class Reference:
     dataset_version: str = ""
     detector_uri: str = ""
     uri: str = ""
+    population: str = ""

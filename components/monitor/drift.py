@@ -35,6 +35,7 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,41 @@ class DriftError(UserError, ValueError):
 def default_backend() -> str:
     """The backend chosen by ``MLOPS_DRIFT_BACKEND`` (``alibi`` when unset)."""
     return check_backend(os.environ.get("MLOPS_DRIFT_BACKEND", "alibi") or "alibi")
+
+
+def torch_threads() -> int:
+    """Torch threads of an MMD test: ``MLOPS_TORCH_THREADS`` when set, else one.
+
+    A permutation test is a hundred small tensor operations (Alibi Detect's runs them one
+    permutation at a time); with one thread per core, each waits for every thread of the
+    pool, which on a machine whose cores are busy (a monitoring pod of 1-2 CPUs on a shared
+    node, CI's two cores) costs seconds per window. The predictor caps ONNX Runtime the same
+    way (no spinning threads beside the HTTP server).
+    """
+    value = os.environ.get("MLOPS_TORCH_THREADS", "")
+    try:
+        threads = int(value) if value else 1
+    except ValueError:
+        raise DriftError(f"Invalid MLOPS_TORCH_THREADS={value!r}: expect a number of threads "
+                         "(at least 1).") from None
+    if threads < 1:
+        raise DriftError(f"Invalid MLOPS_TORCH_THREADS={value!r}: expect at least 1.")
+    return threads
+
+
+@contextmanager
+def capped_torch_threads():
+    """Runs the block on :func:`torch_threads` torch threads, then restores the setting."""
+    import torch
+
+    before, threads = torch.get_num_threads(), torch_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
 
 
 def check_backend(backend: str) -> str:
@@ -200,12 +236,14 @@ class TorchMMD(DriftDetector):
                              f"(at least {int(np.ceil(1 / p_val))} to ever reach p < {p_val}).")
         self.n_permutations = int(n_permutations)
         self.seed = int(seed)
-        self.sigma = float(sigma) if sigma else median_heuristic(self.x_ref, seed=seed)
+        with capped_torch_threads():
+            self.sigma = float(sigma) if sigma else median_heuristic(self.x_ref, seed=seed)
 
     def predict(self, x) -> dict:
         x = self._check_x(x)
-        observed, null = mmd2_permutation_test(self.x_ref, x, self.sigma, self.n_permutations,
-                                               self.seed)
+        with capped_torch_threads():
+            observed, null = mmd2_permutation_test(self.x_ref, x, self.sigma,
+                                                   self.n_permutations, self.seed)
         p = (1.0 + float((null >= observed).sum())) / (1.0 + len(null))
         return {"data": {"is_drift": int(p < self.p_val), "p_val": p, "distance": observed,
                          "threshold": self.p_val,
@@ -292,12 +330,16 @@ class AlibiMMD(DriftDetector):
         super().__init__(x_ref, p_val=p_val, names=names)
         self.n_permutations = int(n_permutations)
         cd, _ = _alibi()
-        self._cd = _detector or cd.MMDDrift(self.x_ref, backend="pytorch", p_val=self.p_val,
-                                            n_permutations=self.n_permutations, device="cpu")
+        with capped_torch_threads():
+            self._cd = _detector or cd.MMDDrift(self.x_ref, backend="pytorch",
+                                                p_val=self.p_val,
+                                                n_permutations=self.n_permutations,
+                                                device="cpu")
 
     def predict(self, x) -> dict:
         x = self._check_x(x)
-        out = self._cd.predict(x)
+        with capped_torch_threads():
+            out = self._cd.predict(x)
         d = out["data"]
         return {"data": {"is_drift": int(d["is_drift"]), "p_val": float(d["p_val"]),
                          "distance": float(d["distance"]), "threshold": float(d["threshold"]),

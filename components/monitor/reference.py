@@ -1,9 +1,12 @@
 """The monitoring reference of a model version: what its training data looked like to it.
 
 A window of production traffic is judged against the reference of the version that served
-it. The reference is a held-out sample of the version's training split (the validation part
-that training carves out by content hash and never fits on), seen through the packaged ONNX
-model exactly as the predictor sees production inputs:
+it. The reference is the dataset version's test split (all of it, or ``SAMPLE_SIZE`` images
+of it chosen by content hash): images the training run never fitted on and never selected on
+(training chooses its epoch and its trial on the validation part of the training split, so
+that part's accuracy flatters the model; the reference's accuracy is the floor of the
+accuracy checks and the calibration of the label-free estimate). It is seen through the
+packaged ONNX model exactly as the predictor sees production inputs:
 
     reference/reference.json      classes, class prior of the training split, the sample's
                                   true labels, input statistics (``images.image_stats``, the
@@ -52,7 +55,6 @@ from components.ingest.shards import split_images_and_stats
 from components.ingest.snapshot import load_snapshot, root_of_snapshot
 from components.monitor import drift
 from components.monitor.contract import SAMPLE_SIZE, STAT_FIELDS, Reference
-from components.train.core import validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +75,20 @@ class ReferenceMissing(ReferenceDataError, FileNotFoundError):
 # ---------------------------------------------------------------------------------------------
 
 
-def held_out_sample(train_rows, sample_size: int = SAMPLE_SIZE):
-    """The validation part of the training split (by content hash, as training carves it),
-    at most ``sample_size`` rows chosen by hash so that the choice is stable."""
-    _, held_out = validation_split(train_rows)
+def held_out_sample(test_rows, sample_size: int = SAMPLE_SIZE):
+    """The reference images: the test split, all of it up to ``sample_size`` rows, beyond
+    that ``sample_size`` of them chosen by content hash so that the choice is stable."""
+    held_out = test_rows
     if len(held_out) > sample_size:
         held_out = held_out.sort_values("sha256").head(sample_size)
     return held_out.reset_index(drop=True)
+
+
+def test_population(n: int, total: int) -> str:
+    """What a sample of ``n`` of the ``total`` test-split images is, in words."""
+    which = "all of it" if n >= total else f"{n} of its {total} images, chosen by content hash"
+    return ("the dataset's test split, never fitted or selected on (training chooses its "
+            f"epoch and trial on the validation part of the training split): {which}")
 
 
 def class_prior(train_rows) -> dict[str, float]:
@@ -134,23 +143,26 @@ def _fit_detector(embeddings: np.ndarray) -> dict[str, bytes]:
 def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
                           sample_size: int = SAMPLE_SIZE, detector: bool = True,
                           use_shards: bool = True, sample_rows=None,
-                          population: str = "") -> dict:
+                          population: str = "", test_rows=None) -> dict:
     """The reference of a packaged model as files (``reference.json``, arrays, detector).
 
     Args:
         onnx_bytes: The package's ``model.onnx`` (with the ``embedding`` output).
-        train_rows: The training split's manifest rows (``uri``, ``label``, ``sha256``).
+        train_rows: The training split's manifest rows (``uri``, ``label``, ``sha256``): the
+            class prior.
         dataset_version: The dataset version the rows come from.
-        sample_size: Most held-out images to include.
+        sample_size: Most test-split images to include.
         detector: Fit and include the drift detector.
         use_shards: Read the sample's inputs and statistics from the dataset version's
             shards at the model's input size (built if missing); off, or for rows that are
             not from a published snapshot, every image is decoded. Both give the same
             reference.
-        sample_rows: The reference images, chosen by the caller instead of the held-out
-            part of ``train_rows`` (rows never fitted on, e.g. the recent production images
-            of a retrained version); ``train_rows`` still gives the class prior.
+        sample_rows: The reference images, chosen by the caller instead of the test split
+            (rows never fitted or selected on, e.g. the recent production images of a
+            retrained version); ``train_rows`` still gives the class prior.
         population: What ``sample_rows`` are, in words, for ``reference.json``.
+        test_rows: The dataset version's test split (same columns): the reference images
+            unless ``sample_rows`` are given.
 
     Returns:
         Relative file name -> bytes (names without the ``reference/`` folder).
@@ -161,18 +173,21 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
     model = load_onnx(onnx_bytes)
     meta, classes = model.metadata, model.classes
     if sample_rows is None:
-        sample = held_out_sample(train_rows, sample_size)
-        population = ("validation part of the training split (never fitted on), chosen by "
-                      "content hash")
+        if test_rows is None:
+            raise ReferenceDataError("No test split to build the monitoring reference from: "
+                                     "pass the dataset version's test rows (test_rows).")
+        sample = held_out_sample(test_rows, sample_size)
+        population = test_population(len(sample), len(test_rows))
     else:
         sample = sample_rows.sort_values("sha256").head(sample_size).reset_index(drop=True)
     if len(sample) < 2:
-        raise ReferenceDataError(f"The training split's held-out part has {len(sample)} "
-                                 "images; a drift test needs more. Ingest more images.")
+        raise ReferenceDataError(f"The reference sample ({population or 'the test split'}) "
+                                 f"has {len(sample)} images; a drift test needs more. Ingest "
+                                 "more images.")
     try:
         images, stats = _measure(sample, model.size, dataset_version, use_shards)
     except (StorageError, OSError, ValueError) as exc:
-        raise ReferenceDataError(f"Cannot read the training images of dataset "
+        raise ReferenceDataError(f"Cannot read the reference images of dataset "
                                  f"{dataset_version} to build the monitoring reference: "
                                  f"{exc}") from exc
     probs, embs = _run_onnx(model, images)
@@ -237,7 +252,7 @@ def build_reference(registry_uri: str, model: str, version: int,
     Args:
         registry_uri: The registry.
         model, version: Which version.
-        sample_size: Most held-out images to include.
+        sample_size: Most test-split images to include.
         dataset_root: Where the dataset versions live, when the lineage's snapshot URI has
             moved (default: the folder of the snapshot the lineage records).
 
@@ -262,12 +277,14 @@ def build_reference(registry_uri: str, model: str, version: int,
         raise ReferenceMissing(f"{model} version {mv.version} has no monitoring reference, and "
                                f"its dataset version {dataset_version} cannot be read from "
                                f"{root}: {exc} Pass the dataset root where it lives now.") from exc
-    rows = manifest[manifest["split"] == "train"].copy()
     objects = open_store(root).child("objects").uri
-    rows["uri"] = [f"{objects}/{object_key(s)}" for s in rows["sha256"]]
+    rows, test = (manifest[manifest["split"] == split].reset_index(drop=True)
+                  for split in ("train", "test"))
+    rows, test = (r.assign(uri=[f"{objects}/{object_key(s)}" for s in r["sha256"]])
+                  for r in (rows, test))
     onnx_bytes = registry.read_file(model, mv.version, "model.onnx")
-    files = build_reference_files(onnx_bytes, rows.reset_index(drop=True), dataset_version,
-                                  sample_size)
+    files = build_reference_files(onnx_bytes, rows, dataset_version, sample_size,
+                                  test_rows=test)
     folder = f"{model}/references/{mv.version}"
     try:
         registry.store.publish(folder, files)
@@ -345,4 +362,6 @@ def load_reference(registry_uri: str, model: str, version: int, monitoring_uri: 
                      prior=doc["prior"], embeddings=embeddings, stats=doc["stats"],
                      modes=doc.get("modes", {}), labels=doc.get("labels", []),
                      probabilities=probabilities, dataset_version=doc.get("dataset_version", ""),
-                     detector_uri=detector_uri, uri=store.uri_of(f"{folder}/{prefix}".rstrip("/")))
+                     detector_uri=detector_uri,
+                     uri=store.uri_of(f"{folder}/{prefix}".rstrip("/")),
+                     population=(doc.get("sample") or {}).get("from", ""))

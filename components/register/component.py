@@ -32,7 +32,7 @@ def register_model(
         model_name: Registered model name.
         alias: Alias to point at the new version (empty for none).
         pipeline_run: The pipeline run that produced it.
-        reference_sample: Most held-out training images in the version's monitoring
+        reference_sample: Most test-split images in the version's monitoring
             reference (embeddings, statistics, drift detector); 0 for none.
         lineage_extra: JSON object of further lineage (e.g. the verdict that triggered a
             retraining run, the production data export); empty for none.

@@ -11,7 +11,6 @@ from components.ingest.core import object_key
 from components.ingest.snapshot import load_snapshot, read_split, root_of_snapshot
 from components.monitor.reference import REFERENCE_DIR, build_reference_files
 from components.settings import code_version
-from components.train.core import validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -23,54 +22,46 @@ def run_name(job_name: str) -> str:
     return job_name.split("/", 1)[0]
 
 
-#: Fewest held-out recent production images a retrained version's reference is built from;
-#: with fewer, its reference is the usual held-out sample of the training split.
+#: Fewest recent production images in the test split a retrained version's reference is built
+#: from; with fewer, its reference is the usual one (the dataset's test split).
 MIN_RECENT_REFERENCE = 40
 
 
-def recent_reference_rows(train_rows, dataset: dict, prefixes: list[str],
-                          sample_size: int = 1000):
+def split_rows(dataset: dict, split: str):
+    """The manifest rows of one split (``train`` or ``test``) of the dataset version that
+    ``dataset`` (a split folder's ``dataset.json``) names, with each image's ``uri``."""
+    manifest = load_snapshot(root_of_snapshot(dataset["snapshot_uri"]),
+                             dataset["dataset_version"])
+    rows = manifest[manifest["split"] == split].reset_index(drop=True)
+    return rows.assign(uri=[f"{dataset['objects_uri']}/{object_key(h)}" for h in rows["sha256"]])
+
+
+def recent_reference_rows(test_rows, prefixes: list[str], sample_size: int = 1000):
     """The reference sample of a version retrained on exported production data.
 
     A version retrained because production's images changed (the camera's night mode) is
     judged against what production looks like now, not against the mix of its training data:
-    its reference is the exported production images under ``prefixes`` that it was not
-    trained on (the test split's, which judged the retraining gate, and the validation part
-    of the training split's, as training carves it, which chose the epoch and the trial),
-    at most ``sample_size`` of them chosen by content hash. With fewer than
-    :data:`MIN_RECENT_REFERENCE`, or no export, the usual held-out sample of the training
-    split is used. (The held-out sample of the training split also chose the epoch; the
-    reference's accuracy is that of images the model was selected on, not of fresh ones.)
+    its reference is the exported production images under ``prefixes`` in the test split
+    (never fitted on, and never selected on: the validation part of the training split chose
+    the epoch and the trial, so it is left out), at most ``sample_size`` of them chosen by
+    content hash. With fewer than :data:`MIN_RECENT_REFERENCE`, or no export, the usual
+    reference (the whole dataset's test split) is used.
 
     Returns:
         (rows or None, what they are in words).
     """
-    import pandas as pd
-
     if not prefixes:
         return None, ""
     prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)
-    manifest = load_snapshot(root_of_snapshot(dataset["snapshot_uri"]),
-                             dataset["dataset_version"])
-    test = manifest[(manifest["split"] == "test") & manifest["key"].str.startswith(prefixes)]
-    test = test.assign(uri=[f"{dataset['objects_uri']}/{object_key(h)}" for h in test["sha256"]])
-    _, held_out = validation_split(train_rows)
-    held_out = held_out[held_out["key"].str.startswith(prefixes)]
-    rows = pd.concat([held_out.assign(part="validation"),
-                      test[[c for c in held_out.columns if c in test.columns]].assign(
-                          part="test")], ignore_index=True)
+    rows = test_rows[test_rows["key"].str.startswith(prefixes)]
     rows = rows.sort_values("sha256").head(sample_size).reset_index(drop=True)
     if len(rows) < MIN_RECENT_REFERENCE:
-        logger.info("Only %d held-out images of the exported production data (%s); the "
-                    "reference is the held-out sample of the training split", len(rows),
-                    ", ".join(prefixes))
+        logger.info("Only %d test-split images of the exported production data (%s); the "
+                    "reference is the dataset's test split", len(rows), ", ".join(prefixes))
         return None, ""
-    counts = rows["part"].value_counts()
-    logger.info("Reference: %d held-out images of the exported production data", len(rows))
-    return rows.drop(columns="part"), (
-        f"recent production images the model was not trained on ({int(counts.get('validation', 0))}"
-        f" validation, {int(counts.get('test', 0))} test), exported under "
-        f"{', '.join(prefixes)}")
+    logger.info("Reference: %d test-split images of the exported production data", len(rows))
+    return rows, (f"recent production images in the test split (never fitted or selected "
+                  f"on), exported under {', '.join(prefixes)}: {len(rows)}")
 
 
 def register_package(package_dir: str, model_dir: str, evaluation_path: str, train_dir: str,
@@ -80,7 +71,7 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
     """Registers the files of ``package_dir`` with a full lineage record.
 
     The version also gets its monitoring reference (``reference/``: embeddings, input
-    statistics and predictions of up to ``reference_sample`` held-out training images, the
+    statistics and predictions of up to ``reference_sample`` images of the test split, the
     class prior and a fitted drift detector; see ``components.monitor.reference``; for a
     version retrained on exported production data, of those production images instead: see
     :func:`recent_reference_rows`), published
@@ -140,12 +131,14 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
                             + "; ".join(evaluation["gate"]["reasons"]))
     if reference_sample > 0:
         train_rows, _ = read_split(train_dir)
+        test_rows = split_rows(dataset, "test")
         prefixes = ((extra_lineage or {}).get("production_data") or {}).get("lake_prefixes")
-        recent, population = recent_reference_rows(train_rows, dataset, prefixes or [],
+        recent, population = recent_reference_rows(test_rows, prefixes or [],
                                                    reference_sample)
         reference = build_reference_files(files["model.onnx"], train_rows,
                                           dataset["dataset_version"], reference_sample,
-                                          sample_rows=recent, population=population)
+                                          sample_rows=recent, population=population,
+                                          test_rows=test_rows)
         files.update({f"{REFERENCE_DIR}/{k}": v for k, v in reference.items()})
         lineage["monitoring_reference"] = f"{REFERENCE_DIR}/reference.json"
     mv = registry.register(model_name, files, lineage)

@@ -54,6 +54,14 @@ BAD = [
      "rules[0].match.kind: 'vibes' is not one of"),
     ("match on nothing", _with("rules.0.match", {"status": "alarm"}),
      "rules[0].match: give a name pattern or a kind"),
+    ("other checks not a list", _with("rules.0.match", {"kind": "drift", "with_any": "x"}),
+     "rules[0].match.with_any: expect a non-empty list of conditions"),
+    ("nested condition", _with("rules.0.match", {"kind": "drift", "unless_any": [
+        {"name": "drift.embedding", "unless_any": [{"kind": "drift"}]}]}),
+     "rules[0].match.unless_any[0].unless_any: unknown key"),
+    ("other check's status", _with("rules.0.match", {"kind": "drift", "unless_any": [
+        {"name": "drift.embedding", "status": "moved"}]}),
+     "rules[0].match.unless_any[0].status: 'moved' is not one of"),
     ("unknown recipient", _with("rules.0.actions", [{"type": "alert", "to": "ceo"}]),
      "rules[0].actions[0].to: unknown recipient 'ceo'"),
     ("alert without recipient", _with("rules.0.actions", [{"type": "alert"}]),
@@ -157,3 +165,55 @@ def test_thresholds_and_durations():
     assert not rule.match.matches(Check("telemetry.error_rate", "telemetry", 0.01, 0.5, "ok", ""))
     assert not rule.match.matches(Check("telemetry.error_rate", "telemetry", None, 0.5,
                                         "unknown", ""))
+
+
+def _window(embedding="ok", statistics="alarm", estimated="ok", accuracy="unknown"):
+    """The checks of one window that matter to the drift rules."""
+    return [Check("drift.embedding", "drift", 0.001 if embedding == "alarm" else 0.4, 0.05,
+                  embedding, ""),
+            Check("drift.statistics", "drift", 1e-6 if statistics == "alarm" else 0.3, 0.0167,
+                  statistics, "moved: brightness (p=1.0e-06, KS 0.31)"),
+            Check("performance.accuracy", "performance", None, 0.91, accuracy, "",
+                  extra={"n_labelled": 0, "estimated": False}),
+            Check("performance.estimated_accuracy", "performance",
+                  0.85 if estimated == "warning" else 0.95, 0.91, estimated, "",
+                  extra={"n": 300, "estimated": True})]
+
+
+def test_the_default_policy_grades_a_statistics_only_shift_as_a_warning(tmp_path,
+                                                                         monkeypatch):
+    """Brightness or JPEG quality moved the input statistics, but neither the embeddings
+    nor any measured or estimated accuracy: nobody can act on it, so it is a notice to the QA
+    expert, not the product owner's alarm and not a retraining."""
+    from components.govern.core import govern
+    from components.monitor.contract import Verdict
+
+    policy = load_policy()
+    rules = {r.name: r for r in policy.rules}
+
+    def matched(**window):
+        return sorted((r.name, c.name) for r, c in policy.matched(_window(**window)))
+
+    assert matched() == [("input-statistics-shift", "drift.statistics")]
+    notice = rules["input-statistics-shift"]
+    assert not notice.does("retrain") and not notice.does("rollback")
+    assert [(a.to, a.severity) for a in notice.actions] == [(("qa-expert",), "info")]
+    # The embeddings moved too: data drift, for both tests.
+    assert matched(embedding="alarm") == [("data-drift", "drift.embedding"),
+                                          ("data-drift", "drift.statistics")]
+    # The accuracy fell, estimated or measured: the statistics' shift is data drift.
+    assert matched(estimated="warning") == [("data-drift", "drift.statistics")]
+    assert matched(accuracy="alarm") == [("accuracy-drop", "performance.accuracy"),
+                                         ("data-drift", "drift.statistics")]
+    assert matched(statistics="ok") == []
+
+    # Governed: one info notice to the QA expert; no retraining episode, nothing for the
+    # product owner.
+    monkeypatch.delenv("MLOPS_ALERT_PRODUCT_OWNER_URL", raising=False)
+    monkeypatch.delenv("MLOPS_ALERT_QA_URL", raising=False)
+    verdict = Verdict("pet-classifier", "3", "2026-11-19T10:00:00+00:00",
+                      "2026-11-19T11:00:00+00:00", "w1", 300, 0, _window())
+    taken = govern(verdict, policy, store_uri=str(tmp_path))
+    assert [(a["action"], a["rule"], a.get("severity")) for a in taken] == [
+        ("alert", "input-statistics-shift", "info")]
+    assert list(taken[0]["delivered"]) == ["qa-expert"]

@@ -42,8 +42,9 @@ def monitor_setup(package_dir, trained_model_dir, dataset_dirs, tmp_path_factory
         for name in ("model.pt", "model.json"):
             files[f"torch/{name}"] = (Path(trained_model_dir) / name).read_bytes()
     rows, meta = read_split(dataset_dirs[0])
+    test_rows, _ = read_split(dataset_dirs[1])
     ref_files = build_reference_files(files["model.onnx"], rows, meta["dataset_version"],
-                                      detector=False)
+                                      detector=False, test_rows=test_rows)
     files.update({f"reference/{k}": v for k, v in ref_files.items()})
     reg = ModelRegistry(registry_uri)
     mv = reg.register(MODEL, files, {"dataset_version": meta["dataset_version"]})

@@ -113,3 +113,24 @@ def test_backend_setting_selects_the_implementation(monkeypatch, monitor_setup):
     monkeypatch.setenv("MLOPS_DRIFT_BACKEND", "alibi")
     assert isinstance(drift.make_detector("ks", monitor_setup.reference.embeddings[:, :3]),
                       drift.AlibiKS)
+
+
+def test_mmd_tests_run_on_capped_torch_threads(monkeypatch):
+    """One torch thread per MMD test unless MLOPS_TORCH_THREADS says otherwise; the
+    process's own setting is back afterwards."""
+    import torch
+
+    from components.monitor.drift import DriftError, capped_torch_threads, make_detector
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("MLOPS_TORCH_THREADS", raising=False)
+    with capped_torch_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("MLOPS_TORCH_THREADS", "3")
+    with capped_torch_threads():
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("MLOPS_TORCH_THREADS", "many")
+    with pytest.raises(DriftError, match="Invalid MLOPS_TORCH_THREADS='many'"):
+        make_detector("mmd", np.zeros((20, 2)), backend="torch")

@@ -24,15 +24,19 @@ def _reference(files: dict) -> tuple[dict, np.ndarray, np.ndarray]:
 @pytest.mark.timeout(300)
 def test_reference_from_shards_equals_the_reference_from_the_photos(
         dataset_dirs, package_dir, tmp_path):
-    root, (train_dir, _) = copy_snapshot(dataset_dirs, tmp_path)
+    root, (train_dir, test_dir) = copy_snapshot(dataset_dirs, tmp_path)
     rows, meta = read_split(train_dir)
+    test, _ = read_split(test_dir)
     version = meta["dataset_version"]
     onnx = (package_dir / "model.onnx").read_bytes()
 
-    decoded = _reference(R.build_reference_files(onnx, rows, version, 60, detector=False,
-                                                 use_shards=False))
+    def build(**kw):
+        return R.build_reference_files(onnx, rows, version, 60, detector=False, test_rows=test,
+                                       **kw)
+
+    decoded = _reference(build(use_shards=False))
     assert not (root / "shards").exists()
-    from_shards = _reference(R.build_reference_files(onnx, rows, version, 60, detector=False))
+    from_shards = _reference(build())
     assert (root / "shards" / version / "32" / "stats.csv").is_file()  # built with the stats
     doc, embeddings, probabilities = from_shards
     assert doc["sha256"] == decoded[0]["sha256"] and len(doc["sha256"]) == 60
@@ -43,9 +47,9 @@ def test_reference_from_shards_equals_the_reference_from_the_photos(
     np.testing.assert_allclose(probabilities, decoded[2], atol=1e-6)
 
     remove_photos(root)  # from now on a decode would fail
-    with pytest.raises(R.ReferenceDataError, match="Cannot read the training images"):
-        R.build_reference_files(onnx, rows, version, 60, detector=False, use_shards=False)
-    again = _reference(R.build_reference_files(onnx, rows, version, 60, detector=False))
+    with pytest.raises(R.ReferenceDataError, match="Cannot read the reference images"):
+        build(use_shards=False)
+    again = _reference(build())
     assert again[0] == doc and np.array_equal(again[1], embeddings)
 
 

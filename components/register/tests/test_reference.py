@@ -31,7 +31,6 @@ def evaluation_path(tmp_path_factory):
 def test_registration_publishes_the_reference_with_the_version(
         tmp_path, package_dir, trained_model_dir, dataset_dirs, evaluation_path):
     from components.monitor.drift import load_detector
-    from components.train.core import validation_split
 
     registry_uri = str(tmp_path / "registry")
     mv = register_package(str(package_dir), trained_model_dir, evaluation_path,
@@ -41,12 +40,16 @@ def test_registration_publishes_the_reference_with_the_version(
     assert mv.lineage["monitoring_reference"] == "reference/reference.json"
     ref = R.load_reference(registry_uri, "pets", mv.version, cache_dir=tmp_path / "cache")
     train_rows, _ = read_split(dataset_dirs[0])
-    _, held_out = validation_split(train_rows)
+    held_out, _ = read_split(dataset_dirs[1])
     n = min(50, len(held_out))
-    # A held-out sample of the training split: never the images the model was fitted on.
+    # The test split: never the images the model was fitted on, nor those that chose its
+    # epoch (the validation part of the training split).
     doc = json.loads(ModelRegistry(registry_uri).read_file("pets", mv.version,
                                                            "reference/reference.json"))
     assert set(doc["sha256"]) <= set(held_out["sha256"]) and len(doc["sha256"]) == n
+    assert not set(doc["sha256"]) & set(train_rows["sha256"])
+    assert doc["sample"]["from"].startswith("the dataset's test split")
+    assert ref.population == doc["sample"]["from"]
     assert ref.model_version == str(mv.version) and ref.classes == ["cats", "dogs"]
     assert ref.embeddings.shape == (n, 64) and ref.embeddings.dtype == np.float32
     assert ref.probabilities.shape == (n, 2)
@@ -99,6 +102,7 @@ def test_a_version_without_a_reference_gets_one_on_demand(
                  "--sample", "40"]) == 0
     out = capsys.readouterr().out
     assert "Built the monitoring reference of pets version 1" in out and "sharpness" in out
+    assert "from the dataset's test split" in out
     assert main(["monitor", "reference", "pets", "1", "--registry", registry_uri]) == 0
     assert "Found the monitoring reference" in capsys.readouterr().out
     ref = R.load_reference(registry_uri, "pets", mv.version, cache_dir=tmp_path / "cache")
