@@ -31,6 +31,7 @@ def monitoring_pipeline(
     explain: bool = True,
     policy: str = "",
     deploy_target: str = "none",
+    serving_root: str = "",
     govern_launcher: str = "none",
     kfp_host: str = "",
     retrain_arguments: str = "{}",
@@ -55,6 +56,7 @@ def monitoring_pipeline(
         explain: Build the saliency gallery and error analysis by slice.
         policy: Governance policy (empty: the default; a YAML URI; or the YAML itself).
         deploy_target: Where production runs, for governance rollbacks: kserve, local, none.
+        serving_root: State folder of the local target (kfp.local only; ignored by kserve).
         govern_launcher: How governance starts retraining: kfp (to kfp_host), local or none.
         kfp_host: The KFP API for retraining runs, e.g. http://ml-pipeline.kubeflow:8888.
         retrain_arguments: JSON arguments of the continuous-training run (data_uri,
@@ -74,7 +76,7 @@ def monitoring_pipeline(
     gov = govern_verdict(verdict=task.outputs["verdict"], monitoring_uri=monitoring_uri,
                          registry_uri=registry_uri, model_name=model_name, policy=policy,
                          deploy_target=deploy_target, namespace=namespace,
-                         launcher=govern_launcher, kfp_host=kfp_host,
+                         serving_root=serving_root, launcher=govern_launcher, kfp_host=kfp_host,
                          retrain_arguments=retrain_arguments)
     gov.set_display_name("govern")
     # Governance is idempotent per verdict (components/govern/actions.py): a retry after a

@@ -77,6 +77,20 @@ MISTAKES = [
      ["0123abcd", "not published", "mlops data versions"]),
     (TRAIN + ["--dataset-version", "0123abcd"], 2, ["--data", "--dataset-version",
                                                     "one of them"]),
+    # Finding 2: the product owner's verbs say what they cannot do and what can.
+    (["govern", "retrain", "--reason", "new camera", "--launcher", "none"], 2,
+     ["no production version", "mlops run training"]),
+    (["govern", "retrain", "--reason", " ", "--launcher", "none"], 2, ["--reason"]),
+    (["govern", "start-episode", "v1-0009"], 2, ["v1-0009", "mlops govern episodes"]),
+    (["govern", "start-episode", "v1-0001", "--launcher", "none"], 2,
+     ["--launcher none", "--launcher local"]),
+    (["govern", "rollback", "--reason", "bad answers"], 2, ["nothing rolled back",
+                                                            "no production version"]),
+    (["govern", "rollback", "--reason", "bad answers", "--target", "none"], 2,
+     ["--target none", "--target local"]),
+    (["run", "monitoring", "--hours", "0"], 2, ["--hours", "0"]),
+    (["run", "continuous-training", "--since", "yesterday"], 2, ["--since", "yesterday"]),
+    (["run", "continuous-training", "--epochs", "0"], 2, ["--epochs", "0"]),
 ]
 
 

@@ -77,7 +77,9 @@ def _launcher(args, policy, store: str):
                      "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
                      "work_root": str(home / "work"), "monitoring_uri": store,
                      "model_name": args.model, "deploy_target": "local",
-                     "serving_root": args.serving_root or str(home / "deployments"), **extra}
+                     "serving_root": getattr(args, "serving_root", "")
+                     or str(home / "deployments"),
+                     **extra}
     return open_launcher(args.launcher, arguments, runs_root=home / "retraining-runs",
                          pipeline=policy.retrain.pipeline,
                          trigger_argument=policy.retrain.trigger_argument,
@@ -296,13 +298,20 @@ def _cmd_receiver(args) -> int:
     return 0
 
 
-def _target_args(p) -> None:
+def _target_args(p, *, launcher: bool = True) -> None:
     p.add_argument("--target", default="local", choices=["none", *TARGETS],
                    help="where production runs, for rollbacks: local model servers, KServe "
                         "InferenceServices in --namespace, or none (record only)")
     p.add_argument("--serving-root", default="",
                    help="local target state (default $MLOPS_HOME/deployments)")
     p.add_argument("--namespace", default="", help="Kubernetes namespace (kserve, kfp)")
+    if launcher:
+        _launcher_args(p)
+
+
+def _launcher_args(p) -> None:
+    if not any("--namespace" in a.option_strings for a in p._actions):
+        p.add_argument("--namespace", default="", help="Kubernetes namespace (kfp)")
     p.add_argument("--launcher", default="local", choices=["none", "local", "kfp"],
                    help="how a retraining starts: the continuous-training pipeline under "
                         "kfp.local, submitted to --kfp-host, or none (record the trigger only)")
@@ -316,6 +325,111 @@ def _target_args(p) -> None:
                         "compile this code's pipeline)")
     p.add_argument("--retrain-arg", action="append", default=[],
                    help="NAME=VALUE for the continuous-training pipeline, repeatable")
+
+
+# ------------------------------------------------------------------------------------------
+# A person's actions: retrain, roll back, start a recorded episode, list episodes, test alert
+# ------------------------------------------------------------------------------------------
+
+
+def _print_launch(result: dict, model: str) -> None:
+    print(result["detail"])
+    if result["action"] == "retrain_failed":
+        return
+    if result.get("run_id"):
+        print(f"  follow it: mlops govern episodes --model {model}; its log: "
+              f"{(result.get('url') or '').removeprefix('file://')}/run.log")
+        print("  it is released only if it beats production (champion vs challenger, quality "
+              "gate, application test, canary); `mlops registry releases "
+              f"{model}` says what happened")
+
+
+@_storage_guard
+def _cmd_retrain(args) -> int:
+    from components.govern.core import manual_retrain
+    from components.govern.policy import load_policy
+
+    policy = load_policy(args.policy or None)
+    store = args.store or _store_default()
+    launcher = _launcher(args, policy, store)
+    result = manual_retrain(store, args.model, args.registry, args.reason, launcher)
+    _print_launch(result, args.model)
+    return 0 if result["action"] != "retrain_failed" else 1
+
+
+@_storage_guard
+def _cmd_rollback(args) -> int:
+    from components.govern.core import manual_rollback
+
+    target = _target(args)
+    if target is None:
+        raise OptionError("--target none cannot roll back; name where production runs "
+                          "(--target local or --target kserve --namespace NS).")
+    result = manual_rollback(args.store or _store_default(), args.model, target, args.reason)
+    print(f"Rolled {args.model} production back from version {result['from']} to "
+          f"{result['to']} ({result.get('url') or 'served'}); recorded in the audit log "
+          "(`mlops govern audit`).")
+    return 0
+
+
+@_storage_guard
+def _cmd_start_episode(args) -> int:
+    from components.govern.core import start_episode
+    from components.govern.policy import load_policy
+
+    policy = load_policy(args.policy or None)
+    store = args.store or _store_default()
+    launcher = _launcher(args, policy, store)
+    if launcher is None:
+        raise OptionError("--launcher none starts nothing; use --launcher local (this "
+                          "machine) or --launcher kfp --kfp-host URL.")
+    result = start_episode(store, args.model, args.episode, launcher)
+    _print_launch(result, args.model)
+    return 0 if result["action"] != "retrain_failed" else 1
+
+
+@_storage_guard
+def _cmd_episodes(args) -> int:
+    from components.govern.core import start_command
+    from components.govern.records import GovernanceStore
+    from components.govern.trigger import Episodes
+    from pipelines.launchers import open_launcher
+
+    store = args.store or _store_default()
+    every = Episodes(GovernanceStore(store, args.model)).all()
+    if not every:
+        print(f"No retraining episode of {args.model}.")
+        return 0
+    local = open_launcher("local", {}, runs_root=mlops_home() / "retraining-runs")
+    for ep in every[-args.last:] if args.last else every:
+        launch = ep.get("relaunch") or ep.get("launch") or {}
+        state = launch.get("state", "being started")
+        if launch.get("run_id") and launch.get("launcher") == "local" and "ended" not in ep:
+            state = local.state(launch)
+        elif "ended" in ep:
+            state = ep["ended"].get("state", state)
+        why = ep.get("reason") or ", ".join(ep.get("rules") or [])
+        closed = f", closed ({ep['closed'].get('reason')})" if "closed" in ep else ""
+        print(f"{ep['key']:<12} {str(ep['claimed_at'])[:19]}  version {ep['model_version']}  "
+              f"{why}: run {launch.get('run_id') or '-'} {state}{closed}")
+        if state == "not_started" and "closed" not in ep:
+            print(f"{'':<14}start it: {start_command(ep['key'], args.model)}")
+    return 0
+
+
+def _cmd_test_alert(args) -> int:
+    from components.govern.core import send_test_alert
+    from components.govern.policy import load_policy
+
+    policy = load_policy(args.policy or None)
+    results = send_test_alert(policy, args.model, args.to or None)
+    if not results:
+        print(f"The policy {policy.source} has no recipients; add some under `recipients:`.")
+        return 1
+    print(f"Test alert for {args.model} ({policy.source}):")
+    for r in results:
+        print(f"  {r['recipient']:<16} {r['where']}: {r['detail']}")
+    return 0 if all(r["delivered"] for r in results) else 1
 
 
 def add_commands(sub) -> None:
@@ -333,6 +447,46 @@ def add_commands(sub) -> None:
                    help="at most this many of the newest ungoverned verdicts")
     _target_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = gsub.add_parser("retrain",
+                        help="a person's retraining of production (audited; released only "
+                             "through the gate and the canary, like governance's)")
+    _stores(p)
+    _policy_arg(p)
+    p.add_argument("--reason", required=True, help="why (kept in the audit log and lineage)")
+    _launcher_args(p)
+    p.set_defaults(func=_cmd_retrain)
+
+    p = gsub.add_parser("rollback",
+                        help="a person's rollback of production to the version before it "
+                             "(audited; the same action as governance's)")
+    _stores(p)
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    _target_args(p, launcher=False)
+    p.set_defaults(func=_cmd_rollback)
+
+    p = gsub.add_parser("start-episode",
+                        help="start the retraining of an episode that was recorded but not "
+                             "started (govern run --launcher none)")
+    p.add_argument("episode", help="the episode key, e.g. v3-0001 (`mlops govern episodes`)")
+    _stores(p)
+    _policy_arg(p)
+    _launcher_args(p)
+    p.set_defaults(func=_cmd_start_episode)
+
+    p = gsub.add_parser("episodes", help="retraining episodes: why, which run, its state")
+    _stores(p, registry=False)
+    p.add_argument("--last", type=int, default=0, help="only the last N episodes (0: all)")
+    p.set_defaults(func=_cmd_episodes)
+
+    p = gsub.add_parser("test-alert",
+                        help="send a test alert to the policy's webhooks and say what was "
+                             "delivered (nothing is stored)")
+    p.add_argument("--model", default="pet-classifier", help="model named in the test alert")
+    _policy_arg(p)
+    p.add_argument("--to", action="append", default=[],
+                   help="only this recipient (repeatable; default: every recipient)")
+    p.set_defaults(func=_cmd_test_alert)
 
     p = gsub.add_parser("alerts", help="every alert and whether each recipient got it")
     _stores(p, registry=False)

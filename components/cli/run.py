@@ -63,6 +63,51 @@ def add_commands(sub) -> None:
                     help="local pipeline root for task outputs")
     tr.set_defaults(func=_cmd_run)
 
+    ct = run_sub.add_parser(
+        "continuous-training",
+        help="retrain on the lake plus labelled production captures; released only if it "
+             "beats production (champion vs challenger, gate, application test, canary)")
+    ct.add_argument("--data", default="",
+                    help="the data lake the export adds to (default: $MLOPS_HOME/lake)")
+    ct.add_argument("--reason", default="",
+                    help="why: kept in the new version's lineage (the trigger)")
+    ct.add_argument("--since", default="",
+                    help="export captures from this time on, ISO 8601 (default: every "
+                         "labelled capture not yet in the lake)")
+    ct.add_argument("--trial-epochs", type=int, default=None,
+                    help="epochs per search trial (default: 2)")
+    ct.add_argument("--epochs", type=int, default=None,
+                    help="most epochs of the final training (default: 6)")
+    ct.add_argument("--min-new-images", type=int, default=None,
+                    help="fewer new labelled captures than this export nothing (default: 1)")
+    _store_options(ct)
+    ct.set_defaults(func=_cmd_run)
+
+    mon = run_sub.add_parser("monitoring",
+                             help="the monitoring pipeline: judge a window of production "
+                                  "traffic, then govern the verdict")
+    mon.add_argument("--hours", type=float, default=24.0, help="window length, ending now")
+    mon.add_argument("--version", default="", help="version to judge (default: @production)")
+    mon.add_argument("--backend", default="alibi", choices=["alibi", "torch"],
+                     help="drift backend (alibi: Alibi Detect, BSL 1.1; torch: Apache-2.0)")
+    mon.add_argument("--no-explain", action="store_true", help="skip saliency and slices")
+    mon.add_argument("--launcher", default="none", choices=["none", "local"],
+                     help="how governance starts a retraining: none records the episode "
+                          "(`mlops govern start-episode` starts it), local starts it here")
+    _store_options(mon)
+    mon.set_defaults(func=_cmd_run)
+
+
+def _store_options(p) -> None:
+    home = mlops_home()
+    p.add_argument("--model-name", default="pet-classifier", help="registered model name")
+    p.add_argument("--registry", default="", help="registry URI (default: $MLOPS_HOME/registry)")
+    p.add_argument("--store", default="",
+                   help="monitoring store URI (default: $MLOPS_MONITORING_URI, else "
+                        "$MLOPS_HOME/monitoring)")
+    p.add_argument("--outputs", default=str(home / "pipeline-runs"),
+                   help="local pipeline root for task outputs")
+
 
 class StepProgress:
     """Prints one line per pipeline step as kfp.local starts and ends it."""
@@ -126,7 +171,69 @@ def _cmd_run(args) -> int:
         arguments = {**lake, **_training_arguments(args, home)}
         outputs = run_pipeline("training", arguments, args.outputs, args)
         print_training(outputs, arguments)
+    elif args.pipeline == "continuous-training":
+        arguments = _continuous_training_arguments(args, home)
+        outputs = run_pipeline("continuous-training", arguments, args.outputs, args)
+        print_training(outputs, arguments)
+    else:
+        arguments = _monitoring_arguments(args, home)
+        outputs = run_pipeline("monitoring", arguments, args.outputs, args)
+        _print_monitoring(outputs, arguments)
     return 0
+
+
+def _common_stores(args, home: Path) -> dict:
+    from components.monitor.core import default_monitoring_uri
+
+    return {"registry_uri": args.registry or str(home / "registry"),
+            "monitoring_uri": args.store or default_monitoring_uri(),
+            "model_name": args.model_name}
+
+
+def _continuous_training_arguments(args, home: Path) -> dict:
+    check_range("--epochs", args.epochs, 1)
+    check_range("--trial-epochs", args.trial_epochs, 1)
+    check_range("--min-new-images", args.min_new_images, 0)
+    arguments = {"data_uri": args.data or str(home / "lake"),
+                 "dataset_root": str(home / "datasets"), "work_root": str(home / "work"),
+                 **_common_stores(args, home), "trigger": args.reason,
+                 "deploy_target": "local", "serving_root": str(home / "deployments")}
+    if args.since:
+        from components.monitor.window import parse_time
+
+        try:
+            arguments["since"] = parse_time(args.since).timestamp()
+        except ValueError:
+            raise option_error("--since", args.since, "an ISO 8601 time such as "
+                                                      "2026-05-01T08:00:00Z") from None
+    for name in ("trial_epochs", "epochs", "min_new_images"):
+        if getattr(args, name) is not None:
+            arguments[name] = getattr(args, name)
+    return arguments
+
+
+def _monitoring_arguments(args, home: Path) -> dict:
+    check_range("--hours", args.hours, 0.0, low_open=True)
+    return {**_common_stores(args, home), "hours": args.hours, "version": args.version,
+            "backend": args.backend, "explain": not args.no_explain,
+            "deploy_target": "local", "serving_root": str(home / "deployments"),
+            "govern_launcher": args.launcher,
+            "retrain_arguments": json.dumps({
+                "data_uri": str(home / "lake"), "dataset_root": str(home / "datasets"),
+                "work_root": str(home / "work"), "deploy_target": "local",
+                "serving_root": str(home / "deployments")})}
+
+
+def _print_monitoring(outputs: dict, arguments: dict) -> None:
+    from components.cli.monitor import print_verdict
+    from components.monitor.core import latest_verdict
+
+    print()
+    verdict = latest_verdict(arguments["monitoring_uri"], arguments["model_name"])
+    if verdict is not None:
+        print_verdict(verdict)
+    print("Governance: `mlops govern alerts` and `mlops govern audit` show what it did; "
+          "`mlops govern episodes` the retraining episodes.")
 
 
 def _print_ingest(outputs: dict) -> None:

@@ -44,6 +44,85 @@ def sink_for(recipient: Recipient) -> AlertSink | None:
 
 
 # ------------------------------------------------------------------------------------------
+# The words a person reads
+# ------------------------------------------------------------------------------------------
+
+#: What a check kind means to the person who gets the alert.
+WHAT_CHANGED = {
+    "drift": "the images production receives have changed",
+    "prediction_drift": "the share of answers per class has changed",
+    "performance": "the model's accuracy has dropped",
+    "integrity": "production receives images it cannot read",
+    "telemetry": "production answers slowly or with errors",
+    "slices": "the model does worse on part of the traffic",
+}
+#: What each policy action does, in a person's words.
+NEXT_STEP = {
+    "retrain": "a retraining starts (`mlops govern episodes` follows it); the new model "
+               "replaces production only if it does better, through the quality gate and a "
+               "canary",
+    "rollback": "production goes back to the version it served before",
+    "hold": "new releases wait until a person approves one (`mlops registry approve`)",
+}
+NOTHING_AUTOMATIC = ("nothing happens by itself: to retrain, `mlops govern retrain --reason "
+                     "WHY`; to go back to the previous version, `mlops govern rollback "
+                     "--reason WHY`")
+
+
+def _when(text: str) -> str:
+    return (text or "")[:16].replace("T", " ") + (" UTC" if text else "")
+
+
+def how_sure(check) -> str:
+    """The evidence behind a check, in words: a p-value, a sample size or the measurement."""
+    extra = check.extra or {}
+    p = extra.get("p_val")
+    if p is None and check.kind == "drift" and isinstance(check.value, float) and \
+            check.threshold is not None and check.threshold <= 0.1:
+        p = check.value  # drift checks report their p-value as the value
+    if isinstance(p, int | float):
+        return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    if extra.get("n"):
+        return f"measured on {extra['n']} requests"
+    return "measured" if check.value is not None else "not measurable"
+
+
+def measured_accuracy(verdict) -> str:
+    """The model's accuracy in the window as a sentence (measured on labels, else estimated,
+    else unknown), with the reference's."""
+    for name, how in (("performance.accuracy", "on {n} labelled requests"),
+                      ("performance.estimated_accuracy", "estimated without labels")):
+        c = verdict.check(name)
+        if c is None or c.value is None:
+            continue
+        ref = (c.extra or {}).get("reference_accuracy")
+        was = f" (was {ref:.2f} when released)" if isinstance(ref, int | float) else ""
+        return f"accuracy {c.value:.2f} {how.format(n=(c.extra or {}).get('n', '?'))}{was}"
+    return "accuracy not measured in this window (no labels yet)"
+
+
+def people_text(verdict, check, actions: list[str], status: str = "firing") -> tuple[str, str]:
+    """(summary, text) of an alert for the person who receives it: what changed, since when,
+    how sure, the model's measured accuracy, what happens next and the report's link."""
+    what = WHAT_CHANGED.get(check.kind, check.detail or check.name)
+    model = f"{verdict.model} version {verdict.model_version}"
+    if status == "resolved":
+        summary = f"back to normal after: {what}"
+        return summary, (f"{model} is {summary} in the window {_when(verdict.window_start)} to "
+                         f"{_when(verdict.window_end)}; {measured_accuracy(verdict)}.")
+    summary = f"{what} ({how_sure(check)})"
+    steps = [NEXT_STEP[a] for a in actions if a in NEXT_STEP]
+    lines = [f"{what[0].upper()}{what[1:]} in the window {_when(verdict.window_start)} to "
+             f"{_when(verdict.window_end)} ({how_sure(check)}; {verdict.n_requests} requests).",
+             f"Model: {model}, {measured_accuracy(verdict)}.",
+             "Next: " + ("; ".join(steps) if steps else NOTHING_AUTOMATIC) + "."]
+    report = verdict.report_uri or check.evidence
+    if report:
+        lines.append(f"Report: {report}")
+    return summary, "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
 # Delivery with retries
 # ------------------------------------------------------------------------------------------
 

@@ -17,11 +17,19 @@ import time
 from collections.abc import Callable
 from dataclasses import fields
 
-from components.common.records import now_iso, parse_time
+from components.common.errors import UserError
+from components.common.records import actor, now_iso, parse_time
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
 from components.govern.actions import hold, rollback
-from components.govern.alerts import AlertBook, fingerprint, send_to
+from components.govern.alerts import (
+    AlertBook,
+    deliver,
+    fingerprint,
+    people_text,
+    send_to,
+    sink_for,
+)
 from components.govern.audit import AuditLog
 from components.govern.policy import Policy, Rule, load_policy
 from components.govern.records import GovernanceStore
@@ -212,13 +220,15 @@ def redeliver_alerts(gov: GovernanceStore, policy: Policy, sinks=None,
 def _alert_record(verdict: Verdict, rule: Rule, check: Check, status: str,
                   recipients: list[str], severity: str, starts_at: str = "") -> dict:
     value = check.value
-    summary = (f"{check.name} = {value:.4g}" if isinstance(value, float)
-               else f"{check.name} = {value}")
+    technical = (f"{check.name} = {value:.4g}" if isinstance(value, float)
+                 else f"{check.name} = {value}")
     if status == "resolved":
-        summary = f"{check.name} is back to {check.status} ({summary})"
+        technical = f"{check.name} is back to {check.status} ({technical})"
+    summary, text = people_text(verdict, check, [a.type for a in rule.actions], status)
     return {"model": verdict.model, "model_version": str(verdict.model_version),
             "rule": rule.name, "check": check.name, "kind": check.kind, "status": status,
-            "severity": severity, "summary": summary,
+            "severity": severity, "summary": summary, "text": text,
+            "technical": f"{technical} (threshold {check.threshold}; rule {rule.name})",
             "detail": " ".join(x for x in (check.detail, rule.description) if x),
             "value": value, "threshold": check.threshold, "check_status": check.status,
             "evidence": _evidence(verdict, check), "verdict_run_id": verdict.run_id,
@@ -383,7 +393,7 @@ def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri
     # A new episode: but no second run while one of the model is still going.
     if launcher is not None:
         for ep in episodes.all():
-            launch = ep.get("launch") or ep.get("relaunch") or {}
+            launch = ep.get("relaunch") or ep.get("launch") or {}
             if not launch.get("run_id") or launcher.kind != launch.get("launcher") or \
                     "ended" in ep or \
                     episode_age_s(ep, at) > policy.retrain.max_episode_age_s:
@@ -423,14 +433,22 @@ def _trigger(episodes: Episodes, episode: dict) -> dict:
             "episode_uri": episodes.uri(episode["key"])}
 
 
+def start_command(episode_key: str, model: str = "pet-classifier") -> str:
+    """The command that starts a recorded episode's retraining later."""
+    tail = "" if model == "pet-classifier" else f" --model {model}"
+    return f"mlops govern start-episode {episode_key}{tail}"
+
+
 def _launch(episodes: Episodes, audit: AuditLog, episode: dict, launcher, verdict,
-            part: str) -> dict:
+            part: str, by: str | None = None) -> dict:
     trigger = _trigger(episodes, episode)
     subject = f"version {episode['model_version']}, episode {episode['key']}"
+    verdict_id = verdict.run_id if verdict is not None else episode.get("verdict", "")
+    report_uri = verdict.report_uri if verdict is not None else episode.get("report_uri", "")
     if launcher is None:
         launch = {"state": "not_started", "launcher": None,
-                  "detail": "no retraining launcher was given to govern; start the "
-                            "continuous-training pipeline by hand with this trigger"}
+                  "detail": "recorded, not started (no retraining launcher was given); start "
+                            f"it with `{start_command(episode['key'], episode['model'])}`"}
     else:
         try:
             launch = launcher.launch(trigger)
@@ -440,7 +458,7 @@ def _launch(episodes: Episodes, audit: AuditLog, episode: dict, launcher, verdic
     if launch["state"] == "failed" and not launch.get("run_id"):
         audit.append("retrain_failed", f"retraining could not start: {launch['error']}",
                      subject=subject, evidence=episodes.uri(episode["key"]),
-                     details={"verdict": verdict.run_id, "trigger": trigger},
+                     details={"verdict": verdict_id, "trigger": trigger}, by=by,
                      once_key=f"{part}:{episode['key']}")
         return {"action": "retrain_failed", "rule": episode["rules"][0],
                 "episode": episode["key"], "detail": launch["error"]}
@@ -448,16 +466,27 @@ def _launch(episodes: Episodes, audit: AuditLog, episode: dict, launcher, verdic
               f"({launch.get('launcher')})" if launch.get("run_id")
               else f"episode {episode['key']}: {launch['detail']}")
     audit.append("trigger", detail, subject=subject,
-                 evidence=trigger["verdict_uri"] or verdict.report_uri,
+                 evidence=trigger["verdict_uri"] or report_uri,
                  details={"verdict": episode["verdict"], "rules": episode["rules"],
-                          "checks": episode["checks"], "run": launch},
-                 once_key=f"{part}:{episode['key']}")
+                          "checks": episode["checks"], "run": launch,
+                          **({"reason": episode["reason"]} if episode.get("reason") else {})},
+                 by=by, once_key=f"{part}:{episode['key']}")
     return {"action": "retrain", "rule": episode["rules"][0], "episode": episode["key"],
             "run_id": launch.get("run_id"), "url": launch.get("url"), "detail": detail}
 
 
 def _join_episode(episodes: Episodes, audit: AuditLog, episode: dict, verdict, launcher):
-    launch = episode.get("launch") or episode.get("relaunch")
+    launch = episode.get("relaunch") or episode.get("launch")
+    if launch is not None and launch.get("state") == "not_started" and "relaunch" not in \
+            episode:
+        if launcher is None:
+            return {"action": "retrain_skipped", "rule": episode["rules"][0],
+                    "episode": episode["key"],
+                    "detail": f"episode {episode['key']} (since verdict {episode['verdict']}) "
+                              "was recorded but not started; start it with "
+                              f"`{start_command(episode['key'], episode['model'])}`"}
+        if episodes.record(episode["key"], "relaunch_claim", {"verdict": verdict.run_id}):
+            return _launch(episodes, audit, episode, launcher, verdict, "relaunch")
     if launch is None:
         age = episode_age_s(episode, _dt.datetime.now(_dt.UTC))
         if age > RELAUNCH_AFTER_S and "relaunch" not in episode and \
@@ -472,3 +501,158 @@ def _join_episode(episodes: Episodes, audit: AuditLog, episode: dict, verdict, l
     return {"action": "retrain_skipped", "rule": episode["rules"][0], "episode": episode["key"],
             "detail": f"episode {episode['key']} (since verdict {episode['verdict']}) already "
                       f"started run {launch.get('run_id')} ({state}); none started"}
+
+
+# ------------------------------------------------------------------------------------------
+# A person's actions: start a recorded episode, retrain, roll back (audited as governance's)
+# ------------------------------------------------------------------------------------------
+
+
+class GovernError(UserError, ValueError):
+    """A person's governance action that cannot be done as asked; says what can."""
+
+
+def start_episode(store_uri: str, model: str, key: str, launcher: RetrainLauncher,
+                  *, by: str | None = None) -> dict:
+    """Starts the retraining of an episode that was recorded but not started (a govern run
+    without a launcher), once: two people starting it at once start one run.
+
+    Raises:
+        GovernError: No such episode, or it is closed, started or being started.
+    """
+    episodes = Episodes(GovernanceStore(store_uri, model))
+    every = episodes.all()
+    episode = next((e for e in every if e["key"] == key), None)
+    if episode is None:
+        known = ", ".join(e["key"] for e in every[-5:]) or "none"
+        raise GovernError(f"no retraining episode {key!r} of {model} (latest: {known}; "
+                          "`mlops govern episodes` lists them).")
+    launch = episode.get("relaunch") or episode.get("launch") or {}
+    if "closed" in episode:
+        raise GovernError(f"episode {key} is closed ({episode['closed'].get('reason')}); "
+                          "start a new retraining with `mlops govern retrain --reason WHY`.")
+    if launch.get("state") != "not_started" or "relaunch" in episode:
+        raise GovernError(f"episode {key} already started run {launch.get('run_id')} "
+                          f"({launch.get('state', 'being started')}); nothing to start.")
+    audit = AuditLog(GovernanceStore(store_uri, model))
+    if not episodes.record(key, "relaunch_claim", {"by": by or "", "verdict": ""}):
+        raise GovernError(f"episode {key} is being started by someone else; nothing started.")
+    return _launch(episodes, audit, episode, launcher, None, "relaunch", by=by)
+
+
+def manual_retrain(store_uri: str, model: str, registry_uri: str, reason: str,
+                   launcher: RetrainLauncher | None, *, by: str | None = None) -> dict:
+    """A person's retraining of the production version: an episode of its own (rule
+    ``manual``, the reason kept), started by the same launcher and pipeline as governance's
+    (export, train, champion against challenger, gate, application test, canary), and
+    audited as a trigger with its actor. No second run starts while one of the model is
+    still going.
+
+    Raises:
+        GovernError: No reason, no production version, or a retraining still running.
+    """
+    if not reason.strip():
+        raise GovernError("say why you retrain (--reason WHY); the audit log keeps it.")
+    version = ModelRegistry(registry_uri).aliases(model).get("production")
+    if version is None:
+        raise GovernError(f"{model} has no production version to retrain; train one with "
+                          "`mlops run training --data LAKE`.")
+    gov = GovernanceStore(store_uri, model)
+    episodes, audit = Episodes(gov), AuditLog(gov)
+    if launcher is not None:
+        for ep in episodes.all():
+            launch = ep.get("relaunch") or ep.get("launch") or {}
+            if launch.get("run_id") and "ended" not in ep and \
+                    launcher.kind == launch.get("launcher") and \
+                    launcher.state(launch) == "running":
+                raise GovernError(f"retraining run {launch['run_id']} (episode {ep['key']}) "
+                                  "is still in progress; wait for it (`mlops runs list`).")
+    mine = episodes.of_version(str(version))
+    now = now_iso()
+    episode, claimed = episodes.claim(str(version), (mine[-1]["seq"] if mine else 0) + 1, {
+        "model": model, "verdict": "", "verdict_uri": "", "window_start": None,
+        "window_end": None, "report_uri": "", "rules": ["manual"], "checks": [],
+        "reason": reason, "requested_by": by or actor(), "requested_at": now})
+    if not claimed:
+        raise GovernError(f"episode {episode['key']} was claimed at the same moment by "
+                          "another govern run; nothing started.")
+    return _launch(episodes, audit, episode, launcher, None, "launch", by=by)
+
+
+def manual_rollback(store_uri: str, model: str, target, reason: str, *,
+                    by: str | None = None) -> dict:
+    """A person's rollback of production to the version it served before: the same action
+    governance takes (:func:`components.govern.actions.rollback`: the earlier version served
+    with its recorded configuration, then the alias moved and the release recorded), audited
+    with its actor and reason.
+
+    Raises:
+        GovernError: No reason, or nothing to roll back to (the line says why).
+    """
+    if not reason.strip():
+        raise GovernError("say why you roll back (--reason WHY); the audit log keeps it.")
+    registry = target.registry
+    current = registry.aliases(model).get("production")
+    history = registry.alias_history(model, "production") if current is not None else []
+    previous = history[-1].get("previous") if history else None
+    rolled_back = {int(r["previous_version"]) for r in registry.releases(model)
+                   if r.get("decision") == "governance_rollback"}
+    if previous is not None and int(previous) in rolled_back:
+        raise GovernError(f"production serves version {current} because version {previous} "
+                          f"was rolled back; nothing earlier to roll back to. Release another "
+                          f"version with `mlops deploy release VERSION`.")
+    result = rollback(target, current if current is not None else "", reason)
+    audit = AuditLog(GovernanceStore(store_uri, model))
+    if result["action"] != "rollback":
+        raise GovernError(f"nothing rolled back: {result['detail']}.")
+    audit.append("rollback", reason, subject=f"version {current}",
+                 details={k: v for k, v in result.items() if k != "detail"} | {"manual": True},
+                 by=by)
+    return result
+
+
+def send_test_alert(policy: Policy, model: str, recipients: list[str] | None = None,
+                    by: str | None = None) -> list[dict]:
+    """Sends a test alert to the policy's recipients (all, or those named) through the same
+    sinks and retries as a real one, and says for each what happened. Nothing is stored: a
+    test alert is not an alert about the model.
+
+    Returns:
+        One ``{"recipient", "delivered", "where", "detail"}`` per recipient.
+
+    Raises:
+        GovernError: A named recipient is not in the policy.
+    """
+    names = recipients or list(policy.recipients)
+    unknown = [n for n in names if n not in policy.recipients]
+    if unknown:
+        raise GovernError(f"no recipient {', '.join(map(repr, unknown))} in the policy "
+                          f"(it has: {', '.join(policy.recipients) or 'none'}).")
+    now = now_iso()
+    alert = {"seq": 0, "model": model, "model_version": "-", "rule": "test-alert",
+             "check": "test", "kind": "test", "status": "firing", "severity": "info",
+             "summary": f"Test alert for {model}: alerts reach you",
+             "text": (f"A test alert sent by {by or actor()} at {now[:16].replace('T', ' ')} "
+                      "UTC with `mlops govern test-alert`. Nothing changed in production; "
+                      "real alerts come here when the monitoring finds one."),
+             "technical": "test alert (no check, no rule)", "detail": "", "value": None,
+             "threshold": None, "evidence": "", "window_start": "", "window_end": "",
+             "fingerprint": fingerprint(model, "test-alert", now), "created": now}
+    out = []
+    for name in names:
+        rec = policy.recipients[name]
+        url = rec.resolved_url()
+        where = f"${rec.url_env}" if rec.url_env else (url or "no URL")
+        sink = sink_for(rec)
+        if sink is None:
+            out.append({"recipient": name, "delivered": False, "where": where,
+                        "detail": f"not configured: set {rec.url_env} to the webhook URL"
+                        if rec.url_env else "the policy gives no URL"})
+            continue
+        result = deliver(sink, alert, policy.delivery)
+        out.append({"recipient": name, "delivered": result.delivered,
+                    "where": f"{where} = {url}" if rec.url_env else url,
+                    "detail": (f"delivered ({rec.format} format, {result.attempts} "
+                               f"attempt(s), {result.seconds:.1f} s)") if result.delivered
+                    else f"NOT delivered after {result.attempts} attempt(s): {result.error}"})
+    return out

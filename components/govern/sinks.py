@@ -74,19 +74,27 @@ class SlackSink(WebhookSink):
             icon = ":white_check_mark:"
         title = (f"{icon} [{alert['status'].upper()}] {alert['model']} v{alert['model_version']}"
                  f": {alert['summary']}")
+        # For the person first (what changed, since when, how sure, accuracy, what next,
+        # the report); the engineer's check names and numbers in the details below.
         fields = [f"*Rule:* {alert['rule']}", f"*Check:* {alert['check']}",
                   f"*Value:* {_fmt(alert.get('value'))} (threshold {_fmt(alert.get('threshold'))})",
                   f"*Window:* {alert.get('window_start', '')} – {alert.get('window_end', '')}"]
-        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": title}},
-                  {"type": "section", "fields": [{"type": "mrkdwn", "text": f}
-                                                 for f in fields]}]
-        if alert.get("detail"):
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": title}}]
+        if alert.get("text"):
             blocks.append({"type": "section",
-                           "text": {"type": "mrkdwn", "text": alert["detail"][:2900]}})
+                           "text": {"type": "mrkdwn", "text": alert["text"][:2900]}})
+        blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": f}
+                                                     for f in fields]})
+        details = " ".join(x for x in (alert.get("technical", ""), alert.get("detail", ""))
+                           if x)
+        if details:
+            blocks.append({"type": "section",
+                           "text": {"type": "mrkdwn", "text": f"*Details:* {details}"[:2900]}})
         if alert.get("evidence"):
             blocks.append({"type": "context", "elements": [
                 {"type": "mrkdwn", "text": f"Evidence: {alert['evidence']}"}]})
-        return {"text": title, "blocks": blocks}
+        return {"text": "\n".join(x for x in (title, alert.get("text", "")) if x),
+                "blocks": blocks, "details": details}
 
 
 class AlertmanagerSink(WebhookSink):
@@ -96,7 +104,10 @@ class AlertmanagerSink(WebhookSink):
         labels = {"alertname": _camel(alert["rule"]), "model": alert["model"],
                   "model_version": str(alert["model_version"]), "check": alert["check"],
                   "severity": alert["severity"], "source": "mlops-govern"}
-        annotations = {"summary": alert["summary"], "description": alert.get("detail", ""),
+        annotations = {"summary": alert["summary"],
+                       "description": alert.get("text") or alert.get("detail", ""),
+                       "details": " ".join(x for x in (alert.get("technical", ""),
+                                                       alert.get("detail", "")) if x),
                        "value": _fmt(alert.get("value")),
                        "threshold": _fmt(alert.get("threshold"))}
         if alert.get("evidence"):

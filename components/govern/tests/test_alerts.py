@@ -51,7 +51,16 @@ def test_delivered_in_both_formats(receiver, tmp_path):
     assert [a["action"] for a in acts] == ["alert", "alert"]
     assert all(all(a["delivered"].values()) for a in acts)
     slack, am = receiver.received
-    assert "drift.embedding" in slack["text"] and "[FIRING]" in slack["text"]
+    # Written for the person: what changed, since when, how sure, the model's accuracy,
+    # what happens next, the report; the engineer's check names in the details.
+    assert "[FIRING]" in slack["text"] and "drift.embedding" not in slack["text"]
+    assert "the images production receives have changed" in slack["text"]
+    assert "window 2026-11-19 01:00 UTC to 2026-11-20 01:00 UTC" in slack["text"]
+    assert "p = 0.001" in slack["text"] and "accuracy 0.70 on 50 labelled requests" in \
+        slack["text"]
+    assert "Next: nothing happens by itself: to retrain, `mlops govern retrain" in slack["text"]
+    assert "Report: file:///reports/w1/report.html" in slack["text"]
+    assert "drift.embedding = 0.001" in slack["details"] and "data-drift" in slack["details"]
     assert any("file:///reports/w1/report.html" in str(b) for b in slack["blocks"])
     assert am["version"] == "4" and am["status"] == "firing"
     alert = am["alerts"][0]
@@ -59,6 +68,8 @@ def test_delivered_in_both_formats(receiver, tmp_path):
     assert alert["labels"]["severity"] == "critical"
     assert alert["labels"]["model_version"] == "3"
     assert alert["annotations"]["value"] == "0.7" and alert["fingerprint"]
+    assert "the model's accuracy has dropped" in alert["annotations"]["summary"]
+    assert "performance.accuracy = 0.7" in alert["annotations"]["details"]
     book = _book(store)
     assert [book.state(a) for a in book.alerts()] == [{"product-owner": "delivered"},
                                                       {"qa-expert": "delivered"}]
@@ -80,7 +91,7 @@ def test_receiver_down_keeps_the_alert_and_the_next_run_delivers_it(dead_url, re
     assert [a["action"] for a in acts] == ["redeliver", "alert_suppressed"]
     assert acts[0]["delivered"] == {"product-owner": True}
     assert len(receiver.received) == 1
-    assert "drift.embedding" in receiver.received[0]["text"]
+    assert "drift.embedding" in receiver.received[0]["details"]
     assert book.undelivered() == []
     assert [r["delivered"] for r in book.rounds(alert["seq"])["product-owner"]] == [False, True]
 

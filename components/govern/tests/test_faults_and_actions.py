@@ -149,6 +149,19 @@ def test_rollback_and_hold_on_a_real_local_deployment(package_dir, receiver, tmp
         # Governing the same verdict again recorded nothing new.
         assert [r["kind"] for r in AuditLog(GovernanceStore(store, MODEL)).records()] == \
             ["rollback", "hold"]
+        # A person's rollback: the same action, audited with who and why.
+        from components.govern.core import GovernError, manual_rollback
+
+        target.deploy("production", 2, timeout=120)
+        registry.set_alias(MODEL, "production", 2, reason="released again after approval")
+        back = manual_rollback(store, MODEL, target, "owners report wrong answers", by="po")
+        assert (back["from"], back["to"]) == (2, 1)
+        assert target.status("production").stable.version == 1
+        last = AuditLog(GovernanceStore(store, MODEL)).records()[-1]
+        assert (last["kind"], last["actor"], last["reason"]) == (
+            "rollback", "po", "owners report wrong answers")
+        with pytest.raises(GovernError, match="version 2 was rolled back; nothing earlier"):
+            manual_rollback(store, MODEL, target, "again", by="po")
     finally:
         target.delete_all()
 

@@ -83,7 +83,8 @@ def test_alertmanager_notification_is_governed_once(receiver_process, receiver):
     assert answer.status_code == 200, answer.text
     (result,) = answer.json()["governed"]
     assert [a["action"] for a in result["actions"]] == ["alert"]
-    assert "telemetry.error_rate = 0.12" in receiver.received[0]["text"]
+    assert "telemetry.error_rate = 0.12" in receiver.received[0]["details"]
+    assert "production answers slowly or with errors" in receiver.received[0]["text"]
     # Alertmanager resends the same notification: governed once.
     again = requests.post(url + "/alerts", json=_notification(), timeout=30).json()
     assert again["governed"][0]["note"] == "already governed (a resend)"
@@ -268,3 +269,24 @@ def test_alerts_of_one_condition_in_a_notification_are_governed_as_one(tmp_path,
     assert len(receiver.received) == 1
     assert [a["check"] for a in AlertBook(GovernanceStore(store, "pet-classifier")).alerts()] \
         == ["prediction_drift.class_shares"]
+
+
+@pytest.mark.timeout(120)
+def test_test_alert_reaches_the_configured_webhooks_and_names_the_missing_one(tmp_path,
+                                                                             receiver):
+    env = {"MLOPS_HOME": str(tmp_path), "MLOPS_ALERT_PRODUCT_OWNER_URL": receiver.url,
+           "MLOPS_ALERT_QA_URL": ""}
+    sent = _mlops("govern", "test-alert", env=env)
+    assert sent.returncode == 1, sent.stderr  # one recipient is not configured
+    assert f"product-owner    $MLOPS_ALERT_PRODUCT_OWNER_URL = {receiver.url}: delivered" in \
+        sent.stdout
+    assert "qa-expert" in sent.stdout and "set MLOPS_ALERT_QA_URL" in sent.stdout
+    (body,) = receiver.received
+    assert "Test alert for pet-classifier" in body["text"]
+    assert "Nothing changed in production" in body["text"]
+    # Only the named recipient; a test alert is not stored as an alert of the model.
+    assert _mlops("govern", "test-alert", "--to", "product-owner", env=env).returncode == 0
+    assert len(receiver.received) == 2
+    assert "No alert" in _mlops("govern", "alerts", env=env).stdout
+    nosuch = _mlops("govern", "test-alert", "--to", "ceo", env=env)
+    assert nosuch.returncode == 2 and "no recipient 'ceo'" in nosuch.stderr

@@ -175,3 +175,71 @@ def test_catch_up_governs_the_newest_windows_in_order_and_skips_older_ones(tmp_p
     governed = GovernanceStore(store, MODEL).store
     assert "skipped" in governed.get_json("governed/w1.json")
     assert govern_pending(store, MODEL, POLICY, limit=2, launcher=launcher) == [("", [])]
+
+
+def test_a_recorded_episode_is_started_later_once_and_says_how(tmp_path):
+    """`govern run --launcher none` records an episode; every later message names the command
+    that starts it; a person starts it once; a later govern run finds it started."""
+    from components.govern.core import GovernError, start_episode
+
+    store = str(tmp_path / "store")
+    (recorded,) = govern(verdict("w1", 1), POLICY, store_uri=store, launcher=None)
+    assert recorded["action"] == "retrain" and recorded["run_id"] is None
+    assert "mlops govern start-episode v3-0001" in recorded["detail"]
+    (waiting,) = govern(verdict("w2", 2), POLICY, store_uri=store, launcher=None)
+    assert waiting["action"] == "retrain_skipped"
+    assert "not started" in waiting["detail"] and "start-episode v3-0001" in waiting["detail"]
+    launcher = FolderLauncher(str(tmp_path))
+    started = start_episode(store, MODEL, "v3-0001", launcher, by="po@pet-park")
+    assert started["action"] == "retrain" and started["run_id"]
+    (run,) = launcher.runs()
+    assert run["episode"] == "v3-0001" and run["verdict"] == "w1"
+    with pytest.raises(GovernError, match="already started run " + started["run_id"]):
+        start_episode(store, MODEL, "v3-0001", launcher)
+    with pytest.raises(GovernError, match="no retraining episode 'v9-0001'.*v3-0001"):
+        start_episode(store, MODEL, "v9-0001", launcher)
+    (later,) = govern(verdict("w3", 3), POLICY, store_uri=store, launcher=launcher)
+    assert later["action"] == "retrain_skipped" and started["run_id"] in later["detail"]
+    assert len(launcher.runs()) == 1
+    triggers = [r for r in AuditLog(GovernanceStore(store, MODEL)).records()
+                if r["kind"] == "trigger"]
+    assert [t["actor"] for t in triggers][-1] == "po@pet-park"
+
+
+def test_a_govern_run_with_a_launcher_starts_a_recorded_episode(tmp_path):
+    store = str(tmp_path / "store")
+    govern(verdict("w1", 1), POLICY, store_uri=store, launcher=None)
+    launcher = FolderLauncher(str(tmp_path))
+    (acts,) = govern(verdict("w2", 2), POLICY, store_uri=store, launcher=launcher)
+    assert acts["action"] == "retrain" and acts["episode"] == "v3-0001"
+    (again,) = govern(verdict("w3", 3), POLICY, store_uri=store, launcher=launcher)
+    assert again["action"] == "retrain_skipped" and len(launcher.runs()) == 1
+
+
+def test_a_manual_retrain_is_an_audited_episode_and_waits_for_a_running_one(tmp_path):
+    from components.common.registry import ModelRegistry
+    from components.govern.core import GovernError, manual_retrain
+
+    store, registry = str(tmp_path / "store"), ModelRegistry(str(tmp_path / "registry"))
+    with pytest.raises(GovernError, match="no production version"):
+        manual_retrain(store, MODEL, registry.uri, "new camera", FolderLauncher(str(tmp_path)))
+    registry.register(MODEL, {"model.onnx": b"x"}, {"dataset_version": "d1"})
+    registry.set_alias(MODEL, "production", 1, reason="first release")
+    with pytest.raises(GovernError, match="--reason"):
+        manual_retrain(store, MODEL, registry.uri, " ", FolderLauncher(str(tmp_path)))
+    running = FolderLauncher(str(tmp_path), state="running")
+    result = manual_retrain(store, MODEL, registry.uri, "new camera at the gate", running,
+                            by="po@pet-park")
+    assert result["action"] == "retrain" and result["episode"] == "v1-0001"
+    (run,) = running.runs()
+    assert run["rules"] == ["manual"] and run["verdict"] == ""
+    (trigger,) = AuditLog(GovernanceStore(store, MODEL)).records()
+    assert trigger["kind"] == "trigger" and trigger["actor"] == "po@pet-park"
+    assert trigger["details"]["reason"] == "new camera at the gate"
+    with pytest.raises(GovernError, match=f"{result['run_id']}.*still in progress"):
+        manual_retrain(store, MODEL, registry.uri, "again", running)
+    done = FolderLauncher(str(tmp_path), state="succeeded")
+    assert manual_retrain(store, MODEL, registry.uri, "again", done)["episode"] == "v1-0002"
+    # Recorded, not started: the message names the command that starts it.
+    recorded = manual_retrain(store, MODEL, registry.uri, "later", None)
+    assert f"mlops govern start-episode {recorded['episode']}" in recorded["detail"]
