@@ -30,11 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
-from serving import NAME, _load, build_model, camera_frames, start_server  # noqa: E402
+from benchdoc import write_section
+from serving import NAME, _load, build_model, camera_frames, start_server
 
-from components.common import prom  # noqa: E402
-from components.common.service import free_port  # noqa: E402
+from components.common import prom
+from components.common.images import decode_image_and_mode, image_stats, model_input
+from components.common.runtime import load_onnx
+from components.common.service import free_port
+from components.monitor.capture import CaptureConfig, CaptureWriter
 
 
 def _metric(url: str, name: str, **labels) -> float:
@@ -51,10 +54,6 @@ def step_costs(package_dir: str, frames: list[bytes], n: int = 2000) -> dict:
     """CPU time (this process, all threads) of each step capture adds, in microseconds per
     request, against the decode and inference every request pays. CPU time, unlike wall
     time, is not inflated by other work on the machine."""
-    from components.common.images import decode_image_and_mode, image_stats, model_input
-    from components.common.runtime import load_onnx
-    from components.monitor.capture import CaptureConfig, CaptureWriter
-
     model = load_onnx((Path(package_dir) / "model.onnx").read_bytes(), spin_wait=False)
     size, session = model.size, model.session
 

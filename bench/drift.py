@@ -31,14 +31,29 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
 
-from components.common.images import (  # noqa: E402
+from components.common.images import (
     decode_image_and_mode,
     image_stats,
     model_input,
 )
-from components.common.runtime import EMBEDDING, PROBABILITIES  # noqa: E402
+from components.common.registry import ModelRegistry
+from components.common.runtime import EMBEDDING, PROBABILITIES
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate, render
+from components.ingest.core import ingest
+from components.ingest.snapshot import read_split, write_split
+from components.monitor.capture import CaptureConfig, CaptureWriter
+from components.monitor.checks import DRIFT_STATS, MonitorConfig, prediction_drift, wilson
+from components.monitor.contract import STAT_FIELDS, Reference
+from components.monitor.core import run_monitoring
+from components.monitor.drift import make_detector
+from components.monitor.feedback import LabelRequest, LabelStore
+from components.monitor.simulate import simulated_model
+from components.monitor.window import Window
+from components.package.core import build_package
+from components.train import core as train
 
 MODEL = "pet-classifier"
 KINDS = {"night": {"condition": "night"}, "blur": {"condition": "blur"},
@@ -47,15 +62,6 @@ KINDS = {"night": {"condition": "night"}, "blur": {"condition": "blur"},
 
 def build(work: Path, n_lake: int):
     """Trains, packages and registers a small model; returns (registry, version, sim, meta)."""
-    from components.common.registry import ModelRegistry
-    from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate
-    from components.ingest.core import ingest
-    from components.ingest.snapshot import read_split, write_split
-    from components.monitor.simulate import simulated_model
-    from components.package.core import build_package
-    from components.train import core as train
-
     generate(LakeSpec(n=n_lake, size=32, seed=0), open_store(work / "lake"))
     data = ingest(str(work / "lake"), str(work / "ds"))
     for split in ("train", "test"):
@@ -81,8 +87,6 @@ def build(work: Path, n_lake: int):
 
 def pool(sim, n: int, seed: int, **spec_kw) -> dict:
     """Renders ``n`` images and runs the model: embeddings, stats, predictions, labels."""
-    from components.datagen.core import LakeSpec, render
-
     spec = LakeSpec(n=n, size=32, seed=seed, **spec_kw)
     out = {"emb": [], "probs": [], "stats": [], "truth": [], "jpeg": []}
     for lo in range(0, n, 256):
@@ -104,8 +108,6 @@ def pool(sim, n: int, seed: int, **spec_kw) -> dict:
 
 
 def reference_of(p: dict, sim, version: int):
-    from components.monitor.contract import STAT_FIELDS, Reference
-
     prior = {c: 0.5 for c in sim.classes}
     return Reference(model=MODEL, model_version=str(version), classes=sim.classes, prior=prior,
                      embeddings=p["emb"], stats={s: [x[s] for x in p["stats"]]
@@ -118,9 +120,6 @@ def window_checks(p: dict, idx: np.ndarray, detectors: dict, names: list[str], r
     """Drift decisions of one window: embedding MMD, statistics KS, and the prediction-drift
     check as a monitoring run makes it (alarm: significant and a share moved 10 points)."""
     import datetime as dt
-
-    from components.monitor.checks import MonitorConfig, prediction_drift
-    from components.monitor.window import Window
 
     out = {}
     out["mmd"] = detectors["mmd"].predict(p["emb"][idx])["data"]["is_drift"]
@@ -139,9 +138,6 @@ def quality(pools: dict, refs: list, backend: str, sizes, n_fa: int, n_det: int,
     samples: conditional on one fixed reference sample the false-alarm rate of a two-sample
     test can sit well above alpha when the window is as large as the reference, so the table
     reports the rate over references and its range across them."""
-    from components.monitor.checks import DRIFT_STATS
-    from components.monitor.drift import make_detector
-
     names = [s for s in DRIFT_STATS if s not in ("width", "height")]
     fitted = []
     for ref, _ in refs:
@@ -187,9 +183,6 @@ def quality(pools: dict, refs: list, backend: str, sizes, n_fa: int, n_det: int,
 
 
 def detector_times(ref, pools, repeats: int = 3) -> dict:
-    from components.monitor.checks import DRIFT_STATS
-    from components.monitor.drift import make_detector
-
     names = [s for s in DRIFT_STATS if s not in ("width", "height")]
     x = pools["day"]["emb"][:1000]
     stats = np.array([[s[n] for n in names] for s in pools["day"]["stats"][:1000]], float)
@@ -213,10 +206,6 @@ def detector_times(ref, pools, repeats: int = 3) -> dict:
 
 def speed(work: Path, registry: str, version: int, sim, ref, pools, n: int) -> dict:
     """Writes ``n`` captured records (5% with images, 10% labelled) and times a run."""
-    from components.monitor.capture import CaptureConfig, CaptureWriter
-    from components.monitor.core import run_monitoring
-    from components.monitor.feedback import LabelRequest, LabelStore
-
     store = str(work / f"monitoring-{n}")
     writer = CaptureWriter(CaptureConfig(uri=store, batch_records=1000, batch_seconds=3600,
                                          queue_records=n + 10), MODEL)
@@ -312,9 +301,6 @@ CALIBRATION_TRIALS = 100
 
 def fresh_sample_calibration(backend: str) -> dict:
     """False-alarm rate of the MMD test when every trial draws a new reference and window."""
-    from components.monitor.checks import wilson
-    from components.monitor.drift import make_detector
-
     rng = np.random.default_rng(5)
     out = {}
     for n in (100, 1000):
@@ -333,8 +319,6 @@ def fresh_sample_calibration(backend: str) -> dict:
 def false_alarms(backend: str, n_windows: int = 50, n_refs: int = 5) -> int:
     """False-alarm rates alone, with every window asked for (no time budget)."""
     import torch
-
-    from components.monitor.checks import wilson
 
     torch.set_num_threads(2)
     wall = time.perf_counter()

@@ -22,14 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.benchdoc import write_section  # noqa: E402
-from components.common.service import free_port  # noqa: E402
-from components.govern.core import govern  # noqa: E402
-from components.govern.policy import load_policy, parse_policy  # noqa: E402
-from components.govern.records import GovernanceStore  # noqa: E402
-from components.govern.trigger import Episodes, RetrainLauncher  # noqa: E402
-from components.monitor.contract import Check, Verdict  # noqa: E402
-from demo.webhook import WebhookReceiver  # noqa: E402
+from bench.benchdoc import write_section
+from components.common.service import free_port
+from components.common.storage import S3Store
+from components.govern.core import govern
+from components.govern.policy import load_policy, parse_policy
+from components.govern.records import GovernanceStore
+from components.govern.trigger import Episodes, RetrainLauncher
+from components.monitor.contract import Check, Verdict
+from demo.webhook import WebhookReceiver
 
 
 class CountingLauncher(RetrainLauncher):
@@ -58,8 +59,6 @@ def _verdict(run_id: str, hour: int = 1) -> Verdict:
 
 
 def _s3_store(endpoint: str) -> str:
-    from components.common.storage import S3Store
-
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
     S3Store(bucket).ensure_bucket()
     return f"s3://{bucket}/mon"

@@ -26,12 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
 
-from components.common.storage import open_store  # noqa: E402
-from components.datagen.core import LakeSpec, generate  # noqa: E402
-from components.ingest.core import available_cpus, ingest  # noqa: E402
-from components.ingest.fanout import ingest_part, plan_parts  # noqa: E402
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from components.ingest.core import available_cpus, ingest
+from components.ingest.fanout import ingest_part, plan_parts
 
 REPO = Path(__file__).resolve().parents[1]
 _PART = ("import json, sys\n"

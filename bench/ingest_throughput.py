@@ -34,13 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
 
-from components.common.service import free_port, wait_until  # noqa: E402
-from components.common.storage import S3Store, open_store  # noqa: E402
-from components.datagen.core import LakeSpec, generate, render  # noqa: E402
-from components.ingest import core  # noqa: E402
-from components.ingest.core import IngestConfig, ingest  # noqa: E402
+from components.common.images import inspect_image
+from components.common.service import free_port, wait_until
+from components.common.storage import S3Store, open_store
+from components.datagen.core import LakeSpec, generate, parse_size, render
+from components.ingest import core
+from components.ingest.core import DRAFT_SIDE, IngestConfig, available_cpus, ingest
 
 
 def _answers(port: int) -> bool:
@@ -65,9 +66,6 @@ def measure(lake_uri: str, root_base: str, workers: int, repeats: int) -> float:
 def _limit_one(path: str) -> int:
     """Draft decode + sha256 of one file: the work ingestion cannot avoid."""
     import hashlib
-
-    from components.common.images import inspect_image
-    from components.ingest.core import DRAFT_SIDE
 
     with open(path, "rb") as f:
         data = f.read()
@@ -125,9 +123,6 @@ def camera(args) -> None:
     import logging
     import statistics
 
-    from components.datagen.core import parse_size
-    from components.ingest.core import available_cpus
-
     logging.basicConfig(level=logging.WARNING)
     cores = available_cpus()
     load = os.getloadavg()
@@ -176,8 +171,10 @@ def camera(args) -> None:
             print(f"  old path (full decode, 1 worker) {old_rate:.1f} images/s", flush=True)
             # Training-data loading at 64 px: decoding every image (what each trial did
             # before) against building the shards once and gathering from them.
-            from components.ingest.shards import build_shards, load_from_shards
-            from components.train.core import load_images
+            # Imported here: the ingestion's workers re-import this script, and their RSS
+            # is measured above.
+            from components.ingest.shards import build_shards, load_from_shards  # deferred: RSS
+            from components.train.core import load_images  # deferred: RSS
 
             train_rows = first.split_manifest("train")
             t = time.perf_counter()

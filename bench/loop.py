@@ -20,6 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchdoc import write_section
+
+from components.deploy.targets.local import LocalTarget
+from demo.loop import Loop, LoopConfig, bootstrap_production, run_loop
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,9 +34,6 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, not written to docs")
     parser.add_argument("--home", default="", help="stores folder (default: a temporary one)")
     args = parser.parse_args()
-    from components.deploy.targets.local import LocalTarget
-    from demo.loop import Loop, LoopConfig, bootstrap_production, run_loop
-
     size, n_lake, epochs = (32, 400, 4) if args.quick else (64, 1000, 8)
     home = Path(args.home or tempfile.mkdtemp(prefix="bench-loop-"))
     os.environ["MLOPS_HOME"] = str(home)
@@ -79,8 +81,6 @@ def main() -> int:
 
 def write_doc(result: dict, day: dict, prod: dict, size: int, n_lake: int, sizes: dict,
               ct: dict) -> None:
-    from benchdoc import write_section
-
     det = result["detection"]
     acc = result["accuracy"]
     rel = result.get("release") or {}

@@ -32,8 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
-from serving import _load, build_model, camera_frames  # noqa: E402
+from benchdoc import write_section
+from serving import _load, build_model, camera_frames
+
+from components.common.registry import ModelRegistry
+from components.deploy.targets.local import LocalTarget
 
 NAME = "pets"
 
@@ -119,9 +122,6 @@ def main() -> None:
                         help="promotions, and as many rollbacks, under load")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-
-    from components.common.registry import ModelRegistry
-    from components.deploy.targets.local import LocalTarget
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     print("training a model to serve ...", flush=True)

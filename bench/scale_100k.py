@@ -47,13 +47,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section  # noqa: E402
-from ingest_throughput import _answers, _in_process_limit, _RssSampler  # noqa: E402
+from benchdoc import write_section
+from ingest_throughput import _answers, _in_process_limit, _RssSampler
 
-from components.common.service import free_port, wait_until  # noqa: E402
-from components.common.storage import open_store  # noqa: E402
-from components.datagen.core import LakeSpec, generate  # noqa: E402
-from components.ingest.core import IngestConfig, available_cpus, ingest  # noqa: E402
+from components.common.service import free_port, wait_until
+from components.common.storage import S3Store, open_store
+from components.datagen.core import LakeSpec, generate
+from components.ingest.core import IngestConfig, available_cpus, ingest
+from components.settings import HPO_SLOTS
 
 MiB = 2**20
 
@@ -86,8 +87,10 @@ def _timed(fn, *a, **kw):
 
 def part_small(args, res: dict) -> None:
     """100k 64 px: ingest, re-ingest, shards, loading."""
-    from components.ingest.shards import build_shards, load_from_shards
-    from components.train.core import load_images, validation_split
+    # The training-side imports stay in the parts: the ingestion's workers re-import this
+    # script, and their RSS and this process's are what the parts measure.
+    from components.ingest.shards import build_shards, load_from_shards  # deferred: RSS measured
+    from components.train.core import load_images, validation_split  # deferred: RSS measured
 
     cores = available_cpus()
     out = {"n": args.n, "load_start": _load()}
@@ -161,9 +164,8 @@ def part_train(args, res: dict) -> None:
 
     import torch
 
-    from components.ingest.shards import build_shards
-    from components.settings import HPO_SLOTS
-    from components.train import core
+    from components.ingest.shards import build_shards  # deferred: RSS measured
+    from components.train import core  # deferred: RSS measured
 
     lake = Path(args.tmp, f"lake64-{args.n}")
     root = Path(args.tmp, f"ds64-{args.n}")
@@ -220,8 +222,8 @@ def part_train(args, res: dict) -> None:
 
 def part_camera(args, res: dict) -> None:
     """1080p: ingest vs the in-process limit, RSS, re-ingest, shards, old loader."""
-    from components.ingest.shards import build_shards
-    from components.train.core import load_images
+    from components.ingest.shards import build_shards  # deferred: RSS measured
+    from components.train.core import load_images  # deferred: RSS measured
 
     cores = available_cpus()
     out = {"load_start": _load(), "cores": cores}
@@ -277,8 +279,6 @@ def part_s3(args, res: dict) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import psutil
-
-    from components.common.storage import S3Store
 
     lake_dir = Path(args.camera_lake) if args.camera_lake else Path(args.tmp,
                                                                     f"lake1080-{args.camera_n}")

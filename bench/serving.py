@@ -38,9 +38,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
 
-from components.common.service import free_port  # noqa: E402
+from components.common.service import free_port
+from components.deploy.client import EndpointError, wait_ready
+from components.serve.predictor import PetClassifier
+from components.train.core import load_model
 
 NAME = "pets"
 
@@ -52,9 +55,6 @@ def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
     """The same predictor class with PyTorch eager in place of ONNX Runtime."""
     import torch
     from kserve import ModelServer
-
-    from components.serve.predictor import PetClassifier
-    from components.train.core import load_model
 
     class TorchPetClassifier(PetClassifier):
         def load(self) -> bool:
@@ -69,7 +69,7 @@ def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
                 batch.probs = torch.softmax(logits, dim=1).numpy()
             return batch
 
-    from components.serve.kserve_patches import trim_request_path
+    from components.serve.kserve_patches import trim_request_path  # deferred: patches KServe
 
     model = TorchPetClassifier(NAME, package_dir)
     model.load()
@@ -83,8 +83,6 @@ def serve_torch(model_dir: str, package_dir: str, port: int) -> None:
 
 def start_server(cmd: list[str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
     """Starts a server; returns it and the seconds from process start to ready."""
-    from components.deploy.client import EndpointError, wait_ready
-
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
@@ -139,8 +137,6 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float,
 def _loop_rate(package_dir: str, frames: list[bytes], seconds: float, threads: int = 0,
                spin_wait: bool = True) -> float:
     """Images/s of decode + preprocess + ONNX Runtime in a plain loop, batch 1, no HTTP."""
-    from components.serve.predictor import PetClassifier
-
     model = PetClassifier(NAME, package_dir, intra_op_threads=threads, spin_wait=spin_wait)
     model.load()
     n, t0 = 0, time.perf_counter()
@@ -175,8 +171,6 @@ def all_cores_limit(package_dir: str, frames: list[bytes], seconds: float) -> fl
 def model_call_rate(package_dir: str, frames: list[bytes], seconds: float) -> float:
     """Images/s through the predictor's own ``kserve.Model.__call__`` with a V1 payload
     (base64, preprocess, predict, postprocess, metrics), in process, no HTTP."""
-    from components.serve.predictor import PetClassifier
-
     model = PetClassifier(NAME, package_dir)
     model.load()
     payloads = [{"instances": [{"image_bytes": {"b64": base64.b64encode(f).decode()}}]}
@@ -195,8 +189,8 @@ def camera_frames(test_dir: str, side: int, limit: int = 200) -> list[bytes]:
     """Test images re-encoded as ``side`` x ``side`` JPEG frames (quality 90)."""
     from PIL import Image
 
-    from components.common.storage import read_uri
-    from components.ingest.snapshot import read_split
+    from components.common.storage import read_uri  # deferred: as in build_model
+    from components.ingest.snapshot import read_split  # deferred: as in build_model
 
     rows, _ = read_split(test_dir)
     out = []
@@ -210,13 +204,14 @@ def camera_frames(test_dir: str, side: int, limit: int = 200) -> list[bytes]:
 
 def build_model(tmp: Path, n: int, size: int) -> tuple[str, str, str]:
     """A small trained model and its package: (model dir, package dir, test split dir)."""
-    from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate
-    from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import ingest
-    from components.ingest.snapshot import read_split, write_split
-    from components.package.core import build_package
-    from components.train import core
+    # Deferred: the --serve-torch process (its start is timed) loads only what it serves with.
+    from components.common.storage import open_store  # deferred: see above
+    from components.datagen.core import LakeSpec, generate  # deferred: see above
+    from components.evaluate.core import GateConfig, evaluate  # deferred: see above
+    from components.ingest.core import ingest  # deferred: see above
+    from components.ingest.snapshot import read_split, write_split  # deferred: see above
+    from components.package.core import build_package  # deferred: see above
+    from components.train import core  # deferred: see above
 
     generate(LakeSpec(n=n, size=size, seed=0), open_store(tmp / "lake"))
     result = ingest(str(tmp / "lake"), str(tmp / "ds"))

@@ -44,10 +44,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
-from serving import NAME, build_model, camera_frames, start_server  # noqa: E402
+from benchdoc import write_section
+from serving import NAME, build_model, camera_frames, start_server
 
-from components.common.service import free_port  # noqa: E402
+from components.common.service import free_port
+from components.serve.tests.test_fuzz import Generator
+from components.serve.tests.test_hostile import _webp_declaring
 
 CONCURRENCY = 16
 
@@ -55,8 +57,6 @@ CONCURRENCY = 16
 def issue_cases() -> list[tuple[str, str, bytes, dict]]:
     """The requests issue 9 reproduced failures with, as (method, path, body, headers)."""
     from PIL import Image
-
-    from components.serve.tests.test_hostile import _webp_declaring
 
     v2 = f"/v2/models/{NAME}/infer"
     fp32 = {"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32"}
@@ -81,8 +81,6 @@ def issue_cases() -> list[tuple[str, str, bytes, dict]]:
 
 
 def bad_requests(n: int, seed: int) -> list[tuple[str, str, bytes, dict]]:
-    from components.serve.tests.test_fuzz import Generator
-
     gen = Generator(seed)
     out = []
     for _ in range(n):

@@ -33,7 +33,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
+
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from components.evaluate.core import GateConfig, evaluate
+from components.ingest.core import available_cpus, ingest
+from components.ingest.shards import build_shards, split_images
+from components.ingest.snapshot import read_split, write_split
+from components.monitor.reference import build_reference_files, held_out_sample
+from components.package.core import build_package
+from components.train import core as train
 
 
 def _timed(fn, *a, **kw):
@@ -52,16 +62,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-
-    from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate
-    from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import available_cpus, ingest
-    from components.ingest.shards import build_shards, split_images
-    from components.ingest.snapshot import read_split, write_split
-    from components.monitor.reference import build_reference_files, held_out_sample
-    from components.package.core import build_package
-    from components.train import core as train
 
     tmp = Path(args.tmp)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -23,15 +23,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
+
+from components.common.runtime import onnx_predictor, torch_predictor
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from components.evaluate.core import GateConfig, evaluate
+from components.ingest.core import ingest
+from components.ingest.snapshot import read_split, write_split
+from components.package.core import build_package
+from components.register.core import register_package
+from components.train import core
+from components.train.core import _augment, build_model, load_images, load_model, seed_everything
+from pipelines.local import run_local
 
 
 def bare_loop(data, hp) -> float:
     """The same training work without the component: no validation, no early stopping."""
     import torch
     import torch.nn.functional as F
-
-    from components.train.core import _augment, build_model, seed_everything
 
     seed_everything(hp.seed)
     model = build_model(hp.arch, len(data.classes))
@@ -59,8 +69,6 @@ def bare_loop(data, hp) -> float:
 
 
 def inference(model, meta, onnx_bytes, images, batch: int, seconds: float = 3.0) -> dict:
-    from components.common.runtime import onnx_predictor, torch_predictor
-
     out = {}
     for name, predict in (("pytorch", torch_predictor(model, meta["mean"], meta["std"])),
                           ("onnxruntime", onnx_predictor(onnx_bytes))):
@@ -83,17 +91,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
-    from components.common.storage import open_store
-    from components.datagen.core import LakeSpec, generate
-    from components.evaluate.core import GateConfig, evaluate
-    from components.ingest.core import ingest
-    from components.ingest.snapshot import read_split, write_split
-    from components.package.core import build_package
-    from components.register.core import register_package
-    from components.train import core
-    from components.train.core import load_images, load_model
-    from pipelines.local import run_local
 
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-training-"))

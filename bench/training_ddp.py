@@ -26,14 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
 
-from components.common.service import free_port  # noqa: E402
-from components.common.storage import open_store  # noqa: E402
-from components.datagen.core import LakeSpec, generate  # noqa: E402
-from components.ingest.core import ingest  # noqa: E402
-from components.ingest.snapshot import read_split, write_split  # noqa: E402
-from components.train import core  # noqa: E402
+from components.common.service import free_port
+from components.common.storage import open_store
+from components.datagen.core import LakeSpec, generate
+from components.ingest.core import ingest
+from components.ingest.snapshot import read_split, write_split
+from components.train import core
 
 
 def _torchrun(procs: int, *args: str, threads: int = 0) -> tuple[float, str]:

@@ -60,17 +60,6 @@ CYCLE_EXCEPTIONS: list[set[str]] = [
 
 #: (d): file -> number of first-party imports in function bodies without a reason, today.
 DEFERRED_EXCEPTIONS: dict[str, int] = {
-    "bench/capture.py": 3,
-    "bench/drift.py": 22,
-    "bench/governance.py": 1,
-    "bench/ingest_throughput.py": 6,
-    "bench/loop.py": 3,
-    "bench/router.py": 2,
-    "bench/scale_100k.py": 8,
-    "bench/serving.py": 15,
-    "bench/serving_hostile.py": 2,
-    "bench/shard_readers.py": 9,
-    "bench/training.py": 12,
 }
 
 
