@@ -11,14 +11,14 @@ contract, written out because import-linter is not installed). Rules:
 (d) a first-party import inside a function body sits only in a ``component.py`` (KFP needs it
     there) or a CLI module (start-up time), or its line says why: ``# deferred: <reason>``.
 
-Today's violations are listed exactly below. The lists only shrink: the test fails on a new
-violation and on an entry that is no longer needed, so each move deletes its entry.
+Today's violations of (a) to (c) are listed exactly below. The lists only shrink: the test fails
+on a new violation and on an entry that is no longer needed, so each move deletes its entry.
 """
 
 from __future__ import annotations
 
 import ast
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,10 +57,6 @@ EDGE_EXCEPTIONS: set[tuple[str, str]] = {
 CYCLE_EXCEPTIONS: list[set[str]] = [
     {"components.govern", "components.retrain", "pipelines"},
 ]
-
-#: (d): file -> number of first-party imports in function bodies without a reason, today.
-DEFERRED_EXCEPTIONS: dict[str, int] = {
-}
 
 
 RANK = {room: i for i, line in enumerate(LAYERS) for room in line}
@@ -140,7 +136,7 @@ def scan():
     """The whole first-party import graph, read once per test session."""
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)  # (file, module) -> "file:line"
     room_edges: set[tuple[str, str]] = set()
-    deferred: Counter[str] = Counter()
+    deferred: list[str] = []  # "file:line" of imports in function bodies without a reason
     unplaced: list[str] = []
     for path in first_party_files():
         rel = path.relative_to(ROOT).as_posix()
@@ -155,7 +151,7 @@ def scan():
             if imported and imported != importer:
                 room_edges.add((importer, imported))
             if in_function and not exempt and not _has_reason(text):
-                deferred[rel] += 1
+                deferred.append(f"{rel}:{line}")
     return edges, room_edges, deferred, unplaced
 
 
@@ -261,12 +257,10 @@ def test_no_cycle_between_rooms():
 def test_first_party_imports_sit_at_module_top():
     """Rule (d): outside component.py and the CLI, a deferred import says why on its line."""
     _, _, deferred, _ = graph()
-    grown = {f: n for f, n in deferred.items() if n > DEFERRED_EXCEPTIONS.get(f, 0)}
-    shrunk = {f: deferred[f] for f, n in DEFERRED_EXCEPTIONS.items() if deferred[f] < n}
-    assert not grown, (
-        "first-party imports in function bodies: move them to module top or end the line with "
-        f"'{DEFERRED_MARK} <reason>' (file: count now): {grown}")
-    assert not shrunk, f"DEFERRED_EXCEPTIONS is stale; set these counts (0: delete): {shrunk}"
+    assert not deferred, (
+        "first-party imports in function bodies: move them to module top, or end the line "
+        f"with '{DEFERRED_MARK} <reason>' (a cycle it would close, a heavy import it would "
+        f"bring to start-up): {deferred}")
 
 
 def test_the_checker_sees_what_it_must(tmp_path):
