@@ -22,6 +22,7 @@ from components.cli import (
     registry,
     run,
     runs,
+    trace,
 )
 from components.cli.common import DescriptionFormatter, MlopsParser, explain_error
 
@@ -30,7 +31,8 @@ Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifi
 
 The workflow's verbs, in the order you use them:
   data generate / versions   a sample data lake; published dataset versions
-  run ingest / training      run a pipeline on this machine (kfp.local)
+  run ingest / training / continuous-training / monitoring
+                             run a pipeline on this machine (kfp.local)
   ingest plan / part / publish / fanout
                              one ingestion over several machines or processes
   runs list / show           find a run's reports, log and outputs later
@@ -38,7 +40,9 @@ The workflow's verbs, in the order you use them:
   serve                      one KServe model server for a registered version
   deploy …                   test and production deployments, canary releases
   monitor …                  capture, labels, drift, performance, reports
-  govern …                   alerts, actions, audit, compliance reports
+  govern …                   alerts, actions, audit, compliance reports; a person's
+                             retrain, rollback and test alert
+  trace REQUEST_ID           where an answer came from: model, data, code, run, monitoring
   manifests / compile / submit / schedule
                              the same workflow on Kubeflow and KServe
   demo                       all of it on the sample lake
@@ -57,7 +61,7 @@ def _add_serve(sub) -> None:
 VERB_GROUPS = (data.add_commands, run.add_commands, registry.add_commands,
                deploy.add_commands, _add_serve, demo.add_commands, runs.add_commands,
                monitor.add_commands, cluster.add_commands, govern.add_commands,
-               demo.add_loop_commands, ingest.add_commands)
+               demo.add_loop_commands, ingest.add_commands, trace.add_commands)
 
 
 def build_parser() -> MlopsParser:

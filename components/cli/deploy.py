@@ -165,16 +165,22 @@ def _cmd_deploy(args) -> int:
             target.delete(env)
             print(f"stopped {env}")
     elif args.deploy_command == "predict":
-        from components.deploy.client import predict
+        from components.deploy.client import predict_answer
 
         dep = target.status(args.env)
         if dep is None:
             raise ValueError(f"Nothing is deployed in {args.env!r}: run the training pipeline "
                              "(mlops run training) or `make demo` first.")
         images = [Path(p).read_bytes() for p in args.images]
-        for path, p in zip(args.images, predict(dep.url, dep.name, images), strict=True):
+        # One request per image, so that each answer has a request id of its own for
+        # `mlops monitor label` and `mlops trace`.
+        for path, image in zip(args.images, images, strict=True):
+            answer = predict_answer(dep.url, dep.name, [image])
+            p = answer["predictions"][0]
             prob = p["probabilities"][p["label"]]
-            print(f"{path}\t{p['label']}\t{prob:.3f}")
+            print(f"{path}\t{p['label']}\t{prob:.3f}\t{answer.get('request_id', '')}")
+        print("(file, answer, probability, request id: `mlops trace ID`, "
+              "`mlops monitor label ID CLASS`)", file=sys.stderr)
     return 0
 
 

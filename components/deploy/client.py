@@ -41,12 +41,23 @@ def predict(url: str, model: str, images: Sequence[bytes], timeout: float = 30.0
     Raises:
         EndpointError: On a non-200 answer, with the server's message.
     """
+    return predict_answer(url, model, images, timeout, session)["predictions"]
+
+
+def predict_answer(url: str, model: str, images: Sequence[bytes], timeout: float = 30.0,
+                   session: requests.Session | None = None) -> dict:
+    """The server's whole V1 answer: ``predictions``, ``model_version`` and ``request_id``
+    (the id the capture, labels and ``mlops trace`` know the request by).
+
+    Raises:
+        EndpointError: On a non-200 answer, with the server's message.
+    """
     http = session or requests
     r = http.post(f"{url.rstrip('/')}/v1/models/{model}:predict", json=v1_body(images),
                   timeout=timeout)
     if r.status_code != 200:
         raise EndpointError(f"{url} answered {r.status_code}: {r.text[:300]}")
-    return r.json()["predictions"]
+    return r.json()
 
 
 def wait_ready(url: str, model: str, timeout: float = 60.0,
