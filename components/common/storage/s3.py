@@ -169,6 +169,8 @@ class S3Store(ObjectStore):
     def _unavailable(self, what: str, key: str, exc: Exception) -> StorageUnavailableError:
         reason = getattr(exc, "reason", None) or exc
         s = self.settings
+        if s is not None:  # also when a response's body stopped coming, after the pool saw it
+            _endpoint(s.url).mark_down()
         limits = (f" (connect timeout {s.connect_timeout:g} s, read timeout "
                   f"{s.read_timeout:g} s, {s.retries} retries)") if s else ""
         endpoint = s.url if s else "the S3 endpoint"
