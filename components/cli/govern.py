@@ -310,9 +310,11 @@ def _target_args(p, *, launcher: bool = True) -> None:
 
 
 def _launcher_args(p) -> None:
+    from pipelines.launchers import LAUNCHER_KINDS
+
     if not any("--namespace" in a.option_strings for a in p._actions):
         p.add_argument("--namespace", default="", help="Kubernetes namespace (kfp)")
-    p.add_argument("--launcher", default="local", choices=["none", "local", "kfp"],
+    p.add_argument("--launcher", default="local", choices=LAUNCHER_KINDS,
                    help="how a retraining starts: the continuous-training pipeline under "
                         "kfp.local, submitted to --kfp-host, or none (record the trigger only)")
     p.add_argument("--data", default="", help="data lake URI for local retraining "
