@@ -3,6 +3,7 @@ the problem, and never a traceback (tracebacks are for --debug)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -91,6 +92,14 @@ MISTAKES = [
     (["run", "monitoring", "--hours", "0"], 2, ["--hours", "0"]),
     (["run", "continuous-training", "--since", "yesterday"], 2, ["--since", "yesterday"]),
     (["run", "continuous-training", "--epochs", "0"], 2, ["--epochs", "0"]),
+    # Finding 7: what was silent or misleading names the fix.
+    (["manifests", "--namespace", "Bad_NS", "--out", "m"], 2,
+     ["--namespace", "Bad_NS", "kubernetes name"]),
+    (["manifests", "--s3-secret", "my secret", "--out", "m"], 2, ["--s3-secret"]),
+    # Finding 10: an unknown option of a sub-command gets that sub-command's usage.
+    (["registry", "list", "--nosuch"], 2, ["mlops registry list", "--nosuch"]),
+    (["run", "training", "--data", LAKE, "--label-csv", "x"], 2,
+     ["mlops run training: error", "--label-csv"]),
 ]
 
 
@@ -154,3 +163,42 @@ def test_every_option_has_help(home):
 
     walk(build_parser(), "mlops")
     assert not missing, f"options without help text: {missing}"
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv", [
+    ["monitor", "feedback-server", "--classes", "cats,dogs", "--port", "{port}"],
+    ["govern", "receiver", "--port", "{port}"],
+    ["deploy", "start", "--port", "production={port}"]], ids=lambda a: " ".join(a[:2]))
+def test_a_taken_port_is_one_line_before_anything_says_serving(argv, taken_port, home,
+                                                               capsys):
+    """Finding 6: "port N is taken", not "Serving on …" and then a bind traceback."""
+    rc = main([a.format(port=taken_port) for a in argv])
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err
+    assert f"port {taken_port} is taken" in captured.err and "--port" in captured.err
+    assert "Serving" not in captured.out + captured.err and "on http" not in captured.err
+
+
+def test_a_typo_alias_and_a_home_that_is_a_file_are_named(home, capsys, monkeypatch):
+    """Finding 7: `registry history MODEL prod` was silent (exit 0); MLOPS_HOME pointing to
+    a file said "no dataset version"."""
+    from components.common.registry import ModelRegistry
+
+    registry = ModelRegistry(str(home / "home" / "registry"))
+    registry.register("pet-classifier", {"model.onnx": b"x"}, {})
+    registry.set_alias("pet-classifier", "production", 1, reason="first")
+    assert main(["registry", "history", "pet-classifier", "prod"]) == 2
+    assert "no alias 'prod' (its aliases: production)" in capsys.readouterr().err
+    (home / "afile").write_text("")
+    monkeypatch.setenv("MLOPS_HOME", str(home / "afile"))
+    assert main(["data", "versions"]) == 2
+    assert "MLOPS_HOME=" in capsys.readouterr().err
+

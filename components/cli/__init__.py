@@ -9,6 +9,7 @@ module imports what its handlers need inside the handlers, so ``mlops --help`` s
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from components.cli import (
@@ -82,13 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         from components.serve.server import main as serve_main
 
         return serve_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    home = os.environ.get("MLOPS_HOME", "")
+    if home and os.path.exists(home) and not os.path.isdir(home):
+        print(f"error: MLOPS_HOME={home} is a file; point it at a folder (created if missing)"
+              " or unset it.", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the usage of the sub-command that was given them, not the top level's
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.debug:  # tracebacks as they are
         return args.func(args)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `mlops registry lineage | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -171,8 +171,25 @@ def _apply_compile_settings(args) -> None:
 
 
 def cmd_manifests(args) -> int:
+    import re
+
     from components.common.k8s import ManifestOptions, render_manifests
 
+    # Kubernetes names: a namespace is an RFC 1123 label, a ServiceAccount or Secret a
+    # subdomain (kubernetes apimachinery validation.IsDNS1123Label / IsDNS1123Subdomain).
+    label = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    subdomain = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    for option, value, rule in (
+            ("--namespace", args.namespace, label),
+            ("--pipeline-namespace", args.pipeline_namespace, label),
+            ("--pipeline-service-account", args.pipeline_service_account, subdomain),
+            ("--predictor-service-account", args.predictor_service_account, subdomain),
+            ("--s3-secret", args.s3_secret, subdomain),
+            *(("--gateway-namespace", g, label) for g in args.gateway_namespace or ())):
+        if value is not None and not rule.match(value):
+            raise OptionError(f"{option} {value!r}: expected a Kubernetes name (lowercase "
+                              "letters, digits and '-', starting and ending with a letter or "
+                              "digit; at most 63 characters for a namespace).")
     options = ManifestOptions(
         namespace=args.namespace, pipeline_service_account=args.pipeline_service_account,
         pipeline_namespace=args.pipeline_namespace, s3_endpoint=args.s3_endpoint,

@@ -45,6 +45,9 @@ class MlopsParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        # The innermost parser that parsed the command line, for errors found after parsing
+        # (an unknown option is answered with that sub-command's usage).
+        self.set_defaults(_parser=self)
 
 
 # ------------------------------------------------------------------------------------------

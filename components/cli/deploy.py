@@ -249,6 +249,7 @@ def print_status(target) -> int:
 
 def start(target, args) -> int:
     """``mlops deploy start``: every environment back to what the registry says."""
+    from components.common.service import check_port_free
     from components.deploy.targets.local import LocalTarget
 
     ports = _ports(args.port)
@@ -260,8 +261,12 @@ def start(target, args) -> int:
         recorded = local.router(env)
         moved = (args.host and recorded.get("host") not in (None, args.host)) or \
             (env in ports and recorded.get("port") not in (None, ports[env]))
-        if moved:  # a new address asked for: the router restarts there
+        if moved or (env in ports and recorded.get("port") is None):
+            # A new address asked for: the router (re)starts there, if nothing else has it.
             local.stop_router(env)
+            port = ports.get(env, recorded.get("port"))
+            if port:
+                check_port_free(args.host or "127.0.0.1", port, f"--port {env}=PORT")
             with local._locked():
                 state = local._read()
                 state.setdefault("routers", {})[env] = {

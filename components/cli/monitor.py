@@ -370,8 +370,10 @@ def _cmd_labels(args) -> int:
 def _cmd_server(args) -> int:
     import os
 
+    from components.common.service import check_port_free
     from components.monitor.feedback import serve
 
+    check_port_free(args.host, args.port)
     labels = _label_store(args)
     print(f"Feedback endpoint for {labels.model} on http://{args.host}:{args.port}/v1/labels "
           f"(classes {labels.classes}; labels in {labels.store.uri})", flush=True)

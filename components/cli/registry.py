@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from components.cli.common import positive_int
+from components.cli.common import OptionError, positive_int
 from components.common.paths import mlops_home
 
 
@@ -108,6 +108,11 @@ def _cmd_registry(args) -> int:
             print(f"{r['at']}  v{r['version']} -> {r['environment']}: {r['decision']} "
                   f"(previous v{r['previous_version']}){'  ' + why if why else ''}")
     elif args.registry_command == "history":
-        for e in registry.alias_history(args.model, args.alias):
+        events = registry.alias_history(args.model, args.alias)
+        if not events:
+            aliases = sorted(registry.aliases(args.model))
+            raise OptionError(f"{args.model} has no alias {args.alias!r} (its aliases: "
+                              f"{', '.join(aliases) or 'none yet'}).")
+        for e in events:
             print(f"{e['at']}  v{e['previous']} -> v{e['version']}  by {e['by']}  {e['reason']}")
     return 0

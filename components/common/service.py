@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -21,6 +22,8 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
+
+from components.common.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class PortTaken(UserError, OSError):
+    """The port a server was asked to listen on is in use (exit code 2: choose another)."""
+
+
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
+    """Refuses a port something else listens on, before anything says it serves there: bind
+    it (with SO_REUSEADDR, as the servers do) and let it go at once.
+
+    Raises:
+        PortTaken: "port N is taken", naming the option that chooses another.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortTaken(f"port {port} is taken on {host} ({exc.strerror}); choose "
+                                f"another with {option} or stop what listens there.") from None
+            raise
 
 
 # ---- the JSON app ------------------------------------------------------------------------------

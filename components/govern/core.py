@@ -646,6 +646,7 @@ def send_test_alert(policy: Policy, model: str, recipients: list[str] | None = N
         sink = sink_for(rec)
         if sink is None:
             out.append({"recipient": name, "delivered": False, "where": where,
+                        "unconfigured": True,
                         "detail": f"not configured: set {rec.url_env} to the webhook URL"
                         if rec.url_env else "the policy gives no URL"})
             continue

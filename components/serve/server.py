@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from components.common.registry import ModelRegistry, RegistryError
+from components.common.service import PortTaken, check_port_free
 from components.monitor.capture import CaptureConfig
 from components.serve.predictor import PetClassifier, ServingLimits
 
@@ -190,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                           capture=capture, revision=args.revision,
                           intra_op_threads=args.ort_threads, spin_wait=args.ort_spin_wait)
     try:
+        check_port_free(args.host, args.port)
         model.load()
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, PortTaken) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kserve_patches.trim_request_path(args.log_each_request, args.workers)
