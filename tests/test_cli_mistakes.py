@@ -96,6 +96,11 @@ MISTAKES = [
     (["manifests", "--namespace", "Bad_NS", "--out", "m"], 2,
      ["--namespace", "Bad_NS", "kubernetes name"]),
     (["manifests", "--s3-secret", "my secret", "--out", "m"], 2, ["--s3-secret"]),
+    # Finding 9: storage mistakes found before the pipeline starts, naming the option.
+    (["run", "ingest", "--data", "s3:/pets/lake"], 2, ["--data", "s3:/pets/lake",
+                                                        "s3://bucket/prefix"]),
+    (["run", "training", "--data", "s3://pets/lake"], 2, ["--data", "AWS_ENDPOINT_URL"]),
+    (["run", "training", "--data", LAKE, "--registry", "s3:registry"], 2, ["--registry"]),
     # Finding 10: an unknown option of a sub-command gets that sub-command's usage.
     (["registry", "list", "--nosuch"], 2, ["mlops registry list", "--nosuch"]),
     (["run", "training", "--data", LAKE, "--label-csv", "x"], 2,
@@ -202,3 +207,15 @@ def test_a_typo_alias_and_a_home_that_is_a_file_are_named(home, capsys, monkeypa
     assert main(["data", "versions"]) == 2
     assert "MLOPS_HOME=" in capsys.readouterr().err
 
+
+
+def test_a_full_disk_names_where_and_what_to_do(home):
+    """Finding 9: a full disk was a bare `[Errno 28]` with no path."""
+    import errno
+
+    from components.cli.common import explain_error
+
+    code, line = explain_error(OSError(errno.ENOSPC, "No space left on device", "/data/x"))
+    assert code == 1 and "no space left on the disk of /data/x" in line and "df -h" in line
+    code, line = explain_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert str(home / "home") in line and "MLOPS_HOME" in line

@@ -9,7 +9,9 @@ option's help shows its default without the module asking for it.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -107,6 +109,35 @@ def parse_canary_steps(option: str, text: str) -> list[int]:
     return steps
 
 
+def check_storage(uris: dict[str, str]) -> None:
+    """Checks each store URI an option names before any work starts (a bad ``s3:`` URI, an
+    ``s3://`` URI without a configured endpoint), naming the option; says once on stderr
+    that an endpoint without a scheme is taken as https (the S3 client's default)."""
+    from components.common.storage import StorageConfigError, open_store
+
+    schemeless = ""
+    for option, uri in uris.items():
+        if not uri:
+            continue
+        try:
+            open_store(uri)
+        except (StorageConfigError, ValueError) as exc:
+            raise OptionError(f"{option} {uri!r}: {exc}") from None
+        if str(uri).startswith("s3://"):
+            from components.common.storage.s3 import s3_settings_from_env
+
+            endpoint = s3_settings_from_env()
+            raw = next((os.environ[v] for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
+                                                 "S3_ENDPOINT_URL", "S3_ENDPOINT",
+                                                 "MINIO_ENDPOINT") if os.environ.get(v)), "")
+            if raw and "://" not in raw:
+                schemeless = f"{raw} -> {endpoint.url}"
+    if schemeless:
+        print(f"note: the S3 endpoint has no scheme ({schemeless}); write http://… or "
+              "https://… in AWS_ENDPOINT_URL to choose (S3_USE_HTTPS=0 for http).",
+              file=sys.stderr)
+
+
 def parse_assignments(items: list[str], option: str) -> dict:
     """``NAME=VALUE`` strings as a dict; a value that reads as JSON is taken as JSON."""
     out = {}
@@ -155,6 +186,14 @@ def _not_found(exc: FileNotFoundError) -> str:
     return f"{exc.strerror or 'not found'}: {exc.filename}" if exc.filename else str(exc)
 
 
+def _disk_full(exc: OSError) -> str:
+    from components.common.paths import mlops_home
+
+    where = exc.filename or f"the local stores ({mlops_home()}) or the temporary folder"
+    return (f"no space left on the disk of {where}. Free space there (`df -h`), or point "
+            "MLOPS_HOME or the store URIs at a disk that has some.")
+
+
 #: Errors from outside the project (Python's, the libraries'), the most specific class
 #: first: (class, exit code, the line to print). The project's own errors say their exit
 #: code themselves (:class:`components.common.errors.MlopsError`).
@@ -169,7 +208,7 @@ FOREIGN_ERRORS: tuple[tuple[type[BaseException], int, Callable], ...] = (
      lambda e: f"{e.filename} is a directory; a file path is expected there."),
     (NotADirectoryError, EXIT_USER_MISTAKE,
      lambda e: f"{e.filename}: a part of this path is a file, not a directory."),
-    (OSError, EXIT_FAILURE, str),  # connection errors (requests' included), full disks
+    (OSError, EXIT_FAILURE, lambda e: _disk_full(e) if e.errno == errno.ENOSPC else str(e)),
     (RuntimeError, EXIT_FAILURE, str),
 )
 
