@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from components.common import k8s
+from components.common import trainjob as tj
 from components.govern.policy import load_policy
 from components.govern.rules import prometheus_rule, rule_yaml
 from tests.kustomize_subset import build
@@ -83,7 +84,7 @@ def test_every_overlay_builds_into_valid_objects_of_its_install_mode(built, mode
     objects = built[mode]
     spec = k8s.INSTALL_MODES[mode]
     kinds = sorted(o["kind"] for o in objects)
-    expected = ["Role", "RoleBinding", "Secret", "ServiceAccount"]
+    expected = ["Role", "Role", "RoleBinding", "RoleBinding", "Secret", "ServiceAccount"]
     if spec["istio"]:
         expected = sorted(expected + ["AuthorizationPolicy"])
     assert [k for k in kinds if k in expected] == expected
@@ -93,10 +94,10 @@ def test_every_overlay_builds_into_valid_objects_of_its_install_mode(built, mode
         assert obj["metadata"]["namespace"] == spec["namespace"], obj["kind"]
         if obj["kind"] in CORE_KINDS:
             _core_check(obj)
-    binding = next(o for o in objects if o["kind"] == "RoleBinding")
-    assert binding["subjects"] == [{
-        "kind": "ServiceAccount", "name": spec["pipeline_service_account"],
-        "namespace": spec["pipeline_namespace"] or spec["namespace"]}]
+    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+        assert binding["subjects"] == [{
+            "kind": "ServiceAccount", "name": spec["pipeline_service_account"],
+            "namespace": spec["pipeline_namespace"] or spec["namespace"]}]
     secret = next(o for o in objects if o["kind"] == "Secret")
     assert secret["metadata"]["name"] == k8s.ServingConfig().s3_secret
     assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == \
@@ -133,7 +134,7 @@ def test_manifests_take_the_values_of_another_install(tmp_path):
     (tmp_path / "base" / "s3.env").write_text("AWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n")
     objects = build(tmp_path / "overlays" / "multi-user")
     assert {o["metadata"]["namespace"] for o in objects} == {"team-pets"}
-    by_kind = {o["kind"]: o for o in objects}
+    by_kind = {o["kind"]: o for o in objects if "trainer" not in o["metadata"]["name"]}
     assert by_kind["RoleBinding"]["subjects"][0] == {"kind": "ServiceAccount", "name": "runner",
                                                      "namespace": "pipelines"}
     assert by_kind["ServiceAccount"]["metadata"]["name"] == "pets-sa"
@@ -293,3 +294,70 @@ def test_without_the_prometheus_operator_no_monitoring_objects_are_rendered():
     assert "base/podmonitor.yaml" not in files
     assert "podmonitor.yaml" not in yaml.safe_load(files["base/kustomization.yaml"])["resources"]
     assert "monitoring.coreos.com" not in "".join(files.values())
+
+
+def _allowed(objects: list[dict], service_account: dict, verb: str, group: str,
+             resource: str) -> bool:
+    """Whether a RoleBinding of ``objects`` gives ``service_account`` a Role rule that allows
+    ``verb`` on ``group``/``resource`` (RBAC's rule match, without wildcards: the manifests use
+    none)."""
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Role"}
+    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+        if service_account in binding["subjects"] and binding["roleRef"]["kind"] == "Role":
+            for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                if group in rule["apiGroups"] and resource in rule["resources"] and \
+                        verb in rule["verbs"] and "resourceNames" not in rule:
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("mode", sorted(k8s.INSTALL_MODES))
+def test_the_pipeline_may_do_what_the_trainjob_launcher_does(built, mode):
+    """``--trainer-nodes``: every request the launcher makes while a TrainJob completes and
+    while one fails (recorded by the API stand-in) is allowed by the applied overlay to the
+    service account pipeline pods run as, in the namespace the TrainJob is created in."""
+    from components.deploy.tests import trainjob_standin
+    from components.deploy.tests.kube_standin import KubeStandIn
+    from components.train.trainjob import TrainJobFailed, run_train_job
+
+    if trainjob_standin.trainer_dir() is None:
+        pytest.skip("Kubeflow Trainer v2.3.0's CRDs are not here (MLOPS_TRAINER_DIR, "
+                    "shared/trainer/); the project keeps no copy")
+    import kubernetes
+
+    spec = k8s.INSTALL_MODES[mode]
+    namespace = spec["namespace"]
+    pipeline_ns = spec["pipeline_namespace"] or namespace
+    assert pipeline_ns == namespace  # the launcher creates TrainJobs in its own namespace
+    server = KubeStandIn(tick_s=0.01)
+    conf = kubernetes.client.Configuration()
+    conf.host = server.start()
+    try:
+        client = kubernetes.client.ApiClient(conf)
+        cfg = dict(namespace=pipeline_ns, image="registry.example/pets/mlops:1",
+                   args=("--train", "s3://w/t", "--out", "s3://w/m"), num_nodes=2)
+        server.trainjobs.plan("train-ok", "complete", after_s=0.05)
+        run_train_job(tj.TrainJobConfig(name="train-ok", **cfg), client, poll_s=0.02)
+        server.trainjobs.plan("train-bad", "fail", after_s=0.05)
+        with pytest.raises(TrainJobFailed):
+            run_train_job(tj.TrainJobConfig(name="train-bad", **cfg), client, poll_s=0.02)
+        requests = list(server.requests)
+    finally:
+        server.stop()
+    prefix = f"/apis/{k8s.TRAINER_GROUP}/{tj.VERSION}/namespaces/{pipeline_ns}/"
+    used = {("create" if method == "POST" else "delete" if method == "DELETE"
+             else "get" if path.count("/") > prefix.count("/") else "list",
+             path[len(prefix):].split("/")[0])
+            for method, path in requests if path.startswith(prefix)}
+    assert {verb for verb, _ in used} == {"create", "get", "delete"}
+    sa = {"kind": "ServiceAccount", "name": spec["pipeline_service_account"],
+          "namespace": pipeline_ns}
+    objects = built[mode]
+    for verb, resource in sorted(used):
+        assert _allowed(objects, sa, verb, k8s.TRAINER_GROUP, resource), (verb, resource)
+    trainer_role = next(o for o in objects if o["metadata"]["name"] == "pet-classifier-trainer"
+                        and o["kind"] == "Role")
+    assert trainer_role["metadata"]["namespace"] == pipeline_ns
+    # The rule is where it is needed and nowhere else: nothing on pods, Jobs or Secrets.
+    assert not _allowed(objects, sa, "create", "", "pods")
+    assert not _allowed(objects, sa, "create", "batch", "jobs")

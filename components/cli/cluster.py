@@ -213,6 +213,14 @@ def cmd_manifests(args) -> int:
         print(f"{mode}: kubectl apply -k {Path(args.out) / 'overlays' / mode}  (namespace "
               f"{values['namespace']}, pipeline pods as {values['pipeline_namespace']}/"
               f"{values['pipeline_service_account']})")
+        if values["pipeline_namespace"] != values["namespace"]:
+            # TrainJobs (--trainer-nodes) are created in the pipeline pods' own namespace.
+            ns, sa = values["pipeline_namespace"], values["pipeline_service_account"]
+            print(f"  for --trainer-nodes, also in {ns}: kubectl -n {ns} create role "
+                  "pet-classifier-trainer --verb=get,list,watch,create,delete "
+                  "--resource=trainjobs.trainer.kubeflow.org && kubectl -n "
+                  f"{ns} create rolebinding pet-classifier-trainer --role="
+                  f"pet-classifier-trainer --serviceaccount={ns}:{sa}")
     if not (Path(args.out) / "base" / "s3.env").exists():
         print(f"Fill {Path(args.out) / 'base' / 's3.env'} from s3.env.example before applying.")
     return 0

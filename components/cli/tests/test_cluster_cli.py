@@ -188,6 +188,11 @@ def test_manifests_command_writes_overlays_with_the_values_given(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"kubectl apply -k {out}/overlays/multi-user  (namespace team-pets, pipeline pods " \
            "as team-pets/default-editor)" in result.stdout
+    # Standalone pipeline pods stay in kubeflow: the TrainJob Role must be added there too.
+    (trainer_line,) = [line for line in result.stdout.splitlines() if "--trainer-nodes" in line]
+    assert "kubectl -n kubeflow create role pet-classifier-trainer --verb=get,list,watch," \
+           "create,delete --resource=trainjobs.trainer.kubeflow.org" in trainer_line
+    assert "--serviceaccount=kubeflow:pipeline-runner" in trainer_line
     assert "Fill" in result.stdout and "s3.env" in result.stdout
     assert "namespace: team-pets" in (out / "overlays" / "standalone" /
                                       "kustomization.yaml").read_text()
