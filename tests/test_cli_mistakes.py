@@ -219,3 +219,11 @@ def test_a_full_disk_names_where_and_what_to_do(home):
     assert code == 1 and "no space left on the disk of /data/x" in line and "df -h" in line
     code, line = explain_error(OSError(errno.ENOSPC, "No space left on device"))
     assert str(home / "home") in line and "MLOPS_HOME" in line
+
+
+def test_a_label_takes_the_names_ingestion_takes(home, capsys):
+    """Finding 8: ingestion maps `dog` to `dogs`; `monitor label … dog` was refused."""
+    assert main(["monitor", "label", "req-1", "dog", "--classes", "cats,dogs"]) == 0
+    assert "req-1/0: dogs created" in capsys.readouterr().out
+    assert main(["monitor", "label", "req-2", "horse", "--classes", "cats,dogs"]) == 2
+    assert "unknown label 'horse'" in capsys.readouterr().err

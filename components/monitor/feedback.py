@@ -38,6 +38,7 @@ from components.common.records import RecordLog, actor
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import json_app, read_json
 from components.common.storage import ObjectStore, open_store
+from components.ingest.core import IngestConfig
 from components.monitor.contract import utcnow
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class LabelStore:
                              "x-request-id (or V2 id) the predictor answered, 1-200 letters, "
                              "digits or . _ : @ + = -")
         label = str(req.label).strip()
+        if label not in self.classes:  # the names ingestion accepts: Cat, dog, DOGS …
+            label = IngestConfig(classes=tuple(self.classes)).canonical_label(label) or label
         if label not in self.classes:
             raise LabelError(f"{where}unknown label {req.label!r} for request {rid}: expect "
                              f"one of the model's classes {self.classes}.")
