@@ -12,6 +12,17 @@ request:
    binary FP32 blob of the wrong size, 64 WebP images declaring 6300x6300 pixels each,
    ``:explain``).
 
+Then the bounds of issue 22, with their default settings, against the same server and
+against the local router in front of it (``components.deploy.router``, default bounds),
+while a good client asks for readiness every 20 ms on its own keep-alive connection:
+
+3. one request with a 96 MiB header: how long until it is refused, what it answered, the good
+   client's longest wait, the server's (router's) memory growth;
+4. a 30 MiB V2 JSON body of numbers (a shape that does not match, so all its cost is
+   reading), four times in turn and four at once: the good client's longest wait and p99;
+5. 100 connections that send their request line a byte every 0.2 s: how long until the
+   server (router) has closed all of them, and the good client's longest wait.
+
 Runs of each kind alternate in rounds (``--rounds``) and their counts are pooled, so that
 drift on a shared machine weighs on every kind alike. Reported: good requests that failed
 (target 0: before the guard a 500 closed the keep-alive connection and the next good
@@ -34,11 +45,16 @@ import json
 import os
 import platform
 import random
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +64,8 @@ from benchdoc import write_section
 from serving import NAME, build_model, camera_frames, start_server
 
 from components.common.service import free_port
+from components.deploy import router as rt
+from components.serve.routing import TOKEN_ENV, new_token
 from components.serve.tests.test_fuzz import Generator
 from components.serve.tests.test_hostile import _webp_declaring
 
@@ -160,6 +178,209 @@ async def run(url: str, good: list[bytes], bad: list, seconds: float, bad_share:
             "failures": failures[:5]}
 
 
+# ---- the bounds of issue 22 ----------------------------------------------------------------
+
+
+PROBE = """
+import sys, time, httpx
+url, out = sys.argv[1], open(sys.argv[2], "a", buffering=1)
+with httpx.Client(timeout=120) as client:
+    while True:
+        t = time.time(); p = time.perf_counter()
+        try:
+            status = client.get(url + "/v2/health/ready").status_code
+        except httpx.HTTPError:
+            status = 0
+        out.write(f"{t} {time.perf_counter() - p} {status}\\n")
+        time.sleep(0.02)
+"""
+
+
+class Prober:
+    """A good client on one keep-alive connection asking for readiness every 20 ms, in a
+    process of its own (so that the bench's own clients do not slow it); ``window()`` gives
+    the waits of the answers since the last call."""
+
+    def __init__(self, url: str, log: Path):
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, url, str(log)])
+        self._mark = time.time()
+
+    def window(self) -> dict:
+        """Longest and p99 wait (ms) and failures of the answers since the last call."""
+        time.sleep(0.1)
+        now = time.time()
+        got = []
+        for line in self.log.read_text().splitlines():
+            t, wait, status = line.split()
+            if self._mark <= float(t) < now:
+                got.append((float(wait), int(status)))
+        self._mark = now
+        waits = sorted(w for w, _ in got) or [0.0]
+        return {"probes": len(got), "max_ms": waits[-1] * 1000,
+                "p99_ms": waits[int(0.99 * (len(waits) - 1))] * 1000,
+                "failed": sum(1 for _, status in got if status != 200)}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def huge_header(port: int, size: int) -> tuple[float, str]:
+    """Sends a request with one header of ``size`` bytes; returns the seconds until the
+    answer (or the close) and what it was."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    t = time.perf_counter()
+    try:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        chunk = b"a" * (1 << 20)
+        for _ in range(size >> 20):
+            sock.sendall(chunk)
+        sock.sendall(b"\r\n\r\n")
+    except OSError:
+        pass
+    try:
+        answer = sock.recv(200)
+    except OSError:
+        answer = b""
+    sock.close()
+    status = answer.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"
+    return time.perf_counter() - t, status.replace("HTTP/1.1 ", "")
+
+
+def numbers_body(mib: int) -> bytes:
+    n = mib * (1 << 20) // 10
+    return (f'{{"inputs": [{{"name": "input", "shape": [{n // 3072 + 1}, 3, 32, 32], '
+            f'"datatype": "FP32", "data": [{",".join(["0.1234567"] * n)}]}}]}}').encode()
+
+
+def big_bodies(url: str, body: bytes, n: int, at_once: bool) -> tuple[float, list[int]]:
+    """Sends ``body`` ``n`` times, in turn or all at once; returns the seconds and statuses."""
+    def one(_):
+        return httpx.post(f"{url}/v2/models/{NAME}/infer", content=body,
+                          timeout=300).status_code
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(n if at_once else 1) as pool:
+        statuses = list(pool.map(one, range(n)))
+    return time.perf_counter() - t, statuses
+
+
+def trickle(port: int, n: int = 100, limit_s: float = 120) -> tuple[float, int, int]:
+    """``n`` connections sending a request line a byte every 0.2 s; returns the seconds until
+    every one was answered or closed, how many got a 408, and how many were still open."""
+    line = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 2000
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    done: dict[int, bytes] = {}
+    t = time.perf_counter()
+    for step in range(len(line)):
+        for i, sock in enumerate(socks):
+            if i in done:
+                continue
+            try:
+                sock.sendall(line[step:step + 1])
+                sock.setblocking(False)
+                try:
+                    done[i] = sock.recv(200)
+                except BlockingIOError:
+                    pass
+                sock.setblocking(True)
+            except OSError:
+                done[i] = b""
+        if len(done) == n or time.perf_counter() - t > limit_s:
+            break
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - t
+    for sock in socks:
+        sock.close()
+    return elapsed, sum(1 for a in done.values() if a.startswith(b"HTTP/1.1 408")), n - len(done)
+
+
+def start_router(tmp: Path, url: str, proc) -> tuple[object, str, int]:
+    """The local router, default bounds, with the model server as its one revision."""
+    port = int(url.rsplit(":", 1)[1])
+    state = tmp / "router"
+    state.mkdir()
+    (state / f"{NAME}.json").write_text(json.dumps({"generation": 1, "production": {
+        "stable": {"version": 1, "url": url, "storage_uri": "",
+                   "detail": {"pid": proc.pid, "port": port}}}}))
+    router_port, control = free_port(), free_port()
+    pid = rt.start_router(state, NAME, "production", NAME, "127.0.0.1", router_port,
+                          tmp / "router.log", control_port=control,
+                          env={**os.environ, TOKEN_ENV: new_token()})
+    return pid, f"http://127.0.0.1:{router_port}", router_port
+
+
+def edge_timings(url: str, port: int, server_pid: int, tmp: Path, proc) -> list[dict]:
+    """Rows of the bounds table (see the module docstring, 3-5)."""
+    rows = []
+    router_pid, router_url, router_port = start_router(tmp, url, proc)
+    try:
+        for hop, hop_url, hop_port, pid in (("model server", url, port, server_pid),
+                                            ("router", router_url, router_port, router_pid)):
+            probe = Prober(hop_url, tmp / f"probe-{hop.replace(' ', '-')}.log")
+            try:
+                time.sleep(1.5)
+                probe.window()
+                rss = _rss_mib(pid)
+                took, status = huge_header(hop_port, 96 << 20)
+                rows.append({"hop": hop, "case": "one 96 MiB header", "answer": status,
+                             "took_s": took, "rss_mib": _rss_mib(pid) - rss,
+                             **probe.window()})
+                took, answered, still_open = trickle(hop_port)
+                rows.append({"hop": hop, "case": "100 connections sending a byte every 0.2 s",
+                             "answer": f"{answered} × 408, {still_open} still open",
+                             "took_s": took, "rss_mib": None, **probe.window()})
+                if hop == "model server":
+                    body = numbers_body(30)
+                    for at_once in (False, True):
+                        rss = _rss_mib(pid)
+                        took, statuses = big_bodies(hop_url, body, 4, at_once)
+                        rows.append({"hop": hop, "case": "4 V2 JSON bodies of 30 MiB, "
+                                                         + ("at once" if at_once else "in turn"),
+                                     "answer": " ".join(map(str, sorted(set(statuses)))),
+                                     "took_s": took, "rss_mib": _rss_mib(pid) - rss,
+                                     **probe.window()})
+            finally:
+                probe.close()
+    finally:
+        os.kill(router_pid, signal.SIGTERM)
+    return rows
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.0f}"
+
+
+def edge_section(rows: list[dict]) -> list[str]:
+    """The bounds table and what it says, as markdown lines."""
+    if not rows:
+        return []
+    waits = [r["max_ms"] for r in rows]
+    return [
+        "**The bounds of issue 22**, measured after the runs above, against the same model "
+        "server and against the local router in front of it (default bounds on both), while "
+        "a good client asked for readiness every 20 ms on its own keep-alive connection "
+        "(through the hop under test). *took* is from the first byte sent to the answer (or "
+        "the close); *longest wait* and *p99* are the good client's during the case. Before "
+        "(issue 22, same kind of machine): the 96 MiB header took the model server 38 s and "
+        "the router 49 s, stalling good requests up to 36 s and 41 s (+188 MiB and +370 MiB); "
+        "a 30 MiB V2 body froze the server 2.6 s, four at once 5.8 s; the 100 slow "
+        "connections were never closed.",
+        "",
+        "| hop | case | answer | took s | good client: longest wait ms | p99 ms | failed | "
+        "memory growth MiB |",
+        "|---|---|---|---|---|---|---|---|",
+        *(f"| {r['hop']} | {r['case']} | {r['answer']} | {r['took_s']:.2f} | "
+          f"{r['max_ms']:.0f} | {r['p99_ms']:.0f} | {r['failed']} | "
+          f"{_signed(r['rss_mib'])} |"
+          for r in rows),
+        "",
+        f"The longest any good request waited in these cases: {max(waits):.0f} ms.",
+        "",
+    ]
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -178,6 +399,8 @@ def main() -> None:
                         help="rounds of one run of each kind, interleaved; rates are pooled")
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--no-edge", action="store_true",
+                        help="skip the bounds of issue 22 (headers, slow clients, big bodies)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
@@ -204,6 +427,8 @@ def main() -> None:
                 runs[share].append(asyncio.run(run(url, good, bad, args.seconds, share,
                                                    args.seed + k, proc.pid)))
         rss1 = _rss_mib(proc.pid)
+        print("bounds of issue 22 ...", flush=True)
+        edge = [] if args.no_edge else edge_timings(url, port, proc.pid, tmp, proc)
         load1 = os.getloadavg()[0]
         alive = proc.poll() is None
     finally:
@@ -243,7 +468,8 @@ def main() -> None:
         f"--rounds {args.rounds} --bad-shares {args.bad_shares}` on {platform.machine()} with {os.cpu_count()} cores "
         f"(client and server share them; the machine's 1-minute load average was {load0:.1f} "
         f"before and {load1:.1f} after, other work included). One server process, default "
-        "limits; concurrency "
+        "limits and default bounds (issue 22: 32 KiB and 100 header fields, header and body "
+        "deadlines of 10 s and 30 s, 65 s idle keep-alive, 512 connections); concurrency "
         f"{CONCURRENCY}, closed loop, aiohttp keep-alive connections; good requests are V1 "
         f"`:predict` with one {args.frame} px JPEG frame; bad requests are {len(bad)} "
         "requests from the predictor's fuzz generator and issue 9's cases (including 64 WebP "
@@ -285,6 +511,7 @@ def main() -> None:
         f"{log_text.count('Bad request')} client-error lines in its log (rate-limited: one "
         "line per 10 s).",
         "",
+        *edge_section(edge),
     ])
     print(section)
     if not args.no_write:

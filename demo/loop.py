@@ -201,13 +201,14 @@ class Loop:
         out = []
         self.session = self.session or requests.Session()
         for truth, data in self.camera.frames(condition, n):
-            rid = f"cam-{uuid.UUID(int=self.rng.getrandbits(128)).hex}"
+            frame_id = f"cam-{uuid.UUID(int=self.rng.getrandbits(128)).hex}"
             sent = time.time()
             r = self.session.post(f"{dep.url}/v1/models/{dep.name}:predict",
-                                  json=v1_body([data]), headers={"x-request-id": rid},
+                                  json=v1_body([data]), headers={"x-request-id": frame_id},
                                   timeout=30)
             r.raise_for_status()
             pred = r.json()["predictions"][0]["label"]
+            rid = r.json()["request_id"]  # the server's id, which labels are joined by
             s = Served(rid, time.time(), condition, _class_name(truth, classes), pred,
                        dep.stable.version, sent=sent)
             out.append(s)

@@ -226,7 +226,8 @@ def print_status(target) -> int:
         problems += (not router_up) + (not healthy)
         if router:
             print(f"  router: pid {router.get('pid')} {'alive' if router_up else 'gone'}, "
-                  f"binds {router.get('host')}:{router.get('port')}, log {router.get('log')}")
+                  f"binds {router.get('host')}:{router.get('port')}, state at "
+                  f"{router.get('control_url', '-')}/-/router, log {router.get('log')}")
         for role, rev in (("stable", dep.stable), ("canary", dep.canary)):
             if rev is None:
                 continue

@@ -251,7 +251,8 @@ def _add_label_commands(monitor_sub) -> None:
         description="Stores the true class of a captured instance, joined by request id. "
                     "Refuses a different label for an instance that has one unless "
                     "--relabel (the history keeps both).")
-    p.add_argument("request_id", nargs="?", help="the request's id (x-request-id or V2 id)")
+    p.add_argument("request_id", nargs="?",
+                   help="the request_id the predictor answered (V2: parameters.request_id)")
     p.add_argument("label", nargs="?", help="the true class")
     p.add_argument("--index", type=int, default=0, help="the instance's position in the request")
     p.add_argument("--csv", default="", help="a CSV file of request_id,label[,index] rows")
@@ -352,8 +353,8 @@ def _cmd_labels(args) -> int:
     from components.monitor.feedback import REQUEST_ID, LabelError
 
     if not REQUEST_ID.match(args.request_id):
-        raise LabelError(f"Invalid request id {args.request_id!r}: expect the x-request-id (or "
-                         "V2 id) the predictor answered.")
+        raise LabelError(f"Invalid request id {args.request_id!r}: expect the request_id the "
+                         "predictor answered (V2: parameters.request_id).")
     labels = _label_store(args)
     found = labels.request_labels(args.request_id)
     if not found:

@@ -10,19 +10,30 @@ the camera's client is configured once. What it routes to is the environment's e
 target's state file ``<state-dir>/<model>.json`` (stable and canary revision, canary percent,
 and a ``generation`` counter); the router reloads it on ``SIGHUP`` (the target sends one after
 each change) and, as a fallback, whenever the file's modification time changes. The target
-waits until ``GET /-/router`` reports the new generation before it stops a revision, and until
+waits until the router reports the new generation before it stops a revision, and until
 that revision has no request in flight, so promotions and rollbacks lose no request.
 
 Per request the router picks a revision by smooth weighted round-robin (nginx's algorithm): over
 any 100 consecutive requests the canary gets exactly its percent, spread evenly. The answer
-carries ``X-Model-Revision: stable|canary`` and ``X-Model-Version: N``. A request that cannot
-reach the chosen revision (connection refused or closed before any answer) is retried once on
-the other revision, or on the same one if it is alone; predictions have no side effects, so a
-retry is safe. Everything under ``/-/`` belongs to the router itself:
+carries ``X-Model-Revision: stable|canary`` and ``X-Model-Version: N``. The model server is
+told the role too, with the deployment's token (``components/serve/routing.py``): both headers
+are taken out of every client request, so no client can make its traffic count as another
+role's. A request that cannot reach the chosen revision (connection refused or closed before
+any answer) is retried once on the other revision, or on the same one if it is alone;
+predictions have no side effects, so a retry is safe.
+
+Everything under ``/-/`` belongs to the router itself. The serving port (``--port``, which a
+camera on the network may reach with ``--host 0.0.0.0``) answers only ``GET /-/healthz`` (200
+while the router runs); the rest is a 404 there. The router's state is on a control port bound
+to 127.0.0.1 whatever ``--host`` says (``--control-port``):
 
 * ``GET /-/router``: the routes, the generation applied, requests and failures per revision,
   requests in flight per backend, and the supervisor's report.
-* ``GET /-/healthz``: 200 while the router runs.
+
+Every client connection is held to the bounds the model server holds it to (header size and
+count, header and body deadlines, idle keep-alive, a connection cap, the same body limit:
+``components/serve/limits.py``), so the router never reads or forwards what the model server
+would refuse.
 
 Why not nginx, HAProxy, Envoy or Traefik: all four would do the proxying well, but each is a
 system binary to install and keep (this project installs with pip only), each changes weights
@@ -49,14 +60,44 @@ from pathlib import Path
 
 from components.common.service import wait_until
 from components.deploy.supervisor import SupervisionPolicy, Supervisor
+from components.serve.limits import EdgeLimits, add_edge_options, edge_limits
+from components.serve.routing import REVISION_HEADER, TOKEN_ENV, TOKEN_HEADER
 
 logger = logging.getLogger(__name__)
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
               "expect"}
-REVISION_HEADER = "X-Model-Revision"
+#: Headers only the router may set on what it forwards: taken out of every client request.
+ROUTER_ONLY = {REVISION_HEADER.lower(), TOKEN_HEADER.lower()}
 VERSION_HEADER = "X-Model-Version"
+__all__ = ["REVISION_HEADER", "VERSION_HEADER", "Router", "WeightedChoice"]
+
+LINGER_S = 1.0
+"""How long a refused connection reads and drops what its client still sends before it is
+closed, so that the client sees the answer rather than a reset."""
+
+
+class _RateLimited:
+    """At most one warning per ``interval`` seconds, saying how many were held back."""
+
+    def __init__(self, interval: float = 10.0):
+        self.interval = interval
+        self._last = float("-inf")
+        self._held = 0
+
+    def warning(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._held += 1
+            return
+        held, self._held, self._last = self._held, 0, now
+        if held:
+            msg += f" ({held} more refusals since the last line)"
+        logger.warning(msg, *args)
+
+
+_warn = _RateLimited()
 
 
 class WeightedChoice:
@@ -87,7 +128,7 @@ class Router:
 
     def __init__(self, state_dir: str | os.PathLike, model: str, environment: str,
                  served_name: str, connect_timeout: float = 5.0, read_timeout: float = 60.0,
-                 policy: SupervisionPolicy | None = None):
+                 policy: SupervisionPolicy | None = None, token: str | None = None):
         self.state_path = Path(state_dir) / f"{model}.json"
         self.environment = environment
         self.served_name = served_name
@@ -106,7 +147,10 @@ class Router:
         self.session = None
         self.pool = BackendPool(connect_timeout, read_timeout)
         self.connections: set = set()
+        self.control_connections: set = set()
         self.stopping = False
+        # Proves to the model servers that the role header is the router's (routing.py).
+        self.token = os.environ.get(TOKEN_ENV, "") if token is None else token
         self.reload()
         self.supervisor.save()  # replaces the report of an earlier router process
 
@@ -189,20 +233,30 @@ class Router:
                 "supervisor": self.supervisor.report(), "pid": os.getpid()}
 
     async def route(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                    remote: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+                    remote: str | None, control: bool = False
+                    ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Serves one request: the router's own endpoints, or a model server's answer with the
-        revision that served it. Returns (status, headers, body)."""
+        revision that served it. Returns (status, headers, body).
+
+        The router's state (``/-/router``) is answered on the control port only (``control``);
+        on the serving port everything under ``/-/`` but the health check is a 404.
+        """
         path = target.split("?", 1)[0]
-        if path == "/-/router":
-            return _json(200, self.status())
         if path == "/-/healthz":
             return _json(200, {"ok": True})
+        if control:
+            if path == "/-/router" and method in ("GET", "HEAD"):
+                return _json(200, self.status())
+            return _json(404, {"error": "The control port answers GET /-/router and "
+                                        "/-/healthz."})
+        if path.startswith("/-/"):
+            return _json(404, {"error": f"Not found: {path[:100]}"})
         role = self.choose()
         if role is None:
             return _json(503, {"error": f"Nothing is deployed in the {self.environment} "
                                         "environment."})
         headers = {k: v for k, v in headers.items()
-                   if k.lower() not in HOP_BY_HOP and k.lower() != REVISION_HEADER.lower()}
+                   if k.lower() not in HOP_BY_HOP and k.lower() not in ROUTER_ONLY}
         if remote:
             headers["X-Forwarded-For"] = remote
         tried = []
@@ -211,8 +265,11 @@ class Router:
             url = backend["url"]
             tried.append(role)
             self.inflight[url] = self.inflight.get(url, 0) + 1
-            # The model server records which role served the request (capture).
+            # The model server records which role served the request (capture), believing it
+            # only with the token clients never see.
             sent = {**headers, REVISION_HEADER: role}
+            if self.token:
+                sent[TOKEN_HEADER] = self.token
             try:
                 status, reply_headers, data = await self.pool.request(url, method, target,
                                                                       sent, body)
@@ -255,22 +312,40 @@ class _ClientConnection(asyncio.Protocol):
     """One client's keep-alive HTTP/1.1 connection to the router, parsed with httptools.
 
     Requests on a connection are answered in order: reading pauses while one is served.
-    ``Expect: 100-continue`` is answered, chunked bodies are decoded, a body over
-    ``max_body`` is refused with 413 (announced or while it arrives), a malformed request gets
-    400, and a connection idle for ``idle_timeout`` seconds is closed.
+    ``Expect: 100-continue`` is answered, chunked bodies are decoded, a malformed request gets
+    400, and the bounds of :class:`~components.serve.limits.EdgeLimits` hold as on the model
+    server: the request line and headers are counted before the parser sees them (over
+    ``max_header_bytes`` or ``max_headers``: 431 at once), a body over ``max_body_bytes`` is
+    refused with 413 (announced or while it arrives), the headers and the body each have a
+    deadline that bytes sent slowly do not extend (408), an idle keep-alive connection is closed
+    after ``keepalive_timeout_s``, and a connection beyond ``max_connections`` is answered 503.
+    A refusal is written, the sending side shut and the rest of what the client sends dropped
+    for a moment, so that the client reads the answer rather than a reset.
+
+    ``control`` connections (the control port, on loopback) may ask for the router's state.
     """
 
-    def __init__(self, router: Router, max_body: int, idle_timeout: float = 75.0):
+    def __init__(self, router: Router, limits: EdgeLimits, control: bool = False):
         import httptools
 
-        self.router, self.max_body, self.idle_timeout = router, max_body, idle_timeout
+        self.router, self.limits, self.control = router, limits, control
+        self.max_body = limits.max_body_bytes
         self.transport = None
         self._parser = httptools.HttpRequestParser(self)
-        self._idle = None
+        self._timer: asyncio.TimerHandle | None = None  # the one deadline now running
+        self._timer_kind = ""  # head, body or idle
         self._busy = False
         self._closing = False
+        self._refused = False
+        self._reading_head = True
+        self._head_bytes = 0
+        self._header_count = 0
         self._pending: collections.deque = collections.deque()
         self._reset()
+
+    @property
+    def _connections(self) -> set:
+        return self.router.control_connections if self.control else self.router.connections
 
     def _reset(self) -> None:
         self._url, self._headers, self._body, self._size = b"", {}, [], 0
@@ -278,23 +353,57 @@ class _ClientConnection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.router.connections.add(self)
-        self._arm_idle()
+        if len(self._connections) >= self.limits.max_connections:
+            _warn.warning("Refused a connection: %d connections are open (--max-connections "
+                          "%d)", len(self._connections), self.limits.max_connections)
+            self._refuse(503, f"The router has {self.limits.max_connections} connections open, "
+                              "its limit (--max-connections); try again in a moment.")
+            return
+        self._connections.add(self)
+        self._arm("head")
 
     def connection_lost(self, exc) -> None:
         self._closing = True
-        self.router.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        self._connections.discard(self)
+        self._disarm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: read and dropped
+        if not self._reading_head:
+            self._feed(data)
+            return
+        if self._timer_kind != "head":  # a request's first byte: its headers' deadline
+            self._arm("head")
+        room = self.limits.max_header_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            self._feed(data)
+            return
+        # Only what the limit allows reaches the parser (whose header values grow by
+        # concatenation: reading 96 MiB of one header took 49 s); past it, a 431 at once.
+        self._head_bytes += room
+        self._feed(data[:room])
+        if self._closing:
+            return
+        if self._reading_head:
+            self._refuse_head(f"The request's line and headers are over "
+                              f"{self.limits.max_header_bytes} bytes (--max-header-bytes).")
+            return
+        self.data_received(data[room:])
+
+    def _feed(self, data: bytes) -> None:
         import httptools
 
-        self._arm_idle()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "Protocol upgrades are not supported by the router.")
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadRefused):
+                self._refuse_head(str(exc.__context__))
+            elif not self._closing:
+                self._refuse(400, f"Malformed HTTP request: {exc}.")
         except httptools.HttpParserError as exc:
             if not self._closing:
                 self._refuse(400, f"Malformed HTTP request: {exc}.")
@@ -302,14 +411,23 @@ class _ClientConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._reset()
+        self._header_count = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            raise _HeadRefused(f"The request has more than {self.limits.max_headers} header "
+                               "fields (--max-headers).")
         self._headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self._closing or self._refused:
+            return
+        self._reading_head = False
+        self._arm("body")
         lowered = {k.lower(): v for k, v in self._headers.items()}
         length = lowered.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
@@ -320,7 +438,7 @@ class _ClientConnection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        if self._closing:
+        if self._closing or self._refused:
             return
         self._size += len(body)
         if self._size > self.max_body:
@@ -330,8 +448,10 @@ class _ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._closing:
+        if self._closing or self._refused:
             return
+        self._disarm()
+        self._reading_head, self._head_bytes = True, 0
         peer = self.transport.get_extra_info("peername")
         self._pending.append((self._parser.get_method().decode("ascii", "replace"),
                               self._url.decode("latin-1"), self._headers,
@@ -348,7 +468,7 @@ class _ClientConnection(asyncio.Protocol):
             method, target, headers, body, remote, keep_alive = self._pending.popleft()
             try:
                 status, out, data = await self.router.route(method, target, headers, body,
-                                                            remote)
+                                                            remote, control=self.control)
             except Exception:  # noqa: BLE001 - a router bug answers 500 and is logged
                 logger.exception("The router failed on %s %s", method, target)
                 status, out, data = _json(500, {"error": "The router failed; see its log."})
@@ -362,7 +482,7 @@ class _ClientConnection(asyncio.Protocol):
         self._busy = False
         if not self._closing:
             self.transport.resume_reading()
-            self._arm_idle()
+            self._arm("idle")
 
     def _write(self, status: int, headers, data: bytes, keep_alive: bool,
                head: bool = False) -> None:
@@ -381,29 +501,82 @@ class _ClientConnection(asyncio.Protocol):
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
                              + (b"" if head else data))
 
+    def _refuse_head(self, message: str) -> None:
+        _warn.warning("Refused a request with 431: %s", message)
+        self._refuse(431, message)
+
     def _refuse(self, status: int, message: str) -> None:
-        if self._closing:
+        """Answers ``status`` and closes: lingering (see ``LINGER_S``) unless an answer is
+        being made on this connection, which then just closes."""
+        if self._closing or self._refused:
+            return
+        self._refused = True
+        self._disarm()
+        if self._busy:
+            self._close()
             return
         self._write(*_json(status, {"error": message}), keep_alive=False)
-        self._close()
+        self._connections.discard(self)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_S, self._close)
+        else:
+            self._close()
 
     def _close(self) -> None:
         self._closing = True
+        self._disarm()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(self.idle_timeout, self._on_idle)
+    # deadlines: one runs at a time (headers, body, or idle between requests)
+    def _arm(self, kind: str) -> None:
+        seconds, callback = {"head": (self.limits.header_timeout_s, self._head_late),
+                             "body": (self.limits.body_timeout_s, self._body_late),
+                             "idle": (self.limits.keepalive_timeout_s, self._idle_late)}[kind]
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
+        self._timer_kind = kind
 
-    def _on_idle(self) -> None:
-        if not self._busy:
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_kind = ""
+
+    def _head_late(self) -> None:
+        self._timer, self._timer_kind = None, ""
+        if self._busy or self._closing or not self._reading_head:
+            return
+        if self._head_bytes == 0:
+            self._close()  # opened and never used: nothing to answer
+            return
+        _warn.warning("Closed a connection: its request headers did not arrive within %g s "
+                      "(--header-timeout)", self.limits.header_timeout_s)
+        self._refuse(408, f"The request's headers did not arrive within "
+                          f"{self.limits.header_timeout_s:g} s (--header-timeout).")
+
+    def _body_late(self) -> None:
+        self._timer, self._timer_kind = None, ""
+        if self._busy or self._closing or self._reading_head:
+            return
+        _warn.warning("Closed a connection: its request body did not arrive within %g s "
+                      "(--body-timeout)", self.limits.body_timeout_s)
+        self._refuse(408, f"The request body did not arrive within "
+                          f"{self.limits.body_timeout_s:g} s (--body-timeout).")
+
+    def _idle_late(self) -> None:
+        self._timer, self._timer_kind = None, ""
+        if not self._busy and self._head_bytes == 0:
             self._close()
 
     def close_if_idle(self) -> None:
         if not self._busy:
             self._close()
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop reading a request's head."""
 
 
 class _Unreachable(Exception):
@@ -561,12 +734,22 @@ async def _supervise(router: Router, stop: asyncio.Event) -> None:
             pass
 
 
-async def serve(router: Router, host: str, port: int, max_body_bytes: int) -> None:
+CONTROL_HOST = "127.0.0.1"
+"""The control port's address, whatever the serving port binds: only this machine reads the
+router's state (backend addresses, process ids, the supervisor's report)."""
+
+
+async def serve(router: Router, host: str, port: int, limits: EdgeLimits = EdgeLimits(),
+                control_port: int = 0) -> None:
     await router.start_client()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _ClientConnection(router, max_body_bytes),
+    server = await loop.create_server(lambda: _ClientConnection(router, limits),
                                       host, port, reuse_address=True, backlog=512)
-    logger.info("Router of %s listening on http://%s:%d", router.environment, host, port)
+    control = await loop.create_server(lambda: _ClientConnection(router, limits, control=True),
+                                       CONTROL_HOST, control_port, reuse_address=True)
+    control_port = control.sockets[0].getsockname()[1]
+    logger.info("Router of %s listening on http://%s:%d (control: http://%s:%d/-/router)",
+                router.environment, host, port, CONTROL_HOST, control_port)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, router.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -576,6 +759,7 @@ async def serve(router: Router, host: str, port: int, max_body_bytes: int) -> No
     started = time.monotonic()
     router.stopping = True
     server.close()
+    control.close()
     for conn in list(router.connections):
         conn.close_if_idle()  # busy ones close after their answer
     deadline = time.monotonic() + 10
@@ -604,12 +788,12 @@ def router_alive(pid: int, port: int) -> bool:
     return "components.deploy.router" in text and f"--port={port}" in text
 
 
-def router_status(url: str, timeout: float = 2.0) -> dict | None:
-    """``GET /-/router`` of a router, or None if it does not answer."""
+def router_status(control_url: str, timeout: float = 2.0) -> dict | None:
+    """``GET /-/router`` of a router's control port, or None if it does not answer."""
     import requests
 
     try:
-        r = requests.get(f"{url}/-/router", timeout=timeout)
+        r = requests.get(f"{control_url}/-/router", timeout=timeout)
         return r.json() if r.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
@@ -617,11 +801,17 @@ def router_status(url: str, timeout: float = 2.0) -> dict | None:
 
 def start_router(state_dir: str | os.PathLike, model: str, environment: str, served_name: str,
                  host: str, port: int, log_path: str | os.PathLike, timeout: float = 20.0,
-                 extra_args: tuple[str, ...] = ()) -> int:
-    """Starts a router process in its own session and waits until it answers; returns its pid.
+                 extra_args: tuple[str, ...] = (), control_port: int = 0,
+                 env: dict[str, str] | None = None) -> int:
+    """Starts a router process in its own session and waits until its control port answers
+    (``http://127.0.0.1:<control_port>``); returns its pid.
+
+    Args:
+        env: The router's environment (default: this process's), e.g. with the token of
+            ``components.serve.routing``.
 
     Raises:
-        RuntimeError: It exited or did not answer in time (e.g. the port is taken), with the
+        RuntimeError: It exited or did not answer in time (e.g. a port is taken), with the
             end of its log.
     """
     import subprocess
@@ -629,16 +819,16 @@ def start_router(state_dir: str | os.PathLike, model: str, environment: str, ser
 
     cmd = [sys.executable, "-m", "components.deploy.router", f"--state-dir={state_dir}",
            f"--model={model}", f"--environment={environment}", f"--served-name={served_name}",
-           f"--host={host}", f"--port={port}", *extra_args]
+           f"--host={host}", f"--port={port}", f"--control-port={control_port}", *extra_args]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}"
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    control_url = f"http://{CONTROL_HOST}:{control_port}"
 
     def answered_or_exited() -> str | None:
         if proc.poll() is not None:
             return "exited"
-        return "answered" if router_status(url, timeout=1.0) is not None else None
+        return "answered" if router_status(control_url, timeout=1.0) is not None else None
 
     if wait_until(answered_or_exited, timeout, 0.05) == "answered":
         return proc.pid
@@ -646,12 +836,13 @@ def start_router(state_dir: str | os.PathLike, model: str, environment: str, ser
         proc.kill()
         proc.wait(5)
     tail = Path(log_path).read_text(errors="replace")[-1200:]
-    raise RuntimeError(f"The {environment} router did not start on {host}:{port}; see "
-                       f"{log_path}:\n{tail}")
+    raise RuntimeError(f"The {environment} router did not start on {host}:{port} (control "
+                       f"port {control_port}); see {log_path}:\n{tail}")
 
 
 def wait_generation(url: str, generation: int, timeout: float = 10.0) -> dict:
-    """Waits until the router at ``url`` applies routes of at least ``generation``."""
+    """Waits until the router whose control port is at ``url`` applies routes of at least
+    ``generation``."""
     status = None
 
     def applied() -> bool:
@@ -667,7 +858,8 @@ def wait_generation(url: str, generation: int, timeout: float = 10.0) -> dict:
 
 
 def wait_drained(url: str, backend_url: str, timeout: float = 30.0) -> bool:
-    """Waits until the router at ``url`` has no request in flight to ``backend_url``."""
+    """Waits until the router whose control port is at ``url`` has no request in flight to
+    ``backend_url``."""
 
     def drained() -> bool:
         status = router_status(url)
@@ -684,10 +876,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--environment", required=True, help="test or production")
     p.add_argument("--served-name", required=True, help="model name in the URL paths")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind")
-    p.add_argument("--port", type=int, required=True, help="port to bind")
-    p.add_argument("--max-body-bytes", type=int, default=64 * 2**20,
-                   help="largest request body; more is a 413")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address of the serving port (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, required=True, help="serving port")
+    p.add_argument("--control-port", type=int, default=0,
+                   help=f"port of the router's state (GET /-/router), on {CONTROL_HOST} "
+                        "only (0: any free port, logged)")
     p.add_argument("--connect-timeout", type=float, default=5.0,
                    help="seconds to connect to a model server")
     p.add_argument("--read-timeout", type=float, default=60.0,
@@ -698,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds before the first restart (doubles each time)")
     p.add_argument("--backoff-max", type=float, default=SupervisionPolicy.backoff_max,
                    help="longest wait between restarts")
+    add_edge_options(p)  # the model server's defaults: the same body limit on both hops
     return p
 
 
@@ -715,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
                                backoff_max=args.backoff_max)
     router = Router(args.state_dir, args.model, args.environment, args.served_name,
                     args.connect_timeout, args.read_timeout, policy)
-    asyncio.run(serve(router, args.host, args.port, args.max_body_bytes))
+    asyncio.run(serve(router, args.host, args.port, edge_limits(args), args.control_port))
     return 0
 
 

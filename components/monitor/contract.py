@@ -43,12 +43,16 @@ KINDS = ("traffic", "integrity", "drift", "prediction_drift", "performance", "te
 
 # Capture record fields (one JSON object per served instance). Optional fields may be absent.
 RECORD_FIELDS = {
-    "request_id": "str: the request's id (x-request-id or V2 id, else generated)",
+    "request_id": "str: the request's id, made by the server (answered as V1 request_id, "
+                  "V2 parameters.request_id)",
+    "client_request_id": "str, optional: the id the client gave (x-request-id or V2 id; "
+                         "'' when none), never used to join",
     "index": "int: the instance's position in the request",
     "time": "float: unix seconds when the answer was made",
     "model": "str: the served model's name",
     "model_version": "str: the registry version the predictor serves",
-    "revision": "str: 'stable' or 'canary' (MLOPS_REVISION in the predictor's environment)",
+    "revision": "str: 'stable' or 'canary' (the server's --revision / MLOPS_REVISION, or "
+                "the role its router proved it chose; never the client's word)",
     "protocol": "str: 'v1' or 'v2'",
     "stats": "dict: width, height, mode, brightness, contrast, sharpness of the input",
     "input_quality": "str, optional: 'ok', or why the input is junk (a key of "

@@ -107,8 +107,8 @@ class LabelStore:
         rid = str(req.request_id).strip()
         if not REQUEST_ID.match(rid) or rid in (".", ".."):
             raise LabelError(f"{where}invalid request id {req.request_id!r}: expect the "
-                             "x-request-id (or V2 id) the predictor answered, 1-200 letters, "
-                             "digits or . _ : @ + = -")
+                             "request_id the predictor answered (V1: request_id, V2: "
+                             "parameters.request_id), 1-200 letters, digits or . _ : @ + = -")
         label = str(req.label).strip()
         if label not in self.classes:  # the names ingestion accepts: Cat, dog, DOGS …
             label = IngestConfig(classes=tuple(self.classes)).canonical_label(label) or label

@@ -6,8 +6,10 @@
   body that does not arrive in time, answering 413 / 408 with ``Connection: close``;
 - refuses KServe's model repository API (``/v2/repository/…``: load and unload), which would
   let any client unload the served model;
-- routes every V2 ``infer`` body to the predictor's own reader (``v2_compat``), whatever its
-  ``Content-Type``, so that one strict parser answers every malformed request with a 400;
+- hands every inference body to the predictor unread, whatever its ``Content-Type``: V2 to
+  the strict reader (``v2_compat``), so that one parser answers every malformed request with
+  a 400, V1 under a content type KServe passes on, so that large bodies are parsed off the
+  event loop (``bodies.py``), never by KServe's JSON (or CloudEvents) decoding;
 - turns an unhandled exception into a 500 with a JSON body and keeps the connection usable.
   Starlette's ``ServerErrorMiddleware`` sends the 500 and then re-raises, and uvicorn answers
   an exception raised after the response by closing the keep-alive connection without
@@ -33,6 +35,7 @@ import threading
 import time
 from http import HTTPStatus
 
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import errors
 from prometheus_client import Counter
@@ -49,8 +52,9 @@ REQUESTS = Counter(prom.REQUESTS,
 
 _INFER = re.compile(r"^/v1/models/(?P<v1>[^/:]+):(predict|explain)$"
                     r"|^/v2/models/(?P<v2>[^/]+)(/versions/[^/]+)?/infer$")
-_V2_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 REPOSITORY_PREFIX = "/v2/repository"
+#: The content type a V1 body is handed to KServe with, so that KServe passes it on unread.
+UNREAD_V1 = b"application/vnd.mlops.unread-json"
 
 
 #: The status recorded (nginx's convention; never sent) for a request whose client closed the
@@ -112,7 +116,7 @@ class RequestGuard:
         match = _INFER.match(path)
         state = {"status": None, "refused": None, "error_body": b""}
         try:
-            status = await self._serve(scope, receive, send, path, method, state)
+            status = await self._serve(scope, receive, send, path, method, state, match)
         finally:
             if match:
                 name = match.group("v1") or match.group("v2")
@@ -125,7 +129,7 @@ class RequestGuard:
             self.warn.warning("Bad request %s %s: %d %s", method, _printable(path[:200]),
                               status, _printable(detail))
 
-    async def _serve(self, scope, receive, send, path, method, state) -> int | None:
+    async def _serve(self, scope, receive, send, path, method, state, match) -> int | None:
         async def reply(status: int, message: str, close: bool = False) -> None:
             body = json.dumps({"error": message}).encode()
             headers = [(b"content-type", b"application/json"),
@@ -147,11 +151,15 @@ class RequestGuard:
                         f"{self.max_body_bytes} (--max-body-bytes). Send fewer or smaller "
                         "images.", close=True)
             return 413
-        if method == "POST" and _V2_INFER.match(path):
-            # One strict reader for every V2 body, JSON or binary (see v2_compat).
+        if method == "POST" and match:
+            # Every inference body reaches the predictor unread: one strict reader for V2,
+            # JSON or binary (see v2_compat), and large bodies parsed off the event loop
+            # (bodies.py), never by KServe's JSON decoding (nor its CloudEvents, ce-*).
+            # (KServe parses V1 bodies of any JSON_HEADERS type, octet-stream included.)
             scope = dict(scope)
-            scope["headers"] = [(k, v) for k, v in headers if k != b"content-type"] + [
-                (b"content-type", b"application/octet-stream")]
+            scope["headers"] = [(k, v) for k, v in headers
+                                if k != b"content-type" and not k.startswith(b"ce-")] + [
+                (b"content-type", UNREAD_V1 if match.group("v1") else b"application/octet-stream")]
 
         deadline = time.monotonic() + self.body_timeout_s
         received = 0
@@ -279,6 +287,21 @@ def _quiet_exception_handlers(app) -> None:
     }
     for exc_class, handle in handlers.items():
         app.add_exception_handler(exc_class, handle)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+
+
+async def _invalid_request(_request, exc: RequestValidationError):
+    """FastAPI's own request validation (a V2 body that is missing, for one) answers 400 with
+    an ``error`` like every other client mistake, not its 422 ``detail`` list."""
+    problems = exc.errors()
+    if problems and all(p.get("type") == "missing" and tuple(p.get("loc", ()))[:1] == ("body",)
+                        for p in problems):
+        message = ("The request body is empty: a V2 request is a JSON object with an "
+                   "'inputs' list.")
+    else:
+        message = "Invalid request: " + "; ".join(
+            f"{'.'.join(map(str, p.get('loc', ())))}: {p.get('msg', '')}" for p in problems[:5])
+    return JSONResponse(status_code=HTTPStatus.BAD_REQUEST, content={"error": message})
 
 
 class _RateLimitFilter(logging.Filter):

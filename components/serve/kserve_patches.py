@@ -14,7 +14,8 @@ extension point for is changed here, and only here:
 - :func:`decode_raw_v2_bodies_with`: ``DataPlane.decode_inference_request`` for raw V2 bodies;
 - :func:`raw_infer_input`: an ``InferInput`` over binary data, read by ``numpy.frombuffer``
   (KServe keeps it in a private attribute);
-- :func:`bind_host`: KServe 0.20's REST server always binds 0.0.0.0;
+- :func:`configure_uvicorn`: KServe 0.20's REST server always binds 0.0.0.0 and gives
+  uvicorn no protocol class and no keep-alive setting of ours;
 - :func:`trim_request_path`: per-request logging, CPU timing and the event loop.
 
 Each was written against KServe :data:`SUPPORTED_KSERVE` and reaches into code that may
@@ -148,20 +149,52 @@ def raw_infer_input(name: str, shape: list[int], datatype: str, data: bytes,
 # ---- the server process ----------------------------------------------------------------------
 
 
-def bind_host(host: str) -> None:
-    """Makes KServe's REST server bind ``host``; KServe 0.20 always binds 0.0.0.0.
+def configure_uvicorn(host: str, http_protocol=None, keepalive_timeout_s: float | None = None
+                      ) -> None:
+    """Sets what KServe 0.20's REST server gives uvicorn no option for: the address to bind
+    (KServe always binds 0.0.0.0), the HTTP protocol class that reads each connection
+    (``edge.BoundedHttpProtocol``: uvicorn's ``Config(http=...)`` takes a class) and the
+    keep-alive timeout (KServe's default is 65 s).
 
-    Both of its servers (one process, or the ``--workers`` parent that binds the socket its
-    children share) take the address from the ``uvicorn.Config`` their ``RESTServer`` builds.
+    Both of KServe's servers (one process, or the ``--workers`` parent that binds the socket
+    its children share and sends them its ``uvicorn.Config``) take these from the config their
+    ``RESTServer`` builds, so ``http_protocol`` must pickle (a module-level class, or a
+    ``functools.partial`` of one).
     """
+    check_uvicorn(installed_uvicorn())
     original = getattr(rest.RESTServer.__init__, "wrapped", rest.RESTServer.__init__)
 
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.config.host = host
+        if http_protocol is not None:
+            self.config.http = http_protocol
+        if keepalive_timeout_s is not None:
+            self.config.timeout_keep_alive = keepalive_timeout_s
 
     __init__.wrapped = original
     rest.RESTServer.__init__ = __init__
+
+
+SUPPORTED_UVICORN = "0.54."
+"""The uvicorn releases whose httptools protocol ``edge.BoundedHttpProtocol`` extends (it
+reads the parser, the request cycle and the connection set of uvicorn's protocol)."""
+
+
+def installed_uvicorn() -> str:
+    return importlib.metadata.version("uvicorn")
+
+
+def check_uvicorn(version: str) -> None:
+    """Raises :class:`UnsupportedKServe` unless ``version`` is a :data:`SUPPORTED_UVICORN`
+    release (the bounded protocol relies on uvicorn's internals)."""
+    if not version.startswith(SUPPORTED_UVICORN):
+        raise UnsupportedKServe(
+            f"components/serve/edge.py extends the HTTP protocol of uvicorn "
+            f"{SUPPORTED_UVICORN}x, KServe's HTTP server, but uvicorn {version} is installed. "
+            f"Install uvicorn[standard]=={SUPPORTED_UVICORN}* (pip install "
+            "'mlops-workflow[serve]'), or check BoundedHttpProtocol against the new release "
+            "and then change SUPPORTED_UVICORN.")
 
 
 def trim_request_path(log_each_request: bool, workers: int = 1) -> None:

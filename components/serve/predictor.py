@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import io
 import json
 import logging
@@ -41,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.model import InferenceVerb
@@ -59,7 +59,8 @@ from components.common.images import (
 )
 from components.common.runtime import load_onnx, normalise
 from components.monitor.capture import CaptureWriter
-from components.serve import guard, kserve_patches, v2_compat
+from components.serve import bodies, guard, kserve_patches, routing, v2_compat
+from components.serve.limits import EdgeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,14 @@ class _Batch:
 
     x: np.ndarray
     protocol: str
-    request_id: str
+    request_id: str  # made by this server, the id labels are joined by
     started: float
+    client_request_id: str = ""  # what the client called it (x-request-id or V2 id), if any
     probs: np.ndarray | None = None
     sizes: list = field(default_factory=list)
     instances: list = field(default_factory=list)
     capture: bool = False  # this request is sampled for capture
-    revision: str = ""  # the role a router sent this request to (X-Model-Revision)
+    revision: str = ""  # the role a router proved it sent this request to (routing.py)
     stats: list = field(default_factory=list)  # per instance, when captured
     quality: list = field(default_factory=list)  # per instance, when captured (input_quality)
     encoded: list | None = None  # the images as received, when captured
@@ -104,6 +106,9 @@ class _Batch:
     binary_outputs: bool = False
 
 
+# Instances of a request run through ONNX Runtime on the event loop (a thread's hand-over
+# costs more than a camera frame's inference); more run in a thread.
+INLINE_INSTANCES = 2
 # A camera sends 2 MP (1080p) to 8 MP (4K) frames; phones 12 MP, some 16 MP (4608x3456).
 CAMERA_MAX_PIXELS = 16_000_000
 # Pixels of lossless images (PNG, WebP, GIF, TIFF, BMP) a request may declare regardless of
@@ -153,7 +158,6 @@ class ServingLimits:
 
     Attributes:
         max_instances: Most images in one request.
-        max_body_bytes: Largest request body, counted while it is read (chunked too).
         max_pixels: Largest declared image (width x height), read from its header before
             any pixel is decoded.
         max_request_pixels: Most declared pixels of all images of one request together.
@@ -163,17 +167,14 @@ class ServingLimits:
             thousands of pixels per byte is a decompression bomb (or a synthetic image),
             cheap to send and slow to decode. Baseline JPEG is exempt: it is decoded in
             draft mode at the model's scale.
-        body_timeout_s: Time for a request body to arrive.
         decode_threads: Threads that decode images (0: as many as ONNX Runtime threads
             when those are set, else one per core up to 4).
     """
 
     max_instances: int = 256
-    max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int = CAMERA_MAX_PIXELS
     max_request_pixels: int = 2 * CAMERA_MAX_PIXELS
     max_pixels_per_byte: int = 100
-    body_timeout_s: float = 30.0
     decode_threads: int = 0
 
 
@@ -182,9 +183,12 @@ class PetClassifier(Model):
 
     def __init__(self, name: str, package_dir: str, limits: ServingLimits = ServingLimits(),
                  capture=None, intra_op_threads: int = 0, spin_wait: bool = False,
-                 revision: str = ""):
+                 revision: str = "", edge: EdgeLimits = EdgeLimits()):
         """
         Args:
+            limits: What one request may ask of the model (instances, pixels).
+            edge: The HTTP bounds; the request guard (``guard.py``) holds bodies to its body
+                limit and deadline.
             capture: A ``components.monitor.capture.CaptureConfig`` (None: no capture).
             revision: ``stable`` or ``canary``, recorded with each captured instance
                 (default: ``$MLOPS_REVISION``, else ``stable``).
@@ -198,20 +202,23 @@ class PetClassifier(Model):
         self.spin_wait = spin_wait
         self.package_dir = Path(package_dir)
         self.limits = limits
+        self.edge = edge
         self.capture = capture
         self.revision = revision or os.environ.get("MLOPS_REVISION", "") or "stable"
         self._capture = None
         self.has_embedding = False
         self.registry_version = ""
         self._decoder: ThreadPoolExecutor | None = None
+        self._reader: bodies.BodyReader | None = None
         self.session = None
         self.classes: list[str] = []
         self.size = 0
 
     def load(self) -> bool:
         # In every process that serves this model, including --workers children.
-        kserve_patches.decode_raw_v2_bodies_with(v2_compat.request_from_body)
-        guard.install(self.limits.max_body_bytes, self.limits.body_timeout_s)
+        kserve_patches.decode_raw_v2_bodies_with(functools.partial(
+            v2_compat.request_from_body, max_bytes_elements=self.limits.max_instances))
+        guard.install(self.edge.max_body_bytes, self.edge.body_timeout_s)
 
         path = self.package_dir / "model.onnx"
         if not path.is_file():
@@ -256,6 +263,9 @@ class PetClassifier(Model):
         if self._capture is not None:
             self._capture.close(timeout=10.0)
             self._capture = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         super().stop()
 
     def __getstate__(self) -> dict:
@@ -263,7 +273,7 @@ class PetClassifier(Model):
         # process: send the settings, and let every worker load its own session and its own
         # capture writer (file names carry the process id).
         state = self.__dict__.copy()
-        state.update(session=None, _capture=None, _decoder=None, ready=False)
+        state.update(session=None, _capture=None, _decoder=None, _reader=None, ready=False)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -362,44 +372,26 @@ class PetClassifier(Model):
             out[i] = model_input(img, self.size)
         return normalise(out, self.mean, self.std)  # as in training
 
-    async def _decode(self, encoded: list[bytes], instances: list,
-                      stats: list | None = None) -> np.ndarray:
+    def _pool(self) -> ThreadPoolExecutor:
         if self._decoder is None:
             # As many as ONNX Runtime's threads, which follow the pod's CPU limit
             # (--ort-threads); else up to 4: each holds one decoded image (48 MB at 16 MP).
             threads = (self.limits.decode_threads or self.intra_op_threads
                        or min(4, os.cpu_count() or 1))
             self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        return self._decoder
+
+    async def _decode(self, encoded: list[bytes], instances: list,
+                      stats: list | None = None) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder, self._images_to_batch, encoded,
+        return await loop.run_in_executor(self._pool(), self._images_to_batch, encoded,
                                           instances, stats)
 
     def _check_count(self, n: int) -> None:
-        if n == 0:
-            raise InvalidInput("The request has no instances: send at least one image.")
-        if n > self.limits.max_instances:
-            raise InvalidInput(f"The request has {n} instances; the limit is "
-                               f"{self.limits.max_instances}. Split it into smaller requests.")
-
-    def _from_v1(self, payload: dict) -> list[bytes]:
-        instances = payload.get("instances")
-        if not isinstance(instances, list):
-            raise InvalidInput('Expected {"instances": [{"image_bytes": {"b64": "..."}}, ...]}.')
-        self._check_count(len(instances))
-        encoded = []
-        for i, inst in enumerate(instances):
-            b64 = None
-            if isinstance(inst, dict):
-                inner = inst.get("image_bytes", inst)
-                b64 = inner.get("b64") if isinstance(inner, dict) else None
-            if not isinstance(b64, str):
-                raise InvalidInput(f'Instance {i}: expected {{"image_bytes": {{"b64": "..."}}}} '
-                                   "with base64-encoded JPEG or PNG bytes.")
-            try:
-                encoded.append(base64.b64decode(b64, validate=True))
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidInput(f"Instance {i}: the b64 field is not valid base64.") from exc
-        return encoded
+        try:
+            bodies.check_count(n, self.limits.max_instances)
+        except bodies.BadRequest as exc:
+            raise InvalidInput(str(exc)) from None
 
     def _from_v2(self, request: InferRequest) -> tuple[np.ndarray | None, list[bytes] | None]:
         if len(request.inputs) != 1:
@@ -463,32 +455,54 @@ class PetClassifier(Model):
             outputs.append(RequestedOutput(out.name, params))
         return outputs, binary
 
+    async def _read(self, kind: str, body: bytes, header_length: str | None = None):
+        """``bodies.read_v1``/``read_v2`` of a body: here when it is small, else in the body
+        reader process, so that parsing never holds the event loop (see ``bodies.py``)."""
+        try:
+            if len(body) <= bodies.INLINE_BYTES:
+                if kind == "v1":
+                    return bodies.read_v1(body, self.limits.max_instances)
+                return bodies.read_v2(body, header_length, self.limits.max_instances)
+            if self._reader is None:
+                self._reader = bodies.BodyReader(self.limits.max_instances)
+            return await self._reader.read(kind, body, header_length)
+        except bodies.BadRequest as exc:
+            raise InvalidInput(str(exc)) from None
+
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> _Batch:
         started = time.perf_counter()
-        request_id = (headers or {}).get("x-request-id") or uuid.uuid4().hex
-        if isinstance(payload, (bytes, str)):  # a V1 body sent without a JSON content type
-            try:
-                payload = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"The request body is not JSON: {exc}.") from exc
+        headers = headers or {}
+        client_id = headers.get("x-request-id", "")
+        if isinstance(payload, str):
+            payload = payload.encode()
         outputs, binary = None, False
+        if isinstance(payload, v2_compat.DeferredRequest):  # too large to read on the loop
+            payload = v2_compat.to_infer_request(
+                await self._read("v2", payload.body, payload.header_length), self.name)
         if isinstance(payload, InferRequest):
             outputs, binary = self._requested_outputs(payload)
             x, encoded = self._from_v2(payload)
             protocol = "v2"
-            request_id = payload.id or request_id
+            client_id = payload.id or client_id
+        elif isinstance(payload, bytes):  # V1: the guard hands KServe every body unread
+            x, encoded, protocol = None, await self._read("v1", payload), "v1"
         elif isinstance(payload, dict):
-            x, encoded, protocol = None, self._from_v1(payload), "v1"
+            try:
+                encoded = bodies.images_from_v1(payload, self.limits.max_instances)
+            except bodies.BadRequest as exc:
+                raise InvalidInput(str(exc)) from None
+            x, protocol = None, "v1"
         else:
             raise InvalidInput("Unsupported request: send V1 JSON with 'instances' or a V2 "
                                "inference request.")
-        batch = _Batch(x=x, protocol=protocol, request_id=request_id, started=started,
-                       outputs=outputs, binary_outputs=binary)
+        # The id is this server's, never the client's: a client cannot make its requests
+        # share an id with another's (labels are joined by it). The client's own is kept.
+        batch = _Batch(x=x, protocol=protocol, request_id=uuid.uuid4().hex, started=started,
+                       client_request_id=str(client_id)[:200], outputs=outputs,
+                       binary_outputs=binary)
         batch.capture = self._capture is not None and self._capture.should_capture()
-        # A router in front (the local target's) says which role it chose for this request;
-        # a revision's role changes at promotion, so the request's word beats the process's.
-        routed = (headers or {}).get("x-model-revision", "")
-        batch.revision = routed if routed in ("stable", "canary") else ""
+        # The role: a router in front may say which it chose, if it proves it is the router.
+        batch.revision = routing.routed_role(headers)
         if encoded is not None:
             batch.x = await self._decode(encoded, batch.instances,
                                          batch.stats if batch.capture else None)
@@ -505,12 +519,19 @@ class PetClassifier(Model):
 
     async def predict(self, batch: _Batch, headers: dict[str, str] | None = None) -> _Batch:
         # One ONNX Runtime call for every instance of the request (and, for a captured
-        # request, the embedding from the same call).
-        if batch.capture and self.has_embedding:
-            batch.probs, batch.embeddings = self.session.run(["probabilities", "embedding"],
-                                                             {"input": batch.x})
+        # request, the embedding from the same call). A camera frame or two run here; more
+        # run in the decoding threads, so that a large request never holds the event loop.
+        names = (["probabilities", "embedding"] if batch.capture and self.has_embedding
+                 else ["probabilities"])
+        feed = {"input": batch.x}
+        if len(batch.x) <= INLINE_INSTANCES:
+            results = self.session.run(names, feed)
         else:
-            batch.probs = self.session.run(["probabilities"], {"input": batch.x})[0]
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._pool(), self.session.run, names, feed)
+        batch.probs = results[0]
+        if len(results) > 1:
+            batch.embeddings = results[1]
         return batch
 
     async def postprocess(self, batch: _Batch, headers: dict[str, str] | None = None):
@@ -524,14 +545,19 @@ class PetClassifier(Model):
         if batch.capture:
             self._submit(batch, labels, elapsed)
         if batch.protocol == "v1":
-            return {"predictions": [
+            answer = {"predictions": [
                 {"label": label, "probabilities": dict(zip(self.classes, map(float, row),
                                                            strict=True))}
                 for label, row in zip(labels, probs, strict=True)],
                 "model_version": self.model_version, "request_id": batch.request_id}
+            if batch.client_request_id:
+                answer["client_request_id"] = batch.client_request_id
+            return answer
+        # The Open Inference Protocol answers with the request's own id when it sent one;
+        # this server's id (the one labels are joined by) is in the parameters.
         return InferResponse(
-            response_id=batch.request_id, model_name=self.name,
-            model_version=self.model_version,
+            response_id=batch.client_request_id or batch.request_id, model_name=self.name,
+            model_version=self.model_version, parameters={"request_id": batch.request_id},
             infer_outputs=[
                 InferOutput("label", [len(labels)], "BYTES", np.array(labels, dtype=object)),
                 InferOutput("probabilities", list(probs.shape), "FP32",
@@ -550,6 +576,7 @@ class PetClassifier(Model):
         for i, label in enumerate(labels):
             record = {
                 "request_id": batch.request_id, "index": i, "time": now, "model": self.name,
+                "client_request_id": batch.client_request_id,
                 "model_version": self.registry_version, "model_id": self.model_version,
                 "revision": batch.revision or self.revision, "protocol": batch.protocol,
                 "stats": batch.stats[i] if i < len(batch.stats) else {},

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import PortTaken, check_port_free
 from components.monitor.capture import CaptureConfig
+from components.serve.edge import BoundedHttpProtocol
+from components.serve.limits import add_edge_options, edge_limits
 from components.serve.predictor import PetClassifier, ServingLimits
 
 
@@ -90,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="HTTP port (1-65535)")
     p.add_argument("--max-instances", type=_positive, default=limits.max_instances,
                    help="most images in one request")
-    p.add_argument("--max-body-bytes", type=_positive, default=limits.max_body_bytes,
-                   help="largest request body, counted while it is read; more is a 413")
     p.add_argument("--max-pixels", type=_positive, default=limits.max_pixels,
                    help="largest image (width x height, from its header); a camera's "
                         "16 MP photo fits")
@@ -100,11 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels-per-byte", type=_positive, default=limits.max_pixels_per_byte,
                    help="beyond 4 MP, most pixels the lossless images (PNG, WebP …) of a "
                         "request may declare per byte of their files (JPEG is exempt)")
-    p.add_argument("--body-timeout", type=float, default=limits.body_timeout_s,
-                   help="seconds for a request body to arrive; later is a 408")
     p.add_argument("--decode-threads", type=int, default=0,
                    help="threads that decode images off the event loop (0: as many as "
                         "--ort-threads when set, else one per core up to 4)")
+    add_edge_options(p)
     env = os.environ.get
     cap = p.add_argument_group(
         "capture (monitoring data; each default comes from an MLOPS_CAPTURE_* variable when set)")
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.serve import kserve_patches  # deferred: imports KServe, not for --help
 
+    edge = edge_limits(args)
+
     try:
         capture = capture_config(args)
     except ValueError as exc:
@@ -182,14 +184,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model = PetClassifier(args.name or name, package_dir,
                           ServingLimits(max_instances=args.max_instances,
-                                        max_body_bytes=args.max_body_bytes,
                                         max_pixels=args.max_pixels,
                                         max_request_pixels=args.max_request_pixels,
                                         max_pixels_per_byte=args.max_pixels_per_byte,
-                                        body_timeout_s=args.body_timeout,
                                         decode_threads=args.decode_threads),
                           capture=capture, revision=args.revision,
-                          intra_op_threads=args.ort_threads, spin_wait=args.ort_spin_wait)
+                          intra_op_threads=args.ort_threads, spin_wait=args.ort_spin_wait,
+                          edge=edge)
     try:
         check_port_free(args.host, args.port)
         model.load()
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kserve_patches.trim_request_path(args.log_each_request, args.workers)
-    kserve_patches.bind_host(args.host)
+    kserve_patches.configure_uvicorn(
+        args.host, functools.partial(BoundedHttpProtocol, limits=edge),
+        keepalive_timeout_s=edge.keepalive_timeout_s)
     server = ModelServer(http_port=args.port, enable_grpc=False, workers=args.workers,
                          enable_latency_logging=args.log_each_request)
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -35,6 +35,7 @@ from components.deploy.targets.base import (
     _check_env,
     _check_percent,
 )
+from components.serve import routing
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,22 @@ class LocalTarget(DeploymentTarget):
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
         os.replace(tmp, self._state_path)
 
+    def _env(self) -> dict[str, str]:
+        """The environment of the routers and model servers this target starts: this
+        process's, with the deployment's router token (``components/serve/routing.py``; made
+        once per state folder, readable by its owner only, never on a command line)."""
+        path = self.state_dir / "router.token"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"router.token.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(routing.new_token())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # the first writer's token wins; both then read it
+            tmp.unlink()
+        return {**os.environ, routing.TOKEN_ENV: path.read_text().strip()}
+
     def router(self, environment: str) -> dict:
         """The environment's router as recorded: ``pid``, ``host``, ``port``, ``url``, ``log``
         (empty if it never had one)."""
@@ -139,7 +156,7 @@ class LocalTarget(DeploymentTarget):
         """Requests the environment's router has answered per revision role since it started
         (``{"stable": n, "canary": m}``), or None when no router answers."""
         rec = self.router(environment)
-        status = rt.router_status(rec["url"]) if rec.get("url") else None
+        status = rt.router_status(rec["control_url"]) if rec.get("control_url") else None
         return dict(status["served"]) if status else None
 
     def supervision(self, environment: str) -> dict:
@@ -180,7 +197,9 @@ class LocalTarget(DeploymentTarget):
         routers = state.setdefault("routers", {})
         rec = dict(routers.get(environment) or {})
         if rec.get("pid") and rt.router_alive(rec["pid"], rec["port"]):
-            return rec
+            if rec.get("control_url"):
+                return rec
+            self.stop_router(environment)  # a router of before the control port: replaced
         host = rec.get("host") or self.router_host or "127.0.0.1"
         if self.router_host and self.router_host != host:
             host = self.router_host
@@ -188,16 +207,19 @@ class LocalTarget(DeploymentTarget):
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"router-{self.model_name}-{environment}.log"
+        control_port = free_port(rt.CONTROL_HOST)
         try:
             pid = rt.start_router(self.state_dir, self.model_name, environment,
                                   self.served_name(environment), host, port, log_path,
-                                  extra_args=self.router_args)
+                                  extra_args=self.router_args, control_port=control_port,
+                                  env=self._env())
         except RuntimeError as exc:
             raise DeploymentError(f"{exc}\nIf the port is taken, free it or give the "
                                   "environment another one (mlops deploy start --port).") from exc
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         rec = {"pid": pid, "host": host, "port": port, "url": f"http://{shown}:{port}",
-               "log": str(log_path)}
+               "control_port": control_port,
+               "control_url": f"http://{rt.CONTROL_HOST}:{control_port}", "log": str(log_path)}
         routers[environment] = rec
         logger.info("%s endpoint (router pid %d): %s", environment, pid, rec["url"])
         return rec
@@ -210,7 +232,7 @@ class LocalTarget(DeploymentTarget):
         with contextlib.suppress(ProcessLookupError):
             os.kill(rec["pid"], signal.SIGHUP)
         try:
-            rt.wait_generation(rec["url"], state["generation"])
+            rt.wait_generation(rec["control_url"], state["generation"])
         except RuntimeError as exc:
             raise DeploymentError(f"{exc} See {rec['log']}.") from exc
         return rec
@@ -219,7 +241,7 @@ class LocalTarget(DeploymentTarget):
         """Stops a revision the router no longer routes to, once nothing is in flight to it."""
         if rev is None:
             return
-        if router and not rt.wait_drained(router["url"], rev.url):
+        if router and not rt.wait_drained(router["control_url"], rev.url):
             logger.warning("Requests to version %d were still in flight after 30 s; stopping "
                            "it anyway", rev.version)
         report = self.supervision(environment)
@@ -268,7 +290,8 @@ class LocalTarget(DeploymentTarget):
         started = time.perf_counter()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=self._env())
         self._children[proc.pid] = proc
         url = f"http://{self.host}:{port}"
         try:
@@ -370,11 +393,11 @@ class LocalTarget(DeploymentTarget):
             state.pop(environment, None)
             self._write(state)  # the router stops routing (and supervising) first
             router = self.router(environment)
-            if router.get("pid"):
+            if router.get("pid") and router.get("control_url"):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(router["pid"], signal.SIGHUP)
                 with contextlib.suppress(RuntimeError):
-                    rt.wait_generation(router["url"], state["generation"], timeout=5)
+                    rt.wait_generation(router["control_url"], state["generation"], timeout=5)
             if dep is not None:
                 for rev in (dep.canary, dep.stable):
                     self._retire(environment, rev, None)

@@ -19,6 +19,7 @@ from components.deploy.client import v1_body
 from components.deploy.router import REVISION_HEADER, VERSION_HEADER, WeightedChoice
 from components.deploy.supervisor import process_alive, read_events
 from components.deploy.targets.local import LocalTarget
+from components.serve.routing import TOKEN_ENV, TOKEN_HEADER
 from tests.support import free_port
 
 MODEL = "pets"
@@ -122,8 +123,15 @@ def test_traffic_is_split_by_weight_and_answers_name_the_revision(env):
     for rev in (dep.stable, dep.canary):
         status, role, _ = _ask(requests.Session(), rev.url, images[0])
         assert status == 200 and role is None  # straight to the model server
-    router = requests.get(f"{dep.url}/-/router", timeout=5).json()
+    control = target.router("production")["control_url"]
+    assert control.startswith("http://127.0.0.1:") and control != dep.url
+    router = requests.get(f"{control}/-/router", timeout=5).json()
     assert router["routes"]["canary"] == {"version": 2, "url": dep.canary.url, "percent": 50}
+    # The serving port, which a camera on the network reaches, does not show it.
+    for method in ("GET", "POST"):
+        r = requests.request(method, f"{dep.url}/-/router", timeout=5)
+        assert r.status_code == 404 and "routes" not in r.text
+    assert requests.get(f"{dep.url}/-/healthz", timeout=5).status_code == 200
     target.rollback("production")
 
 
@@ -257,9 +265,12 @@ def test_cli_start_prints_the_camera_address_and_status_tells_the_truth(env):
     assert _send(dep.url, images, 3) == [(200, "stable", "2")] * 3
 
 
-@pytest.fixture
-def echo_router(tmp_path):
-    """A router in front of two plain HTTP servers on loopback that echo what they get."""
+ECHO_TOKEN = "token-of-the-echo-deployment"
+
+
+def _start_echo_router(tmp_path, *args):
+    """A router in front of two plain HTTP servers on loopback that echo what they get;
+    returns (serving URL, control URL, servers, state file, revisions, router pid)."""
     import http.server
 
     from components.deploy.router import start_router
@@ -275,13 +286,17 @@ def echo_router(tmp_path):
             if self.command != "HEAD":
                 self.wfile.write(body)
 
+        def _seen(self) -> dict:
+            return {"server": self.server.name, "expect": self.headers.get("Expect"),
+                    "revision": self.headers.get(REVISION_HEADER),
+                    "token": self.headers.get(TOKEN_HEADER)}
+
         def do_POST(self):
             data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self._answer(json.dumps({"server": self.server.name, "len": len(data),
-                                     "expect": self.headers.get("Expect")}).encode())
+            self._answer(json.dumps({**self._seen(), "len": len(data)}).encode())
 
         def do_GET(self):
-            self._answer(json.dumps({"server": self.server.name}).encode())
+            self._answer(json.dumps(self._seen()).encode())
 
         do_HEAD = do_GET
 
@@ -291,6 +306,7 @@ def echo_router(tmp_path):
     servers = []
     for name in ("a", "b"):
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+        srv.daemon_threads = True
         srv.name = name
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
@@ -300,10 +316,19 @@ def echo_router(tmp_path):
     state = tmp_path / f"{MODEL}.json"
     state.write_text(json.dumps({"generation": 1, "production": {
         "stable": rev[0], "canary": rev[1], "canary_percent": 50}}))
-    port = free_port()
+    port, control = free_port(), free_port()
     pid = start_router(tmp_path, MODEL, "production", MODEL, "127.0.0.1", port,
-                       tmp_path / "router.log", extra_args=("--max-body-bytes=100000",))
-    yield f"http://127.0.0.1:{port}", servers, state, rev
+                       tmp_path / "router.log", extra_args=args, control_port=control,
+                       env={**os.environ, TOKEN_ENV: ECHO_TOKEN})
+    return (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}", servers, state, rev,
+            pid)
+
+
+@pytest.fixture
+def echo_router(tmp_path):
+    url, control, servers, state, rev, pid = _start_echo_router(
+        tmp_path, "--max-body-bytes=100000")
+    yield url, control, servers, state, rev
     os.kill(pid, signal.SIGTERM)
     for srv in servers:
         srv.shutdown()
@@ -314,7 +339,7 @@ def echo_router(tmp_path):
 def test_router_passes_http_through_faithfully(echo_router):
     import http.client
 
-    url, servers, state, rev = echo_router
+    url, control, servers, state, rev = echo_router
     port = int(url.rsplit(":", 1)[1])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     # Expect: 100-continue (curl sends it for bodies over 1 KiB) is answered by the router.
@@ -346,7 +371,7 @@ def test_router_passes_http_through_faithfully(echo_router):
     answers = [requests.post(f"{url}/p", data=b"{}", timeout=5) for _ in range(10)]
     assert [a.status_code for a in answers] == [200] * 10
     assert {a.json()["server"] for a in answers} == {"a"}
-    status = requests.get(f"{url}/-/router", timeout=5).json()
+    status = requests.get(f"{control}/-/router", timeout=5).json()
     assert status["retried"] >= 5 and status["served"]["stable"] >= 10
     # Nothing deployed: a 503 that says so.
     state.write_text(json.dumps({"generation": 3}))

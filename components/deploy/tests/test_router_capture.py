@@ -1,5 +1,6 @@
 """Production on the local target captures what it serves, and each record names the role
-(stable or canary) the router chose for its request; the test environment never captures."""
+(stable or canary) the router chose for its request, whatever the client claimed; the test
+environment never captures."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from components.deploy.client import v1_body
 from components.deploy.router import REVISION_HEADER
 from components.deploy.targets.local import LocalTarget
 from components.monitor.window import read_window
+from components.serve.routing import TOKEN_HEADER
 
 MODEL = "pets"
 
@@ -41,12 +43,15 @@ def test_captures_name_the_role_the_router_chose(package_dir, dataset_dirs, tmp_
         target.deploy("production", 1)
         dep = target.start_canary("production", 2, 50)
         session = requests.Session()
-        served = Counter()
-        for i in range(40):
+        served, ids = Counter(), set()
+        for i in range(40):  # every one claims to be canary traffic, under one id
             r = session.post(f"{dep.url}/v1/models/{MODEL}:predict",
-                             json=v1_body([images[i % len(images)]]), timeout=30)
+                             json=v1_body([images[i % len(images)]]), timeout=30,
+                             headers={REVISION_HEADER: "canary", TOKEN_HEADER: "a-guess",
+                                      "x-request-id": "dup"})
             assert r.status_code == 200
             served[r.headers[REVISION_HEADER]] += 1
+            ids.add(r.json()["request_id"])
         test_url = target.status("test").url
         for i in range(5):
             r = session.post(f"{test_url}/v1/models/{MODEL}-test:predict",
@@ -59,5 +64,7 @@ def test_captures_name_the_role_the_router_chose(package_dir, dataset_dirs, tmp_
     # Every answer was captured once, under the role that served it and that role's version.
     pairs = Counter((str(r["model_version"]), r["revision"]) for r in win.records)
     assert pairs == {("1", "stable"): 20, ("2", "canary"): 20}, pairs
+    assert {r["request_id"] for r in win.records} == ids and len(ids) == 40
+    assert {r["client_request_id"] for r in win.records} == {"dup"}
     # Nothing from the test environment: it never captures.
     assert not win.problems.get("foreign"), win.problems

@@ -75,18 +75,25 @@ def test_served_requests_are_captured_in_batches_with_the_contract_fields(
         "--capture-batch-seconds", "60", "--capture-image-rate", "1",
         env={"MLOPS_REVISION": "canary"})
     try:
-        answers = {}
+        answers, ids = {}, {}
         for n in range(5):  # 5 requests of 2 images: 10 records
             r = _v1(url, images[n:n + 2], request_id=f"cam1-{n}")
             assert r.status_code == 200
-            assert r.json()["request_id"] == f"cam1-{n}"  # the id a label is joined by
+            # The server's own id (the one a label is joined by); the client's beside it.
+            assert r.json()["client_request_id"] == f"cam1-{n}"
+            ids[f"cam1-{n}"] = r.json()["request_id"]
             answers[f"cam1-{n}"] = r.json()["predictions"]
-        r = _v1(url, [images[0]])  # no x-request-id: the server makes one and says which
+        r = _v1(url, [images[0]])  # no x-request-id: the server's id only
         assert r.status_code == 200 and len(r.json()["request_id"]) == 32
+        assert "client_request_id" not in r.json()
         v2 = httpx.post(f"{url}/v2/models/{MODEL}/infer", timeout=30, json={
             "id": "v2-req", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                         "data": [base64.b64encode(images[3]).decode()]}]})
         assert v2.status_code == 200
+        # The protocol's id is the client's; the server's is in the parameters.
+        assert v2.json()["id"] == "v2-req"
+        ids["v2-req"] = v2.json()["parameters"]["request_id"]
+        assert len(set(ids.values())) == 6 and all(len(i) == 32 for i in ids.values())
         # 12 records: two batches of 5 are written while serving; the rest waits for the
         # batch timer (a minute) or the shutdown.
         deadline = time.monotonic() + 20
@@ -107,7 +114,8 @@ def test_served_requests_are_captured_in_batches_with_the_contract_fields(
     by_id = {(r["request_id"], r["index"]): r for r in records}
     for n in range(5):
         for i in range(2):
-            rec = by_id[(f"cam1-{n}", i)]
+            rec = by_id[(ids[f"cam1-{n}"], i)]
+            assert rec["client_request_id"] == f"cam1-{n}"
             assert set(RECORD_FIELDS) <= set(rec)
             assert rec["model"] == MODEL and rec["revision"] == "canary"
             assert rec["protocol"] == "v1" and rec["latency_ms"] > 0
@@ -119,7 +127,8 @@ def test_served_requests_are_captured_in_batches_with_the_contract_fields(
             assert rec["stats"] == stats
             assert np.allclose(rec["embedding"], embed(x[None])[0], atol=1e-5)
             assert store.get(image_key(rec["image_sha256"])) == images[n + i]
-    assert by_id[("v2-req", 0)]["protocol"] == "v2"
+    assert by_id[(ids["v2-req"], 0)]["protocol"] == "v2"
+    assert by_id[(ids["v2-req"], 0)]["client_request_id"] == "v2-req"
     # Images are content-addressed: 6 distinct images were sent 13 times.
     assert len(list(store.list("capture/images"))) == len({r["image_sha256"] for r in records})
     assert len({r["image_sha256"] for r in records}) == 6
@@ -129,10 +138,10 @@ def test_served_requests_are_captured_in_batches_with_the_contract_fields(
     from components.monitor.window import read_window
 
     labels = LabelStore(str(capture), MODEL, ["cats", "dogs"])
-    labels.add(LabelRequest("cam1-0", "dogs", index=1, by="reviewer"))
+    labels.add(LabelRequest(ids["cam1-0"], "dogs", index=1, by="reviewer"))
     win = read_window(str(capture), MODEL, time.time() - 600, time.time() + 60)
     assert len(win) == 12 and win.bad_records == 0 and win.n_labelled == 1
-    assert next(r for r in win.records if (r["request_id"], r["index"]) == ("cam1-0", 1)
+    assert next(r for r in win.records if (r["request_id"], r["index"]) == (ids["cam1-0"], 1)
                 )["true_label"] == "dogs"
     assert win.embeddings().shape == (12, 64)
 

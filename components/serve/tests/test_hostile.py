@@ -278,6 +278,8 @@ def _binary_fp32(nbytes: int) -> tuple[bytes, dict]:
 
 
 MALFORMED = {
+    "empty body": (b"", {}, "The request body is empty"),
+    "empty body, JSON": (b"", JSON, "The request body is empty"),
     # V2 JSON sent without a Content-Type (as tritonclient does)
     "no name": (_v2({"shape": [1], "datatype": "BYTES", "data": [_B64]}), {}, "no 'name'"),
     "no shape": (_v2({"name": "i", "datatype": "BYTES", "data": [_B64]}), {}, "'shape'"),

@@ -21,6 +21,13 @@ def test_the_installed_kserve_is_the_supported_one():
         kserve_patches.check_kserve("0.21.0")
 
 
+def test_the_bounded_protocol_is_installed_only_on_the_uvicorn_it_was_written_for():
+    assert kserve_patches.installed_uvicorn().startswith(kserve_patches.SUPPORTED_UVICORN)
+    kserve_patches.check_uvicorn(kserve_patches.installed_uvicorn())
+    with pytest.raises(kserve_patches.UnsupportedKServe, match=r"uvicorn 0\.60\.1 is installed"):
+        kserve_patches.check_uvicorn("0.60.1")
+
+
 @pytest.mark.timeout(120)
 def test_importing_the_patches_with_another_kserve_fails_naming_the_supported_version():
     code = ("import importlib.metadata as m\n"
@@ -46,8 +53,8 @@ def test_patches_applied_twice_do_not_stack(monkeypatch):
     kserve_patches.configure_rest_app(lambda app, server: calls.append("first"))
     kserve_patches.configure_rest_app(lambda app, server: calls.append("second"))
     assert rest.RESTServer.create_application.unconfigured is original_create
-    kserve_patches.bind_host("127.0.0.1")
-    kserve_patches.bind_host("::1")
+    kserve_patches.configure_uvicorn("127.0.0.1")
+    kserve_patches.configure_uvicorn("::1", keepalive_timeout_s=5)
     assert rest.RESTServer.__init__.wrapped is original_init
     kserve_patches.decode_raw_v2_bodies_with(lambda body, headers, name: ("one", body))
     kserve_patches.decode_raw_v2_bodies_with(lambda body, headers, name: ("two", body))

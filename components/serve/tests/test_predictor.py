@@ -6,9 +6,11 @@ import asyncio
 import base64
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import httpx
@@ -18,12 +20,14 @@ from PIL import Image
 
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
+from components.serve.routing import REVISION_HEADER, TOKEN_ENV, TOKEN_HEADER
 from tests.support import free_port, start_model_server, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = "pets"
 MAX_BODY = 400_000
+TOKEN = "the-router-token-of-this-deployment"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def server(package_dir, tmp_path_factory):
          "--registry", str(base / "registry"), "--cache-dir", str(base / "cache"),
          "--port", str(port), "--max-body-bytes", str(MAX_BODY), "--max-instances", "64",
          "--capture-uri", str(log_dir), "--capture-batch-seconds", "0.2"],
-        url, MODEL, base / "server.log")
+        url, MODEL, base / "server.log", env={**os.environ, TOKEN_ENV: TOKEN})
     yield {"url": url, "log_dir": log_dir, "proc": proc, "server_log": base / "server.log",
            "package_dir": package_dir}
     stop_process(proc)
@@ -272,16 +276,15 @@ def test_body_over_the_limit_is_refused(server, images):
 
 
 def test_metrics_and_request_logs(server, images):
-    rid = "metrics-and-logs-1"
-    _v1(server, [_b64(images[0][0])], headers={"x-request-id": rid})
+    answer = _v1(server, [_b64(images[0][0])], headers={"x-request-id": "metrics-and-logs-1"})
+    rid = answer.json()["request_id"]  # the server's own id; the client's is kept beside it
+    assert answer.json()["client_request_id"] == "metrics-and-logs-1" and len(rid) == 32
     text = httpx.get(f"{server['url']}/metrics", timeout=10).text
     assert 'pet_classifier_predicted_class_total{label="' in text
     assert 'pet_classifier_requests_total{model="pets",outcome="ok",protocol="v1"}' in text
     assert 'outcome="bad_request"' in text
     assert "pet_classifier_request_seconds_bucket" in text
     # Captured for monitoring (components/monitor/tests/test_capture_server.py tests it fully).
-    import time
-
     def ours():  # this request's record (earlier tests' records are there too)
         return [r for p in server["log_dir"].rglob("*.jsonl")
                 for r in map(json.loads, p.read_text().splitlines())
@@ -293,8 +296,46 @@ def test_metrics_and_request_logs(server, images):
     found = ours()
     assert found
     record = found[0]
+    assert record["client_request_id"] == "metrics-and-logs-1"
     assert record["model"] == MODEL and record["label"] and record["stats"]["width"]
     assert record["revision"] == "stable"  # no MLOPS_REVISION: the stable revision
+
+
+def _captured(server, request_ids: set, timeout: float = 10) -> list[dict]:
+    """The capture records of these requests, once they are all written."""
+    def found():
+        return [r for p in server["log_dir"].rglob("*.jsonl")
+                for r in map(json.loads, p.read_text().splitlines())
+                if r.get("request_id") in request_ids]
+
+    deadline = time.monotonic() + timeout
+    while len(found()) < len(request_ids) and time.monotonic() < deadline:
+        time.sleep(0.1)  # capture writes in batches
+    return found()
+
+
+def test_a_client_chooses_neither_the_revision_nor_the_request_id(server, images):
+    """A stable server records its traffic as stable whatever a client claims, and gives every
+    request an id of its own: sharing one id cannot make records ambiguous. Only a router that
+    proves itself with the deployment's token may say a request was the canary's."""
+    frame = [_b64(images[0][0])]
+    spoofs = [{REVISION_HEADER: "canary"},
+              {REVISION_HEADER: "canary", TOKEN_HEADER: "a-guess"},
+              {REVISION_HEADER: "canary", TOKEN_HEADER: ""}]
+    answers = [_v1(server, frame, headers={**spoof, "x-request-id": "dup"})
+               for spoof in spoofs for _ in range(4)]
+    routed = [_v1(server, frame, headers={REVISION_HEADER: "canary", TOKEN_HEADER: TOKEN,
+                                          "x-request-id": "dup"}) for _ in range(2)]
+    assert all(r.status_code == 200 for r in answers + routed)
+    spoofed = {r.json()["request_id"] for r in answers}
+    by_router = {r.json()["request_id"] for r in routed}
+    assert len(spoofed) == 12 and len(by_router) == 2  # one id per request, none the client's
+    assert {r.json()["client_request_id"] for r in answers + routed} == {"dup"}
+    records = _captured(server, spoofed | by_router)
+    assert len(records) == 14
+    assert {r["revision"] for r in records if r["request_id"] in spoofed} == {"stable"}
+    assert {r["revision"] for r in records if r["request_id"] in by_router} == {"canary"}
+    assert {r["client_request_id"] for r in records} == {"dup"}
 
 
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
