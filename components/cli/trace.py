@@ -14,7 +14,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("trace", help="where an answer came from: request -> capture -> model "
                                      "-> data -> code -> run -> monitoring -> label")
     p.add_argument("request_id", help="the request id `mlops deploy predict` printed "
-                                      "(x-request-id, V1 request_id or V2 id)")
+                                      "(the server's: V1 request_id, V2 "
+                                      "parameters.request_id)")
     p.add_argument("--model", default="pet-classifier", help="registered model name")
     p.add_argument("--store", default="",
                    help="monitoring store URI (default: $MLOPS_MONITORING_URI, else "

@@ -64,7 +64,7 @@ def trace_request(request_id: str, model: str, store_uri: str, registry_uri: str
             f"request {request_id!r} was not captured for {model} in {store.uri} (production "
             "writes captures in batches: every 500 records or 60 s, and when it stops; "
             "`mlops deploy stop` flushes them). Request ids are printed by `mlops deploy "
-            "predict` and returned as request_id (V1) or id (V2).")
+            "predict` and returned as request_id (V1) or parameters.request_id (V2).")
     registry = ModelRegistry(registry_uri)
     labels = read_labels(store, model, {request_id})
     verdicts = history(store_uri, model)
