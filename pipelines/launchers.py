@@ -23,6 +23,7 @@ from components.common.records import now_iso
 from components.govern.trigger import LaunchError, RetrainLauncher
 from pipelines import PIPELINES, load
 from pipelines.local import run_local
+from pipelines.runs import RunRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +67,15 @@ class LocalLauncher(RetrainLauncher):
 
     def __init__(self, arguments: dict, runs_root: str | os.PathLike,
                  pipeline: str = "continuous-training", trigger_argument: str = "trigger",
-                 wait: bool = False, timeout_s: float | None = None):
+                 wait: bool = False, timeout_s: float | None = None,
+                 records_dir: str | os.PathLike | None = None):
         self.arguments = dict(arguments)
         self.runs_root = Path(runs_root)
         self.pipeline = pipeline
         self.trigger_argument = trigger_argument
         self.wait = wait
         self.timeout_s = timeout_s
+        self.records_dir = records_dir
 
     def launch(self, trigger: dict) -> dict:
         name = _pipeline_name(self.pipeline)
@@ -81,7 +84,8 @@ class LocalLauncher(RetrainLauncher):
         run_dir.mkdir(parents=True)
         spec = {"pipeline": name, "pipeline_root": str(run_dir / "outputs"),
                 "arguments": {**self.arguments, self.trigger_argument: json.dumps(trigger)},
-                "result": str(run_dir / "result.json")}
+                "result": str(run_dir / "result.json"),
+                "records_dir": str(self.records_dir) if self.records_dir else ""}
         (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
         with open(run_dir / "run.log", "ab") as log:
             proc = subprocess.Popen(
@@ -118,7 +122,17 @@ def run_local_spec(spec_path: str) -> int:
     try:
         if ":" in spec["pipeline"]:  # module:function, e.g. a pipeline outside the collection
             PIPELINES[spec["pipeline"]] = tuple(spec["pipeline"].split(":", 1))
-        outputs = run_local(spec["pipeline"], spec["arguments"], spec["pipeline_root"])
+        if spec.get("records_dir"):  # listed by `mlops runs`, its reports with .html names
+            recorder = RunRecorder(spec["records_dir"], spec["pipeline"], spec["arguments"],
+                                   str(Path(spec_path).parent / "run.log"),
+                                   spec["pipeline_root"])
+            with recorder:
+                outputs = run_local(spec["pipeline"], spec["arguments"],
+                                    spec["pipeline_root"])
+                recorder.outputs = outputs
+            result["run_record"] = recorder.record["run_id"]
+        else:
+            outputs = run_local(spec["pipeline"], spec["arguments"], spec["pipeline_root"])
         result.update(state="succeeded", outputs={
             k: (v if isinstance(v, str | int | float | bool) or v is None
                 else getattr(v, "uri", str(v))) for k, v in outputs.items()})
@@ -253,7 +267,8 @@ class KfpLauncher(RetrainLauncher):
 def open_launcher(kind: str, arguments: dict, *, runs_root: str | os.PathLike = "",
                   pipeline: str = "continuous-training", trigger_argument: str = "trigger",
                   kfp_host: str = "", package_path: str = "", namespace: str | None = None,
-                  wait: bool = False) -> RetrainLauncher | None:
+                  wait: bool = False, records_dir: str | os.PathLike | None = None
+                  ) -> RetrainLauncher | None:
     """The launcher of ``kind``: ``none`` (record the trigger only), ``local`` or ``kfp``.
 
     Args:
@@ -266,6 +281,7 @@ def open_launcher(kind: str, arguments: dict, *, runs_root: str | os.PathLike = 
         package_path: The compiled pipeline (``kfp``; empty: compile ``pipeline``).
         namespace: The profile namespace (``kfp``).
         wait: Wait for a local run to end.
+        records_dir: Where a local run is recorded for ``mlops runs`` (None: not recorded).
 
     Raises:
         ValueError: An unknown kind.
@@ -277,7 +293,8 @@ def open_launcher(kind: str, arguments: dict, *, runs_root: str | os.PathLike = 
                            trigger_argument=trigger_argument, pipeline=pipeline)
     if kind == "local":
         return LocalLauncher(arguments, runs_root, pipeline=pipeline,
-                             trigger_argument=trigger_argument, wait=wait)
+                             trigger_argument=trigger_argument, wait=wait,
+                             records_dir=records_dir)
     raise ValueError(f"Unknown launcher {kind!r}. Expect kfp, local or none.")
 
 

@@ -13,6 +13,9 @@ import datetime as _dt
 import json
 import logging
 import os
+import signal
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -118,14 +121,39 @@ def write_record(runs_dir: str | os.PathLike, record: dict) -> Path:
     return path
 
 
+def _gone(record: dict) -> bool:
+    """A ``running`` record whose process on this host no longer runs (killed -9, a lost
+    machine): it will never write its outcome."""
+    pid, host = record.get("pid"), record.get("host")
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a reused pid: another process started after the run
+        started = Path(f"/proc/{pid}").stat().st_mtime
+        return started > _dt.datetime.fromisoformat(record["started"]).timestamp() + 5
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def list_records(runs_dir: str | os.PathLike) -> list[dict]:
     folder = Path(runs_dir)
     records = []
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            records.append(json.loads(p.read_text()))
+            record = json.loads(p.read_text())
         except (OSError, ValueError) as exc:
             logger.warning("Skipping unreadable run record %s: %s", p, exc)
+            continue
+        if record.get("status") == "running" and _gone(record):
+            record["status"] = "killed"
+            record["error"] = (f"its process {record['pid']} ended without recording an "
+                               "outcome (killed); run it again")
+        records.append(record)
     return sorted(records, key=lambda r: r.get("started", ""))
 
 
@@ -155,12 +183,18 @@ class RunRecorder:
         self.record = {"run_id": new_run_id(pipeline), "pipeline": pipeline,
                        "arguments": _plain(arguments), "log": log_path,
                        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                       "status": "running"}
+                       "status": "running", "pid": os.getpid(),
+                       "host": socket.gethostname()}
         self._t0 = time.monotonic()
         self.outputs: dict | None = None
 
     def __enter__(self) -> RunRecorder:
         write_record(self.runs_dir, self.record)
+        self._sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (kill, systemd, a pod's end) ends the run as Ctrl-C does: recorded.
+            self._sigterm = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
+            signal.signal(signal.SIGTERM, _terminated)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -172,8 +206,22 @@ class RunRecorder:
         if exc is None:
             self.record["status"] = "succeeded"
             self.record["outputs"] = describe_outputs(self.outputs or {})
+        elif isinstance(exc, KeyboardInterrupt):
+            self.record["status"] = "interrupted"
+            self.record["error"] = ("stopped by SIGTERM" if isinstance(exc, Terminated)
+                                    else "stopped by Ctrl-C") + "; run it again"
         else:
             self.record["status"] = "failed"
-            self.record["failed_step"] = getattr(exc, "task", "")
+            self.record["failed_step"] = getattr(exc, "task", "") or "(before any step)"
             self.record["error"] = getattr(exc, "error", "") or str(exc)
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
         write_record(self.runs_dir, self.record)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a run was recorded (ends the command as Ctrl-C does)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()

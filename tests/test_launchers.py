@@ -22,7 +22,7 @@ def test_local_launcher_runs_a_pipeline_under_kfp_local(tmp_path):
     out = tmp_path / "trigger.json"
     launcher = LocalLauncher({"out_file": str(out)}, tmp_path / "runs",
                              pipeline="components.govern.tests.retrain_pipeline:retrain_stand_in",
-                             wait=True, timeout_s=200)
+                             wait=True, timeout_s=200, records_dir=tmp_path / "records")
     acts = govern(verdict("w1", 1), POLICY, store_uri=str(tmp_path / "store"),
                   launcher=launcher)
     assert acts[0]["action"] == "retrain"
@@ -31,6 +31,11 @@ def test_local_launcher_runs_a_pipeline_under_kfp_local(tmp_path):
                                                   "run.log").read_text()[-3000:]
     assert json.loads(out.read_text())["verdict"] == "w1"
     assert launcher.state(ep["launch"]) == "succeeded"
+    # The retraining run is in `mlops runs list` like any other (issue 23, finding 5).
+    from pipelines.runs import list_records
+
+    (record,) = list_records(tmp_path / "records")
+    assert record["status"] == "succeeded" and record["pipeline"].endswith("retrain_stand_in")
 
 
 def test_local_launcher_names_an_unknown_pipeline(tmp_path):

@@ -84,7 +84,8 @@ def _launcher(args, policy, store: str):
                          pipeline=policy.retrain.pipeline,
                          trigger_argument=policy.retrain.trigger_argument,
                          kfp_host=args.kfp_host, package_path=args.package,
-                         namespace=args.namespace or None, wait=args.wait)
+                         namespace=args.namespace or None, wait=args.wait,
+                         records_dir=home / "runs")
 
 
 def _target(args):

@@ -37,7 +37,8 @@ def _cmd_list(args) -> int:
         return 0
     for r in records[-args.last:]:
         extra = (f"  failed at {r.get('failed_step')}: {r.get('error')}"
-                 if r.get("status") == "failed" else "")
+                 if r.get("status") == "failed" else f"  {r.get('error')}"
+                 if r.get("status") in ("interrupted", "killed") else "")
         print(f"{r['run_id']:<48} {r['started']}  {r.get('status', '?'):<9} "
               f"{r.get('duration_s', '-'):>7} s{extra}")
     return 0
