@@ -208,7 +208,7 @@ class RunRecorder:
             self.record["outputs"] = describe_outputs(self.outputs or {})
         elif isinstance(exc, KeyboardInterrupt):
             self.record["status"] = "interrupted"
-            self.record["error"] = ("stopped by SIGTERM" if isinstance(exc, Terminated)
+            self.record["error"] = ("stopped by SIGTERM" if isinstance(exc, _Terminated)
                                     else "stopped by Ctrl-C") + "; run it again"
         else:
             self.record["status"] = "failed"
@@ -219,9 +219,9 @@ class RunRecorder:
         write_record(self.runs_dir, self.record)
 
 
-class Terminated(KeyboardInterrupt):
+class _Terminated(KeyboardInterrupt):
     """SIGTERM arrived while a run was recorded (ends the command as Ctrl-C does)."""
 
 
 def _terminated(signum, frame):
-    raise Terminated()
+    raise _Terminated()
