@@ -83,7 +83,7 @@ def print_verdict(v) -> None:
     for c in v.checks:
         value = "-" if c.value is None else (f"{c.value:.4g}" if isinstance(c.value, float)
                                              else str(c.value))
-        print(f"  {_ICONS[c.status]}  {c.name:<34} {value:>10}  {c.detail}")
+        print(f"  {_ICONS[c.status]}  {c.key:<34} {value:>10}  {c.detail}")
     if v.report_uri:
         print(f"Report: {v.report_uri}")
 
@@ -218,6 +218,8 @@ def _cmd_reference(args) -> int:
     if ref.population:
         print(f"  from {ref.population}")
     print("  class prior: " + ", ".join(f"{k} {v:.3f}" for k, v in ref.prior.items()))
+    if ref.contexts:
+        print("  contexts: " + ", ".join(f"{k} {v}" for k, v in ref.context_counts().items()))
     for name, values in ref.stats.items():
         arr = np.asarray(values, dtype=float)
         print(f"  {name:<10} min {arr.min():.4g}  median {np.median(arr):.4g}  max "

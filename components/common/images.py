@@ -5,10 +5,12 @@ One function decides whether bytes are a usable photo, so that the data-ingestio
 training data loader and the predictor agree on what is an image, and one function
 (:func:`preprocess_image`) turns a photo into the network's input, so that training and
 serving see the same pixels for the same photo. One function (:func:`image_stats`) measures
-an input image (size, mode, brightness, contrast, sharpness), and :func:`decode_and_measure`
-gives a photo's network input and its statistics from one decode: the predictor, the
-monitoring reference and the training-ready shards all measure with them, so production and
-training images are measured the same way.
+an input image (size, mode, brightness, contrast, sharpness, colourfulness) and the
+operating condition it was taken in (:func:`measure_context`: the park's camera sees ``day``
+in colour and ``night`` in infrared), and :func:`decode_and_measure` gives a photo's network
+input and its statistics from one decode: the predictor, the monitoring reference and the
+training-ready shards all measure with them, so production and training images are measured,
+and put in a context, the same way.
 
 Camera-sized JPEGs are decoded in *draft* mode where only a smaller image is needed: libjpeg
 scales by 1/2, 1/4 or 1/8 while it decodes (in the DCT domain), which costs a fraction of a
@@ -19,6 +21,8 @@ truncated or corrupt file is caught exactly as by a full decode.
 from __future__ import annotations
 
 import io
+import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -38,6 +42,21 @@ DEFAULT_MIN_SIDE = 16
 _ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose reads
 #: Longest side of the grey image the input statistics are measured on.
 STATS_SIDE = 256
+#: Longest side of the colour image colourfulness is measured on (colour varies slowly).
+COLOUR_SIDE = 64
+
+#: The pet park's operating conditions: the camera films in colour by day and switches to
+#: its infrared night mode in the dark. The first is the default context, the one an image
+#: is in when no rule of another context recognises it.
+DEFAULT_CONTEXTS = ("day", "night")
+#: How a context is recognised from an image's statistics: every bound must hold. An
+#: infrared frame is greyscale (its colourfulness is that of JPEG noise, under 0.02; a
+#: colour photo of the park measures 0.07 to 0.55) and dim (the illuminator lights the
+#: near field only; the park's night frames measure brightness 0.12 to 0.31, day frames
+#: 0.23 to 0.75). A declared context without a rule here is only known from what the
+#: camera client sends.
+CONTEXT_RULES = {"night": {"max_colourfulness": 0.02, "max_brightness": 0.45}}
+_CONTEXT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 # What makes a served input junk rather than a photo of anything: the predictor records the
 # verdict with each captured input, and the monitor counts junk under integrity and leaves it
@@ -254,8 +273,14 @@ def image_stats(img: Image.Image, mode: str | None = None,
         size: The image's full (width, height) when ``img`` was decoded at a reduced scale
             (a JPEG in draft mode); ``img.size`` when not given.
 
+    Colourfulness is Hasler and Süsstrunk's measure (2003: the spread and mean distance of
+    the red-green and yellow-blue opponent channels, 0..1 scale here) on the colour image
+    reduced to at most ``COLOUR_SIDE`` pixels: 0 for a greyscale (infrared) frame. The
+    context is :func:`measure_context` of these statistics, with the park's contexts.
+
     Returns:
-        ``{"width", "height", "mode", "brightness", "contrast", "sharpness"}``.
+        ``{"width", "height", "mode", "brightness", "contrast", "sharpness",
+        "colourfulness", "context"}``.
     """
     width, height = size or img.size
     grey = img.convert("L")
@@ -275,9 +300,81 @@ def image_stats(img: Image.Image, mode: str | None = None,
         sharpness = max(0.0, float(lap @ lap) / lap.size - lap_mean * lap_mean) / 255.0 ** 2
     else:
         sharpness = 0.0
-    return {"width": int(width), "height": int(height), "mode": mode or img.mode,
-            "brightness": round(mean / 255.0, 6), "contrast": round(std / 255.0, 6),
-            "sharpness": round(sharpness, 8)}
+    stats = {"width": int(width), "height": int(height), "mode": mode or img.mode,
+             "brightness": round(mean / 255.0, 6), "contrast": round(std / 255.0, 6),
+             "sharpness": round(sharpness, 8), "colourfulness": colourfulness(img)}
+    stats["context"] = measure_context(stats)
+    return stats
+
+
+def colourfulness(img: Image.Image) -> float:
+    """Hasler and Süsstrunk's colourfulness of an image (0 for grey, about 0.1 to 0.5 for
+    colour photos; 0..1 scale), measured on the image reduced to ``COLOUR_SIDE``."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    factor = max(1, -(-max(img.size) // COLOUR_SIDE))
+    if factor > 1:
+        img = img.reduce(factor)
+    a = np.asarray(img, dtype=np.float64).reshape(-1, 3)
+    rg = a[:, 0] - a[:, 1]
+    yb = 0.5 * (a[:, 0] + a[:, 1]) - a[:, 2]
+    value = (math.sqrt(rg.var() + yb.var())
+             + 0.3 * math.sqrt(rg.mean() ** 2 + yb.mean() ** 2)) / 255.0
+    return round(value, 6)
+
+
+class ContextRejected(ValueError):
+    """A context that is not one of the deployment's declared contexts."""
+
+
+def parse_contexts(value) -> tuple[str, ...]:
+    """Declared contexts from ``"day,night"`` or a list; the first is the default.
+
+    Raises:
+        ContextRejected: Empty, repeated or badly formed names; the message says what to fix.
+    """
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value or [])]
+    names = [n for n in names if n]
+    bad = [n for n in names if not _CONTEXT_NAME.match(n)]
+    if not names or bad or len(set(names)) != len(names):
+        raise ContextRejected(f"Invalid contexts: {value!r}. Expect distinct lowercase names "
+                              "separated by commas, the default first, e.g. 'day,night'.")
+    return tuple(names)
+
+
+def measure_context(stats: dict, contexts=DEFAULT_CONTEXTS) -> str:
+    """The context an image was taken in, from its statistics (:func:`image_stats`): the
+    first declared context after the default whose rule in ``CONTEXT_RULES`` holds, else
+    the default (the first). Training, serving and monitoring all decide with this."""
+    for name in contexts[1:]:
+        rule = CONTEXT_RULES.get(name)
+        if not rule:
+            continue
+        values = [(stats.get(key.removeprefix("max_")), bound) for key, bound in rule.items()]
+        if all(isinstance(v, int | float) and v <= bound for v, bound in values):
+            return name
+    return contexts[0]
+
+
+def request_context(stats: dict, sent: str | None = None, contexts=DEFAULT_CONTEXTS) -> str:
+    """The context one served image is judged in: the measured one (:func:`measure_context`
+    with the deployment's ``contexts``), or the one the camera client ``sent`` where
+    measurement cannot tell (a declared context with no rule in ``CONTEXT_RULES``, sent for
+    an image measured as the default). A client never moves an image out of a context its
+    statistics recognise.
+
+    Raises:
+        ContextRejected: ``sent`` is not a declared context.
+    """
+    measured = measure_context(stats, contexts)
+    if not sent:
+        return measured
+    if sent not in contexts:
+        raise ContextRejected(f"Unknown context {sent!r}: this deployment declares "
+                              f"{', '.join(contexts)}.")
+    if measured == contexts[0] and sent not in CONTEXT_RULES:
+        return sent
+    return measured
 
 
 def input_quality(stats: dict) -> str | None:

@@ -36,6 +36,10 @@ from components.common.storage import ObjectStore, join_key
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("day", "night", "blur")
+#: Where the camera looks: ``usual`` (the view the training images have) or ``moved`` (the
+#: camera was knocked and now looks down a gravel path from further away: smaller animals on
+#: another background), in any condition.
+VIEWS = ("usual", "moved")
 LAYOUTS = ("folders", "kaggle", "csv")
 #: The labels file a ``csv`` lake gets at its root (``key,label``; the keys say nothing).
 LABELS_CSV = "labels.csv"
@@ -90,6 +94,7 @@ class LakeSpec:
             of ``key,label`` at the lake's root: as a camera's export and a labelling tool's
             sheet look).
         quality: JPEG quality; default 90 for square sample images, 85 for camera sizes.
+        view: ``usual`` or ``moved`` (see ``VIEWS``; square sample images only).
     """
 
     n: int
@@ -99,6 +104,7 @@ class LakeSpec:
     cat_fraction: float = 0.5
     layout: str = "folders"
     quality: int | None = None
+    view: str = "usual"
 
     def __post_init__(self):
         if self.n < 1:
@@ -120,6 +126,11 @@ class LakeSpec:
             raise ValueError(f"Invalid condition: {self.condition!r}. Expect one of {CONDITIONS}.")
         if not 0.0 <= self.cat_fraction <= 1.0:
             raise ValueError(f"Invalid cat_fraction: {self.cat_fraction}. Expect 0.0 to 1.0.")
+        if self.view not in VIEWS:
+            raise ValueError(f"Invalid view: {self.view!r}. Expect one of {VIEWS}.")
+        if self.view != "usual" and self.camera:
+            raise ValueError(f"Invalid view: {self.view!r} with a camera size: the moved view "
+                             "is drawn for square sample images only.")
         if self.layout not in LAYOUTS:
             raise ValueError(f"Invalid layout: {self.layout!r}. Expect one of {LAYOUTS}.")
 
@@ -263,8 +274,11 @@ def render(spec: LakeSpec, index: int) -> tuple[str, bytes]:
     rng = _rng(spec.seed, index, 2)
     s = spec.size * 2  # draw at 2x and downsample, for anti-aliased edges
     img = _background(rng, s)
+    if spec.view == "moved":  # a gravel path from further away: the same draws, another view
+        ImageDraw.Draw(img).polygon([(0, s), (s, s), (s * 0.7, s * 0.25), (s * 0.3, s * 0.25)],
+                                    fill=(150, 138, 118))
     animal = _draw_animal(label, rng, s, night=spec.condition == "night")
-    scale = rng.uniform(0.75, 1.35)
+    scale = rng.uniform(0.75, 1.35) * (0.55 if spec.view == "moved" else 1.0)
     angle = rng.uniform(-25, 25)
     side = max(8, int(s * scale))
     animal = animal.resize((side, side), Image.BILINEAR).rotate(angle, Image.BILINEAR)

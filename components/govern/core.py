@@ -220,10 +220,10 @@ def redeliver_alerts(gov: GovernanceStore, policy: Policy, sinks=None,
 def _alert_record(verdict: Verdict, rule: Rule, check: Check, status: str,
                   recipients: list[str], severity: str, starts_at: str = "") -> dict:
     value = check.value
-    technical = (f"{check.name} = {value:.4g}" if isinstance(value, float)
-                 else f"{check.name} = {value}")
+    technical = (f"{check.key} = {value:.4g}" if isinstance(value, float)
+                 else f"{check.key} = {value}")
     if status == "resolved":
-        technical = f"{check.name} is back to {check.status} ({technical})"
+        technical = f"{check.key} is back to {check.status} ({technical})"
     summary, text = people_text(verdict, check, [a.type for a in rule.actions], status)
     return {"model": verdict.model, "model_version": str(verdict.model_version),
             "rule": rule.name, "check": check.name, "kind": check.kind, "status": status,
@@ -233,8 +233,9 @@ def _alert_record(verdict: Verdict, rule: Rule, check: Check, status: str,
             "value": value, "threshold": check.threshold, "check_status": check.status,
             "evidence": _evidence(verdict, check), "verdict_run_id": verdict.run_id,
             "window_start": verdict.window_start, "window_end": verdict.window_end,
+            "context": check.context,
             "recipients": recipients, "fingerprint": fingerprint(verdict.model, rule.name,
-                                                                 check.name),
+                                                                 check.key),
             "starts_at": starts_at, "created": now_iso()}
 
 
@@ -247,7 +248,7 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
         alerts = [a for a in rule.actions if a.type == "alert"]
         if not alerts:
             continue
-        fp = fingerprint(verdict.model, rule.name, check.name)
+        fp = fingerprint(verdict.model, rule.name, check.key)
         firing_now.add(fp)
         prev = last.get(fp)
         if prev and prev["status"] == "firing":
@@ -274,7 +275,7 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
         rules = {r.name: r for r in policy.rules}
         for fp, prev in last.items():
             rule = rules.get(prev["rule"])
-            check = verdict.check(prev["check"])
+            check = verdict.check(prev["check"], prev.get("context"))
             if prev["status"] != "firing" or fp in firing_now or rule is None or check is None \
                     or check.status == "unknown" or rule.match.matches(check, verdict.checks):
                 continue
@@ -343,9 +344,11 @@ def _retrain_rules(policy: Policy) -> list[Rule]:
 
 
 def _clean(verdict: Verdict, rules: list[Rule]) -> bool:
-    """No retrain rule matches, and the checks they look at were measured."""
+    """No retrain rule matches, and the checks they look at were measured (a context with
+    too few requests in the window to be judged is left out, as long as one was judged)."""
     covered = [c for c in verdict.checks if any(r.match.covers(c) for r in rules)]
-    return bool(covered) and all(c.status != "unknown" for c in covered) and \
+    judged = [c for c in covered if not (c.extra or {}).get("too_few")]
+    return bool(judged) and all(c.status != "unknown" for c in judged) and \
         not any(r.match.matches(c, verdict.checks) for r in rules for c in verdict.checks)
 
 

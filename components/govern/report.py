@@ -319,7 +319,7 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
     doc.heading("7. Monitoring since release")
     doc.table(["window end", "verdict", "status", "requests", "labelled", "checks not ok"],
               [[v.window_end[:19], v.run_id, v.status, v.n_requests, v.n_labelled,
-                ", ".join(f"{c.name}={_fmt(c.value, 3)} ({c.status})" for c in v.checks
+                ", ".join(f"{c.key}={_fmt(c.value, 3)} ({c.status})" for c in v.checks
                           if c.status not in ("ok", "unknown"))] for v in verdicts])
     doc.figure(_monitoring_plot(verdicts), f"{model}-v{version}-monitoring.png", figures,
                "Drift, accuracy and latency per monitoring window")

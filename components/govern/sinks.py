@@ -76,7 +76,9 @@ class SlackSink(WebhookSink):
                  f": {alert['summary']}")
         # For the person first (what changed, since when, how sure, accuracy, what next,
         # the report); the engineer's check names and numbers in the details below.
-        fields = [f"*Rule:* {alert['rule']}", f"*Check:* {alert['check']}",
+        check = (f"{alert['check']} ({alert['context']})" if alert.get("context")
+                 else alert["check"])
+        fields = [f"*Rule:* {alert['rule']}", f"*Check:* {check}",
                   f"*Value:* {_fmt(alert.get('value'))} (threshold {_fmt(alert.get('threshold'))})",
                   f"*Window:* {alert.get('window_start', '')} – {alert.get('window_end', '')}"]
         blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": title}}]
@@ -104,6 +106,8 @@ class AlertmanagerSink(WebhookSink):
         labels = {"alertname": _camel(alert["rule"]), "model": alert["model"],
                   "model_version": str(alert["model_version"]), "check": alert["check"],
                   "severity": alert["severity"], "source": "mlops-govern"}
+        if alert.get("context"):  # the operating condition judged (day, night ...)
+            labels["context"] = alert["context"]
         annotations = {"summary": alert["summary"],
                        "description": alert.get("text") or alert.get("detail", ""),
                        "details": " ".join(x for x in (alert.get("technical", ""),

@@ -12,7 +12,8 @@ readers memory-map, and a table of the statistics. Layout, in the dataset root::
     shards/objects/<sha256>.npy            N x 3 x S x S uint8 arrays, content-addressed
     shards/<version>/<size>/index.csv      sha256, shard, row            (published
     shards/<version>/<size>/stats.csv      sha256, width, height, mode,   atomically,
-                                           brightness, contrast, sharpness together)
+                                           brightness, contrast, sharpness, together)
+                                           colourfulness, context
 
 The statistics are stored because they cannot be recomputed from the shards: the predictor
 measures them on the draft-decoded photo (up to twice the input size, or the photo itself),
@@ -65,7 +66,8 @@ logger = logging.getLogger(__name__)
 #: Images per shard file: 4096 images of 64 px are 48 MiB.
 SHARD_IMAGES = 4096
 #: The columns of a version's ``stats.csv`` (``images.image_stats``, per image).
-STATS_COLUMNS = ("sha256", "width", "height", "mode", "brightness", "contrast", "sharpness")
+STATS_COLUMNS = ("sha256", "width", "height", "mode", "brightness", "contrast", "sharpness",
+                 "colourfulness", "context")
 
 
 class ShardError(StorageError):
@@ -201,16 +203,19 @@ def read_index(root: ObjectStore, prefix: str) -> pd.DataFrame:
 
 def read_stats(root: ObjectStore, prefix: str) -> pd.DataFrame | None:
     """The published input statistics of a version's shards at one size, or None for shards
-    built before the statistics were stored with them."""
+    built before the statistics (all of ``STATS_COLUMNS``: the context too) were stored with
+    them."""
     marker = root.published_marker(prefix)
     if marker is None:
         raise ObjectNotFoundError(f"{root.uri_of(prefix)} is not a published folder.")
     if "stats.csv" not in marker.get("files", {}):
         return None
-    return pd.read_csv(io.BytesIO(root.read_published(prefix, "stats.csv")),
-                       dtype={"sha256": str, "mode": str, "width": int, "height": int,
-                              "brightness": float, "contrast": float, "sharpness": float},
-                       keep_default_na=False)
+    table = pd.read_csv(io.BytesIO(root.read_published(prefix, "stats.csv")),
+                        dtype={"sha256": str, "mode": str, "width": int, "height": int,
+                               "brightness": float, "contrast": float, "sharpness": float,
+                               "colourfulness": float, "context": str},
+                        keep_default_na=False)
+    return table if set(STATS_COLUMNS) <= set(table.columns) else None
 
 
 def _cache_dir() -> Path:
@@ -380,8 +385,9 @@ def stats_from_shards(rows: pd.DataFrame, dataset_root: str, version: str, size:
     fields = [c for c in STATS_COLUMNS if c != "sha256"]
     located = table.loc[list(rows["sha256"]), fields]
     return [{"width": int(w), "height": int(h), "mode": str(m), "brightness": float(b),
-             "contrast": float(c), "sharpness": float(s)}
-            for w, h, m, b, c, s in located.itertuples(index=False, name=None)]
+             "contrast": float(c), "sharpness": float(s), "colourfulness": float(f),
+             "context": str(x)}
+            for w, h, m, b, c, s, f, x in located.itertuples(index=False, name=None)]
 
 
 def snapshot_root(rows: pd.DataFrame, dataset_version: str) -> str | None:
@@ -425,8 +431,9 @@ def _split(rows: pd.DataFrame, size: int, version: str, use_shards: bool, stats:
             measured = stats_from_shards(rows, root, version, size) if stats else None
             if stats and measured is None:
                 why = (f"the shards of {version} at {size} px were built without input "
-                       "statistics; delete shards/ of this version in the dataset root to "
-                       "rebuild them with statistics")
+                       "statistics (or before colourfulness and context were measured); "
+                       "delete shards/ of this version in the dataset root to rebuild them "
+                       "with statistics")
                 logger.warning("Decoding the images for their statistics: %s", why)
             else:
                 images = load_from_shards(rows, root, version, size)

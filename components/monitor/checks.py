@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.common.images import DEFAULT_CONTEXTS, ContextRejected, parse_contexts
 from components.monitor import estimate
 from components.monitor.contract import STAT_FIELDS, Check, Reference
 from components.monitor.drift import make_detector
@@ -63,6 +64,9 @@ class MonitorConfig:
             its wrong predictions; below it, likewise.
         max_error_rate: Server error rate (HTTP 500 among answered requests).
         p95_slo_ms: Latency objective for the 95th percentile.
+        contexts: The deployment's operating conditions, the default first
+            (``components.common.images``: the park's ``day`` and ``night``); each context's
+            part of a window is judged against the reference's images of that context.
     """
 
     p_val: float = 0.05
@@ -86,6 +90,13 @@ class MonitorConfig:
     min_separation: float = estimate.MIN_SEPARATION
     max_error_rate: float = 0.01
     p95_slo_ms: float = 250.0
+    contexts: tuple = DEFAULT_CONTEXTS
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "contexts", parse_contexts(self.contexts))
+        except ContextRejected as exc:
+            raise ValueError(f"Invalid monitoring setting contexts: {exc}") from exc
 
     @classmethod
     def from_dict(cls, values: dict | None) -> MonitorConfig:
@@ -160,8 +171,7 @@ def integrity(win: Window, ref: Reference | None, cfg: MonitorConfig,
                         {"examples": win.examples.get("foreign", [])}))
     checks.append(_junk_check(win, cfg))
     if ref is not None and len(win):
-        checks.append(_range_check(win, ref, cfg))
-        checks.append(_mode_check(win, ref, cfg))
+        checks += inputs(win, ref, cfg)
     if telemetry is not None and telemetry.get("requests"):
         share = telemetry["bad_request_share"]
         checks.append(_share_check(
@@ -191,6 +201,10 @@ def _junk_check(win: Window, cfg: MonitorConfig) -> Check:
 def _left_out(win: Window) -> str:
     """What the window's drift and share checks say about the junk they did not see."""
     return f"; {win.n_junk} junk inputs left out" if win.n_junk else ""
+def inputs(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
+    """The window's inputs against the reference's: statistics outside the training
+    ranges, image modes never seen in training."""
+    return [_range_check(win, ref, cfg), _mode_check(win, ref, cfg)]
 
 
 def _range_check(win: Window, ref: Reference, cfg: MonitorConfig) -> Check:

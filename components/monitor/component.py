@@ -68,7 +68,7 @@ def monitor_window(
     v = result.verdict
     for check in v.checks:
         if isinstance(check.value, (int, float)) and not isinstance(check.value, bool):
-            metrics.log_metric(check.name, float(check.value))
+            metrics.log_metric(check.key.replace("[", ".").rstrip("]"), float(check.value))
     metrics.log_metric("n_requests", float(v.n_requests))
     metrics.log_metric("n_labelled", float(v.n_labelled))
     with open(verdict.path, "w") as f:
@@ -77,7 +77,7 @@ def monitor_window(
                              "model_version": v.model_version, "window_start": v.window_start,
                              "window_end": v.window_end, "run_id": v.run_id,
                              "report_uri": v.report_uri,
-                             "checks": {c.name: c.status for c in v.checks}})
+                             "checks": {c.key: c.status for c in v.checks}})
     with open(report.path, "w") as f:
         f.write(result.report_html)
     with open(summary.path, "w") as f:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 #: Ordered from best to worst; a verdict's status is the worst of its checks' statuses,
 #: where ``unknown`` (not measurable in this window) ranks below ``warning``.
 STATUSES = ("ok", "unknown", "warning", "alarm")
@@ -54,10 +56,14 @@ RECORD_FIELDS = {
     "revision": "str: 'stable' or 'canary' (the server's --revision / MLOPS_REVISION, or "
                 "the role its router proved it chose; never the client's word)",
     "protocol": "str: 'v1' or 'v2'",
-    "stats": "dict: width, height, mode, brightness, contrast, sharpness of the input",
+    "stats": "dict: width, height, mode, brightness, contrast, sharpness, colourfulness and "
+             "the measured context of the input (components.common.images.image_stats)",
     "input_quality": "str, optional: 'ok', or why the input is junk (a key of "
                      "components.common.images.JUNK_REASONS: too_small, blank, noise), from "
                      "the same decode as stats (a tensor's pixels); absent in older records",
+    "context": "str, optional: the context the instance is judged in "
+               "(components.common.images.request_context: measured, or sent by the camera)",
+    "sent_context": "str, optional: the context the camera client sent, when it sent one",
     "embedding": "list[float]: the model's penultimate-layer output for the input",
     "label": "str: the predicted class",
     "probabilities": "dict[str, float]: class -> probability",
@@ -85,6 +91,9 @@ class Check:
         detail: One sentence a person reads ("p=0.0003 < 0.05: embeddings moved").
         evidence: Where to look (a report or file URI), may be empty.
         extra: Check-specific numbers (p_val, distance, n, ci_low, ci_high, estimated, …).
+        context: The operating context (``day``, ``night`` …) whose part of the window the
+            check judged against the reference of that context; empty for a check of the
+            whole window (traffic, telemetry) or a reference without contexts.
     """
 
     name: str
@@ -95,6 +104,13 @@ class Check:
     detail: str
     evidence: str = ""
     extra: dict = field(default_factory=dict)
+    context: str = ""
+
+    @property
+    def key(self) -> str:
+        """The check's name with its context, ``drift.embedding[night]``: what tells one
+        condition from another (governance's alert fingerprints)."""
+        return f"{self.name}[{self.context}]" if self.context else self.name
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -126,8 +142,17 @@ class Verdict:
             return "unknown"
         return max((c.status for c in self.checks), key=STATUSES.index)
 
-    def check(self, name: str) -> Check | None:
-        return next((c for c in self.checks if c.name == name), None)
+    def check(self, name: str, context: str | None = None) -> Check | None:
+        """The check called ``name`` (a key such as ``drift.embedding[night]`` names its
+        context), of ``context`` when given, else the first of that name."""
+        if context is None and name.endswith("]") and "[" in name:
+            name, context = name[:-1].split("[", 1)
+        return next((c for c in self.checks if c.name == name
+                     and (context is None or c.context == context)), None)
+
+    def contexts(self) -> list[str]:
+        """The contexts this verdict judged, in report order."""
+        return list(dict.fromkeys(c.context for c in self.checks if c.context))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -159,7 +184,16 @@ REFERENCE_FIELDS = {
     "labels": "list[str]: the sample's true classes (same order)",
     "probabilities": "float32 [n, classes]: the model's probabilities on the sample",
     "prior": "dict[str, float]: class -> share of the training split",
+    "contexts": "list[str]: the sample's contexts (same order; images.measure_context)",
 }
+
+
+#: Fewest reference images of a context for the context to have a reference of its own: a
+#: context with fewer held-out training images is topped up from production images at
+#: registration (``reference.build_reference_files``); the monitor judges a context the
+#: reference still has fewer of against the reference as a whole (the model was not trained
+#: for it).
+MIN_CONTEXT_IMAGES = 40
 
 
 @dataclass
@@ -179,6 +213,9 @@ class Reference:
         detector_uri: Where a fitted drift detector was saved for this reference, or "".
         uri: Where the reference is stored.
         population: What the sample is, in words (e.g. the dataset's test split), or "".
+        contexts: Each sample image's context (``images.measure_context``), or empty for a
+            reference built before contexts were recorded.
+        context: The context this reference is the part of (:meth:`part`), or "".
     """
 
     model: str
@@ -194,3 +231,31 @@ class Reference:
     detector_uri: str = ""
     uri: str = ""
     population: str = ""
+    contexts: list = field(default_factory=list)
+    context: str = ""
+
+    def context_counts(self) -> dict[str, int]:
+        """Sample images per context."""
+        out: dict[str, int] = {}
+        for c in self.contexts:
+            out[c] = out.get(c, 0) + 1
+        return out
+
+    def part(self, context: str) -> Reference:
+        """The reference of one context: the sample images of that context (their
+        embeddings, statistics, labels, probabilities); the class prior and modes of the
+        whole. Its drift detector is fitted when it is needed (the saved one is the
+        whole's)."""
+        keep = np.array([c == context for c in self.contexts], bool)
+        idx = np.flatnonzero(keep)
+
+        def rows(values):
+            return None if values is None else np.asarray(values)[keep]
+
+        return Reference(
+            model=self.model, model_version=self.model_version, classes=self.classes,
+            prior=self.prior, embeddings=rows(self.embeddings),
+            stats={k: [v[i] for i in idx] for k, v in self.stats.items()}, modes=self.modes,
+            labels=[self.labels[i] for i in idx] if self.labels else [],
+            probabilities=rows(self.probabilities), dataset_version=self.dataset_version,
+            detector_uri="", uri=self.uri, contexts=[context] * len(idx), context=context)

@@ -27,7 +27,7 @@ from components.monitor import explain as E
 from components.monitor import reference as ref_mod
 from components.monitor import report as R
 from components.monitor import telemetry as T
-from components.monitor.contract import Check, Reference, Verdict
+from components.monitor.contract import MIN_CONTEXT_IMAGES, Check, Reference, Verdict
 from components.monitor.drift import DriftError, check_backend, default_backend, load_detector
 from components.monitor.window import Window, iso, parse_time, read_window
 
@@ -128,20 +128,80 @@ def _telemetry(model, monitoring_uri, start, end, metrics_url, prometheus_url, n
     return T.summarize(snaps, t0, t1), "scrapes"
 
 
+#: The checks that judge one context's part of a window against its reference.
+_JUDGED = (("drift.embedding", "drift"), ("drift.statistics", "drift"),
+           ("prediction_drift.class_shares", "prediction_drift"),
+           ("performance.accuracy", "performance"),
+           ("performance.estimated_accuracy", "performance"))
+
+
+def _judge(win: Window, ref: Reference, cfg: C.MonitorConfig, backend: str) -> list[Check]:
+    """The reference checks of one window (or one context's part of it)."""
+    out = C.inputs(win, ref, cfg)
+    out += C.embedding_drift(win, ref, cfg, backend, _fit_or_load("mmd", ref, backend, cfg))
+    out += C.statistics_drift(win, ref, cfg, backend)
+    out += C.prediction_drift(win, ref, cfg)
+    out += C.performance(win, ref, cfg)
+    return out
+
+
+def record_context(record: dict, contexts) -> str:
+    """The declared context a captured record is judged in: the one the predictor recorded
+    (``images.request_context``), else the one measured with its statistics; a context the
+    configuration does not declare is the default (the first)."""
+    ctx = record.get("context") or (record.get("stats") or {}).get("context") or ""
+    return ctx if ctx in contexts else contexts[0]
+
+
+def split_by_context(win: Window, contexts) -> dict[str, Window]:
+    """Each declared context's part of a window (contexts with no record left out)."""
+    parts: dict[str, list] = {c: [] for c in contexts}
+    for r in win.records:
+        parts[record_context(r, contexts)].append(r)
+    return {c: Window(win.model, win.start, win.end, win.model_version, records=rs)
+            for c, rs in parts.items() if rs}
+
+
 def run_checks(win: Window, ref: Reference | None, cfg: C.MonitorConfig, backend: str,
                telemetry: dict | None, telemetry_source: str = "") -> list[Check]:
-    """Every check of a window, in report order."""
+    """Every check of a window, in report order.
+
+    With a reference that records its images' contexts, each context's part of the window
+    is judged against the reference's images of that context, and every check of it names
+    the context (``Check.context``). A context with fewer than ``min_requests`` requests in
+    the window is ``unknown`` (never judged against another context's reference); a context
+    of which the reference has fewer than ``contract.MIN_CONTEXT_IMAGES`` images (the model
+    was not trained for it) is judged against the reference as a whole, and says so.
+    """
     out = C.traffic(win, cfg)
-    out += C.integrity(win, ref, cfg, telemetry)
-    if ref is not None and len(win):
-        out += C.embedding_drift(win, ref, cfg, backend, _fit_or_load("mmd", ref, backend, cfg))
-        out += C.statistics_drift(win, ref, cfg, backend)
-        out += C.prediction_drift(win, ref, cfg)
-        out += C.performance(win, ref, cfg)
+    out += C.integrity(win, None, cfg, telemetry)
+    if ref is not None and len(win) and ref.contexts:
+        counts = ref.context_counts()
+        for ctx, part in split_by_context(win, cfg.contexts).items():
+            if len(part) < cfg.min_requests:
+                checks = [Check(name, kind, None, None, "unknown",
+                                f"{len(part)} {ctx} requests: too few to judge (< "
+                                f"{cfg.min_requests}); not judged against another context",
+                                "", {"n": len(part), "too_few": True})
+                          for name, kind in _JUDGED]
+            else:
+                own = counts.get(ctx, 0) >= MIN_CONTEXT_IMAGES
+                against = ref.part(ctx) if own else ref
+                checks = _judge(part, against, cfg, backend)
+                for c in checks:
+                    c.extra = {**c.extra, "n_context": len(part),
+                               "reference_context": ctx if own else "all",
+                               "n_reference": len(against.embeddings)}
+                    if not own:
+                        c.detail += (f" (the reference has {counts.get(ctx, 0)} {ctx} images: "
+                                     "judged against the training data as a whole)")
+            for c in checks:
+                c.context = ctx
+            out += checks
+    elif ref is not None and len(win):
+        out += _judge(win, ref, cfg, backend)
     elif ref is not None:
-        for name, kind in (("drift.embedding", "drift"), ("drift.statistics", "drift"),
-                           ("prediction_drift.class_shares", "prediction_drift"),
-                           ("performance.accuracy", "performance")):
+        for name, kind in _JUDGED[:4]:
             out.append(Check(name, kind, None, None, "unknown", "no traffic in the window"))
     out += C.telemetry_checks(telemetry, cfg, telemetry_source)
     return out
@@ -221,7 +281,7 @@ def run_monitoring(model: str, registry_uri: str, monitoring_uri: str | None = N
     verdict.report_uri = store.uri_of(f"{prefix}/report.html") if write else ""
     if verdict.report_uri:
         for c in verdict.checks:  # where a person looks: the check's row in the report
-            c.evidence = c.evidence or f"{verdict.report_uri}#{c.name}"
+            c.evidence = c.evidence or f"{verdict.report_uri}#{c.key}"
     history = read_history(monitoring_uri, model, last=history_windows)
     html = R.html_report(verdict, history + [verdict], explanations, summary)
     md = R.markdown_summary(verdict, explanations)

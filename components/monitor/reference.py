@@ -39,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from components.common.errors import UserError
 from components.common.paths import mlops_home
@@ -54,7 +55,7 @@ from components.ingest.core import IngestError, object_key
 from components.ingest.shards import split_images_and_stats
 from components.ingest.snapshot import load_snapshot, root_of_snapshot
 from components.monitor import drift
-from components.monitor.contract import SAMPLE_SIZE, STAT_FIELDS, Reference
+from components.monitor.contract import MIN_CONTEXT_IMAGES, SAMPLE_SIZE, STAT_FIELDS, Reference
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ def _fit_detector(embeddings: np.ndarray) -> dict[str, bytes]:
 def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
                           sample_size: int = SAMPLE_SIZE, detector: bool = True,
                           use_shards: bool = True, sample_rows=None,
-                          population: str = "", test_rows=None) -> dict:
+                          population: str = "", test_rows=None,
+                          top_up_rows=None) -> dict:
     """The reference of a packaged model as files (``reference.json``, arrays, detector).
 
     Args:
@@ -163,6 +165,13 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         population: What ``sample_rows`` are, in words, for ``reference.json``.
         test_rows: The dataset version's test split (same columns): the reference images
             unless ``sample_rows`` are given.
+        top_up_rows: Images the model was not trained on (the held-out production images of
+            a retrained version) that join the reference for each context of which the
+            sample has fewer than :data:`MIN_CONTEXT_IMAGES` (the contexts training had too
+            few of), up to that many of each such context.
+
+    Each image's context (``images.measure_context``, recorded with its statistics) is
+    stored with it (``contexts``), so the monitor judges each context against its own part.
 
     Returns:
         Relative file name -> bytes (names without the ``reference/`` folder).
@@ -190,6 +199,30 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         raise ReferenceDataError(f"Cannot read the reference images of dataset "
                                  f"{dataset_version} to build the monitoring reference: "
                                  f"{exc}") from exc
+    contexts = [s["context"] for s in stats]
+    counts = Counter(contexts)
+    added = 0
+    if top_up_rows is not None and len(top_up_rows):
+        extra = top_up_rows[~top_up_rows["sha256"].isin(set(sample["sha256"]))]
+        extra = extra.sort_values("sha256").reset_index(drop=True)
+        if len(extra):
+            try:
+                x_extra, s_extra = _measure(extra, model.size, dataset_version, use_shards)
+            except (StorageError, OSError, ValueError) as exc:
+                raise ReferenceDataError(f"Cannot read the production images of dataset "
+                                     f"{dataset_version} for the monitoring reference: "
+                                     f"{exc}") from exc
+            keep = []
+            for i, st in enumerate(s_extra):
+                if counts[st["context"]] < MIN_CONTEXT_IMAGES:
+                    counts[st["context"]] += 1
+                    keep.append(i)
+            if keep:
+                sample = pd.concat([sample, extra.iloc[keep]], ignore_index=True)
+                images = np.concatenate([images, x_extra[keep]])
+                stats = stats + [s_extra[i] for i in keep]
+                contexts = [s["context"] for s in stats]
+                added = len(keep)
     probs, embs = _run_onnx(model, images)
     doc = {
         "format": FORMAT,
@@ -198,7 +231,8 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
         "dataset_version": dataset_version,
         "model_id": meta.get("model_version", ""),
         "sample": {"n": int(len(sample)), "from": population,
-                   "train_rows": int(len(train_rows))},
+                   "train_rows": int(len(train_rows)), "production_top_up": added},
+        "contexts": contexts,
         "labels": [str(v) for v in sample["label"]],
         "sha256": [str(v) for v in sample["sha256"]],
         "stats": {name: [s[name] for s in stats] for name in STAT_FIELDS},
@@ -212,8 +246,9 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
              "embeddings.npy": _npy(embs), "probabilities.npy": _npy(probs)}
     if detector:
         files.update({f"detector/{k}": v for k, v in _fit_detector(embs).items()})
-    logger.info("Monitoring reference: %d held-out images of dataset %s, embedding %d, "
-                "detector %s", len(sample), dataset_version, embs.shape[1],
+    logger.info("Monitoring reference: %d held-out images of dataset %s (%s; %d production "
+                "images added), embedding %d, detector %s", len(sample), dataset_version,
+                dict(Counter(contexts)), added, embs.shape[1],
                 "fitted" if any(k.startswith("detector/") for k in files) else "not fitted")
     return files
 
@@ -364,4 +399,5 @@ def load_reference(registry_uri: str, model: str, version: int, monitoring_uri: 
                      probabilities=probabilities, dataset_version=doc.get("dataset_version", ""),
                      detector_uri=detector_uri,
                      uri=store.uri_of(f"{folder}/{prefix}".rstrip("/")),
-                     population=(doc.get("sample") or {}).get("from", ""))
+                     population=(doc.get("sample") or {}).get("from", ""),
+                     contexts=doc.get("contexts", []))

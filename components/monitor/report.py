@@ -170,7 +170,7 @@ def html_report(verdict: Verdict, history: list[Verdict], explanations: dict,
     """The report page of one run; ``history`` includes this run's verdict last."""
     plots = trend_plots(history)
     rows = "\n".join(
-        f"<tr id='{html.escape(c.name)}'><td>{html.escape(c.name)}</td>"
+        f"<tr id='{html.escape(c.key)}'><td>{html.escape(c.key)}</td>"
         f"<td style='color:{STATUS_COLOURS[c.status]};"
         f"font-weight:bold'>{c.status}</td><td>{_value(c.value)}</td>"
         f"<td>{_value(c.threshold)}</td><td>{html.escape(c.detail)}</td></tr>"
@@ -230,7 +230,7 @@ def markdown_summary(verdict: Verdict, explanations: dict | None = None) -> str:
              "labelled.", "", "| check | status | value | threshold | why |",
              "|---|---|---|---|---|"]
     for c in verdict.checks:
-        lines.append(f"| {c.name} | {c.status} | {_value(c.value)} | {_value(c.threshold)} | "
+        lines.append(f"| {c.key} | {c.status} | {_value(c.value)} | {_value(c.threshold)} | "
                      f"{c.detail.replace('|', '/')} |")
     flagged = [(dim, r["slice"]) for dim, items in ((explanations or {}).get("slices") or {}
                                                      ).items() if not dim.startswith("_")

@@ -19,7 +19,13 @@ import uuid
 
 import numpy as np
 
-from components.common.images import decode_image_and_mode, image_stats, input_quality, model_input
+from components.common.images import (
+    decode_image_and_mode,
+    image_stats,
+    input_quality,
+    model_input,
+    request_context,
+)
 from components.common.registry import ModelRegistry
 from components.common.runtime import EMBEDDING, PROBABILITIES, OnnxModel, load_onnx
 from components.datagen.core import LakeSpec, render
@@ -99,6 +105,7 @@ def simulate(model: OnnxModel, monitoring_uri: str, model_name: str, model_versi
                 record = {"request_id": rid, "index": 0, "time": t, "model": model_name,
                           "model_version": str(model_version), "revision": revision,
                           "protocol": "v1", "stats": s, "input_quality": input_quality(s),
+                          "context": request_context(s),
                           "embedding": [round(float(v), 6) for v in e],
                           "label": label,
                           "probabilities": {c: round(float(v), 6)

@@ -135,10 +135,12 @@ def register_package(package_dir: str, model_dir: str, evaluation_path: str, tra
         prefixes = ((extra_lineage or {}).get("production_data") or {}).get("lake_prefixes")
         recent, population = recent_reference_rows(test_rows, prefixes or [],
                                                    reference_sample)
+        # Each context gets its part of the reference (the test split's images of it,
+        # topped up from the recent production images where it has too few).
         reference = build_reference_files(files["model.onnx"], train_rows,
                                           dataset["dataset_version"], reference_sample,
-                                          sample_rows=recent, population=population,
-                                          test_rows=test_rows)
+                                          population=population,
+                                          test_rows=test_rows, top_up_rows=recent)
         files.update({f"{REFERENCE_DIR}/{k}": v for k, v in reference.items()})
         lineage["monitoring_reference"] = f"{REFERENCE_DIR}/reference.json"
     mv = registry.register(model_name, files, lineage)

@@ -82,7 +82,8 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
                                     ends_between=(start, end)):
             if str(verdict.model_version) != str(info.get("model_version")):
                 continue
-            judged = [c for c in verdict.checks if c.kind in kinds]
+            judged = [c for c in verdict.checks if c.kind in kinds
+                      and not (c.extra or {}).get("too_few")]  # a context barely seen
             if not judged or any(c.status in ("alarm", "unknown") for c in judged):
                 continue
             try:

@@ -50,12 +50,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from components.common import prom
 from components.common.images import (
+    DEFAULT_CONTEXTS,
+    ContextRejected,
     ImageRejected,
     decode_image_and_mode,
     image_stats,
     input_quality,
     model_input,
     tensor_stats,
+    parse_contexts,
+    request_context,
 )
 from components.common.runtime import load_onnx, normalise
 from components.monitor.capture import CaptureWriter
@@ -78,6 +82,9 @@ SERVER = Gauge(prom.SERVER_INFO, "This server process (value 1)",
 
 
 OUTPUTS = ("label", "probabilities")
+#: The request header (V1 and V2 over HTTP) or V2 request parameter in which a camera client
+#: may say which of the deployment's contexts (``MLOPS_CONTEXTS``) its frames were taken in.
+CONTEXT_HEADER = "x-camera-context"
 
 
 @dataclass
@@ -104,6 +111,7 @@ class _Batch:
     embeddings: np.ndarray | None = None
     outputs: list[RequestedOutput] | None = None
     binary_outputs: bool = False
+    sent_context: str = ""  # the context the client sent (validated), or ""
 
 
 # Instances of a request run through ONNX Runtime on the event loop (a thread's hand-over
@@ -205,6 +213,8 @@ class PetClassifier(Model):
         self.edge = edge
         self.capture = capture
         self.revision = revision or os.environ.get("MLOPS_REVISION", "") or "stable"
+        # The deployment's operating conditions, the default first (images.request_context).
+        self.contexts = parse_contexts(os.environ.get("MLOPS_CONTEXTS") or DEFAULT_CONTEXTS)
         self._capture = None
         self.has_embedding = False
         self.registry_version = ""
@@ -503,6 +513,13 @@ class PetClassifier(Model):
         batch.capture = self._capture is not None and self._capture.should_capture()
         # The role: a router in front may say which it chose, if it proves it is the router.
         batch.revision = routing.routed_role(headers)
+        sent = (headers or {}).get(CONTEXT_HEADER, "")
+        if isinstance(payload, InferRequest) and payload.parameters:
+            sent = str(payload.parameters.get("context") or sent)
+        if sent and sent not in self.contexts:
+            raise InvalidInput(f"Unknown camera context {sent!r} ({CONTEXT_HEADER}): this "
+                               f"deployment declares {', '.join(self.contexts)}.")
+        batch.sent_context = sent
         if encoded is not None:
             batch.x = await self._decode(encoded, batch.instances,
                                          batch.stats if batch.capture else None)
@@ -574,18 +591,26 @@ class PetClassifier(Model):
         latency_ms = round(elapsed * 1000.0, 3)
         classes = self.classes
         for i, label in enumerate(labels):
+            stats = batch.stats[i] if i < len(batch.stats) else {}
+            try:
+                context = request_context(stats, batch.sent_context, self.contexts) \
+                    if stats else batch.sent_context or self.contexts[0]
+            except ContextRejected:  # checked in preprocess; kept for a subclass's batch
+                context = self.contexts[0]
             record = {
                 "request_id": batch.request_id, "index": i, "time": now, "model": self.name,
                 "client_request_id": batch.client_request_id,
                 "model_version": self.registry_version, "model_id": self.model_version,
                 "revision": batch.revision or self.revision, "protocol": batch.protocol,
-                "stats": batch.stats[i] if i < len(batch.stats) else {},
+                "stats": stats, "context": context,
                 "input_quality": batch.quality[i] if i < len(batch.quality) else None,
                 "embedding": batch.embeddings[i] if batch.embeddings is not None else [],
                 "label": label,
                 "probabilities": dict(zip(classes, batch.probs[i].tolist(), strict=True)),
                 "latency_ms": latency_ms,
             }
+            if batch.sent_context:
+                record["sent_context"] = batch.sent_context
             image = None
             if batch.encoded is not None and writer.should_keep_image():
                 image = batch.encoded[i]

@@ -82,3 +82,36 @@ def test_input_quality_flags_junk_and_no_camera_frame_by_day_or_night():
     assert [input_quality(s) for s in tensor_stats(zeros, mean, std)] == ["blank", "blank"]
     assert [input_quality(s) for s in tensor_stats(noise, mean, std)] == ["noise"]
     assert input_quality({}) is None  # nothing measured: no verdict
+def test_context_is_measured_from_the_decoded_image_infrared_is_grey_and_dim():
+    from components.common.images import measure_context
+    from components.datagen.core import LakeSpec, render
+
+    for condition, expected in (("day", "day"), ("night", "night"), ("blur", "day")):
+        for size in (32, (320, 180)):
+            spec = LakeSpec(n=20, size=size, seed=4, condition=condition)
+            got = {decode_and_measure(render(spec, i)[1], 32)[1]["context"] for i in range(8)}
+            assert got == {expected}, (condition, size, got)
+    grey_bright = {"colourfulness": 0.0, "brightness": 0.7}  # a greyscale photo by day
+    assert measure_context(grey_bright) == "day"
+    assert measure_context({"colourfulness": 0.0, "brightness": 0.2}) == "night"
+    assert measure_context({"colourfulness": 0.0, "brightness": 0.2}, ("day",)) == "day"
+
+
+def test_a_sent_context_is_validated_and_never_overrides_a_measured_one():
+    import pytest
+
+    from components.common.images import ContextRejected, parse_contexts, request_context
+
+    ir = {"colourfulness": 0.0, "brightness": 0.2}
+    colour = {"colourfulness": 0.3, "brightness": 0.5}
+    park = ("day", "night", "rain")
+    assert request_context(ir, None, park) == "night"
+    assert request_context(colour, "night", park) == "day"  # measured: colour is not IR
+    assert request_context(ir, "day", park) == "night"
+    assert request_context(colour, "rain", park) == "rain"  # only the camera can tell rain
+    with pytest.raises(ContextRejected, match="declares day, night, rain"):
+        request_context(colour, "fog", park)
+    assert parse_contexts("day, night") == ("day", "night")
+    for bad in ("", "day,day", "Day", ["day", "no spaces"]):
+        with pytest.raises(ContextRejected, match="e.g. 'day,night'"):
+            parse_contexts(bad)

@@ -58,12 +58,13 @@ def monitor_setup(package_dir, trained_model_dir, dataset_dirs, tmp_path_factory
 def simulate_window(setup: MonitorSetup, uri: str, *, n: int = 120, condition: str = "day",
                     cat_fraction: float = 0.5, seed: int = 101, start: float = T0,
                     label_share: float = 0.0, image_rate: float = 0.0, first_index: int = 0,
-                    seconds_apart: float = 10.0) -> dict:
+                    seconds_apart: float = 10.0, view: str = "usual") -> dict:
     """Captures ``n`` requests of generated images in the store at ``uri`` from ``start``."""
     from components.datagen.core import LakeSpec
     from components.monitor.simulate import simulate
 
-    spec = LakeSpec(n=n, size=32, seed=seed, condition=condition, cat_fraction=cat_fraction)
+    spec = LakeSpec(n=n, size=32, seed=seed, condition=condition, cat_fraction=cat_fraction,
+                    view=view)
     return simulate(setup.sim, uri, setup.model, str(setup.version), spec, start_time=start,
                     seconds_apart=seconds_apart, first_index=first_index,
                     label_share=label_share, image_rate=image_rate, seed=seed)

@@ -162,8 +162,10 @@ def test_report_gallery_and_slices(monitor_setup, day_and_night):
     assert night["accuracy"] < day["accuracy"] and night["flagged"]
     assert {r["slice"] for r in ex["slices"]["predicted class"]} <= {"cats", "dogs"}
     html = read_uri(v.report_uri).decode()
-    assert v.check("drift.embedding").evidence == f"{v.report_uri}#drift.embedding"
-    assert "id='drift.embedding'" in html
+    # each context's check has its row: the anchor names the context
+    assert v.check("drift.embedding", "night").evidence == \
+        f"{v.report_uri}#drift.embedding[night]"
+    assert "id='drift.embedding[night]'" in html and "id='drift.embedding[day]'" in html
     for part in ("Verdict", "drift.embedding", "Saliency gallery", "Error analysis by slice",
                  "data:image/png;base64"):
         assert part in html

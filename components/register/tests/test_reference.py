@@ -71,7 +71,9 @@ def test_registration_publishes_the_reference_with_the_version(
     data = read_uri(row["uri"])
     x, stats = decode_and_measure(data, 32)
     assert np.array_equal(x, preprocess_image(data, 32))
-    assert stats == {name: ref.stats[name][0] for name in ref.stats} | {"mode": "RGB"}
+    assert stats == {name: ref.stats[name][0] for name in ref.stats} | {
+        "mode": "RGB", "colourfulness": stats["colourfulness"], "context": ref.contexts[0]}
+    assert ref.contexts == ["day"] * n  # a day lake: every image in the default context
     embed = onnx_embedder((package_dir / "model.onnx").read_bytes())
     assert np.allclose(embed(x[None]), ref.embeddings[:1], atol=1e-6)
 
