@@ -171,7 +171,7 @@ def test_report_gallery_and_slices(monitor_setup, day_and_night):
         assert part in html
     assert html.count("data:image/png;base64") >= 4 + len(ex["gallery"])
     folder = v.report_uri.rsplit("/", 1)[0]
-    assert "| drift.embedding |" in read_uri(f"{folder}/summary.md").decode()
+    assert "| drift.embedding[night] |" in read_uri(f"{folder}/summary.md").decode()
     assert read_uri(f"{folder}/{ex['gallery'][0]['file']}").startswith(b"\x89PNG")
 
 
