@@ -57,9 +57,9 @@ from components.common.images import (
     image_stats,
     input_quality,
     model_input,
-    tensor_stats,
     parse_contexts,
     request_context,
+    tensor_stats,
 )
 from components.common.runtime import load_onnx, normalise
 from components.monitor.capture import CaptureWriter
