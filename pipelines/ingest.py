@@ -4,7 +4,7 @@ over several pods for a large lake (cluster only: kfp.local 2.16 cannot run a Pa
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown
+from kfp.dsl import HTML, Dataset, Markdown
 
 from components.ingest.component import ingest_data, ingest_part, plan_ingest_parts
 from pipelines.common import never_cached, with_resources, with_storage_credentials
@@ -24,7 +24,7 @@ def ingest_pipeline(
     classes: str = "cats,dogs",
     label_aliases: str = "",
 ) -> NamedTuple("IngestPipelineOutputs", dataset_version=str, train=Dataset, test=Dataset,
-                report=Markdown):
+                report=Markdown, report_page=HTML):
     """Ingests a data lake into a versioned dataset.
 
     Args:
@@ -45,9 +45,9 @@ def ingest_pipeline(
     never_cached(task)  # the lake may have changed at the same URI
     with_storage_credentials(task)
     outputs = NamedTuple("IngestPipelineOutputs", dataset_version=str, train=Dataset,
-                         test=Dataset, report=Markdown)
+                         test=Dataset, report=Markdown, report_page=HTML)
     return outputs(task.outputs["dataset_version"], task.outputs["train"],
-                   task.outputs["test"], task.outputs["report"])
+                   task.outputs["test"], task.outputs["report"], task.outputs["report_page"])
 
 
 #: How many part pods of one fanned-out ingestion run at the same time (a compile-time
@@ -71,7 +71,7 @@ def ingest_fanout_pipeline(
     classes: str = "cats,dogs",
     label_aliases: str = "",
 ) -> NamedTuple("IngestFanoutOutputs", dataset_version=str, train=Dataset, test=Dataset,
-                report=Markdown):
+                report=Markdown, report_page=HTML):
     """Plans key ranges, ingests each in its own pod, then publishes once.
 
     Args:
@@ -106,6 +106,7 @@ def ingest_fanout_pipeline(
         never_cached(task)  # the lake may have changed at the same URI
         with_storage_credentials(task)
     outputs = NamedTuple("IngestFanoutOutputs", dataset_version=str, train=Dataset,
-                         test=Dataset, report=Markdown)
+                         test=Dataset, report=Markdown, report_page=HTML)
     return outputs(publish.outputs["dataset_version"], publish.outputs["train"],
-                   publish.outputs["test"], publish.outputs["report"])
+                   publish.outputs["test"], publish.outputs["report"],
+                   publish.outputs["report_page"])

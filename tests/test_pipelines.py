@@ -130,6 +130,9 @@ def test_cli_run_ingest_prints_version_counts_and_outputs(tmp_path):
     version = list_versions(str(tmp_path / "ds"))[0]
     assert f"Dataset version: {version}" in res.stdout
     assert "30 ingested + 0 quarantined + 0 duplicates == 30 listed" in res.stdout
+    page = next(line.split()[-1] for line in res.stdout.splitlines()
+                if line.strip().startswith("report:"))
+    assert page.endswith(".html") and "<table>" in open(page).read()
 
 
 def test_cli_submit_to_an_unreachable_api_fails_with_the_host_named(tmp_path):

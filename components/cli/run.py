@@ -263,8 +263,13 @@ def _print_ingest(outputs: dict) -> None:
     print(f"  test:  {int(test.metadata['count'])} images "
           f"{ {k: int(v) for k, v in test.metadata['class_counts'].items()} }")
     print(f"  snapshot: {train.metadata['snapshot_uri']}")
-    print(f"  report:   {report.path}.md" if os.path.exists(report.path + ".md")
-          else f"  report:   {report.path}")
+    page = outputs.get("report_page")
+    if page is not None and os.path.exists(page.path):
+        print(f"  report:   {page.path}.html" if os.path.exists(page.path + ".html")
+              else f"  report:   {page.path}")
+    else:
+        print(f"  report:   {report.path}.md" if os.path.exists(report.path + ".md")
+              else f"  report:   {report.path}")
     with open(report.path) as f:
         accounting = next((line.strip("*\n") for line in f if line.startswith("**")), "")
     print(f"  {accounting}")

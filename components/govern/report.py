@@ -20,28 +20,48 @@ already hold — nothing is re-measured:
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
 import io
 import json
 import logging
+import re
 from pathlib import Path
 
+from components.common.htmldoc import markdown_html, page
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import StorageError
 from components.govern.audit import audit_view
 from components.govern.core import history
+from components.govern.trace import TraceError, sample_request_ids, trace_request
 
 logger = logging.getLogger(__name__)
 
 
 def _fmt(v, digits: int = 4) -> str:
+    """A cell as text: a mapping as ``key=value`` pairs, a list comma-separated (never JSON)."""
     if v is None:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.{digits}g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x, digits)}" for k, x in sorted(v.items(), key=str)) or "–"
+    if isinstance(v, list | tuple):
+        return ", ".join(_fmt(x, digits) for x in v) or "–"
     return str(v)
+
+
+def _cell_html(v) -> str:
+    """A cell as HTML: a mapping as a small table of its keys and values, nested as deep as
+    it goes, so nothing is cut and no JSON is shown."""
+    if isinstance(v, dict) and v:
+        return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell_html(x)}</td>"
+                                   "</tr>" for k, x in sorted(v.items(), key=str)) + "</table>"
+    if isinstance(v, list | tuple) and any(isinstance(x, dict) for x in v):
+        return "".join(_cell_html(x) for x in v)
+    return html.escape(_fmt(v))
 
 
 def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:
@@ -50,8 +70,7 @@ def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:
     md += ["| " + " | ".join(_fmt(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |"
            for r in rows]
     h = ["<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in headers) + "</tr>"]
-    h += ["<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>"
-          for r in rows]
+    h += ["<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in r) + "</tr>" for r in rows]
     return "\n".join(md), "\n".join(h) + "</table>"
 
 
@@ -68,17 +87,20 @@ class _Doc:
         self.md += [text, ""]
         self.html.append(f"<p>{html.escape(text)}</p>")
 
-    def table(self, headers, rows):
+    def table(self, headers, rows, empty: str):
+        """A table, or ``empty`` (what was not recorded, by name) where it has no row."""
         if not rows:
-            self.para("None recorded.")
+            self.para(empty)
             return
         md, h = _table(headers, rows)
         self.md += [md, ""]
         self.html.append(h)
 
-    def pre(self, text: str):
-        self.md += ["```", text.rstrip(), "```", ""]
-        self.html.append(f"<pre>{html.escape(text)}</pre>")
+    def markdown(self, text: str, shift: int):
+        """A Markdown document (the model card) inside a section, rendered for the page."""
+        self.md += [re.sub(r"^(#{1,6})(?=\s)", lambda m: "#" * min(6, len(m.group(1)) + shift),
+                           line) for line in text.rstrip().splitlines()] + [""]
+        self.html.append(f"<div class='card'>{markdown_html(text, shift=shift)}</div>")
 
     def figure(self, png: bytes | None, name: str, folder: Path, caption: str):
         if png is None:
@@ -193,6 +215,33 @@ def _reference_text(registry, model: str, version: int, lin: dict) -> str | None
     return f"{path}: {sample.get('n')} images, {sample.get('from')}"
 
 
+def _trace_rows(model: str, version: int, store_uri: str, registry_uri: str) -> list[list]:
+    """One row per instance of a sample of the version's requests (`mlops trace`)."""
+    rows = []
+    for rid in sample_request_ids(store_uri, model, version):
+        try:
+            result = trace_request(rid, model, store_uri, registry_uri)
+        except TraceError as exc:
+            logger.warning("Cannot trace %s: %s", rid, exc)
+            continue
+        for item in result["instances"]:
+            lin, label = item["lineage"], item.get("label")
+            rows.append([
+                f"{rid}/{item['index']}",
+                _dt.datetime.fromtimestamp(item["time"], _dt.UTC).isoformat()[:19]
+                if isinstance(item.get("time"), int | float) else item.get("time"),
+                item.get("answer"),
+                f"{label['label']} by {label.get('by')} ("
+                f"{'correct' if label['correct'] else 'wrong'})" if label else None,
+                item.get("image") or "not sampled",
+                f"{lin.get('dataset_version')} from {lin.get('dataset_source')}",
+                lin.get("code_version"), lin.get("pipeline_run"),
+                "; ".join(f"{v['run_id']} {v['status']}" + (
+                    f" ({', '.join(a['summary'] for a in v['alerts'])})" if v["alerts"] else "")
+                    for v in item["verdicts"]) or "none yet"])
+    return rows
+
+
 def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                  figures: Path, qa_report: str = "") -> tuple[str, str, dict]:
     """(HTML, Markdown, facts) of the compliance report; plot PNGs go to ``figures``."""
@@ -221,7 +270,7 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
             card = registry.read_file(model, version, name).decode()
             break
     if card:
-        doc.pre(card)
+        doc.markdown(card, shift=1)
     else:
         doc.para("The package has no model card.")
 
@@ -234,7 +283,7 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
             ["code version", lin.get("code_version")],
             ["pipeline run", lin.get("pipeline_run")],
             ["architecture", lin.get("arch")],
-            ["hyperparameters", json.dumps(hp, sort_keys=True) if hp else None],
+            ["hyperparameters", hp or None],
             ["best epoch / validation accuracy",
              f"{(lin.get('training') or {}).get('best_epoch')} / "
              f"{_fmt((lin.get('training') or {}).get('val_accuracy'))}"],
@@ -251,15 +300,15 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                      f"{data.get('manifest_uri') or '-'}"])
     for key in ("trigger", "export", "warm_start"):
         if lin.get(key):
-            rows.append([key, json.dumps(lin[key], sort_keys=True, default=str)[:400]])
-    doc.table(["what", "value"], rows)
+            rows.append([key.replace("_", " "), lin[key]])
+    doc.table(["what", "value"], rows, "No lineage recorded.")
     trials = lin.get("search_trials") or []
     if trials:
         doc.para(f"Hyperparameter search: {len(trials)} trials.")
         doc.table(["trial", "parameters", "validation accuracy"],
-                  [[t.get("trial", i), json.dumps(t.get("hparams") or t.get("params") or {},
-                                                  sort_keys=True),
-                    t.get("val_accuracy") or t.get("score")] for i, t in enumerate(trials)])
+                  [[t.get("trial", i), t.get("hparams") or t.get("params") or {},
+                    t.get("val_accuracy") or t.get("score")] for i, t in enumerate(trials)],
+                  "No trial recorded.")
 
     doc.heading("3. Test results and bias check")
     m = lin.get("metrics") or {}
@@ -270,11 +319,13 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                                     ["recall gap (bias)", m.get("recall_gap")],
                                     ["gate: blessed", (lin.get("gate") or {}).get("blessed")],
                                     ["champion compared with",
-                                     (lin.get("gate") or {}).get("champion_version")]])
+                                     (lin.get("gate") or {}).get("champion_version")]],
+              "No test result recorded.")
     per_class = m.get("per_class") or {}
     doc.table(["class", "precision", "recall", "F1", "support"],
               [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]
-               for c, v in sorted(per_class.items())])
+               for c, v in sorted(per_class.items())],
+              "No per-class results recorded (the bias check needs them).")
 
     doc.heading("4. Application test")
     tests = registry.apptests(model, version)
@@ -285,7 +336,7 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                    "images", "reasons"],
                   [[t.get("passed"), t.get("live_accuracy"), t.get("offline_accuracy"),
                     (t.get("load") or {}).get("error_rate"), (t.get("load") or {}).get("p95_ms"),
-                    t.get("images"), "; ".join(t.get("reasons") or [])] for t in tests])
+                    t.get("images"), "; ".join(t.get("reasons") or [])] for t in tests], "")
     else:
         doc.para("Not recorded in the registry: the application test's QA report is an "
                  f"artifact of pipeline run {lin.get('pipeline_run')} (pass it with "
@@ -294,7 +345,8 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
     doc.heading("5. Release decisions")
     doc.table(["#", "at", "version", "decision", "previous", "why"],
               [[r["seq"], r["at"][:19], r["version"], r["decision"], r.get("previous_version"),
-                "; ".join(r.get("reasons") or []) or r.get("reason", "")] for r in releases])
+                "; ".join(r.get("reasons") or []) or r.get("reason", "")] for r in releases],
+              "No release decision recorded: the version was never deployed.")
     step_rows = []
     for r in releases:
         for s in r.get("steps", []):
@@ -304,41 +356,47 @@ def build_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
                               st.get("accuracy"), "pass" if s.get("passed") else "FAIL"])
     if step_rows:
         doc.table(["release", "traffic", "canary errors", "canary p95 ms", "stable p95 ms",
-                   "canary acc", "stable acc", "result"], step_rows)
+                   "canary acc", "stable acc", "result"], step_rows, "")
     doc.figure(_release_plot(releases), f"{model}-v{version}-releases.png", figures,
                "Canary measurements")
 
     doc.heading("6. Approvals and holds")
     approval = registry.approval(model, version)
     doc.table(["approved by", "at", "note"],
-              [[approval["by"], approval["at"][:19], approval.get("note")]] if approval else [])
+              [[approval["by"], approval["at"][:19], approval.get("note")]] if approval else [],
+              "No approval recorded.")
     doc.table(["hold record", "at", "by", "reason"],
               [[h["action"], h["at"][:19], h["by"], h["reason"]]
-               for h in registry.hold_records(model)])
+               for h in registry.hold_records(model)], "No release hold recorded.")
 
     doc.heading("7. Monitoring since release")
     doc.table(["window end", "verdict", "status", "requests", "labelled", "checks not ok"],
               [[v.window_end[:19], v.run_id, v.status, v.n_requests, v.n_labelled,
                 ", ".join(f"{c.key}={_fmt(c.value, 3)} ({c.status})" for c in v.checks
-                          if c.status not in ("ok", "unknown"))] for v in verdicts])
+                          if c.status not in ("ok", "unknown"))] for v in verdicts],
+              "No monitoring window judged this version since its release.")
     doc.figure(_monitoring_plot(verdicts), f"{model}-v{version}-monitoring.png", figures,
                "Drift, accuracy and latency per monitoring window")
 
     doc.heading("8. Alerts and actions")
     doc.table(["at", "kind", "actor", "subject", "why", "evidence"],
               [[str(e["at"])[:19], e["kind"], e.get("actor"), e.get("subject"),
-                e.get("reason"), e.get("evidence")] for e in audit])
+                e.get("reason"), e.get("evidence")] for e in audit],
+              "No alert or governance action about this version.")
+
+    doc.heading("9. Where a sample of answers came from")
+    traced = _trace_rows(model, version, store_uri, registry_uri)
+    doc.para(f"{len(traced)} requests this version answered, traced through the stores "
+             "(`mlops trace REQUEST_ID` shows one in full).")
+    doc.table(["request", "at", "answer", "later label", "captured image", "dataset",
+               "code", "pipeline run", "monitoring windows (alerts)"], traced,
+              "No captured request of this version (production captures its requests "
+              "into the monitoring store; `mlops deploy stop` flushes them).")
     facts = {"model": model, "version": version, "releases": len(releases),
              "verdicts": len(verdicts), "audit_entries": len(audit),
              "approved": approval is not None}
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;"
-             "padding:3px 6px;font-size:13px;text-align:left;vertical-align:top}"
-             "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}img{max-width:100%}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Compliance report: "
-            f"{html.escape(model)} v{version}</title><style>{style}</style></head><body>"
-            + "\n".join(doc.html) + "</body></html>")
-    return page, "\n".join(doc.md).lstrip() + "\n", facts
+    doc_page = page(f"Compliance report: {model} v{version}", "\n".join(doc.html))
+    return doc_page, "\n".join(doc.md).lstrip() + "\n", facts
 
 
 def write_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
@@ -347,10 +405,10 @@ def write_report(model: str, ref: str | int, registry_uri: str, store_uri: str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     version = ModelRegistry(registry_uri).resolve(model, ref)
-    page, md, _ = build_report(model, ref, registry_uri, store_uri, out, qa_report)
+    doc_page, md, _ = build_report(model, ref, registry_uri, store_uri, out, qa_report)
     html_path = out / f"{model}-v{version}-compliance.html"
     md_path = out / f"{model}-v{version}-compliance.md"
-    html_path.write_text(page)
+    html_path.write_text(doc_page)
     md_path.write_text(md)
     logger.info("Compliance report of %s version %d: %s", model, version, html_path)
     return {"html": str(html_path), "markdown": str(md_path)}

@@ -120,3 +120,19 @@ def trace_request(request_id: str, model: str, store_uri: str, registry_uri: str
                           "correct": label["label"] == rec.get("label")} if label else None)
         out.append(item)
     return {"request_id": request_id, "model": model, "instances": out}
+
+
+def sample_request_ids(store_uri: str, model: str, version: int | str, n: int = 3) -> list[str]:
+    """Up to ``n`` request ids the model's ``version`` answered, spread over its captures
+    (first, last and between, in time order): the requests a compliance report traces."""
+    store = open_store(store_uri)
+    seen: dict[str, float] = {}
+    for _, rec in read_capture(store, model, None, lambda *a: None):
+        rid = rec.get("request_id")
+        if rid and str(rec.get("model_version", "")) == str(version) and rid not in seen:
+            seen[rid] = float(rec.get("time") or 0)
+    ordered = sorted(seen, key=lambda r: (seen[r], r))
+    if len(ordered) <= n:
+        return ordered
+    step = (len(ordered) - 1) / (n - 1) if n > 1 else 0
+    return [ordered[round(i * step)] for i in range(n)]

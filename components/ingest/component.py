@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown, Metrics, Output
+from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output
 
 from components.settings import COMPONENT_IMAGE
 
@@ -15,6 +15,7 @@ def ingest_data(
     train: Output[Dataset],
     test: Output[Dataset],
     report: Output[Markdown],
+    report_page: Output[HTML],
     metrics: Output[Metrics],
     labels_csv: str = "",
     layout: str = "auto",
@@ -35,7 +36,9 @@ def ingest_data(
         dataset_root: Where dataset snapshots are published (s3://… or a path).
         train: The training split: its manifest, readable image URIs and statistics.
         test: The test split, likewise.
-        report: Counts, quarantine reasons and per-split statistics for people.
+        report: Counts, quarantine reasons and per-split statistics for people (Markdown,
+            rendered by the Kubeflow UI).
+        report_page: The same report as an HTML page, for a browser.
         metrics: Counts as scalar metrics.
         labels_csv: Optional URI of a CSV of key,label; empty means labels from the layout.
         layout: auto, folders, kaggle or csv.
@@ -59,7 +62,7 @@ def ingest_data(
     import logging
 
     from components.ingest import core, snapshot
-    from components.ingest.report import report_markdown
+    from components.ingest.report import report_html, report_markdown
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if dataset_version:
@@ -75,6 +78,9 @@ def ingest_data(
     report.metadata.update({"dataset_version": result.version, "source_uri": data_uri})
     with open(report.path, "w") as f:
         f.write(report_markdown(result))
+    report_page.metadata.update(report.metadata)
+    with open(report_page.path, "w") as f:
+        f.write(report_html(result))
     for key in ("listed", "ingested", "quarantined", "duplicates"):
         metrics.log_metric(key, result.report[key])
     outputs = NamedTuple("IngestOutputs", dataset_version=str, num_train=int, num_test=int)

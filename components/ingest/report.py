@@ -1,7 +1,9 @@
-"""The ingestion report for people (Markdown, rendered by the Kubeflow UI)."""
+"""The ingestion report for people: Markdown (the Kubeflow UI renders it) and the same as an
+HTML page (what `mlops run ingest` and `mlops runs show` point a person to)."""
 
 from __future__ import annotations
 
+from components.common.htmldoc import markdown_html, page
 from components.common.images import QUARANTINE_REASONS
 from components.ingest.core import IngestResult
 
@@ -58,3 +60,8 @@ def report_markdown(result: IngestResult) -> str:
                      + (f", parts that wrote nothing (read here) {p['missing']}"
                         if p["missing"] else "") + ".")
     return "\n".join(lines) + "\n"
+
+
+def report_html(result: IngestResult) -> str:
+    """The ingestion report as an HTML page (the Markdown report, rendered)."""
+    return page(f"Dataset {result.version}", markdown_html(report_markdown(result)))

@@ -11,7 +11,9 @@ from components.common.registry import ModelRegistry
 from components.common.storage import open_store
 from components.govern.core import govern
 from components.govern.policy import parse_policy
+from components.monitor.capture import CaptureConfig, CaptureWriter
 from components.monitor.contract import Check, Verdict
+from components.monitor.feedback import LabelRequest, LabelStore
 
 MODEL = "pet-classifier"
 CARD = "# Model card: pet-classifier\n\nIntended use: tell cats from dogs in the park camera.\n"
@@ -75,6 +77,13 @@ def _setup(tmp_path, receiver):
                                    v.to_dict())
         govern(v, policy, store_uri=store)
     registry.place_hold(MODEL, "accuracy collapse drill")
+    writer = CaptureWriter(CaptureConfig(uri=store, image_rate=0.0), MODEL)
+    for n in range(5):  # requests answered by version 2; one got a label later
+        writer.submit({"request_id": f"req-{n + 5}", "index": 0, "time": 4070908800.0 + n,
+                       "model": MODEL, "model_version": "2", "label": "cats",
+                       "probabilities": {"cats": 0.9, "dogs": 0.1}, "latency_ms": 3.0})
+    assert writer.close(30)
+    LabelStore(store, MODEL, ["cats", "dogs"]).add(LabelRequest("req-7", "dogs", 0, "qa"))
     return registry, store
 
 
@@ -88,7 +97,7 @@ def test_report_content(tmp_path, receiver):
     assert "Compliance report: pet-classifier version 2" in md
     assert "Intended use: tell cats from dogs" in md  # the model card
     for fact in ("ds2abc", "s3://lake/petpark", "git:0123abcd", "pet-classifier-training-run-2",
-                 "small_cnn", '"lr": 0.003', "w-night"):  # lineage, with the trigger
+                 "small_cnn", "batch_size=32, lr=0.003", "w-night"):  # lineage, with the trigger
         assert fact in md, fact
     assert "| dogs | 0.95 | 0.998 | 0.97 | 195 |" in md  # per-class results
     assert "| recall gap (bias) | 0.0479 |" in md
@@ -97,10 +106,21 @@ def test_report_content(tmp_path, receiver):
     assert "qa-lead" in md and "night images checked by QA" in md  # approval
     assert "accuracy collapse drill" in md  # the hold
     # Monitoring since release: the three windows, the alarm named.
-    assert md.count("| 2099-01-0") == 3 and "drift.embedding=0.01 (alarm)" in md
+    monitoring = md.split("## 7. ")[1].split("## 8. ")[0]
+    assert monitoring.count("| 2099-01-0") == 3 and "drift.embedding=0.01 (alarm)" in md
     # Alerts and actions; the alert was about the drifting window.
     assert "| alert |" in md and "| resolved |" in md
     assert "data:image/png;base64," in page and page.count("<figure>") == 2
+    # For a person: the model card rendered (its headings one level below the section's), the
+    # lineage's trigger and the trials as tables of their fields (never JSON), and no table
+    # followed by an unnamed "None recorded.".
+    assert "<h2>Model card: pet-classifier</h2>" in page and "# Model card" not in page
+    assert "<th>episode</th><td>v1-0001</td>" in page
+    assert "<th>lr</th><td>0.003</td>" in page
+    assert '{"' not in page and "None recorded" not in md
+    # A sample of the version's requests traced to everything behind them.
+    assert "| req-7/0 |" in md and "| dogs by qa (wrong) |" in md, md
+    assert "ds2abc from s3://lake/petpark" in md and "pet-classifier-training-run-2" in md
     assert (tmp_path / "out" / "pet-classifier-v2-monitoring.png").stat().st_size > 5000
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kfp.dsl import Dataset, Markdown, Metrics
+from kfp.dsl import HTML, Dataset, Markdown, Metrics
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate
@@ -17,7 +17,7 @@ def test_component_writes_typed_artifacts_with_metadata(tmp_path):
     generate(LakeSpec(n=50, size=32, seed=9), lake)
     lake.put("cats/empty.jpg", b"")
     arts = {name: cls(name=name, uri=str(tmp_path / "out" / name), metadata={})
-            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown),
+            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
                               ("metrics", Metrics)]}
     for a in arts.values():
         os.makedirs(os.path.dirname(a.path), exist_ok=True)
@@ -37,6 +37,11 @@ def test_component_writes_typed_artifacts_with_metadata(tmp_path):
     report = open(arts["report"].path).read()
     assert out.dataset_version in report and "zero_byte" in report
     assert "50 ingested + 1 quarantined + 0 duplicates == 51 listed" in report
+    # The same report as a page a browser shows: tables and text, not Markdown source.
+    page = open(arts["report_page"].path).read()
+    assert page.startswith("<!doctype html>") and "<th>split</th>" in page
+    assert "<strong>50 ingested + 1 quarantined + 0 duplicates == 51 listed</strong>" in page
+    assert "<td>zero_byte</td>" in page and "|---|" not in page
     assert arts["metrics"].metadata["quarantined"] == 1
 
 
@@ -45,7 +50,7 @@ def test_component_takes_declared_classes_and_aliases(tmp_path):
     generate(LakeSpec(n=20, size=32, seed=10), lake)
     generate(LakeSpec(n=6, size=32, seed=11, layout="kaggle"), lake, prefix="Horses")
     arts = {name: cls(name=name, uri=str(tmp_path / "out" / name), metadata={})
-            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown),
+            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
                               ("metrics", Metrics)]}
     for a in arts.values():
         os.makedirs(os.path.dirname(a.path), exist_ok=True)
@@ -62,7 +67,7 @@ def test_component_takes_declared_classes_and_aliases(tmp_path):
 
 def _artifacts(tmp_path, name):
     arts = {a: cls(name=a, uri=str(tmp_path / name / a), metadata={})
-            for a, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown),
+            for a, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
                            ("metrics", Metrics)]}
     for a in arts.values():
         os.makedirs(os.path.dirname(a.path), exist_ok=True)

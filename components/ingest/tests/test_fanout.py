@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kfp.dsl import Dataset, Markdown, Metrics
+from kfp.dsl import HTML, Dataset, Markdown, Metrics
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate, render
@@ -130,7 +130,7 @@ def test_a_retried_part_changes_nothing_and_a_missing_part_is_read_by_the_publis
     # Part 1 failed for good (its pod died before writing): the publish step (the component,
     # as the pipeline runs it) reads its objects and says so.
     arts = {name: cls(name=name, uri=str(tmp_path / "out" / name), metadata={})
-            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown),
+            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
                               ("metrics", Metrics)]}
     for artifact in arts.values():
         os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
@@ -299,7 +299,7 @@ def _run_compiled(spec: dict, arguments: dict, tmp_path: Path) -> dict:
     funcs = {"comp-plan-ingest-parts": component.plan_ingest_parts,
              "comp-ingest-part": component.ingest_part, "comp-ingest-data": component.ingest_data}
     outputs: dict[str, dict] = {}
-    types = {"Dataset": Dataset, "Markdown": Markdown, "Metrics": Metrics}
+    types = {"Dataset": Dataset, "Markdown": Markdown, "Metrics": Metrics, "HTML": HTML}
 
     def resolve(binding: dict, scope: dict):
         if "componentInputParameter" in binding:
