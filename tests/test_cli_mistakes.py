@@ -96,6 +96,12 @@ MISTAKES = [
     (["manifests", "--namespace", "Bad_NS", "--out", "m"], 2,
      ["--namespace", "Bad_NS", "kubernetes name"]),
     (["manifests", "--s3-secret", "my secret", "--out", "m"], 2, ["--s3-secret"]),
+    # A label for a request the capture never held (a typo) is refused, saying how to force.
+    (["monitor", "label", "req-typo", "cats", "--classes", "cats,dogs"], 2,
+     ["'req-typo'", "never captured", "mlops deploy predict", "--uncaptured"]),
+    # A label CSV with a 1 MB cell: the row and the limit, not "This is a bug".
+    (["monitor", "label", "--csv", "big.csv", "--classes", "cats,dogs"], 2,
+     ["big.csv line 3", "field limit", "131,072"]),
     # Finding 9: storage mistakes found before the pipeline starts, naming the option.
     (["run", "ingest", "--data", "s3:/pets/lake"], 2, ["--data", "s3:/pets/lake",
                                                         "s3://bucket/prefix"]),
@@ -116,6 +122,7 @@ def home(tmp_path, monkeypatch):
     for name in ("AWS_ENDPOINT_URL", "MINIO_ENDPOINT", "S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "big.csv").write_text("request_id,label\nr1,cats\nr2," + "x" * 2**20 + "\n")
     return tmp_path
 
 
@@ -209,6 +216,28 @@ def test_a_typo_alias_and_a_home_that_is_a_file_are_named(home, capsys, monkeypa
 
 
 
+def test_an_alias_at_a_deleted_version_is_named(home, capsys):
+    """Finding 7: an alias pointing at a deleted version was dropped from `registry list`
+    without a word, and `registry show` said only "No object …/_PUBLISHED"."""
+    import shutil
+
+    from components.common.registry import ModelRegistry
+
+    registry = ModelRegistry(str(home / "home" / "registry"))
+    for _ in range(2):
+        registry.register("pet-classifier", {"model.onnx": b"x"}, {})
+    registry.set_alias("pet-classifier", "production", 2, reason="second")
+    shutil.rmtree(home / "home" / "registry" / "pet-classifier" / "versions" / "2")
+    assert main(["registry", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "pet-classifier\tv1" in out and "v2" not in out
+    assert "pet-classifier@production points at version 2, which was deleted" in err
+    assert "mlops registry alias pet-classifier production 1" in err
+    assert main(["registry", "show", "pet-classifier", "@production"]) == 2
+    err = capsys.readouterr().err
+    assert "version 2, which was deleted" in err and "_PUBLISHED" not in err
+
+
 def test_a_full_disk_names_where_and_what_to_do(home):
     """Finding 9: a full disk was a bare `[Errno 28]` with no path."""
     import errno
@@ -223,7 +252,9 @@ def test_a_full_disk_names_where_and_what_to_do(home):
 
 def test_a_label_takes_the_names_ingestion_takes(home, capsys):
     """Finding 8: ingestion maps `dog` to `dogs`; `monitor label … dog` was refused."""
-    assert main(["monitor", "label", "req-1", "dog", "--classes", "cats,dogs"]) == 0
+    assert main(["monitor", "label", "req-1", "dog", "--classes", "cats,dogs",
+                 "--uncaptured"]) == 0
     assert "req-1/0: dogs created" in capsys.readouterr().out
-    assert main(["monitor", "label", "req-2", "horse", "--classes", "cats,dogs"]) == 2
+    assert main(["monitor", "label", "req-2", "horse", "--classes", "cats,dogs",
+                 "--uncaptured"]) == 2
     assert "unknown label 'horse'" in capsys.readouterr().err

@@ -264,6 +264,8 @@ def _add_label_commands(monitor_sub) -> None:
                    help="replace an existing different label (recorded as a correction)")
     p.add_argument("--by", default="", help="who says so ($MLOPS_ACTOR or $USER when empty)")
     p.add_argument("--note", default="", help="a note kept with the label")
+    p.add_argument("--uncaptured", action="store_true",
+                   help="store a label whose request id the capture does not hold (yet)")
     _feedback_options(p)
     p.set_defaults(func=_cmd_label)
 
@@ -312,6 +314,7 @@ def _cmd_label(args) -> int:
         inbox_prefix,
         parse_csv,
         process_inbox,
+        uncaptured,
     )
 
     single = args.request_id is not None or args.label is not None
@@ -332,12 +335,22 @@ def _cmd_label(args) -> int:
               f"{summary['files']} files, {summary['applied']} applied "
               f"({summary['labels']} labels), {summary['rejected']} rejected (see rejected/).")
         return 1 if summary["rejected"] else 0
+    reqs = (parse_csv(text, default_by=args.by, name=args.csv) if args.csv else
+            [LabelRequest(args.request_id, args.label, args.index, args.by, args.note)])
+    missing = [] if args.uncaptured else uncaptured(labels, reqs)
+    if missing:  # a typo'd id would be stored and never join a capture
+        where = labels.store.uri_of(f"capture/records/model={labels.model}")
+        ids = ", ".join(f"{r.where + ' ' if r.where else ''}{r.request_id!r}"
+                        for r in missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise LabelError(
+            f"{len(missing)} of {len(reqs)} request ids were never captured for "
+            f"{labels.model} in {where}: {ids}; nothing was written. Check the id (`mlops "
+            "deploy predict` prints them; captures are flushed in batches, `mlops deploy stop` "
+            "flushes them now), or store it anyway with --uncaptured.")
     if args.csv:
-        results = labels.add_many(parse_csv(text, default_by=args.by, name=args.csv),
-                                  relabel=args.relabel, source="csv")
+        results = labels.add_many(reqs, relabel=args.relabel, source="csv")
     else:
-        results = [labels.add(LabelRequest(args.request_id, args.label, args.index, args.by,
-                                           args.note), relabel=args.relabel, source="cli")]
+        results = [labels.add(reqs[0], relabel=args.relabel, source="cli")]
     counts = {s: sum(r["status"] == s for r in results)
               for s in ("created", "relabelled", "unchanged")}
     for r in results if len(results) <= 10 else []:

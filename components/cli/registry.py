@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from components.cli.common import OptionError, positive_int
 from components.common.paths import mlops_home
@@ -74,7 +75,13 @@ def _cmd_registry(args) -> int:
             print(f"No model in {registry.uri}.")
         for name in models:
             aliases = registry.aliases(name)
-            for v in registry.versions(name):
+            versions = registry.versions(name)
+            for alias, v in sorted(aliases.items()):
+                if v not in versions:
+                    print(f"warning: {name}@{alias} points at version {v}, which was deleted; "
+                          f"point it at one: `mlops registry alias {name} {alias} "
+                          f"{versions[-1] if versions else 'N'}`", file=sys.stderr)
+            for v in versions:
                 mv = registry.get(name, v)
                 tags = ",".join(a for a, n in aliases.items() if n == v)
                 acc = mv.lineage.get("metrics", {}).get("accuracy")

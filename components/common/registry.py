@@ -161,7 +161,13 @@ class ModelRegistry:
                 raise RegistryError(f"Model {model!r} has no version {n}. Versions: {versions}.")
             return n
         alias = ref[1:] if ref.startswith("@") else ref
-        return self.alias(model, alias)["version"]
+        version = self.alias(model, alias)["version"]
+        if version not in versions:
+            raise RegistryError(
+                f"{model}@{alias} points at version {version}, which was deleted from "
+                f"{self.uri} (versions now: {versions}). Point it at one: `mlops registry "
+                f"alias {model} {alias} {versions[-1]}`.")
+        return version
 
     def get(self, model: str, ref: str | int | None = None) -> ModelVersion:
         version = self.resolve(model, ref)

@@ -40,6 +40,7 @@ from components.common.service import json_app, read_json
 from components.common.storage import ObjectStore, open_store
 from components.ingest.core import IngestConfig
 from components.monitor.contract import utcnow
+from components.monitor.window import read_capture
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,20 @@ class LabelStore:
         return [self.add(ok, relabel=relabel, source=source) for ok in checked]
 
 
+def uncaptured(labels: LabelStore, reqs: list[LabelRequest]) -> list[LabelRequest]:
+    """The labels whose request id the model's capture does not hold (a typo, another model's
+    request, or a capture not flushed yet): one pass over the capture batches."""
+    wanted = {str(r.request_id).strip() for r in reqs}
+    seen: set[str] = set()
+    for _, rec in read_capture(labels.store, labels.model, None, lambda *a: None):
+        rid = rec.get("request_id")
+        if rid in wanted:
+            seen.add(rid)
+            if seen == wanted:
+                break
+    return [r for r in reqs if str(r.request_id).strip() not in seen]
+
+
 # ---------------------------------------------------------------------------------------------
 # CSV
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +255,13 @@ class LabelStore:
 def parse_csv(text: str, default_by: str = "", name: str = "the CSV") -> list[LabelRequest]:
     """Reads ``request_id,label[,index][,by][,note]`` rows (a header row names the columns;
     without one, the columns are taken in that order)."""
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # a cell over the csv module's field limit, a stray NUL …
+        raise LabelError(f"{name} line {reader.line_num}: {exc} (a cell holds at most "
+                         f"{csv.field_size_limit():,} characters; a request id at most 200, "
+                         "a label a class name): fix that row.") from exc
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise LabelError(f"{name} has no rows: expect request_id,label[,index] lines.")

@@ -161,13 +161,20 @@ def test_http_feedback_endpoint(tmp_path):
 def test_label_cli_single_and_csv(tmp_path, capsys):
     store = tmp_path / "monitoring"
     common = ["--store", str(store), "--model", "pets", "--classes", "cats,dogs"]
-    assert mlops(["monitor", "label", "r9", "cats", "--by", "dana", *common]) == 0
+    # Nothing captured r9 (a typo, or a capture not flushed yet): refused, saying how to force.
+    assert mlops(["monitor", "label", "r9", "cats", *common]) == 2
+    err = capsys.readouterr().err
+    assert "never captured for pets" in err and "--uncaptured" in err
+    assert not store.exists() or not list(store.rglob("*.json"))
+    assert mlops(["monitor", "label", "r9", "cats", "--by", "dana", "--uncaptured",
+                  *common]) == 0
     assert "r9/0: cats created by dana" in capsys.readouterr().out
-    assert mlops(["monitor", "label", "r9", "dogs", *common]) == 2
+    assert mlops(["monitor", "label", "r9", "dogs", "--uncaptured", *common]) == 2
     assert "already labelled 'cats'" in capsys.readouterr().err
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("request_id,label,index\nr9,dogs,0\nr10,cats,2\n")
-    assert mlops(["monitor", "label", "--csv", str(csv_path), "--relabel", *common]) == 0
+    assert mlops(["monitor", "label", "--csv", str(csv_path), "--relabel", "--uncaptured",
+                  *common]) == 0
     assert "2 labels: 1 new, 1 corrected" in capsys.readouterr().out
     assert mlops(["monitor", "label", "--csv", str(tmp_path / "missing.csv"), *common]) == 2
     assert "Cannot read --csv" in capsys.readouterr().err
@@ -189,3 +196,21 @@ def test_classes_come_from_the_registry(tmp_path, package_dir):
     code = mlops(["monitor", "label", "r1", "cats", "--model", "nobody", "--registry",
                   str(tmp_path / "reg"), "--store", str(tmp_path / "m")])
     assert code == 2 and not open_store(tmp_path / "m").exists("capture")
+
+
+def test_a_captured_request_is_labelled_without_forcing(tmp_path, capsys):
+    from components.monitor.capture import CaptureConfig, CaptureWriter
+
+    store = tmp_path / "monitoring"
+    writer = CaptureWriter(CaptureConfig(uri=str(store), image_rate=0.0), "pets")
+    writer.submit({"request_id": "r-cap", "index": 0, "time": 1.0e9, "model": "pets",
+                   "model_version": "1", "label": "cats",
+                   "probabilities": {"cats": 0.9, "dogs": 0.1}, "latency_ms": 3.0})
+    assert writer.close(30)
+    common = ["--store", str(store), "--model", "pets", "--classes", "cats,dogs"]
+    assert mlops(["monitor", "label", "r-cap", "dogs", *common]) == 0
+    assert "r-cap/0: dogs created" in capsys.readouterr().out
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("request_id,label\nr-cap,dogs\nr-typo,cats\n")
+    assert mlops(["monitor", "label", "--csv", str(csv_path), *common]) == 2
+    assert "1 of 2 request ids were never captured" in capsys.readouterr().err
