@@ -6,6 +6,9 @@
   the wall clock is set.
 - :func:`backoff` is the wait before a retry: doubled for each further attempt, capped.
 - :func:`free_port` is a TCP port nothing listens on now, for a server started next.
+- :class:`RateLimitedLog` logs at most one warning per interval, saying how many it held
+  back: what a client can make a server log (its own mistakes, refused connections) cannot
+  flood the log.
 - :func:`json_app` builds the aiohttp application of a small JSON endpoint (the monitor's
   feedback server, governance's Alertmanager receiver): ``GET /healthz``, a body limit, an
   optional bearer token, and JSON bodies for every error aiohttp answers itself.
@@ -19,6 +22,7 @@ import json
 import logging
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -57,6 +61,29 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, poll_s: float = 0.1
             return result
         pause = poll_s if max_poll_s is None else backoff(calls, poll_s, max_poll_s)
         sleep(min(pause, remaining))
+
+
+class RateLimitedLog:
+    """At most one WARNING line per ``interval`` seconds on ``log``; the next line says how
+    many were held back (``held_what``: what they were). Thread-safe."""
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0,
+                 held_what: str = "client errors"):
+        self.log, self.interval, self.held_what = log, interval, held_what
+        self._last = float("-inf")
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def warning(self, msg: str, *args) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                self._held += 1
+                return
+            held, self._held, self._last = self._held, 0, now
+        if held:
+            msg += f" ({held} more {self.held_what} since the last line)"
+        self.log.warning(msg, *args)
 
 
 def backoff(attempt: int, base_s: float, max_s: float = math.inf) -> float:

@@ -58,7 +58,7 @@ import signal
 import time
 from pathlib import Path
 
-from components.common.service import wait_until
+from components.common.service import RateLimitedLog, wait_until
 from components.deploy.supervisor import SupervisionPolicy, Supervisor
 from components.serve.limits import EdgeLimits, add_edge_options, edge_limits
 from components.serve.routing import REVISION_HEADER, TOKEN_ENV, TOKEN_HEADER
@@ -78,26 +78,7 @@ LINGER_S = 1.0
 closed, so that the client sees the answer rather than a reset."""
 
 
-class _RateLimited:
-    """At most one warning per ``interval`` seconds, saying how many were held back."""
-
-    def __init__(self, interval: float = 10.0):
-        self.interval = interval
-        self._last = float("-inf")
-        self._held = 0
-
-    def warning(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return
-        held, self._held, self._last = self._held, 0, now
-        if held:
-            msg += f" ({held} more refusals since the last line)"
-        logger.warning(msg, *args)
-
-
-_warn = _RateLimited()
+_warn = RateLimitedLog(logger, held_what="refusals")
 
 
 class WeightedChoice:

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from components.common.procs import exit_with
+
 logger = logging.getLogger(__name__)
 
 INLINE_BYTES = 1 << 20
@@ -406,6 +408,17 @@ class BodyReader:
             self._proc.stdin.close()
         self._proc = None
 
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Stops the reader process and waits until it has ended."""
+        proc = self._proc
+        self.close()
+        if proc is not None:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
 
 def _serve(stdin, stdout) -> None:
     """The reader process: bodies in, what they ask for out, until its input closes."""
@@ -428,4 +441,8 @@ def _serve(stdin, stdout) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    # The classes it sends back must be this module's by name, not __main__'s.
+    from components.serve import bodies as _named  # deferred: the module under its name
+
+    exit_with(os.getppid())  # ends with the server even if its input were left open
+    _named._serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -28,12 +28,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-import time
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from components.common.service import RateLimitedLog
 from components.serve.limits import EdgeLimits
 
 logger = logging.getLogger(__name__)
@@ -51,28 +50,7 @@ class _HeadRefused(Exception):
     """Raised from a parser callback to stop reading a request's head."""
 
 
-class _RateLimited:
-    """At most one warning per ``interval`` seconds, saying how many were held back."""
-
-    def __init__(self, interval: float = 10.0):
-        self.interval = interval
-        self._last = float("-inf")
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def warning(self, msg: str, *args) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self.interval:
-                self._held += 1
-                return
-            held, self._held, self._last = self._held, 0, now
-        if held:
-            msg += f" ({held} more refused connections since the last line)"
-        logger.warning(msg, *args)
-
-
-_warn = _RateLimited()
+_warn = RateLimitedLog(logger, held_what="refused connections")
 
 
 def refusal(status: int, message: str) -> bytes:

@@ -41,6 +41,7 @@ from kserve import errors
 from prometheus_client import Counter
 
 from components.common import prom
+from components.common.service import RateLimitedLog
 from components.serve import kserve_patches
 
 logger = logging.getLogger(__name__)
@@ -64,27 +65,6 @@ CLIENT_CLOSED = 499
 
 class _BodyRefused(Exception):
     """Raised into the application when the body is over the limit or late."""
-
-
-class RateLimitedLog:
-    """At most one log line per ``interval`` seconds; the next line says how many were held."""
-
-    def __init__(self, log: logging.Logger, interval: float = 10.0):
-        self.log, self.interval = log, interval
-        self._last = float("-inf")
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def warning(self, msg: str, *args) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self.interval:
-                self._held += 1
-                return
-            held, self._held, self._last = self._held, 0, now
-        if held:
-            msg += f" ({held} more client errors since the last line)"
-        self.log.warning(msg, *args)
 
 
 class RequestGuard:

@@ -1,4 +1,5 @@
-"""One way to wait, one back-off, and the JSON app both small endpoints are built on."""
+"""One way to wait, one back-off, a rate-limited log, and the JSON app both small endpoints
+are built on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import socket
 
 import pytest
 
-from components.common.service import backoff, free_port, json_app, read_json, wait_until
+from components.common.service import (
+    RateLimitedLog,
+    backoff,
+    free_port,
+    json_app,
+    read_json,
+    wait_until,
+)
 
 
 class _Clock:
@@ -143,3 +151,22 @@ def test_json_app_bearer_token():
     assert none[:2] == (401, {"error": "missing or wrong bearer token"})
     assert none[2]["WWW-Authenticate"] == "Bearer"
     assert wrong[0] == 401 and right[:2] == (200, {"got": 1})
+
+
+def test_a_rate_limited_log_writes_one_line_per_interval_and_counts_the_rest(caplog,
+                                                                           monkeypatch):
+    import logging
+
+    from components.common import service
+
+    clock = _Clock()
+    monkeypatch.setattr(service.time, "monotonic", clock)
+    log = RateLimitedLog(logging.getLogger("test.ratelimited"), interval=10,
+                         held_what="refusals")
+    with caplog.at_level(logging.WARNING, logger="test.ratelimited"):
+        for i in range(5):
+            log.warning("refused %d", i)
+        clock.sleep(10)
+        log.warning("refused %d", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0", "refused 5 (4 more refusals since the last line)"]
