@@ -23,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchdoc import write_section
+from components.common.governance import GovernanceStore
 from components.common.service import free_port
 from components.common.storage import S3Store
 from components.govern.core import govern
 from components.govern.policy import load_policy, parse_policy
-from components.govern.records import GovernanceStore
 from components.govern.trigger import Episodes, RetrainLauncher
 from components.monitor.contract import Check, Verdict
 from demo.webhook import WebhookReceiver

@@ -79,8 +79,7 @@ def stop_servers(tmp_path):
 @pytest.mark.timeout(600)
 def test_challenger_that_wins_on_night_images_is_released_and_traceable(
         night_world, tmp_path, stop_servers):
-    from components.govern.audit import AuditLog
-    from components.govern.records import GovernanceStore
+    from components.common.governance import AuditLog, GovernanceStore
     from components.monitor.export import read_export
 
     base = _copy_world(night_world, tmp_path)
@@ -131,8 +130,7 @@ def test_challenger_that_wins_on_night_images_is_released_and_traceable(
 @pytest.mark.timeout(600)
 def test_challenger_that_loses_leaves_production_untouched_and_is_recorded(
         night_world, tmp_path, stop_servers):
-    from components.govern.audit import AuditLog
-    from components.govern.records import GovernanceStore
+    from components.common.governance import AuditLog, GovernanceStore
 
     base = _copy_world(night_world, tmp_path)
     # A barely trained model from scratch: the champion must win.

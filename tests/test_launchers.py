@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.govern.audit import AuditLog
+from components.common.governance import AuditLog, GovernanceStore
 from components.govern.core import govern
-from components.govern.records import GovernanceStore
 from components.govern.tests.test_trigger import MODEL, POLICY, verdict
 from components.govern.trigger import Episodes, LaunchError
 from pipelines.launchers import KfpLauncher, LocalLauncher

@@ -144,8 +144,8 @@ def _cmd_run(args) -> int:
 
 @_storage_guard
 def _cmd_alerts(args) -> int:
+    from components.common.governance import GovernanceStore
     from components.govern.alerts import AlertBook
-    from components.govern.records import GovernanceStore
 
     book = AlertBook(GovernanceStore(args.store or _store_default(), args.model))
     rows = []
@@ -215,9 +215,8 @@ def _cmd_report(args) -> int:
 
 @_storage_guard
 def _cmd_hold(args) -> int:
+    from components.common.governance import AuditLog, GovernanceStore
     from components.common.registry import ModelRegistry
-    from components.govern.audit import AuditLog
-    from components.govern.records import GovernanceStore
 
     registry = ModelRegistry(args.registry)
     audit = AuditLog(GovernanceStore(args.store or _store_default(), args.model_name))
@@ -395,8 +394,8 @@ def _cmd_start_episode(args) -> int:
 
 @_storage_guard
 def _cmd_episodes(args) -> int:
+    from components.common.governance import GovernanceStore
     from components.govern.core import start_command
-    from components.govern.records import GovernanceStore
     from components.govern.trigger import Episodes
     from pipelines.launchers import open_launcher
 

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from components.common.governance import GovernanceStore
 from components.common.records import now_iso
 from components.common.service import backoff
 from components.govern.policy import Delivery, Recipient
-from components.govern.records import GovernanceStore
 from components.govern.sinks import SINKS, AlertSink, DeliveryError
 
 logger = logging.getLogger(__name__)

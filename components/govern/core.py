@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from components.common.errors import UserError
+from components.common.governance import AuditLog, GovernanceStore
 from components.common.records import actor, now_iso, parse_time
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
@@ -30,9 +31,7 @@ from components.govern.alerts import (
     send_to,
     sink_for,
 )
-from components.govern.audit import AuditLog
 from components.govern.policy import Policy, Rule, load_policy
-from components.govern.records import GovernanceStore
 from components.govern.sinks import AlertSink
 from components.govern.trigger import (
     RELAUNCH_AFTER_S,

@@ -28,11 +28,11 @@ import logging
 import threading
 
 from components.common.errors import UserError
+from components.common.governance import GovernanceStore
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import json_app, read_json
 from components.govern.core import govern
 from components.govern.policy import Policy
-from components.govern.records import GovernanceStore
 from components.monitor.contract import KINDS, Check, Verdict
 
 logger = logging.getLogger(__name__)

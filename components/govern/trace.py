@@ -20,11 +20,11 @@ import logging
 import pandas as pd
 
 from components.common.errors import UserError
+from components.common.governance import GovernanceStore
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import StorageError, open_store, split_uri
 from components.govern.alerts import AlertBook
 from components.govern.core import history
-from components.govern.records import GovernanceStore
 from components.monitor.capture import image_key
 from components.monitor.window import parse_time, read_capture, read_labels
 

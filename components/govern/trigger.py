@@ -22,8 +22,8 @@ import logging
 from abc import ABC, abstractmethod
 
 from components.common.errors import MlopsError
+from components.common.governance import GovernanceStore
 from components.common.records import now_iso, parse_time
-from components.govern.records import GovernanceStore
 
 logger = logging.getLogger(__name__)
 

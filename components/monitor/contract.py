@@ -21,7 +21,7 @@ Monitoring store layout (any store URI; default ``$MLOPS_HOME/monitoring``)::
     monitoring/<model>/telemetry/<unix_ms>-<instance>.json
                                 one scrape of a predictor's /metrics, parsed
     governance/<model>/alerts/<seq>.json, audit/<seq>.json, episodes/<key>.json
-                                (components/govern/records.py has the whole layout: also
+                                (components/common/governance.py has the whole layout: also
                                 deliveries/<seq>/<recipient>/<n>.json, episodes/<key>.launch.json
                                 and .closed.json, governed/<verdict run_id>.json)
     capture/exports/<export_id>/manifest.csv, export.json

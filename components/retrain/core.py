@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+from components.common.governance import AuditLog, GovernanceStore
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import ObjectNotFoundError, StorageError, open_store
 from components.monitor import reference as ref_mod
@@ -170,17 +171,11 @@ def activate_reference(registry_uri: str, model_name: str, version: int, decisio
               "reference_images": int(len(ref.embeddings)) if ref.embeddings is not None
               else 0, "built_now": built,
               "reason": f"version {version} is in production; its reference is active"}
-    try:
-        from components.govern.audit import AuditLog  # deferred: optional, see except
-        from components.govern.records import GovernanceStore  # deferred: optional
-
-        AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
-            "release", f"retrained version {version} {decision}; its monitoring reference is "
-            "now the one traffic is judged against", subject=f"version {version}",
-            evidence=uri, details={**result, "trigger": parse_trigger(trigger)},
-            once_key=f"reference:{model_name}:{version}")
-    except ImportError:  # governance is optional for this step
-        logger.info("No governance module: the activation is not in an audit log")
+    AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
+        "release", f"retrained version {version} {decision}; its monitoring reference is "
+        "now the one traffic is judged against", subject=f"version {version}",
+        evidence=uri, details={**result, "trigger": parse_trigger(trigger)},
+        once_key=f"reference:{model_name}:{version}")
     logger.info("Monitoring reference of %s version %s active (%s)", model_name, version, uri)
     return result
 
@@ -193,17 +188,11 @@ def record_rejection(evaluation: dict, monitoring_uri: str, model_name: str,
     record = {"blessed": False, "reasons": gate["reasons"], "recent": gate.get("recent"),
               "champion_version": gate.get("champion_version"),
               "trigger": parse_trigger(trigger)}
-    try:
-        from components.govern.audit import AuditLog  # deferred: optional, see except
-        from components.govern.records import GovernanceStore  # deferred: optional
-
-        AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
-            "retrain_failed", "the retrained model did not pass the champion/challenger gate; "
-            "production is unchanged: " + "; ".join(gate["reasons"]),
-            subject=f"production version {gate.get('champion_version')}", evidence=evidence,
-            details=record)
-    except ImportError:
-        logger.info("No governance module: the rejection is not in an audit log")
+    AuditLog(GovernanceStore(monitoring_uri, model_name)).append(
+        "retrain_failed", "the retrained model did not pass the champion/challenger gate; "
+        "production is unchanged: " + "; ".join(gate["reasons"]),
+        subject=f"production version {gate.get('champion_version')}", evidence=evidence,
+        details=record)
     for reason in gate["reasons"]:
         logger.warning("Retrained model not blessed: %s", reason)
     return record

@@ -21,9 +21,9 @@ import requests
 import yaml
 
 from components.common import prom
+from components.common.governance import GovernanceStore
 from components.govern.alerts import AlertBook
 from components.govern.policy import DEFAULT_POLICY_PATH, parse_policy
-from components.govern.records import GovernanceStore
 from components.govern.rules import prometheus_rule
 from tests.support import free_port
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from components.common.governance import GovernanceStore
 from components.govern.alerts import AlertBook
 from components.govern.core import govern
 from components.govern.policy import parse_policy
-from components.govern.records import GovernanceStore
 from components.monitor.contract import Check, Verdict
 
 MODEL = "pet-classifier"

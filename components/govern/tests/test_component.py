@@ -10,8 +10,8 @@ import pytest
 import yaml
 from kfp import dsl
 
+from components.common.governance import GovernanceStore
 from components.govern.alerts import AlertBook
-from components.govern.records import GovernanceStore
 from components.govern.trigger import Episodes
 from components.monitor.contract import Check, Verdict
 

@@ -8,13 +8,13 @@ import uuid
 
 import pytest
 
+from components.common.governance import AuditLog, GovernanceStore
 from components.common.registry import ModelRegistry, ReleaseHeld
 from components.common.storage import S3Store, open_store
 from components.govern.alerts import AlertBook
-from components.govern.audit import AuditLog, audit_view
+from components.govern.audit import audit_view
 from components.govern.core import govern, govern_pending
 from components.govern.policy import parse_policy
-from components.govern.records import GovernanceStore
 from components.govern.tests.test_trigger import FolderLauncher
 from components.monitor.contract import Check, Verdict
 from tests.support import free_port

@@ -14,8 +14,8 @@ import pytest
 import requests
 import yaml
 
+from components.common.governance import GovernanceStore
 from components.govern.alerts import AlertBook
-from components.govern.records import GovernanceStore
 from tests.support import free_port
 
 

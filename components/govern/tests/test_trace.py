@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
+from components.common.governance import GovernanceStore
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate
 from components.govern.alerts import AlertBook
-from components.govern.records import GovernanceStore
 from components.ingest.core import IngestConfig, ingest
 from components.monitor.capture import CaptureConfig, CaptureWriter
 from components.monitor.contract import Check, Verdict

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from components.common.governance import AuditLog, GovernanceStore
 from components.common.storage import open_store
-from components.govern.audit import AuditLog
 from components.govern.core import govern
 from components.govern.policy import parse_policy
-from components.govern.records import GovernanceStore
 from components.govern.trigger import Episodes, RetrainLauncher
 from components.monitor.contract import Check, Verdict
 
