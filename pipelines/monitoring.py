@@ -5,9 +5,9 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Markdown, Metrics
 
-from components.govern.component import govern_verdict
 from components.monitor.component import monitor_window
 from pipelines.common import with_resources, with_storage_credentials
+from pipelines.steps import govern_verdict
 
 
 @dsl.pipeline(

@@ -6,13 +6,14 @@ contract, written out because import-linter is not installed). Rules:
 
 (a) a room imports only rooms on lower lines of ``LAYERS``: never a room above it, never a
     sibling on its own line (``ALLOWED_SIBLINGS`` names the noted exceptions);
-(b) no cycle between rooms (every edge counted, the excepted ones included);
+(b) no cycle between rooms (every edge counted);
 (c) the kernel (``components.common``) imports nothing first-party but ``components.settings``;
-(d) a first-party import inside a function body sits only in a ``component.py`` (KFP needs it
-    there) or a CLI module (start-up time), or its line says why: ``# deferred: <reason>``.
+(d) a first-party import inside a function body sits only in a KFP component's body (a
+    ``@dsl.component`` function: KFP needs it there) or a CLI module (start-up time), or its
+    line says why: ``# deferred: <reason>``.
 
-Today's violations of (a) to (c) are listed exactly below. The lists only shrink: the test fails
-on a new violation and on an entry that is no longer needed, so each move deletes its entry.
+There are no exceptions: a violation is a bug to fix where the import is (move the primitive two
+rooms need into the kernel, or the code that needs a higher room into that room).
 """
 
 from __future__ import annotations
@@ -43,16 +44,6 @@ KERNEL = "components.common"
 ALLOWED_SIBLINGS = {("components.cli", "demo"), ("bench", "demo")}
 DEFERRED_MARK = "# deferred:"
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
-
-#: (a) and (c): (importer file, imported module) pairs that break the order today.
-EDGE_EXCEPTIONS: set[tuple[str, str]] = {
-    # The govern step's KFP body builds the launcher that compiles and submits the
-    # continuous-training pipeline (the trigger logic itself no longer imports pipelines).
-    ("components/govern/component.py", "pipelines.launchers"),
-}
-
-#: (b): the strongly connected sets of rooms today.
-CYCLE_EXCEPTIONS: list[set[str]] = [{"components.govern", "pipelines"}]
 
 
 RANK = {room: i for i, line in enumerate(LAYERS) for room in line}
@@ -88,7 +79,8 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, module: str | None = None):
-    """Yields (imported module, line number, in a function body, the statement's source lines)."""
+    """Yields (imported module, line number, in a function body, in a KFP component's body,
+    the statement's source lines)."""
     source = path.read_text()
     lines = source.splitlines()
     tree = ast.parse(source, str(path))
@@ -116,16 +108,26 @@ def imports_of(path: Path, module: str | None = None):
                 out.append(name)
         return out
 
-    def walk(node, in_function: bool):
+    def walk(node, in_function: bool, in_kfp: bool):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 text = "\n".join(lines[child.lineno - 1 : child.end_lineno])
                 for name in resolve(child):
-                    yield name, child.lineno, in_function, text
+                    yield name, child.lineno, in_function, in_kfp, text
             inner = in_function or isinstance(child, FUNCTIONS)
-            yield from walk(child, inner)
+            yield from walk(child, inner, in_kfp or is_kfp_component(child))
 
-    yield from walk(tree, False)
+    yield from walk(tree, False, False)
+
+
+def is_kfp_component(node) -> bool:
+    """A function decorated with ``@dsl.component`` (or ``@component``), called or not."""
+    for dec in getattr(node, "decorator_list", []):
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+        if name == "component":
+            return True
+    return False
 
 
 def scan():
@@ -140,12 +142,12 @@ def scan():
         found = list(imports_of(path))
         if importer not in RANK and (importer is not None or found):  # None: the bare namespace
             unplaced.append(rel)
-        exempt = path.name == "component.py" or importer == "components.cli"
-        for module, line, in_function, text in found:
+        for module, line, in_function, in_kfp, text in found:
             edges[(rel, module)].append(f"{rel}:{line}")
             imported = room_of(module)
             if imported and imported != importer:
                 room_edges.add((importer, imported))
+            exempt = in_kfp or importer == "components.cli"
             if in_function and not exempt and not _has_reason(text):
                 deferred.append(f"{rel}:{line}")
     return edges, room_edges, deferred, unplaced
@@ -231,27 +233,19 @@ def test_every_first_party_module_sits_in_a_room():
 def test_imports_point_down():
     """Rules (a) and (c): no import goes up or sideways, the kernel imports only settings."""
     found = violations()
-    new = {key: why for key, why in found.items() if key not in EDGE_EXCEPTIONS}
-    stale = sorted(EDGE_EXCEPTIONS - set(found))
-    assert not new, "imports against the layer order:\n" + "\n".join(sorted(new.values()))
-    assert not stale, (
-        "these exceptions are no longer needed; delete them from EDGE_EXCEPTIONS:\n"
-        + "\n".join(map(repr, stale)))
+    assert not found, "imports against the layer order:\n" + "\n".join(sorted(found.values()))
 
 
 def test_no_cycle_between_rooms():
-    """Rule (b), on every edge (the excepted ones included)."""
+    """Rule (b), on every edge."""
     _, room_edges, _, _ = graph()
-    found = cycles(room_edges)
-    key = sorted(sorted(c) for c in found)
-    expected = sorted(sorted(c) for c in CYCLE_EXCEPTIONS)
-    assert key == expected, (
-        f"the rooms' cycles changed; CYCLE_EXCEPTIONS should read {key} (it reads {expected}). "
-        "A new cycle is a bug: fix the import instead.")
+    found = sorted(sorted(c) for c in cycles(room_edges))
+    assert not found, f"rooms that import each other (fix the imports): {found}"
 
 
 def test_first_party_imports_sit_at_module_top():
-    """Rule (d): outside component.py and the CLI, a deferred import says why on its line."""
+    """Rule (d): outside KFP component bodies and the CLI, a deferred import says why on its
+    line."""
     _, _, deferred, _ = graph()
     assert not deferred, (
         "first-party imports in function bodies: move them to module top, or end the line "
@@ -260,16 +254,22 @@ def test_first_party_imports_sit_at_module_top():
 
 
 def test_the_checker_sees_what_it_must(tmp_path):
-    """The walk sees function-body, relative and `from package import module` imports."""
+    """The walk sees function-body, relative and `from package import module` imports, and
+    which function bodies are KFP components'."""
     path = tmp_path / "probe.py"
     path.write_text(
         "from components import settings\n"
         "def f():\n"
         "    from .common import storage\n"
         "    import pipelines.local  # deferred: a reason\n"
-        "    return lambda: __import__('x')\n")
-    seen = [(m, fn, _has_reason(t)) for m, _, fn, t in imports_of(path, "components.probe")]
-    assert seen == [("components.settings", False, False),
-                    ("components.common.storage", True, False),
-                    ("pipelines.local", True, True)]
+        "    return lambda: __import__('x')\n"
+        "@dsl.component(base_image='x')\n"
+        "def step():\n"
+        "    from components.govern import core\n")
+    seen = [(m, fn, kfp, _has_reason(t))
+            for m, _, fn, kfp, t in imports_of(path, "components.probe")]
+    assert seen == [("components.settings", False, False, False),
+                    ("components.common.storage", True, False, False),
+                    ("pipelines.local", True, False, True),
+                    ("components.govern.core", True, True, False)]
     assert cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [{"a", "b", "c"}]

@@ -50,7 +50,7 @@ def govern_stand_in(monitoring_uri: str, registry_uri: str) -> int:
         monitoring_uri: The monitoring store.
         registry_uri: The model registry.
     """
-    from components.govern.component import govern_verdict
+    from pipelines.steps import govern_verdict
 
     made = drifting_verdict()
     return govern_verdict(verdict=made.outputs["verdict"], monitoring_uri=monitoring_uri,

@@ -1,5 +1,5 @@
-"""The govern component: its function on a real verdict artifact, and the monitoring pipeline
-compiled with it as the last step."""
+"""The govern step (pipelines/steps.py): its function on a real verdict artifact, and the
+monitoring pipeline compiled with it as the last step."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from components.common.governance import GovernanceStore
 from components.govern.alerts import AlertBook
 from components.govern.trigger import Episodes
 from components.monitor.contract import Check, Verdict
+from tests.support import WebhookReceiver
 
 
-def test_govern_verdict_on_a_verdict_artifact(tmp_path, receiver):
-    from components.govern.component import govern_verdict
+def test_govern_verdict_on_a_verdict_artifact(tmp_path):
+    from pipelines.steps import govern_verdict
 
     v = Verdict("pets", "4", "2026-11-20T00:00:00+00:00", "2026-11-20T01:00:00+00:00", "w1",
                 300, 0, [Check("drift.embedding", "drift", 0.001, 0.05, "alarm", "moved")])
@@ -27,23 +28,24 @@ def test_govern_verdict_on_a_verdict_artifact(tmp_path, receiver):
     actions.path = str(tmp_path / "actions.md")
     verdict = dsl.Artifact(uri=str(path))
     verdict.path = str(path)
-    policy = yaml.safe_dump({"version": 1, "recipients": {"po": {"format": "slack",
-                                                                  "url": receiver.url}},
-                             "rules": [{"name": "data-drift", "match": {"kind": "drift"},
-                                        "actions": [{"type": "alert", "to": "po"},
-                                                    "retrain"]}]})
-    store = str(tmp_path / "monitoring")
-    out = govern_verdict.python_func(verdict=verdict, monitoring_uri=store,
-                                     registry_uri=str(tmp_path / "registry"), actions=actions,
-                                     model_name="pets", policy=policy)
-    assert out.alerts == 1 and out.retrain_started and not out.rolled_back
-    text = (tmp_path / "actions.md").read_text()
-    assert "| alert | data-drift | drift.embedding |" in text
-    assert actions.metadata["actions"] == ["alert", "retrain"]
-    assert len(receiver.received) == 1
-    assert len(AlertBook(GovernanceStore(store, "pets")).alerts()) == 1
-    (episode,) = Episodes(GovernanceStore(store, "pets")).all()
-    assert episode["verdict"] == "w1" and episode["launch"]["state"] == "not_started"
+    with WebhookReceiver(path="/hook") as receiver:
+        policy = yaml.safe_dump({"version": 1, "recipients": {"po": {"format": "slack",
+                                                                      "url": receiver.url}},
+                                 "rules": [{"name": "data-drift", "match": {"kind": "drift"},
+                                            "actions": [{"type": "alert", "to": "po"},
+                                                        "retrain"]}]})
+        store = str(tmp_path / "monitoring")
+        out = govern_verdict.python_func(verdict=verdict, monitoring_uri=store,
+                                         registry_uri=str(tmp_path / "registry"), actions=actions,
+                                         model_name="pets", policy=policy)
+        assert out.alerts == 1 and out.retrain_started and not out.rolled_back
+        text = (tmp_path / "actions.md").read_text()
+        assert "| alert | data-drift | drift.embedding |" in text
+        assert actions.metadata["actions"] == ["alert", "retrain"]
+        assert len(receiver.received) == 1
+        assert len(AlertBook(GovernanceStore(store, "pets")).alerts()) == 1
+        (episode,) = Episodes(GovernanceStore(store, "pets")).all()
+        assert episode["verdict"] == "w1" and episode["launch"]["state"] == "not_started"
 
 
 def test_monitoring_pipeline_ends_with_the_govern_step(tmp_path):
@@ -61,8 +63,8 @@ def test_monitoring_pipeline_ends_with_the_govern_step(tmp_path):
     assert source["outputArtifactKey"] == "verdict"
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"policy", "deploy_target", "govern_launcher", "kfp_host"} <= set(params)
-    # Compiling needs no heavy import: the component module imports kfp only.
-    source_text = (Path(__file__).resolve().parents[1] / "component.py").read_text()
+    # Compiling needs no heavy import: the step's module imports kfp only.
+    source_text = (Path(__file__).resolve().parents[1] / "pipelines" / "steps.py").read_text()
     assert "import torch" not in source_text and "onnxruntime" not in source_text
 
 

@@ -1,6 +1,12 @@
-"""KFP component: govern one monitoring verdict, the monitoring pipeline's last step.
+"""KFP steps whose body launches pipelines: they are defined here, in the pipelines layer.
 
-A thin wrapper over :mod:`components.govern.core`: reads the verdict artifact written by
+A step room never imports ``pipelines/``, but a step that starts another pipeline (the govern
+step starts continuous training through a launcher of :mod:`pipelines.launchers`) needs it in
+its KFP body. Its plain logic stays in its room (``components/govern/core.py``); only the
+``@dsl.component`` wrapper lives here.
+
+``govern_verdict``: govern one monitoring verdict, the monitoring pipeline's last step. A thin
+wrapper over :mod:`components.govern.core`: reads the verdict artifact written by
 ``components.monitor.component.monitor_window`` and applies the governance policy.
 """
 
