@@ -42,6 +42,24 @@ PREDICTOR_IMAGE = os.environ.get(
     "MLOPS_PREDICTOR_IMAGE", f"ghcr.io/pet-park-mlops/pet-classifier-predictor:{__version__}")
 
 
+def _pixels(name: str, default: int) -> int:
+    value = os.environ.get(name, "").replace("_", "").replace(",", "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={os.environ[name]!r}: expect a whole number of pixels, for "
+                         f"example {default} (width x height of the largest photo).")
+    return int(value)
+
+
+#: The one pixel limit (width x height, read from an image's header before decoding) of
+#: ingestion, training and serving: a larger image is quarantined by ingestion and refused by
+#: the predictor. 50 MP takes a 48 MP phone photo (8064x6048 is 48.8 MP); cameras send 2-8 MP.
+#: Raise it with ``MLOPS_MAX_PIXELS`` (or ``--max-pixels`` of ``mlops run ingest``/``training``,
+#: ``mlops ingest …`` and ``mlops serve``).
+MAX_IMAGE_PIXELS = _pixels("MLOPS_MAX_PIXELS", 50_000_000)
+
+
 def code_version() -> str:
     """The code that is running: ``git:<commit>[-dirty]``, else ``MLOPS_CODE_VERSION`` (set in
     the image at build time), else ``package:<version>``."""

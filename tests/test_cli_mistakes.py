@@ -102,6 +102,8 @@ MISTAKES = [
     # A label CSV with a 1 MB cell: the row and the limit, not "This is a bug".
     (["monitor", "label", "--csv", "big.csv", "--classes", "cats,dogs"], 2,
      ["big.csv line 3", "field limit", "131,072"]),
+    # Finding 8: the one pixel limit is raised with --max-pixels (or MLOPS_MAX_PIXELS).
+    (["run", "ingest", "--data", LAKE, "--max-pixels", "-5"], 2, ["--max-pixels", "-5"]),
     # Finding 9: storage mistakes found before the pipeline starts, naming the option.
     (["run", "ingest", "--data", "s3:/pets/lake"], 2, ["--data", "s3:/pets/lake",
                                                         "s3://bucket/prefix"]),

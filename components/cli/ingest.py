@@ -24,11 +24,24 @@ def _config(args, *, with_split: bool = False):
     if args.workers < 0:
         raise OptionError(f"--workers {args.workers}: expected 0 (one per CPU core) or more.")
     extra = {"test_fraction": args.test_fraction} if with_split else {}
+    if _max_pixels(args):
+        extra["max_pixels"] = args.max_pixels
     return IngestConfig(layout=args.layout,
                         labels_csv=absolute_uri(args.labels_csv) if args.labels_csv else None,
                         workers=args.workers, classes=parse_classes(args.classes),
                         aliases=parse_aliases(args.label_aliases), draft=not args.no_draft,
                         **extra)
+
+
+def _max_pixels(args) -> int:
+    """``--max-pixels``, checked, and exported as MLOPS_MAX_PIXELS for the steps and parts this
+    command starts (kfp.local tasks and `mlops ingest part` processes inherit it); 0 if not
+    given."""
+    if not getattr(args, "max_pixels", 0):
+        return 0
+    check_range("--max-pixels", args.max_pixels, 1)
+    os.environ["MLOPS_MAX_PIXELS"] = str(args.max_pixels)
+    return args.max_pixels
 
 
 def _root(args) -> str:
@@ -162,6 +175,10 @@ def lake_options(parser: argparse.ArgumentParser, *, split: bool = False,
                         help="the declared classes; images labelled otherwise are quarantined")
     parser.add_argument("--label-aliases", default="",
                         help="alias=class pairs, e.g. cat=cats (default cat=cats,dog=dogs)")
+    parser.add_argument("--max-pixels", type=int, default=0,
+                        help="largest image accepted (width x height); larger ones are "
+                             "quarantined. Default MLOPS_MAX_PIXELS, else 50,000,000; serve "
+                             "with the same limit (mlops serve --max-pixels)")
     if draft:
         parser.add_argument("--no-draft", action="store_true",
                             help="decode JPEGs at full size (the same for plan, parts and "
@@ -200,6 +217,7 @@ def lake_arguments(args) -> dict:
                           "CSV (layout csv); leave --layout out, or leave --labels-csv out.")
     IngestConfig(classes=parse_classes(args.classes), aliases=parse_aliases(
         args.label_aliases))  # checks --classes and --label-aliases
+    _max_pixels(args)  # the pipeline's steps read it from MLOPS_MAX_PIXELS
     return {"data_uri": args.data, "dataset_root": root,
             "labels_csv": absolute_uri(args.labels_csv) if args.labels_csv else "",
             "layout": args.layout, "test_fraction": args.test_fraction,

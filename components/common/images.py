@@ -30,14 +30,21 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from components.common.errors import UserError
+from components.settings import MAX_IMAGE_PIXELS
 
 # Formats a camera or a photo library produces; anything else Pillow may open (EPS, ICO,
 # PSD, ...) is rejected rather than guessed at.
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO"})
-# Pixel modes that convert to RGB without losing meaning. 16-bit, 32-bit int and float images
-# (I;16, I, F) and 1-bit masks are not photos a camera sends.
-SUPPORTED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr"})
-DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: larger than any CCTV or phone photo in use
+# Pixel modes that convert to RGB without losing meaning. 16-bit greyscale (a 16-bit PNG,
+# an infrared camera's raw frame) is scaled to 8 bits (SIXTEEN_BIT_MODES); float images (F)
+# and 1-bit masks are not photos a camera sends. (Pillow reads a 16-bit RGB PNG as RGB.)
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+SUPPORTED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr"}
+                            | SIXTEEN_BIT_MODES)
+#: The one pixel limit of ingestion and serving (components.settings, MLOPS_MAX_PIXELS).
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
+#: How a quarantine or refusal over the pixel limit says to raise it.
+RAISE_PIXELS = "raise it with --max-pixels or MLOPS_MAX_PIXELS"
 DEFAULT_MIN_SIDE = 16
 _ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose reads
 #: Longest side of the grey image the input statistics are measured on.
@@ -143,6 +150,8 @@ def _validated(data: bytes, max_pixels: int, min_side: int, draft_side: int | No
     """
     if not data:
         raise ImageRejected("zero_byte", "0 bytes")
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):  # Pillow's own check must not be lower
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -161,7 +170,8 @@ def _validated(data: bytes, max_pixels: int, min_side: int, draft_side: int | No
     width, height = img.size
     if width * height > max_pixels:
         raise ImageRejected("decompression_bomb",
-                            f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
+                            f"{width}x{height} = {width * height} pixels > limit {max_pixels} "
+                            f"({RAISE_PIXELS})")
     if mode not in SUPPORTED_MODES:
         raise ImageRejected("unsupported_mode",
                             f"mode {mode}; expect one of {sorted(SUPPORTED_MODES)}")
@@ -176,6 +186,8 @@ def _validated(data: bytes, max_pixels: int, min_side: int, draft_side: int | No
         raise ImageRejected("truncated", str(exc) or "unexpected end of file") from exc
     except (SyntaxError, ValueError) as exc:  # Pillow's decoders raise these for bad data
         raise ImageRejected("corrupt", str(exc)) from exc
+    if img.mode in SIXTEEN_BIT_MODES:
+        img = _to_8_bit(img)
     try:
         orientation = img.getexif().get(_ORIENTATION, 1)
         img = ImageOps.exif_transpose(img)
@@ -190,6 +202,18 @@ def _validated(data: bytes, max_pixels: int, min_side: int, draft_side: int | No
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB"), fmt, mode, (width, height)
+
+
+def _to_8_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit greyscale (the top 8 bits of each 0..65535 value),
+    its EXIF kept for the orientation."""
+    values = np.asarray(img).astype(np.int64)
+    grey = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
+    grey.info.update(img.info)
+    exif = img.getexif()
+    if exif:
+        grey.getexif().update(exif)
+    return grey
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,

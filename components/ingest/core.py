@@ -87,7 +87,7 @@ _CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DRAFT_SIDE = 256
 #: Bump when the validation in components.common.images changes what it accepts or measures:
 #: it is part of the cache key, so a change invalidates what earlier runs learned.
-VALIDATION_VERSION = 2
+VALIDATION_VERSION = 3  # 3: 16-bit greyscale converted, not quarantined
 #: Fewer objects than this are read by threads in this process: starting processes costs more.
 PROCESS_MIN_OBJECTS = 256
 DEFAULT_MAX_BYTES = 256 * 2**20

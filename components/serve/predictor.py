@@ -51,6 +51,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from components.common import prom
 from components.common.images import (
     DEFAULT_CONTEXTS,
+    DEFAULT_MAX_PIXELS,
     ContextRejected,
     ImageRejected,
     decode_image_and_mode,
@@ -117,8 +118,6 @@ class _Batch:
 # Instances of a request run through ONNX Runtime on the event loop (a thread's hand-over
 # costs more than a camera frame's inference); more run in a thread.
 INLINE_INSTANCES = 2
-# A camera sends 2 MP (1080p) to 8 MP (4K) frames; phones 12 MP, some 16 MP (4608x3456).
-CAMERA_MAX_PIXELS = 16_000_000
 # Pixels of lossless images (PNG, WebP, GIF, TIFF, BMP) a request may declare regardless of
 # their size in bytes: decoding 4 MP of even a flat lossless image costs about 0.15 s here.
 FREE_LOSSLESS_PIXELS = 4_000_000
@@ -180,8 +179,8 @@ class ServingLimits:
     """
 
     max_instances: int = 256
-    max_pixels: int = CAMERA_MAX_PIXELS
-    max_request_pixels: int = 2 * CAMERA_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS
     max_pixels_per_byte: int = 100
     decode_threads: int = 0
 
@@ -334,7 +333,8 @@ class PetClassifier(Model):
             if width * height > self.limits.max_pixels:
                 raise InvalidInput(f"Instance {i} declares {width}x{height} = "
                                    f"{width * height} pixels; the limit is "
-                                   f"{self.limits.max_pixels} per image (--max-pixels).")
+                                   f"{self.limits.max_pixels} per image (--max-pixels or "
+                                   "MLOPS_MAX_PIXELS, also ingestion's limit).")
             if jpeg and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
                 raise InvalidInput(f"Instance {i} is a JPEG of more than {MAX_JPEG_SCANS} "
                                    f"scans ({scans} counted); encoders write at most about "

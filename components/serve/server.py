@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-instances", type=_positive, default=limits.max_instances,
                    help="most images in one request")
     p.add_argument("--max-pixels", type=_positive, default=limits.max_pixels,
-                   help="largest image (width x height, from its header); a camera's "
-                        "16 MP photo fits")
+                   help="largest image (width x height, from its header); the limit "
+                        "ingestion applies (MLOPS_MAX_PIXELS), 50 MP unless set")
     p.add_argument("--max-request-pixels", type=_positive, default=limits.max_request_pixels,
                    help="most pixels of all images of one request together")
     p.add_argument("--max-pixels-per-byte", type=_positive, default=limits.max_pixels_per_byte,

@@ -115,3 +115,58 @@ def test_a_sent_context_is_validated_and_never_overrides_a_measured_one():
     for bad in ("", "day,day", "Day", ["day", "no spaces"]):
         with pytest.raises(ContextRejected, match="e.g. 'day,night'"):
             parse_contexts(bad)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_16_bit_png_is_converted_to_8_bit_not_refused():
+    """Finding 8 of issue 23: 16-bit PNGs were quarantined (ingest) and refused (serve)."""
+    from components.common.images import decode_image, inspect_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    data = _png(Image.fromarray(ramp))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")  # really 16-bit on disk
+    rgb = np.asarray(decode_image(data))
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, -1].tolist() == [255, 255, 255]
+    assert abs(int(rgb[0, 32, 0]) - (int(ramp[0, 32]) >> 8)) <= 1  # the top 8 bits
+    info = inspect_image(data)
+    assert (info.width, info.height) == (64, 48)
+
+
+def test_one_pixel_limit_names_how_to_raise_it():
+    """Ingestion and serving share components.settings.MAX_IMAGE_PIXELS (MLOPS_MAX_PIXELS),
+    50 MP by default: a 48 MP phone photo passes; over the limit, the reason names the fix."""
+    import pytest
+
+    from components.common.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+
+    assert DEFAULT_MAX_PIXELS == 50_000_000
+    data = _png(Image.new("L", (400, 300)))
+    assert decode_image(data, max_pixels=120_000).size == (400, 300)
+    with pytest.raises(ImageRejected) as exc:
+        decode_image(data, max_pixels=119_999)
+    assert exc.value.reason == "decompression_bomb"
+    assert "400x300 = 120000 pixels > limit 119999" in str(exc.value)
+    assert "--max-pixels" in str(exc.value) and "MLOPS_MAX_PIXELS" in str(exc.value)
+
+
+def test_the_pixel_limit_is_read_from_the_environment():
+    import subprocess
+    import sys
+
+    code = ("from components.common.images import DEFAULT_MAX_PIXELS as a;"
+            "from components.ingest.core import IngestConfig;"
+            "print(a, IngestConfig().max_pixels)")
+    env = {**__import__("os").environ, "MLOPS_MAX_PIXELS": "60_000_000"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.stdout.split() == ["60000000", "60000000"], out.stderr
+    env["MLOPS_MAX_PIXELS"] = "lots"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode != 0 and "MLOPS_MAX_PIXELS='lots': expect a whole number" in out.stderr

@@ -27,6 +27,12 @@ def _jpeg(index: int = 0) -> bytes:
     return render(LakeSpec(n=1, seed=123), index)[1]
 
 
+def _tiff(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "TIFF")
+    return buf.getvalue()
+
+
 def _bad_files() -> dict[str, tuple[str, bytes]]:
     """Real bad files, one per quarantine reason decided by decoding (key -> reason, bytes)."""
     good = _jpeg(1)
@@ -50,8 +56,8 @@ def _bad_files() -> dict[str, tuple[str, bytes]]:
         "cats/truncated.jpg": ("truncated", good[: len(good) // 2]),
         "dogs/corrupt.png": ("corrupt", corrupt_png),
         "dogs/bomb.png": ("decompression_bomb", bytes(bomb)),
-        "dogs/depth16.png": ("unsupported_mode",
-                             _png(Image.fromarray(np.full((32, 32), 4000, np.uint16)))),
+        "dogs/float.tif": ("unsupported_mode", _tiff(Image.fromarray(
+            np.full((32, 32), 0.5, np.float32)))),
         "dogs/icon.ico": ("unsupported_format", ico.getvalue()),
         "cats/tiny.png": ("too_small", _png(Image.new("RGB", (8, 8)))),
         "stray.jpg": ("unlabelled", good),
@@ -90,6 +96,16 @@ def test_a_larger_than_limit_image_is_a_bomb_without_decoding(tmp_path, lake):
     result = ingest(lake.uri, str(tmp_path / "ds"), IngestConfig(max_pixels=4_000_000))
     row = result.quarantine.set_index("key").loc["cats/huge.png"]
     assert row["reason"] == "decompression_bomb" and "9000000" in row["detail"]
+    assert "--max-pixels" in row["detail"]  # the quarantine says how to raise the limit
+
+
+def test_a_16_bit_png_is_ingested_as_8_bit(tmp_path, lake):
+    """Finding 8 of issue 23: 16-bit PNGs were quarantined as unsupported_mode."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    lake.put("dogs/depth16.png", _png(Image.fromarray(ramp)))
+    result = ingest(lake.uri, str(tmp_path / "ds"))
+    assert "dogs/depth16.png" in set(result.manifest["key"])
+    assert "dogs/depth16.png" not in set(result.quarantine["key"])
 
 
 def test_exact_duplicates_are_removed_reported_and_never_split(tmp_path, lake):

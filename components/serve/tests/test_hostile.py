@@ -174,22 +174,24 @@ def _webp(side: int) -> bytes:
     return buf.getvalue()
 
 
-def test_a_tiny_webp_declaring_40_megapixels_is_refused_from_its_header(server, frame):
-    bomb = _webp_declaring(6300, 6300)
+def test_a_tiny_webp_declaring_56_megapixels_is_refused_from_its_header(server, frame):
+    """Over the one pixel limit of ingestion and serving (50 MP, MLOPS_MAX_PIXELS)."""
+    bomb = _webp_declaring(7500, 7500)
     assert len(bomb) < 100
     started = time.perf_counter()
     r = _predict(server["url"], [bomb] * 64)
     assert r.status_code == 400, r.text
-    assert "6300x6300" in r.json()["error"] and "per image" in r.json()["error"]
+    assert "7500x7500" in r.json()["error"] and "per image" in r.json()["error"]
+    assert "MLOPS_MAX_PIXELS" in r.json()["error"]
     assert time.perf_counter() - started < 2
     assert _predict(server["url"], [frame]).status_code == 200
 
 
 def test_the_pixels_of_a_whole_request_are_budgeted(server, frame):
-    """Three 12 MP images pass the per-image limit but not the request's budget (32 MP)."""
-    r = _predict(server["url"], [_webp_declaring(4000, 3000)] * 3)
+    """Three 48 MP images pass the per-image limit but not the request's budget (100 MP)."""
+    r = _predict(server["url"], [_webp_declaring(8000, 6000)] * 3)
     assert r.status_code == 400, r.text
-    assert "36000000 pixels together" in r.json()["error"]
+    assert "144000000 pixels together" in r.json()["error"]
     assert "--max-request-pixels" in r.json()["error"]
 
 

@@ -411,3 +411,15 @@ def test_worker_processes_serve_the_same_answers_quietly(server, package_dir, im
     text = log_path.read_text()
     assert text.count("Started server process") == 2, text[-2000:]
     assert not [mark for mark in PER_REQUEST_LOG_MARKS if mark in text], text[-2000:]
+
+
+def test_serving_takes_the_pixel_limit_ingestion_takes():
+    """Finding 8 of issue 23: ingestion accepted 40 MP, serving 16 MP. One limit now
+    (components.settings.MAX_IMAGE_PIXELS, MLOPS_MAX_PIXELS); a request may hold two such."""
+    from components.common.images import DEFAULT_MAX_PIXELS
+    from components.ingest.core import IngestConfig
+    from components.serve.predictor import ServingLimits
+
+    limits = ServingLimits()
+    assert limits.max_pixels == DEFAULT_MAX_PIXELS == IngestConfig().max_pixels >= 48_000_000
+    assert limits.max_request_pixels == 2 * DEFAULT_MAX_PIXELS
