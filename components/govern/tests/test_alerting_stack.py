@@ -169,5 +169,11 @@ def test_one_shifted_class_share_reaches_governance_as_one_alert(tmp_path, recei
     assert alert["value"] == pytest.approx(0.3, abs=0.02)
     assert alert["threshold"] == pytest.approx(0.1)
     assert alert["recipients"] == ["product-owner"]
+    # One message to the product owner: in a person's words what changed and what happens
+    # next; the engineer's check name, value and rule in its details field.
     (message,) = receiver.received
-    assert "prediction_drift.class_shares" in message["text"]
+    assert "The share of answers per class has changed" in message["text"]
+    assert alert["text"] in message["text"] and "Next: " in message["text"]
+    assert "prediction_drift.class_shares" not in message["text"]
+    assert message["details"].startswith("prediction_drift.class_shares = ")
+    assert "rule prediction-drift" in message["details"]
