@@ -251,18 +251,24 @@ def _cmd_policy(args) -> int:
     policy = load_policy(args.file or None)
     print(f"{policy.source}: valid ({len(policy.rules)} rules, "
           f"{len(policy.recipients)} recipients)")
-    for rule in policy.rules:
-        m = rule.match
+    def conditions(m) -> str:
         cond = [f"name {'|'.join(m.names)}" if m.names != ("*",) else "",
                 f"kind {'|'.join(m.kinds)}" if m.kinds else "",
                 f"status {'|'.join(m.statuses)}" if len(m.statuses) < 4 else "",
                 f"value > {m.value_above}" if m.value_above is not None else "",
                 f"value < {m.value_below}" if m.value_below is not None else "",
                 f"n >= {m.min_samples}" if m.min_samples else "",
-                {True: "estimates only", False: "measured only"}.get(m.estimated, "")]
+                {True: "estimates only", False: "measured only"}.get(m.estimated, ""),
+                ("with any of [" + "; ".join(conditions(c) for c in m.with_any) + "]"
+                 if m.with_any else ""),
+                ("unless any of [" + "; ".join(conditions(c) for c in m.unless_any) + "]"
+                 if m.unless_any else "")]
+        return ", ".join(c for c in cond if c)
+
+    for rule in policy.rules:
         acts = [a.type + (f" {','.join(a.to)} ({a.severity})" if a.type == "alert" else "")
                 for a in rule.actions]
-        print(f"  {rule.name}: {', '.join(c for c in cond if c)} -> {'; '.join(acts)}")
+        print(f"  {rule.name}: {conditions(rule.match)} -> {'; '.join(acts)}")
     for r in policy.recipients.values():
         where = r.url_env and f"${r.url_env}" + ("" if r.resolved_url() else " (NOT SET)")
         print(f"  recipient {r.name}: {r.format} webhook {where or r.url}")

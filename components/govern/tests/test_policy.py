@@ -217,3 +217,13 @@ def test_the_default_policy_grades_a_statistics_only_shift_as_a_warning(tmp_path
     assert [(a["action"], a["rule"], a.get("severity")) for a in taken] == [
         ("alert", "input-statistics-shift", "info")]
     assert list(taken[0]["delivered"]) == ["qa-expert"]
+
+
+def test_mlops_govern_policy_shows_what_the_other_checks_must_say(capsys):
+    from components.cli import main
+
+    assert main(["govern", "policy"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("input-statistics-shift"))
+    assert "unless any of [name drift.embedding, status alarm;" in line
+    assert line.endswith("-> alert qa-expert (info)")
