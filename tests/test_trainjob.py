@@ -157,7 +157,12 @@ def test_the_trainjob_task_trains_on_two_nodes_and_leaves_the_one_pod_outputs(
         standin, dataset_dirs, s3_uri, tmp_path, monkeypatch):
     """The KFP task end to end: it copies the split to S3, creates the TrainJob, whose two
     nodes run ``torchrun -m components.train.ddp`` for real (the stand-in starts them with
-    the runtime's PET_* environment), waits, deletes it and leaves what ``train_best`` leaves."""
+    the runtime's PET_* environment), waits, deletes it and leaves what ``train_best`` leaves.
+
+    The two nodes share this machine's cores: each trains on one torch thread
+    (``MLOPS_TORCH_THREADS=1``, as a pod limited to one CPU), and so does the one-pod run;
+    with two threads each the test took 164 s on a busy 2-core box, 33 s so (run one after
+    the other, load average 10-14)."""
     import dataclasses
     import os
 
@@ -176,6 +181,7 @@ def test_the_trainjob_task_trains_on_two_nodes_and_leaves_the_one_pod_outputs(
     monkeypatch.setattr(launcher, "_custom_api",
                         lambda client=None: kubernetes.client.CustomObjectsApi(standin.client))
     monkeypatch.setattr(launcher, "POLL_S", 0.2)
+    monkeypatch.setenv("MLOPS_TORCH_THREADS", "1")  # the nodes inherit the environment
     standin.trainjobs.default_plan = ("run", 0.0)
     train = Dataset(name="train", uri=dataset_dirs[0], metadata={})
     outputs = {}
@@ -190,9 +196,11 @@ def test_the_trainjob_task_trains_on_two_nodes_and_leaves_the_one_pod_outputs(
                 storage_secret_keys="accesskey=AWS_ACCESS_KEY_ID", namespace=NS,
                 deadline_s=600)
         else:
+            # The one-pod run gives the outputs to compare with, not a quality: one epoch
+            # (test_ddp.py compares one process with two at the same global batch).
             out = train_best.python_func(train=train, model=model, curve=curve,
                                          work_root=str(tmp_path / "work"), run_id="run-1",
-                                         n_slots=1, epochs=6)
+                                         n_slots=1, epochs=1)
         outputs[how] = (out, model, sorted(os.listdir(model.path)))
     (job_out, job_model, job_files), (pod_out, pod_model, pod_files) = (outputs["trainjob"],
                                                                         outputs["pod"])
@@ -201,7 +209,8 @@ def test_the_trainjob_task_trains_on_two_nodes_and_leaves_the_one_pod_outputs(
     assert job_model.metadata["distributed"] == {"nodes": 2, "processes": 2, "backend": "gloo"}
     assert pod_model.metadata["distributed"] == {"nodes": 1, "processes": 1, "backend": ""}
     assert job_out.hparams == pod_out.hparams
-    assert job_out.val_accuracy >= 0.8 and pod_out.val_accuracy >= 0.8, (job_out, pod_out)
+    assert job_out.val_accuracy >= 0.8, job_out  # the two nodes trained one model together
+    assert job_model.metadata["hparams"]["epochs"] == 6
     core.load_model(job_model.path)  # a loadable model folder, as evaluation reads it
     (name,) = standin.trainjobs.deleted  # created, finished and deleted
     assert standin.trainjobs.history[0][0] == name
