@@ -260,3 +260,64 @@ def test_a_label_takes_the_names_ingestion_takes(home, capsys):
     assert main(["monitor", "label", "req-2", "horse", "--classes", "cats,dogs",
                  "--uncaptured"]) == 2
     assert "unknown label 'horse'" in capsys.readouterr().err
+
+
+def test_no_help_line_shows_a_default_of_none_or_a_doubled_default(home):
+    """Finding 10: 38 help lines ended with a wrong, doubled `(default: None)`. Every
+    sub-command's help, as `mlops … --help` prints it."""
+    import re
+
+    from components.cli import build_parser
+
+    bad, seen = [], 0
+
+    def walk(parser, path):
+        nonlocal seen
+        seen += 1
+        text = " ".join(parser.format_help().split())
+        for m in re.finditer(r"default: None|\(default: [^)]*\)\s*\(default:", text):
+            bad.append(f"{path}: …{text[max(0, m.start() - 60):m.end()]}")
+        for action in parser._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+
+    walk(build_parser(), "mlops")
+    assert seen > 40  # every sub-command was walked
+    assert not bad, "\n".join(bad)
+
+
+def test_data_versions_shows_date_size_and_source(home, capsys):
+    """Finding 10: `data versions` printed bare hashes."""
+    from components.common.storage import open_store
+    from components.datagen.core import LakeSpec, generate
+    from components.ingest.core import IngestConfig, ingest
+
+    lake = open_store(home / "lake")
+    generate(LakeSpec(n=12, size=32, seed=3), lake)
+    result = ingest(lake.uri, str(home / "home" / "datasets"), IngestConfig())
+    assert main(["data", "versions"]) == 0
+    line = capsys.readouterr().out.strip()
+    kib = sum(len(lake.get(k)) for k in result.manifest["key"]) / 1024
+    counts = result.manifest["label"].value_counts()
+    assert line.startswith(f"{result.version}  20") and f"12 images, {kib:.0f} KiB" in line
+    assert f"(cats {counts['cats']}, dogs {counts['dogs']})" in line
+    assert line.endswith(f"from {lake.uri}")
+
+
+def test_an_alias_typo_is_answered_with_the_aliases_there_are(home, capsys):
+    """Finding 10: `registry show pet-classifier @prod` answered with `mlops registry alias
+    pet-classifier prod VERSION`, the command that would create the typo."""
+    from components.common.registry import ModelRegistry
+
+    registry = ModelRegistry(str(home / "home" / "registry"))
+    registry.register("pet-classifier", {"model.onnx": b"x"}, {})
+    assert main(["registry", "show", "pet-classifier", "@prod"]) == 2
+    err = capsys.readouterr().err
+    assert "no alias 'prod'; its aliases: none" not in err
+    assert "(no alias yet)" in err and "mlops registry alias pet-classifier prod" in err
+    registry.set_alias("pet-classifier", "production", 1, reason="first")
+    assert main(["registry", "show", "pet-classifier", "@prod"]) == 2
+    err = capsys.readouterr().err
+    assert "its aliases: production" in err and "Did you mean pet-classifier@production" in err
+    assert "mlops registry alias" not in err

@@ -60,11 +60,16 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_versions(args) -> int:
-    from components.ingest.snapshot import list_versions
+    from components.ingest.snapshot import version_summaries
 
-    versions = list_versions(args.root)
+    versions = version_summaries(args.root)
     if not versions:
         print(f"No dataset version under {args.root}.")
     for v in versions:
-        print(v)
+        when = (v["published_at"] or "(date not recorded)")[:19].replace("T", " ")
+        b = v["bytes"]
+        size = f"{v['images']} images" + ("" if b is None else f", {b / 2**20:.1f} MiB"
+                                           if b >= 2**20 else f", {b / 1024:.0f} KiB")
+        classes = ", ".join(f"{c} {n}" for c, n in sorted(v["classes"].items()))
+        print(f"{v['version']}  {when}  {size} ({classes})  from {v['source_uri']}")
     return 0

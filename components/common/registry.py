@@ -39,6 +39,7 @@ whose message says so, and production is untouched.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -225,10 +226,16 @@ class ModelRegistry:
         events = self._alias_events(model, alias)
         if not events:
             known = sorted(self.aliases(model))
-            raise RegistryError(
-                f"Model {model!r} has no alias {alias!r}. Known aliases: "
-                f"{', '.join(known) if known else 'none'}. Set one with "
-                f"`mlops registry alias {model} {alias} VERSION`.")
+            if not known:
+                raise RegistryError(
+                    f"Model {model!r} has no alias {alias!r} (no alias yet). Set one with "
+                    f"`mlops registry alias {model} {alias} VERSION`.")
+            # A typo: name the aliases there are, never the command that would create it.
+            close = difflib.get_close_matches(alias, known, n=1, cutoff=0.5) or [
+                k for k in known if k.startswith(alias) or alias.startswith(k)][:1]
+            hint = f" Did you mean {model}@{close[0]}?" if close else ""
+            raise RegistryError(f"Model {model!r} has no alias {alias!r}; its aliases: "
+                                f"{', '.join(known)}.{hint}")
         return events[-1]
 
     def alias_history(self, model: str, alias: str) -> list[dict]:

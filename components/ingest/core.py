@@ -27,6 +27,7 @@ content, label, split or size changes.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import io
 import json
@@ -87,6 +88,8 @@ _CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DRAFT_SIDE = 256
 #: Bump when the validation in components.common.images changes what it accepts or measures:
 #: it is part of the cache key, so a change invalidates what earlier runs learned.
+#: Where the record of each version's publication (time, source, size) is kept.
+PUBLISHED_PREFIX = "published"
 VALIDATION_VERSION = 3  # 3: 16-bit greyscale converted, not quarantined
 #: Fewer objects than this are read by threads in this process: starting processes costs more.
 PROCESS_MIN_OBJECTS = 256
@@ -986,6 +989,14 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
     }, manifest_csv, config.publish_wait_s)
     if created:
         logger.info("Published dataset version %s at %s", version, root.uri_of(snapshot))
+        # When and from where, beside the immutable folder (which holds no time, so that the
+        # same lake publishes the same files): `mlops data versions` shows it.
+        root.put_json(f"{PUBLISHED_PREFIX}/{version}.json", {
+            "dataset_version": version, "source_uri": report["source_uri"],
+            "published_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "images": int(report["ingested"]),
+            "bytes": int(pd.to_numeric(kept["size"], errors="coerce").fillna(0).sum())},
+            if_absent=True)
     else:
         logger.info("Dataset version %s already published; nothing changed", version)
 

@@ -8,8 +8,8 @@ import json
 
 import pandas as pd
 
-from components.common.storage import open_store
-from components.ingest.core import IngestError, IngestResult
+from components.common.storage import ObjectNotFoundError, open_store
+from components.ingest.core import PUBLISHED_PREFIX, IngestError, IngestResult
 
 
 def root_of_snapshot(snapshot_uri: str) -> str:
@@ -56,6 +56,28 @@ def list_versions(dataset_root_uri: str) -> list[str]:
     root = open_store(dataset_root_uri)
     return sorted({o.key.split("/")[1] for o in root.list("versions")
                    if o.key.endswith("/_PUBLISHED")})
+
+
+def version_summaries(dataset_root_uri: str) -> list[dict]:
+    """Each published version with when it was published, from which lake, how many images
+    of which classes and their bytes, oldest first (a version published before these were
+    recorded has no date or bytes)."""
+    root = open_store(dataset_root_uri)
+    out = []
+    for version in list_versions(dataset_root_uri):
+        report = json.loads(root.read_published(f"versions/{version}", "report.json"))
+        try:
+            record = root.get_json(f"{PUBLISHED_PREFIX}/{version}.json")
+        except ObjectNotFoundError:
+            record = {}
+        counts: dict[str, int] = {}
+        for split in (report.get("splits") or {}).values():
+            for cls, n in split.items():
+                counts[cls] = counts.get(cls, 0) + int(n)
+        out.append({"version": version, "published_at": record.get("published_at"),
+                    "source_uri": report.get("source_uri"), "images": report.get("ingested"),
+                    "classes": counts, "bytes": record.get("bytes")})
+    return sorted(out, key=lambda v: (v["published_at"] or "", v["version"]))
 
 
 def write_split(result: IngestResult, split: str, path: str) -> dict:

@@ -28,7 +28,13 @@ from components.monitor import reference as ref_mod
 from components.monitor import report as R
 from components.monitor import telemetry as T
 from components.monitor.contract import MIN_CONTEXT_IMAGES, Check, Reference, Verdict
-from components.monitor.drift import DriftError, check_backend, default_backend, load_detector
+from components.monitor.drift import (
+    DriftError,
+    check_backend,
+    default_backend,
+    load_detector,
+    saved_settings,
+)
 from components.monitor.window import Window, iso, parse_time, read_window
 
 logger = logging.getLogger(__name__)
@@ -103,13 +109,16 @@ def _fit_or_load(kind: str, ref: Reference, backend: str, cfg: C.MonitorConfig):
     if "://" in path or not os.path.isdir(path):
         return None
     try:
+        # Its settings first: a detector saved for another backend or other settings is not
+        # loaded (loading an Alibi Detect one imports and builds Alibi Detect).
+        saved = saved_settings(path)
+        if (saved.get("backend") != backend or saved.get("p_val") != cfg.p_val
+                or saved.get("n_permutations") != cfg.n_permutations):
+            return None  # fitted for other settings: fit one for these
         det = load_detector(path)
     except (DriftError, OSError, ValueError, KeyError) as exc:
         logger.warning("Ignoring the saved detector at %s: %s", path, exc)
         return None
-    if (det.backend != backend or det.p_val != cfg.p_val
-            or getattr(det, "n_permutations", None) != cfg.n_permutations):
-        return None  # fitted for other settings: fit one for these
     logger.info("Using the reference's saved %s detector from %s", backend, path)
     return det
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,8 +314,13 @@ def _ks_answer(det, p, dist, moved, threshold, n) -> dict:
 
 def _alibi():
     try:
-        import alibi_detect.cd as cd
-        import alibi_detect.saving as saving
+        with warnings.catch_warnings():
+            # Alibi Detect 0.13 decorates its distances with torch.jit.script, which torch 2.9
+            # deprecates: a FutureWarning on every `mlops monitor run`, about code not ours.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated",
+                                    category=FutureWarning)
+            import alibi_detect.cd as cd
+            import alibi_detect.saving as saving
     except ImportError as exc:
         raise ImportError("The 'alibi' drift backend needs Alibi Detect: pip install "
                           "'alibi-detect[torch]==0.13.0' (BSL 1.1), or choose "
@@ -420,13 +426,20 @@ def make_detector(kind: str, x_ref, *, backend: str | None = None, p_val: float 
     return _CLASSES[(backend, kind)](x_ref, p_val=p_val, **options)
 
 
+def saved_settings(path: str | os.PathLike) -> dict:
+    """The settings of a detector saved with ``DriftDetector.save`` (``backend``, ``kind``,
+    ``p_val``, …), read without loading it (nor its backend's library)."""
+    folder = Path(path)
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise DriftError(f"{folder} holds no saved detector ({CONFIG_FILE} is missing).") from exc
+
+
 def load_detector(path: str | os.PathLike) -> DriftDetector:
     """Loads a detector saved with ``DriftDetector.save`` (either backend)."""
     folder = Path(path)
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except FileNotFoundError as exc:
-        raise DriftError(f"{folder} holds no saved detector ({CONFIG_FILE} is missing).") from exc
+    config = saved_settings(folder)
     backend, kind = config.pop("backend"), config.pop("kind")
     x_ref = np.load(folder / "x_ref.npy")
     if backend == "alibi":

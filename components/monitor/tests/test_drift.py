@@ -134,3 +134,39 @@ def test_mmd_tests_run_on_capped_torch_threads(monkeypatch):
     monkeypatch.setenv("MLOPS_TORCH_THREADS", "many")
     with pytest.raises(DriftError, match="Invalid MLOPS_TORCH_THREADS='many'"):
         make_detector("mmd", np.zeros((20, 2)), backend="torch")
+
+
+def test_the_torch_backend_never_loads_alibi_and_alibi_prints_no_future_warning(tmp_path):
+    """Finding 10 of issue 23: `--backend torch` loaded and built the reference's saved Alibi
+    detector (then dropped it); `monitor run` printed torch's FutureWarning about Alibi
+    Detect's torch.jit.script. Fresh processes: what a command imports and prints."""
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    code = f"""
+import sys, types, numpy as np
+from components.monitor import core, drift
+from components.monitor.checks import MonitorConfig
+cfg = MonitorConfig()
+det = drift.make_detector("mmd", np.load({str(tmp_path / "x.npy")!r}), backend="alibi",
+                          p_val=cfg.p_val, n_permutations=cfg.n_permutations)
+det.save({str(tmp_path / "det")!r})
+"""
+    out = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "FutureWarning" not in out.stderr, out.stderr[-2000:]
+    check = f"""
+import sys, types
+from components.monitor import core
+from components.monitor.checks import MonitorConfig
+ref = types.SimpleNamespace(detector_uri={str(tmp_path / "det")!r})
+assert core._fit_or_load("mmd", ref, "torch", MonitorConfig()) is None
+print("alibi_detect" in sys.modules)
+assert core._fit_or_load("mmd", ref, "alibi", MonitorConfig()) is not None
+"""
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False"]
