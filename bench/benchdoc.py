@@ -19,3 +19,11 @@ def write_section(section: str) -> None:
         text = text.rstrip() + "\n\n" + section
     DOC.write_text(text)
     print(f"wrote {DOC}")
+
+
+def publish(section: str, write: bool = True) -> None:
+    """Prints ``section`` and, unless ``write`` is off (a script's ``--no-write``), writes it
+    into docs/benchmarks.md."""
+    print(section)
+    if write:
+        write_section(section)

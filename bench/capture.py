@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section
+from benchdoc import publish
 from serving import NAME, _load, build_model, camera_frames, start_server
 
 from components.common import prom
@@ -234,9 +234,7 @@ the statistics run on the decode threads and hold the GIL while they do, so cont
 the event loop may cost more than the step alone, but this run does not separate that from
 the machine's other load.
 """
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -272,16 +272,8 @@ def main() -> int:
         for n, (kind, kw) in enumerate(KINDS.items()):
             pools[kind] = pool(sim, 1000 if not quick else 400, seed=3000 + n, **kw)
         print(f"pools rendered in {time.perf_counter() - t:.0f} s", flush=True)
-        # References: disjoint slices of the day pool; a reference's windows come from the
-        # rest of the pool.
-        n_ref = 1000 if not quick else 300
-        refs = []
-        for r in range(n_refs):
-            taken = np.arange(r * n_ref, (r + 1) * n_ref)
-            sub = {k: (v[taken] if isinstance(v, np.ndarray) else [v[i] for i in taken])
-                   for k, v in pools["day"].items()}
-            refs.append((reference_of(sub, sim, version),
-                         np.setdiff1d(np.arange(n_pool), taken)))
+        refs = disjoint_references(pools["day"], sim, version, n_refs,
+                                   1000 if not quick else 300)
         ref = refs[0][0]
         quality_results = {b: quality(pools, refs, b, sizes, n_fa, n_det,
                                       budget_s=40 if quick else {"torch": 180, "alibi": 150}[b])
@@ -294,6 +286,19 @@ def main() -> int:
         return 0
     write_section(render_doc(quality_results, times, speed_results, sizes, n_speed, total))
     return 0
+
+
+def disjoint_references(day: dict, sim, version, n_refs: int, n_ref: int) -> list[tuple]:
+    """References from disjoint slices of ``n_ref`` images of the day pool, each with the
+    indices of the rest of the pool, where its windows come from: ``[(reference, rest)]``."""
+    n_pool = len(day["truth"])
+    refs = []
+    for r in range(n_refs):
+        taken = np.arange(r * n_ref, (r + 1) * n_ref)
+        sub = {k: (v[taken] if isinstance(v, np.ndarray) else [v[i] for i in taken])
+               for k, v in day.items()}
+        refs.append((reference_of(sub, sim, version), np.setdiff1d(np.arange(n_pool), taken)))
+    return refs
 
 
 CALIBRATION_TRIALS = 100
@@ -327,13 +332,7 @@ def false_alarms(backend: str, n_windows: int = 50, n_refs: int = 5) -> int:
         registry, version, sim = build(Path(tmp), 600)
         n_pool, n_ref = 6000, 1000
         pools = {"day": pool(sim, n_pool, seed=2000)}
-        refs = []
-        for r in range(n_refs):
-            taken = np.arange(r * n_ref, (r + 1) * n_ref)
-            sub = {k: (v[taken] if isinstance(v, np.ndarray) else [v[i] for i in taken])
-                   for k, v in pools["day"].items()}
-            refs.append((reference_of(sub, sim, version),
-                         np.setdiff1d(np.arange(n_pool), taken)))
+        refs = disjoint_references(pools["day"], sim, version, n_refs, n_ref)
         global KINDS
         kinds, KINDS = KINDS, {}
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section
+from benchdoc import publish
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate
@@ -121,9 +121,7 @@ def main() -> None:
         "with the object count, not the image size (about "
         f"{t_publish * 100_000 / n:.0f} s per 100,000 objects by proportion).\n\n"
         f"Rerun: `.venv/bin/python bench/ingest_fanout.py --n {args.n} --parts {args.parts}`.\n")
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section
+from benchdoc import publish, write_section
 
 from components.common.images import inspect_image
 from components.common.service import free_port, wait_until
@@ -244,10 +244,7 @@ def camera(args) -> None:
         f"--n {args.n}{f' --camera-12mp {args.camera_12mp}' if args.camera_12mp else ''}`.",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish("\n".join(lines), write=not args.no_write)
 
 
 def bookkeeping(args) -> None:
@@ -287,9 +284,7 @@ def bookkeeping(args) -> None:
         f"Rerun: `.venv/bin/python bench/ingest_throughput.py --bookkeeping {n}`.",
         "",
     ])
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish(section, write=not args.no_write)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section
+from benchdoc import publish
 from serving import _load, build_model, camera_frames
 
 from components.common.registry import ModelRegistry
@@ -260,9 +260,7 @@ def main() -> None:
         + f". The endpoint's address was the same after all of them: {same_endpoint}.",
     ]
     section = "\n".join(lines) + "\n"
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section
+from benchdoc import publish
 from ingest_throughput import _answers, _in_process_limit, _RssSampler
 
 from components.common.service import free_port, wait_until
@@ -647,9 +647,7 @@ def main() -> None:
     commands = list(dict.fromkeys(v for _, v in sorted(
         res["commands"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)))
     text = section(res, "`; `".join(commands))
-    print(text)
-    if not args.no_write:
-        write_section(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

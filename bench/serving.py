@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section
+from benchdoc import publish
 
 from components.common.service import free_port
 from components.deploy.client import EndpointError, wait_ready
@@ -411,10 +411,7 @@ def main() -> None:
         "disk): " + ", ".join(f"{k} {v:.2f} s" for k, v in cold.items()) + ".",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish("\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,12 +59,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section
+from benchdoc import publish
 from serving import NAME, build_model, camera_frames, start_server
 
 from components.common.service import free_port
 from components.deploy import router as rt
 from components.serve.routing import TOKEN_ENV, new_token
+from components.serve.tests.test_edge import send_huge_header
+from components.serve.tests.test_edge import trickle as trickle_connections
 from components.serve.tests.test_fuzz import Generator
 from components.serve.tests.test_hostile import _webp_declaring
 
@@ -229,21 +230,8 @@ class Prober:
 def huge_header(port: int, size: int) -> tuple[float, str]:
     """Sends a request with one header of ``size`` bytes; returns the seconds until the
     answer (or the close) and what it was."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
     t = time.perf_counter()
-    try:
-        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        chunk = b"a" * (1 << 20)
-        for _ in range(size >> 20):
-            sock.sendall(chunk)
-        sock.sendall(b"\r\n\r\n")
-    except OSError:
-        pass
-    try:
-        answer = sock.recv(200)
-    except OSError:
-        answer = b""
-    sock.close()
+    answer = send_huge_header(port, size, timeout_s=120)
     status = answer.split(b"\r\n", 1)[0].decode(errors="replace") or "closed"
     return time.perf_counter() - t, status.replace("HTTP/1.1 ", "")
 
@@ -269,31 +257,9 @@ def big_bodies(url: str, body: bytes, n: int, at_once: bool) -> tuple[float, lis
 def trickle(port: int, n: int = 100, limit_s: float = 120) -> tuple[float, int, int]:
     """``n`` connections sending a request line a byte every 0.2 s; returns the seconds until
     every one was answered or closed, how many got a 408, and how many were still open."""
-    line = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 2000
-    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
-    done: dict[int, bytes] = {}
-    t = time.perf_counter()
-    for step in range(len(line)):
-        for i, sock in enumerate(socks):
-            if i in done:
-                continue
-            try:
-                sock.sendall(line[step:step + 1])
-                sock.setblocking(False)
-                try:
-                    done[i] = sock.recv(200)
-                except BlockingIOError:
-                    pass
-                sock.setblocking(True)
-            except OSError:
-                done[i] = b""
-        if len(done) == n or time.perf_counter() - t > limit_s:
-            break
-        time.sleep(0.2)
-    elapsed = time.perf_counter() - t
-    for sock in socks:
-        sock.close()
-    return elapsed, sum(1 for a in done.values() if a.startswith(b"HTTP/1.1 408")), n - len(done)
+    answers, elapsed = trickle_connections(port, n, limit_s, header_bytes=2000)
+    return (elapsed, sum(1 for a in answers.values() if a.startswith(b"HTTP/1.1 408")),
+            n - len(answers))
 
 
 def start_router(tmp: Path, url: str, proc) -> tuple[object, str, int]:
@@ -513,9 +479,7 @@ def main() -> None:
         "",
         *edge_section(edge),
     ])
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish(section, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import write_section
+from benchdoc import publish
 
 from components.common.storage import open_store
 from components.datagen.core import LakeSpec, generate
@@ -146,9 +146,7 @@ test, the champion's test, the packaging parity check), against about
 {1000 / ref_dec_rate:.0f} s of decoding. The shards themselves are built once per dataset
 version and size, by the first step that needs them (usually the first search trial).
 """
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish(section, write=not args.no_write)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import write_section
+from benchdoc import publish
 
 from components.common.runtime import onnx_predictor, torch_predictor
 from components.common.storage import open_store
@@ -206,10 +206,7 @@ def main() -> None:
         "Rerun: `.venv/bin/python bench/training.py`.",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section(section)
+    publish("\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ and experiment.proto): a run needs a display name, exactly one of ``pipeline_spe
 input of the pipeline's root; an answer is 400 with ``{"error", "code", "message"}``
 otherwise, which the client raises as ``ApiException``. A pipeline with a Kubernetes platform
 spec arrives as ``{"pipeline_spec": …, "platform_spec": …}``, as the KFP client sends it.
+Recurring runs (``mlops schedule``) are recorded and answered, not validated.
+
+Every request is recorded with its credentials (``requests``, ``posted``). With
+``deny_without_auth``, a request that carries neither a bearer token nor a cookie is refused
+with 403, as the authorisation in front of a multi-user deployment refuses it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,20 @@ from urllib.parse import parse_qs, urlparse
 
 
 class KfpStandIn:
-    def __init__(self):
+    """The stand-in, serving on 127.0.0.1 from construction until :meth:`stop`.
+
+    Args:
+        multi_user: What ``/healthz`` says (``kfp.Client`` reads the namespace from the pod
+            when it is true and none was given).
+        deny_without_auth: Refuse every request without ``Authorization`` or ``Cookie``.
+    """
+
+    def __init__(self, multi_user: bool = False, deny_without_auth: bool = False):
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
-        self.requests: list[tuple[str, str, dict | None]] = []
+        self.recurring_runs: dict[str, dict] = {}
+        #: ``{"method", "path", "authorization", "cookie", "body"}`` of every request.
+        self.requests: list[dict] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,11 +52,22 @@ class KfpStandIn:
             def _error(self, message):
                 self._send(400, {"error": message, "code": 3, "message": message})
 
+            def _record(self, method, body):
+                outer.requests.append({"method": method, "path": urlparse(self.path).path,
+                                       "authorization": self.headers.get("Authorization"),
+                                       "cookie": self.headers.get("Cookie"), "body": body})
+                if deny_without_auth and not (self.headers.get("Authorization")
+                                              or self.headers.get("Cookie")):
+                    self._send(403, {"error": "RBAC: access denied", "code": 7})
+                    return False
+                return True
+
             def do_GET(self):  # noqa: N802
                 url = urlparse(self.path)
-                outer.requests.append(("GET", url.path, None))
+                if not self._record("GET", None):
+                    return None
                 if url.path == "/apis/v2beta1/healthz":
-                    return self._send(200, {"multi_user": False})
+                    return self._send(200, {"multi_user": multi_user})
                 if url.path == "/apis/v2beta1/experiments":
                     flt = json.loads(parse_qs(url.query).get("filter", ["{}"])[0] or "{}")
                     names = [p.get("string_value", p.get("stringValue"))
@@ -60,7 +86,8 @@ class KfpStandIn:
             def do_POST(self):  # noqa: N802
                 url = urlparse(self.path)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(("POST", url.path, body))
+                if not self._record("POST", body):
+                    return None
                 if url.path == "/apis/v2beta1/experiments":
                     if not body.get("display_name"):
                         return self._error("Experiment display name is empty")
@@ -70,6 +97,10 @@ class KfpStandIn:
                     return self._send(200, exp)
                 if url.path == "/apis/v2beta1/runs":
                     return outer._create_run(self, body)
+                if url.path == "/apis/v2beta1/recurringruns":
+                    job = {**body, "recurring_run_id": str(uuid.uuid4())}
+                    outer.recurring_runs[job["recurring_run_id"]] = job
+                    return self._send(200, job)
                 self._send(404, {"error": f"no route {url.path}", "code": 5})
 
             def log_message(self, *args):
@@ -101,6 +132,11 @@ class KfpStandIn:
                "created_at": "2026-11-23T00:00:00Z"}
         self.runs[run["run_id"]] = run
         return handler._send(200, run)
+
+    def posted(self, prefix: str) -> dict:
+        """The first POST to a path that starts with ``prefix``, as recorded."""
+        return next(r for r in self.requests if r["method"] == "POST" and
+                    r["path"].startswith(prefix))
 
     def stop(self):
         self.server.shutdown()

@@ -339,14 +339,19 @@ def deployer_role(cfg: ServingConfig) -> dict:
                        "resourceNames": [cfg.s3_secret], "verbs": ["get"]}]}
 
 
+def _role_binding(role: str, service_account: str, namespace: str) -> dict:
+    """A RoleBinding named as the Role ``role`` it grants to ``service_account``."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": role, "labels": dict(APP_LABELS)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                          "namespace": namespace}]}
+
+
 def deployer_binding(pipeline_service_account: str, pipeline_namespace: str) -> dict:
     """Binds the Role to the service account pipeline pods run as (see :data:`INSTALL_MODES`)."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "pet-classifier-deployer", "labels": dict(APP_LABELS)},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": "pet-classifier-deployer"},
-            "subjects": [{"kind": "ServiceAccount", "name": pipeline_service_account,
-                          "namespace": pipeline_namespace}]}
+    return _role_binding("pet-classifier-deployer", pipeline_service_account,
+                         pipeline_namespace)
 
 
 def trainer_role() -> dict:
@@ -366,12 +371,8 @@ def trainer_role() -> dict:
 
 def trainer_binding(pipeline_service_account: str, pipeline_namespace: str) -> dict:
     """Binds :func:`trainer_role` to the service account pipeline pods run as."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "pet-classifier-trainer", "labels": dict(APP_LABELS)},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": "pet-classifier-trainer"},
-            "subjects": [{"kind": "ServiceAccount", "name": pipeline_service_account,
-                          "namespace": pipeline_namespace}]}
+    return _role_binding("pet-classifier-trainer", pipeline_service_account,
+                         pipeline_namespace)
 
 
 def authorization_policy(gateway_namespaces: tuple[str, ...] = ("istio-system",

@@ -60,7 +60,13 @@ from pathlib import Path
 
 from components.common.service import RateLimitedLog, wait_until
 from components.deploy.supervisor import SupervisionPolicy, Supervisor
-from components.serve.limits import EdgeLimits, add_edge_options, edge_limits
+from components.serve.limits import (
+    BoundedHead,
+    EdgeLimits,
+    HeadRefused,
+    add_edge_options,
+    edge_limits,
+)
 from components.serve.routing import REVISION_HEADER, TOKEN_ENV, TOKEN_HEADER
 
 logger = logging.getLogger(__name__)
@@ -289,7 +295,7 @@ def _json(status: int, value) -> tuple[int, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "application/json")], json.dumps(value).encode()
 
 
-class _ClientConnection(asyncio.Protocol):
+class _ClientConnection(BoundedHead, asyncio.Protocol):
     """One client's keep-alive HTTP/1.1 connection to the router, parsed with httptools.
 
     Requests on a connection are answered in order: reading pauses while one is served.
@@ -348,30 +354,14 @@ class _ClientConnection(asyncio.Protocol):
         self._connections.discard(self)
         self._disarm()
 
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering: read and dropped
-        if not self._reading_head:
-            self._feed(data)
-            return
+    # data_received is BoundedHead's (components/serve/limits.py): the head's bounds, as the
+    # model server holds them.
+    def _head_begins(self) -> None:
         if self._timer_kind != "head":  # a request's first byte: its headers' deadline
             self._arm("head")
-        room = self.limits.max_header_bytes - self._head_bytes
-        if len(data) <= room:
-            self._head_bytes += len(data)
-            self._feed(data)
-            return
-        # Only what the limit allows reaches the parser (whose header values grow by
-        # concatenation: reading 96 MiB of one header took 49 s); past it, a 431 at once.
-        self._head_bytes += room
-        self._feed(data[:room])
-        if self._closing:
-            return
-        if self._reading_head:
-            self._refuse_head(f"The request's line and headers are over "
-                              f"{self.limits.max_header_bytes} bytes (--max-header-bytes).")
-            return
-        self.data_received(data[room:])
+
+    def _finished(self) -> bool:
+        return self._closing
 
     def _feed(self, data: bytes) -> None:
         import httptools
@@ -381,7 +371,7 @@ class _ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "Protocol upgrades are not supported by the router.")
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadRefused):
+            if isinstance(exc.__context__, HeadRefused):
                 self._refuse_head(str(exc.__context__))
             elif not self._closing:
                 self._refuse(400, f"Malformed HTTP request: {exc}.")
@@ -398,10 +388,7 @@ class _ClientConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _HeadRefused(f"The request has more than {self.limits.max_headers} header "
-                               "fields (--max-headers).")
+        self._count_header()
         self._headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -554,10 +541,6 @@ class _ClientConnection(asyncio.Protocol):
     def close_if_idle(self) -> None:
         if not self._busy:
             self._close()
-
-
-class _HeadRefused(Exception):
-    """Raised from a parser callback to stop reading a request's head."""
 
 
 class _Unreachable(Exception):

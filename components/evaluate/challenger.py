@@ -20,17 +20,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from components.common.runtime import onnx_predictor, predict_in_batches, torch_predictor
+from components.common.runtime import onnx_predictor, predict_in_batches
 from components.evaluate.core import (
     GateConfig,
     classification_metrics,
     html_report,
+    predict_test_split,
     production_onnx,
     quality_gate,
 )
 from components.ingest.shards import split_images
-from components.ingest.snapshot import read_split
-from components.train.core import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -166,22 +165,9 @@ def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
     its own input size (decoded one by one when the rows are not from a published snapshot
     or ``use_shards`` is off).
     """
-    model, meta = load_model(model_dir)
-    rows, split_meta = read_split(test_dir)
-    if rows.empty:
-        raise ValueError(f"Empty test split in {test_dir}: nothing to evaluate on.")
-    if split_meta["dataset_version"] != meta["dataset_version"]:
-        raise ValueError(f"The model was trained on dataset {meta['dataset_version']} but the "
-                         f"test split is from {split_meta['dataset_version']}.")
-    classes = meta["classes"]
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(rows["label"]) - set(index))
-    if unknown:
-        raise ValueError(f"Test labels {unknown} are not classes of the model {classes}.")
-    version = split_meta["dataset_version"]
-    images = split_images(rows, meta["image_size"], version, use_shards)
-    y_true = rows["label"].map(index).to_numpy()
-    probs = predict_in_batches(torch_predictor(model, meta["mean"], meta["std"]), images)
+    t = predict_test_split(model_dir, test_dir, use_shards)
+    meta, classes, rows, version = t.meta, t.meta["classes"], t.rows, t.dataset_version
+    images, y_true, probs = t.images, t.y_true, t.probs
     mask = recent_mask(rows["key"], config.recent_segment)
     champion_probs, champion_version = _champion(registry_uri, model_name, rows, classes,
                                                  version, use_shards, images)

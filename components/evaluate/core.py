@@ -245,14 +245,39 @@ def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_t
     return classification_metrics(y_true, probs, classes), version
 
 
-def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str = "",
-             model_name: str = "", use_shards: bool = True) -> dict:
-    """Tests a trained model folder on a test split folder; returns metrics, gate and report.
+@dataclass
+class TestPredictions:
+    """A trained model's answers on a test split.
+
+    Attributes:
+        meta: The model's metadata (classes, arch, image size, normalisation, dataset version).
+        rows: The split's rows (``key``, ``label``, ...).
+        dataset_version: The dataset version the split belongs to.
+        images: The split's images, ``uint8 NCHW`` at the model's input size.
+        y_true: The class index of each row.
+        probs: The model's probabilities, one row per image.
+    """
+
+    meta: dict
+    rows: object
+    dataset_version: str
+    images: np.ndarray
+    y_true: np.ndarray
+    probs: np.ndarray
+
+
+def predict_test_split(model_dir: str, test_dir: str, use_shards: bool = True
+                       ) -> TestPredictions:
+    """Runs the trained model folder ``model_dir`` on the test split folder ``test_dir``.
 
     The test images are read from the dataset version's training-ready shards (built at the
     model's input size by the first step that needs them; no JPEG is decoded), or decoded
     one by one when the split's rows are not from a published snapshot or ``use_shards`` is
     off; both give the same pixels.
+
+    Raises:
+        ValueError: The split is empty, is from another dataset version than the model was
+            trained on, or has a label that is not one of the model's classes.
     """
     model, meta = load_model(model_dir)
     rows, split_meta = read_split(test_dir)
@@ -265,16 +290,25 @@ def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str 
     unknown = sorted(set(rows["label"]) - set(index))
     if unknown:
         raise ValueError(f"Test labels {unknown} are not classes of the model {meta['classes']}.")
-    images = split_images(rows, meta["image_size"], split_meta["dataset_version"], use_shards)
+    version = split_meta["dataset_version"]
+    images = split_images(rows, meta["image_size"], version, use_shards)
     y_true = rows["label"].map(index).to_numpy()
     probs = predict_in_batches(torch_predictor(model, meta["mean"], meta["std"]), images)
-    metrics = classification_metrics(y_true, probs, meta["classes"])
-    champion, champion_version = champion_metrics(registry_uri, model_name, images, y_true,
-                                                  meta["classes"], rows,
-                                                  split_meta["dataset_version"])
+    return TestPredictions(meta, rows, version, images, y_true, probs)
+
+
+def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str = "",
+             model_name: str = "", use_shards: bool = True) -> dict:
+    """Tests a trained model folder on a test split folder; returns metrics, gate and report
+    (the images as :func:`predict_test_split` reads them)."""
+    t = predict_test_split(model_dir, test_dir, use_shards)
+    meta, classes = t.meta, t.meta["classes"]
+    metrics = classification_metrics(t.y_true, t.probs, classes)
+    champion, champion_version = champion_metrics(registry_uri, model_name, t.images, t.y_true,
+                                                  classes, t.rows, t.dataset_version)
     decision = quality_gate(metrics, gate, champion)
     decision["champion_version"] = champion_version
-    report = html_report(metrics, decision, images, y_true, probs, list(rows["key"]),
+    report = html_report(metrics, decision, t.images, t.y_true, t.probs, list(t.rows["key"]),
                          f"Model test: {meta['arch']} on dataset {meta['dataset_version']}")
     return {"metrics": metrics, "gate": decision, "report_html": report,
             "dataset_version": meta["dataset_version"]}

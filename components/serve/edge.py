@@ -33,7 +33,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from components.common.service import RateLimitedLog
-from components.serve.limits import EdgeLimits
+from components.serve.limits import BoundedHead, EdgeLimits, HeadRefused
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ closed, so that the client sees the answer rather than a reset."""
 BODY_GRACE_S = 1.0
 """The connection of a body that missed its deadline is closed this long after it, leaving the
 guard (which answers 408 at the deadline) the time to answer first."""
-
-
-class _HeadRefused(Exception):
-    """Raised from a parser callback to stop reading a request's head."""
 
 
 _warn = RateLimitedLog(logger, held_what="refused connections")
@@ -62,7 +58,7 @@ def refusal(status: int, message: str) -> bytes:
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-class BoundedHttpProtocol(HttpToolsProtocol):
+class BoundedHttpProtocol(BoundedHead, HttpToolsProtocol):
     """uvicorn's httptools protocol with the bounds of ``limits`` (see the module docstring).
 
     uvicorn builds it per connection with ``config``, ``server_state`` and ``app_state``; give
@@ -97,30 +93,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_timers()
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering: read and dropped
-        if not self._reading_head:
-            self._feed(data)
-            return
+    # data_received is BoundedHead's (limits.py): the head's bounds, as the router holds them.
+    def _head_begins(self) -> None:
         if self._head_timer is None:  # the first byte of the next request
             self._arm_head_timer()
-        room = self.limits.max_header_bytes - self._head_bytes
-        if len(data) <= room:
-            self._head_bytes += len(data)
-            self._feed(data)
-            return
-        # Only what the limit allows reaches the parser; if the head has not ended within it,
-        # the request is refused without reading the rest.
-        self._head_bytes += room
-        self._feed(data[:room])
-        if self._refused or self.transport.is_closing():
-            return
-        if self._reading_head:
-            self._refuse_head(f"The request's line and headers are over "
-                              f"{self.limits.max_header_bytes} bytes (--max-header-bytes).")
-            return
-        self.data_received(data[room:])
+
+    def _finished(self) -> bool:
+        return self._refused or self.transport.is_closing()
 
     # -- parsing ---------------------------------------------------------------------------
 
@@ -130,7 +109,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadRefused):
+            if isinstance(exc.__context__, HeadRefused):
                 self._refuse_head(str(exc.__context__))
                 return
             self._bad_request()
@@ -153,10 +132,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _HeadRefused(f"The request has more than {self.limits.max_headers} header "
-                               "fields (--max-headers).")
+        self._count_header()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

@@ -55,6 +55,59 @@ class EdgeLimits:
                                  f"{getattr(self, f.name)!r}")
 
 
+class HeadRefused(Exception):
+    """Raised from a parser callback to stop reading a request's head (a 431)."""
+
+
+class BoundedHead:
+    """The head bounds of :class:`EdgeLimits` for an httptools protocol: the model server's
+    (``edge.BoundedHttpProtocol``) and the router's (``components/deploy/router.py``).
+
+    The request line and headers are counted before they reach the parser: past
+    ``max_header_bytes`` (or ``max_headers`` fields) the answer is a 431, sent after at most that
+    many bytes whatever size is on its way. A protocol that mixes it in keeps ``limits``,
+    ``_refused``, ``_reading_head``, ``_head_bytes`` and ``_header_count``, takes its
+    ``data_received`` from here, calls :meth:`_count_header` from its ``on_header``, and
+    provides ``_head_begins()`` (arms the header deadline unless it runs), ``_feed(data)`` (to
+    the parser), ``_finished()`` (refused or closing: read nothing more) and
+    ``_refuse_head(message)`` (the 431).
+    """
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: read and dropped
+        if not self._reading_head:
+            self._feed(data)
+            return
+        self._head_begins()
+        self._receive_head(data)
+
+    def _receive_head(self, data: bytes) -> None:
+        room = self.limits.max_header_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            self._feed(data)
+            return
+        # Only what the limit allows reaches the parser (whose header values grow by
+        # concatenation: reading 96 MiB of one header took 49 s); if the head has not ended
+        # within it, the request is refused without reading the rest.
+        self._head_bytes += room
+        self._feed(data[:room])
+        if self._finished():
+            return
+        if self._reading_head:
+            self._refuse_head(f"The request's line and headers are over "
+                              f"{self.limits.max_header_bytes} bytes (--max-header-bytes).")
+            return
+        self.data_received(data[room:])
+
+    def _count_header(self) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            raise HeadRefused(f"The request has more than {self.limits.max_headers} header "
+                              "fields (--max-headers).")
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a positive integer."""
     try:

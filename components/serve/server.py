@@ -17,7 +17,12 @@ from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import PortTaken, check_port_free
 from components.monitor.capture import CaptureConfig
 from components.serve.edge import BoundedHttpProtocol
-from components.serve.limits import add_edge_options, edge_limits
+from components.serve.limits import (
+    add_edge_options,
+    edge_limits,
+    positive_int,
+    positive_seconds,
+)
 from components.serve.predictor import PetClassifier, ServingLimits
 
 
@@ -38,13 +43,6 @@ def resolve_package(model_ref: str, registry_uri: str, cache_dir: str) -> tuple[
     return name, str(dest)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -52,16 +50,6 @@ def _share(text: str) -> float:
         value = -1.0
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
 
 
@@ -91,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to bind: 127.0.0.1 serves this machine only; 0.0.0.0 (as in "
                         "the container) every interface")
     p.add_argument("--port", type=_port, default=8080, help="HTTP port (1-65535)")
-    p.add_argument("--max-instances", type=_positive, default=limits.max_instances,
+    p.add_argument("--max-instances", type=positive_int, default=limits.max_instances,
                    help="most images in one request")
-    p.add_argument("--max-pixels", type=_positive, default=limits.max_pixels,
+    p.add_argument("--max-pixels", type=positive_int, default=limits.max_pixels,
                    help="largest image (width x height, from its header); the limit "
                         "ingestion applies (MLOPS_MAX_PIXELS), 50 MP unless set")
-    p.add_argument("--max-request-pixels", type=_positive, default=limits.max_request_pixels,
+    p.add_argument("--max-request-pixels", type=positive_int, default=limits.max_request_pixels,
                    help="most pixels of all images of one request together")
-    p.add_argument("--max-pixels-per-byte", type=_positive, default=limits.max_pixels_per_byte,
+    p.add_argument("--max-pixels-per-byte", type=positive_int, default=limits.max_pixels_per_byte,
                    help="beyond 4 MP, most pixels the lossless images (PNG, WebP …) of a "
                         "request may declare per byte of their files (JPEG is exempt)")
     p.add_argument("--decode-threads", type=int, default=0,
@@ -118,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
                      default=env("MLOPS_CAPTURE_IMAGE_RATE", "0.05"),
                      help="share of captured instances whose image is kept, content-addressed "
                           "($MLOPS_CAPTURE_IMAGE_RATE)")
-    cap.add_argument("--capture-queue", type=_positive,
+    cap.add_argument("--capture-queue", type=positive_int,
                      default=env("MLOPS_CAPTURE_QUEUE_RECORDS", "10000"),
                      help="most records waiting in memory; beyond it records are dropped and "
                           "counted ($MLOPS_CAPTURE_QUEUE_RECORDS)")
-    cap.add_argument("--capture-batch-records", type=_positive,
+    cap.add_argument("--capture-batch-records", type=positive_int,
                      default=env("MLOPS_CAPTURE_BATCH_RECORDS", "500"),
                      help="records per written file ($MLOPS_CAPTURE_BATCH_RECORDS)")
-    cap.add_argument("--capture-batch-seconds", type=_seconds,
+    cap.add_argument("--capture-batch-seconds", type=positive_seconds,
                      default=env("MLOPS_CAPTURE_BATCH_SECONDS", "60"),
                      help="longest wait before a batch is written "
                           "($MLOPS_CAPTURE_BATCH_SECONDS)")

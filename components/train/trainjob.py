@@ -28,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from components.common import kubeapi
 from components.common import trainjob as tj
 from components.common.errors import EXIT_FAILURE
 from components.common.service import wait_until
@@ -68,11 +69,10 @@ def _custom_api(api_client=None):
 
     if api_client is None:
         try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException as exc:
+            api_client = kubeapi.api_client(kubeconfig=False)
+        except kubeapi.KubeConfigMissing as exc:
             raise TrainJobFailed("A TrainJob is created from inside the cluster (the KFP task's "
                                  f"service account): no in-cluster configuration ({exc}).") from exc
-        api_client = kubernetes.client.ApiClient()
     return kubernetes.client.CustomObjectsApi(api_client)
 
 

@@ -1,88 +1,26 @@
-"""``mlops submit`` and ``mlops schedule`` against a recording stand-in of the KFP v2beta1 REST
-API on 127.0.0.1 (the real ``kfp.Client`` talks to it), and the typing of ``--arg`` values."""
+"""``mlops submit`` and ``mlops schedule`` against the stand-in of the KFP v2beta1 REST API on
+127.0.0.1 (``tests/kfp_standin.py``; the real ``kfp.Client`` talks to it), and the typing of
+``--arg`` values."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from components.cli.cluster import kfp_cron, typed_arguments
+from tests.kfp_standin import KfpStandIn
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(300)
 
 
-class KfpApi:
-    """Answers the calls kfp.Client makes to create experiments, runs and recurring runs."""
-
-    def __init__(self, deny_without_auth: bool = False):
-        self.calls: list[dict] = []
-        self.deny = deny_without_auth
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, method):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                call = {"method": method, "path": self.path,
-                        "authorization": self.headers.get("Authorization"),
-                        "cookie": self.headers.get("Cookie"),
-                        "body": json.loads(body) if body else None}
-                api.calls.append(call)
-                if api.deny and not (call["authorization"] or call["cookie"]):
-                    code, payload = 403, {"error": "RBAC: access denied", "code": 7}
-                elif method == "GET" and self.path.startswith("/apis/v2beta1/healthz"):
-                    code, payload = 200, {"multi_user": True}
-                elif method == "GET" and "/experiments" in self.path:
-                    code, payload = 200, {"experiments": [], "total_size": 0}
-                elif method == "POST" and self.path.startswith("/apis/v2beta1/experiments"):
-                    code, payload = 200, {"experiment_id": "exp-1", **call["body"]}
-                elif method == "POST" and self.path.startswith("/apis/v2beta1/runs"):
-                    code, payload = 200, {"run_id": "run-1", "display_name": "r"}
-                elif method == "POST" and self.path.startswith("/apis/v2beta1/recurringruns"):
-                    code, payload = 200, {"recurring_run_id": "job-1", **call["body"]}
-                else:
-                    code, payload = 404, {"error": f"not here: {self.path}"}
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._answer("GET")
-
-            def do_POST(self):
-                self._answer("POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-    def posted(self, prefix: str) -> dict:
-        return next(c for c in self.calls if c["method"] == "POST" and
-                    c["path"].startswith(prefix))
-
-
 @pytest.fixture
 def kfp_api():
-    api = KfpApi()
+    api = KfpStandIn(multi_user=True)
     yield api
     api.stop()
 
@@ -135,7 +73,8 @@ def test_submit_sends_typed_parameters_with_the_token_and_our_images(kfp_api, tm
                     "--arg", "canary_steps=50", "--arg", "epochs=4",
                     "--arg", 'search_space={"lr": [0.01]}', home=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Submitted run run-1" in result.stdout
+    (created,) = kfp_api.runs.values()
+    assert f"Submitted run {created['run_id']}" in result.stdout
     run = kfp_api.posted("/apis/v2beta1/runs")
     assert run["authorization"] == "Bearer tok-123"
     params = run["body"]["runtime_config"]["parameters"]
@@ -159,14 +98,15 @@ def test_schedule_creates_a_cron_recurring_run_without_catch_up(kfp_api, tmp_pat
     body = job["body"]
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 */6 * * *"
     assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
-    assert body["mode"] == "ENABLE" and body["experiment_id"] == "exp-1"
+    (experiment_id,) = kfp_api.experiments
+    assert body["mode"] == "ENABLE" and body["experiment_id"] == experiment_id
     assert body["runtime_config"]["parameters"]["data_uri"] == "s3://lake"
     assert "pipeline_spec" in body
     assert "no catch-up" in result.stdout
 
 
 def test_a_refused_submission_says_how_to_authenticate(tmp_path):
-    api = KfpApi(deny_without_auth=True)
+    api = KfpStandIn(multi_user=True, deny_without_auth=True)
     try:
         result = _mlops("submit", "ingest", "--host", api.url, "--arg", "data_uri=s3://l",
                         "--arg", "dataset_root=s3://d", home=tmp_path)

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from components.common import k8s
+from components.common import k8s, kubeapi
 from components.common.service import wait_until
 from components.deploy.targets.base import (
     Deployment,
@@ -39,17 +39,11 @@ KNATIVE_MISSING = (
 
 def _api_client():
     """A Kubernetes API client: in-cluster (the pipeline's pod) or ``~/.kube/config``."""
-    import kubernetes
-
     try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        try:
-            kubernetes.config.load_kube_config()
-        except (kubernetes.config.ConfigException, OSError) as exc:
-            raise DeploymentError("No Kubernetes configuration: run inside the cluster or set "
-                                  f"up ~/.kube/config ({exc}).") from exc
-    return kubernetes.client.ApiClient()
+        return kubeapi.api_client()
+    except kubeapi.KubeConfigMissing as exc:
+        raise DeploymentError("No Kubernetes configuration: run inside the cluster or set "
+                              f"up ~/.kube/config ({exc}).") from exc
 
 
 def _dict(value) -> dict:

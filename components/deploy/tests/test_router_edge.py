@@ -21,6 +21,7 @@ from components.serve.tests.test_edge import (
     refused_with,
     send_huge_header,
     trickle,
+    trickle_body,
 )
 from components.serve.tests.test_hostile import Connection, _rss_mib
 
@@ -86,23 +87,10 @@ def test_a_hundred_trickling_connections_are_closed_by_the_router(router):
 
 def test_a_trickled_body_is_refused_by_the_router_at_its_deadline(router):
     conn = Connection(router["port"], timeout=30)
-    answer = b""
     try:
         conn.send("POST", "/v1/models/x:predict", b"{", length=1000)
-        for _ in range(100):  # a byte every 0.1 s; each used to re-arm the idle timer
-            try:
-                conn.sock.sendall(b" ")
-            except OSError:
-                break
-            conn.sock.setblocking(False)
-            try:
-                answer = conn.sock.recv(4096)
-                break
-            except BlockingIOError:
-                pass
-            finally:
-                conn.sock.setblocking(True)
-            time.sleep(0.1)
+        # A byte every 0.1 s; each used to re-arm the idle timer.
+        answer = trickle_body(conn)
     finally:
         conn.close()
     assert answer.startswith(b"HTTP/1.1 408") and b"--body-timeout" in answer, answer

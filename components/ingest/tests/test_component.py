@@ -12,15 +12,20 @@ from components.ingest.component import ingest_data
 from components.ingest.snapshot import read_split
 
 
+def _artifacts(tmp_path, name):
+    arts = {a: cls(name=a, uri=str(tmp_path / name / a), metadata={})
+            for a, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
+                           ("metrics", Metrics)]}
+    for a in arts.values():
+        os.makedirs(os.path.dirname(a.path), exist_ok=True)
+    return arts
+
+
 def test_component_writes_typed_artifacts_with_metadata(tmp_path):
     lake = open_store(tmp_path / "lake")
     generate(LakeSpec(n=50, size=32, seed=9), lake)
     lake.put("cats/empty.jpg", b"")
-    arts = {name: cls(name=name, uri=str(tmp_path / "out" / name), metadata={})
-            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
-                              ("metrics", Metrics)]}
-    for a in arts.values():
-        os.makedirs(os.path.dirname(a.path), exist_ok=True)
+    arts = _artifacts(tmp_path, "out")
     out = ingest_data.python_func(data_uri=lake.uri, dataset_root=str(tmp_path / "ds"),
                                   **arts)
     train, test = arts["train"], arts["test"]
@@ -49,11 +54,7 @@ def test_component_takes_declared_classes_and_aliases(tmp_path):
     lake = open_store(tmp_path / "lake")
     generate(LakeSpec(n=20, size=32, seed=10), lake)
     generate(LakeSpec(n=6, size=32, seed=11, layout="kaggle"), lake, prefix="Horses")
-    arts = {name: cls(name=name, uri=str(tmp_path / "out" / name), metadata={})
-            for name, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
-                              ("metrics", Metrics)]}
-    for a in arts.values():
-        os.makedirs(os.path.dirname(a.path), exist_ok=True)
+    arts = _artifacts(tmp_path, "out")
     out = ingest_data.python_func(data_uri=lake.uri, dataset_root=str(tmp_path / "ds"),
                                   classes="cats,dogs,horses", label_aliases="horse=horses",
                                   **arts)
@@ -63,15 +64,6 @@ def test_component_takes_declared_classes_and_aliases(tmp_path):
                                       **arts)
     assert default.num_train + default.num_test == 20
     assert "unknown_label" in open(arts["report"].path).read()
-
-
-def _artifacts(tmp_path, name):
-    arts = {a: cls(name=a, uri=str(tmp_path / name / a), metadata={})
-            for a, cls in [("train", Dataset), ("test", Dataset), ("report", Markdown), ("report_page", HTML),
-                           ("metrics", Metrics)]}
-    for a in arts.values():
-        os.makedirs(os.path.dirname(a.path), exist_ok=True)
-    return arts
 
 
 def test_a_published_version_is_passed_on_without_reading_the_lake(tmp_path):

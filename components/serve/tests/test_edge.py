@@ -14,23 +14,14 @@ import httpx
 import numpy as np
 import pytest
 
-from components.serve.tests.test_hostile import MODEL, Connection, _rss_mib
-from tests.support import free_port, start_model_server, stop_process
+from components.serve.tests.test_hostile import MODEL, Connection, _rss_mib, _start
+from tests.support import stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0
 KEEPALIVE = 2.0
-
-
-def _start(package_dir, log_path, *extra):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_model_server(
-        [sys.executable, "-m", "components.cli", "serve", "--package-dir", str(package_dir),
-         "--name", MODEL, "--port", str(port), *extra], url, MODEL, log_path)
-    return proc, url, port
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +66,11 @@ class GoodClient:
         return {status for _, status in self.answers}
 
 
-def send_huge_header(port: int, size: int) -> bytes:
+def send_huge_header(port: int, size: int, timeout_s: float = 60) -> bytes:
     """Sends a request whose one header is ``size`` bytes; returns what the server answered
-    (``b""`` if it closed the connection without an answer)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    (``b""`` if it closed the connection without an answer). ``bench/serving_hostile.py``
+    times it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
     try:
         sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: ")
         chunk = b"a" * (1 << 20)
@@ -128,11 +120,13 @@ def test_too_many_headers_are_a_431_and_a_hundred_are_fine(server):
     assert headers.get("connection") == "close"
 
 
-def trickle(port: int, n: int = 100, limit_s: float = 60) -> tuple[dict[int, bytes], float]:
-    """Opens ``n`` connections that each send a request line a byte at a time, every 0.2 s,
-    until the server has answered or closed every one (or ``limit_s`` passed); returns what
-    each got (``b""``: closed without an answer) and the seconds it took."""
-    line = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 400
+def trickle(port: int, n: int = 100, limit_s: float = 60, header_bytes: int = 400
+            ) -> tuple[dict[int, bytes], float]:
+    """Opens ``n`` connections that each send a request line and a header of
+    ``header_bytes`` a byte at a time, every 0.2 s, until the server has answered or closed
+    every one (or ``limit_s`` passed); returns what each got (``b""``: closed without an
+    answer) and the seconds it took. ``bench/serving_hostile.py`` times it."""
+    line = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * header_bytes
     socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
     answers: dict[int, bytes] = {}
     started = time.monotonic()
@@ -172,6 +166,25 @@ def test_a_hundred_trickling_connections_are_closed_at_the_header_deadline(serve
     assert good.statuses() == {200}, good.answers[-5:]
 
 
+def trickle_body(conn: Connection, n: int = 100, every_s: float = 0.1) -> bytes:
+    """Sends a body's bytes one at a time, ``every_s`` apart, until an answer arrives (what
+    it says) or ``n`` bytes are sent or the connection is closed (empty)."""
+    for _ in range(n):
+        try:
+            conn.sock.sendall(b" ")
+        except OSError:
+            break
+        conn.sock.setblocking(False)
+        try:
+            return conn.sock.recv(4096)
+        except BlockingIOError:
+            pass
+        finally:
+            conn.sock.setblocking(True)
+        time.sleep(every_s)
+    return b""
+
+
 def test_a_trickled_body_is_a_408_at_the_body_deadline(server):
     conn = Connection(server["port"], timeout=30)
     try:
@@ -179,24 +192,10 @@ def test_a_trickled_body_is_a_408_at_the_body_deadline(server):
                                                                 "application/json"},
                   length=1000)
         started = time.monotonic()
-        answer = None
-        for _ in range(100):  # a byte every 0.1 s, well past the deadline
-            try:
-                conn.sock.sendall(b" ")
-            except OSError:
-                break
-            conn.sock.setblocking(False)
-            try:
-                answer = conn.sock.recv(4096)
-                break
-            except BlockingIOError:
-                pass
-            finally:
-                conn.sock.setblocking(True)
-            time.sleep(0.1)
+        answer = trickle_body(conn)
     finally:
         conn.close()
-    assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
+    assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"--body-timeout" in answer
     assert time.monotonic() - started < 10 * BODY_TIMEOUT
 
