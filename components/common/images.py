@@ -347,7 +347,7 @@ def colourfulness(img: Image.Image) -> float:
     return round(value, 6)
 
 
-class ContextRejected(ValueError):
+class ContextRejected(UserError, ValueError):
     """A context that is not one of the deployment's declared contexts."""
 
 

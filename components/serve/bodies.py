@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from components.common.errors import UserError
 from components.common.procs import exit_with
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ HEADER_LENGTH = "inference-header-content-length"
 """The binary-data extension's header: the byte length of the JSON part of a V2 body."""
 
 
-class BadRequest(ValueError):
+class BadRequest(UserError, ValueError):
     """A request body the client must fix; the message says what (answered 400)."""
 
 

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[3]
 #: from the codes the command line inferred before) and its HTTP status at a serving edge.
 EXPECTED = [
     ("components.cli.common", "OptionError", 2, 400),
+    ("components.common.images", "ContextRejected", 2, 400),
     ("components.common.images", "ImageRejected", 2, 400),
     ("components.common.records", "RecordLogError", 1, 500),
     ("components.common.registry", "RegistryError", 2, 400),
@@ -52,6 +53,7 @@ EXPECTED = [
     ("components.monitor.reference", "ReferenceDataError", 2, 400),
     ("components.monitor.reference", "ReferenceMissing", 2, 400),
     ("components.package.core", "PackageError", 1, 500),
+    ("components.serve.bodies", "BadRequest", 2, 400),
     ("components.serve.kserve_patches", "UnsupportedKServe", 1, 500),
     ("components.train.core", "TrainError", 2, 400),
     ("components.train.trainjob", "TrainJobFailed", 1, 500),
