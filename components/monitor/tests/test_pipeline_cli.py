@@ -40,10 +40,11 @@ def test_monitoring_pipeline_runs_locally(monitor_setup, tmp_path):
     checks = {c["name"]: c for c in verdict["checks"]}
     assert checks["drift.embedding"]["status"] == "alarm"
     assert checks["drift.embedding"]["threshold"] == 0.01  # the settings reached the checks
-    assert outputs["verdict"].metadata["checks"]["drift.statistics"] == "alarm"
-    assert "drift.embedding" in outputs["metrics"].metadata
+    # The UI's metadata names the context that moved (the window is all night frames).
+    assert outputs["verdict"].metadata["checks"]["drift.statistics[night]"] == "alarm"
+    assert "drift.embedding.night" in outputs["metrics"].metadata
     assert "Saliency gallery" in Path(outputs["report"].path).read_text()
-    assert "| drift.embedding | alarm |" in Path(outputs["summary"].path).read_text()
+    assert "| drift.embedding[night] | alarm |" in Path(outputs["summary"].path).read_text()
     [entry] = read_history(store, monitor_setup.model)
     assert entry.run_id == verdict["run_id"]
 
