@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 
 import pytest
@@ -10,6 +11,12 @@ import pytest
 from tests.support import free_port
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+# Trainings in the tests (in process, in kfp.local steps and under torchrun) use one torch
+# thread each, as a pod limited to one CPU does. On a busy 2-core machine two threads mostly
+# wait on each other: a 6-epoch training took 67 s with two and 12 s with one, same accuracy.
+# A test that needs another value sets it itself (monkeypatch.setenv).
+os.environ.setdefault("MLOPS_TORCH_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
