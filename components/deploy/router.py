@@ -63,7 +63,6 @@ from components.deploy.supervisor import SupervisionPolicy, Supervisor
 from components.serve.limits import (
     BoundedHead,
     EdgeLimits,
-    HeadRefused,
     add_edge_options,
     edge_limits,
 )
@@ -371,8 +370,8 @@ class _ClientConnection(BoundedHead, asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "Protocol upgrades are not supported by the router.")
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, HeadRefused):
-                self._refuse_head(str(exc.__context__))
+            if message := self._head_refusal(exc):
+                self._refuse_head(message)
             elif not self._closing:
                 self._refuse(400, f"Malformed HTTP request: {exc}.")
         except httptools.HttpParserError as exc:

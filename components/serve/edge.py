@@ -33,7 +33,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from components.common.service import RateLimitedLog
-from components.serve.limits import BoundedHead, EdgeLimits, HeadRefused
+from components.serve.limits import BoundedHead, EdgeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ class BoundedHttpProtocol(BoundedHead, HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, HeadRefused):
-                self._refuse_head(str(exc.__context__))
+            if message := self._head_refusal(exc):
+                self._refuse_head(message)
                 return
             self._bad_request()
         except httptools.HttpParserError:

@@ -55,7 +55,7 @@ class EdgeLimits:
                                  f"{getattr(self, f.name)!r}")
 
 
-class HeadRefused(Exception):
+class _HeadRefused(Exception):
     """Raised from a parser callback to stop reading a request's head (a 431)."""
 
 
@@ -67,7 +67,8 @@ class BoundedHead:
     ``max_header_bytes`` (or ``max_headers`` fields) the answer is a 431, sent after at most that
     many bytes whatever size is on its way. A protocol that mixes it in keeps ``limits``,
     ``_refused``, ``_reading_head``, ``_head_bytes`` and ``_header_count``, takes its
-    ``data_received`` from here, calls :meth:`_count_header` from its ``on_header``, and
+    ``data_received`` from here, calls :meth:`_count_header` from its ``on_header`` (and
+    :meth:`_head_refusal` on the parser's callback errors), and
     provides ``_head_begins()`` (arms the header deadline unless it runs), ``_feed(data)`` (to
     the parser), ``_finished()`` (refused or closing: read nothing more) and
     ``_refuse_head(message)`` (the 431).
@@ -101,10 +102,16 @@ class BoundedHead:
             return
         self.data_received(data[room:])
 
+    @staticmethod
+    def _head_refusal(exc: BaseException) -> str:
+        """The 431's message when the parser's callback error came from
+        :meth:`_count_header`; empty otherwise."""
+        return str(exc.__context__) if isinstance(exc.__context__, _HeadRefused) else ""
+
     def _count_header(self) -> None:
         self._header_count += 1
         if self._header_count > self.limits.max_headers:
-            raise HeadRefused(f"The request has more than {self.limits.max_headers} header "
+            raise _HeadRefused(f"The request has more than {self.limits.max_headers} header "
                               "fields (--max-headers).")
 
 

@@ -19,6 +19,7 @@ EXPECTED = [
     ("components.cli.common", "OptionError", 2, 400),
     ("components.common.images", "ContextRejected", 2, 400),
     ("components.common.images", "ImageRejected", 2, 400),
+    ("components.common.kubeapi", "KubeConfigMissing", 1, 500),
     ("components.common.records", "RecordLogError", 1, 500),
     ("components.common.registry", "RegistryError", 2, 400),
     ("components.common.registry", "ReleaseHeld", 1, 500),
