@@ -43,9 +43,12 @@ def test_importing_the_patches_with_another_kserve_fails_naming_the_supported_ve
 
 
 def test_patches_applied_twice_do_not_stack(monkeypatch):
-    original_create = rest.RESTServer.create_application
-    original_init = rest.RESTServer.__init__
-    original_decode = DataPlane.decode_inference_request
+    # KServe's own functions, whether or not a predictor loaded earlier in this process.
+    original_create = getattr(rest.RESTServer.create_application, "unconfigured",
+                              rest.RESTServer.create_application)
+    original_init = getattr(rest.RESTServer.__init__, "wrapped", rest.RESTServer.__init__)
+    original_decode = getattr(DataPlane.decode_inference_request, "undecoded",
+                              DataPlane.decode_inference_request)
     monkeypatch.setattr(rest.RESTServer, "create_application", original_create)
     monkeypatch.setattr(rest.RESTServer, "__init__", original_init)
     monkeypatch.setattr(DataPlane, "decode_inference_request", original_decode)
