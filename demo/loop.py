@@ -10,7 +10,9 @@ the policy to each verdict (the day windows are the baseline, judged and reporte
 product owner's webhook (a receiver on 127.0.0.1 that this module starts, :mod:`demo.webhook`)
 gets the alert, and the retraining trigger runs the continuous-training pipeline under kfp.local.
 The retrained model is released by canary only if it beats production on the captured night
-images; then the next window is judged against the new version.
+images; then the next windows are judged against the new version, and when the camera turns
+back to day mode a day window too: a version retrained on night images has a reference of both
+contexts, so the morning is normal for it.
 
 Library code: it logs, and reports progress through ``on_event`` (the CLI prints).
 """
@@ -66,7 +68,9 @@ class LoopConfig:
             serving; this only sets the rendered frames).
         day_requests: Day images served before the switch.
         max_night_requests: Night images served at most while waiting for the alarm.
-        after_requests: Night images served to the retrained model, judged as the last window.
+        after_requests: Night images served to the retrained model, judged every
+            ``check_every`` requests; then ``window`` day frames (the camera back in day
+            mode) are judged as the last window.
         window: Requests in one monitoring window (the last ``window`` requests).
         check_every: Requests between monitoring runs.
         label_share: Share of each window's requests a reviewer labels.
@@ -434,6 +438,12 @@ class Loop:
                     elif a["action"] in ("rollback", "hold", "resolved"):
                         self.event(a["action"], a.get("detail") or a.get("rule", ""),
                                    action=a)
+            # Morning: the camera turns back to colour. The version now in production is
+            # judged on a window of day frames; its reference covers both contexts, so a
+            # context switch alone raises no alarm and starts nothing.
+            day_after = self._back_to_day()
+        else:
+            day_after = None
         night_before = [s for s in self.served[switch_at:] if s.version == before_version
                         and s.condition == "night"]
         night_after = [s for s in self.served if s.condition == "night"
@@ -448,11 +458,41 @@ class Loop:
                              "any_check_alarms": any_alarms},
             "accuracy": {"day_before": _acc(day), "night_before": _acc(night_before),
                          "night_after": _acc(night_after)},
-            "release": release, "after": after, "verdicts": self.verdicts,
+            "release": release, "after": after, "day_after": day_after,
+            "verdicts": self.verdicts,
             "alerts_received": [], "wall_s": round(time.monotonic() - self.started, 1),
         }
         result["report"] = self._compliance_report()
         return result
+
+    def _back_to_day(self) -> dict:
+        """The camera switches back to day mode: ``window`` day frames, judged as one window
+        against the production version and governed (a trigger would be recorded, not
+        started: the demo retrains once). Returns the window's entry."""
+        cfg = self.cfg
+        self.condition = "day"
+        self.event("switch", "the camera switches back to day mode (colour)")
+        first = len(self.served)
+        while len(self.served) - first < cfg.window:
+            left = cfg.window - (len(self.served) - first)
+            self.label(self.serve("day", min(cfg.check_every, left)))
+        verdict, actions, entry = self.monitor(cfg.window, lambda v, e: self.event(
+            "monitor", "back to day: " + self._summary(e), verdict=e), retrain=False)
+        alarms = [c.key for c in verdict.checks
+                  if c.status == "alarm" and c.kind in ALERTING_KINDS]
+        entry["alarms"] = alarms
+        for a in actions:
+            if a["action"] == "retrain":
+                self.event("retrain", "a trigger recorded, not started (the demo retrains "
+                                      f"once): {a.get('detail', '')}", action=a)
+            elif a["action"] in ("rollback", "hold", "alert"):
+                self.event(a["action"], a.get("detail") or a.get("rule", ""), action=a)
+        if alarms:
+            self.event("alarm", f"back in day mode: {', '.join(alarms)}", alarms=alarms)
+        else:
+            self.event("normal", f"the day window is normal for version {entry['version']}: "
+                                 "no drift, class-share or performance alarm in any context")
+        return entry
 
     def _release_after(self, before_version: int, trigger: dict | None) -> dict | None:
         if trigger is None:

@@ -196,10 +196,10 @@ def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tm
 
     timeline = "\n".join(f"{e['requests']} {e['kind']} {e['text']}" for e in events)
     # The day windows raised no drift alarm; the night stream did, quickly.
-    day = [v for v in result["verdicts"] if v["night_share"] == 0]
-    assert len(day) == 2 and not any(c["status"] == "alarm" for v in day
-                                     for n, c in v["checks"].items()
-                                     if n.startswith("drift.")), timeline
+    day = [v for v in result["verdicts"] if v["night_share"] == 0][:2]
+    assert day[-1]["requests"] == 100 and not any(c["status"] == "alarm" for v in day
+                                                  for n, c in v["checks"].items()
+                                                  if n.startswith("drift.")), timeline
     assert result["detection"] and result["detection"]["requests_after_switch"] <= 100
     assert any(c.startswith("drift.") for c in result["detection"]["checks"])
     # The product owner's webhook received the alert over HTTP.
@@ -222,3 +222,12 @@ def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tm
         assert result["version_after"] == 1 and release["decision"] is None
         assert result["after"]["version"] == "1"
     assert result["after"]["n"] == 50
+    # Morning: the camera back in day mode is judged by the version now in production, whose
+    # reference covers both contexts: a window of day frames, normal in every context.
+    morning = result["day_after"]
+    assert morning["night_share"] == 0 and morning["n"] == 50, timeline
+    assert morning["version"] == result["after"]["version"]
+    assert not any(k.startswith("drift.") for k in morning["alarms"]), timeline
+    back = max(i for i, k in enumerate(kinds) if k == "switch")  # back to day mode
+    assert kinds.count("switch") == 2 and back > kinds.index("retrain"), timeline
+    assert "normal" in kinds[back:] or morning["alarms"], timeline

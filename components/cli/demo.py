@@ -198,6 +198,12 @@ def print_summary(result: dict) -> None:
         from demo.loop import Loop
 
         print(f"  next window           {Loop._summary(after)}")
+    morning = result.get("day_after")
+    if morning:
+        from demo.loop import Loop
+
+        print(f"  back to day           {Loop._summary(morning)}"
+              + (f"; alarms: {', '.join(morning['alarms'])}" if morning.get("alarms") else ""))
     print(f"  alerts received       {len(result['alerts_received'])}")
     print(f"  production            version {result['version_before']} -> "
           f"{result['version_after']}")

@@ -7,6 +7,13 @@ export step puts them in the lake under ``<label>/production/<export_id>/``); th
 test split is the data the champion was tested on. Both are reported separately, so a model
 that wins on night images by losing on day images is visible as such, and is not blessed.
 
+Each test image's operating context (``day``, ``night``: ``images.measure_context``, stored
+with its statistics in the dataset version's shards) splits the test split a second way: both
+models' accuracy on every context is reported with its number of images, and a challenger
+worse than production on any context by more than ``max_context_drop`` is not blessed, the
+reason naming the context (a context with fewer than ``min_context_images`` test images is
+reported as too small to judge).
+
 The result has the shape of :func:`components.evaluate.core.evaluate`'s (``metrics``,
 ``gate``, ``report_html``, ``dataset_version``), plus ``slices`` and ``gate["recent"]``, so
 packaging, registering and the ``quality_gate`` step work on it unchanged.
@@ -24,11 +31,14 @@ from components.common.runtime import onnx_predictor, predict_in_batches
 from components.evaluate.core import (
     GateConfig,
     classification_metrics,
+    context_metrics,
+    contexts_html,
     html_report,
     predict_test_split,
     production_onnx,
     quality_gate,
 )
+from components.evaluate.core import context_gate as core_context_gate
 from components.ingest.shards import split_images
 
 logger = logging.getLogger(__name__)
@@ -51,6 +61,10 @@ class ChallengerConfig:
         min_recent_images: Fewer recent test images than this cannot show a gain: not
             blessed, and the reason says so.
         recent_segment: The lake folder segment that marks production images.
+        max_context_drop: How much lower than the champion's its accuracy on the test
+            images of any one context (day, night) may be.
+        min_context_images: Fewest test images of a context to judge it on; a context with
+            fewer is reported, not judged.
     """
 
     min_recent_gain: float = 0.0
@@ -58,16 +72,19 @@ class ChallengerConfig:
     max_reference_drop: float = 0.02
     min_recent_images: int = 10
     recent_segment: str = RECENT_SEGMENT
+    max_context_drop: float = 0.02
+    min_context_images: int = 10
 
     def __post_init__(self):
-        for name in ("min_recent_gain", "max_overall_drop", "max_reference_drop"):
+        for name in ("min_recent_gain", "max_overall_drop", "max_reference_drop",
+                     "max_context_drop"):
             value = getattr(self, name)
             if not -1.0 <= value <= 1.0:
                 raise ValueError(f"Invalid {name}: {value}. Expect a difference of accuracies "
                                  "between -1 and 1, for example 0.02.")
-        if self.min_recent_images < 1:
-            raise ValueError(f"Invalid min_recent_images: {self.min_recent_images}. Expect 1 "
-                             "or more.")
+        for name in ("min_recent_images", "min_context_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Invalid {name}: {getattr(self, name)}. Expect 1 or more.")
 
 
 def recent_mask(keys, segment: str = RECENT_SEGMENT) -> np.ndarray:
@@ -137,6 +154,14 @@ def recent_gate(slices: dict, config: ChallengerConfig) -> tuple[list[str], dict
     return reasons, summary
 
 
+def context_gate(slices: dict, config: ChallengerConfig) -> tuple[list[str], dict]:
+    """The per-context rule on the slices (:func:`components.evaluate.core.context_gate`
+    with ``max_context_drop`` and ``min_context_images``)."""
+    return core_context_gate(slices["challenger"].get("contexts") or {},
+                             (slices.get("champion") or {}).get("contexts"),
+                             config.max_context_drop, config.min_context_images)
+
+
 def _slices_html(slices: dict, recent: dict) -> str:
     rows = []
     for name, label in (("overall", "whole test split"), ("reference", "earlier data"),
@@ -168,6 +193,7 @@ def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
     t = predict_test_split(model_dir, test_dir, use_shards)
     meta, classes, rows, version = t.meta, t.meta["classes"], t.rows, t.dataset_version
     images, y_true, probs = t.images, t.y_true, t.probs
+    contexts = t.contexts
     mask = recent_mask(rows["key"], config.recent_segment)
     champion_probs, champion_version = _champion(registry_uri, model_name, rows, classes,
                                                  version, use_shards, images)
@@ -177,19 +203,28 @@ def evaluate_challenger(model_dir: str, test_dir: str, gate: GateConfig,
             continue
         slices[who] = {"overall": classification_metrics(y_true, p, classes),
                        "recent": _slice(y_true, p, mask, classes),
-                       "reference": _slice(y_true, p, ~mask, classes)}
+                       "reference": _slice(y_true, p, ~mask, classes),
+                       "contexts": context_metrics(y_true, p, contexts, classes)}
     metrics = slices["challenger"]["overall"]
     decision = quality_gate(metrics, gate, slices.get("champion", {}).get("overall"))
     reasons, summary = recent_gate(slices, config)
     decision["reasons"] += reasons
+    context_reasons, by_context = context_gate(slices, config)
+    decision["reasons"] += context_reasons
+    decision["contexts"] = by_context
     decision["blessed"] = not decision["reasons"]
     decision["recent"] = summary
     decision["champion_version"] = champion_version
     report = html_report(metrics, decision, images, y_true, probs, list(rows["key"]),
                          f"Champion/challenger test: {meta['arch']} on dataset "
                          f"{meta['dataset_version']}")
-    report = report.replace("</body>", _slices_html(slices, summary) + "</body>")
+    report = report.replace("</body>", _slices_html(slices, summary)
+                            + contexts_html(by_context, config.max_context_drop,
+                                            config.min_context_images) + "</body>")
     logger.info("Recent-production slice: %d of %d test images; %s", int(mask.sum()),
                 len(rows), {k: v for k, v in summary.items() if k.endswith("accuracy")})
+    logger.info("By context: %s", {c: (r["images"], round(r["challenger"], 4),
+                                       None if r["champion"] is None else round(r["champion"], 4))
+                                   for c, r in by_context.items()})
     return {"metrics": metrics, "gate": decision, "report_html": report,
             "dataset_version": meta["dataset_version"], "slices": slices}

@@ -29,7 +29,8 @@ def evaluate_model(
     Args:
         model: The trained model.
         test: The test split.
-        metrics: Accuracy, macro precision/recall/F1, ROC AUC, recall gap.
+        metrics: Accuracy, macro precision/recall/F1, ROC AUC, recall gap, and each
+            context's accuracy (``context_<name>_accuracy``, ``_production``, ``_images``).
         confusion: The confusion matrix, drawn by the Kubeflow UI.
         report: HTML report with plots and the most confident mistakes.
         evaluation: Full metrics and gate decision (JSON) for packaging.
@@ -38,7 +39,8 @@ def evaluate_model(
         min_accuracy: Lowest acceptable accuracy.
         min_macro_f1: Lowest acceptable macro F1.
         max_recall_gap: Largest acceptable gap between per-class recalls (bias check).
-        champion_tolerance: How much worse than production the candidate may be.
+        champion_tolerance: How much worse than production the candidate may be, overall
+            and on the test images of any one context (day, night).
     """
     import json
     import logging
@@ -56,6 +58,11 @@ def evaluate_model(
         metrics.log_metric(key, value)
     for name, values in m["per_class"].items():
         metrics.log_metric(f"recall_{name}", values["recall"])
+    for ctx, row in gate["contexts"].items():  # each context's accuracy (day, night)
+        metrics.log_metric(f"context_{ctx}_images", row["images"])
+        metrics.log_metric(f"context_{ctx}_accuracy", row["challenger"])
+        if row["champion"] is not None:
+            metrics.log_metric(f"context_{ctx}_accuracy_production", row["champion"])
     confusion.log_confusion_matrix(m["classes"], m["confusion_matrix"])
     with open(report.path, "w") as f:
         f.write(result["report_html"])
@@ -118,13 +125,15 @@ def evaluate_challenger(
 
     The recent-production slice (test images exported from production captures) is reported
     apart from the rest. Blessed only if the usual gate passes, the challenger is not worse
-    than production overall (``champion_tolerance``) nor on the earlier data
-    (``max_reference_drop``), and better on the recent slice (``min_recent_gain``).
+    than production overall (``champion_tolerance``) nor on the earlier data or the test
+    images of any context, day or night (``max_reference_drop``), and better on the recent
+    slice (``min_recent_gain``).
 
     Args:
         model: The retrained model.
         test: The test split (with the exported production images in it).
-        metrics: Overall metrics, plus recent-slice accuracy of both models.
+        metrics: Overall metrics, recent-slice accuracy of both models, and each context's
+            (``context_<name>_accuracy_challenger``/``_champion``, ``context_<name>_images``).
         confusion: The challenger's confusion matrix.
         report: HTML report with the slice table.
         evaluation: Full metrics, slices and the gate decision (JSON).
@@ -135,7 +144,8 @@ def evaluate_challenger(
         max_recall_gap: Largest acceptable gap between per-class recalls.
         champion_tolerance: How much worse than production overall the challenger may be.
         min_recent_gain: By how much the challenger must beat production on the recent slice.
-        max_reference_drop: How much worse than production on the earlier data it may be.
+        max_reference_drop: How much worse than production on the earlier data, and on the
+            test images of any one context, it may be.
         min_recent_images: Fewest recent-production test images to judge a gain on.
     """
     import json
@@ -150,7 +160,8 @@ def evaluate_challenger(
         challenger.ChallengerConfig(min_recent_gain=min_recent_gain,
                                     max_overall_drop=champion_tolerance,
                                     max_reference_drop=max_reference_drop,
-                                    min_recent_images=min_recent_images),
+                                    min_recent_images=min_recent_images,
+                                    max_context_drop=max_reference_drop),
         registry_uri, model_name)
     m, gate = result["metrics"], result["gate"]
     for key, value in (("accuracy", m["accuracy"]), ("macro_f1", m["macro"]["f1"]),
@@ -162,6 +173,11 @@ def evaluate_challenger(
         if acc:
             metrics.log_metric(f"{name}_accuracy_challenger", acc["challenger"])
             metrics.log_metric(f"{name}_accuracy_champion", acc["champion"])
+    for ctx, row in gate["contexts"].items():
+        metrics.log_metric(f"context_{ctx}_images", row["images"])
+        metrics.log_metric(f"context_{ctx}_accuracy_challenger", row["challenger"])
+        if row["champion"] is not None:
+            metrics.log_metric(f"context_{ctx}_accuracy_champion", row["champion"])
     confusion.log_confusion_matrix(m["classes"], m["confusion_matrix"])
     with open(report.path, "w") as f:
         f.write(result["report_html"])

@@ -7,7 +7,7 @@ import html
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from components.common.runtime import (
     read_onnx_metadata,
     torch_predictor,
 )
-from components.ingest.shards import split_images
+from components.ingest.shards import split_images, split_images_and_stats
 from components.ingest.snapshot import read_split
 from components.train.core import load_model
 
@@ -224,9 +224,10 @@ def production_onnx(registry_uri: str, model_name: str, classes: list[str],
 
 
 def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_true: np.ndarray,
-                     classes: list[str], rows=None, dataset_version: str = ""
-                     ) -> tuple[dict | None, int | None]:
-    """Metrics of the registry's production model on the same test images, if there is one.
+                     classes: list[str], rows=None, dataset_version: str = "",
+                     contexts=None) -> tuple[dict | None, int | None]:
+    """Metrics of the registry's production model on the same test images, if there is one
+    (with ``contexts``, each image's context, its metrics per context in ``"contexts"``).
 
     ``images`` are the candidate's inputs; a production model with another input size gets
     the same test ``rows`` at its own size (from the shards of ``dataset_version``).
@@ -242,7 +243,72 @@ def champion_metrics(registry_uri: str, model_name: str, images: np.ndarray, y_t
                              "test rows so that they are read at its size.")
         images = split_images(rows, size, dataset_version)
     probs = predict_in_batches(onnx_predictor(onnx_bytes), images)
-    return classification_metrics(y_true, probs, classes), version
+    metrics = classification_metrics(y_true, probs, classes)
+    if contexts is not None:
+        metrics["contexts"] = context_metrics(y_true, probs, contexts, classes)
+    return metrics, version
+
+
+def context_metrics(y_true: np.ndarray, probs: np.ndarray, contexts, classes: list[str]
+                    ) -> dict[str, dict]:
+    """:func:`classification_metrics` of each operating context's test images (``contexts``:
+    each image's, ``images.measure_context`` as stored with its statistics)."""
+    contexts = np.asarray([str(c) for c in contexts])
+    return {c: classification_metrics(np.asarray(y_true)[contexts == c], probs[contexts == c],
+                                      classes)
+            for c in sorted(set(contexts.tolist()))}
+
+
+def context_gate(ours: dict, theirs: dict | None, max_drop: float, min_images: int = 10,
+                 who: str = "the champion's") -> tuple[list[str], dict]:
+    """The per-context rule of a candidate against production.
+
+    Args:
+        ours, theirs: context -> metrics (:func:`context_metrics`) of the candidate and of
+            production on the same test images (``theirs`` None: no production model).
+        max_drop: How much lower than production's the candidate's accuracy on a context
+            may be.
+        min_images: Fewest test images of a context to judge it on; fewer are reported only.
+
+    Returns:
+        (failed reasons, context -> {images, challenger, champion, gain, judged}); each
+        reason names the context, both accuracies, the tolerance and the number of images.
+    """
+    reasons, out = [], {}
+    for ctx, m in ours.items():
+        n = m["count"]
+        row = {"images": n, "challenger": m["accuracy"], "champion": None, "gain": None,
+               "judged": False}
+        if theirs and ctx in theirs:
+            row["champion"] = theirs[ctx]["accuracy"]
+            row["gain"] = m["accuracy"] - theirs[ctx]["accuracy"]
+            row["judged"] = n >= min_images
+            if row["judged"] and row["gain"] < -max_drop:
+                reasons.append(f"accuracy on {ctx} images {m['accuracy']:.4f} is worse than "
+                               f"{who} {theirs[ctx]['accuracy']:.4f} by more than {max_drop} "
+                               f"(gain {row['gain']:+.4f}, {n} {ctx} test images)")
+        out[ctx] = row
+    return reasons, out
+
+
+def contexts_html(rows: dict, max_drop: float, min_images: int) -> str:
+    """The report's table of both models' accuracy by context."""
+    if not rows:
+        return ""
+    out = []
+    for ctx, r in rows.items():
+        champ = f"{r['champion']:.4f}" if r["champion"] is not None else "—"
+        gain = f"{r['gain']:+.4f}" if r["gain"] is not None else "—"
+        judged = ("judged" if r["judged"] else
+                  f"not judged (fewer than {min_images} images)"
+                  if r["champion"] is not None else "no production model")
+        out.append(f"<tr><td>{html.escape(ctx)}</td><td>{r['images']}</td>"
+                   f"<td>{r['challenger']:.4f}</td><td>{champ}</td><td>{gain}</td>"
+                   f"<td>{judged}</td></tr>")
+    return ("<h2>Accuracy by context</h2><p>A model worse than production on any context by "
+            f"more than {max_drop} is not blessed.</p><table><tr><th>context</th>"
+            "<th>images</th><th>this model</th><th>production</th><th>gain</th><th></th>"
+            "</tr>" + "".join(out) + "</table>")
 
 
 @dataclass
@@ -256,6 +322,8 @@ class TestPredictions:
         images: The split's images, ``uint8 NCHW`` at the model's input size.
         y_true: The class index of each row.
         probs: The model's probabilities, one row per image.
+        contexts: Each image's operating context (``images.measure_context``, stored with
+            its statistics in the shards).
     """
 
     meta: dict
@@ -264,6 +332,7 @@ class TestPredictions:
     images: np.ndarray
     y_true: np.ndarray
     probs: np.ndarray
+    contexts: list = field(default_factory=list)
 
 
 def predict_test_split(model_dir: str, test_dir: str, use_shards: bool = True
@@ -291,10 +360,11 @@ def predict_test_split(model_dir: str, test_dir: str, use_shards: bool = True
     if unknown:
         raise ValueError(f"Test labels {unknown} are not classes of the model {meta['classes']}.")
     version = split_meta["dataset_version"]
-    images = split_images(rows, meta["image_size"], version, use_shards)
+    images, stats = split_images_and_stats(rows, meta["image_size"], version, use_shards)
     y_true = rows["label"].map(index).to_numpy()
     probs = predict_in_batches(torch_predictor(model, meta["mean"], meta["std"]), images)
-    return TestPredictions(meta, rows, version, images, y_true, probs)
+    return TestPredictions(meta, rows, version, images, y_true, probs,
+                           [st["context"] for st in stats])
 
 
 def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str = "",
@@ -304,11 +374,22 @@ def evaluate(model_dir: str, test_dir: str, gate: GateConfig, registry_uri: str 
     t = predict_test_split(model_dir, test_dir, use_shards)
     meta, classes = t.meta, t.meta["classes"]
     metrics = classification_metrics(t.y_true, t.probs, classes)
+    by_context = context_metrics(t.y_true, t.probs, t.contexts, classes)
     champion, champion_version = champion_metrics(registry_uri, model_name, t.images, t.y_true,
-                                                  classes, t.rows, t.dataset_version)
+                                                  classes, t.rows, t.dataset_version,
+                                                  t.contexts)
     decision = quality_gate(metrics, gate, champion)
+    # Not worse than production on any context either (day, night), by the same tolerance.
+    reasons, rows_by_context = context_gate(by_context, (champion or {}).get("contexts"),
+                                            gate.champion_tolerance,
+                                            who="the production model's")
+    decision["reasons"] += reasons
+    decision["blessed"] = not decision["reasons"]
+    decision["contexts"] = rows_by_context
     decision["champion_version"] = champion_version
     report = html_report(metrics, decision, t.images, t.y_true, t.probs, list(t.rows["key"]),
                          f"Model test: {meta['arch']} on dataset {meta['dataset_version']}")
+    report = report.replace("</body>", contexts_html(rows_by_context, gate.champion_tolerance,
+                                                     10) + "</body>")
     return {"metrics": metrics, "gate": decision, "report_html": report,
             "dataset_version": meta["dataset_version"]}

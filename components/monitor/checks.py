@@ -332,7 +332,8 @@ def prediction_drift(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Ch
     reference sample (a chi-square test of homogeneity of the two samples' counts, so the
     reference's own sampling noise is accounted for), with the training prior beside them.
 
-    The baseline is the model's own predictions on held-out data (the test split), not the label
+    The baseline is the model's own predictions on held-out data (the test split, in the
+    training split's class shares: the monitor passes ``Reference.at_prior``), not the label
     prior: a model that already called 55% of a balanced test set dogs has not drifted when it
     does so in production. Without reference probabilities the prior is the baseline (a
     goodness-of-fit test).

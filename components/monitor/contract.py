@@ -196,6 +196,32 @@ REFERENCE_FIELDS = {
 MIN_CONTEXT_IMAGES = 40
 
 
+def prior_mask(labels, prior: dict) -> np.ndarray:
+    """Which sample images to keep so that the sample has the training split's class shares.
+
+    A held-out sample's class mix is the luck of its split: 123 test images of a lake with 51%
+    dogs held 62% of them, and the MMD test on the embeddings, which separate the classes,
+    read that difference as drift in most windows of the camera's usual mix. So each class
+    keeps as many of its images (the first, in the sample's content hash order) as the
+    largest sample in the prior's shares allows; classes the training split lacks are left
+    out. All are kept when a class of the prior has no image in the sample (no subset has
+    the prior's shares) or there are no labels.
+    """
+    labels = [str(v) for v in labels]
+    prior = {str(k): float(v) for k, v in (prior or {}).items() if float(v) > 0}
+    counts = {c: labels.count(c) for c in prior}
+    if not labels or not prior or any(n == 0 for n in counts.values()):
+        return np.ones(len(labels), bool)
+    total = min(counts[c] / prior[c] for c in prior)
+    quota = {c: min(counts[c], int(np.floor(prior[c] * total + 1e-9))) for c in prior}
+    keep = np.zeros(len(labels), bool)
+    for i, c in enumerate(labels):
+        if quota.get(c, 0) > 0:
+            quota[c] -= 1
+            keep[i] = True
+    return keep
+
+
 @dataclass
 class Reference:
     """The training-side view of one model version that a monitoring window is judged against.
@@ -241,12 +267,21 @@ class Reference:
             out[c] = out.get(c, 0) + 1
         return out
 
-    def part(self, context: str) -> Reference:
-        """The reference of one context: the sample images of that context (their
-        embeddings, statistics, labels, probabilities); the class prior and modes of the
-        whole. Its drift detector is fitted when it is needed (the saved one is the
-        whole's)."""
-        keep = np.array([c == context for c in self.contexts], bool)
+    def at_prior(self) -> Reference:
+        """The sample in the training split's class shares (:func:`prior_mask`), for the
+        drift tests; the reference itself when nothing is left out. Its ``detector_uri`` is
+        kept: the monitor uses a saved detector only if it was fitted on these very rows
+        (registration fits it on them)."""
+        if not self.labels or len(self.labels) != len(self.embeddings):
+            return self
+        keep = prior_mask(self.labels, self.prior)
+        if keep.all() or keep.sum() < 2:
+            return self
+        sub = self._subset(keep, self.context)
+        sub.detector_uri = self.detector_uri
+        return sub
+
+    def _subset(self, keep: np.ndarray, context: str) -> Reference:
         idx = np.flatnonzero(keep)
 
         def rows(values):
@@ -258,4 +293,13 @@ class Reference:
             stats={k: [v[i] for i in idx] for k, v in self.stats.items()}, modes=self.modes,
             labels=[self.labels[i] for i in idx] if self.labels else [],
             probabilities=rows(self.probabilities), dataset_version=self.dataset_version,
-            detector_uri="", uri=self.uri, contexts=[context] * len(idx), context=context)
+            detector_uri="", uri=self.uri, population=self.population,
+            contexts=[self.contexts[i] for i in idx] if self.contexts else [],
+            context=context)
+
+    def part(self, context: str) -> Reference:
+        """The reference of one context: the sample images of that context (their
+        embeddings, statistics, labels, probabilities); the class prior and modes of the
+        whole. Its drift detector is fitted when it is needed (the saved one is the
+        whole's)."""
+        return self._subset(np.array([c == context for c in self.contexts], bool), context)

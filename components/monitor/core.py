@@ -18,6 +18,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from components.common.errors import UserError
 from components.common.paths import mlops_home
 from components.common.registry import ModelRegistry, RegistryError
@@ -119,6 +121,9 @@ def _fit_or_load(kind: str, ref: Reference, backend: str, cfg: C.MonitorConfig):
     except (DriftError, OSError, ValueError, KeyError) as exc:
         logger.warning("Ignoring the saved detector at %s: %s", path, exc)
         return None
+    ref_x = np.asarray(ref.embeddings, dtype=np.float32)
+    if det.x_ref.shape != ref_x.shape or not np.allclose(det.x_ref, ref_x, atol=1e-6):
+        return None  # fitted on other rows (before the sample was put in the prior's shares)
     logger.info("Using the reference's saved %s detector from %s", backend, path)
     return det
 
@@ -147,9 +152,14 @@ _JUDGED = (("drift.embedding", "drift"), ("drift.statistics", "drift"),
 def _judge(win: Window, ref: Reference, cfg: C.MonitorConfig, backend: str) -> list[Check]:
     """The reference checks of one window (or one context's part of it)."""
     out = C.inputs(win, ref, cfg)
-    out += C.embedding_drift(win, ref, cfg, backend, _fit_or_load("mmd", ref, backend, cfg))
-    out += C.statistics_drift(win, ref, cfg, backend)
-    out += C.prediction_drift(win, ref, cfg)
+    # The drift tests and the class-share baseline compare the window with the reference's
+    # images in the training split's class shares (Reference.at_prior): a held-out
+    # sample's chance class mix is not the camera's change.
+    at_prior = ref.at_prior()
+    out += C.embedding_drift(win, at_prior, cfg, backend,
+                             _fit_or_load("mmd", at_prior, backend, cfg))
+    out += C.statistics_drift(win, at_prior, cfg, backend)
+    out += C.prediction_drift(win, at_prior, cfg)
     out += C.performance(win, ref, cfg)
     return out
 

@@ -13,7 +13,9 @@ packaged ONNX model exactly as the predictor sees production inputs:
                                   function the predictor uses) and modes, dataset version
     reference/embeddings.npy      float32 [n, d]: the model's ``embedding`` output
     reference/probabilities.npy   float32 [n, classes]: the model's probabilities
-    reference/detector/…          a fitted MMD drift detector on the embeddings
+    reference/detector/…          a fitted MMD drift detector on the embeddings of the
+                                  sample in the training split's class shares (the rows
+                                  the drift tests use: contract.prior_mask)
                                   (``components.monitor.drift``, its backend's own format)
 
 The sample's network inputs and statistics come from the dataset version's training-ready
@@ -55,7 +57,13 @@ from components.ingest.core import IngestError, object_key
 from components.ingest.shards import split_images_and_stats
 from components.ingest.snapshot import load_snapshot, root_of_snapshot
 from components.monitor import drift
-from components.monitor.contract import MIN_CONTEXT_IMAGES, SAMPLE_SIZE, STAT_FIELDS, Reference
+from components.monitor.contract import (
+    MIN_CONTEXT_IMAGES,
+    SAMPLE_SIZE,
+    STAT_FIELDS,
+    Reference,
+    prior_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +252,9 @@ def build_reference_files(onnx_bytes: bytes, train_rows, dataset_version: str,
     }
     files = {"reference.json": json.dumps(doc, indent=1, sort_keys=True).encode(),
              "embeddings.npy": _npy(embs), "probabilities.npy": _npy(probs)}
-    if detector:
-        files.update({f"detector/{k}": v for k, v in _fit_detector(embs).items()})
+    if detector:  # on the rows the drift tests use (contract.Reference.at_prior)
+        at_prior = prior_mask(doc["labels"], doc["prior"])
+        files.update({f"detector/{k}": v for k, v in _fit_detector(embs[at_prior]).items()})
     logger.info("Monitoring reference: %d held-out images of dataset %s (%s; %d production "
                 "images added), embedding %d, detector %s", len(sample), dataset_version,
                 dict(Counter(contexts)), added, embs.shape[1],

@@ -220,3 +220,42 @@ def test_slow_or_down_storage_never_fails_a_prediction(package_dir, images, tmp_
                        outcome="failed") == 3
     finally:
         stop_process(proc)
+
+
+def test_the_camera_context_header_is_validated_and_never_overrides_what_the_image_shows(
+        package_dir, tmp_path):
+    """``x-camera-context``: an undeclared context is the client's mistake (400, naming the
+    declared ones, nothing captured); a declared one is recorded as ``sent_context`` beside
+    the context measured from the image, which decides: an infrared frame sent as ``day`` is
+    judged at night."""
+    from components.datagen.core import LakeSpec, render
+
+    night = render(LakeSpec(n=4, size=32, seed=5, condition="night"), 0)[1]
+    day = render(LakeSpec(n=4, size=32, seed=5), 1)[1]
+    capture = tmp_path / "monitoring"
+    proc, url, _ = _start(package_dir, tmp_path, "--capture-uri", str(capture),
+                          "--capture-batch-records", "100", "--capture-image-rate", "0")
+
+    def send(image, context):
+        return httpx.post(f"{url}/v1/models/{MODEL}:predict", timeout=30,
+                          headers={"x-camera-context": context},
+                          json={"instances": [{"image_bytes": {
+                              "b64": base64.b64encode(image).decode()}}]})
+
+    try:
+        r = send(night, "dusk")
+        assert r.status_code == 400, r.text
+        assert "dusk" in r.text and "day, night" in r.text
+        ids = {}
+        for name, image, context in (("ir-as-day", night, "day"), ("day-as-night", day, "night"),
+                                     ("ir-as-night", night, "night")):
+            r = send(image, context)
+            assert r.status_code == 200, r.text
+            ids[r.json()["request_id"]] = name
+    finally:
+        assert stop_process(proc) == 0
+    _, records = _records(open_store(capture))
+    assert len(records) == 3  # the rejected request was not captured
+    got = {ids[r["request_id"]]: (r["context"], r["sent_context"]) for r in records}
+    assert got == {"ir-as-day": ("night", "day"), "day-as-night": ("day", "night"),
+                   "ir-as-night": ("night", "night")}

@@ -210,7 +210,9 @@ def test_the_references_saved_detector_is_used_when_it_matches(monitor_setup, tm
 
     from components.monitor import drift
 
-    det = drift.make_detector("mmd", monitor_setup.reference.embeddings, backend="torch")
+    # Fitted as registration fits it: on the sample in the training split's class shares.
+    det = drift.make_detector("mmd", monitor_setup.reference.at_prior().embeddings,
+                              backend="torch")
     det.save(tmp_path / "det")
     ref = dataclasses.replace(monitor_setup.reference, detector_uri=str(tmp_path / "det"))
     uri = str(tmp_path / "store")
