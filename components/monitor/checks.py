@@ -364,7 +364,8 @@ def prediction_drift(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Ch
         p = float(chisquare(counts, np.maximum(prior * n, 1e-9)).pvalue)
         against = "the training prior"
     diff = shares - baseline
-    worst = int(np.argmax(np.abs(diff)))
+    # The class that moved most; of equal moves (two classes always tie) the one that rose.
+    worst = max(range(len(classes)), key=lambda i: (round(abs(float(diff[i])), 9), diff[i]))
     shift = float(abs(diff[worst]))
     significant = p < cfg.p_val
     status = ("alarm" if significant and shift >= cfg.max_share_shift else

@@ -121,9 +121,11 @@ def _fit_or_load(kind: str, ref: Reference, backend: str, cfg: C.MonitorConfig):
     except (DriftError, OSError, ValueError, KeyError) as exc:
         logger.warning("Ignoring the saved detector at %s: %s", path, exc)
         return None
-    ref_x = np.asarray(ref.embeddings, dtype=np.float32)
-    if det.x_ref.shape != ref_x.shape or not np.allclose(det.x_ref, ref_x, atol=1e-6):
-        return None  # fitted on other rows (before the sample was put in the prior's shares)
+    ref_x = getattr(ref, "embeddings", None)
+    if ref_x is not None:
+        ref_x = np.asarray(ref_x, dtype=np.float32)
+        if det.x_ref.shape != ref_x.shape or not np.allclose(det.x_ref, ref_x, atol=1e-6):
+            return None  # fitted on other rows (not the sample in the prior's shares)
     logger.info("Using the reference's saved %s detector from %s", backend, path)
     return det
 
@@ -177,7 +179,9 @@ def split_by_context(win: Window, contexts) -> dict[str, Window]:
     parts: dict[str, list] = {c: [] for c in contexts}
     for r in win.records:
         parts[record_context(r, contexts)].append(r)
-    return {c: Window(win.model, win.start, win.end, win.model_version, records=rs)
+    # Junk inputs have no context worth judging; each part says how many the window left out.
+    return {c: Window(win.model, win.start, win.end, win.model_version, records=rs,
+                      junk=dict(win.junk), junk_examples=dict(win.junk_examples))
             for c, rs in parts.items() if rs}
 
 
