@@ -90,6 +90,9 @@ ACCELERATOR_COUNT = int(os.environ.get("MLOPS_ACCELERATOR_COUNT", "1"))
 #: Nodes of the final training (``--trainer-nodes``): 1 trains in the task's own pod, more
 #: run a Kubeflow Trainer TrainJob of that many nodes that the task creates and watches.
 TRAINER_NODES = int(os.environ.get("MLOPS_TRAINER_NODES", "1"))
+#: The search trials also run as TrainJobs of ``TRAINER_NODES`` nodes
+#: (``--trials-on-trainer``, only with ``--trainer-nodes`` above 1).
+TRIALS_ON_TRAINER = os.environ.get("MLOPS_TRIALS_ON_TRAINER", "").lower() in ("1", "true")
 #: Node selector of the training pods, ``key=value,…`` (``--node-selector``).
 NODE_SELECTOR = os.environ.get("MLOPS_NODE_SELECTOR", "")
 #: Tolerations of the training pods, ``key=value:Effect,…`` or ``key:Effect`` (``--toleration``).

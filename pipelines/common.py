@@ -14,10 +14,16 @@ from components.settings import (
     STORAGE_SECRET,
     STORAGE_SECRET_KEYS,
     TRAINER_NODES,
+    TRIALS_ON_TRAINER,
     node_selector,
     tolerations,
 )
-from components.train.component import hpo_trial, train_best, train_best_trainjob
+from components.train.component import (
+    hpo_trial,
+    hpo_trial_trainjob,
+    train_best,
+    train_best_trainjob,
+)
 
 
 def with_storage_credentials(task):
@@ -55,6 +61,15 @@ def with_resources(task, cpu: str = "1", memory: str = "2G", cpu_limit: str = "2
     return task
 
 
+def _trainjob_arguments() -> dict:
+    """The TrainJob parameters of a task that launches one (``--trainer-nodes`` above 1)."""
+    gpus = ACCELERATOR_COUNT if ACCELERATOR_TYPE else 0
+    return dict(image=COMPONENT_IMAGE, nodes=TRAINER_NODES, procs_per_node=max(1, gpus),
+                accelerator_resource=ACCELERATOR_TYPE if gpus else "", accelerator_count=gpus,
+                storage_secret=STORAGE_SECRET,
+                storage_secret_keys=",".join(f"{k}={v}" for k, v in STORAGE_SECRET_KEYS.items()))
+
+
 def search_and_train(train, work_root, search_space, search_mode, seed, trial_epochs,
                      image_size, epochs):
     """The hyperparameter search (one task per trial slot) and the training of the best trial.
@@ -69,21 +84,21 @@ def search_and_train(train, work_root, search_space, search_mode, seed, trial_ep
 
     trials = []
     for slot in range(HPO_SLOTS):
-        trial = hpo_trial(train=train, slot=slot, n_slots=HPO_SLOTS, work_root=work_root,
-                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, search_space=search_space,
-                          search_mode=search_mode, seed=seed, trial_epochs=trial_epochs,
-                          image_size=image_size)
-        trial.set_display_name(f"hpo trial {slot}")
+        common = dict(train=train, slot=slot, n_slots=HPO_SLOTS, work_root=work_root,
+                      run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, search_space=search_space,
+                      search_mode=search_mode, seed=seed, trial_epochs=trial_epochs,
+                      image_size=image_size)
+        if TRIALS_ON_TRAINER:  # each trial a TrainJob, like the final training's
+            trial = hpo_trial_trainjob(**common, **_trainjob_arguments())
+            trial.set_display_name(f"hpo trial {slot} ({TRAINER_NODES}-node TrainJob)")
+        else:
+            trial = hpo_trial(**common)
+            trial.set_display_name(f"hpo trial {slot}")
         trials.append(trial)
     if TRAINER_NODES > 1:  # a Kubeflow Trainer TrainJob that this task creates and watches
-        gpus = ACCELERATOR_COUNT if ACCELERATOR_TYPE else 0
         best = train_best_trainjob(
             train=train, work_root=work_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            n_slots=HPO_SLOTS, epochs=epochs, image=COMPONENT_IMAGE, nodes=TRAINER_NODES,
-            procs_per_node=max(1, gpus), accelerator_resource=ACCELERATOR_TYPE if gpus else "",
-            accelerator_count=gpus, storage_secret=STORAGE_SECRET,
-            storage_secret_keys=",".join(f"{k}={v}" for k, v in STORAGE_SECRET_KEYS.items()),
-        ).after(*trials)
+            n_slots=HPO_SLOTS, epochs=epochs, **_trainjob_arguments()).after(*trials)
         best.set_display_name(f"train best ({TRAINER_NODES}-node TrainJob)")
     else:
         best = train_best(train=train, work_root=work_root,
@@ -101,11 +116,14 @@ def with_training_resources(trials, best):
     (``set_accelerator_type``/``set_accelerator_limit``) and CPU and memory that fit a GPU
     node (4-8 CPUs, 16-32 GB), plus the node selector and tolerations given. With
     ``--trainer-nodes`` above 1 the final training's task only launches and watches the
-    TrainJob (small requests); the TrainJob's nodes get the accelerators.
+    TrainJob (small requests); the TrainJob's nodes get the accelerators. With
+    ``--trials-on-trainer`` the trial tasks are such launchers too.
     """
-    launcher = best if TRAINER_NODES > 1 else None
+    launchers = [best] if TRAINER_NODES > 1 else []
+    if TRIALS_ON_TRAINER:
+        launchers += trials
     for task in [*trials, best]:
-        if task is launcher:
+        if any(task is launcher for launcher in launchers):
             with_resources(task, "500m", "1G", "1", "2G")
             continue
         if ACCELERATOR_TYPE:

@@ -26,6 +26,7 @@ COMPILE_SETTINGS = {
     "accelerator": "MLOPS_ACCELERATOR_TYPE",
     "accelerator_count": "MLOPS_ACCELERATOR_COUNT",
     "trainer_nodes": "MLOPS_TRAINER_NODES",
+    "trials_on_trainer": "MLOPS_TRIALS_ON_TRAINER",
     "node_selector": "MLOPS_NODE_SELECTOR",
     "toleration": "MLOPS_TOLERATIONS",
 }
@@ -134,6 +135,9 @@ def _compile_options(p) -> None:
     p.add_argument("--trainer-nodes", type=int, default=None, metavar="N",
                    help="nodes of the final training: above 1 it runs as a Kubeflow Trainer "
                         "TrainJob (torch-distributed runtime) (default 1: the task's pod)")
+    p.add_argument("--trials-on-trainer", action="store_true", default=None,
+                   help="run the search trials as TrainJobs too, of --trainer-nodes nodes "
+                        "each (needs --trainer-nodes above 1)")
     p.add_argument("--node-selector", default=None, metavar="KEY=VALUE,…",
                    help="node selector of the training pods (kfp-kubernetes)")
     p.add_argument("--toleration", default=None, metavar="KEY[=VALUE]:EFFECT,…",
@@ -150,6 +154,11 @@ def _apply_compile_settings(args) -> None:
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
             raise OptionError(f"Invalid --{opt.replace('_', '-')} {getattr(args, opt)}. "
                               "Expect 1 or more.")
+    if getattr(args, "trials_on_trainer", None):
+        nodes = args.trainer_nodes or int(os.environ.get("MLOPS_TRAINER_NODES", "1") or 1)
+        if nodes < 2:
+            raise OptionError("--trials-on-trainer needs --trainer-nodes N with N above 1 "
+                              f"(nodes of each trial's TrainJob); got {nodes}.")
     if "components.settings" in sys.modules:
         import components.settings as settings
 

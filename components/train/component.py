@@ -171,50 +171,109 @@ def train_best_trainjob(
         deadline_s: The TrainJob's activeDeadlineSeconds.
         namespace: Where the TrainJob runs (default: this task's namespace).
     """
-    import dataclasses
     import json
     import logging
-    import os
-    import uuid
     from pathlib import Path
 
-    from components.common import trainjob as tj
-    from components.common.storage import LocalStore, open_store
     from components.train import best as selection
-    from components.train import core
-    from components.train.trainjob import run_train_job
+    from components.train import trainjob as launcher
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results = selection.trial_results(work_root, run_id, n_slots)
     best, hp = selection.pick_best(results, epochs, patience)
-    scratch = open_store(work_root).child(f"trainjob/{run_id}")
-    if isinstance(scratch, LocalStore):
-        raise core.TrainError(f"work_root {work_root!r} is a local folder: a TrainJob's nodes "
-                              "read the split and write the model through object storage. "
-                              "Give an s3:// work_root.")
-    for name in ("dataset.json", "manifest.csv"):
-        scratch.child("train").put(name, Path(train.path, name).read_bytes())
-    if not namespace:
-        namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text()
-    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-           if os.environ.get(k)}
-    keys = dict(item.split("=", 1) for item in storage_secret_keys.split(",") if item)
-    cfg = tj.TrainJobConfig(
-        name=f"train-{uuid.uuid4().hex[:12]}", namespace=namespace.strip(), image=image,
-        args=("--train", scratch.child("train").uri, "--hparams",
-              json.dumps(dataclasses.asdict(hp)), "--out", scratch.child("model").uri),
-        num_nodes=nodes, num_proc_per_node=procs_per_node, cpu=node_cpu, memory=node_memory,
-        accelerator_resource=accelerator_resource, accelerator_count=accelerator_count,
-        env=env, secret_name=storage_secret, secret_keys=keys, deadline_s=deadline_s,
-        labels={"pipeline-run": run_id[:63]})
-    run_train_job(cfg)
-    out = Path(model.path)
-    out.mkdir(parents=True, exist_ok=True)
-    for obj in scratch.child("model").list():
-        if obj.key != "result.json":  # the program's summary, not part of the model folder
-            (out / obj.key).write_bytes(scratch.child("model").get(obj.key))
-    info = json.loads((out / "model.json").read_text())
+    launcher.train_on_trainer(
+        train.path, f"{work_root.rstrip('/')}/trainjob/{run_id}", hp,
+        launcher.JobNodes(image, nodes, procs_per_node, accelerator_resource, accelerator_count,
+                          node_cpu, node_memory, storage_secret, storage_secret_keys,
+                          deadline_s, namespace),
+        run_id, model_dir=model.path)
+    info = json.loads((Path(model.path) / "model.json").read_text())
     model.metadata.update(selection.write_outputs(model.path, curve.path, hp, info, results,
                                                   best))
     outputs = NamedTuple("TrainOutputs", hparams=str, val_accuracy=float)
     return outputs(json.dumps(best["hparams"]), float(info["val_accuracy"]))
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def hpo_trial_trainjob(
+    train: Input[Dataset],
+    trial: Output[Metrics],
+    slot: int,
+    n_slots: int,
+    work_root: str,
+    run_id: str,
+    image: str,
+    search_space: str = '{"lr": [0.003, 0.001], "batch_size": [32, 64], '
+                        '"weight_decay": [0.0001, 0.01], "arch": ["small_cnn"]}',
+    search_mode: str = "random",
+    seed: int = 0,
+    trial_epochs: int = 3,
+    image_size: int = 64,
+    nodes: int = 2,
+    procs_per_node: int = 1,
+    accelerator_resource: str = "",
+    accelerator_count: int = 0,
+    node_cpu: str = "4",
+    node_memory: str = "16Gi",
+    storage_secret: str = "",
+    storage_secret_keys: str = "",
+    deadline_s: int = 21600,
+    namespace: str = "",
+) -> float:
+    """One trial of the search, trained on Kubeflow Trainer: a TrainJob of several nodes.
+
+    The same configuration and outputs as ``hpo_trial`` (its ``slot-N.json`` under
+    ``<work_root>/hpo/<run_id>/`` and its metrics); the training runs as a TrainJob that this
+    task creates, watches and deletes, as ``train_best_trainjob``'s does.
+
+    Args:
+        train: The training split.
+        trial: The trial's hyperparameters and validation scores.
+        slot: This trial's index, 0 to n_slots - 1.
+        n_slots: Trial slots compiled into the pipeline (random search samples this many).
+        work_root: Scratch storage of the pipeline (s3://…, which the nodes can read).
+        run_id: The pipeline run; trial results go to ``<work_root>/hpo/<run_id>/``.
+        image: The image of the TrainJob's nodes (the component image).
+        search_space: JSON: parameter -> candidate values (lr, batch_size, weight_decay, arch…).
+        search_mode: grid or random.
+        seed: Seed of the sampling and of every trial's training.
+        trial_epochs: Epochs per trial.
+        image_size: Network input side in pixels.
+        nodes: Nodes (pods) of the TrainJob.
+        procs_per_node: Training processes per node (one per GPU).
+        accelerator_resource: The nodes' accelerator resource (nvidia.com/gpu); empty: CPU.
+        accelerator_count: Accelerators per node.
+        node_cpu: CPU request and limit per node.
+        node_memory: Memory request and limit per node.
+        storage_secret: Secret with the S3 credentials, given to the nodes as environment.
+        storage_secret_keys: Its keys as KEY=ENV,…
+        deadline_s: The TrainJob's activeDeadlineSeconds.
+        namespace: Where the TrainJob runs (default: this task's namespace).
+
+    Returns:
+        Validation accuracy, or -1.0 for an unused slot (grid smaller than the slots).
+    """
+    import logging
+
+    from components.train import core
+    from components.train import trainjob as launcher
+    from components.train import trials as search
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    hparams = search.trial_for_slot(search_space, search_mode, n_slots, seed, trial_epochs,
+                                    image_size, slot)
+    if hparams is None:
+        trial.log_metric("unused", 1)
+        return -1.0
+    scores = launcher.train_on_trainer(
+        train.path, f"{work_root.rstrip('/')}/trainjob/{run_id}/slot-{slot}",
+        core.HParams.from_dict(hparams),
+        launcher.JobNodes(image, nodes, procs_per_node, accelerator_resource, accelerator_count,
+                          node_cpu, node_memory, storage_secret, storage_secret_keys,
+                          deadline_s, namespace),
+        run_id, name_prefix="trial")
+    record = search.write_trial(work_root, run_id, slot, hparams, scores)
+    for key in ("val_accuracy", "val_loss", "best_epoch"):
+        trial.log_metric(key, record[key])
+    trial.metadata.update({"hparams": hparams})
+    return float(record["val_accuracy"])

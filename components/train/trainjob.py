@@ -23,15 +23,22 @@ Rules read from kubeflow/trainer v2.3.0:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import os
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from components.common import kubeapi
 from components.common import trainjob as tj
 from components.common.errors import EXIT_FAILURE
 from components.common.service import wait_until
+from components.common.storage import LocalStore, open_store
+from components.train import core
 from components.train.core import TrainError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ logger = logging.getLogger(__name__)
 GRACE_S = 60.0
 #: Seconds between status reads.
 POLL_S = 5.0
+#: Where a pod's own namespace is mounted (the default namespace of its TrainJobs).
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class TrainJobFailed(TrainError):
@@ -147,3 +156,65 @@ def run_train_job(cfg: tj.TrainJobConfig, api_client=None, poll_s: float | None 
                 if exc.status != 404:
                     logger.error("Could not delete TrainJob %s/%s: %s %s", cfg.namespace,
                                  cfg.name, exc.status, exc.reason)
+
+
+@dataclass
+class JobNodes:
+    """The nodes of a TrainJob as the KFP task's parameters give them."""
+
+    image: str
+    nodes: int = 2
+    procs_per_node: int = 1
+    accelerator_resource: str = ""
+    accelerator_count: int = 0
+    node_cpu: str = "4"
+    node_memory: str = "16Gi"
+    storage_secret: str = ""
+    storage_secret_keys: str = ""
+    deadline_s: int = 21600
+    namespace: str = ""
+
+
+def train_on_trainer(train_path: str, scratch_uri: str, hp: core.HParams, nodes: JobNodes,
+                     run_id: str, model_dir: str | None = None,
+                     name_prefix: str = "train") -> dict:
+    """Trains ``hp`` on the split at ``train_path`` as a TrainJob; returns its ``result.json``.
+
+    Copies the split to ``<scratch_uri>/train``, runs ``components.train.ddp`` on the nodes
+    with ``--out <scratch_uri>/model`` (:func:`run_train_job`), and copies the model folder
+    (without ``result.json``) into ``model_dir`` when one is given. The final training and the
+    search trials on Trainer both launch through here.
+
+    Raises:
+        TrainError: ``scratch_uri`` is a local folder, which the nodes cannot reach.
+        TrainJobFailed: The TrainJob failed (see :func:`run_train_job`).
+    """
+    scratch = open_store(scratch_uri)
+    if isinstance(scratch, LocalStore):
+        raise core.TrainError(f"work_root {scratch_uri!r} is a local folder: a TrainJob's nodes "
+                              "read the split and write the model through object storage. "
+                              "Give an s3:// work_root.")
+    for name in ("dataset.json", "manifest.csv"):
+        scratch.child("train").put(name, Path(train_path, name).read_bytes())
+    namespace = nodes.namespace or Path(NAMESPACE_FILE).read_text()
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+           if os.environ.get(k)}
+    keys = dict(item.split("=", 1) for item in nodes.storage_secret_keys.split(",") if item)
+    cfg = tj.TrainJobConfig(
+        name=f"{name_prefix}-{uuid.uuid4().hex[:12]}", namespace=namespace.strip(),
+        image=nodes.image,
+        args=("--train", scratch.child("train").uri, "--hparams",
+              json.dumps(dataclasses.asdict(hp)), "--out", scratch.child("model").uri),
+        num_nodes=nodes.nodes, num_proc_per_node=nodes.procs_per_node, cpu=nodes.node_cpu,
+        memory=nodes.node_memory, accelerator_resource=nodes.accelerator_resource,
+        accelerator_count=nodes.accelerator_count, env=env, secret_name=nodes.storage_secret,
+        secret_keys=keys, deadline_s=nodes.deadline_s, labels={"pipeline-run": run_id[:63]})
+    run_train_job(cfg)
+    result_store = scratch.child("model")
+    if model_dir is not None:
+        out = Path(model_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for obj in result_store.list():
+            if obj.key != "result.json":  # the program's summary, not part of the model folder
+                (out / obj.key).write_bytes(result_store.get(obj.key))
+    return result_store.get_json("result.json")
