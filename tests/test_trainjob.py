@@ -215,3 +215,51 @@ def test_the_trainjob_task_trains_on_two_nodes_and_leaves_the_one_pod_outputs(
     (name,) = standin.trainjobs.deleted  # created, finished and deleted
     assert standin.trainjobs.history[0][0] == name
     assert (tmp_path / "trainjob" / "curve.html").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_search_trial_runs_as_a_trainjob_and_writes_the_one_pod_trials_record(
+        standin, dataset_dirs, s3_uri, tmp_path, monkeypatch):
+    """``hpo_trial_trainjob`` end to end on two stand-in nodes (``torchrun`` for real, one
+    epoch): the slot's configuration as ``hpo_trial`` picks it, a ``slot-N.json`` that the
+    selection step reads like ``hpo_trial``'s, the TrainJob deleted; a slot the grid leaves
+    unused creates no TrainJob."""
+    import json
+
+    import kubernetes
+    from kfp.dsl import Dataset, Metrics
+
+    from components.common.storage import open_store
+    from components.train import best as selection
+    from components.train import core
+    from components.train import trainjob as launcher
+    from components.train.component import hpo_trial_trainjob
+
+    monkeypatch.setattr(launcher, "_custom_api",
+                        lambda client=None: kubernetes.client.CustomObjectsApi(standin.client))
+    monkeypatch.setattr(launcher, "POLL_S", 0.2)
+    monkeypatch.setenv("MLOPS_TORCH_THREADS", "1")  # the nodes inherit the environment
+    standin.trainjobs.default_plan = ("run", 0.0)
+    space = json.dumps({"lr": [0.003], "batch_size": [32]})
+    train = Dataset(name="train", uri=dataset_dirs[0], metadata={})
+    accuracies = []
+    for slot in (0, 1):
+        trial = Metrics(name="trial", uri=str(tmp_path / f"trial-{slot}"), metadata={})
+        accuracies.append(hpo_trial_trainjob.python_func(
+            train=train, trial=trial, slot=slot, n_slots=2, work_root=s3_uri, run_id="run-t",
+            image="registry.example/pets/mlops:1", search_space=space, search_mode="grid",
+            trial_epochs=1, image_size=32, nodes=2, storage_secret="mlops-s3",
+            storage_secret_keys="accesskey=AWS_ACCESS_KEY_ID", namespace=NS, deadline_s=600))
+    assert accuracies[1] == -1.0
+    (record,) = selection.trial_results(s3_uri, "run-t", 2)
+    expected = core.search_space_trials(json.loads(space), "grid", 2, 0,
+                                        core.HParams(image_size=32, epochs=1))[0]
+    assert record["slot"] == 0 and record["hparams"] == expected
+    assert set(record) == {"slot", "hparams", "val_accuracy", "val_loss", "best_epoch",
+                           "dataset_version"}
+    assert 0.0 <= record["val_accuracy"] <= 1.0 and record["val_accuracy"] == accuracies[0]
+    assert record["dataset_version"] == json.loads(
+        open_store(dataset_dirs[0]).get("dataset.json"))["dataset_version"]
+    (name,) = standin.trainjobs.deleted  # one TrainJob, for the used slot only
+    assert name.startswith("trial-")
