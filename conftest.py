@@ -19,6 +19,18 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)
 os.environ.setdefault("MLOPS_TORCH_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _environment_given_back():
+    """Each test leaves the process environment as it found it: a command run in process
+    (which exports its settings for the steps it starts) cannot point a later test's
+    subprocesses at its stores."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible HTTP server (moto in server mode) on 127.0.0.1."""

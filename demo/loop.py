@@ -576,19 +576,19 @@ def run_loop(config: LoopConfig, on_event=None, on_alert=None) -> dict:
         stream, served accuracy on night frames before and after, the release, the report.
     """
     loop = Loop(config, on_event)
+    # The loop points this process's environment at its receiver and its capture store (the
+    # servers and pipeline steps it starts inherit them); the caller's environment is given
+    # back as it was, so that a notebook or a test process goes on with its own stores.
+    previous = dict(os.environ)
     with WebhookReceiver(on_alert) as receiver:
-        previous = {k: os.environ.get(k) for k in ("MLOPS_ALERT_PRODUCT_OWNER_URL",
-                                                   "MLOPS_ALERT_QA_URL")}
         os.environ["MLOPS_ALERT_PRODUCT_OWNER_URL"] = receiver.url + "/product-owner"
         os.environ["MLOPS_ALERT_QA_URL"] = receiver.url + "/qa-expert"
         try:
             result = loop.run()
         finally:
-            for k, v in previous.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            for k in set(os.environ) - set(previous):
+                del os.environ[k]
+            os.environ.update(previous)
         result["alerts_received"] = [{"path": m["path"], "text": alert_text(m["body"])}
                                      for m in receiver.messages]
     result["events"] = loop.events
