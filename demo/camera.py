@@ -20,8 +20,11 @@ class Camera:
         self.size, self.seed = size, seed
         self.next_index = {"day": 0, "night": 0}
 
-    def frames(self, condition: str, n: int) -> list[tuple[str, bytes]]:
-        spec = LakeSpec(n=1_000_000, size=self.size, seed=self.seed, condition=condition)
+    def frames(self, condition: str, n: int, view: str = "usual") -> list[tuple[str, bytes]]:
+        """The next ``n`` frames of ``condition`` (``day``, ``night`` …), seen from ``view``
+        (``usual``, or ``moved``: the camera was knocked; ``components.datagen.core.VIEWS``)."""
+        spec = LakeSpec(n=1_000_000, size=self.size, seed=self.seed, condition=condition,
+                        view=view)
         first = self.next_index[condition]
         self.next_index[condition] += n
         return [render(spec, i) for i in range(first, first + n)]

@@ -24,13 +24,14 @@ import logging
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common.registry import ModelRegistry
 from components.common.service import wait_until
 from components.common.storage import open_store
-from components.datagen.core import LakeSpec, generate
+from components.datagen.core import LakeSpec, generate, render
 from components.deploy.client import v1_body
 from components.deploy.targets.local import LocalTarget
 from components.evaluate.core import GateConfig, evaluate
@@ -137,6 +138,7 @@ class Served:
     version: int
     labelled: bool = False
     sent: float = 0.0  # when the request left (``time``: when its answer came back)
+    view: str = "usual"  # where the camera looked (``components.datagen.core.VIEWS``)
 
 
 class Loop:
@@ -195,8 +197,9 @@ class Loop:
         dep = target.deploy("production", version)
         return dep
 
-    def serve(self, condition: str, n: int) -> list[Served]:
-        """Sends ``n`` camera frames, one request each, to production."""
+    def serve(self, condition: str, n: int, view: str = "usual") -> list[Served]:
+        """Sends ``n`` camera frames of ``condition`` seen from ``view``, one request each,
+        to production."""
         import requests
 
         target = self._target()
@@ -204,7 +207,7 @@ class Loop:
         classes = self.classes
         out = []
         self.session = self.session or requests.Session()
-        for truth, data in self.camera.frames(condition, n):
+        for truth, data in self.camera.frames(condition, n, view):
             frame_id = f"cam-{uuid.UUID(int=self.rng.getrandbits(128)).hex}"
             sent = time.time()
             r = self.session.post(f"{dep.url}/v1/models/{dep.name}:predict",
@@ -214,7 +217,7 @@ class Loop:
             pred = r.json()["predictions"][0]["label"]
             rid = r.json()["request_id"]  # the server's id, which labels are joined by
             s = Served(rid, time.time(), condition, _class_name(truth, classes), pred,
-                       dep.stable.version, sent=sent)
+                       dep.stable.version, sent=sent, view=view)
             out.append(s)
             self.served.append(s)
         return out
@@ -576,37 +579,67 @@ def run_loop(config: LoopConfig, on_event=None, on_alert=None) -> dict:
         stream, served accuracy on night frames before and after, the release, the report.
     """
     loop = Loop(config, on_event)
-    # The loop points this process's environment at its receiver and its capture store (the
-    # servers and pipeline steps it starts inherit them); the caller's environment is given
-    # back as it was, so that a notebook or a test process goes on with its own stores.
+    with people_webhooks(on_alert) as receiver:
+        result = loop.run()
+    result["alerts_received"] = [{"path": m["path"], "text": alert_text(m["body"])}
+                                 for m in receiver.messages]
+    result["events"] = loop.events
+    return result
+
+
+@contextmanager
+def people_webhooks(on_alert=None):
+    """A webhook receiver for the product owner (``/product-owner``) and the QA expert
+    (``/qa-expert``), with this process's environment pointed at it while the block runs.
+
+    The loop also points the environment at its capture store (the servers and pipeline steps
+    it starts inherit it); on leaving the block the caller's environment is given back as it
+    was, so that a notebook or a test process goes on with its own stores.
+
+    Yields:
+        The running :class:`demo.webhook.WebhookReceiver` (its ``messages`` stay readable
+        after the block).
+    """
     previous = dict(os.environ)
     with WebhookReceiver(on_alert) as receiver:
         os.environ["MLOPS_ALERT_PRODUCT_OWNER_URL"] = receiver.url + "/product-owner"
         os.environ["MLOPS_ALERT_QA_URL"] = receiver.url + "/qa-expert"
         try:
-            result = loop.run()
+            yield receiver
         finally:
             for k in set(os.environ) - set(previous):
                 del os.environ[k]
             os.environ.update(previous)
-        result["alerts_received"] = [{"path": m["path"], "text": alert_text(m["body"])}
-                                     for m in receiver.messages]
-    result["events"] = loop.events
-    return result
 
 
 def bootstrap_production(home: str | os.PathLike, n: int = 1000, size: int = 64,
                          epochs: int = 8, seed: int = 31, model_name: str = MODEL,
-                         reference_sample: int = 1000) -> dict:
-    """A day-only sample lake, its dataset version, and a production model trained on it,
-    with the core functions the pipeline's steps call (faster than the training pipeline,
-    for the tests, the benchmark and the notebook). ``mlops demo`` does this with the
-    pipeline.
+                         reference_sample: int = 1000,
+                         conditions: tuple[str, ...] = ("day",)) -> dict:
+    """A sample lake, its dataset version, and a production model trained on it, with the
+    core functions the pipeline's steps call (faster than the training pipeline, for the
+    tests, the benchmarks and the notebook). ``mlops demo`` does this with the pipeline.
+
+    Args:
+        n: Images of each condition.
+        conditions: The camera's conditions the lake has (``components.datagen.core``
+            ``CONDITIONS``): day only by default (the closed loop's story: night is new to
+            production); ``("day", "night")`` gives a production version that knows both of
+            the park's contexts, with a reference of both (a week of the park). The first
+            condition's images are at the lake's usual keys, each other's under
+            ``<class>s/<condition>/``.
     """
     home = Path(home)
     stores = LoopConfig(home=home).stores
     lake = open_store(stores["lake"])
-    generate(LakeSpec(n=n, size=size, seed=seed), lake)
+    for i, condition in enumerate(conditions):
+        spec = LakeSpec(n=n, size=size, seed=seed + i, condition=condition)
+        if i == 0:
+            generate(spec, lake)
+        else:
+            for j in range(n):  # the label stays the key's first folder
+                label, data = render(spec, j)
+                lake.put(f"{label}s/{condition}/{label}_{j:06d}.jpg", data)
     result = ingest(lake.uri, stores["datasets"])
     work = home / "bootstrap"
     for split in ("train", "test"):
