@@ -343,10 +343,14 @@ def _retrain_rules(policy: Policy) -> list[Rule]:
 
 
 def _clean(verdict: Verdict, rules: list[Rule]) -> bool:
-    """No retrain rule matches, and the checks they look at were measured (a context with
-    too few requests in the window to be judged is left out, as long as one was judged)."""
+    """No retrain rule matches, and the checks they look at were measured, as long as one
+    was judged. Left out: a context with too few requests in the window to be judged, and a
+    label-free estimate that says it cannot be trusted (``unknown``: a reference with too few
+    errors to calibrate on stays so for the version's life, and would keep every episode of
+    it open; the measured checks decide)."""
     covered = [c for c in verdict.checks if any(r.match.covers(c) for r in rules)]
-    judged = [c for c in covered if not (c.extra or {}).get("too_few")]
+    judged = [c for c in covered if not (c.extra or {}).get("too_few")
+              and not (c.status == "unknown" and (c.extra or {}).get("estimated") is True)]
     return bool(judged) and all(c.status != "unknown" for c in judged) and \
         not any(r.match.matches(c, verdict.checks) for r in rules for c in verdict.checks)
 

@@ -90,6 +90,42 @@ def test_one_episode_one_run_then_it_clears_and_a_new_one_may_start(tmp_path):
     assert again[0]["action"] == "retrain" and again[0]["episode"] == "v3-0002"
 
 
+def test_an_untrusted_estimate_does_not_keep_an_episode_open(tmp_path):
+    """A version whose reference has too few errors to calibrate on has an ``unknown``
+    label-free estimate in every window; two windows whose drift and measured accuracy are
+    clean still end its episode, and the next drift starts a new one."""
+    store = str(tmp_path / "store")
+    launcher = FolderLauncher(str(tmp_path), state="succeeded")
+
+    def judged(run_id: str, hour: int, drift: str) -> Verdict:
+        v = verdict(run_id, hour, drift=drift)
+        v.checks += [
+            Check("performance.accuracy", "performance", 0.97, 0.92, "ok", "", context="day",
+                  extra={"n_labelled": 30, "estimated": False}),
+            Check("performance.estimated_accuracy", "performance", 0.98, 0.92, "unknown",
+                  "cannot calibrate on the reference: 6 wrong predictions", context="day",
+                  extra={"estimated": True, "n": 100})]
+        return v
+
+    first = govern(judged("w1", 1, "alarm"), POLICY, store_uri=store, launcher=launcher)
+    assert first[0]["action"] == "retrain" and first[0]["episode"] == "v3-0001"
+    for name, hour in (("w2", 2), ("w3", 3)):
+        v = judged(name, hour, "ok")
+        store_history(store, v)
+        acts = govern(v, POLICY, store_uri=store, launcher=launcher)
+    assert [a["action"] for a in acts] == ["episode_closed"]
+    again = govern(judged("w4", 4, "alarm"), POLICY, store_uri=store, launcher=launcher)
+    assert again[0]["action"] == "retrain" and again[0]["episode"] == "v3-0002"
+    # A measured check that could not be judged still keeps it open.
+    for name, hour in (("w5", 5), ("w6", 6)):
+        v = judged(name, hour, "ok")
+        v.checks[1] = Check("performance.accuracy", "performance", None, 0.92, "unknown",
+                            "3 labelled requests (< 20)", context="day",
+                            extra={"n_labelled": 3, "estimated": False})
+        store_history(store, v)
+        assert govern(v, POLICY, store_uri=store, launcher=launcher) == []
+
+
 def test_no_second_run_while_one_is_in_progress(tmp_path):
     store = str(tmp_path / "store")
     running = FolderLauncher(str(tmp_path), state="running")
