@@ -2,11 +2,12 @@
 the capturing model server, the monitor and governance; one real change (the camera is
 knocked and looks down the gravel path) part-way through day 5's day period, which stays.
 
-Measured: false alarms per day (windows with no moved frame that alarm on a drift,
-prediction-drift or performance check), the alerts the product owner and the QA expert
-received, the retraining episodes governance recorded, the detection delay of the real change
-in each context (requests of that context served from the change until a check of that
-context alarms), and the served accuracy per context per day.
+Measured: false alarms per day (windows with no moved frame in which a rule of the policy
+matched that alerts the product owner or acts on production), the alerts the product owner and
+the QA expert received, the retraining episodes governance recorded, the detection delay of
+the real change in each context (requests of that context served from the change until a
+check of that context alarms), and the served accuracy per context per day; over several
+weeks (``--weeks``), each with its own camera seed on a fresh copy of one production.
 
 Everything is the closed loop's (:mod:`demo.loop`): production is a KServe model server
 started by the local deployment target with capture on, trained by ``bootstrap_production``
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchdoc import publish
 from components.deploy.targets.local import LocalTarget
+from components.govern.policy import Policy, load_policy
 from demo.loop import ALERTING_KINDS, Loop, LoopConfig, bootstrap_production, people_webhooks
+from demo.webhook import alert_text
 
 CONTEXTS = ("day", "night")
 _LOAD = os.getloadavg()
@@ -101,6 +106,9 @@ def judge(loop: Loop, receiver, day: int, period: str) -> dict:
                            "p_val": (c.extra or {}).get("p_val")} for c in alarms],
         "actions": [{k: a.get(k) for k in ("action", "rule", "episode", "detail")}
                     for a in actions],
+        # The policy's rules that matched the verdict (acted on, or suppressed as a repeat).
+        "rules": sorted({a["rule"] for a in actions if a.get("rule") and a["action"] in (
+            "alert", "alert_suppressed", "retrain", "retrain_skipped", "rollback", "hold")}),
         "received": [{"path": m["path"], "body": m["body"]} for m in received],
         "served_accuracy": entry["served_accuracy"],
     }
@@ -114,9 +122,21 @@ def _line(w: dict) -> str:
             f"{len(w['received'])} messages")
 
 
-def summarise(loop: Loop, week: dict, days: int) -> dict:
-    """Per day: false alarms, true alarm windows, alerts, episodes, served accuracy; and the
-    detection delay of the change in each context."""
+def people_rules(policy: Policy) -> set[str]:
+    """The rules whose match wakes the product owner or acts on production: an alert to the
+    product owner, a retraining, a rollback or a hold. The others tell only the QA expert."""
+    return {r.name for r in policy.rules
+            if any(a.type in ("retrain", "rollback", "hold")
+                   or (a.type == "alert" and "product-owner" in a.to) for a in r.actions)}
+
+
+def _firing(message: dict) -> bool:
+    return "[firing]" in alert_text(message["body"]).lower()
+
+
+def summarise(loop: Loop, week: dict, days: int, owner_rules: set[str]) -> dict:
+    """Per day: false alarms, QA notices, alarm windows of the change, alerts, episodes,
+    served accuracy; and the detection delay of the change in each context."""
     windows, day_of, change = week["windows"], week["day_of"], week["change"]
     per_day = []
     for day in range(1, days + 1):
@@ -124,30 +144,36 @@ def summarise(loop: Loop, week: dict, days: int) -> dict:
         clean = [w for w in ws if not w["moved"]]
         received = [m for w in ws for m in w["received"]]
         served = [s for s, d in zip(loop.served, day_of, strict=True) if d == day]
-        acc = {}
-        for ctx in CONTEXTS:
-            part = [s for s in served if s.condition == ctx]
-            acc[ctx] = (round(sum(s.truth == s.predicted for s in part) / len(part), 4)
-                        if part else None)
         moved = [s for s in served if s.view == "moved"]
+        false = [w for w in clean if set(w["rules"]) & owner_rules]
         per_day.append({
             "day": day, "requests": len(served), "windows": len(ws),
-            "clean_windows": len(clean),
-            "false_alarms": sum(bool(w["alerting"]) for w in clean),
-            "false_alarm_checks": dict(Counter(k for w in clean for k in w["alerting"])),
-            "other_alarms_clean": sum(bool(w["other_alarms"]) for w in clean),
-            "other_alarm_checks": dict(Counter(k for w in clean for k in w["other_alarms"])),
-            "alarm_windows_moved": sum(bool(w["alerting"]) for w in ws if w["moved"]),
             "moved_windows": len(ws) - len(clean),
-            "alerts_product_owner": sum(m["path"].endswith("/product-owner")
-                                        for m in received),
-            "alerts_qa": sum(m["path"].endswith("/qa-expert") for m in received),
+            "false_alarms": len(false),
+            "false_alarm_rules": dict(Counter(r for w in false for r in w["rules"]
+                                              if r in owner_rules)),
+            "qa_notices": sum(bool(w["rules"]) and not set(w["rules"]) & owner_rules
+                              for w in clean),
+            "qa_notice_checks": dict(Counter(k for w in clean if not set(w["rules"])
+                                             & owner_rules for k in w["alerting"]
+                                             + w["other_alarms"])),
+            "check_alarm_windows_clean": sum(bool(w["alerting"]) for w in clean),
+            "alarm_windows_moved": sum(bool(set(w["rules"]) & owner_rules)
+                                       for w in ws if w["moved"]),
+            "owner_firing": sum(m["path"].endswith("/product-owner") and _firing(m)
+                                for m in received),
+            "owner_resolved": sum(m["path"].endswith("/product-owner") and not _firing(m)
+                                  for m in received),
+            "qa_firing": sum(m["path"].endswith("/qa-expert") and _firing(m)
+                             for m in received),
+            "qa_resolved": sum(m["path"].endswith("/qa-expert") and not _firing(m)
+                               for m in received),
             "alert_texts": [_text(m) for m in received],
             "episodes": [a["episode"] for w in ws for a in w["actions"]
                          if a["action"] == "retrain"],
-            "accuracy": acc,
-            "accuracy_moved": (round(sum(s.truth == s.predicted for s in moved) / len(moved),
-                                     4) if moved else None),
+            "accuracy": {ctx: _acc([s for s in served if s.condition == ctx])
+                         for ctx in CONTEXTS},
+            "accuracy_moved": _acc(moved),
         })
     detection = {}
     for ctx, first in change["first"].items():
@@ -159,19 +185,48 @@ def summarise(loop: Loop, week: dict, days: int) -> dict:
         # Requests of this context served from its first moved one to the alarm's window end.
         delay = sum(1 for s in loop.served[first:hit["requests"]] if s.condition == ctx)
         detection[ctx] = {"first_request": first, "delay": delay, "day": hit["day"],
-                          "checks": [k for k in hit["alerting"] if k.endswith(f"[{ctx}]")]}
+                          "checks": [k for k in hit["alerting"] if k.endswith(f"[{ctx}]")],
+                          "rules": hit["rules"]}
     false_details = [{"day": w["day"], "period": w["period"], "requests": w["requests"],
-                      "alarms": [d for d in w["alarm_details"]
-                                 if d["kind"] in ALERTING_KINDS]}
-                     for w in windows if not w["moved"] and w["alerting"]]
+                      "rules": w["rules"], "alarms": w["alarm_details"]}
+                     for w in windows if not w["moved"] and set(w["rules"]) & owner_rules]
     return {"per_day": per_day, "detection": detection, "false_alarm_details": false_details}
 
 
-def _text(message: dict) -> str:
-    from demo.webhook import alert_text  # the one-line form the demo prints
+def _acc(served: list) -> float | None:
+    return round(sum(s.truth == s.predicted for s in served) / len(served), 4) if served \
+        else None
 
+
+def _text(message: dict) -> str:
     who = "product owner" if message["path"].endswith("/product-owner") else "QA expert"
     return f"{who}: {alert_text(message['body'])}"
+
+
+def one_week(base: Path, home: Path, args, seed: int, owner_rules: set[str]) -> dict:
+    """A fresh copy of the bootstrapped stores, production started on it, the week served."""
+    shutil.copytree(base, home)
+    os.environ["MLOPS_HOME"] = str(home)
+    config = LoopConfig(home=home, size=32, seed=seed, window=args.window,
+                        check_every=args.check_every, label_share=args.label_share,
+                        backend=args.backend or None)
+    loop = Loop(config)
+    t0 = time.monotonic()
+    try:
+        with people_webhooks() as receiver:
+            loop.start()
+            week = run_week(loop, receiver, args.days, args.period, args.change_day,
+                            args.change_after, args.label_lag,
+                            on_line=lambda s: print(s, flush=True))
+    finally:
+        s = config.stores
+        LocalTarget(s["registry"], config.model_name, s["deployments"]).delete_all()
+    summary = summarise(loop, week, args.days, owner_rules)
+    summary.update({"seed": seed, "wall_s": round(time.monotonic() - t0, 1)})
+    (home / "week.json").write_text(json.dumps({**summary, "windows": week["windows"]},
+                                               indent=1, default=str))
+    print(f"week (seed {seed}): {home / 'week.json'}", flush=True)
+    return summary
 
 
 def main() -> int:
@@ -179,8 +234,11 @@ def main() -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 3 short days, change on day 2, not written to docs")
+                        help="a smoke run: one week of 3 short days, change on day 2, a small "
+                             "lake; not written to docs")
     parser.add_argument("--home", default="", help="stores folder (default: a temporary one)")
+    parser.add_argument("--weeks", type=int, default=3,
+                        help="weeks, each with its own camera seed, on copies of one production")
     parser.add_argument("--days", type=int, default=7, help="simulated days")
     parser.add_argument("--period", type=int, default=300,
                         help="requests in each day period and each night period")
@@ -199,51 +257,36 @@ def main() -> int:
                         help="production's training lake: images of each context")
     parser.add_argument("--epochs", type=int, default=8, help="production's training epochs")
     parser.add_argument("--backend", default="", help="drift backend (default: the monitor's)")
-    parser.add_argument("--seed", type=int, default=11, help="camera and labelling seed")
+    parser.add_argument("--seed", type=int, default=11, help="first week's camera seed")
     parser.add_argument("--no-write", action="store_true", help="do not write docs")
     args = parser.parse_args()
     if args.quick:
-        args.days, args.period, args.change_day, args.change_after = 3, 100, 2, 50
-        args.lake, args.epochs = 300, 4
-    size = 32
+        args.weeks, args.days, args.period, args.change_day, args.change_after = 1, 3, 100, 2, 50
+        args.lake, args.epochs = 300, 6
     home = Path(args.home or tempfile.mkdtemp(prefix="bench-week-"))
-    os.environ["MLOPS_HOME"] = str(home)
+    base = home / "production"
+    os.environ["MLOPS_HOME"] = str(base)
     t0 = time.monotonic()
-    prod = bootstrap_production(home, n=args.lake, size=size, epochs=args.epochs,
+    prod = bootstrap_production(base, n=args.lake, size=32, epochs=args.epochs,
                                 conditions=CONTEXTS)
     bootstrap_s = time.monotonic() - t0
     print(f"production v{prod['version']} (day+night test accuracy "
           f"{prod['test_accuracy']:.3f}) in {bootstrap_s:.0f} s", flush=True)
-    config = LoopConfig(home=home, size=size, seed=args.seed, window=args.window,
-                        check_every=args.check_every, label_share=args.label_share,
-                        backend=args.backend or None)
-    loop = Loop(config)
-    t1 = time.monotonic()
-    try:
-        with people_webhooks() as receiver:
-            loop.start()
-            week = run_week(loop, receiver, args.days, args.period, args.change_day,
-                            args.change_after, args.label_lag,
-                            on_line=lambda s: print(s, flush=True))
-    finally:
-        s = config.stores
-        LocalTarget(s["registry"], config.model_name, s["deployments"]).delete_all()
-    week_s = time.monotonic() - t1
-    summary = summarise(loop, week, args.days)
-    summary.update({"bootstrap_s": round(bootstrap_s, 1), "week_s": round(week_s, 1),
-                    "production": prod, "reference": _reference_counts(config, prod),
-                    "args": vars(args), "load": [_LOAD[0], os.getloadavg()[0]]})
-    (home / "week.json").write_text(json.dumps({**summary, "windows": week["windows"]},
-                                               indent=1, default=str))
-    print(json.dumps(summary, indent=1, default=str))
-    print(f"windows and summary: {home / 'week.json'}")
+    owner_rules = people_rules(load_policy(None))
+    weeks = [one_week(base, home / f"week-{k + 1}", args, args.seed + k, owner_rules)
+             for k in range(args.weeks)]
+    summary = {"weeks": weeks, "bootstrap_s": round(bootstrap_s, 1), "production": prod,
+               "reference": _reference_counts(base, prod), "args": vars(args),
+               "owner_rules": sorted(owner_rules), "load": [_LOAD[0], os.getloadavg()[0]]}
+    (home / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"summary: {home / 'summary.json'}")
     publish(doc_section(summary, args), write=not (args.quick or args.no_write))
     return 0
 
 
-def _reference_counts(config: LoopConfig, prod: dict) -> dict:
-    path = (Path(config.stores["registry"]) / config.model_name / "versions"
-            / str(prod["version"]) / "reference" / "reference.json")
+def _reference_counts(base: Path, prod: dict) -> dict:
+    path = (base / "registry" / "pet-classifier" / "versions" / str(prod["version"])
+            / "reference" / "reference.json")
     try:
         doc = json.loads(path.read_text())
         return {"n": doc["sample"]["n"], "contexts": dict(Counter(doc.get("contexts") or []))}
@@ -252,91 +295,118 @@ def _reference_counts(config: LoopConfig, prod: dict) -> dict:
 
 
 def doc_section(summary: dict, args) -> str:
+    """The ``## A week of the park`` section of docs/benchmarks.md."""
+    weeks, prod = summary["weeks"], summary["production"]
+    ref = summary.get("reference") or {}
+    n = len(weeks)
+
     def f(v):
         return "—" if v is None else f"{v:.3f}"
 
-    rows = summary["per_day"]
-    det = summary["detection"]
-    prod = summary["production"]
-    ref = summary.get("reference") or {}
-    total_false = sum(r["false_alarms"] for r in rows)
-    episodes = [e for r in rows for e in r["episodes"]]
+    def total(day: int, key: str) -> int:
+        return sum(w["per_day"][day - 1][key] for w in weeks)
+
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return statistics.fmean(values) if values else None
+
+    contexts = ", ".join(f"{v} {k}" for k, v in sorted(ref.get("contexts", {}).items()))
     lines = [
         "## A week of the park (day and night as contexts)",
         "",
-        f"`bench/week.py`: {args.days} simulated days, each {args.period} day requests then "
-        f"{args.period} night requests, sent one at a time over HTTP to production (a KServe "
-        "model server with capture on, started by the local deployment target as `demo/loop.py` "
-        f"does). Production was trained on a day-and-night sample lake ({args.lake} images of "
-        f"each context, 32 px, {args.epochs} epochs, test accuracy "
+        f"`bench/week.py`: {n} simulated week(s) of {args.days} days, each day "
+        f"{args.period} day requests then {args.period} night requests, sent one at a time "
+        "over HTTP to production: a KServe model server with capture on, started by the local "
+        "deployment target as `demo/loop.py` does (`Loop.start`, `Loop.serve`, "
+        "`Loop.monitor`). Production was trained once on a day-and-night sample lake "
+        f"({args.lake} images of each context, 32 px, {args.epochs} epochs, test accuracy "
         f"{prod['test_accuracy']:.3f}) with `bootstrap_production(conditions=('day', "
-        "'night'))`; its reference has "
-        + (", ".join(f"{v} {k}" for k, v in sorted(ref.get("contexts", {}).items()))
-           or "both contexts") + " images. "
-        f"Every {args.check_every} requests the monitor judges the last {args.window} "
-        "(`run_monitoring`, each context's part against its own reference) and governance "
+        f"'night'))`; its reference holds {ref.get('n', '?')} held-out images ({contexts}). "
+        "Each week runs on a fresh copy of those stores with its own camera seed. Every "
+        f"{args.check_every} requests the monitor judges the last {args.window} "
+        "(`run_monitoring`: each context's part against its own reference) and governance "
         "applies the shipped policy; the product owner's and the QA expert's webhooks are a "
         f"receiver on 127.0.0.1. A reviewer labels {args.label_share:.0%} of the frames, "
         f"late: a batch's labels arrive {args.label_lag} check(s) after it was served. On day "
         f"{args.change_day}, after {args.change_after} day requests, the camera is knocked "
-        "and looks down the gravel path (`LakeSpec(view='moved')`) and stays so. Governance "
-        "has no retraining launcher here: a retraining trigger is recorded as an episode "
-        "(started later by `mlops govern start-episode`), no continuous-training run starts.",
+        "and looks down the gravel path (`LakeSpec(view='moved')`) and stays so, by day and "
+        "by night. Governance runs without a retraining launcher: a retraining trigger is "
+        "recorded as an episode (what `mlops govern start-episode` starts later) and no "
+        "continuous-training run starts; the table counts those recorded episodes.",
         "",
-        "| day | windows (with moved frames) | false alarms | other alarms, unmoved windows "
-        "| alarm windows with moved frames | alerts: product owner / QA | retraining "
-        "episodes recorded | served accuracy day / night |",
+        f"Per day, summed over the {n} week(s) (served accuracy: the mean of the weeks):",
+        "",
+        "| day | windows (with moved frames) | false alarms | QA notices, unmoved windows "
+        "| alarm windows with moved frames | alerts received: product owner firing / resolved; "
+        "QA expert firing / resolved | retraining episodes recorded | served accuracy day / "
+        "night |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        fa = str(r["false_alarms"]) + (
-            f" ({', '.join(f'{k} {v}' for k, v in r['false_alarm_checks'].items())})"
-            if r["false_alarm_checks"] else "")
-        other = str(r["other_alarms_clean"]) + (
-            f" ({', '.join(f'{k} {v}' for k, v in r['other_alarm_checks'].items())})"
-            if r["other_alarm_checks"] else "")
-        acc = f"{f(r['accuracy']['day'])} / {f(r['accuracy']['night'])}"
-        if r["accuracy_moved"] is not None:
-            acc += f" (moved frames {f(r['accuracy_moved'])})"
+    for day in range(1, args.days + 1):
+        rows = [w["per_day"][day - 1] for w in weeks]
+        rules = Counter()
+        checks = Counter()
+        for r in rows:
+            rules.update(r["false_alarm_rules"])
+            checks.update(r["qa_notice_checks"])
+        fa = str(total(day, "false_alarms")) + (
+            f" ({', '.join(f'{k} {v}' for k, v in sorted(rules.items()))})" if rules else "")
+        qa = str(total(day, "qa_notices")) + (
+            f" ({', '.join(f'{k} {v}' for k, v in sorted(checks.items()))})" if checks else "")
+        acc = (f"{f(mean([r['accuracy']['day'] for r in rows]))} / "
+               f"{f(mean([r['accuracy']['night'] for r in rows]))}")
+        moved = mean([r["accuracy_moved"] for r in rows])
+        if moved is not None:
+            acc += f" (moved frames {f(moved)})"
         lines.append(
-            f"| {r['day']}{' (change)' if r['day'] == args.change_day else ''} | "
-            f"{r['windows']} ({r['moved_windows']}) | {fa} | {other} | "
-            f"{r['alarm_windows_moved']} | {r['alerts_product_owner']} / {r['alerts_qa']} | "
-            f"{len(r['episodes'])} | {acc} |")
-    lines += ["", "| real change, context | detection delay (requests of that context) "
-                  "| checks that alarmed |", "|---|---|---|"]
-    for ctx in CONTEXTS:
-        d = det.get(ctx)
-        if d is None:
-            lines.append(f"| {ctx} | not reached | |")
-            continue
-        lines.append(f"| {ctx} | {d['delay'] if d['delay'] is not None else 'not detected'} "
-                     f"| {', '.join(d['checks']) or '—'} |")
-    alerts = [t for r in rows for t in r["alert_texts"]]
-    lines += ["", f"False alarms over the week: {total_false} (target 0): a window with no "
-                  "moved frame in which a drift, prediction-drift or performance check "
-                  "alarmed (what alerts the product owner or retrains under the policy). "
-                  "\"Other alarms\" are integrity or telemetry checks (the QA expert's). "
-                  f"Retraining episodes recorded: {len(episodes)} "
-                  f"({', '.join(episodes) or 'none'}); every later verdict of the change "
-                  "joined the open episode. The detection delay counts the requests of that "
-                  "context served from its first moved frame to the end of the first window "
-                  f"with an alarm of that context (granularity {args.check_every} requests)."]
-    if summary["false_alarm_details"]:
+            f"| {day}{' (camera moved)' if day == args.change_day else ''} | "
+            f"{total(day, 'windows')} ({total(day, 'moved_windows')}) | {fa} | {qa} | "
+            f"{total(day, 'alarm_windows_moved')} | {total(day, 'owner_firing')} / "
+            f"{total(day, 'owner_resolved')}; {total(day, 'qa_firing')} / "
+            f"{total(day, 'qa_resolved')} | {sum(len(r['episodes']) for r in rows)} | {acc} |")
+    lines += ["", "Detection of the moved camera, per week (requests of that context served "
+                  "from its first moved frame to the end of the first window with an alarm "
+                  f"of that context; granularity {args.check_every} requests):", "",
+              "| week | day context | night context | retraining episodes (day recorded) |",
+              "|---|---|---|---|"]
+    for k, w in enumerate(weeks, 1):
+        cells = []
+        for ctx in CONTEXTS:
+            d = w["detection"].get(ctx)
+            cells.append("not reached" if d is None else "not detected" if d["delay"] is None
+                         else f"{d['delay']} ({', '.join(d['checks'])})")
+        eps = [f"{e} (day {r['day']})" for r in w["per_day"] for e in r["episodes"]]
+        lines.append(f"| {k} | {cells[0]} | {cells[1]} | {', '.join(eps) or 'none'} |")
+    false = [(k, fd) for k, w in enumerate(weeks, 1) for fd in w["false_alarm_details"]]
+    lines += ["", f"False alarms: {sum(len(w['false_alarm_details']) for w in weeks)} in "
+                  f"{n} week(s) (target 0). A false alarm is a window with no moved frame in "
+                  "which a rule of the policy matched that alerts the product owner or acts "
+                  f"on production ({', '.join(summary['owner_rules'])}); a QA notice is a "
+                  "window with no moved frame that only the QA expert hears of (the policy's "
+                  "input-statistics-shift, integrity and telemetry rules). Alerts are "
+                  "counted as the receiver got them: a condition still firing is not sent "
+                  "again within the policy's cool-down (12 h, longer than the simulated "
+                  "week), and a check whose context has no requests in a window neither "
+                  "re-alerts nor resolves."]
+    if false:
         lines += ["", "The false alarms, check by check:", ""]
-        for fd in summary["false_alarm_details"]:
+        for k, fd in false:
             for a in fd["alarms"]:
-                lines.append(f"- day {fd['day']} {fd['period']}, window ending at request "
-                             f"{fd['requests']}: `{a['check']}` {a['detail']}")
-    if alerts:
-        lines += ["", "What the people received (one line each):", ""]
-        lines += [f"- {t}" for t in alerts]
+                lines.append(f"- week {k}, day {fd['day']} {fd['period']}, window ending at "
+                             f"request {fd['requests']} (rules {', '.join(fd['rules'])}): "
+                             f"`{a['check']}` {a['detail']}")
+    first = weeks[0]
+    texts = [f"day {r['day']}: {t}" for r in first["per_day"] for t in r["alert_texts"]]
+    if texts:
+        lines += ["", "What the people received in week 1 (one line each):", ""]
+        lines += [f"- {t}" for t in texts]
     lines += [
         "",
-        f"Wall time: {summary['bootstrap_s']:.0f} s to train and register production, "
-        f"{summary['week_s']:.0f} s for the week "
-        f"({sum(r['requests'] for r in rows)} requests, {sum(r['windows'] for r in rows)} "
-        f"monitoring runs). Machine: 2 shared cores (other work ran on them), load average "
+        f"Wall time: {summary['bootstrap_s']:.0f} s to train and register production; "
+        f"{', '.join(str(round(w['wall_s'])) for w in weeks)} s for the week(s) "
+        f"({sum(r['requests'] for r in first['per_day'])} requests and "
+        f"{sum(r['windows'] for r in first['per_day'])} monitoring and governance runs "
+        "each). Machine: 2 shared cores (other work ran on them), load average "
         f"{summary['load'][0]:.1f} at the start and {summary['load'][1]:.1f} at the end.",
         "",
         "Command: `nice -n 10 .venv/bin/python bench/week.py` (fresh temporary stores each "
