@@ -60,9 +60,10 @@ KINDS = {"night": {"condition": "night"}, "blur": {"condition": "blur"},
          "80% cats": {"cat_fraction": 0.8}}
 
 
-def build(work: Path, n_lake: int):
-    """Trains, packages and registers a small model; returns (registry, version, sim, meta)."""
-    generate(LakeSpec(n=n_lake, size=32, seed=0), open_store(work / "lake"))
+def build(work: Path, n_lake: int, seed: int = 0):
+    """Trains, packages and registers a small model on a lake of ``seed``; returns
+    (registry, version, sim)."""
+    generate(LakeSpec(n=n_lake, size=32, seed=seed), open_store(work / "lake"))
     data = ingest(str(work / "lake"), str(work / "ds"))
     for split in ("train", "test"):
         write_split(data, split, str(work / split))

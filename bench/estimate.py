@@ -1,14 +1,16 @@
 """The label-free accuracy estimate against the true accuracy, beside NannyML's CBPE.
 
-Written to docs/benchmarks.md ("Label-free accuracy estimate"). The model is the monitoring
-benchmark's (bench/drift.py: a small CNN trained on a 600-image lake at 32 px). Its
+Written to docs/benchmarks.md ("Label-free accuracy estimate"). Two models of one recipe, the
+monitoring benchmark's (bench/drift.py: a small CNN trained on a 600-image lake at 32 px),
+trained on the lakes of seed 0 (bench/drift.py's) and seed 21 (the test suite's model,
+conftest.py): one model is one draw of how its confidence behaves under a shift. Each model's
 reference is 1,000 fresh day images (a held-out seed: what the dataset's test split is to a
 registered version). Windows of 100 requests are drawn without replacement from pools of
 1,000 images of each kind: day (no shift), night (the IR camera), blur (defocus), and dusk
 (day images darkened to 0.6 and 0.5 of their brightness). For every window the true
 accuracy, the monitor's estimate (``performance.estimated_accuracy``: the lower of CBPE and
-ATC) and its two parts are computed here; the reference and the windows' probabilities go to
-a file, and NannyML's CBPE (``nannyml.CBPE``, its defaults) is fitted and run on the same
+ATC), its two parts and CBPE's error on each predicted class are computed here; the reference
+and the windows' probabilities go to a file, and NannyML's CBPE (``nannyml.CBPE``, its defaults) is fitted and run on the same
 file from NannyML's own environment (bench/nannyml_cbpe.py), since NannyML is not a
 dependency of the project.
 
@@ -46,6 +48,8 @@ from components.monitor.checks import MonitorConfig  # noqa: E402
 KINDS = {"day": {}, "night": {"condition": "night"}, "blur": {"condition": "blur"},
          "dusk 0.6": {"darken": 0.6}, "dusk 0.5": {"darken": 0.5}}
 WINDOW = 100
+#: Lake seeds of the models: bench/drift.py's, and the test suite's (conftest.py).
+MODELS = (0, 21)
 
 
 def _darken(data: bytes, factor: float) -> bytes:
@@ -73,13 +77,16 @@ def served(sim, n: int, seed: int, condition: str = "day", darken: float = 1.0):
     return probs.astype(np.float64), labels
 
 
-def run(n_ref: int, n_pool: int, n_windows: int, nannyml_python: str) -> dict:
+def run(n_ref: int, n_pool: int, n_windows: int, nannyml_python: str, seed: int) -> dict:
+    from scipy.stats import chi2_contingency
+
     cfg = MonitorConfig()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t = time.perf_counter()
-        _, _, sim = build(work, 600)
-        print(f"model trained in {time.perf_counter() - t:.0f} s", flush=True)
+        _, _, sim = build(work, 600, seed=seed)
+        print(f"model of lake seed {seed} trained in {time.perf_counter() - t:.0f} s",
+              flush=True)
         classes = list(sim.classes)
         ref_probs, ref_labels = served(sim, n_ref, seed=2000)
         cal = E.fit(ref_probs, ref_labels, classes, min_reference=cfg.min_reference,
@@ -87,6 +94,7 @@ def run(n_ref: int, n_pool: int, n_windows: int, nannyml_python: str) -> dict:
         floor = cal.reference_accuracy - cfg.max_accuracy_drop
         print(f"reference {cal.n_reference}, accuracy {cal.reference_accuracy:.3f}, "
               f"{cal.n_errors} wrong, trusted {cal.trusted}", flush=True)
+        ref_counts = np.bincount(ref_probs.argmax(1), minlength=len(classes))
         rng = np.random.default_rng(0)
         rows, probs_all = [], []
         for k, (kind, kw) in enumerate(KINDS.items()):
@@ -95,8 +103,18 @@ def run(n_ref: int, n_pool: int, n_windows: int, nannyml_python: str) -> dict:
             for _ in range(n_windows):
                 idx = rng.choice(n_pool, WINDOW, replace=False)
                 est = E.estimate(cal, probs[idx])
-                rows.append({"kind": kind, "true": float(right[idx].mean()),
-                             "estimate": est.accuracy, "cbpe": est.cbpe, "atc": est.atc})
+                predicted, calibrated = probs[idx].argmax(1), cal.right(probs[idx])
+                mix_p = chi2_contingency(np.vstack([
+                    np.bincount(predicted, minlength=len(classes)), ref_counts])).pvalue
+                rows.append({"model": seed, "kind": kind, "true": float(right[idx].mean()),
+                             "estimate": est.accuracy, "cbpe": est.cbpe, "atc": est.atc,
+                             # rejected: CBPE unless the predicted class mix moved
+                             "mix_rule": est.accuracy if mix_p < cfg.p_val else est.cbpe,
+                             # per predicted class: predictions, right ones, CBPE's sum
+                             "per_class": [[int((predicted == j).sum()),
+                                            int(right[idx][predicted == j].sum()),
+                                            float(calibrated[predicted == j].sum())]
+                                           for j in range(len(classes))]})
                 probs_all.append(probs[idx])
             print(kind, f"pool accuracy {right.mean():.3f}", flush=True)
         path = work / "windows.npz"
@@ -112,7 +130,8 @@ def run(n_ref: int, n_pool: int, n_windows: int, nannyml_python: str) -> dict:
         print(f"NannyML {nanny['version']} in {time.perf_counter() - t:.0f} s", flush=True)
     for row, value in zip(rows, nanny["estimated"], strict=True):
         row["nannyml"] = value
-    return {"rows": rows, "floor": floor, "reference": cal, "nannyml": nanny}
+    return {"seed": seed, "rows": rows, "floor": floor, "reference": cal, "nannyml": nanny,
+            "classes": classes}
 
 
 def summary(rows: list[dict], floor: float) -> dict:
@@ -121,64 +140,127 @@ def summary(rows: list[dict], floor: float) -> dict:
         r = [x for x in rows if x["kind"] == kind]
         true = np.array([x["true"] for x in r])
         cell = {"windows": len(r), "true": float(true.mean())}
-        for m in ("estimate", "cbpe", "atc", "nannyml"):
+        for m in ("estimate", "cbpe", "atc", "nannyml", "mix_rule"):
             v = np.array([x[m] for x in r])
             cell[m] = {"mae": float(np.abs(v - true).mean()), "mean": float(v.mean()),
                        "warned": int((v < floor).sum())}
         cell["true_below_floor"] = int((true < floor).sum())
+        # CBPE's estimated precision of each predicted class minus its true precision, over
+        # all the kind's windows, and the class's share of the predictions.
+        per = np.array([x["per_class"] for x in r], float).sum(0)
+        cell["per_class"] = [{"share": float(n / per[:, 0].sum()),
+                              "cbpe_error": float((s - k) / n) if n else None}
+                             for n, k, s in per]
         out[kind] = cell
     return out
 
 
-def render_doc(res: dict, table: dict, args, seconds: float) -> str:
+def met(table: dict) -> list[str]:
+    """The shifted kinds where the monitor's estimate is worse than NannyML's CBPE."""
+    return [k for k in table if k != "day"
+            and table[k]["estimate"]["mae"] > table[k]["nannyml"]["mae"] + 1e-9]
+
+
+def _models_line(results: list[dict]) -> str:
+    return "; ".join(
+        f"seed {r['seed']}: {r['reference'].n_reference} images, accuracy "
+        f"{r['reference'].reference_accuracy:.3f}, {r['reference'].n_errors} wrong, floor "
+        f"{r['floor']:.3f}" for r in results)
+
+
+def render_doc(results: list[dict], tables: dict, args, seconds: float) -> str:
     import torch
 
-    cal = res["reference"]
+    classes = results[0]["classes"]
+    version = results[0]["nannyml"]["version"]
     lines = ["## Label-free accuracy estimate", "",
              "The monitor's estimate (`performance.estimated_accuracy`, "
              "`components/monitor/estimate.py`: the lower of CBPE, as NannyML does it, and "
              "ATC) against the true accuracy of windows of 100 requests, beside NannyML's own "
-             f"CBPE (`nannyml.CBPE`, version {res['nannyml']['version']}, binary accuracy, its "
-             "defaults) on the same reference and the same windows. Model: bench/drift.py's "
-             "small CNN (600-image lake, 32 px, 6 epochs). Reference: "
-             f"{cal.n_reference} fresh day images (a held-out seed, as a test split is), "
-             f"accuracy {cal.reference_accuracy:.3f}, {cal.n_errors} wrong; the warning floor "
-             f"is its accuracy − 0.05 = {res['floor']:.3f}. Windows drawn without replacement "
-             f"from pools of {args.pool} images per kind; dusk is day images darkened to 0.6 "
-             "and 0.5 of their brightness. NannyML ran in its own environment on a file of "
-             "the windows' probabilities (bench/nannyml_cbpe.py).", "",
+             f"CBPE (`nannyml.CBPE`, version {version}, binary accuracy, its defaults) on the "
+             "same reference and the same windows. Models: one recipe, bench/drift.py's small "
+             "CNN (600-image lake, 32 px, 6 epochs), trained on the lake of seed 0 "
+             "(bench/drift.py's) and of seed 21 (the test suite's model): how a model's "
+             "confidence behaves under a shift differs from one training to the next. "
+             "References: fresh day images (a held-out seed, as a test split is); the warning "
+             "floor is the reference's accuracy − 0.05 (" + _models_line(results) + "). "
+             f"Windows drawn without replacement from pools of {args.pool} images per kind; "
+             "dusk is day images darkened to 0.6 and 0.5 of their brightness. NannyML ran in "
+             "its own environment on a file of the windows' probabilities "
+             "(bench/nannyml_cbpe.py).", "",
              "Mean absolute error against the true accuracy (lower is better), and in how "
              "many windows each estimate fell below the floor (`warned`; the true accuracy "
              "was below it in the `true < floor` windows):", "",
-             "| windows | n | true accuracy | monitor's estimate: MAE (warned) | its CBPE part "
-             "| its ATC part | NannyML CBPE: MAE (warned) | true < floor |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for kind, c in table.items():
-        lines.append(
-            f"| {kind} | {c['windows']} | {c['true']:.3f} | {c['estimate']['mae']:.3f} "
-            f"({c['estimate']['warned']}) | {c['cbpe']['mae']:.3f} | {c['atc']['mae']:.3f} | "
-            f"{c['nannyml']['mae']:.3f} ({c['nannyml']['warned']}) | {c['true_below_floor']} |")
-    same = max(abs(r["cbpe"] - r["nannyml"]) for r in res["rows"])
-    shifted = [k for k in table if k != "day"]
-    met = all(table[k]["estimate"]["mae"] <= table[k]["nannyml"]["mae"] + 1e-9
-              for k in shifted)
+             "| model | windows | n | true accuracy | monitor's estimate: MAE (warned) | its "
+             "CBPE part | its ATC part | NannyML CBPE: MAE (warned) | true < floor |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for res in results:
+        for kind, c in tables[res["seed"]].items():
+            lines.append(
+                f"| seed {res['seed']} | {kind} | {c['windows']} | {c['true']:.3f} | "
+                f"{c['estimate']['mae']:.3f} ({c['estimate']['warned']}) | "
+                f"{c['cbpe']['mae']:.3f} | {c['atc']['mae']:.3f} | {c['nannyml']['mae']:.3f} "
+                f"({c['nannyml']['warned']}) | {c['true_below_floor']} |")
+    same = max(abs(r["cbpe"] - r["nannyml"]) for res in results for r in res["rows"])
+
+    def verdict(seed):
+        worse = met(tables[seed])
+        return (f"seed {seed} **met** on all of them" if not worse else
+                f"seed {seed} **not met** on " + ", ".join(
+                    f"{k} ({tables[seed][k]['estimate']['mae']:.3f} against "
+                    f"{tables[seed][k]['nannyml']['mae']:.3f})" for k in worse))
+
+    def signed(seed):
+        t = tables[seed]
+        return "; ".join(f"{k} {t[k]['cbpe']['mean'] - t[k]['true']:+.3f} / "
+                         f"{t[k]['atc']['mean'] - t[k]['true']:+.3f}" for k in t)
+
+    def per_class(seed):
+        t = tables[seed]
+        return "; ".join(
+            f"{k} " + ", ".join(f"{c} {p['cbpe_error']:+.2f} ({p['share']:.0%})"
+                                for c, p in zip(classes, t[k]["per_class"], strict=True)
+                                if p["cbpe_error"] is not None) for k in t)
+
+    def mix(seed):
+        t = tables[seed]
+        return ", ".join(f"{k} {t[k]['mix_rule']['mae']:.3f}" for k in t if k != "day")
+
+    a, b = (r["seed"] for r in results[:2]) if len(results) > 1 else (results[0]["seed"],) * 2
     lines += ["", f"The monitor's CBPE part and NannyML's CBPE differ by at most {same:.1e} on "
               "any window: the same method. Target (issue 20): the monitor's estimate no worse "
               "than NannyML's CBPE on night, blur and dusk windows: "
-              + ("**met** on all of them." if met else "**not met** on "
-                 + ", ".join(k for k in shifted if table[k]["estimate"]["mae"]
-                             > table[k]["nannyml"]["mae"] + 1e-9) + "."),
-              "", "Mean signed error (estimate − truth) of the two parts, CBPE / ATC: "
-              + "; ".join(f"{k} {table[k]['cbpe']['mean'] - table[k]['true']:+.3f} / "
-                          f"{table[k]['atc']['mean'] - table[k]['true']:+.3f}" for k in table)
-              + ". Both assume that the model's confidence means on the window what it meant "
-              "on the reference. Where it means less (the model is wrong more often at a "
-              "given confidence: night, dusk), CBPE's calibrated mean overstates the accuracy "
-              "and ATC, which counts confident predictions, falls faster and stays closer; "
-              "where CBPE's calibration still holds, ATC tends to understate, and the lower of "
-              "the two is worse than CBPE by that much. The lower of the two is kept because a "
-              "monitor that should warn must not miss a fall: see the `warned` counts against "
-              "`true < floor`. Neither is exact under shift, so the estimate is only ever a "
+              + "; ".join(verdict(r["seed"]) for r in results) + ".", "",
+              "Mean signed error (estimate − truth) of the two parts, CBPE / ATC: "
+              + " — ".join(f"seed {r['seed']}: {signed(r['seed'])}" for r in results) + ".",
+              "", "CBPE's error on each predicted class (its estimated share of right "
+              "predictions among those naming the class, minus the true share; in brackets "
+              "the class's share of the predictions), over each kind's windows: "
+              + " — ".join(f"seed {r['seed']}: {per_class(r['seed'])}" for r in results) + ".",
+              "", "Why the lower of the two, and why it loses to CBPE on one model's blurred "
+              "windows. CBPE calibrates each class's probability on the reference, where the "
+              "predictions of one class are right almost every time; under every shift here "
+              "that class's predictions lose much of that reliability, and CBPE overstates "
+              "them (the per-class errors above). On the blurred windows of one model the "
+              "overstatement of one class happens to be offset by an understatement of the "
+              "other, and CBPE's total is close (seed "
+              f"{a}: {tables[a]['blur']['cbpe']['mean'] - tables[a]['blur']['true']:+.3f}); on "
+              f"the other model's it is not (seed {b}: "
+              f"{tables[b]['blur']['cbpe']['mean'] - tables[b]['blur']['true']:+.3f}). ATC, "
+              "which counts every prediction below its threshold as wrong and every one above "
+              "as right, falls faster where the confidence falls: it stays closer where CBPE "
+              "overstates, understates where CBPE is right, and is the noisier of the two "
+              "(a 0/1 count per prediction). Without labels the two models' blurred windows "
+              "look alike (both less confident, the class mix about the same), so no rule "
+              "that reads only the window takes CBPE on one and ATC on the other: the lower of "
+              "the two is kept, because a monitor that should warn must not miss a fall (the "
+              "`warned` counts against `true < floor`). A rule tried and rejected: CBPE while "
+              "the window's predicted class mix is consistent with the reference's (the "
+              "chi-square test of `prediction_drift.class_shares`, p ≥ 0.05), else the lower "
+              "of the two; it catches the darkened windows, where the model calls most "
+              "animals dogs, but not blur, and its MAE is "
+              + " — ".join(f"seed {r['seed']}: {mix(r['seed'])}" for r in results)
+              + ". Neither estimate is exact under shift, so the estimate is only ever a "
               "warning; the drift checks carry the alarm.", "",
               f"Machine: 2 cores shared with other jobs, {platform.machine()}, Python "
               f"{platform.python_version()}, torch {torch.__version__} on CPU. Took "
@@ -207,15 +289,16 @@ def main() -> int:
     if args.quick:
         args.windows, args.pool = 3, 300
     wall = time.perf_counter()
-    res = run(1000, args.pool, args.windows, args.nannyml)
-    table = summary(res["rows"], res["floor"])
+    results = [run(1000, args.pool, args.windows, args.nannyml, seed) for seed in MODELS]
+    tables = {res["seed"]: summary(res["rows"], res["floor"]) for res in results}
     if args.rows:
-        Path(args.rows).write_text(json.dumps(res["rows"]))
-    for kind, c in table.items():
-        print(kind, json.dumps(c))
+        Path(args.rows).write_text(json.dumps([r for res in results for r in res["rows"]]))
+    for seed, table in tables.items():
+        for kind, c in table.items():
+            print(f"seed {seed}", kind, json.dumps(c))
     seconds = time.perf_counter() - wall
     if not args.quick:
-        write_section(render_doc(res, table, args, seconds))
+        write_section(render_doc(results, tables, args, seconds))
     return 0
 
 
