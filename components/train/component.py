@@ -45,36 +45,28 @@ def hpo_trial(
     Returns:
         Validation accuracy, or -1.0 for an unused slot (grid smaller than the slots).
     """
-    import json
     import logging
 
-    from components.common.storage import open_store
     from components.ingest.snapshot import read_split
     from components.train import core
+    from components.train import trials as search
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    trials = core.search_space_trials(json.loads(search_space), search_mode, n_slots, seed,
-                                      core.HParams(seed=seed, image_size=image_size,
-                                                   epochs=trial_epochs))
-    if len(trials) > n_slots:
-        raise core.TrainError(
-            f"The grid has {len(trials)} combinations but the pipeline has {n_slots} trial "
-            f"slots. Compile with `mlops compile --trials {len(trials)}` or use random search.")
-    if slot >= len(trials):
-        logging.info("Slot %d unused: the search has %d trials", slot, len(trials))
+    hparams = search.trial_for_slot(search_space, search_mode, n_slots, seed, trial_epochs,
+                                    image_size, slot)
+    if hparams is None:
         trial.log_metric("unused", 1)
         return -1.0
-    hp = core.HParams.from_dict(trials[slot])
+    hp = core.HParams.from_dict(hparams)
     rows, meta = read_split(train.path)
     data = core.prepare(rows, meta["dataset_version"], hp.image_size)
     result, _ = core.train(data, hp)
-    record = {"slot": slot, "hparams": trials[slot], "val_accuracy": result.val_accuracy,
-              "val_loss": result.val_loss, "best_epoch": result.best_epoch,
-              "dataset_version": meta["dataset_version"]}
-    open_store(work_root).child(f"hpo/{run_id}").put_json(f"slot-{slot}.json", record)
+    record = search.write_trial(work_root, run_id, slot, hparams, {
+        "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
+        "best_epoch": result.best_epoch, "dataset_version": meta["dataset_version"]})
     for key in ("val_accuracy", "val_loss", "best_epoch"):
         trial.log_metric(key, record[key])
-    trial.metadata.update({"hparams": trials[slot]})
+    trial.metadata.update({"hparams": hparams})
     return float(result.val_accuracy)
 
 
