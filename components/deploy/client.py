@@ -11,7 +11,7 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -128,8 +128,9 @@ class LoadResult:
 
 
 def run_load(url: str, model: str, batches: Sequence[Sequence[bytes]], concurrency: int = 1,
-             timeout: float = 30.0) -> LoadResult:
-    """Sends each batch as one request, ``concurrency`` requests in flight at a time.
+             timeout: float = 30.0, headers: Mapping[str, str] | None = None) -> LoadResult:
+    """Sends each batch as one request, ``concurrency`` requests in flight at a time (with
+    ``headers``, if given).
 
     Failures are recorded, never raised: a load run measures an endpoint, it does not stop at
     its first error.
@@ -148,7 +149,8 @@ def run_load(url: str, model: str, batches: Sequence[Sequence[bytes]], concurren
         t0 = time.perf_counter()
         try:
             r = local.session.post(f"{url.rstrip('/')}/v1/models/{model}:predict",
-                                   json=v1_body(batches[i]), timeout=timeout)
+                                   json=v1_body(batches[i]), timeout=timeout,
+                                   headers=dict(headers or {}))
             elapsed = (time.perf_counter() - t0) * 1000
             if r.status_code == 200:
                 body = r.json()

@@ -154,17 +154,19 @@ def judge(canary: LoadResult, stable: LoadResult | None, labels: Sequence[str],
 
 
 def _probe(urls: dict[str, str], name: str, images: Sequence[bytes], labels: Sequence[str],
-           step: int, policy: CanaryPolicy
+           step: int, policy: CanaryPolicy, headers: dict[str, dict] | None = None
            ) -> tuple[dict[str, LoadResult], list[str], dict[str, dict]]:
-    """Sends the same labelled probes to every revision at the same time, waits out the bake
-    time, and reads what each revision served meanwhile from its metrics."""
+    """Sends the same labelled probes to every revision at the same time (with
+    ``headers[role]``), waits out the bake time, and reads what each revision served
+    meanwhile from its metrics."""
     before = {role: scrape(url, name) for role, url in urls.items()}
     n = policy.requests_per_step
     idx = [(step * n + i) % len(images) for i in range(n)]
     batches, truth = [[images[i]] for i in idx], [labels[i] for i in idx]
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-        futures = {role: pool.submit(run_load, url, name, batches, policy.concurrency)
+        futures = {role: pool.submit(run_load, url, name, batches, policy.concurrency,
+                                     headers=(headers or {}).get(role))
                    for role, url in urls.items()}
         loads = {role: f.result() for role, f in futures.items()}
     remaining = policy.bake_seconds - (time.monotonic() - started)
@@ -258,7 +260,8 @@ def release(target: DeploymentTarget, version: int, probe_images: Sequence[bytes
     elif dep is None or dep.stable is None:
         new = target.deploy(environment, version)
         loads, truth, served = _probe({"canary": new.stable.url}, name, probe_images,
-                                      probe_labels, 0, policy)
+                                      probe_labels, 0, policy,
+                                      {"canary": target.probe_headers(environment, "stable")})
         reasons, measured = judge(loads["canary"], None, truth, policy, served)
         record["steps"].append({"percent": 100, "passed": not reasons, "reasons": reasons,
                                 **measured})
@@ -320,7 +323,12 @@ def _canary(target: DeploymentTarget, environment: str, version: int,
         urls = target.revision_urls(environment)
         live = getattr(target, "traffic", None)  # the local router's per-revision counts
         before = live(environment) if live else None
-        loads, truth, served = _probe(urls, name, images, labels, k, policy)
+        # In a cluster the captures name Knative revisions: the step records which revision
+        # had which role (KServeTarget.revision_roles; captured_traffic reads them with it).
+        roles = getattr(target, "revision_roles", None)
+        started = time.time()
+        loads, truth, served = _probe(urls, name, images, labels, k, policy,
+                                      {r: target.probe_headers(environment, r) for r in urls})
         reasons, measured = judge(loads["canary"], loads.get("stable"), truth, policy, served)
         reasons += misrouted(loads, target.status(environment))
         out["steps"].append({"percent": percent, "passed": not reasons, "reasons": reasons,
@@ -329,6 +337,9 @@ def _canary(target: DeploymentTarget, environment: str, version: int,
         if after is not None:  # users' requests through the endpoint during the step
             out["steps"][-1]["live_traffic"] = {r: after.get(r, 0) - before.get(r, 0)
                                                 for r in ("stable", "canary")}
+        out["steps"][-1]["window"] = [started, time.time()]
+        if roles is not None:
+            out["steps"][-1]["revisions"] = roles(environment)
         logger.info("Canary step %d%%: %s", percent,
                     "passed" if not reasons else "FAILED: " + "; ".join(reasons))
         if reasons:

@@ -306,6 +306,10 @@ class Supervisor:
             self._event(record, "gave_up", "alarm",
                         "no command line was recorded for this revision; redeploy it")
             return
+        # A canary promoted since it started is restarted as what it is now (its capture
+        # records name the role; the local target starts each server with --revision).
+        cmd = [f"--revision={record['role']}" if str(a).startswith("--revision=") and
+               record["role"] in ("stable", "canary") else a for a in cmd]
         with open(record["_log"] or os.devnull, "ab") as log:
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)

@@ -54,7 +54,11 @@ RECORD_FIELDS = {
     "model": "str: the served model's name",
     "model_version": "str: the registry version the predictor serves",
     "revision": "str: 'stable' or 'canary' (the server's --revision / MLOPS_REVISION, or "
-                "the role its router proved it chose; never the client's word)",
+                "the role its router proved it chose; never the client's word); '' from a "
+                "Knative revision, whose role the InferenceService's status decides",
+    "knative_revision": "str, optional: the Knative revision that served it (K_REVISION, set "
+                        "by Knative; components.serve.routing.record_role maps it to a role "
+                        "with KServeTarget.revision_roles); absent off a cluster",
     "protocol": "str: 'v1' or 'v2'",
     "stats": "dict: width, height, mode, brightness, contrast, sharpness, colourfulness and "
              "the measured context of the input (components.common.images.image_stats)",

@@ -341,5 +341,28 @@ def read_window(monitoring_uri: str, model: str, start, end, model_version: str 
     return win
 
 
+def record_role(record: dict, roles: dict[str, str] | None = None) -> str:
+    """The role (``stable``, ``canary``; ``""`` when unknown) of the revision that served a
+    captured record.
+
+    A record from a Knative revision names it (``knative_revision``): its role is the one
+    ``roles`` (revision name -> role, ``KServeTarget.revision_roles``) gives that revision,
+    ``""`` for a revision in no role (a rolled-back canary, an older stable one). Any other
+    record keeps the role its server recorded (``revision``)."""
+    name = record.get("knative_revision") or ""
+    if name:
+        return (roles or {}).get(name, "")
+    return str(record.get("revision") or "")
+
+
+def role_counts(records, roles: dict[str, str] | None = None) -> dict[str, int]:
+    """Requests (distinct request ids) per role among ``records`` (:func:`record_role`;
+    ``""``: no known role)."""
+    seen: dict[str, set] = {}
+    for rec in records:
+        seen.setdefault(record_role(rec, roles), set()).add(rec.get("request_id"))
+    return {role: len(ids) for role, ids in seen.items()}
+
+
 def mode_counts(win: Window) -> Counter:
     return Counter(str(r["stats"].get("mode", "?")) for r in win.records)

@@ -198,7 +198,10 @@ class PetClassifier(Model):
                 limit and deadline.
             capture: A ``components.monitor.capture.CaptureConfig`` (None: no capture).
             revision: ``stable`` or ``canary``, recorded with each captured instance
-                (default: ``$MLOPS_REVISION``, else ``stable``).
+                (default: ``$MLOPS_REVISION``, else ``stable``; in a Knative revision, where
+                the InferenceService's status decides the role, ``""`` and the revision's
+                name from ``$K_REVISION`` is recorded as ``knative_revision``:
+                ``routing.own_revision``).
             intra_op_threads: ONNX Runtime threads per inference (0: one per core).
             spin_wait: Let idle ONNX Runtime threads spin. ONNX Runtime does by default,
                 which wins in a tight loop but takes the cores from the HTTP server, its event
@@ -211,7 +214,7 @@ class PetClassifier(Model):
         self.limits = limits
         self.edge = edge
         self.capture = capture
-        self.revision = revision or os.environ.get("MLOPS_REVISION", "") or "stable"
+        self.revision, self.knative_revision = routing.own_revision(revision)
         # The deployment's operating conditions, the default first (images.request_context).
         self.contexts = parse_contexts(os.environ.get("MLOPS_CONTEXTS") or DEFAULT_CONTEXTS)
         self._capture = None
@@ -609,6 +612,8 @@ class PetClassifier(Model):
                 "probabilities": dict(zip(classes, batch.probs[i].tolist(), strict=True)),
                 "latency_ms": latency_ms,
             }
+            if self.knative_revision:  # who served, on a cluster (routing.record_role)
+                record["knative_revision"] = self.knative_revision
             if batch.sent_context:
                 record["sent_context"] = batch.sent_context
             image = None

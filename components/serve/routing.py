@@ -14,6 +14,14 @@ command line, which every user of the machine can read), to the routers and mode
 starts. A revision's role changes at promotion without a restart, which is why the router's
 word beats the process's own.
 
+On a cluster there is no project router: KServe's canary is a split between two Knative
+revisions of one predictor, and which of them is the canary is the InferenceService's status,
+which changes at promotion without a restart. A pod cannot know its role, but it knows its
+revision: Knative sets ``K_REVISION`` in every revision's container. The server records that
+name (``knative_revision``), and whoever reads the records maps names to roles with the
+InferenceService's status (``KServeTarget.revision_roles``,
+``components.monitor.window.record_role``).
+
 Light (no KServe): the router imports it.
 """
 
@@ -31,6 +39,29 @@ TOKEN_HEADER = "X-Router-Token"
 TOKEN_ENV = "MLOPS_ROUTER_TOKEN"
 """The environment variable that gives routers and model servers their deployment's token."""
 ROLES = ("stable", "canary")
+KNATIVE_REVISION_ENV = "K_REVISION"
+"""The Knative revision a process serves in. Knative Serving sets it in the container of every
+revision from the Revision's own name (knative/serving knative-v1.21.1, the release KServe 0.20
+pins: pkg/reconciler/revision/resources/env_var.go:26 and :31-35 ``getKnativeEnvVar``, appended
+to every container by deploy.go:265 ``makeContainer``, which ``makeServingContainer`` calls at
+:291), beside ``K_CONFIGURATION`` and ``K_SERVICE``. The name is reserved: a revision whose spec
+sets it is refused (pkg/apis/serving/k8s_validation.go:54-58 ``reservedEnvVars``). A client's
+request cannot change it."""
+
+
+def own_revision(configured: str = "", environ: Mapping[str, str] | None = None
+                 ) -> tuple[str, str]:
+    """This process's (role, Knative revision name).
+
+    The role is ``configured`` (``--revision``), else ``$MLOPS_REVISION``; without either it is
+    ``stable``, except in a Knative revision, whose role only the InferenceService's status
+    knows: there it is ``""`` and the revision name (``$K_REVISION``) says who served."""
+    environ = os.environ if environ is None else environ
+    knative = environ.get(KNATIVE_REVISION_ENV, "")
+    role = configured or environ.get("MLOPS_REVISION", "")
+    if role and role not in ROLES:
+        raise ValueError(f"Invalid revision role {role!r}: expect one of {', '.join(ROLES)}.")
+    return role or ("" if knative else "stable"), knative
 
 
 def new_token() -> str:

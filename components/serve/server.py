@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="longest wait before a batch is written "
                           "($MLOPS_CAPTURE_BATCH_SECONDS)")
     cap.add_argument("--revision", choices=["stable", "canary"],
-                     default=env("MLOPS_REVISION", "") or "stable",
+                     default=env("MLOPS_REVISION", ""),
                      help="which revision this server is, recorded with captured requests "
-                          "($MLOPS_REVISION)")
+                          "($MLOPS_REVISION; neither: stable, except in a Knative revision, "
+                          "whose records name the revision ($K_REVISION) and get their role "
+                          "from the InferenceService's status)")
     p.add_argument("--cache-dir", default=str(home / "serving"),
                    help="where registry packages are downloaded")
     p.add_argument("--workers", type=int, default=1,

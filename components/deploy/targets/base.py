@@ -142,6 +142,11 @@ class DeploymentTarget(ABC):
             out["canary"] = dep.canary.url
         return out
 
+    def probe_headers(self, environment: str, role: str) -> dict[str, str]:
+        """Headers the canary analysis sends with its probes to the ``role`` revision's own
+        URL (none by default)."""
+        return {}
+
     def _require(self, environment: str, canary: bool | None = None) -> Deployment:
         dep = self.status(environment)
         if dep is None or dep.stable is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from components.common import k8s, kubeapi
 from components.common.service import wait_until
+from components.common.storage import StorageError
 from components.deploy.targets.base import (
     Deployment,
     DeploymentError,
@@ -22,6 +23,7 @@ from components.deploy.targets.base import (
     _check_env,
     _check_percent,
 )
+from components.monitor.window import read_window, role_counts
 
 logger = logging.getLogger(__name__)
 
@@ -496,6 +498,71 @@ class KServeTarget(DeploymentTarget):
                 stable.detail["pending_version"] = self._revision_version(view.created)
         return Deployment(environment, self.served_name(environment), url, stable, canary,
                           view.split.get(canary_name, 0) if canary else 0)
+
+    # -- who served what: Knative revision names to roles ----------------------------------
+
+    def revision_roles(self, environment: str) -> dict[str, str]:
+        """Knative revision name -> role (``stable``, ``canary``) as the controllers report
+        them now.
+
+        On a cluster the canary split is between two Knative revisions of one predictor, and
+        a pod cannot know its role (promotion changes it without a restart); its captured
+        records name the revision instead (``knative_revision``, from ``K_REVISION``:
+        ``components/serve/routing.py``), and :func:`~components.monitor.window.record_role`
+        gives them the role this map says. The map follows :meth:`status`: the stable
+        revision is ``status.components.predictor.latestRolledoutRevision`` (else the latest
+        ready one); the canary is ``latestCreatedRevision`` while a canary is in progress
+        (``canaryTrafficPercent`` between 0 and 100, the revision ready and resolved by the
+        ``latest`` target with that share). Both are status fields of KServe 0.20's
+        ``ComponentStatusSpec`` (its CRD, ``status.components.*``; set by
+        inference_service_status.go:567-636 PropagateStatus). A revision in neither role (a
+        rolled-back canary, an older stable one) is not in the map.
+        """
+        dep = self.status(environment)
+        roles = {}
+        if dep is not None and dep.stable is not None:
+            roles[dep.stable.detail["revision"]] = "stable"
+        if dep is not None and dep.canary is not None:
+            roles[dep.canary.detail["revision"]] = "canary"
+        return roles
+
+    def monitoring_uri(self, environment: str) -> str:
+        """The monitoring store the environment's predictor captures to (``""``: none): the
+        configuration given, else the one the stable revision was released with."""
+        if self.config is not None and self.config.capture_uri:
+            return self.config.capture_uri
+        obj = self._get(_check_env(environment))
+        view = _View.of(obj) if obj else None
+        recorded = self._revision_config(view.rolled or view.ready) if view else None
+        return recorded.capture_uri if recorded is not None else ""
+
+    def captured_traffic(self, environment: str, start: float, end: float,
+                         roles: dict[str, str] | None = None, monitoring_uri: str = ""
+                         ) -> dict[str, int] | None:
+        """Requests the predictor captured between ``start`` and ``end`` (unix seconds) per
+        role, ``{"stable": n, "canary": m}`` (and ``""``: revisions in no role), each record's
+        revision given its role by ``roles`` (default: :meth:`revision_roles` now; a release
+        records each step's map, ``revisions``, so that its traffic is told apart after the
+        roles moved); None when nothing is captured.
+
+        Capture samples requests (``--capture-sample-rate``) and writes them in batches (500
+        records or 60 s): this counts what was written by the time it is called, junk inputs
+        left out (``components.monitor.window.read_window``). A store or API that cannot be
+        read is logged and gives None."""
+        try:
+            uri = monitoring_uri or self.monitoring_uri(environment)
+            if not uri:
+                return None
+            roles = self.revision_roles(environment) if roles is None else roles
+            win = read_window(uri, self.served_name(environment), start, end,
+                              with_labels=False)
+        except (StorageError, DeploymentError) as exc:
+            logger.warning("Cannot read the captured traffic of %s from %s: %s",
+                           self.served_name(environment), uri, exc)
+            return None
+        counts = role_counts(win.records, roles)
+        return {"stable": counts.pop("stable", 0), "canary": counts.pop("canary", 0),
+                **({"": sum(counts.values())} if counts else {})}
 
     # -- waiting ---------------------------------------------------------------------------
 

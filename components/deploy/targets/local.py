@@ -138,6 +138,14 @@ class LocalTarget(DeploymentTarget):
             tmp.unlink()
         return {**os.environ, routing.TOKEN_ENV: path.read_text().strip()}
 
+    def probe_headers(self, environment: str, role: str) -> dict[str, str]:
+        """The router's proof of ``role`` (``components/serve/routing.py``): a probe sent
+        straight to a server is then captured under the role the server has now, not the one
+        it was started as (a promoted canary serves as the stable revision without a
+        restart)."""
+        return {routing.REVISION_HEADER: role,
+                routing.TOKEN_HEADER: self._env()[routing.TOKEN_ENV]}
+
     def router(self, environment: str) -> dict:
         """The environment's router as recorded: ``pid``, ``host``, ``port``, ``url``, ``log``
         (empty if it never had one)."""
@@ -275,7 +283,11 @@ class LocalTarget(DeploymentTarget):
                 os.replace(tmp, dest)
         return dest
 
-    def _start(self, environment: str, version: int, timeout: float) -> Revision:
+    def _start(self, environment: str, version: int, timeout: float,
+               role: str = "stable") -> Revision:
+        """Starts a model server for ``version`` as ``role`` (``--revision``: what its capture
+        records say when no router proves another role, e.g. the canary analysis's probes,
+        which reach it directly)."""
         package = self._package(version)
         port = free_port(self.host)
         name = self.served_name(environment)
@@ -287,6 +299,8 @@ class LocalTarget(DeploymentTarget):
         if not any(a.startswith("--capture-uri") for a in self.server_args):
             capture = self.capture_uri if environment == "production" else ""
             cmd.append(f"--capture-uri={capture}")
+        if not any(a.startswith("--revision") for a in self.server_args):
+            cmd.append(f"--revision={role}")
         started = time.perf_counter()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -352,7 +366,7 @@ class LocalTarget(DeploymentTarget):
         percent = _check_percent(percent)
         with self._locked():
             self._require(environment, canary=False)
-            rev = self._start(environment, version, timeout)
+            rev = self._start(environment, version, timeout, role="canary")
             state = self._read()
             state[environment].update(canary=asdict(rev), canary_percent=percent)
             self._commit(environment, state)

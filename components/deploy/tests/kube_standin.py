@@ -471,7 +471,11 @@ class KubeStandIn:
     def _url(self, host: str) -> str:
         return f"{self.ingress_url}/{host}" if self.ingress_url else f"http://{host}"
 
-    def _start_server(self, rev_name: str, template: dict) -> None:
+    def _start_server(self, rev_name: str, template: dict, service: str) -> None:
+        """A model server for the revision, with the container's environment and the
+        variables Knative adds to every revision's container (knative/serving
+        knative-v1.21.1 pkg/reconciler/revision/resources/env_var.go:31-42, deploy.go:265):
+        ``K_REVISION`` (the revision's name), ``K_CONFIGURATION`` and ``K_SERVICE``."""
         container = template["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         name = next(a.split("=", 1)[1] for a in container.get("args", [])
@@ -479,11 +483,14 @@ class KubeStandIn:
         package = self._package_for(env["STORAGE_URI"])
         port = free_port()
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        knative = {"K_REVISION": rev_name, "K_CONFIGURATION": service, "K_SERVICE": service}
         with open(self._log_dir / f"{rev_name}.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "components.serve.server", f"--package-dir={package}",
                  f"--name={name}", f"--port={port}", "--host=127.0.0.1"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **{k: str(v) for k, v in env.items()
+                                      if v is not None and k != "STORAGE_URI"}, **knative})
         self._procs[rev_name] = (proc, port, name)
 
     def _data_plane_ready(self) -> None:
@@ -756,7 +763,7 @@ class KubeStandIn:
                     "mlops.pet-park.io/registry-version", "")
                 delay = self.behaviour.get(version, self.default_ready_s)
                 if self._package_for is not None and delay is not None:
-                    self._start_server(rev_name, template)
+                    self._start_server(rev_name, template, ksvc["name"])
                     delay = None  # ready when the model server says so
                 self.objects[("revisions", ns, rev_name)] = {
                     "apiVersion": "serving.knative.dev/v1", "kind": "Revision",

@@ -375,3 +375,105 @@ def test_status_answers_every_state_the_controllers_can_produce(registry, state)
     assert (stable, canary) == expected
     if state == "canary asked, route not resolved":
         assert dep.stable.detail["pending_revision"] == "rev2"
+
+
+# ---- who served what: records of Knative revisions and the roles the status gives them -----
+
+
+def _served_by(revision: str, version: int, n: int, monitoring: str, monkeypatch) -> set[str]:
+    """``n`` requests answered in the Knative revision ``revision``: the capture records the
+    predictor itself makes (``PetClassifier._submit``, its capture writer), in the environment
+    Knative gives every revision's container (``K_REVISION``, knative/serving knative-v1.21.1
+    pkg/reconciler/revision/resources/env_var.go:31-42, deploy.go:265). Returns their ids."""
+    import io
+    import uuid
+
+    import numpy as np
+    from PIL import Image
+
+    from components.common.images import decode_and_measure
+    from components.monitor.capture import CaptureConfig, CaptureWriter
+    from components.serve.predictor import PetClassifier, _Batch
+
+    monkeypatch.setenv("K_REVISION", revision)
+    monkeypatch.delenv("MLOPS_REVISION", raising=False)
+    model = PetClassifier(MODEL, "unused: nothing is loaded")
+    model.classes, model.registry_version = ["cats", "dogs"], str(version)
+    model.model_version = f"m{version}"
+    # Each pod writes its batches under its own name (its host name, in a cluster).
+    model._capture = CaptureWriter(CaptureConfig(uri=monitoring, batch_seconds=0.1), MODEL,
+                                   instance=f"{revision}-deployment-0")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 120, 60)).save(buf, "JPEG")
+    _, stats = decode_and_measure(buf.getvalue(), 32)
+    ids = set()
+    for _ in range(n):
+        batch = _Batch(x=np.zeros((1, 3, 32, 32), np.float32), protocol="v1",
+                       request_id=uuid.uuid4().hex, started=time.perf_counter(),
+                       probs=np.array([[0.8, 0.2]], np.float32), capture=True,
+                       stats=[stats], quality=["ok"],
+                       embeddings=np.array([[0.1, 0.2, 0.3]], np.float32))
+        model._submit(batch, ["cats"], 0.004)
+        ids.add(batch.request_id)
+    assert model._capture.close()  # everything written
+    return ids
+
+
+def test_records_of_two_knative_revisions_are_told_apart_by_the_inference_service_status(
+        cluster, release, registry, s3_uri, monkeypatch):
+    """On KServe the canary is a second Knative revision, and no pod knows its role (it
+    changes at promotion, without a restart): each record names its revision (K_REVISION),
+    and the target's analysis gives it the role the InferenceService's status says."""
+    monitoring = s3_uri + "/monitoring"
+    start = time.time() - 1
+    release.deploy(PROD, 1)
+    (rev1,) = _revisions(cluster, 1)
+    assert release.revision_roles(PROD) == {rev1: "stable"}
+    release.start_canary(PROD, 2, 10)
+    (rev2,) = _revisions(cluster, 2)
+    # latestCreatedRevision (the canary, ready, 10% through "latest") and the rolled-out one.
+    assert release.revision_roles(PROD) == {rev1: "stable", rev2: "canary"}
+    stable_ids = _served_by(rev1, 1, 9, monitoring, monkeypatch)
+    canary_ids = _served_by(rev2, 2, 3, monitoring, monkeypatch)
+
+    from components.monitor.window import read_window
+
+    win = read_window(monitoring, MODEL, start, time.time() + 1, with_labels=False)
+    assert {r["request_id"] for r in win.records} == stable_ids | canary_ids
+    # The pod recorded no role of its own (it cannot know it), only its revision.
+    assert {(r["revision"], r["knative_revision"]) for r in win.records} == \
+        {("", rev1), ("", rev2)}
+    assert release.captured_traffic(PROD, start, time.time() + 1,
+                                    monitoring_uri=monitoring) == \
+        {"stable": 9, "canary": 3}
+    release.set_canary_traffic(PROD, 50)  # a traffic change: same revisions, same roles
+    assert release.captured_traffic(PROD, start, time.time() + 1,
+                                    monitoring_uri=monitoring) == \
+        {"stable": 9, "canary": 3}
+
+    # Promoted: the canary's revision is the stable one now; the old one has no role left.
+    release.promote(PROD)
+    assert release.revision_roles(PROD) == {rev2: "stable"}
+    assert release.captured_traffic(PROD, start, time.time() + 1,
+                                    monitoring_uri=monitoring) == \
+        {"stable": 3, "canary": 0, "": 9}
+
+    # The next canary is rolled back: its records count under no role, never as stable.
+    release.start_canary(PROD, 3, 10)
+    (rev3,) = _revisions(cluster, 3)
+    assert release.revision_roles(PROD) == {rev2: "stable", rev3: "canary"}
+    rejected_ids = _served_by(rev3, 3, 4, monitoring, monkeypatch)
+    assert release.captured_traffic(PROD, start, time.time() + 1,
+                                    monitoring_uri=monitoring) == \
+        {"stable": 3, "canary": 4, "": 9}
+    release.rollback(PROD)
+    # The rejected template is replaced by a fresh revision of version 2, which takes the
+    # traffic (KServeTarget.rollback): the roles are the status's now, so the records of
+    # revisions that left (the rejected canary's among them) count under no role; their
+    # version (model_version) still says what served them.
+    (fresh,) = [r for r in _revisions(cluster, 2) if r != rev2]
+    assert release.revision_roles(PROD) == {fresh: "stable"}
+    assert release.captured_traffic(PROD, start, time.time() + 1,
+                                    monitoring_uri=monitoring) == \
+        {"stable": 0, "canary": 0, "": 9 + 3 + 4}
+    assert len(rejected_ids) == 4

@@ -19,6 +19,7 @@ import requests
 
 from components.common import k8s
 from components.common.registry import ModelRegistry
+from components.common.service import wait_until
 from components.deploy import release
 from components.deploy.targets.base import DeploymentError
 from components.deploy.targets.kserve import KServeTarget
@@ -291,11 +292,19 @@ def test_a_step_whose_probes_reached_the_wrong_model_fails(target, standin):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_release_through_real_model_servers_behind_the_stand_in(standin, s3_uri, package_dir,
-                                                                  dataset_dirs, tmp_path):
+                                                                  dataset_dirs, tmp_path,
+                                                                  monkeypatch):
     """The whole release on KServe semantics with real traffic: each revision is a model
-    server process, tagged URLs reach their revision, the endpoint splits by the route."""
+    server process, tagged URLs reach their revision, the endpoint splits by the route; each
+    captures what it serves under its Knative revision's name, which the release's analysis
+    maps to the role the InferenceService's status gives it."""
     from components.deploy.apptest import load_labelled_split
     from components.deploy.client import v1_body
+    from components.monitor.window import read_window
+
+    monkeypatch.setenv("MLOPS_CAPTURE_BATCH_SECONDS", "0.2")  # the servers inherit it
+    monkeypatch.delenv("MLOPS_REVISION", raising=False)
+    monitoring = s3_uri + "/monitoring"
 
     registry = ModelRegistry(s3_uri + "/registry")
     files = {p.name: p.read_bytes() for p in Path(package_dir).iterdir() if p.is_file()}
@@ -312,8 +321,10 @@ def test_a_release_through_real_model_servers_behind_the_stand_in(standin, s3_ur
 
     standin.enable_data_plane(package_for, tmp_path / "logs")
     target = KServeTarget(registry.uri, MODEL, NS, api_client=_client(standin.url),
+                          config=k8s.ServingConfig(capture_uri=monitoring),
                           cluster_local=False, poll_s=0.05, timeout_s=120)
     images, labels = load_labelled_split(dataset_dirs[1], max_images=40)
+    start = time.time() - 1
     first = release.release(target, 1, images, labels,
                             release.CanaryPolicy(requests_per_step=20, max_p95_ms=2000))
     assert first["decision"] == "deployed"
@@ -336,6 +347,21 @@ def test_a_release_through_real_model_servers_behind_the_stand_in(standin, s3_ur
     for step in second["steps"]:
         assert step["canary"]["errors"] == 0 and step["canary"]["accuracy"] is not None
         assert step["canary"]["served"]["available"]  # /metrics read through the tag URL
+    # Each step's probes (20 to each revision), captured under the Knative revision that
+    # served them (K_REVISION) and told apart with the roles the step recorded, although
+    # the canary's revision is the stable one now.
+    for step in second["steps"]:
+        assert set(step["revisions"].values()) == {"stable", "canary"}
+
+        def counted(step=step):
+            got = target.captured_traffic(PROD, *step["window"], roles=step["revisions"])
+            return got if got == {"stable": 20, "canary": 20} else None
+        assert wait_until(counted, 10, 0.1), target.captured_traffic(
+            PROD, *step["window"], roles=step["revisions"])
+    records = read_window(monitoring, MODEL, start, time.time() + 1, with_labels=False).records
+    by_revision = {(r["knative_revision"], str(r["model_version"])) for r in records}
+    assert {v for _, v in by_revision} == {"1", "2"}
+    assert all(r["revision"] == "" for r in records)  # no pod claims a role
     dep = target.status(PROD)
     assert dep.stable.version == 2 and dep.canary is None
     assert registry.aliases(MODEL)["production"] == 2

@@ -52,6 +52,24 @@ def test_captures_name_the_role_the_router_chose(package_dir, dataset_dirs, tmp_
             assert r.status_code == 200
             served[r.headers[REVISION_HEADER]] += 1
             ids.add(r.json()["request_id"])
+        # The canary analysis's probes reach each server straight, with no router in front:
+        # a canary server is started as one (--revision canary), so its records say so.
+        direct = {"stable": dep.stable.url, "canary": dep.canary.url}
+        for url in direct.values():
+            for i in range(5):
+                r = session.post(f"{url}/v1/models/{MODEL}:predict",
+                                 json=v1_body([images[i]]), timeout=30)
+                assert r.status_code == 200
+                ids.add(r.json()["request_id"])
+        # Promoted, the canary's server serves as the stable revision without a restart:
+        # the probes the target sends it prove its new role with the router's token.
+        target.promote("production")
+        for i in range(5):
+            r = session.post(f"{direct['canary']}/v1/models/{MODEL}:predict",
+                             json=v1_body([images[i]]), timeout=30,
+                             headers=target.probe_headers("production", "stable"))
+            assert r.status_code == 200
+            ids.add(r.json()["request_id"])
         test_url = target.status("test").url
         for i in range(5):
             r = session.post(f"{test_url}/v1/models/{MODEL}-test:predict",
@@ -63,8 +81,8 @@ def test_captures_name_the_role_the_router_chose(package_dir, dataset_dirs, tmp_
     assert served == {"stable": 20, "canary": 20}
     # Every answer was captured once, under the role that served it and that role's version.
     pairs = Counter((str(r["model_version"]), r["revision"]) for r in win.records)
-    assert pairs == {("1", "stable"): 20, ("2", "canary"): 20}, pairs
-    assert {r["request_id"] for r in win.records} == ids and len(ids) == 40
-    assert {r["client_request_id"] for r in win.records} == {"dup"}
+    assert pairs == {("1", "stable"): 25, ("2", "canary"): 25, ("2", "stable"): 5}, pairs
+    assert {r["request_id"] for r in win.records} == ids and len(ids) == 55
+    assert {r["client_request_id"] for r in win.records} == {"dup", ""}
     # Nothing from the test environment: it never captures.
     assert not win.problems.get("foreign"), win.problems

@@ -8,7 +8,7 @@ import pytest
 
 from components.common.storage import open_store
 from components.monitor.tests.conftest import T0, simulate_window
-from components.monitor.window import parse_time, read_window
+from components.monitor.window import parse_time, read_window, record_role, role_counts
 
 DAY = "2026-11-18"  # the date of T0
 PREFIX = f"capture/records/model=pet-classifier/date={DAY}"
@@ -71,3 +71,20 @@ def test_times_in_every_form():
     assert parse_time("2026-11-18T12:06:40+01:00") == a
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_time("yesterday")
+
+
+def test_a_record_gets_its_role_from_its_server_or_from_its_knative_revision():
+    """Off a cluster a server knows its role; a Knative revision's pod does not, and its
+    records get the role the InferenceService's status gives the revision they name."""
+    roles = {"pets-predictor-00002": "stable", "pets-predictor-00003": "canary"}
+    local = {"request_id": "a", "revision": "canary"}
+    canary = {"request_id": "b", "revision": "", "knative_revision": "pets-predictor-00003"}
+    gone = {"request_id": "c", "revision": "", "knative_revision": "pets-predictor-00001"}
+    claimed = {"request_id": "d", "revision": "stable", "knative_revision": "pets-predictor-00003"}
+    assert record_role(local, roles) == "canary" and record_role(local) == "canary"
+    assert record_role(canary, roles) == "canary" and record_role(canary) == ""
+    assert record_role(gone, roles) == ""  # a revision in no role now
+    assert record_role(claimed, roles) == "canary"  # the revision decides, on a cluster
+    # Requests, not instances: two records of one request count once.
+    assert role_counts([local, canary, dict(canary, index=1), gone], roles) == \
+        {"canary": 2, "": 1}

@@ -20,7 +20,7 @@ from PIL import Image
 
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store
-from components.serve.routing import REVISION_HEADER, TOKEN_ENV, TOKEN_HEADER
+from components.serve.routing import REVISION_HEADER, TOKEN_ENV, TOKEN_HEADER, own_revision
 from tests.support import free_port, start_model_server, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -423,3 +423,16 @@ def test_serving_takes_the_pixel_limit_ingestion_takes():
     limits = ServingLimits()
     assert limits.max_pixels == DEFAULT_MAX_PIXELS == IngestConfig().max_pixels >= 48_000_000
     assert limits.max_request_pixels == 2 * DEFAULT_MAX_PIXELS
+
+
+def test_a_server_in_a_knative_revision_records_its_revision_not_a_role():
+    """Knative sets K_REVISION in every revision's container (routing.KNATIVE_REVISION_ENV);
+    the role there is the InferenceService's status's to give, never the pod's default."""
+    assert own_revision("", {}) == ("stable", "")
+    assert own_revision("", {"MLOPS_REVISION": "canary"}) == ("canary", "")
+    assert own_revision("", {"K_REVISION": "pets-predictor-00002"}) == \
+        ("", "pets-predictor-00002")
+    assert own_revision("canary", {"K_REVISION": "pets-predictor-00002"}) == \
+        ("canary", "pets-predictor-00002")  # said explicitly: kept beside the name
+    with pytest.raises(ValueError, match="Invalid revision role 'blue'"):
+        own_revision("", {"MLOPS_REVISION": "blue"})
