@@ -111,6 +111,12 @@ def judge(loop: Loop, receiver, day: int, period: str) -> dict:
             "alert", "alert_suppressed", "retrain", "retrain_skipped", "rollback", "hold")}),
         "received": [{"path": m["path"], "body": m["body"]} for m in received],
         "served_accuracy": entry["served_accuracy"],
+        # Every context's embedding-test p-value and the label-free estimate's status: the
+        # false-alarm rate of the test, and whether the estimate could speak.
+        "embedding_p": {c.context: c.value for c in verdict.checks
+                        if c.name == "drift.embedding" and c.value is not None},
+        "estimate": [{"context": c.context, "status": c.status, "detail": c.detail}
+                     for c in verdict.checks if c.name == "performance.estimated_accuracy"],
     }
 
 
@@ -187,10 +193,17 @@ def summarise(loop: Loop, week: dict, days: int, owner_rules: set[str]) -> dict:
         detection[ctx] = {"first_request": first, "delay": delay, "day": hit["day"],
                           "checks": [k for k in hit["alerting"] if k.endswith(f"[{ctx}]")],
                           "rules": hit["rules"]}
+    clean_p = [p for w in windows if not w["moved"] for p in w["embedding_p"].values()]
+    estimates = Counter(e["status"] for w in windows for e in w["estimate"])
+    unknown = next((e["detail"] for w in windows for e in w["estimate"]
+                    if e["status"] == "unknown"), "")
     false_details = [{"day": w["day"], "period": w["period"], "requests": w["requests"],
                       "rules": w["rules"], "alarms": w["alarm_details"]}
                      for w in windows if not w["moved"] and set(w["rules"]) & owner_rules]
-    return {"per_day": per_day, "detection": detection, "false_alarm_details": false_details}
+    return {"per_day": per_day, "detection": detection, "false_alarm_details": false_details,
+            "embedding_tests_unmoved": len(clean_p),
+            "embedding_below_005_unmoved": sum(p < 0.05 for p in clean_p),
+            "estimate_statuses": dict(estimates), "estimate_unknown_detail": unknown}
 
 
 def _acc(served: list) -> float | None:
@@ -395,11 +408,27 @@ def doc_section(summary: dict, args) -> str:
                 lines.append(f"- week {k}, day {fd['day']} {fd['period']}, window ending at "
                              f"request {fd['requests']} (rules {', '.join(fd['rules'])}): "
                              f"`{a['check']}` {a['detail']}")
+    tests = sum(w["embedding_tests_unmoved"] for w in weeks)
+    below = sum(w["embedding_below_005_unmoved"] for w in weeks)
+    lines += ["", f"The embedding test judged {tests} context parts of unmoved windows; "
+                  f"{below} had p < 0.05 ({below / max(tests, 1):.1%}; the test's level is "
+                  "5% per judgement, and the windows overlap by half)."]
+    statuses = Counter()
+    for w in weeks:
+        statuses.update(w["estimate_statuses"])
+    detail = next((w["estimate_unknown_detail"] for w in weeks
+                   if w["estimate_unknown_detail"]), "")
+    lines += ["", "The label-free accuracy estimate (`performance.estimated_accuracy`), per "
+                  "context part judged: "
+                  + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
+                  + (f"; unknown because: {detail}" if detail else "") + "."]
     first = weeks[0]
-    texts = [f"day {r['day']}: {t}" for r in first["per_day"] for t in r["alert_texts"]]
+    texts = Counter((r["day"], t) for r in first["per_day"] for t in r["alert_texts"])
     if texts:
-        lines += ["", "What the people received in week 1 (one line each):", ""]
-        lines += [f"- {t}" for t in texts]
+        lines += ["", "What the people received in week 1, by day (messages of the same "
+                      "text counted):", ""]
+        lines += [f"- day {day}: {n} × {t}" if n > 1 else f"- day {day}: {t}"
+                  for (day, t), n in sorted(texts.items(), key=lambda x: x[0][0])]
     lines += [
         "",
         f"Wall time: {summary['bootstrap_s']:.0f} s to train and register production; "

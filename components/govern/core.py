@@ -276,7 +276,8 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
             rule = rules.get(prev["rule"])
             check = verdict.check(prev["check"], prev.get("context"))
             if prev["status"] != "firing" or fp in firing_now or rule is None or check is None \
-                    or check.status == "unknown" or rule.match.matches(check, verdict.checks):
+                    or check.status == "unknown" or rule.match.matches(check, verdict.checks) \
+                    or _still_warning(rule, check):
                 continue
             alert = book.create(_alert_record(verdict, rule, check, "resolved",
                                               prev["recipients"], prev["severity"],
@@ -288,6 +289,16 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
                           "delivered": {r.recipient: r.delivered for r in results},
                           "detail": alert["summary"]})
     return taken
+
+
+def _still_warning(rule: Rule, check: Check) -> bool:
+    """A condition of the monitor's statuses has not cleared while its check is a warning
+    (a measured accuracy below the floor but not confidently, a significant but small class
+    share move): it resolves when the check is ok, so a value that wavers about the line
+    does not send "resolved" and a new alert every window. A rule with a value threshold
+    clears when the value is back on the good side, whatever the status."""
+    return check.status == "warning" and rule.match.value_above is None and \
+        rule.match.value_below is None
 
 
 # ------------------------------------------------------------------------------------------

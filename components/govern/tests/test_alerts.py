@@ -147,6 +147,21 @@ def test_same_condition_alerts_again_only_after_cooldown_or_clearing(receiver, t
     assert len(_book(store).alerts()) == 4
 
 
+def test_a_measured_accuracy_wavering_at_the_floor_does_not_resolve_and_realert(receiver,
+                                                                                 tmp_path):
+    """Labelled accuracy after a real change: alarm (confidently below the floor), then
+    warning (below it, not confidently), alarm again. The condition has not cleared while the
+    check is a warning: no "resolved" and no new alert; once the check is ok it resolves."""
+    store, policy = str(tmp_path), policy_for(receiver.url, cooldown="3h")
+    statuses = ["alarm", "warning", "alarm", "warning", "ok"]
+    actions = []
+    for hour, status in enumerate(statuses, 1):
+        v = verdict(f"w{hour}", hour, drift="ok", accuracy=status)
+        actions.append([a["action"] for a in govern(v, policy, store_uri=store)])
+    assert actions == [["alert"], [], ["alert_suppressed"], [], ["resolved"]]
+    assert [a["status"] for a in _book(store).alerts()] == ["firing", "resolved"]
+
+
 def test_unconfigured_webhook_keeps_the_alert_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.delenv("MLOPS_ALERT_PRODUCT_OWNER_URL", raising=False)
     from components.govern.policy import load_policy
