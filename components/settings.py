@@ -8,6 +8,7 @@ produces pipelines for any registry and namespace without code changes.
 from __future__ import annotations
 
 import os
+import re
 
 __version__ = "0.1.0"
 
@@ -99,6 +100,11 @@ NODE_SELECTOR = os.environ.get("MLOPS_NODE_SELECTOR", "")
 TOLERATIONS = os.environ.get("MLOPS_TOLERATIONS", "")
 
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+#: A label key (an optional DNS subdomain prefix and a name) and a label value, as Kubernetes
+#: validates them (apimachinery validation.IsQualifiedName, IsValidLabelValue).
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
 def node_selector() -> dict[str, str]:
@@ -110,7 +116,7 @@ def node_selector() -> dict[str, str]:
     pairs = {}
     for item in filter(None, (i.strip() for i in NODE_SELECTOR.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
             raise ValueError(f"Invalid --node-selector {item!r}. Expect key=value[,key=value…], "
                              "e.g. cloud.google.com/gke-accelerator=nvidia-l4.")
         pairs[key] = value
@@ -128,7 +134,7 @@ def tolerations() -> list[dict]:
     for item in filter(None, (i.strip() for i in TOLERATIONS.split(","))):
         head, _, effect = item.rpartition(":")
         key, sep, value = head.partition("=")
-        if not key or effect not in _EFFECTS:
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value) or effect not in _EFFECTS:
             raise ValueError(f"Invalid --toleration {item!r}. Expect key=value:Effect or "
                              f"key:Effect with Effect one of {', '.join(_EFFECTS)}, e.g. "
                              "nvidia.com/gpu:NoSchedule.")

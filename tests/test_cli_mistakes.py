@@ -58,6 +58,14 @@ MISTAKES = [
     (["serve", "--package-dir", LAKE, "--port", "99999"], 2, ["--port", "99999"]),
     (["serve", "--package-dir", LAKE], 2, ["model.onnx", LAKE]),
     (["compile", "--trials", "-3", "--out", "compiled"], 2, ["--trials", "-3"]),
+    # Accelerators and TrainJobs: a combination that would compile something else than asked.
+    (["compile", "--out", "compiled", "--trials-on-trainer"], 2,
+     ["--trials-on-trainer", "--trainer-nodes"]),
+    (["compile", "--out", "compiled", "--trainer-nodes", "0"], 2, ["--trainer-nodes 0"]),
+    (["compile", "--out", "compiled", "--accelerator-count", "2"], 2,
+     ["--accelerator-count 2", "needs --accelerator"]),
+    (["compile", "--out", "compiled", "--accelerator", "bad type"], 2,
+     ["--accelerator 'bad type'", "nvidia.com/gpu"]),
     (["submit", "training", "--host", "http://127.0.0.1:9", "--arg", "foo"], 2,
      ["--arg", "name=value"]),
     (["submit", "training", "--host", "http://127.0.0.1:9", "--arg", "epochs=abc"], 2,
@@ -264,7 +272,8 @@ def test_a_label_takes_the_names_ingestion_takes(home, capsys):
 
 def test_no_help_line_shows_a_default_of_none_or_a_doubled_default(home):
     """Finding 10: 38 help lines ended with a wrong, doubled `(default: None)`. Every
-    sub-command's help, as `mlops … --help` prints it."""
+    sub-command's help, as `mlops … --help` prints it; each default said one way,
+    `(default: …)` (`--max-pixels` said "Default MLOPS_MAX_PIXELS … (default: 0)")."""
     import re
 
     from components.cli import build_parser
@@ -275,12 +284,16 @@ def test_no_help_line_shows_a_default_of_none_or_a_doubled_default(home):
         nonlocal seen
         seen += 1
         text = " ".join(parser.format_help().split())
-        for m in re.finditer(r"default: None|\(default: [^)]*\)\s*\(default:", text):
+        for m in re.finditer(r"default: None|\(default: [^)]*\)\s*\(default:"
+                             r"|\(default [^:]", text):
             bad.append(f"{path}: …{text[max(0, m.start() - 60):m.end()]}")
         for action in parser._actions:
             if action.__class__.__name__ == "_SubParsersAction":
                 for name, child in action.choices.items():
                     walk(child, f"{path} {name}")
+            elif action.help and "default" in action.help.lower() and \
+                    parser._get_formatter()._get_help_string(action) != action.help:
+                bad.append(f"{path} {action.option_strings[0]}: says its default twice")
 
     walk(build_parser(), "mlops")
     assert seen > 40  # every sub-command was walked

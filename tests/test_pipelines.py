@@ -257,6 +257,9 @@ def test_compile_for_gpus_and_a_trainjob_asks_for_what_was_given(tmp_path):
     ("--toleration", "nvidia.com/gpu", "Invalid --toleration 'nvidia.com/gpu'"),
     ("--node-selector", "gpu", "Invalid --node-selector 'gpu'"),
     ("--trainer-nodes", "0", "Invalid --trainer-nodes 0"),
+    # Kubernetes would refuse these at run time, after the pipeline was uploaded.
+    ("--toleration", "a=b=c:NoSchedule", "Invalid --toleration 'a=b=c:NoSchedule'"),
+    ("--node-selector", "gpu type=l4", "Invalid --node-selector 'gpu type=l4'"),
 ])
 def test_bad_accelerator_options_are_one_line_naming_the_option(tmp_path, option, value, named):
     done = _mlops("compile", "--out", str(tmp_path / "c"), option, value, "training")

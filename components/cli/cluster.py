@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,12 @@ COMPILE_SETTINGS = {
     "node_selector": "MLOPS_NODE_SELECTOR",
     "toleration": "MLOPS_TOLERATIONS",
 }
+
+#: A Kubernetes extended resource name, e.g. nvidia.com/gpu: an optional DNS subdomain prefix
+#: and a qualified name (apimachinery validation.IsQualifiedName).
+_RESOURCE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
+                            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
 
 def add_commands(sub) -> None:
     """Adds the cluster verbs to the top-level subparsers."""
@@ -55,7 +62,7 @@ def add_commands(sub) -> None:
                      help="the predictor's S3 Secret (the pipeline's predictor_secret)")
     man.add_argument("--gateway-namespace", action="append", default=None,
                      help="namespace of a hop the pipeline's probes come through "
-                          "(repeatable; default istio-system and knative-serving)")
+                          "(repeatable; default: istio-system and knative-serving)")
     man.add_argument("--no-prometheus-operator", "--no-prometheus-rule", action="store_true",
                      dest="no_prometheus_rule",
                      help="leave the governance PrometheusRule and the predictor's PodMonitor "
@@ -120,21 +127,21 @@ def _compile_options(p) -> None:
                    help="Secret with the components' S3 keys (default: KFP's own, "
                         "mlpipeline-minio-artifact)")
     p.add_argument("--storage-secret-keys", default=None,
-                   help="its keys as KEY=ENV,… (default accesskey=AWS_ACCESS_KEY_ID,"
+                   help="its keys as KEY=ENV,… (default: accesskey=AWS_ACCESS_KEY_ID,"
                         "secretkey=AWS_SECRET_ACCESS_KEY)")
     p.add_argument("--s3-endpoint", dest="s3_endpoint", default=None,
-                   help="AWS_ENDPOINT_URL of every task (default http://seaweedfs.kubeflow:"
+                   help="AWS_ENDPOINT_URL of every task (default: http://seaweedfs.kubeflow:"
                         "8333; '' to take it from the Secret)")
     p.add_argument("--trials", type=int, default=None,
-                   help="hyperparameter-search trial slots in the training pipeline (default 4)")
+                   help="hyperparameter-search trial slots in the training pipeline (default: 4)")
     p.add_argument("--accelerator", default=None, metavar="TYPE",
                    help="accelerator of the search trials and the final training, e.g. "
                         "nvidia.com/gpu (default: none, CPU)")
     p.add_argument("--accelerator-count", type=int, default=None, metavar="N",
-                   help="accelerators per training pod, or per TrainJob node (default 1)")
+                   help="accelerators per training pod, or per TrainJob node (default: 1)")
     p.add_argument("--trainer-nodes", type=int, default=None, metavar="N",
                    help="nodes of the final training: above 1 it runs as a Kubeflow Trainer "
-                        "TrainJob (torch-distributed runtime) (default 1: the task's pod)")
+                        "TrainJob (torch-distributed runtime) (default: 1, the task's pod)")
     p.add_argument("--trials-on-trainer", action="store_true", default=None,
                    help="run the search trials as TrainJobs too, of --trainer-nodes nodes "
                         "each (needs --trainer-nodes above 1)")
@@ -154,6 +161,15 @@ def _apply_compile_settings(args) -> None:
         if getattr(args, opt, None) is not None and getattr(args, opt) < 1:
             raise OptionError(f"Invalid --{opt.replace('_', '-')} {getattr(args, opt)}. "
                               "Expect 1 or more.")
+    accelerator = getattr(args, "accelerator", None)
+    if accelerator is not None and not _RESOURCE_NAME.match(accelerator):
+        raise OptionError(f"Invalid --accelerator {accelerator!r}. Expect a Kubernetes "
+                          "extended resource name, e.g. nvidia.com/gpu or amd.com/gpu.")
+    if getattr(args, "accelerator_count", None) is not None and not (
+            accelerator or os.environ.get("MLOPS_ACCELERATOR_TYPE")):
+        raise OptionError(f"--accelerator-count {args.accelerator_count} needs --accelerator "
+                          "TYPE (e.g. --accelerator nvidia.com/gpu); without it the training "
+                          "pods ask for no accelerator.")
     if getattr(args, "trials_on_trainer", None):
         nodes = args.trainer_nodes or int(os.environ.get("MLOPS_TRAINER_NODES", "1") or 1)
         if nodes < 2:
@@ -180,7 +196,6 @@ def _apply_compile_settings(args) -> None:
 
 
 def cmd_manifests(args) -> int:
-    import re
 
     from components.common.k8s import ManifestOptions, render_manifests
 

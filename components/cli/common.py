@@ -29,7 +29,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.help == argparse.SUPPRESS or "default" in text or action.required
+        if (action.help == argparse.SUPPRESS or "default" in text.lower() or action.required
                 or not action.option_strings
                 or action.default is None or action.default is False
                 or action.default in ("", [], argparse.SUPPRESS)):

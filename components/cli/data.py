@@ -18,7 +18,7 @@ def add_commands(sub) -> None:
                           "(1280x720, 1920x1080, 4000x3000; or 720p, 1080p, 12mp) for "
                           "CCTV-like JPEG frames")
     gen.add_argument("--quality", type=int, default=None,
-                     help="JPEG quality (default 90 for square images, 85 for camera sizes)")
+                     help="JPEG quality (default: 90 for square images, 85 for camera sizes)")
     gen.add_argument("--workers", type=int, default=1,
                      help="processes rendering images (the bytes do not depend on it)")
     gen.add_argument("--seed", type=int, default=0, help="seed: the same seed writes the same "

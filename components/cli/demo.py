@@ -106,17 +106,17 @@ def add_loop_commands(sub) -> None:
                     "retrains with the captured night images and releases the challenger by "
                     "canary if it is better, then judges the next window.")
     p.add_argument("--day-requests", type=int, default=200,
-                   help="day frames before the switch (default 200)")
+                   help="day frames before the switch (default: 200)")
     p.add_argument("--max-night-requests", type=int, default=600,
-                   help="most night frames while waiting for the alarm (default 600)")
+                   help="most night frames while waiting for the alarm (default: 600)")
     p.add_argument("--after-requests", type=int, default=200,
-                   help="night frames served to the retrained model (default 200)")
+                   help="night frames served to the retrained model (default: 200)")
     p.add_argument("--window", type=int, default=100,
-                   help="requests in a monitoring window (default 100)")
+                   help="requests in a monitoring window (default: 100)")
     p.add_argument("--check-every", type=int, default=50,
-                   help="requests between monitoring runs (default 50)")
+                   help="requests between monitoring runs (default: 50)")
     p.add_argument("--label-share", type=float, default=0.5,
-                   help="share of frames a reviewer labels (default 0.5)")
+                   help="share of frames a reviewer labels (default: 0.5)")
     p.add_argument("--seed", type=int, default=7, help="seed of the sample lakes and training")
     p.add_argument("--policy", default=None, help="governance policy file (default: shipped)")
     p.add_argument("--keep-serving", action="store_true",

@@ -29,9 +29,9 @@ ENVIRONMENTS = ("test", "production")
 def add_commands(sub) -> None:
     """Adds the ``deploy`` verb group to the top-level subparsers."""
     dp = sub.add_parser("deploy", help="deployments: status, release, predict, stop")
-    dp.add_argument("--registry", default="", help="registry URI (default $MLOPS_HOME/registry)")
+    dp.add_argument("--registry", default="", help="registry URI (default: $MLOPS_HOME/registry)")
     dp.add_argument("--serving-root", default="",
-                    help="local target state (default $MLOPS_HOME/deployments)")
+                    help="local target state (default: $MLOPS_HOME/deployments)")
     dp.add_argument("--model", default="pet-classifier", help="registered model name")
     dp.add_argument("--target", choices=list(TARGETS), default="local",
                     help="local model servers (default) or InferenceServices in --namespace")
@@ -71,7 +71,7 @@ def _add_local_verbs(dp_sub) -> None:
     d.add_argument("--env", action="append", choices=list(ENVIRONMENTS),
                    help="environment to start (repeatable; default: both)")
     d.add_argument("--host", default=None,
-                   help="address the routers bind (default 127.0.0.1, or what they used "
+                   help="address the routers bind (default: 127.0.0.1, or what they used "
                         "before); 0.0.0.0 lets a camera on the network reach them")
     d.add_argument("--port", action="append", default=[], metavar="ENV=PORT",
                    help="port of an environment's router, e.g. production=8500 (default: "

@@ -311,7 +311,7 @@ def _target_args(p, *, launcher: bool = True) -> None:
                    help="where production runs, for rollbacks: local model servers, KServe "
                         "InferenceServices in --namespace, or none (record only)")
     p.add_argument("--serving-root", default="",
-                   help="local target state (default $MLOPS_HOME/deployments)")
+                   help="local target state (default: $MLOPS_HOME/deployments)")
     p.add_argument("--namespace", default="", help="Kubernetes namespace (kserve, kfp)")
     if launcher:
         _launcher_args(p)
@@ -326,7 +326,7 @@ def _launcher_args(p) -> None:
                    help="how a retraining starts: the continuous-training pipeline under "
                         "kfp.local, submitted to --kfp-host, or none (record the trigger only)")
     p.add_argument("--data", default="", help="data lake URI for local retraining "
-                                              "(default $MLOPS_HOME/lake)")
+                                              "(default: $MLOPS_HOME/lake)")
     p.add_argument("--wait", action="store_true",
                    help="wait for a local retraining run to end instead of leaving it running")
     p.add_argument("--kfp-host", default="", help="KFP API, e.g. http://localhost:8080")

@@ -174,10 +174,10 @@ def lake_options(parser: argparse.ArgumentParser, *, split: bool = False,
     parser.add_argument("--classes", default="cats,dogs",
                         help="the declared classes; images labelled otherwise are quarantined")
     parser.add_argument("--label-aliases", default="",
-                        help="alias=class pairs, e.g. cat=cats (default cat=cats,dog=dogs)")
+                        help="alias=class pairs, e.g. cat=cats (default: cat=cats,dog=dogs)")
     parser.add_argument("--max-pixels", type=int, default=0,
                         help="largest image accepted (width x height); larger ones are "
-                             "quarantined. Default MLOPS_MAX_PIXELS, else 50,000,000; serve "
+                             "quarantined (default: MLOPS_MAX_PIXELS, else 50,000,000); serve "
                              "with the same limit (mlops serve --max-pixels)")
     if draft:
         parser.add_argument("--no-draft", action="store_true",
