@@ -56,6 +56,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from components.common.service import RateLimitedLog, wait_until
@@ -218,11 +219,12 @@ class Router:
                 "inflight": {u: n for u, n in self.inflight.items() if n},
                 "supervisor": self.supervisor.report(), "pid": os.getpid()}
 
-    async def route(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                    remote: str | None, control: bool = False
+    async def route(self, method: str, target: str, headers: dict[str, str],
+                    body: Sequence[bytes], remote: str | None, control: bool = False
                     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Serves one request: the router's own endpoints, or a model server's answer with the
-        revision that served it. Returns (status, headers, body).
+        revision that served it. ``body`` is the request's body as the chunks it arrived in
+        (never joined: see :meth:`BackendPool.request`). Returns (status, headers, body).
 
         The router's state (``/-/router``) is answered on the control port only (``control``);
         on the serving port everything under ``/-/`` but the health check is a 404.
@@ -422,7 +424,7 @@ class _ClientConnection(BoundedHead, asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         self._pending.append((self._parser.get_method().decode("ascii", "replace"),
                               self._url.decode("latin-1"), self._headers,
-                              b"".join(self._body), peer[0] if peer else None,
+                              self._body, peer[0] if peer else None,
                               self._parser.should_keep_alive()))
         self.transport.pause_reading()  # one request at a time per connection
         if not self._busy:
@@ -614,10 +616,10 @@ class _BackendConnection(asyncio.Protocol):
         self.closed = True
         self.transport.close()
 
-    def send(self, data: bytes, head: bool) -> asyncio.Future:
+    def send(self, data: Sequence[bytes], head: bool) -> asyncio.Future:
         self._headers, self._body, self._received, self._head = [], [], False, head
         self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
+        self.transport.writelines(data)  # uvloop sends the chunks as they are: no copy
         return self.waiter
 
 
@@ -639,16 +641,22 @@ class BackendPool:
             raise _Unreachable(f"cannot connect to {host}:{port}: {exc!r}") from exc
         return conn
 
-    async def request(self, url: str, method: str, path: str, headers: dict, body: bytes
-                      ) -> tuple[int, list[tuple[str, str]], bytes]:
+    async def request(self, url: str, method: str, path: str, headers: dict,
+                      body: Sequence[bytes]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Forwards one request; ``body`` is a sequence of chunks (``[b"..."]`` for one).
+
+        The chunks are written as they arrived from the client, behind the request's head:
+        joining a 30 MiB body and then prefixing its head copied it twice on the event loop
+        (about 20 ms a body, which four bodies at once laid end to end: every other client
+        waited up to 140 ms; the model server alone, 26 ms)."""
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
         key = (parts.hostname, parts.port or 80)
         lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {len(body)}")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        lines.append(f"Content-Length: {sum(map(len, body))}")
+        data = [("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), *body]
         idle = self._idle.setdefault(key, [])
         conn = None
         while idle:

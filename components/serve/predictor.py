@@ -343,13 +343,15 @@ class PetClassifier(Model):
                                    f"scans ({scans} counted); encoders write at most about "
                                    "10, and each scan is a pass over the whole image.")
             total += width * height
+            # Refused as soon as the budget is spent: the headers of the rest are not read
+            # (64 images declaring 40 MP each cost 64 header reads, 5 to 9 ms, before).
+            if total > self.limits.max_request_pixels:
+                raise InvalidInput(f"The request's images declare {total} pixels together; "
+                                   f"the limit is {self.limits.max_request_pixels} per request "
+                                   "(--max-request-pixels). Send fewer or smaller images.")
             if not lossy:
                 lossless += width * height
                 lossless_bytes += len(data)
-        if total > self.limits.max_request_pixels:
-            raise InvalidInput(f"The request's images declare {total} pixels together; the "
-                               f"limit is {self.limits.max_request_pixels} per request "
-                               "(--max-request-pixels). Send fewer or smaller images.")
         allowed = FREE_LOSSLESS_PIXELS + self.limits.max_pixels_per_byte * lossless_bytes
         if lossless > allowed:
             raise InvalidInput(

@@ -271,6 +271,7 @@ ECHO_TOKEN = "token-of-the-echo-deployment"
 def _start_echo_router(tmp_path, *args):
     """A router in front of two plain HTTP servers on loopback that echo what they get;
     returns (serving URL, control URL, servers, state file, revisions, router pid)."""
+    import hashlib
     import http.server
 
     from components.deploy.router import start_router
@@ -293,7 +294,8 @@ def _start_echo_router(tmp_path, *args):
 
         def do_POST(self):
             data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self._answer(json.dumps({**self._seen(), "len": len(data)}).encode())
+            self._answer(json.dumps({**self._seen(), "len": len(data),
+                                     "sha256": hashlib.sha256(data).hexdigest()}).encode())
 
         def do_GET(self):
             self._answer(json.dumps(self._seen()).encode())
