@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from components.cli.common import check_range, parse_canary_steps, positive_int
+from components.cli.common import OptionError, check_range, parse_canary_steps, positive_int
 from components.common.paths import mlops_home
 from components.deploy.targets import TARGETS
 
@@ -60,6 +60,11 @@ def add_commands(sub) -> None:
     d.add_argument("images", nargs="+", help="image files (JPEG, PNG, …)")
     d.add_argument("--env", default="production", choices=["test", "production"],
                    help="which environment to ask")
+    d.add_argument("--context", default="",
+                   help="the camera's mode the frames were taken in, sent as the "
+                        "x-camera-context header: one of the deployment's contexts "
+                        "(MLOPS_CONTEXTS; the park's are day and night); recorded with each "
+                        "capture, never overriding what the image shows (default: none sent)")
     dp.set_defaults(func=_cmd_deploy)
 
 
@@ -165,22 +170,34 @@ def _cmd_deploy(args) -> int:
             target.delete(env)
             print(f"stopped {env}")
     elif args.deploy_command == "predict":
-        from components.deploy.client import predict_answer
+        from components.deploy.client import RequestRefused, predict_answer
 
         dep = target.status(args.env)
         if dep is None:
             raise ValueError(f"Nothing is deployed in {args.env!r}: run the training pipeline "
                              "(mlops run training) or `make demo` first.")
         images = [Path(p).read_bytes() for p in args.images]
+        headers = {"x-camera-context": args.context} if args.context else {}
+        refused = 0
         # One request per image, so that each answer has a request id of its own for
         # `mlops monitor label` and `mlops trace`.
         for path, image in zip(args.images, images, strict=True):
-            answer = predict_answer(dep.url, dep.name, [image])
+            try:
+                answer = predict_answer(dep.url, dep.name, [image], headers=headers)
+            except RequestRefused as exc:
+                if "context" in exc.reason and args.context:
+                    raise OptionError(f"--context {args.context!r}: {exc.reason}") from None
+                refused += 1
+                print(f"error: {path} was refused ({exc.status}): {exc.reason}",
+                      file=sys.stderr)
+                continue
             p = answer["predictions"][0]
             prob = p["probabilities"][p["label"]]
             print(f"{path}\t{p['label']}\t{prob:.3f}\t{answer.get('request_id', '')}")
         print("(file, answer, probability, request id: `mlops trace ID`, "
               "`mlops monitor label ID CLASS`)", file=sys.stderr)
+        if refused:
+            return 2
     return 0
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import requests
 
-from components.common.errors import MlopsError
+from components.common.errors import MlopsError, UserError
 from components.common.service import wait_until
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,16 @@ logger = logging.getLogger(__name__)
 
 class EndpointError(MlopsError, RuntimeError):
     """An endpoint that cannot be reached or never became ready."""
+
+
+class RequestRefused(UserError, EndpointError):
+    """The server refused a request as the client's mistake (HTTP 4xx): ``reason`` is its
+    own message (an image it cannot read, an undeclared camera context)."""
+
+    def __init__(self, url: str, status: int, reason: str):
+        super().__init__(f"{url} answered {status}: {reason}")
+        self.status = status
+        self.reason = reason
 
 
 def v1_body(images: Sequence[bytes]) -> dict:
@@ -45,16 +55,27 @@ def predict(url: str, model: str, images: Sequence[bytes], timeout: float = 30.0
 
 
 def predict_answer(url: str, model: str, images: Sequence[bytes], timeout: float = 30.0,
-                   session: requests.Session | None = None) -> dict:
+                   session: requests.Session | None = None,
+                   headers: Mapping[str, str] | None = None) -> dict:
     """The server's whole V1 answer: ``predictions``, ``model_version`` and ``request_id``
     (the id the capture, labels and ``mlops trace`` know the request by).
 
+    Args:
+        headers: Extra request headers, e.g. ``x-camera-context``.
+
     Raises:
-        EndpointError: On a non-200 answer, with the server's message.
+        RequestRefused: A 4xx answer (the request's mistake), with the server's message.
+        EndpointError: Any other non-200 answer, with the server's message.
     """
     http = session or requests
     r = http.post(f"{url.rstrip('/')}/v1/models/{model}:predict", json=v1_body(images),
-                  timeout=timeout)
+                  timeout=timeout, headers=dict(headers or {}))
+    if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+        try:
+            reason = str(r.json().get("error") or r.text)
+        except ValueError:
+            reason = r.text
+        raise RequestRefused(url, r.status_code, reason[:300])
     if r.status_code != 200:
         raise EndpointError(f"{url} answered {r.status_code}: {r.text[:300]}")
     return r.json()

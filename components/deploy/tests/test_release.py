@@ -340,6 +340,18 @@ def test_cli_shows_deployments_classifies_files_and_releases(setup, dataset_dirs
     answer = mlops("deploy", *common, "predict", str(frame))
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.split("\t")[1] in ("cats", "dogs")
+    # The camera's mode goes with the frame; one the deployment does not declare is the
+    # option's mistake, and a file that is no image is named while the others are answered.
+    night = mlops("deploy", *common, "predict", "--context", "night", str(frame))
+    assert night.returncode == 0 and night.stdout.split("\t")[1] in ("cats", "dogs")
+    dusk = mlops("deploy", *common, "predict", "--context", "dusk", str(frame))
+    assert dusk.returncode == 2 and "--context 'dusk'" in dusk.stderr
+    assert "day, night" in dusk.stderr and "Traceback" not in dusk.stderr
+    (tmp_path / "notes.txt").write_text("hi")
+    mixed = mlops("deploy", *common, "predict", str(tmp_path / "notes.txt"), str(frame))
+    assert mixed.returncode == 2 and mixed.stdout.startswith(str(frame)), mixed.stdout
+    assert f"error: {tmp_path / 'notes.txt'} was refused (400): " in mixed.stderr
+    assert "not a usable image" in mixed.stderr and "{" not in mixed.stderr
     missing = mlops("deploy", *common, "predict", "--env", "test", str(frame))
     assert missing.returncode == 2 and "Nothing is deployed in 'test'" in missing.stderr
     releases = mlops("registry", "--registry", registry.uri, "releases", MODEL)
