@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
     edge = edge_limits(args)
 
+    if args.revision not in ("", "stable", "canary"):  # from $MLOPS_REVISION: not checked
+        print(f"error: invalid --revision (MLOPS_REVISION) {args.revision!r}: expect stable "
+              "or canary.", file=sys.stderr)
+        return 2
     try:
         capture = capture_config(args)
     except ValueError as exc:

@@ -436,3 +436,11 @@ def test_a_server_in_a_knative_revision_records_its_revision_not_a_role():
         ("canary", "pets-predictor-00002")  # said explicitly: kept beside the name
     with pytest.raises(ValueError, match="Invalid revision role 'blue'"):
         own_revision("", {"MLOPS_REVISION": "blue"})
+
+
+def test_a_role_from_the_environment_is_checked(monkeypatch, capsys):
+    from components.serve.server import main
+
+    monkeypatch.setenv("MLOPS_REVISION", "blue")  # argparse checks no default against choices
+    assert main(["--package-dir", "unused"]) == 2
+    assert "invalid --revision (MLOPS_REVISION) 'blue'" in capsys.readouterr().err
