@@ -104,7 +104,10 @@ def _print_actions(verdict_id: str, actions: list[dict]) -> None:
         print("  nothing to do")
     for a in actions:
         what = a["action"]
-        where = " ".join(x for x in (a.get("rule", ""), a.get("check", "")) if x)
+        check = a.get("check", "")
+        if check and a.get("context"):  # drift.embedding[night]: the context's part judged
+            check = f"{check}[{a['context']}]"
+        where = " ".join(x for x in (a.get("rule", ""), check) if x)
         delivered = a.get("delivered")
         if delivered is not None:
             state = ", ".join(f"{r} {'delivered' if ok else 'UNDELIVERED'}"

@@ -41,6 +41,11 @@ def _cmd_trace(args) -> int:
         print(f"request {result['request_id']}/{item['index']}: answered {item['answer']}"
               f"{sure} by {result['model']} version {item['model_version']}")
         print(f"  captured      {item['capture']}")
+        if item.get("context"):
+            sent = item.get("sent_context")
+            print(f"  context       {item['context']}"
+                  + (f" (the camera said {sent}; the image decides)" if sent
+                     and sent != item["context"] else ""))
         print(f"  input image   {item['image'] or 'not sampled (MLOPS_CAPTURE_IMAGE_RATE)'}")
         if lin.get("error"):
             print(f"  model         {lin['error']}")
@@ -60,6 +65,9 @@ def _cmd_trace(args) -> int:
             print("  monitoring    no verdict of its window yet (`mlops monitor run`)")
         for v in item["verdicts"]:
             alarms = f"; alarms: {', '.join(v['alarms'])}" if v["alarms"] else ""
+            if v.get("other_contexts_alarmed"):
+                alarms += (f"; alarms in the {', '.join(v['other_contexts_alarmed'])} images, "
+                           "not this one's")
             print(f"  monitoring    verdict {v['run_id']}: {v['status']}{alarms} "
                   f"({v['report'] or v['uri']})")
             for a in v["alerts"]:

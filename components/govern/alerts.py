@@ -56,6 +56,16 @@ WHAT_CHANGED = {
     "telemetry": "production answers slowly or with errors",
     "slices": "the model does worse on part of the traffic",
 }
+#: What an integrity check means, where it is not that production cannot read its images.
+WHAT_CHANGED_BY_CHECK = {
+    "integrity.out_of_range": "production receives images unlike those the model was trained "
+                              "on (brightness, contrast, sharpness or size outside their range)",
+    "integrity.image_modes": "production receives images in a colour mode the model was not "
+                             "trained on",
+    "integrity.junk_inputs": "production receives blank, noise or too small frames",
+    "integrity.bad_records": "the records of what production served are damaged or incomplete",
+    "integrity.foreign": "the capture store holds records of something else",
+}
 #: What each policy action does, in a person's words.
 NEXT_STEP = {
     "retrain": "a retraining starts (`mlops govern episodes` follows it); the new model "
@@ -87,12 +97,12 @@ def how_sure(check) -> str:
     return "measured" if check.value is not None else "not measurable"
 
 
-def measured_accuracy(verdict) -> str:
+def measured_accuracy(verdict, context: str = "") -> str:
     """The model's accuracy in the window as a sentence (measured on labels, else estimated,
-    else unknown), with the reference's."""
+    else unknown), with the reference's: in ``context``'s part of the window when given."""
     for name, how in (("performance.accuracy", "on {n} labelled requests"),
                       ("performance.estimated_accuracy", "estimated without labels")):
-        c = verdict.check(name)
+        c = verdict.check(name, context or None)
         if c is None or c.value is None:
             continue
         ref = (c.extra or {}).get("reference_accuracy")
@@ -104,17 +114,22 @@ def measured_accuracy(verdict) -> str:
 def people_text(verdict, check, actions: list[str], status: str = "firing") -> tuple[str, str]:
     """(summary, text) of an alert for the person who receives it: what changed, since when,
     how sure, the model's measured accuracy, what happens next and the report's link."""
-    what = WHAT_CHANGED.get(check.kind, check.detail or check.name)
+    what = WHAT_CHANGED_BY_CHECK.get(check.name) or \
+        WHAT_CHANGED.get(check.kind, check.detail or check.name)
+    context = getattr(check, "context", "")
+    if context:  # one operating context's part of the window
+        what = f"{what} in the {context} images"
     model = f"{verdict.model} version {verdict.model_version}"
     if status == "resolved":
         summary = f"back to normal after: {what}"
         return summary, (f"{model} is {summary} in the window {_when(verdict.window_start)} to "
-                         f"{_when(verdict.window_end)}; {measured_accuracy(verdict)}.")
+                         f"{_when(verdict.window_end)}; {measured_accuracy(verdict, context)}.")
     summary = f"{what} ({how_sure(check)})"
     steps = [NEXT_STEP[a] for a in actions if a in NEXT_STEP]
-    lines = [f"{what[0].upper()}{what[1:]} in the window {_when(verdict.window_start)} to "
-             f"{_when(verdict.window_end)} ({how_sure(check)}; {verdict.n_requests} requests).",
-             f"Model: {model}, {measured_accuracy(verdict)}.",
+    lines = [f"{what[0].upper()}{what[1:]}{',' if context else ''} in the window "
+             f"{_when(verdict.window_start)} to {_when(verdict.window_end)} "
+             f"({how_sure(check)}; {verdict.n_requests} requests).",
+             f"Model: {model}, {measured_accuracy(verdict, context)}.",
              "Next: " + ("; ".join(steps) if steps else NOTHING_AUTOMATIC) + "."]
     report = verdict.report_uri or check.evidence
     if report:

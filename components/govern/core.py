@@ -208,7 +208,7 @@ def redeliver_alerts(gov: GovernanceStore, policy: Policy, sinks=None,
     for alert, missing in book.undelivered():
         results = send_to(book, alert, missing, policy.recipients, policy.delivery, sinks, sleep)
         taken.append({"action": "redeliver", "seq": alert["seq"], "rule": alert["rule"],
-                      "check": alert["check"],
+                      "check": alert["check"], "context": alert.get("context", ""),
                       "delivered": {r.recipient: r.delivered for r in results},
                       "detail": "; ".join(f"{r.recipient}: "
                                           + ("delivered" if r.delivered else r.error)
@@ -256,7 +256,8 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
             since = (at - parse_time(prev.get("window_end") or prev["created"])).total_seconds()
             if since < policy.cooldown_of(rule):
                 taken.append({"action": "alert_suppressed", "rule": rule.name,
-                              "check": check.name, "seq": prev["seq"],
+                              "check": check.name, "context": check.context,
+                              "seq": prev["seq"],
                               "detail": f"alert #{prev['seq']} for this condition is still "
                                         f"firing ({since / 3600:.1f} h < cool-down "
                                         f"{policy.cooldown_of(rule) / 3600:.1f} h)"})
@@ -267,7 +268,7 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
         results = send_to(book, alert, recipients, policy.recipients, policy.delivery, sinks,
                           sleep)
         taken.append({"action": "alert", "rule": rule.name, "check": check.name,
-                      "seq": alert["seq"], "severity": severity,
+                      "context": check.context, "seq": alert["seq"], "severity": severity,
                       "delivered": {r.recipient: r.delivered for r in results},
                       "detail": alert["summary"]})
     if policy.send_resolved:
@@ -285,7 +286,7 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
             results = send_to(book, alert, alert["recipients"], policy.recipients,
                               policy.delivery, sinks, sleep)
             taken.append({"action": "resolved", "rule": rule.name, "check": check.name,
-                          "seq": alert["seq"],
+                          "context": check.context, "seq": alert["seq"],
                           "delivered": {r.recipient: r.delivered for r in results},
                           "detail": alert["summary"]})
     return taken

@@ -83,6 +83,7 @@ def trace_request(request_id: str, model: str, store_uri: str, registry_uri: str
         item = {"index": rec.get("index", 0), "capture": where, "time": rec.get("time"),
                 "answer": rec.get("label"), "probabilities": rec.get("probabilities"),
                 "model_version": version, "revision": rec.get("revision"),
+                "context": rec.get("context", ""), "sent_context": rec.get("sent_context", ""),
                 "latency_ms": rec.get("latency_ms"),
                 "image": store.uri_of(image_key(rec["image_sha256"]))
                 if rec.get("image_sha256") else None,
@@ -100,6 +101,7 @@ def trace_request(request_id: str, model: str, store_uri: str, registry_uri: str
                                 "image_sha256"), "key"].tolist()
                             if rec.get("image_sha256") and "sha256" in manifest else []}
         at = rec.get("time")
+        context = rec.get("context", "")
         judged = []
         for uri, v in verdicts:
             try:
@@ -110,10 +112,16 @@ def trace_request(request_id: str, model: str, store_uri: str, registry_uri: str
             if inside and str(v.model_version) == version:
                 judged.append({"run_id": v.run_id, "status": v.status, "uri": uri,
                                "report": v.report_uri,
-                               "alarms": [c.name for c in v.checks if c.status == "alarm"],
+                               # its own context's alarms and alerts; the others' named
+                               "alarms": [c.key for c in v.checks if c.status == "alarm"
+                                          and c.context in ("", context)],
+                               "other_contexts_alarmed": sorted(
+                                   {c.context for c in v.checks if c.status == "alarm"
+                                    and c.context not in ("", context)}),
                                "alerts": [{"seq": a["seq"], "summary": a["summary"],
                                            "status": a["status"]} for a in alerts
-                                          if a.get("verdict_run_id") == v.run_id]})
+                                          if a.get("verdict_run_id") == v.run_id
+                                          and a.get("context", "") in ("", context)]})
         item["verdicts"] = judged
         label = labels.get((request_id, int(rec.get("index", 0))))
         item["label"] = ({"label": label["label"], "by": label.get("by"), "at": label.get("at"),

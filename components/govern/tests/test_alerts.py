@@ -8,7 +8,7 @@ import time
 import pytest
 
 from components.common.governance import GovernanceStore
-from components.govern.alerts import AlertBook
+from components.govern.alerts import AlertBook, people_text
 from components.govern.core import govern
 from components.govern.policy import parse_policy
 from components.monitor.contract import Check, Verdict
@@ -42,6 +42,32 @@ def verdict(run_id: str, hour: int, drift: str = "alarm", accuracy: str = "ok") 
 
 def _book(store):
     return AlertBook(GovernanceStore(store, MODEL))
+
+
+def test_an_alert_names_its_context_and_what_an_integrity_check_means():
+    """A night window's alarm said "the images production receives have changed" with the
+    day part's accuracy, and inputs outside the training range said "production receives
+    images it cannot read"."""
+    v = Verdict(MODEL, "3", "2026-11-19T01:00:00+00:00", "2026-11-19T02:00:00+00:00", "w9",
+                300, 0, [
+                    Check("drift.embedding", "drift", 0.0001, 0.05, "alarm", "moved",
+                          context="night"),
+                    Check("performance.estimated_accuracy", "performance", 0.91, 0.8, "ok",
+                          "", context="day"),
+                    Check("performance.estimated_accuracy", "performance", 0.42, 0.8,
+                          "warning", "", context="night"),
+                    Check("integrity.out_of_range", "integrity", 0.15, 0.05, "alarm",
+                          "brightness 15%", context="night")])
+    summary, text = people_text(v, v.checks[0], ["retrain"])
+    assert summary == ("the images production receives have changed in the night images "
+                       "(p < 0.001)")
+    assert text.startswith("The images production receives have changed in the night images, "
+                           "in the window 2026-11-19 01:00 UTC")
+    assert "accuracy 0.42 estimated without labels" in text and "0.91" not in text
+    summary, _ = people_text(v, v.checks[3], [])
+    assert "cannot read" not in summary
+    assert summary.startswith("production receives images unlike those the model was trained "
+                              "on") and "in the night images" in summary
 
 
 def test_delivered_in_both_formats(receiver, tmp_path):

@@ -154,13 +154,14 @@ def test_cli_run_alerts_audit_and_mistakes(tmp_path, receiver, dead_url):
     store = str(tmp_path / "monitoring")
     v = Verdict("pet-classifier", "3", "2026-11-20T00:00:00+00:00", "2026-11-20T01:00:00+00:00",
                 "w1", 500, 0, [Check("prediction_drift.class_shares", "prediction_drift", 0.3,
-                                     0.1, "alarm", "dogs 80%")])
+                                     0.1, "alarm", "dogs 80%", context="night")])
     open_store(store).put_json("monitoring/pet-classifier/history/w1.json", v.to_dict())
     common = ["--store", store, "--registry", str(tmp_path / "registry")]
     run = _mlops("govern", "run", *common, "--policy", _policy_file(tmp_path, dead_url),
                  "--target", "none", "--launcher", "none")
     assert run.returncode == 0, run.stderr
     assert "verdict w1:" in run.stdout and "qa UNDELIVERED" in run.stdout
+    assert "prediction_drift.class_shares[night]" in run.stdout  # which context's part
     alerts = _mlops("govern", "alerts", "--store", store, "--undelivered")
     assert "class-share" in alerts.stdout and "qa: UNDELIVERED" in alerts.stdout
     assert "cannot reach" in alerts.stdout

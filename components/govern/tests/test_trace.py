@@ -77,3 +77,38 @@ def test_trace_goes_from_a_request_to_everything_behind_it(tmp_path):
     missing = _mlops("trace", "req-nope", "--store", store, "--registry", registry.uri)
     assert missing.returncode == 2 and "'req-nope' was not captured" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_trace_names_the_request_context_and_its_own_alarms(tmp_path, capsys):
+    """A day request's trace listed the night part's alarms and alerts as its own."""
+    from components.cli import main
+
+    store = str(tmp_path / "monitoring")
+    writer = CaptureWriter(CaptureConfig(uri=store, image_rate=0.0), MODEL)
+    now = time.time()
+    for rid, context, sent in (("req-day", "day", ""), ("req-night", "night", "day")):
+        writer.submit({"request_id": rid, "index": 0, "time": now, "model": MODEL,
+                       "model_version": "1", "label": "cats", "context": context,
+                       **({"sent_context": sent} if sent else {}),
+                       "probabilities": {"cats": 0.9, "dogs": 0.1}, "latency_ms": 3.0})
+    assert writer.close(30)
+    start = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 60))
+    end = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 60))
+    verdict = Verdict(MODEL, "1", start, end, "w-8", 2, 0, [
+        Check("drift.embedding", "drift", 0.4, 0.05, "ok", "", context="day"),
+        Check("drift.embedding", "drift", 0.0001, 0.05, "alarm", "moved", context="night")])
+    open_store(store).put_json(f"monitoring/{MODEL}/history/{end}-w-8.json", verdict.to_dict())
+    AlertBook(GovernanceStore(store, MODEL)).create({
+        "verdict_run_id": "w-8", "summary": "night images changed", "context": "night",
+        "status": "firing", "fingerprint": "f", "recipients": []})
+    registry = str(tmp_path / "registry")
+    ModelRegistry(registry).register(MODEL, {"model.onnx": b"x"}, {})
+    assert main(["trace", "req-day", "--store", store, "--registry", registry]) == 0
+    day = capsys.readouterr().out
+    assert "context       day" in day and "night images changed" not in day
+    assert "verdict w-8: alarm; alarms in the night images, not this one's" in day
+    assert main(["trace", "req-night", "--store", store, "--registry", registry]) == 0
+    night = capsys.readouterr().out
+    assert "context       night (the camera said day; the image decides)" in night
+    assert "alarms: drift.embedding[night]" in night and "#1 firing: night images changed" \
+        in night
