@@ -119,6 +119,9 @@ def run_local_spec(spec_path: str) -> int:
     """The local launcher's process: runs one pipeline and writes its result file."""
     spec = json.loads(Path(spec_path).read_text())
     result: dict = {"started": now_iso()}
+    # The tasks' output goes to the run's log through run_local's reader, which names the
+    # step that failed and its own error (kfp.local's message names neither).
+    log = Path(spec_path).parent / "run.log"
     try:
         if ":" in spec["pipeline"]:  # module:function, e.g. a pipeline outside the collection
             PIPELINES[spec["pipeline"]] = tuple(spec["pipeline"].split(":", 1))
@@ -126,13 +129,14 @@ def run_local_spec(spec_path: str) -> int:
             recorder = RunRecorder(spec["records_dir"], spec["pipeline"], spec["arguments"],
                                    str(Path(spec_path).parent / "run.log"),
                                    spec["pipeline_root"])
+            result["run_record"] = recorder.record["run_id"]  # `mlops runs show`, failed too
             with recorder:
                 outputs = run_local(spec["pipeline"], spec["arguments"],
-                                    spec["pipeline_root"])
+                                    spec["pipeline_root"], log_path=log)
                 recorder.outputs = outputs
-            result["run_record"] = recorder.record["run_id"]
         else:
-            outputs = run_local(spec["pipeline"], spec["arguments"], spec["pipeline_root"])
+            outputs = run_local(spec["pipeline"], spec["arguments"], spec["pipeline_root"],
+                                log_path=log)
         result.update(state="succeeded", outputs={
             k: (v if isinstance(v, str | int | float | bool) or v is None
                 else getattr(v, "uri", str(v))) for k, v in outputs.items()})

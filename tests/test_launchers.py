@@ -144,3 +144,32 @@ def test_open_launcher_builds_each_kind_and_names_an_unknown_one(tmp_path):
     assert LAUNCHER_KINDS == ("none", "local", "kfp")
     with pytest.raises(ValueError, match="Unknown launcher 'cron'"):
         open_launcher("cron", {})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_failed_local_retraining_names_its_step_and_what_to_do(tmp_path, capsys,
+                                                                 monkeypatch):
+    """A retraining run that failed said "step 'unknown' … Inner task failed: ." and
+    `mlops govern start-episode` answered "already started … (running)"."""
+    from components.cli import main
+    from components.govern.core import GovernError, start_episode
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    store = str(tmp_path / "store")
+    launcher = LocalLauncher({"out_file": str(tmp_path / "no-such-dir" / "t.json")},
+                             tmp_path / "runs",
+                             pipeline="components.govern.tests.retrain_pipeline:retrain_stand_in",
+                             wait=True, timeout_s=200, records_dir=tmp_path / "records")
+    govern(verdict("w1", 1), POLICY, store_uri=store, launcher=launcher)
+    (ep,) = Episodes(GovernanceStore(store, MODEL)).all()
+    assert ep["launch"]["state"] == "failed"
+    result = json.loads((Path(ep["launch"]["run_dir"]) / "result.json").read_text())
+    assert "step 'record-trigger'" in result["error"] and "t.json" in result["error"]
+    assert result["run_record"].startswith("components.govern.tests.retrain_pipeline")
+    with pytest.raises(GovernError, match="failed .*mlops govern retrain --reason WHY"):
+        start_episode(store, MODEL, ep["key"], launcher)
+    assert main(["govern", "episodes", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "why: step 'record-trigger'" in out and f"mlops runs show {result['run_record']}" \
+        in out and "mlops govern retrain --reason WHY" in out

@@ -345,10 +345,38 @@ def _launcher_args(p) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _print_launch(result: dict, model: str) -> None:
+def _run_ending(url: str) -> tuple[str, str]:
+    """(`mlops runs show ID` or the log's path, the error) of a local retraining run that
+    ended, from its result file; empty strings where there is none."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path((url or "").removeprefix("file://"))
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return "", ""
+    where = (f"mlops runs show {result['run_record']}" if result.get("run_record")
+             else f"its log: {run_dir / 'run.log'}")
+    return where, str(result.get("error", "")).removeprefix("PipelineFailed: ")
+
+
+def _print_launch(result: dict, model: str) -> int:
+    """Prints what a person's retraining started; 1 when a run waited for (--wait) failed."""
     print(result["detail"])
     if result["action"] == "retrain_failed":
-        return
+        return 1
+    if result.get("state") in ("failed", "succeeded") and result.get("url"):
+        where, error = _run_ending(result["url"])
+        if result["state"] == "failed":
+            print(f"  it failed: {error or 'see its log'}", file=sys.stderr)
+            if where:
+                print(f"  {where}", file=sys.stderr)
+            print("  once that is fixed, retrain again: mlops govern retrain --reason WHY",
+                  file=sys.stderr)
+            return 1
+        print(f"  it ended: {where}; `mlops registry releases {model}` says what happened")
+        return 0
     if result.get("run_id"):
         print(f"  follow it: mlops govern episodes --model {model}; its log: "
               f"{(result.get('url') or '').removeprefix('file://')}/run.log")
@@ -366,8 +394,7 @@ def _cmd_retrain(args) -> int:
     store = args.store or _store_default()
     launcher = _launcher(args, policy, store)
     result = manual_retrain(store, args.model, args.registry, args.reason, launcher)
-    _print_launch(result, args.model)
-    return 0 if result["action"] != "retrain_failed" else 1
+    return _print_launch(result, args.model)
 
 
 @_storage_guard
@@ -397,8 +424,7 @@ def _cmd_start_episode(args) -> int:
         raise OptionError("--launcher none starts nothing; use --launcher local (this "
                           "machine) or --launcher kfp --kfp-host URL.")
     result = start_episode(store, args.model, args.episode, launcher)
-    _print_launch(result, args.model)
-    return 0 if result["action"] != "retrain_failed" else 1
+    return _print_launch(result, args.model)
 
 
 @_storage_guard
@@ -427,6 +453,12 @@ def _cmd_episodes(args) -> int:
               f"{why}: run {launch.get('run_id') or '-'} {state}{closed}")
         if state == "not_started" and "closed" not in ep:
             print(f"{'':<14}start it: {start_command(ep['key'], args.model)}")
+        elif state == "failed" and launch.get("launcher") == "local" and "closed" not in ep:
+            where, error = _run_ending(launch.get("url", ""))
+            if error:
+                print(f"{'':<14}why: {error}")
+            print(f"{'':<14}{where or 'its log: ' + launch.get('run_dir', '') + '/run.log'}; "
+                  "once fixed, retrain again: mlops govern retrain --reason WHY")
     return 0
 
 

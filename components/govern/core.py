@@ -490,7 +490,8 @@ def _launch(episodes: Episodes, audit: AuditLog, episode: dict, launcher, verdic
                           **({"reason": episode["reason"]} if episode.get("reason") else {})},
                  by=by, once_key=f"{part}:{episode['key']}")
     return {"action": "retrain", "rule": episode["rules"][0], "episode": episode["key"],
-            "run_id": launch.get("run_id"), "url": launch.get("url"), "detail": detail}
+            "run_id": launch.get("run_id"), "url": launch.get("url"), "detail": detail,
+            "state": launch.get("state", "")}
 
 
 def _join_episode(episodes: Episodes, audit: AuditLog, episode: dict, verdict, launcher):
@@ -550,8 +551,19 @@ def start_episode(store_uri: str, model: str, key: str, launcher: RetrainLaunche
         raise GovernError(f"episode {key} is closed ({episode['closed'].get('reason')}); "
                           "start a new retraining with `mlops govern retrain --reason WHY`.")
     if launch.get("state") != "not_started" or "relaunch" in episode:
+        # The run's state now (the launch record says what it was when it started).
+        state = launch.get("state", "being started")
+        if "ended" in episode:
+            state = episode["ended"].get("state", state)
+        elif launch.get("run_id") and launcher.kind == launch.get("launcher"):
+            state = launcher.state(launch)
+        if state == "failed":
+            raise GovernError(f"episode {key} already ran: run {launch.get('run_id')} failed "
+                              "(`mlops govern episodes` says where its log is). An episode "
+                              "starts once; start a new retraining with `mlops govern retrain "
+                              "--reason WHY`.")
         raise GovernError(f"episode {key} already started run {launch.get('run_id')} "
-                          f"({launch.get('state', 'being started')}); nothing to start.")
+                          f"({state}); nothing to start.")
     audit = AuditLog(GovernanceStore(store_uri, model))
     if not episodes.record(key, "relaunch_claim", {"by": by or "", "verdict": ""}):
         raise GovernError(f"episode {key} is being started by someone else; nothing started.")
