@@ -334,3 +334,29 @@ def test_an_alias_typo_is_answered_with_the_aliases_there_are(home, capsys):
     err = capsys.readouterr().err
     assert "its aliases: production" in err and "Did you mean pet-classifier@production" in err
     assert "mlops registry alias" not in err
+
+
+def test_a_local_retraining_uses_the_lake_and_size_production_was_trained_with(home):
+    """`mlops run training --data lake` then `mlops govern run`: the retraining read
+    $MLOPS_HOME/lake ("No objects found") at 64 px, not ./lake at the 32 px production used."""
+    import json as _json
+
+    from components.cli.common import retrain_defaults
+    from components.common.registry import ModelRegistry
+
+    registry = ModelRegistry(str(home / "home" / "registry"))
+    fallback = {"data_uri": str(home / "home" / "lake")}
+    assert retrain_defaults(registry.uri, "pet-classifier", home / "home") == fallback
+    snapshot = home / "snap"
+    snapshot.mkdir()
+    (snapshot / "report.json").write_text(_json.dumps({"labels_csv": None}))
+    registry.register("pet-classifier", {"model.onnx": b"x"}, {
+        "dataset_source": "file:///park/lake", "dataset_snapshot": snapshot.as_uri(),
+        "hyperparameters": {"image_size": 32}})
+    registry.set_alias("pet-classifier", "production", 1, reason="first")
+    assert retrain_defaults(registry.uri, "pet-classifier", home / "home") == {
+        "data_uri": "file:///park/lake", "image_size": 32}
+    # A lake read through a labels CSV is not one the retraining pipeline reads.
+    (snapshot / "report.json").write_text(_json.dumps({"labels_csv": "labels.csv"}))
+    assert retrain_defaults(registry.uri, "pet-classifier", home / "home") == {
+        **fallback, "image_size": 32}

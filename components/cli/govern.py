@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from components.cli.common import OptionError, parse_assignments
+from components.cli.common import OptionError, parse_assignments, retrain_defaults
 from components.common.errors import MlopsError
 from components.common.paths import mlops_home
 from components.deploy.targets import TARGETS
@@ -73,7 +73,8 @@ def _launcher(args, policy, store: str):
                              "http://localhost:8080).")
         arguments = {"model_name": args.model, **extra}
     else:
-        arguments = {"data_uri": args.data or str(home / "lake"),
+        arguments = {**retrain_defaults(args.registry, args.model, home),
+                     **({"data_uri": args.data} if args.data else {}),
                      "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
                      "work_root": str(home / "work"), "monitoring_uri": store,
                      "model_name": args.model, "deploy_target": "local",
@@ -328,8 +329,9 @@ def _launcher_args(p) -> None:
     p.add_argument("--launcher", default="local", choices=LAUNCHER_KINDS,
                    help="how a retraining starts: the continuous-training pipeline under "
                         "kfp.local, submitted to --kfp-host, or none (record the trigger only)")
-    p.add_argument("--data", default="", help="data lake URI for local retraining "
-                                              "(default: $MLOPS_HOME/lake)")
+    p.add_argument("--data", default="",
+                   help="data lake URI for local retraining (default: the lake of class "
+                        "folders production was trained from, else $MLOPS_HOME/lake)")
     p.add_argument("--wait", action="store_true",
                    help="wait for a local retraining run to end instead of leaving it running")
     p.add_argument("--kfp-host", default="", help="KFP API, e.g. http://localhost:8080")
@@ -345,9 +347,9 @@ def _launcher_args(p) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _run_ending(url: str) -> tuple[str, str]:
-    """(`mlops runs show ID` or the log's path, the error) of a local retraining run that
-    ended, from its result file; empty strings where there is none."""
+def _run_ending(url: str) -> tuple[str, str, dict]:
+    """(`mlops runs show ID` or the log's path, the error, the outputs) of a local retraining
+    run that ended, from its result file; empty where there is none."""
     import json
     from pathlib import Path
 
@@ -355,10 +357,11 @@ def _run_ending(url: str) -> tuple[str, str]:
     try:
         result = json.loads((run_dir / "result.json").read_text())
     except (OSError, ValueError):
-        return "", ""
+        return "", "", {}
     where = (f"mlops runs show {result['run_record']}" if result.get("run_record")
              else f"its log: {run_dir / 'run.log'}")
-    return where, str(result.get("error", "")).removeprefix("PipelineFailed: ")
+    return (where, str(result.get("error", "")).removeprefix("PipelineFailed: "),
+            result.get("outputs") or {})
 
 
 def _print_launch(result: dict, model: str) -> int:
@@ -367,7 +370,7 @@ def _print_launch(result: dict, model: str) -> int:
     if result["action"] == "retrain_failed":
         return 1
     if result.get("state") in ("failed", "succeeded") and result.get("url"):
-        where, error = _run_ending(result["url"])
+        where, error, outputs = _run_ending(result["url"])
         if result["state"] == "failed":
             print(f"  it failed: {error or 'see its log'}", file=sys.stderr)
             if where:
@@ -375,7 +378,12 @@ def _print_launch(result: dict, model: str) -> int:
             print("  once that is fixed, retrain again: mlops govern retrain --reason WHY",
                   file=sys.stderr)
             return 1
-        print(f"  it ended: {where}; `mlops registry releases {model}` says what happened")
+        if outputs.get("blessed") is False:
+            print("  it ended: the retrained model did not beat production, which is "
+                  f"unchanged (its test report: {where})")
+        else:
+            print(f"  it ended: {where}; `mlops registry releases {model}` says whether "
+                  "the retrained model was released")
         return 0
     if result.get("run_id"):
         print(f"  follow it: mlops govern episodes --model {model}; its log: "
@@ -454,7 +462,7 @@ def _cmd_episodes(args) -> int:
         if state == "not_started" and "closed" not in ep:
             print(f"{'':<14}start it: {start_command(ep['key'], args.model)}")
         elif state == "failed" and launch.get("launcher") == "local" and "closed" not in ep:
-            where, error = _run_ending(launch.get("url", ""))
+            where, error, _ = _run_ending(launch.get("url", ""))
             if error:
                 print(f"{'':<14}why: {error}")
             print(f"{'':<14}{where or 'its log: ' + launch.get('run_dir', '') + '/run.log'}; "

@@ -56,7 +56,8 @@ def print_version(mv) -> None:
     hp = lin.get("hyperparameters", {})
     print(f"    hyperparameters  lr={hp.get('lr')} batch_size={hp.get('batch_size')} "
           f"weight_decay={hp.get('weight_decay')} epochs<={hp.get('epochs')} seed={hp.get('seed')}")
-    print(f"    parent version   {lin.get('parent_version')}")
+    parent = lin.get("parent_version")
+    print(f"    parent version   {'none' if parent is None else parent}")
 
 
 def _cmd_registry(args) -> int:
@@ -113,7 +114,9 @@ def _cmd_registry(args) -> int:
         for r in registry.releases(args.model):
             why = "; ".join(r["reasons"])
             print(f"{r['at']}  v{r['version']} -> {r['environment']}: {r['decision']} "
-                  f"(previous v{r['previous_version']}){'  ' + why if why else ''}")
+                  + (f"(previous v{r['previous_version']})" if r.get("previous_version")
+                     is not None else "(no previous version)")
+                  + (f"  {why}" if why else ""))
     elif args.registry_command == "history":
         events = registry.alias_history(args.model, args.alias)
         if not events:

@@ -14,6 +14,7 @@ from components.cli.common import (
     check_storage,
     option_error,
     parse_canary_steps,
+    retrain_defaults,
 )
 from components.cli.deploy import capture_uri
 from components.cli.ingest import lake_arguments, lake_options
@@ -73,7 +74,8 @@ def add_commands(sub) -> None:
         help="retrain on the lake plus labelled production captures; released only if it "
              "beats production (champion vs challenger, gate, application test, canary)")
     ct.add_argument("--data", default="",
-                    help="the data lake the export adds to (default: $MLOPS_HOME/lake)")
+                    help="the data lake the export adds to (default: the lake of class "
+                         "folders production was trained from, else $MLOPS_HOME/lake)")
     ct.add_argument("--reason", default="",
                     help="why: kept in the new version's lineage (the trigger)")
     ct.add_argument("--since", default="",
@@ -212,9 +214,11 @@ def _continuous_training_arguments(args, home: Path) -> dict:
     check_range("--epochs", args.epochs, 1)
     check_range("--trial-epochs", args.trial_epochs, 1)
     check_range("--min-new-images", args.min_new_images, 0)
-    arguments = {"data_uri": args.data or str(home / "lake"),
+    stores = _common_stores(args, home)
+    arguments = {**retrain_defaults(stores["registry_uri"], args.model_name, home),
+                 **({"data_uri": args.data} if args.data else {}),
                  "dataset_root": str(home / "datasets"), "work_root": str(home / "work"),
-                 **_common_stores(args, home), "trigger": args.reason,
+                 **stores, "trigger": args.reason,
                  "deploy_target": "local", "serving_root": str(home / "deployments")}
     if args.since:
         from components.monitor.window import parse_time
@@ -232,12 +236,14 @@ def _continuous_training_arguments(args, home: Path) -> dict:
 
 def _monitoring_arguments(args, home: Path) -> dict:
     check_range("--hours", args.hours, 0.0, low_open=True)
-    return {**_common_stores(args, home), "hours": args.hours, "version": args.version,
+    stores = _common_stores(args, home)
+    return {**stores, "hours": args.hours, "version": args.version,
             "backend": args.backend, "explain": not args.no_explain,
             "deploy_target": "local", "serving_root": str(home / "deployments"),
             "govern_launcher": args.launcher,
             "retrain_arguments": json.dumps({
-                "data_uri": str(home / "lake"), "dataset_root": str(home / "datasets"),
+                **retrain_defaults(stores["registry_uri"], args.model_name, home),
+                "dataset_root": str(home / "datasets"),
                 "work_root": str(home / "work"), "deploy_target": "local",
                 "serving_root": str(home / "deployments")})}
 
@@ -353,7 +359,9 @@ def print_training(outputs: dict, arguments: dict) -> None:
               " see the task logs above)")
         return
     rec = releases[-1]
-    print(f"Release: {rec['decision']} (production was version {rec['previous_version']}; "
+    was = (f"production was version {rec['previous_version']}"
+           if rec.get("previous_version") is not None else "production had no version")
+    print(f"Release: {rec['decision']} ({was}; "
           f"now {registry.aliases(mv.name).get('production')})")
     for step in rec["steps"]:
         c, st = step["canary"], step.get("stable") or {}
