@@ -80,10 +80,11 @@ def _store(args) -> str:
 def print_verdict(v) -> None:
     print(f"{v.model} version {v.model_version}: {v.status.upper()}  (window {v.window_start} "
           f"to {v.window_end}, {v.n_requests} requests, {v.n_labelled} labelled)")
+    width = max([34, *(len(c.key) for c in v.checks)])  # drift.embedding[night] and longer
     for c in v.checks:
         value = "-" if c.value is None else (f"{c.value:.4g}" if isinstance(c.value, float)
                                              else str(c.value))
-        print(f"  {_ICONS[c.status]}  {c.key:<34} {value:>10}  {c.detail}")
+        print(f"  {_ICONS[c.status]}  {c.key:<{width}} {value:>10}  {c.detail}")
     if v.report_uri:
         print(f"Report: {v.report_uri}")
 

@@ -181,7 +181,8 @@ def integrity(win: Window, ref: Reference | None, cfg: MonitorConfig,
                                           "requests": telemetry["requests"]}))
     else:
         checks.append(Check("integrity.undecodable", "integrity", None, cfg.max_undecodable,
-                            "unknown", "the predictor's metrics could not be read", "", {}))
+                            "unknown", "the predictor's metrics were not read in this window "
+                            "(see telemetry.request_rate)", "", {}))
     return checks
 
 
@@ -501,7 +502,8 @@ def performance(win: Window, ref: Reference, cfg: MonitorConfig) -> list[Check]:
                                 "", {**v, "n_labelled": n}))
     else:
         checks.append(Check("performance.accuracy", "performance", None, floor, "unknown",
-                            f"{n} labelled requests (< {cfg.min_labels}): see the estimate",
+                            f"{n} labelled requests (< {cfg.min_labels}): see the estimate; "
+                            "`mlops monitor label REQUEST_ID CLASS` adds labels",
                             "", {"n_labelled": n, "estimated": False}))
     checks.append(_estimate(win, ref, cfg, floor))
     return checks
@@ -560,6 +562,16 @@ def _estimate(win: Window, ref: Reference, cfg: MonitorConfig, floor: float) -> 
 # --------------------------------------------------------------------------------------------
 
 
+#: Why a window has no telemetry, by where it was to come from, and what gives it some.
+NO_TELEMETRY = {
+    "scrapes": "no scrape of the predictor's /metrics in this window: give the monitor the "
+               "predictor's URL (`mlops monitor run --metrics-url URL`, the pipeline's "
+               "metrics_url; production's is in `mlops deploy status`)",
+    "prometheus": "Prometheus has no series of the predictor in this window: check "
+                  "--prometheus-url and that Prometheus scrapes the predictor (its PodMonitor)",
+}
+
+
 def telemetry_checks(summary: dict | None, cfg: MonitorConfig, source: str = "") -> list[Check]:
     """Request rate, server error rate, latency percentiles, CPU and memory."""
     specs = [("telemetry.request_rate", "request_rate", None, "requests/s"),
@@ -570,7 +582,8 @@ def telemetry_checks(summary: dict | None, cfg: MonitorConfig, source: str = "")
              ("telemetry.cpu", "cpu_cores", None, "CPU cores"),
              ("telemetry.memory", "memory_mb", None, "resident memory MB")]
     if summary is None:
-        why = f"the predictor's metrics could not be read{f' ({source})' if source else ''}"
+        why = NO_TELEMETRY.get(source) or \
+            f"the predictor's metrics could not be read{f' ({source})' if source else ''}"
         return [Check(name, "telemetry", None, thr, "unknown", why, "", {})
                 for name, _, thr, _ in specs]
     checks = []

@@ -140,6 +140,10 @@ def _telemetry(model, monitoring_uri, start, end, metrics_url, prometheus_url, n
         snap = T.scrape_to_store(metrics_url, model, monitoring_uri)
         if snap is not None:
             t1 = max(t1, snap["time"] + 0.001)
+        else:
+            snaps = T.read_snapshots(monitoring_uri, model, until=t1)
+            return T.summarize(snaps, t0, t1), (f"{metrics_url}/metrics did not answer, or "
+                                                f"serves no {model}")
     snaps = T.read_snapshots(monitoring_uri, model, until=t1)
     return T.summarize(snaps, t0, t1), "scrapes"
 

@@ -90,6 +90,25 @@ def test_telemetry_checks_judge_errors_and_latency():
     assert all(c.status == "unknown" for c in telemetry_checks(None, cfg))
 
 
+def test_a_window_without_telemetry_says_what_gives_it_some(tmp_path):
+    """`mlops monitor run` said "the predictor's metrics could not be read (scrapes)" seven
+    times, naming neither the cause nor the option."""
+    import datetime as dt
+
+    from components.monitor.core import _telemetry
+
+    cfg = MonitorConfig()
+    (scrapes,) = {c.detail for c in telemetry_checks(None, cfg, "scrapes")}
+    assert "no scrape of the predictor's /metrics" in scrapes and "--metrics-url URL" in scrapes
+    assert "mlops deploy status" in scrapes
+    assert "--prometheus-url" in telemetry_checks(None, cfg, "prometheus")[0].detail
+    end = dt.datetime.now(dt.UTC)
+    summary, source = _telemetry("pet-classifier", str(tmp_path), end - dt.timedelta(hours=1),
+                                 end, "http://127.0.0.1:9", "", "")
+    assert summary is None and source.startswith("http://127.0.0.1:9/metrics did not answer")
+    assert "did not answer" in telemetry_checks(summary, cfg, source)[0].detail
+
+
 class _Prometheus(BaseHTTPRequestHandler):
     """Answers GET /api/v1/query in the Prometheus HTTP API's documented format
     (https://prometheus.io/docs/prometheus/latest/querying/api/#instant-queries:
