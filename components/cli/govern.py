@@ -130,15 +130,30 @@ def _cmd_run(args) -> int:
     if args.verdict:
         with open(args.verdict) as f:
             verdict = load_verdict(json.load(f))
-        _print_actions(verdict.run_id, govern(verdict, policy, store_uri=store, **kwargs))
-        return 0
-    results = govern_pending(store, args.model, policy, limit=args.limit, **kwargs)
+        results = [(verdict.run_id, govern(verdict, policy, store_uri=store, **kwargs))]
+    else:
+        results = govern_pending(store, args.model, policy, limit=args.limit, **kwargs)
     if results == [("", [])]:
         print(f"No verdict of {args.model} to govern and no alert to redeliver in {store}.")
         return 0
     for verdict_id, actions in results:
         _print_actions(verdict_id or "(no new verdict; redelivery only)", actions)
+    _print_undelivered(policy, [a for _, actions in results for a in actions])
     return 0
+
+
+def _print_undelivered(policy, actions: list[dict]) -> None:
+    """What to do about alerts a recipient did not get: they are kept, and sent again."""
+    missing = sorted({r for a in actions for r, ok in (a.get("delivered") or {}).items()
+                      if not ok})
+    if not missing:
+        return
+    unset = [r.url_env for r in policy.recipients.values()
+             if r.name in missing and not r.resolved_url() and getattr(r, "url_env", "")]
+    how = f"set {' and '.join(unset)}, then " if unset else ""
+    print(f"Alerts kept undelivered for {', '.join(missing)}: {how}check with `mlops govern "
+          "test-alert`; the next `mlops govern run` sends them (`mlops govern alerts "
+          "--undelivered` lists them).", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------

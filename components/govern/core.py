@@ -517,9 +517,15 @@ def _join_episode(episodes: Episodes, audit: AuditLog, episode: dict, verdict, l
                 "detail": f"episode {episode['key']} is being started by another govern run"}
     state = launcher.state(launch) if launcher is not None and launch.get("run_id") and \
         launcher.kind == launch.get("launcher") else launch.get("state", "unknown")
+    since = (f"since verdict {episode['verdict']}" if episode.get("verdict")
+             else episode.get("reason") or ", ".join(episode["rules"]))
+    detail = (f"episode {episode['key']} ({since}) already started run {launch.get('run_id')} "
+              f"({state}); none started")
+    if state in ("succeeded", "failed"):  # the episode's one run is over
+        detail += ("; an episode retrains once: `mlops govern retrain --reason WHY` starts "
+                   "another")
     return {"action": "retrain_skipped", "rule": episode["rules"][0], "episode": episode["key"],
-            "detail": f"episode {episode['key']} (since verdict {episode['verdict']}) already "
-                      f"started run {launch.get('run_id')} ({state}); none started"}
+            "detail": detail}
 
 
 # ------------------------------------------------------------------------------------------

@@ -162,6 +162,9 @@ def test_cli_run_alerts_audit_and_mistakes(tmp_path, receiver, dead_url):
     assert run.returncode == 0, run.stderr
     assert "verdict w1:" in run.stdout and "qa UNDELIVERED" in run.stdout
     assert "prediction_drift.class_shares[night]" in run.stdout  # which context's part
+    # The URL is set but does not answer: what happens to the alert, and the commands.
+    assert "Alerts kept undelivered for qa: check with `mlops govern test-alert`; the next " \
+        "`mlops govern run` sends them" in run.stderr
     alerts = _mlops("govern", "alerts", "--store", store, "--undelivered")
     assert "class-share" in alerts.stdout and "qa: UNDELIVERED" in alerts.stdout
     assert "cannot reach" in alerts.stdout

@@ -278,3 +278,21 @@ def test_a_manual_retrain_is_an_audited_episode_and_waits_for_a_running_one(tmp_
     # Recorded, not started: the message names the command that starts it.
     recorded = manual_retrain(store, MODEL, registry.uri, "later", None)
     assert f"mlops govern start-episode {recorded['episode']}" in recorded["detail"]
+
+
+def test_a_skipped_retraining_names_why_and_the_command_for_another(tmp_path):
+    """After a person's retraining ran, the next drift said "episode v3-0001 (since verdict )
+    already started run … (succeeded); none started" and nothing about what to do."""
+    from components.common.registry import ModelRegistry
+    from components.govern.core import manual_retrain
+
+    store, registry = str(tmp_path / "store"), ModelRegistry(str(tmp_path / "registry"))
+    for _ in range(3):
+        registry.register(MODEL, {"model.onnx": b"x"}, {"dataset_version": "d1"})
+    registry.set_alias(MODEL, "production", 3, reason="third")
+    done = FolderLauncher(str(tmp_path), state="succeeded")
+    manual_retrain(store, MODEL, registry.uri, "night camera", done)
+    (skipped,) = govern(verdict("w1", 1), POLICY, store_uri=store, launcher=done)
+    assert skipped["action"] == "retrain_skipped"
+    assert "(night camera) already started run" in skipped["detail"]
+    assert "`mlops govern retrain --reason WHY` starts another" in skipped["detail"]
