@@ -5,6 +5,7 @@ scrape telemetry, show (or build) a version's reference, and the feedback path's
 from __future__ import annotations
 
 import logging
+import sys
 
 from components.cli.common import OptionError
 from components.common.paths import mlops_home
@@ -312,10 +313,10 @@ def _cmd_label(args) -> int:
         LABELS_PREFIX,
         LabelError,
         LabelRequest,
+        capture_coverage,
         inbox_prefix,
         parse_csv,
         process_inbox,
-        uncaptured,
     )
 
     single = args.request_id is not None or args.label is not None
@@ -338,7 +339,7 @@ def _cmd_label(args) -> int:
         return 1 if summary["rejected"] else 0
     reqs = (parse_csv(text, default_by=args.by, name=args.csv) if args.csv else
             [LabelRequest(args.request_id, args.label, args.index, args.by, args.note)])
-    missing = [] if args.uncaptured else uncaptured(labels, reqs)
+    missing, no_image = ([], []) if args.uncaptured else capture_coverage(labels, reqs)
     if missing:  # a typo'd id would be stored and never join a capture
         where = labels.store.uri_of(f"capture/records/model={labels.model}")
         ids = ", ".join(f"{r.where + ' ' if r.where else ''}{r.request_id!r}"
@@ -362,6 +363,10 @@ def _cmd_label(args) -> int:
     print(f"{len(results)} labels: {counts['created']} new, {counts['relabelled']} corrected, "
           f"{counts['unchanged']} already stored, in "
           f"{labels.store.uri_of(f'{LABELS_PREFIX}/model={labels.model}')}")
+    if no_image:
+        print(f"note: {len(no_image)} of these requests have no stored image (the capture "
+              "keeps a sample, MLOPS_CAPTURE_IMAGE_RATE on the model server): their labels "
+              "measure accuracy, but a retraining cannot learn from them.", file=sys.stderr)
     return 0
 
 

@@ -236,15 +236,34 @@ class LabelStore:
 def uncaptured(labels: LabelStore, reqs: list[LabelRequest]) -> list[LabelRequest]:
     """The labels whose request id the model's capture does not hold (a typo, another model's
     request, or a capture not flushed yet): one pass over the capture batches."""
+    return capture_coverage(labels, reqs)[0]
+
+
+def capture_coverage(labels: LabelStore, reqs: list[LabelRequest]
+                     ) -> tuple[list[LabelRequest], list[LabelRequest]]:
+    """(the labels whose request the capture does not hold, the labels whose captured
+    instance has no stored image): one pass over the capture batches. A label of the second
+    kind measures accuracy but cannot be retrained on (the capture keeps a sample of the
+    images, ``MLOPS_CAPTURE_IMAGE_RATE``)."""
     wanted = {str(r.request_id).strip() for r in reqs}
+    instances = {(str(r.request_id).strip(), int(r.index or 0)) for r in reqs}
     seen: set[str] = set()
+    found: set[tuple[str, int]] = set()
+    imaged: set[tuple[str, int]] = set()
     for _, rec in read_capture(labels.store, labels.model, None, lambda *a: None):
         rid = rec.get("request_id")
         if rid in wanted:
             seen.add(rid)
-            if seen == wanted:
+            instance = (rid, int(rec.get("index", 0)))
+            found.add(instance)
+            if rec.get("image_sha256"):
+                imaged.add(instance)
+            if found >= instances:
                 break
-    return [r for r in reqs if str(r.request_id).strip() not in seen]
+    missing = [r for r in reqs if str(r.request_id).strip() not in seen]
+    no_image = [r for r in reqs if str(r.request_id).strip() in seen
+                and (str(r.request_id).strip(), int(r.index or 0)) not in imaged]
+    return missing, no_image
 
 
 # ---------------------------------------------------------------------------------------------

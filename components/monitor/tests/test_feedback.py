@@ -214,3 +214,25 @@ def test_a_captured_request_is_labelled_without_forcing(tmp_path, capsys):
     csv_path.write_text("request_id,label\nr-cap,dogs\nr-typo,cats\n")
     assert mlops(["monitor", "label", "--csv", str(csv_path), *common]) == 2
     assert "1 of 2 request ids were never captured" in capsys.readouterr().err
+
+
+def test_a_label_of_a_request_without_a_stored_image_says_it_cannot_be_retrained_on(
+        tmp_path, capsys):
+    """The capture keeps 5% of the images by default: a product owner's labels of the others
+    were stored without a word, and the retraining exported none of them."""
+    from components.monitor.capture import CaptureConfig, CaptureWriter
+
+    store = tmp_path / "monitoring"
+    writer = CaptureWriter(CaptureConfig(uri=str(store), image_rate=1.0), "pets")
+    record = {"index": 0, "time": 1.0e9, "model": "pets", "model_version": "1",
+              "label": "cats", "probabilities": {"cats": 0.9, "dogs": 0.1}, "latency_ms": 3.0}
+    writer.submit({**record, "request_id": "r-kept"}, b"\xff\xd8 a jpeg")
+    writer.submit({**record, "request_id": "r-dropped"})
+    assert writer.close(30)
+    common = ["--store", str(store), "--model", "pets", "--classes", "cats,dogs"]
+    assert mlops(["monitor", "label", "r-kept", "dogs", *common]) == 0
+    assert "no stored image" not in capsys.readouterr().err
+    assert mlops(["monitor", "label", "r-dropped", "dogs", *common]) == 0
+    err = capsys.readouterr().err
+    assert "1 of these requests have no stored image" in err and "MLOPS_CAPTURE_IMAGE_RATE" \
+        in err and "cannot learn from them" in err
