@@ -93,6 +93,7 @@ MISTAKES = [
     (["govern", "start-episode", "v1-0009"], 2, ["v1-0009", "mlops govern episodes"]),
     (["govern", "start-episode", "v1-0001", "--launcher", "none"], 2,
      ["--launcher none", "--launcher local"]),
+    (["govern", "hold", "place"], 2, ["--note", "why"]),  # the model named by default
     (["govern", "rollback", "--reason", "bad answers"], 2, ["nothing rolled back",
                                                             "no production version"]),
     (["govern", "rollback", "--reason", "bad answers", "--target", "none"], 2,

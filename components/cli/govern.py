@@ -586,7 +586,8 @@ def add_commands(sub) -> None:
 
     p = gsub.add_parser("hold", help="release holds: status, place, lift")
     p.add_argument("hold_command", choices=["status", "place", "lift"])
-    p.add_argument("model_name", help="registered model name")
+    p.add_argument("model_name", nargs="?", default="pet-classifier",
+                   help="registered model name (default: pet-classifier)")
     p.add_argument("--note", default="", help="why (required to place or lift)")
     p.add_argument("--registry", default=str(mlops_home() / "registry"), help="model registry URI")
     p.add_argument("--store", default="", help="monitoring store URI (its audit log)")
