@@ -361,3 +361,17 @@ def test_a_local_retraining_uses_the_lake_and_size_production_was_trained_with(h
     (snapshot / "report.json").write_text(_json.dumps({"labels_csv": "labels.csv"}))
     assert retrain_defaults(registry.uri, "pet-classifier", home / "home") == {
         **fallback, "image_size": 32}
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["runs", "list"], "mlops run …"),
+    (["registry", "list"], "mlops run training --data LAKE"),
+    (["data", "versions"], "mlops run ingest --data LAKE"),
+    (["deploy", "status"], "mlops deploy start"),
+    (["monitor", "status"], "mlops monitor run"),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_an_empty_home_names_the_command_that_fills_it(argv, command, home, capsys):
+    """`mlops registry list` said only "No model in …"; a new user's first commands say what
+    to run."""
+    main(argv)
+    assert command in capsys.readouterr().out

@@ -64,7 +64,8 @@ def _cmd_versions(args) -> int:
 
     versions = version_summaries(args.root)
     if not versions:
-        print(f"No dataset version under {args.root}.")
+        print(f"No dataset version under {args.root}: `mlops run ingest --data LAKE` "
+              "publishes one.")
     for v in versions:
         when = (v["published_at"] or "(date not recorded)")[:19].replace("T", " ")
         b = v["bytes"]

@@ -231,6 +231,9 @@ def print_status(target) -> int:
         dep = target.status(env)
         if dep is None:
             print(f"{env}: nothing deployed")
+            if env == "production":
+                print("  `mlops deploy start` serves the registry's production version "
+                      "again; `mlops run training --data LAKE` trains and releases one")
             continue
         router = target.router(env)
         router_up = bool(router.get("pid")) and rt.router_alive(router["pid"], router["port"])

@@ -38,6 +38,7 @@ def add_commands(sub) -> None:
     p.add_argument("--hours", type=float, default=24.0, help="window length without --start")
     p.add_argument("--version", default="", help="version to judge (default: @production)")
     p.add_argument("--backend", default="", choices=["", "alibi", "torch"],
+                   metavar="{alibi,torch}",
                    help="drift backend (default: $MLOPS_DRIFT_BACKEND or alibi; alibi is "
                         "Alibi Detect, BSL 1.1; torch is this project's, Apache-2.0)")
     p.add_argument("--metrics-url", default="",

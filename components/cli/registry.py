@@ -10,7 +10,7 @@ from components.common.paths import mlops_home
 
 
 def add_commands(sub) -> None:
-    reg = sub.add_parser("registry", help="list, show, trace and download registered models")
+    reg = sub.add_parser("registry", help="versions, lineage, aliases, approvals, releases")
     reg.add_argument("--registry", default="",
                      help="registry URI (default: $MLOPS_HOME/registry)")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True)
@@ -73,7 +73,8 @@ def _cmd_registry(args) -> int:
     if args.registry_command == "list":
         models = [args.model] if args.model else registry.models()
         if not models:
-            print(f"No model in {registry.uri}.")
+            print(f"No model in {registry.uri}: `mlops run training --data LAKE` trains and "
+                  "registers one.")
         for name in models:
             aliases = registry.aliases(name)
             versions = registry.versions(name)

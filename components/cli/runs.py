@@ -33,7 +33,8 @@ def _cmd_list(args) -> int:
 
     records = list_records(_runs_dir(args))
     if not records:
-        print(f"No pipeline run recorded under {_runs_dir(args)}.")
+        print(f"No pipeline run recorded under {_runs_dir(args)}: runs started with "
+              "`mlops run …` or `mlops demo` are.")
         return 0
     for r in records[-args.last:]:
         extra = (f"  failed at {r.get('failed_step')}: {r.get('error')}"
