@@ -71,6 +71,7 @@ MISTAKES = [
     (["submit", "training", "--host", "http://127.0.0.1:9", "--arg", "epochs=abc"], 2,
      ["epochs", "abc", "integer"]),
     (["monitor", "run", "--start", "yesterday"], 2, ["yesterday", "iso 8601"]),
+    (["monitor", "run", "--settings", '{"p_val": "x"}'], 2, ["p_val", "'x'", "a number"]),
     (["govern", "run", "--policy", "/tmp/no-such-policy.yaml"], 2, ["no governance policy"]),
     (["data", "generate", "--out", "LAKE", "--size", "10x"], 2, ["10x", "wxh"]),
     # Finding 1: training takes every ingestion option (one definition with `run ingest`),

@@ -108,6 +108,16 @@ class MonitorConfig:
         if unknown:
             raise ValueError(f"Unknown monitoring settings: {sorted(unknown)}. Expect some of "
                              f"{sorted(known)}.")
+        for f in fields(cls):  # a number where a number goes, before any check compares it
+            default, value = f.default, values.get(f.name)
+            if f.name not in values or isinstance(default, bool) or \
+                    not isinstance(default, int | float):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    (type(default) is int and not float(value).is_integer()):
+                kind = "a whole number" if type(default) is int else "a number"
+                raise ValueError(f"Invalid monitoring setting {f.name}: {value!r}. Expect "
+                                 f"{kind} (default {default}).")
         return cls(**values)
 
 
