@@ -136,7 +136,14 @@ def _cmd_deploy(args) -> int:
             args.canary_steps, requests_per_step=args.requests_per_step,
             max_p95_ms=args.max_p95_ms, require_approval=args.require_approval,
             approval_timeout_s=args.approval_timeout_s)
-        images, labels = load_labelled_split(args.probes)
+        try:
+            images, labels = load_labelled_split(args.probes)
+        except FileNotFoundError as exc:
+            raise OptionError(
+                f"--probes {args.probes!r}: expected a labelled split folder written by the "
+                "ingest step (dataset.json and manifest.csv), e.g. a training run's "
+                "ingest-data/test output (`mlops runs show` lists them); "
+                f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         print(f"Releasing {args.model} version {args.version} to production "
               f"(canary steps {args.canary_steps}) ...", file=sys.stderr)
         record = release(target, int(args.version), images, labels, policy,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from components.cli.common import OptionError
+from components.cli.common import OptionError, check_range
 from components.common.paths import mlops_home
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def _cmd_run(args) -> int:
         raise OptionError(f"Invalid --settings: {exc}. Expect a JSON object.") from exc
     if not isinstance(settings, dict):
         raise OptionError("Invalid --settings: expect a JSON object of thresholds.")
+    check_range("--hours", args.hours, 0.0, low_open=True)
     start = args.start or None
     end = args.end or None
     if start is None and args.hours != 24.0:

@@ -300,7 +300,8 @@ class _Errors:
     def keys(self, where: str, data, allowed: dict[str, str], required: tuple[str, ...] = ()):
         """Checks that ``data`` is a mapping with only known keys; returns it (or {})."""
         if not isinstance(data, dict):
-            self.add(where, f"expect a mapping, got {type(data).__name__} {data!r}")
+            shown = repr(data) if len(repr(data)) <= 80 else repr(data)[:77] + "…"
+            self.add(where, f"expect a mapping, got {type(data).__name__} {shown}")
             return {}
         for key in data:
             if key not in allowed:
