@@ -79,9 +79,30 @@ def _store(args) -> str:
     return args.store or default_monitoring_uri()
 
 
+def _context_line(v) -> str:
+    """Each context's status and requests, ``day ok (160 requests), night ALARM (112)``:
+    which part of the camera's day the verdict is about, before the checks."""
+    from components.monitor.contract import STATUSES
+
+    parts = []
+    for ctx in v.contexts():
+        mine = [c for c in v.checks if c.context == ctx]
+        # the worst measured status: "unknown" only where nothing could be measured (no
+        # labels yet leaves accuracy unknown beside drift checks that are ok)
+        measured = [c.status for c in mine if c.status != "unknown"] or ["unknown"]
+        status = max(measured, key=STATUSES.index)
+        n = next((c.extra.get("n_context", c.extra.get("n")) for c in mine
+                  if isinstance(c.extra.get("n_context", c.extra.get("n")), int)), None)
+        word = status if status in ("ok", "unknown") else status.upper()
+        parts.append(f"{ctx} {word}" + (f" ({n} requests)" if n is not None else ""))
+    return ", ".join(parts)
+
+
 def print_verdict(v) -> None:
     print(f"{v.model} version {v.model_version}: {v.status.upper()}  (window {v.window_start} "
           f"to {v.window_end}, {v.n_requests} requests, {v.n_labelled} labelled)")
+    if v.contexts():
+        print(f"  by camera context: {_context_line(v)}")
     width = max([34, *(len(c.key) for c in v.checks)])  # drift.embedding[night] and longer
     for c in v.checks:
         value = "-" if c.value is None else (f"{c.value:.4g}" if isinstance(c.value, float)

@@ -126,3 +126,24 @@ def test_a_context_with_too_few_requests_is_unknown_not_judged_against_another(
     night = [c for c in v.checks if c.context == "night"]
     assert night and all(c.status == "unknown" for c in night)
     assert "8 night requests: too few" in night[0].detail
+
+
+def test_the_verdict_line_says_each_context_s_status(capsys):
+    """`mlops monitor status` said "ALARM" for a window whose day part was fine; the
+    product owner had to read every check's [context] to find out which part alarmed."""
+    from components.cli.monitor import print_verdict
+    from components.monitor.contract import Check, Verdict
+
+    n = {"n_context": 182}
+    v = Verdict("pet-classifier", "1", "2026-12-07T11:00:00Z", "2026-12-07T12:00:00Z", "w1",
+                272, 0, [
+                    Check("traffic.requests", "traffic", 272, 30, "ok", ""),
+                    Check("drift.embedding", "drift", 0.6, 0.05, "ok", "", extra=n,
+                          context="day"),
+                    Check("performance.accuracy", "performance", None, 0.8, "unknown", "",
+                          context="day"),
+                    Check("drift.embedding", "drift", 0.0, 0.05, "alarm", "moved",
+                          extra={"n_context": 90}, context="night")])
+    print_verdict(v)
+    out = capsys.readouterr().out
+    assert "  by camera context: day ok (182 requests), night ALARM (90 requests)\n" in out
