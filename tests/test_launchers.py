@@ -173,3 +173,34 @@ def test_a_failed_local_retraining_names_its_step_and_what_to_do(tmp_path, capsy
     out = capsys.readouterr().out
     assert "why: step 'record-trigger'" in out and f"mlops runs show {result['run_record']}" \
         in out and "mlops govern retrain --reason WHY" in out
+
+
+def test_episodes_say_when_a_retrained_model_was_not_released(tmp_path, capsys, monkeypatch):
+    """`mlops govern episodes` said "succeeded" for a retraining whose model did not beat
+    production: the product owner read it as fixed."""
+    from components.cli import main
+    from pipelines.launchers import RetrainLauncher
+
+    run_dir = tmp_path / "runs" / "local-v3-0001-x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps({
+        "state": "succeeded", "run_record": "continuous-training-1",
+        "outputs": {"blessed": False}}))
+
+    class Ran(RetrainLauncher):
+        kind = "local"
+
+        def launch(self, trigger):
+            return {"run_id": run_dir.name, "url": run_dir.as_uri(), "launcher": "local",
+                    "run_dir": str(run_dir), "pid": 0, "state": "running"}
+
+        def state(self, launch):
+            return "succeeded"
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    store = str(tmp_path / "store")
+    govern(verdict("w1", 1), POLICY, store_uri=store, launcher=Ran())
+    assert main(["govern", "episodes", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "not released: the retrained model did not beat " \
+        "production, which is unchanged (mlops runs show continuous-training-1)" in out

@@ -476,6 +476,11 @@ def _cmd_episodes(args) -> int:
               f"{why}: run {launch.get('run_id') or '-'} {state}{closed}")
         if state == "not_started" and "closed" not in ep:
             print(f"{'':<14}start it: {start_command(ep['key'], args.model)}")
+        elif state == "succeeded" and launch.get("launcher") == "local":
+            where, _, outputs = _run_ending(launch.get("url", ""))
+            if outputs.get("blessed") is False:
+                print(f"{'':<14}not released: the retrained model did not beat production, "
+                      f"which is unchanged ({where})")
         elif state == "failed" and launch.get("launcher") == "local" and "closed" not in ep:
             where, error, _ = _run_ending(launch.get("url", ""))
             if error:
