@@ -138,7 +138,9 @@ def traffic(win: Window, cfg: MonitorConfig) -> list[Check]:
              "files": win.files}
     if n == 0:
         return [Check("traffic.requests", "traffic", 0, cfg.min_requests, "unknown",
-                      "no traffic: no captured requests of this version in the window", "",
+                      "no traffic: no captured requests of this version in the window "
+                      "(production writes its captures every 500 records or 60 s: requests "
+                      "of the last minute may not be written yet)", "",
                       extra)]
     status = "ok" if n >= cfg.min_requests else "warning"
     detail = (f"{n} captured requests in {hours:.1f} h" if status == "ok" else
