@@ -181,8 +181,10 @@ def _cmd_deploy(args) -> int:
 
         dep = target.status(args.env)
         if dep is None:
-            raise ValueError(f"Nothing is deployed in {args.env!r}: run the training pipeline "
-                             "(mlops run training) or `make demo` first.")
+            raise ValueError(f"Nothing is deployed in {args.env!r}: `mlops deploy start` "
+                             "serves the registry's version again (after `mlops deploy stop` "
+                             "or a reboot); `mlops run training --data LAKE` trains and "
+                             "releases one.")
         images = [Path(p).read_bytes() for p in args.images]
         headers = {"x-camera-context": args.context} if args.context else {}
         refused = 0
