@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from components.cli.common import Progress
+from components.cli.common import Progress, check_range
 from components.cli.deploy import capture_uri
 from components.cli.run import print_training, run_pipeline
 from components.common.paths import mlops_home
@@ -28,6 +28,8 @@ def _cmd_demo(args) -> int:
     from components.common.storage import open_store
     from components.datagen.core import LakeSpec, generate
 
+    check_range("--n", args.n, 1)
+    check_range("--size", args.size, 16, 1024)
     home = mlops_home()
     capture_uri()  # production captures what it serves, for `mlops monitor run`
     lake_uri = str(home / "lake" / "petpark")
@@ -139,6 +141,13 @@ def _print_alert(m: dict) -> None:
 def _cmd_demo_loop(args) -> int:
     from demo.loop import LoopConfig, run_loop
 
+    for option, value in (("--day-requests", args.day_requests),
+                          ("--max-night-requests", args.max_night_requests),
+                          ("--after-requests", args.after_requests)):
+        check_range(option, value, 1)
+    check_range("--window", args.window, 10)
+    check_range("--check-every", args.check_every, 1, args.window)  # a run at least per window
+    check_range("--label-share", args.label_share, 0.0, 1.0)
     config = LoopConfig(home=mlops_home(), day_requests=args.day_requests,
                         max_night_requests=args.max_night_requests,
                         after_requests=args.after_requests, window=args.window,
