@@ -287,6 +287,8 @@ def test_no_help_line_shows_a_default_of_none_or_a_doubled_default(home):
     import re
 
     from components.cli import build_parser
+    from components.deploy import router
+    from components.serve import server
 
     bad, seen = [], 0
 
@@ -294,8 +296,8 @@ def test_no_help_line_shows_a_default_of_none_or_a_doubled_default(home):
         nonlocal seen
         seen += 1
         text = " ".join(parser.format_help().split())
-        for m in re.finditer(r"default: None|\(default: [^)]*\)\s*\(default:"
-                             r"|\(default [^:]", text):
+        for m in re.finditer(r"default: None|default: False|\(default: \)"
+                             r"|\(default: [^)]*\)\s*\(default:|\(default [^:]", text):
             bad.append(f"{path}: …{text[max(0, m.start() - 60):m.end()]}")
         for action in parser._actions:
             if action.__class__.__name__ == "_SubParsersAction":
@@ -307,6 +309,8 @@ def test_no_help_line_shows_a_default_of_none_or_a_doubled_default(home):
 
     walk(build_parser(), "mlops")
     assert seen > 40  # every sub-command was walked
+    walk(server.build_parser(), "mlops serve")  # the model server's own parser
+    walk(router.build_parser(), "router")
     assert not bad, "\n".join(bad)
 
 

@@ -25,7 +25,8 @@ from components.cli import (
     runs,
     trace,
 )
-from components.cli.common import DescriptionFormatter, MlopsParser, explain_error
+from components.cli.common import MlopsParser, explain_error
+from components.common.helptext import DescriptionFormatter
 
 DESCRIPTION = """\
 Build, deploy, monitor, govern and retrain the pet park's cats-and-dogs classifier.

@@ -17,28 +17,11 @@ import time
 from collections.abc import Callable
 
 from components.common.errors import EXIT_FAILURE, EXIT_USER_MISTAKE, MlopsError, UserError
+from components.common.helptext import HelpFormatter
 
 # ------------------------------------------------------------------------------------------
 # Help
 # ------------------------------------------------------------------------------------------
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Shows each option's default after its help, unless the help already says it or there
-    is none to show (required options, flags, empty values)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (action.help == argparse.SUPPRESS or "default" in text.lower() or action.required
-                or not action.option_strings
-                or action.default is None or action.default is False
-                or action.default in ("", [], argparse.SUPPRESS)):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class DescriptionFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
-    """The top-level help: the description as written, defaults as above."""
 
 
 class MlopsParser(argparse.ArgumentParser):

@@ -59,6 +59,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from components.common.helptext import HelpFormatter
 from components.common.service import RateLimitedLog, wait_until
 from components.deploy.supervisor import SupervisionPolicy, Supervisor
 from components.serve.limits import (
@@ -842,7 +843,7 @@ def wait_drained(url: str, backend_url: str, timeout: float = 30.0) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m components.deploy.router",
                                 description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--state-dir", required=True, help="the local target's state folder")
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--environment", required=True, help="test or production")

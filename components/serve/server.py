@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from components.common.helptext import HelpFormatter
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.service import PortTaken, check_port_free
 from components.monitor.capture import CaptureConfig
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     home = Path(os.environ.get("MLOPS_HOME") or Path.home() / ".mlops")
     limits = ServingLimits()
     p = argparse.ArgumentParser(prog="mlops serve", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="NAME, NAME:VERSION or NAME@ALIAS from the registry")
     src.add_argument("--package-dir", help="a package folder (KServe mounts it at /mnt/models)")

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from components.common.helptext import HelpFormatter
 from components.common.storage import LocalStore, open_store
 from components.ingest.snapshot import read_split
 from components.train import core, distributed
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m components.train.ddp",
         description="Trains one configuration, as one process or under torchrun (DDP).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--train", required=True,
                         help="The training split: a folder or store URI with dataset.json and "
                              "manifest.csv (as written by the ingest step).")

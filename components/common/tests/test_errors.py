@@ -36,6 +36,7 @@ EXPECTED = [
     ("components.common.service", "PortTaken", 2, 400),
     ("components.common.trainjob", "TrainJobSpecError", 2, 400),
     ("components.deploy.client", "EndpointError", 1, 500),
+    ("components.deploy.client", "RequestRefused", 2, 400),
     ("components.deploy.targets.base", "DeploymentError", 1, 500),
     ("components.govern.sinks", "DeliveryError", 1, 500),
     ("components.govern.policy", "PolicyError", 2, 400),
