@@ -110,10 +110,10 @@ class RequestGuard:
                               status, _printable(detail))
 
     async def _serve(self, scope, receive, send, path, method, state, match) -> int | None:
-        async def reply(status: int, message: str, close: bool = False) -> None:
+        async def reply(status: int, message: str, close: bool = False, extra=()) -> None:
             body = json.dumps({"error": message}).encode()
             headers = [(b"content-type", b"application/json"),
-                       (b"content-length", str(len(body)).encode())]
+                       (b"content-length", str(len(body)).encode()), *extra]
             if close:
                 headers.append((b"connection", b"close"))
             state["status"], state["error_body"] = status, body
@@ -124,6 +124,11 @@ class RequestGuard:
             await reply(403, "The model repository API (load, unload) is disabled on the "
                         "serving port: this server serves the package it was started with.")
             return 403
+        if match and method != "POST":
+            # KServe would read GET /v1/models/NAME:predict as the model "NAME:predict" (404).
+            await reply(405, f"{method} {_printable(path[:200])}: inference takes POST with "
+                        "the request as its body.", extra=[(b"allow", b"POST")])
+            return 405
         headers = scope.get("headers") or []
         length = _content_length(headers)
         if length is not None and length > self.max_body_bytes:

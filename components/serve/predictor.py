@@ -396,6 +396,29 @@ class PetClassifier(Model):
             self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         return self._decoder
 
+    def _sent_context(self, headers, payload) -> str:
+        """The camera context the client declared (V2 ``parameters.context``, else the
+        ``x-camera-context`` header), as a declared name; empty when none was sent.
+
+        Names are matched without regard to case or surrounding spaces (``Night`` is
+        ``night``). Raises InvalidInput (400) for another name, naming where it was sent and
+        echoing at most 40 characters of it."""
+        where, sent = CONTEXT_HEADER, (headers or {}).get(CONTEXT_HEADER, "")
+        if sent:  # HTTP stacks decode header bytes as Latin-1; a camera sends UTF-8
+            try:
+                sent = sent.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                pass
+        if isinstance(payload, InferRequest) and payload.parameters and \
+                payload.parameters.get("context"):
+            where, sent = "the V2 parameter 'context'", str(payload.parameters["context"])
+        name = sent.strip().lower()
+        if name and name not in self.contexts:
+            shown = sent if len(sent) <= 40 else sent[:40] + "…"
+            raise InvalidInput(f"Unknown camera context {shown!r} ({where}): this "
+                               f"deployment declares {', '.join(self.contexts)}.")
+        return name
+
     async def _decode(self, encoded: list[bytes], instances: list,
                       stats: list | None = None) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -518,13 +541,7 @@ class PetClassifier(Model):
         batch.capture = self._capture is not None and self._capture.should_capture()
         # The role: a router in front may say which it chose, if it proves it is the router.
         batch.revision = routing.routed_role(headers)
-        sent = (headers or {}).get(CONTEXT_HEADER, "")
-        if isinstance(payload, InferRequest) and payload.parameters:
-            sent = str(payload.parameters.get("context") or sent)
-        if sent and sent not in self.contexts:
-            raise InvalidInput(f"Unknown camera context {sent!r} ({CONTEXT_HEADER}): this "
-                               f"deployment declares {', '.join(self.contexts)}.")
-        batch.sent_context = sent
+        batch.sent_context = self._sent_context(headers, payload)
         if encoded is not None:
             batch.x = await self._decode(encoded, batch.instances,
                                          batch.stats if batch.capture else None)

@@ -247,10 +247,17 @@ def test_the_camera_context_header_is_validated_and_never_overrides_what_the_ima
     try:
         r = send(night, "dusk")
         assert r.status_code == 400, r.text
-        assert "dusk" in r.text and "day, night" in r.text
+        assert "dusk" in r.text and "day, night" in r.text and "x-camera-context" in r.text
+        r = send(night, "x" * 3000)  # echoed shortened, not in full
+        assert r.status_code == 400 and "x" * 41 not in r.text and "x" * 40 in r.text
+        r = httpx.post(f"{url}/v2/models/{MODEL}/infer", timeout=30, json={
+            "parameters": {"context": "dusk"}, "inputs": [{
+                "name": "image", "shape": [1], "datatype": "BYTES",
+                "data": [base64.b64encode(night).decode()]}]})
+        assert r.status_code == 400 and "parameter 'context'" in r.text, r.text
         ids = {}
         for name, image, context in (("ir-as-day", night, "day"), ("day-as-night", day, "night"),
-                                     ("ir-as-night", night, "night")):
+                                     ("ir-as-night", night, "NIGHT")):
             r = send(image, context)
             assert r.status_code == 200, r.text
             ids[r.json()["request_id"]] = name

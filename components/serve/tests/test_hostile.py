@@ -340,6 +340,17 @@ def test_what_this_server_does_not_serve_is_a_404(server, frame):
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
 
 
+def test_an_inference_path_asked_with_get_is_a_405_not_an_unknown_model(server):
+    """KServe reads ``GET /v1/models/NAME:predict`` as the model ``NAME:predict`` (404 "does
+    not exist"): the method is the mistake, and the answer says so."""
+    url = server["url"]
+    for path in (f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"):
+        r = httpx.get(f"{url}{path}", timeout=10)
+        assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+        assert "POST" in r.json()["error"] and "does not exist" not in r.text
+    assert httpx.get(f"{url}/v1/models/{MODEL}", timeout=10).status_code == 200  # metadata
+
+
 def test_client_mistakes_are_bad_requests_not_server_errors(server, frame):
     """The canary analysis reads server errors only: a client cannot roll a canary back."""
     url = server["url"]
