@@ -556,7 +556,9 @@ def _estimate(win: Window, ref: Reference, cfg: MonitorConfig, floor: float) -> 
         # An estimate the reference cannot support is never "ok"; one below the floor is
         # still worth a look.
         status = "warning" if below else "unknown"
-        detail = f"{said}, not to be trusted: {'; '.join(cal.problems)}"
+        caveat = f"the reference cannot support it ({'; '.join(cal.problems)})"
+        detail = (f"{said}: below the floor {floor:.3f}, worth a look although {caveat}; "
+                  "labels measure it" if below else f"{said}, not to be trusted: {caveat}")
     return Check(name, "performance", value, floor, status, detail, "", base | {
         "trusted": cal.trusted, "problems": list(cal.problems),
         "reference_n": cal.n_reference, "reference_errors": cal.n_errors,
