@@ -56,14 +56,18 @@ def continuous_training_pipeline(
     since: float = 0.0,
     min_new_images: int = 1,
     export_since_episode: bool = True,
+    labels_csv: str = "",
+    layout: str = "auto",
     classes: str = "cats,dogs",
+    label_aliases: str = "",
     test_fraction: float = 0.2,
+    workers: int = 0,
     search_space: str = json.dumps(CT_SPACE),
     search_mode: str = "random",
     seed: int = 0,
     trial_epochs: int = 2,
     epochs: int = 6,
-    image_size: int = 64,
+    image_size: int = 0,
     warm_start_from_production: bool = True,
     min_accuracy: float = 0.9,
     min_macro_f1: float = 0.9,
@@ -89,8 +93,11 @@ def continuous_training_pipeline(
     """Retrains on the latest data and releases the challenger only if it is better.
 
     Args:
-        data_uri: The data lake (folder layout), s3://bucket/prefix or a local path; the
-            export adds ``<label>/production/<export_id>/`` prefixes to it.
+        data_uri: The data lake, s3://bucket/prefix or a local path; the export adds
+            ``<label>/production/<export_id>/`` prefixes to it (labelled by their folder,
+            also in a lake read through a labels CSV). Retraining production: the lake it
+            was trained from (its lineage's ``dataset_source``), read with the same
+            ingestion options (``pipelines.launchers`` passes them).
         dataset_root: Where dataset snapshots are published.
         registry_uri: The model registry; its ``production`` alias is the champion.
         work_root: Scratch storage for the run (trial results, warm-start weights).
@@ -109,17 +116,24 @@ def continuous_training_pipeline(
             every capture not yet in the lake. The retrained version's monitoring reference
             is built from the exported images it was not trained on (when there are at
             least 40), so it is judged against production as it is now.
+        labels_csv: Optional URI of a key,label CSV (a lake without class folders), as
+            production's dataset was ingested with.
+        layout: How labels are read: auto, folders, kaggle or csv.
         classes: The declared classes, comma-separated; images labelled otherwise are
             quarantined by the ingest step.
+        label_aliases: Other names of the classes, as alias=class pairs; empty means the
+            defaults cat=cats and dog=dogs.
         test_fraction: Share of each class in the test split (hash-stable: images already
             ingested keep their split).
+        workers: Parallel reads and decodes of the ingestion; 0 is one per CPU core.
         search_space: JSON: hyperparameter -> candidate values (lr, batch_size, weight_decay,
             arch); with warm start, ``pretrained`` and ``arch`` come from production.
         search_mode: grid or random.
         seed: Seed of sampling and training.
         trial_epochs: Epochs per search trial.
         epochs: Maximum epochs of the final training (early stopping may end it sooner).
-        image_size: Network input side in pixels.
+        image_size: Network input side in pixels; 0 is production's (its lineage's
+            hyperparameters; 64 without a production version).
         warm_start_from_production: Start every trial from the production model's PyTorch
             weights (registered with its package); from scratch if there are none.
         min_accuracy: Quality gate: lowest overall test accuracy.
@@ -153,15 +167,18 @@ def continuous_training_pipeline(
                                     trigger=trigger, since=since, min_images=min_new_images,
                                     since_episode=export_since_episode)
     export.set_display_name("export production data")
-    ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, classes=classes,
-                         test_fraction=test_fraction).after(export)
+    ingest = ingest_data(data_uri=data_uri, dataset_root=dataset_root, labels_csv=labels_csv,
+                         layout=layout, classes=classes, label_aliases=label_aliases,
+                         test_fraction=test_fraction, workers=workers).after(export)
     ingest.set_display_name("ingest data")
     space = warm_start(registry_uri=registry_uri, work_root=work_root,
                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, search_space=search_space,
-                       model_name=model_name, enabled=warm_start_from_production)
+                       model_name=model_name, enabled=warm_start_from_production,
+                       image_size=image_size)
     space.set_display_name("warm start")
-    trials, best = search_and_train(ingest.outputs["train"], work_root, space.output,
-                                    search_mode, seed, trial_epochs, image_size, epochs)
+    trials, best = search_and_train(ingest.outputs["train"], work_root,
+                                    space.outputs["search_space"], search_mode, seed,
+                                    trial_epochs, space.outputs["image_size"], epochs)
     test = evaluate_challenger(model=best.outputs["model"], test=ingest.outputs["test"],
                                registry_uri=registry_uri, model_name=model_name,
                                min_accuracy=min_accuracy, min_macro_f1=min_macro_f1,

@@ -42,6 +42,26 @@ def _pipeline_name(name: str) -> str:
                       "Set retrain.pipeline in the policy.")
 
 
+def retraining_arguments(pipeline: str, arguments: dict) -> dict:
+    """The arguments of a retraining run, completed with how production was trained.
+
+    A continuous-training run retrains the production model: where the arguments do not say,
+    it reads production's lake with the ingestion options its dataset was ingested with (a
+    labels CSV, the layout, the classes and aliases, the test fraction) and trains at its
+    input size (``components.retrain.core.production_training_options``; its lineage). Given
+    arguments win; another lake than production's gets only the input size.
+    """
+    if not arguments.get("registry_uri") or _pipeline_name(pipeline) != "continuous-training":
+        return dict(arguments)
+    # deferred: components.settings, which `mlops compile` sets first (the CLI imports this
+    # module's LAUNCHER_KINDS while it builds its parser)
+    from components.retrain.core import production_training_options  # deferred: see above
+    known = production_training_options(arguments["registry_uri"],
+                                        arguments.get("model_name", "pet-classifier"),
+                                        arguments.get("data_uri", ""))
+    return {**known, **arguments}
+
+
 def _alive(pid: int, marker: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -82,8 +102,9 @@ class LocalLauncher(RetrainLauncher):
         run_id = f"local-{trigger.get('episode', 'manual')}-{uuid.uuid4().hex[:8]}"
         run_dir = (self.runs_root / run_id).resolve()
         run_dir.mkdir(parents=True)
+        arguments = retraining_arguments(name, self.arguments)
         spec = {"pipeline": name, "pipeline_root": str(run_dir / "outputs"),
-                "arguments": {**self.arguments, self.trigger_argument: json.dumps(trigger)},
+                "arguments": {**arguments, self.trigger_argument: json.dumps(trigger)},
                 "result": str(run_dir / "result.json"),
                 "records_dir": str(self.records_dir) if self.records_dir else ""}
         (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
@@ -223,7 +244,8 @@ class KfpLauncher(RetrainLauncher):
         try:
             result = self.client.create_run_from_pipeline_package(
                 self.package_path,
-                arguments={**self.arguments, self.trigger_argument: json.dumps(trigger)},
+                arguments={**retraining_arguments(self.pipeline, self.arguments),
+                           self.trigger_argument: json.dumps(trigger)},
                 run_name=run_name, experiment_name=self.experiment,
                 namespace=self.namespace)
         except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:

@@ -370,10 +370,19 @@ def test_a_local_retraining_uses_the_lake_and_size_production_was_trained_with(h
     registry.set_alias("pet-classifier", "production", 1, reason="first")
     assert retrain_defaults(registry.uri, "pet-classifier", home / "home") == {
         "data_uri": "file:///park/lake", "image_size": 32}
-    # A lake read through a labels CSV is not one the retraining pipeline reads.
-    (snapshot / "report.json").write_text(_json.dumps({"labels_csv": "labels.csv"}))
+    # A lake read through a labels CSV is read through it again (issue 23: the retraining
+    # could not read it), with the classes, aliases and split the ingestion recorded.
+    (snapshot / "report.json").write_text(_json.dumps({
+        "labels_csv": "file:///park/lake/labels.csv", "layout": "csv",
+        "classes": ["cats", "dogs"], "declared_classes": ["cats", "dogs", "birds"],
+        "label_aliases": "bird=birds", "test_fraction": 0.25}))
     assert retrain_defaults(registry.uri, "pet-classifier", home / "home") == {
-        **fallback, "image_size": 32}
+        "data_uri": "file:///park/lake", "labels_csv": "file:///park/lake/labels.csv",
+        "layout": "csv", "classes": "cats,dogs,birds", "label_aliases": "bird=birds",
+        "test_fraction": 0.25, "image_size": 32}
+    # Another lake than production's: its CSV does not label it; the input size stays.
+    assert retrain_defaults(registry.uri, "pet-classifier", home / "home", "/other") == {
+        "data_uri": "/other", "image_size": 32}
 
 
 @pytest.mark.parametrize("argv, command", [

@@ -231,3 +231,92 @@ def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tm
     back = max(i for i, k in enumerate(kinds) if k == "switch")  # back to day mode
     assert kinds.count("switch") == 2 and back > kinds.index("retrain"), timeline
     assert "normal" in kinds[back:] or morning["alarms"], timeline
+
+
+def _train_production_from_a_labels_csv_lake(base: Path) -> Path:
+    """A lake of flat photos labelled by ``labels.csv`` (cat/dog, the aliases), its dataset
+    version and a 32-px production model trained on it for one epoch, with the core functions
+    the training pipeline's steps call: the state after `mlops run training --data lake
+    --labels-csv lake/labels.csv`."""
+    from components.common.storage import open_store
+    from components.datagen.core import render
+    from components.evaluate.core import GateConfig, evaluate
+    from components.ingest.core import IngestConfig, ingest
+    from components.ingest.snapshot import read_split, write_split
+    from components.package.core import build_package
+    from components.register.core import register_package
+    from components.train import core as train
+
+    lake = open_store(base / "lake")
+    spec = LakeSpec(n=60, size=SIZE, seed=5)
+    rows = ["key,label"]
+    for j in range(spec.n):
+        label, data = render(spec, j)
+        lake.put(f"photos/img_{j:04d}.jpg", data)
+        rows.append(f"photos/img_{j:04d}.jpg,{label}")
+    (base / "lake" / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = ingest(lake.uri, str(base / "datasets"),
+                    IngestConfig(labels_csv=str(base / "lake" / "labels.csv")))
+    assert result.report["quarantined"] == 0
+    work = base / "bootstrap"
+    for split in ("train", "test"):
+        write_split(result, split, str(work / split))
+    rows_, meta = read_split(str(work / "train"))
+    data = train.prepare(rows_, meta["dataset_version"], SIZE)
+    train.train(data, train.HParams(epochs=1, image_size=SIZE, batch_size=32), work / "model")
+    evaluation = evaluate(str(work / "model"), str(work / "test"), GateConfig(0.0, 0.0, 1.0))
+    (work / "evaluation.json").write_text(json.dumps(
+        {k: v for k, v in evaluation.items() if k != "report_html"}))
+    model, model_meta = train.load_model(work / "model")
+    test_rows, _ = read_split(str(work / "test"))
+    build_package(model, model_meta, evaluation, train.load_images(test_rows.head(8), SIZE),
+                  MODEL, work / "package")
+    mv = register_package(str(work / "package"), str(work / "model"),
+                          str(work / "evaluation.json"), str(work / "train"),
+                          str(base / "registry"), MODEL, alias="", reference_sample=0)
+    ModelRegistry(str(base / "registry")).set_alias(MODEL, "production", mv.version,
+                                                    reason="trained from a labels CSV")
+    return base / "lake"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_retraining_reads_a_labels_csv_lake_as_production_was_trained_from_it(
+        tmp_path, monkeypatch):
+    """Issue 23: after `mlops run training --data lake --labels-csv lake/labels.csv` the
+    retraining could not read the lake (no labels CSV option) and trained at 64 px. The
+    launcher, told only the stores, reads it through production's CSV, with the exported
+    production images labelled by their folders, at production's 32 px."""
+    from components.ingest.snapshot import load_snapshot
+    from components.monitor.simulate import registered_model, simulate
+    from pipelines.launchers import LocalLauncher
+
+    monkeypatch.setenv("MLOPS_HPO_SLOTS", "1")  # one trial: the lake is what is tested
+    base = tmp_path / "world"
+    lake = _train_production_from_a_labels_csv_lake(base)
+    served = simulate(registered_model(str(base / "registry"), MODEL, 1),
+                      str(base / "monitoring"), MODEL, "1", LakeSpec(n=6, size=SIZE, seed=9),
+                      start_time=1_790_000_000.0, image_rate=1.0, label_share=1.0)
+    assert served["labelled"] == 6
+    launcher = LocalLauncher(
+        {"registry_uri": str(base / "registry"), "model_name": MODEL,
+         "dataset_root": str(base / "datasets"), "work_root": str(base / "work"),
+         "monitoring_uri": str(base / "monitoring"), "deploy_target": "local",
+         "serving_root": str(base / "deployments"), "trial_epochs": 1, "epochs": 1,
+         "min_accuracy": 1.01},  # rejected: nothing is served, the run stays short
+        tmp_path / "runs", wait=True, timeout_s=280)
+    launch = launcher.launch({"kind": "manual", "reason": "a labels-CSV lake",
+                              "model": MODEL})
+    result = json.loads((Path(launch["run_dir"]) / "result.json").read_text())
+    assert launch["state"] == "succeeded", (
+        result.get("error"), (Path(launch["run_dir"]) / "run.log").read_text()[-3000:])
+    spec = json.loads((Path(launch["run_dir"]) / "spec.json").read_text())["arguments"]
+    assert spec["labels_csv"] == str(lake / "labels.csv") and spec["layout"] == "csv"
+    assert spec["image_size"] == SIZE
+    # Every photo of the CSV and every exported production image were ingested.
+    version = result["outputs"]["dataset_version"]
+    manifest = load_snapshot(str(base / "datasets"), version)
+    assert len(manifest) == 60 + 6
+    assert manifest["key"].str.contains("/production/").sum() == 6
+    trial = json.loads(next((base / "work" / "hpo").rglob("slot-0.json")).read_text())
+    assert trial["hparams"]["image_size"] == SIZE

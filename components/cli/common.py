@@ -135,33 +135,20 @@ def parse_assignments(items: list[str], option: str) -> dict:
     return out
 
 
-def retrain_defaults(registry_uri: str, model: str, home) -> dict:
-    """What a local retraining of production uses when not told (``data_uri`` and, where
-    known, ``image_size``): the lake and input size production was trained with (its
-    lineage), so that `mlops run training --data lake` is followed by a retraining on that
-    lake; ``$MLOPS_HOME/lake`` where production has no lineage to say, or was ingested from
-    a labels CSV (the continuous-training pipeline reads a lake of class folders)."""
-    import os
+def retrain_defaults(registry_uri: str, model: str, home, data_uri: str = "") -> dict:
+    """What a local retraining of production uses when not told: the lake production was
+    trained from, read with the ingestion options its dataset was ingested with (a labels
+    CSV, layout, classes, aliases, test fraction), and its input size (its lineage:
+    ``components.retrain.core.production_training_options``), so that `mlops run training
+    --data lake --labels-csv lake/labels.csv` is followed by a retraining that reads that
+    lake; ``data_uri`` where given (another lake keeps only the input size), else
+    ``$MLOPS_HOME/lake`` where production has no lineage to say."""
+    from components.retrain.core import production_training_options
 
-    from components.common.registry import ModelRegistry
-    from components.common.storage import StorageError, read_uri
-
-    out: dict = {"data_uri": os.fspath(home / "lake")}
-    try:
-        lineage = ModelRegistry(registry_uri).get(model, "@production").lineage
-    except (MlopsError, OSError, ValueError):
-        return out
-    size = (lineage.get("hyperparameters") or {}).get("image_size")
-    if isinstance(size, int) and size > 0:
-        out["image_size"] = size
-    source, snapshot = lineage.get("dataset_source"), lineage.get("dataset_snapshot")
-    if source and snapshot:
-        try:
-            report = json.loads(read_uri(f"{snapshot.rstrip('/')}/report.json"))
-        except (StorageError, OSError, ValueError):
-            return out
-        if not report.get("labels_csv"):
-            out["data_uri"] = source
+    out = production_training_options(registry_uri, model, data_uri)
+    if data_uri:
+        out["data_uri"] = data_uri
+    out.setdefault("data_uri", os.fspath(home / "lake"))
     return out
 
 

@@ -73,8 +73,7 @@ def _launcher(args, policy, store: str):
                              "http://localhost:8080).")
         arguments = {"model_name": args.model, **extra}
     else:
-        arguments = {**retrain_defaults(args.registry, args.model, home),
-                     **({"data_uri": args.data} if args.data else {}),
+        arguments = {**retrain_defaults(args.registry, args.model, home, args.data),
                      "dataset_root": str(home / "datasets"), "registry_uri": args.registry,
                      "work_root": str(home / "work"), "monitoring_uri": store,
                      "model_name": args.model, "deploy_target": "local",
@@ -345,8 +344,8 @@ def _launcher_args(p) -> None:
                    help="how a retraining starts: the continuous-training pipeline under "
                         "kfp.local, submitted to --kfp-host, or none (record the trigger only)")
     p.add_argument("--data", default="",
-                   help="data lake URI for local retraining (default: the lake of class "
-                        "folders production was trained from, else $MLOPS_HOME/lake)")
+                   help="data lake URI for local retraining (default: the lake production "
+                        "was trained from, read as it was, else $MLOPS_HOME/lake)")
     p.add_argument("--wait", action="store_true",
                    help="wait for a local retraining run to end instead of leaving it running")
     p.add_argument("--kfp-host", default="", help="KFP API, e.g. http://localhost:8080")

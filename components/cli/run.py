@@ -74,8 +74,8 @@ def add_commands(sub) -> None:
         help="retrain on the lake plus labelled production captures; released only if it "
              "beats production (champion vs challenger, gate, application test, canary)")
     ct.add_argument("--data", default="",
-                    help="the data lake the export adds to (default: the lake of class "
-                         "folders production was trained from, else $MLOPS_HOME/lake)")
+                    help="the data lake the export adds to (default: the lake production "
+                         "was trained from, read as it was, else $MLOPS_HOME/lake)")
     ct.add_argument("--reason", default="",
                     help="why: kept in the new version's lineage (the trigger)")
     ct.add_argument("--since", default="",
@@ -215,8 +215,7 @@ def _continuous_training_arguments(args, home: Path) -> dict:
     check_range("--trial-epochs", args.trial_epochs, 1)
     check_range("--min-new-images", args.min_new_images, 0)
     stores = _common_stores(args, home)
-    arguments = {**retrain_defaults(stores["registry_uri"], args.model_name, home),
-                 **({"data_uri": args.data} if args.data else {}),
+    arguments = {**retrain_defaults(stores["registry_uri"], args.model_name, home, args.data),
                  "dataset_root": str(home / "datasets"), "work_root": str(home / "work"),
                  **stores, "trigger": args.reason,
                  "deploy_target": "local", "serving_root": str(home / "deployments")}

@@ -39,12 +39,13 @@ from components.evaluate.core import (
     quality_gate,
 )
 from components.evaluate.core import context_gate as core_context_gate
+from components.ingest.core import PRODUCTION_SEGMENT
 from components.ingest.shards import split_images
 
 logger = logging.getLogger(__name__)
 
 #: The lake folder segment of exported production images (``<label>/production/<id>/…``).
-RECENT_SEGMENT = "production"
+RECENT_SEGMENT = PRODUCTION_SEGMENT
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,17 @@ def split_of(sha256: str, test_fraction: float) -> str:
     return "test" if position < test_fraction else "train"
 
 
+#: The folder segment of the images continuous training exports into a lake from labelled
+#: production captures: ``<label>/production/<export_id>/<file>`` (``components.monitor.export``).
+PRODUCTION_SEGMENT = "production"
+
+
+def is_production_key(key: str) -> bool:
+    """True for a lake key written by an export (``<label>/production/<id>/<file>``)."""
+    parts = key.split("/")
+    return len(parts) == 4 and parts[1] == PRODUCTION_SEGMENT
+
+
 def label_from_key(key: str, layout: str) -> str | None:
     """The class a key names in the folder or Kaggle layout, or None."""
     parts = key.split("/")
@@ -775,6 +786,10 @@ def _triage(view: _LakeView, config: IngestConfig, cache: dict[tuple[str, str], 
                 rec.update(status="conflicting_labels", detail="the labels CSV gives this key "
                            "two different labels")
                 continue
+            if not raw and is_production_key(obj.key):
+                # An export of labelled production captures names its label in its key: a
+                # lake read through a CSV is retrained on with them all the same.
+                raw = label_from_key(obj.key, "folders")
         else:
             raw = label_from_key(obj.key, layout)
         if not raw:
@@ -957,6 +972,8 @@ def ingest(source_uri: str, dataset_root_uri: str, config: IngestConfig = Ingest
         "dataset_version": version,
         "layout": layout,
         "labels_csv": config.labels_csv,
+        "declared_classes": list(config.classes),
+        "label_aliases": ",".join(f"{a}={t}" for a, t in sorted(config.aliases.items())),
         "test_fraction": config.test_fraction,
         "listed": listed,
         "ingested": int(len(kept)),

@@ -46,13 +46,12 @@ from components.common.storage import (
     read_uri,
     sha256_bytes,
 )
+from components.ingest.core import PRODUCTION_SEGMENT
 from components.monitor.contract import utcnow
 from components.monitor.window import read_capture, read_labels
 
 logger = logging.getLogger(__name__)
 
-#: Folder segment that marks production images in the lake (``<label>/production/<id>/…``).
-PRODUCTION_SEGMENT = "production"
 EXPORTS_PREFIX = "capture/exports"
 MANIFEST_COLUMNS = ["key", "sha256", "label", "request_id", "index", "model_version",
                     "captured_at", "labelled_by", "labelled_at"]
@@ -340,9 +339,3 @@ def list_exports(monitoring_uri: str) -> list[str]:
             found.append((store.get_json(f"{obj.key.rsplit('/', 1)[0]}/export.json")
                           ["created"], obj.key.split("/")[2]))
     return [e for _, e in sorted(found)]
-
-
-def is_production_key(key: str) -> bool:
-    """True for a lake key written by an export (``<label>/production/<id>/<file>``)."""
-    parts = key.split("/")
-    return len(parts) == 4 and parts[1] == PRODUCTION_SEGMENT

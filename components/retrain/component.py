@@ -27,7 +27,8 @@ def export_production_data(
 
     Args:
         monitoring_uri: The monitoring store (capture records, images, labels).
-        data_uri: The data lake (folder layout) the next ingestion reads.
+        data_uri: The data lake the next ingestion reads; exports go to
+            ``<label>/production/<export_id>/`` in it.
         registry_uri: The registry (the production version's classes and dataset).
         export: The export's counts, skipped instances and provenance URI (JSON).
         summary: The same for people.
@@ -84,8 +85,10 @@ def warm_start(
     search_space: str,
     model_name: str = "pet-classifier",
     enabled: bool = True,
-) -> str:
-    """The search space, starting every trial from the production model's PyTorch weights.
+    image_size: int = 0,
+) -> NamedTuple("WarmStart", search_space=str, image_size=int):
+    """The search space, starting every trial from the production model's PyTorch weights,
+    and the input size to train at.
 
     Without production weights (none registered, or a version packaged before they were)
     the space is returned unchanged and training starts from scratch; the log says why.
@@ -98,9 +101,10 @@ def warm_start(
         search_space: JSON: hyperparameter -> candidate values.
         model_name: Registered model name.
         enabled: False trains from scratch.
+        image_size: Network input side in pixels; 0 is production's (its lineage).
 
     Returns:
-        The search space JSON for the trials.
+        The search space JSON for the trials, and the input side they train at.
     """
     import logging
 
@@ -109,9 +113,11 @@ def warm_start(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = open_store(work_root).child(f"ct/{run_id}").uri
-    space, decision = warm_start_space(search_space, registry_uri, model_name, work, enabled)
+    space, decision = warm_start_space(search_space, registry_uri, model_name, work, enabled,
+                                       image_size)
     logging.info("Warm start: %s", decision)
-    return space
+    outputs = NamedTuple("WarmStart", search_space=str, image_size=int)
+    return outputs(space, int(decision["image_size"]))
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

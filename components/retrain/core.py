@@ -14,11 +14,67 @@ from components.common.storage import ObjectNotFoundError, StorageError, open_st
 from components.monitor import reference as ref_mod
 from components.monitor.core import read_history
 from components.monitor.window import parse_time
+from components.train.core import HParams
 
 logger = logging.getLogger(__name__)
 
 #: Where the torch weights are in a registered version (``components.package.core``).
 TORCH_WEIGHTS = "torch/model.pt"
+
+def _same_lake(a: str, b: str) -> bool:
+    try:
+        return open_store(a).uri.rstrip("/") == open_store(b).uri.rstrip("/")
+    except (StorageError, OSError, ValueError):
+        return a.rstrip("/") == b.rstrip("/")
+
+
+def production_training_options(registry_uri: str, model_name: str,
+                                data_uri: str = "") -> dict:
+    """How production's dataset was read and its model trained, for a retraining of it.
+
+    From the production version's lineage (``dataset_source``, ``hyperparameters``) and its
+    dataset snapshot's ``report.json`` (what the ingestion recorded): ``data_uri`` (the lake),
+    ``labels_csv``, ``layout``, ``classes``, ``label_aliases``, ``test_fraction`` and
+    ``image_size``, each only where it is known. A retraining on another lake (``data_uri``
+    given and not production's) gets only ``image_size``: production's labels CSV does not
+    label another lake.
+
+    Returns:
+        Continuous-training arguments; empty when there is no production version to read.
+    """
+    try:
+        lineage = ModelRegistry(registry_uri).get(model_name, "@production").lineage
+    except (RegistryError, StorageError, OSError, ValueError) as exc:
+        logger.info("No production lineage to retrain like (%s)", exc)
+        return {}
+    out: dict = {}
+    size = (lineage.get("hyperparameters") or {}).get("image_size")
+    if isinstance(size, int) and size > 0:
+        out["image_size"] = size
+    source, snapshot = lineage.get("dataset_source"), lineage.get("dataset_snapshot")
+    if not source or (data_uri and not _same_lake(data_uri, source)):
+        return out
+    out["data_uri"] = source
+    if not snapshot:
+        return out
+    try:
+        report = json.loads(open_store(snapshot).get("report.json"))
+    except (StorageError, OSError, ValueError) as exc:
+        logger.warning("Cannot read how production's dataset was ingested (%s/report.json: "
+                       "%s); the lake is read with the pipeline's defaults", snapshot, exc)
+        return out
+    if report.get("labels_csv"):
+        out["labels_csv"] = report["labels_csv"]
+    if report.get("layout"):
+        out["layout"] = report["layout"]
+    classes = report.get("declared_classes") or report.get("classes")
+    if classes:
+        out["classes"] = ",".join(classes)
+    if report.get("label_aliases") is not None:
+        out["label_aliases"] = report["label_aliases"]
+    if isinstance(report.get("test_fraction"), int | float):
+        out["test_fraction"] = float(report["test_fraction"])
+    return out
 
 
 def parse_trigger(trigger: str) -> dict:
@@ -101,17 +157,30 @@ def export_since(trigger: str, since: float = 0.0, from_episode: bool = True,
 
 
 def warm_start_space(search_space: str, registry_uri: str, model_name: str, work_uri: str,
-                     enabled: bool = True) -> tuple[str, dict]:
+                     enabled: bool = True, image_size: int = 0) -> tuple[str, dict]:
     """The search space, warm-started from the production model's PyTorch weights if it can.
 
     The weights are read from the registry (checksum verified) and copied to ``work_uri`` so
     every trial task reads the same verified file; the space gets ``pretrained`` set to it
     and ``arch`` set to the production model's architecture (weights only fit their own).
 
+    Args:
+        image_size: The network input side; 0 is production's (its lineage's
+            hyperparameters), else :class:`components.train.core.HParams`' default.
+
     Returns:
         (the search space JSON, what was decided: ``{"warm_start", "version", "weights",
-        "reason"}``).
+        "reason", "image_size"}``).
     """
+    decision = _warm_start(search_space, registry_uri, model_name, work_uri, enabled)
+    if image_size <= 0:
+        image_size = production_training_options(registry_uri, model_name).get(
+            "image_size", HParams().image_size)
+    return decision[0], {**decision[1], "image_size": image_size}
+
+
+def _warm_start(search_space: str, registry_uri: str, model_name: str, work_uri: str,
+                enabled: bool) -> tuple[str, dict]:
     try:
         space = json.loads(search_space)
     except json.JSONDecodeError as exc:

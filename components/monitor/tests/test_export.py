@@ -10,12 +10,11 @@ import pytest
 from components.common.registry import ModelRegistry
 from components.common.storage import open_store, sha256_bytes
 from components.datagen.core import LakeSpec, render
-from components.ingest.core import ingest
+from components.ingest.core import ingest, is_production_key
 from components.ingest.snapshot import read_split
 from components.monitor.export import (
     ExportError,
     export_captures,
-    is_production_key,
     list_exports,
     read_export,
 )
