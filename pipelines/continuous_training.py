@@ -108,7 +108,11 @@ def continuous_training_pipeline(
             or a reason; recorded in the new version's lineage and the audit log.
         since: Export only captures from this unix time on (0: every capture not yet in the
             production model's dataset or the lake).
-        min_new_images: Fewer new labelled production images than this exports nothing.
+        min_new_images: Fewer new labelled production images than this exports nothing and
+            ends the run at the export, before anything is ingested or trained, with an
+            error that says why ("Nothing new to train on": e.g. the labelled requests'
+            images were not kept by the capture) and what to do; 0 retrains on the lake
+            even with nothing new.
         export_since_episode: With ``since`` 0, a run started by governance exports the
             captures since production was last judged normal (the end of the last window
             whose checks of the episode's kinds were measured and none alarmed, else the

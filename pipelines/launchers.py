@@ -22,7 +22,7 @@ from pathlib import Path
 from components.common.records import now_iso
 from components.govern.trigger import LaunchError, RetrainLauncher
 from pipelines import PIPELINES, load
-from pipelines.local import run_local
+from pipelines.local import PipelineFailed, run_local
 from pipelines.runs import RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,15 @@ def run_local_spec(spec_path: str) -> int:
         result.update(state="succeeded", outputs={
             k: (v if isinstance(v, str | int | float | bool) or v is None
                 else getattr(v, "uri", str(v))) for k, v in outputs.items()})
+    except PipelineFailed as exc:
+        from components.retrain.core import NOTHING_NEW  # deferred: see retraining_arguments
+
+        if exc.error.startswith(NOTHING_NEW):  # the export found nothing new: not trained
+            logger.warning("The run ended before training: %s", exc.error)
+            result.update(state="nothing_new", error=exc.error)
+        else:
+            logger.exception("The pipeline run failed")
+            result.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - any failure of the run is its result
         logger.exception("The pipeline run failed")
         result.update(state="failed", error=f"{type(exc).__name__}: {exc}")
@@ -168,7 +177,7 @@ def run_local_spec(spec_path: str) -> int:
     tmp = Path(spec["result"] + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp, spec["result"])
-    return 0 if result["state"] == "succeeded" else 1
+    return 0 if result["state"] in ("succeeded", "nothing_new") else 1
 
 
 _KFP_RUNNING = {"PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"}

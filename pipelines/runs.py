@@ -211,9 +211,14 @@ class RunRecorder:
             self.record["error"] = ("stopped by SIGTERM" if isinstance(exc, _Terminated)
                                     else "stopped by Ctrl-C") + "; run it again"
         else:
-            self.record["status"] = "failed"
+            # deferred: it imports components.settings, which `mlops compile` sets first
+            from components.retrain.core import NOTHING_NEW  # deferred: see above
+
             self.record["failed_step"] = getattr(exc, "task", "") or "(before any step)"
             self.record["error"] = getattr(exc, "error", "") or str(exc)
+            # A retraining that ended before training (nothing new to train on) did not fail.
+            self.record["status"] = ("nothing_new" if self.record["error"].startswith(
+                NOTHING_NEW) else "failed")
         if self._sigterm is not None:
             signal.signal(signal.SIGTERM, self._sigterm)
         write_record(self.runs_dir, self.record)

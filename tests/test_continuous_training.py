@@ -236,8 +236,8 @@ def test_closed_loop_detects_night_alerts_retrains_and_judges_the_next_window(tm
 def _train_production_from_a_labels_csv_lake(base: Path) -> Path:
     """A lake of flat photos labelled by ``labels.csv`` (cat/dog, the aliases), its dataset
     version and a 32-px production model trained on it for one epoch, with the core functions
-    the training pipeline's steps call: the state after `mlops run training --data lake
-    --labels-csv lake/labels.csv`."""
+    the training pipeline's steps call (about 10 s): the state after `mlops run training
+    --data lake --labels-csv lake/labels.csv`."""
     from components.common.storage import open_store
     from components.datagen.core import render
     from components.evaluate.core import GateConfig, evaluate
@@ -279,6 +279,19 @@ def _train_production_from_a_labels_csv_lake(base: Path) -> Path:
     return base / "lake"
 
 
+def _csv_launcher(base: Path, runs: Path):
+    """The local launcher as `mlops govern retrain` builds it, told only the stores (short
+    trainings, a gate nothing passes: the run stays short and serves nothing)."""
+    from pipelines.launchers import LocalLauncher
+
+    return LocalLauncher(
+        {"registry_uri": str(base / "registry"), "model_name": MODEL,
+         "dataset_root": str(base / "datasets"), "work_root": str(base / "work"),
+         "monitoring_uri": str(base / "monitoring"), "deploy_target": "local",
+         "serving_root": str(base / "deployments"), "trial_epochs": 1, "epochs": 1,
+         "min_accuracy": 1.01}, runs, wait=True, timeout_s=280)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_retraining_reads_a_labels_csv_lake_as_production_was_trained_from_it(
@@ -289,24 +302,16 @@ def test_a_retraining_reads_a_labels_csv_lake_as_production_was_trained_from_it(
     production images labelled by their folders, at production's 32 px."""
     from components.ingest.snapshot import load_snapshot
     from components.monitor.simulate import registered_model, simulate
-    from pipelines.launchers import LocalLauncher
 
     monkeypatch.setenv("MLOPS_HPO_SLOTS", "1")  # one trial: the lake is what is tested
     base = tmp_path / "world"
-    lake = _train_production_from_a_labels_csv_lake(base)
+    lake = _train_production_from_a_labels_csv_lake(base)  # its lineage names this lake
     served = simulate(registered_model(str(base / "registry"), MODEL, 1),
                       str(base / "monitoring"), MODEL, "1", LakeSpec(n=6, size=SIZE, seed=9),
                       start_time=1_790_000_000.0, image_rate=1.0, label_share=1.0)
     assert served["labelled"] == 6
-    launcher = LocalLauncher(
-        {"registry_uri": str(base / "registry"), "model_name": MODEL,
-         "dataset_root": str(base / "datasets"), "work_root": str(base / "work"),
-         "monitoring_uri": str(base / "monitoring"), "deploy_target": "local",
-         "serving_root": str(base / "deployments"), "trial_epochs": 1, "epochs": 1,
-         "min_accuracy": 1.01},  # rejected: nothing is served, the run stays short
-        tmp_path / "runs", wait=True, timeout_s=280)
-    launch = launcher.launch({"kind": "manual", "reason": "a labels-CSV lake",
-                              "model": MODEL})
+    launch = _csv_launcher(base, tmp_path / "runs").launch(
+        {"kind": "manual", "reason": "a labels-CSV lake", "model": MODEL})
     result = json.loads((Path(launch["run_dir"]) / "result.json").read_text())
     assert launch["state"] == "succeeded", (
         result.get("error"), (Path(launch["run_dir"]) / "run.log").read_text()[-3000:])
@@ -320,3 +325,37 @@ def test_a_retraining_reads_a_labels_csv_lake_as_production_was_trained_from_it(
     assert manifest["key"].str.contains("/production/").sum() == 6
     trial = json.loads(next((base / "work" / "hpo").rglob("slot-0.json")).read_text())
     assert trial["hparams"]["image_size"] == SIZE
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_retraining_with_no_kept_image_says_so_and_does_not_train(
+        tmp_path, monkeypatch, capsys):
+    """Issue 23: labels for requests whose images the capture did not keep gave a retraining
+    that trained, was rejected and ended 'succeeded'. It ends at the export, trains nothing,
+    and `govern retrain --wait` and `govern episodes` say why and what to run next."""
+    from components.cli import main
+    from components.monitor.simulate import registered_model, simulate
+
+    base = tmp_path / "world"
+    _train_production_from_a_labels_csv_lake(base)
+    simulate(registered_model(str(base / "registry"), MODEL, 1), str(base / "monitoring"),
+             MODEL, "1", LakeSpec(n=4, size=SIZE, seed=9), start_time=1_790_000_000.0,
+             image_rate=0.0, label_share=1.0)  # labelled, no image kept
+    monkeypatch.setenv("MLOPS_HOME", str(base))
+    monkeypatch.setenv("MLOPS_MONITORING_URI", str(base / "monitoring"))
+    code = main(["govern", "retrain", "--reason", "the labels are in", "--wait",
+                 "--retrain-arg", "trial_epochs=1", "--retrain-arg", "epochs=1"])
+    out = capsys.readouterr()
+    assert code == 1, out
+    said = out.err.replace("\n", " ")
+    assert "it did not train: Nothing new to train on: 0 new labelled production images" \
+        in said
+    assert "4 without a kept image" in said and "MLOPS_CAPTURE_IMAGE_RATE" in said
+    assert "mlops govern retrain --reason WHY" in said
+    # Nothing ingested or trained: one dataset version (production's), no trial.
+    assert len(list((base / "datasets" / "published").iterdir())) == 1
+    assert not (base / "work" / "hpo").exists()
+    assert main(["govern", "episodes"]) == 0
+    listing = capsys.readouterr().out
+    assert " nothing_new" in listing and "not trained: Nothing new to train on" in listing

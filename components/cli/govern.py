@@ -13,6 +13,7 @@ from components.cli.common import OptionError, parse_assignments, retrain_defaul
 from components.common.errors import MlopsError
 from components.common.paths import mlops_home
 from components.deploy.targets import TARGETS
+from components.govern.trigger import ENDED_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -379,12 +380,16 @@ def _run_ending(url: str) -> tuple[str, str, dict]:
 
 
 def _print_launch(result: dict, model: str) -> int:
-    """Prints what a person's retraining started; 1 when a run waited for (--wait) failed."""
+    """Prints what a person's retraining started; 1 when a run waited for (--wait) failed or
+    had nothing new to train on."""
     print(result["detail"])
     if result["action"] == "retrain_failed":
         return 1
-    if result.get("state") in ("failed", "succeeded") and result.get("url"):
+    if result.get("state") in ENDED_STATES and result.get("url"):
         where, error, outputs = _run_ending(result["url"])
+        if result["state"] == "nothing_new":  # the error says why and what to run next
+            print(f"  it did not train: {error}", file=sys.stderr)
+            return 1
         if result["state"] == "failed":
             print(f"  it failed: {error or 'see its log'}", file=sys.stderr)
             if where:
@@ -480,6 +485,9 @@ def _cmd_episodes(args) -> int:
             if outputs.get("blessed") is False:
                 print(f"{'':<14}not released: the retrained model did not beat production, "
                       f"which is unchanged ({where})")
+        elif state == "nothing_new" and launch.get("launcher") == "local":
+            _, error, _ = _run_ending(launch.get("url", ""))
+            print(f"{'':<14}not trained: {error or 'nothing new to train on'}")
         elif state == "failed" and launch.get("launcher") == "local" and "closed" not in ep:
             where, error, _ = _run_ending(launch.get("url", ""))
             if error:

@@ -86,7 +86,9 @@ def add_commands(sub) -> None:
     ct.add_argument("--epochs", type=int, default=None,
                     help="most epochs of the final training (default: 6)")
     ct.add_argument("--min-new-images", type=int, default=None,
-                    help="fewer new labelled captures than this export nothing (default: 1)")
+                    help="fewer new labelled captures (with kept images) than this: "
+                         "nothing is exported nor trained, the run says why; 0 retrains on "
+                         "the lake anyway (default: 1)")
     _store_options(ct)
     ct.set_defaults(func=_cmd_run)
 
@@ -190,9 +192,18 @@ def _cmd_run(args) -> int:
         outputs = run_pipeline("training", arguments, args.outputs, args)
         print_training(outputs, arguments)
     elif args.pipeline == "continuous-training":
+        from components.retrain.core import NOTHING_NEW
+        from pipelines.local import PipelineFailed
+
         arguments = _continuous_training_arguments(args, home)
         _check_stores(arguments)
-        outputs = run_pipeline("continuous-training", arguments, args.outputs, args)
+        try:
+            outputs = run_pipeline("continuous-training", arguments, args.outputs, args)
+        except PipelineFailed as exc:
+            if not exc.error.startswith(NOTHING_NEW):
+                raise
+            print(f"Not trained: {exc.error}", file=sys.stderr)  # says what to run next
+            return 1
         print_training(outputs, arguments)
     else:
         arguments = _monitoring_arguments(args, home)

@@ -39,7 +39,7 @@ def _cmd_list(args) -> int:
     for r in records[-args.last:]:
         extra = (f"  failed at {r.get('failed_step')}: {r.get('error')}"
                  if r.get("status") == "failed" else f"  {r.get('error')}"
-                 if r.get("status") in ("interrupted", "killed") else "")
+                 if r.get("status") in ("interrupted", "killed", "nothing_new") else "")
         print(f"{r['run_id']:<48} {r['started']}  {r.get('status', '?'):<9} "
               f"{r.get('duration_s', '-'):>7} s{extra}")
     return 0
@@ -53,6 +53,8 @@ def _cmd_show(args) -> int:
           f"started {r['started']}, {r.get('duration_s', '-')} s")
     if r.get("status") == "failed":
         print(f"  failed step: {r.get('failed_step')}: {r.get('error')}")
+    elif r.get("status") == "nothing_new":
+        print(f"  ended at {r.get('failed_step')}: {r.get('error')}")
     print(f"  log: {r.get('log')}")
     if r.get("run_dir"):
         print(f"  task outputs: {r['run_dir']}")

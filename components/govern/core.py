@@ -34,6 +34,7 @@ from components.govern.alerts import (
 from components.govern.policy import Policy, Rule, load_policy
 from components.govern.sinks import AlertSink
 from components.govern.trigger import (
+    ENDED_STATES,
     RELAUNCH_AFTER_S,
     Episodes,
     LaunchError,
@@ -417,7 +418,7 @@ def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri
                     episode_age_s(ep, at) > policy.retrain.max_episode_age_s:
                 continue
             state = launcher.state(launch)
-            if state in ("succeeded", "failed"):  # never asked again
+            if state in ENDED_STATES:  # never asked again
                 episodes.record(ep["key"], "ended", {"state": state, "run_id": launch["run_id"]})
             elif state == "running":
                 detail = (f"retraining run {launch['run_id']} (episode {ep['key']}) is still "
@@ -521,7 +522,7 @@ def _join_episode(episodes: Episodes, audit: AuditLog, episode: dict, verdict, l
              else episode.get("reason") or ", ".join(episode["rules"]))
     detail = (f"episode {episode['key']} ({since}) already started run {launch.get('run_id')} "
               f"({state}); none started")
-    if state in ("succeeded", "failed"):  # the episode's one run is over
+    if state in ENDED_STATES:  # the episode's one run is over
         detail += ("; an episode retrains once: `mlops govern retrain --reason WHY` starts "
                    "another")
     return {"action": "retrain_skipped", "rule": episode["rules"][0], "episode": episode["key"],
@@ -568,6 +569,11 @@ def start_episode(store_uri: str, model: str, key: str, launcher: RetrainLaunche
                               "(`mlops govern episodes` says where its log is). An episode "
                               "starts once; start a new retraining with `mlops govern retrain "
                               "--reason WHY`.")
+        if state == "nothing_new":
+            raise GovernError(f"episode {key} already ran: run {launch.get('run_id')} had "
+                              "nothing new to train on (`mlops govern episodes` says why). An "
+                              "episode starts once; once labelled images are kept, start a "
+                              "new retraining with `mlops govern retrain --reason WHY`.")
         raise GovernError(f"episode {key} already started run {launch.get('run_id')} "
                           f"({state}); nothing to start.")
     audit = AuditLog(GovernanceStore(store_uri, model))

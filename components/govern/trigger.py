@@ -37,6 +37,11 @@ class LaunchError(MlopsError, RuntimeError):
     """A retraining run could not be started; the message says why."""
 
 
+#: The states of a run that is over: ``nothing_new`` is a retraining that ended before
+#: training because no new labelled production image was kept (its error says why).
+ENDED_STATES = ("succeeded", "failed", "nothing_new")
+
+
 class RetrainLauncher(ABC):
     """Starts the continuous-training pipeline and tells how a started run is doing.
 
@@ -58,7 +63,7 @@ class RetrainLauncher(ABC):
 
     @abstractmethod
     def state(self, launch: dict) -> str:
-        """``running``, ``succeeded``, ``failed`` or ``unknown`` for a launch record."""
+        """``running``, one of :data:`ENDED_STATES` or ``unknown`` for a launch record."""
 
 
 # ------------------------------------------------------------------------------------------

@@ -188,7 +188,8 @@ def export_captures(monitoring_uri: str, lake_uri: str, model: str, registry_uri
         registry_uri: The registry; its production version's classes validate the labels
             and its dataset manifest says which images are not new.
         since: Only instances captured at or after this unix time (default: all).
-        min_images: Fewer new images than this is not worth an export: nothing is written.
+        min_images: Fewer new images than this is not worth an export: nothing is written
+            (nor with none at all).
         classes: The valid labels when there is no production model to read them from.
 
     Returns:
@@ -197,8 +198,8 @@ def export_captures(monitoring_uri: str, lake_uri: str, model: str, registry_uri
     Raises:
         ExportError: No classes to validate labels against, or invalid ``min_images``.
     """
-    if min_images < 1:
-        raise ExportError(f"Invalid min_images: {min_images}. Expect 1 or more.")
+    if min_images < 0:
+        raise ExportError(f"Invalid min_images: {min_images}. Expect 0 or more.")
     store = open_store(monitoring_uri)
     lake = open_store(lake_uri)
     version, prod_classes, dataset_version, known = _production(registry_uri, model)
@@ -277,7 +278,7 @@ def export_captures(monitoring_uri: str, lake_uri: str, model: str, registry_uri
     for reason in sorted({s["reason"] for s in skipped}):
         counts[f"skipped_{reason}"] = sum(1 for s in skipped if s["reason"] == reason)
     prod = {"production_version": version, "production_dataset": dataset_version}
-    if len(rows) < min_images:
+    if not rows or len(rows) < min_images:
         logger.info("Nothing to export for %s: %d new labelled images (minimum %d); %s",
                     model, len(rows), min_images, counts)
         return ExportResult("", False, [], pd.DataFrame(columns=MANIFEST_COLUMNS), counts,

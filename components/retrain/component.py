@@ -35,7 +35,10 @@ def export_production_data(
         model_name: Registered model name.
         trigger: What started the run (governance's trigger JSON, or a reason).
         since: Only captures from this unix time on (0: all).
-        min_images: Fewer new labelled images than this exports nothing.
+        min_images: Fewer new labelled images than this exports nothing and ends the run
+            here, with an error that begins "Nothing new to train on" and says why (the
+            local launcher records the run as ``nothing_new``); 0 retrains on the lake even
+            with nothing new.
         since_episode: With no ``since``, a governance trigger exports the captures since
             production was last judged normal (the end of the last window without the
             episode's alarms, else the start of the window that opened the episode): the
@@ -49,7 +52,12 @@ def export_production_data(
     import logging
 
     from components.monitor.export import export_captures
-    from components.retrain.core import export_since, lineage_record
+    from components.retrain.core import (
+        NothingToRetrainError,
+        export_since,
+        lineage_record,
+        nothing_new_message,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = export_captures(monitoring_uri, data_uri, model_name, registry_uri,
@@ -71,6 +79,10 @@ def export_production_data(
                   "", f"Provenance: `{result.manifest_uri}`"]
     with open(summary.path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    if min_images > 0 and result.counts["exported"] < min_images:
+        # Nothing new: the run ends here, before ingesting and training (the model would
+        # learn nothing production has not), saying why and what would give it images.
+        raise NothingToRetrainError(nothing_new_message(result.counts, min_images))
     lineage = lineage_record(trigger, result.summary())
     outputs = NamedTuple("ExportOutputs", export_id=str, exported=int, lineage=str)
     return outputs(result.export_id, int(result.counts["exported"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+from components.common.errors import UserError
 from components.common.governance import AuditLog, GovernanceStore
 from components.common.registry import ModelRegistry, RegistryError
 from components.common.storage import ObjectNotFoundError, StorageError, open_store
@@ -20,6 +21,46 @@ logger = logging.getLogger(__name__)
 
 #: Where the torch weights are in a registered version (``components.package.core``).
 TORCH_WEIGHTS = "torch/model.pt"
+
+#: How the message of a retraining that had nothing new to train on begins (the local
+#: launcher tells that ending from a failure by it: ``pipelines.launchers``).
+NOTHING_NEW = "Nothing new to train on"
+
+
+class NothingToRetrainError(UserError, ValueError):
+    """A retraining without enough new labelled production images: it does not train (the
+    model would learn nothing production has not), and says what would give it some."""
+
+
+def nothing_new_message(counts: dict, min_images: int) -> str:
+    """Why an export left nothing to retrain on, and the commands that change that (one line:
+    it is the export step's error, which the launcher's result and the episode show)."""
+    labelled, exported = int(counts.get("labelled", 0)), int(counts.get("exported", 0))
+    why = []
+    for key, words in (("skipped_image_not_sampled", "without a kept image (the capture keeps "
+                        "a share of input images: MLOPS_CAPTURE_IMAGE_RATE on the model "
+                        "server, 0.05 by default; raise it where the server starts, e.g. "
+                        "mlops deploy stop, then MLOPS_CAPTURE_IMAGE_RATE=1.0 mlops deploy "
+                        "start)"),
+                       ("already_in_dataset", "already in production's dataset"),
+                       ("already_in_lake", "already exported to the lake by an earlier "
+                        "retraining"),
+                       ("skipped_not_captured", "without a capture record"),
+                       ("skipped_not_captured_in_window", "captured before the export's "
+                        "start (since)"),
+                       ("skipped_junk_input", "judged junk inputs"),
+                       ("skipped_unknown_label", "labelled with no class of the model"),
+                       ("skipped_conflicting_labels", "with conflicting labels"),
+                       ("skipped_image_missing", "whose kept image is missing")):
+        if counts.get(key):
+            why.append(f"{counts[key]} {words}")
+    of = f": {'; '.join(why)}" if why else ""
+    return (f"{NOTHING_NEW}: {exported} new labelled production images kept, fewer than "
+            f"min_new_images {min_images}; {labelled} labelled requests{of}. Nothing was "
+            "trained and production is unchanged. Label requests whose image was kept (mlops "
+            "trace REQUEST_ID says whether it was; mlops monitor label REQUEST_ID LABEL), "
+            "then retrain: mlops govern retrain --reason WHY")
+
 
 def _same_lake(a: str, b: str) -> bool:
     try:

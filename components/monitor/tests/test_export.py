@@ -157,7 +157,11 @@ def test_export_refuses_bad_settings_and_nothing_new_is_no_export(tmp_path):
         export_captures(mon.uri, str(tmp_path / "lake"), "pets")
     with pytest.raises(ExportError, match="min_images"):
         export_captures(mon.uri, str(tmp_path / "lake"), "pets", classes=["cats"],
-                        min_images=0)
+                        min_images=-1)
+    # min_images 0 (a retraining on the lake anyway): nothing labelled is no export.
+    none = export_captures(mon.uri, str(tmp_path / "lake"), "pets", classes=["cats"],
+                           min_images=0)
+    assert none.export_id == "" and none.manifest.empty
     true, data = night(40)
     write_capture(mon, "pets", "a", data)
     write_label(mon, "pets", "a", true + "s")
