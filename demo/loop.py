@@ -83,6 +83,8 @@ class LoopConfig:
         backend: Drift backend (None: the monitor's default).
         policy_path: Governance policy file (None: the shipped default).
         explain: Saliency gallery in the monitoring reports (slower).
+        monitor: Monitoring settings (``components.monitor.checks.MonitorConfig`` fields,
+            such as ``p_val``); empty: the monitor's defaults.
     """
 
     home: Path
@@ -101,6 +103,7 @@ class LoopConfig:
     backend: str | None = None
     policy_path: str | None = None
     explain: bool = False
+    monitor: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.home = Path(self.home)
@@ -262,6 +265,7 @@ class Loop:
         result = run_monitoring(self.cfg.model_name, self.s["registry"], self.s["monitoring"],
                                 start=start, end=end, backend=self.cfg.backend,
                                 explain=self.cfg.explain, full=True,
+                                config=self.cfg.monitor or None,
                                 metrics_url=dep.url if dep else "")
         verdict = result.verdict
         verdict_uri = open_store(self.s["monitoring"]).uri_of(result.history_key) \
