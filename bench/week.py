@@ -336,8 +336,14 @@ def doc_section(summary: dict, args) -> str:
 
     contexts = ", ".join(f"{v} {k}" for k, v in sorted(ref.get("contexts", {}).items()))
     lines = [
-        "## A week of the park (day and night as contexts)",
+        "## A week of the park (day and night as contexts)" if args.p_val is None else
+        f"## A week of the park at the monitor's significance level {args.p_val}",
         "",
+        *([] if args.p_val is None else [
+            f"The weeks of the section above, the same production, cameras and labels, with "
+            f"the monitor's tests at the level {args.p_val} instead of its default "
+            f"{MonitorConfig().p_val} (`--p-val {args.p_val}`: `MonitorConfig.p_val`, every "
+            "drift and class-share test).", ""]),
         f"`bench/week.py`: {n} simulated week(s) of {args.days} days, each day "
         f"{args.period} day requests then {args.period} night requests, sent one at a time "
         "over HTTP to production: a KServe model server with capture on, started by the local "
@@ -462,8 +468,9 @@ def doc_section(summary: dict, args) -> str:
         "each). Machine: 2 shared cores (other work ran on them), load average "
         f"{summary['load'][0]:.1f} at the start and {summary['load'][1]:.1f} at the end.",
         "",
-        "Command: `nice -n 10 .venv/bin/python bench/week.py` (fresh temporary stores each "
-        "run; `--quick` for a smoke run, not written here).",
+        "Command: `nice -n 10 .venv/bin/python bench/week.py"
+        + ("" if args.p_val is None else f" --p-val {args.p_val}")
+        + "` (fresh temporary stores each run; `--quick` for a smoke run, not written here).",
         "",
         "",
     ]
