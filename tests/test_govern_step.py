@@ -71,6 +71,8 @@ def test_monitoring_pipeline_ends_with_the_govern_step(tmp_path):
 @pytest.mark.timeout(180)
 def test_govern_step_runs_under_kfp_local(tmp_path, monkeypatch):
     from components.govern.tests.retrain_pipeline import govern_stand_in
+    from components.monitor.contract import Check, Verdict
+    from components.monitor.core import append_history
     from pipelines import PIPELINES
     from pipelines.local import run_local
 
@@ -78,6 +80,12 @@ def test_govern_step_runs_under_kfp_local(tmp_path, monkeypatch):
                         ("components.govern.tests.retrain_pipeline", "govern_stand_in"))
     assert govern_stand_in  # the pipeline is importable without heavy modules
     store = str(tmp_path / "monitoring")
+    # The window before, in the monitoring history: the same drift (the default policy acts
+    # on drift seen in two windows in a row).
+    append_history(store, Verdict(
+        "pet-classifier", "3", "2026-11-19T23:30:00+00:00", "2026-11-20T00:30:00+00:00",
+        "kfp-local-w0", 300, 0, [Check("drift.embedding", "drift", 0.002, 0.05, "alarm",
+                                       "moved")], created="2026-11-20T00:30:05+00:00"))
     outputs = run_local("govern-stand-in", {"monitoring_uri": store,
                                             "registry_uri": str(tmp_path / "registry")},
                         tmp_path / "runs")

@@ -72,6 +72,47 @@ def history(store_uri: str, model: str) -> list[tuple[str, Verdict]]:
     return sorted(out, key=lambda x: (x[1].window_end, x[1].created))
 
 
+def _confirmed(verdict: Verdict, policy: Policy, matched, previous, store_uri: str):
+    """The matches a rule acts on now, and a ``pending`` action for each one that waits.
+
+    A rule with ``for_windows`` N acts when its condition (the same check of the same
+    context) also held in the N - 1 windows of this model version just before this one; a
+    window of another version, or one where the condition did not hold, starts the count
+    again. A condition Prometheus raised (through Alertmanager) has held for its alerting
+    rule's ``for:`` already and is acted on at once. Returns (matches to act on, pending
+    actions)."""
+    waiting = [(rule, check) for rule, check in matched if rule.for_windows > 1
+               and (check.extra or {}).get("source") != "alertmanager"]
+    if not waiting:
+        return matched, []
+    if previous is None:
+        previous = [v for _, v in history(store_uri, verdict.model)]
+        previous = previous[:next((j for j, v in enumerate(previous)
+                                   if v.run_id == verdict.run_id), len(previous))]
+    act, pending = [], []
+    for rule, check in matched:
+        if not any(r is rule and c is check for r, c in waiting):
+            act.append((rule, check))
+            continue
+        need = rule.for_windows - 1
+        held = 0
+        for v in reversed(previous[-need:] if need else []):
+            if v.model_version != verdict.model_version or not any(
+                    r.name == rule.name and c.key == check.key
+                    for r, c in policy.matched(v.checks)):
+                break
+            held += 1
+        if held >= need:
+            act.append((rule, check))
+            continue
+        pending.append({"action": "pending", "rule": rule.name, "check": check.name,
+                        "context": check.context,
+                        "detail": f"{check.key} matched in {held + 1} of the {rule.for_windows} "
+                                  "consecutive windows the rule waits for; it acts if the next "
+                                  "window confirms"})
+    return act, pending
+
+
 def _verdict_time(verdict: Verdict) -> _dt.datetime:
     for text in (verdict.window_end, verdict.created):
         try:
@@ -88,7 +129,8 @@ def _evidence(verdict: Verdict, check: Check) -> str:
 def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: str = "",
            target=None, launcher: RetrainLauncher | None = None,
            sinks: dict[str, AlertSink] | None = None, redeliver: bool = True,
-           verdict_uri: str = "", sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+           verdict_uri: str = "", sleep: Callable[[float], None] = time.sleep,
+           previous: list[Verdict] | None = None) -> list[dict]:
     """Applies ``policy`` to ``verdict``: alerts, rollback, hold, retraining trigger.
 
     Args:
@@ -103,6 +145,9 @@ def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: st
         sinks: recipient name -> sink, overriding the policy's webhooks.
         redeliver: First retry the delivery of alerts still undelivered.
         verdict_uri: Where the verdict is stored (the evidence of a trigger).
+        previous: The verdicts of the model before this one, oldest first, for the rules
+            that act only after several consecutive windows (``for_windows``); read from
+            the monitoring history when needed and not given.
 
     Returns:
         The actions taken or refused, each ``{"action", "rule", "detail", …}``.
@@ -115,7 +160,9 @@ def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: st
     taken: list[dict] = []
     if redeliver:
         taken += redeliver_alerts(gov, policy, sinks, sleep)
-    matched = policy.matched(verdict.checks)
+    matched, pending = _confirmed(verdict, policy, policy.matched(verdict.checks), previous,
+                                  store_uri)
+    taken += pending
     taken += _alerts(gov, verdict, policy, matched, sinks, sleep)
     taken += _production_actions(verdict, policy, matched, audit, registry_uri, target)
     taken += _retrain(gov, audit, verdict, policy, matched, launcher, store_uri, verdict_uri)
@@ -151,9 +198,13 @@ def govern_pending(store_uri: str, model: str, policy: Policy, *, limit: int = 2
                 "skipped": f"older than the newest {limit} ungoverned verdicts", "actions": []})
         pending = pending[-limit:]
     out = []
+    everything = [v for _, v in history(store_uri, model)]
     for i, (uri, verdict) in enumerate(pending):
+        before = everything[:next((j for j, v in enumerate(everything)
+                                   if v.run_id == verdict.run_id), len(everything))]
         out.append((verdict.run_id, govern(verdict, policy, store_uri=store_uri,
-                                           verdict_uri=uri, redeliver=(i == 0), **kwargs)))
+                                           verdict_uri=uri, redeliver=(i == 0),
+                                           previous=before, **kwargs)))
     if not pending:
         out.append(("", redeliver_alerts(gov, policy, kwargs.get("sinks"),
                                          kwargs.get("sleep", time.sleep))))

@@ -183,11 +183,22 @@ class Action:
 
 @dataclass(frozen=True)
 class Rule:
+    """One rule of the policy.
+
+    Attributes:
+        for_windows: How many consecutive monitoring windows of one model version the
+            condition must hold in (the same check of the same context) before the rule acts;
+            Prometheus' ``for:``. The windows before it are recorded as ``pending``, which
+            keeps one window's chance result (a test at level 0.05 errs in one window of
+            twenty) from alerting anyone or starting anything.
+    """
+
     name: str
     match: Match
     actions: tuple[Action, ...]
     description: str = ""
     cooldown_s: float | None = None
+    for_windows: int = 1
 
     def does(self, action_type: str) -> bool:
         return any(a.type == action_type for a in self.actions)
@@ -372,7 +383,8 @@ _RETRAIN = {"pipeline": "pipeline name", "trigger_argument": "parameter for the 
             "clear_after": "clean windows that end an episode",
             "max_episode_age": "longest episode"}
 _RULE = {"name": "rule name", "description": "why the rule exists", "match": "which checks",
-         "actions": "what to do", "cooldown": "overrides the policy's cooldown"}
+         "actions": "what to do", "cooldown": "overrides the policy's cooldown",
+         "for_windows": "consecutive windows the condition must hold in before acting"}
 _CONDITION = {"name": "glob pattern(s) on the check name", "kind": "check kind(s)",
               "status": "check status(es)", "value_above": "hard threshold",
               "value_below": "hard threshold", "min_samples": "least extra.n",
@@ -565,7 +577,9 @@ def _parse_rule(errors: _Errors, where: str, raw, recipients: dict, seen: set) -
     description = r.get("description", "")
     if not isinstance(description, str):
         errors.add(f"{where}.description", "expect text")
-    return Rule(str(name), match, tuple(actions), str(description), cooldown)
+    for_windows = _number(errors, f"{where}.for_windows", r.get("for_windows", 1), low=1,
+                          high=100, integer=True) or 1
+    return Rule(str(name), match, tuple(actions), str(description), cooldown, for_windows)
 
 
 def _parse_match(errors: _Errors, where: str, raw, allowed: dict) -> Match:

@@ -192,7 +192,9 @@ def test_unconfigured_webhook_keeps_the_alert_with_the_reason(tmp_path, monkeypa
     monkeypatch.delenv("MLOPS_ALERT_PRODUCT_OWNER_URL", raising=False)
     from components.govern.policy import load_policy
 
-    acts = govern(verdict("w1", 1), load_policy(), store_uri=str(tmp_path))
+    # The default policy acts on drift seen in two windows in a row (for_windows: 2).
+    acts = govern(verdict("w1", 1), load_policy(), store_uri=str(tmp_path),
+                  previous=[verdict("w0", 0)])
     alert = next(a for a in acts if a["action"] == "alert")
     assert alert["delivered"] == {"product-owner": False}
     book = _book(str(tmp_path))
@@ -230,3 +232,38 @@ def test_an_event_is_told_once_to_whom_the_policy_names(receiver, tmp_path):
                       "recipients": {"po": {"format": "slack", "url": receiver.url}},
                       "rules": [{"name": "d", "match": {"kind": "drift"},
                                  "actions": ["retrain"]}]})
+
+
+def test_a_rule_with_for_windows_acts_on_consecutive_windows_of_one_version_only(
+        tmp_path, receiver):
+    """``for_windows: 2``, over a sequence read from the monitoring history as the govern
+    step reads it: one window's alarm waits (pending), a clean window in between starts the
+    count again, two in a row alert once; a window of another version starts again too; a
+    condition Prometheus raised (through Alertmanager) acts at once (its rule's ``for:``
+    has waited)."""
+    import dataclasses
+
+    from components.monitor.core import append_history
+
+    policy = policy_for(receiver.url)
+    policy = dataclasses.replace(policy, rules=tuple(
+        dataclasses.replace(r, for_windows=2) for r in policy.rules))
+    store = str(tmp_path)
+
+    def step(v):
+        append_history(store, v)
+        return [(a["action"], a.get("check")) for a in govern(v, policy, store_uri=store)
+                if a["action"] in ("pending", "alert")]
+
+    assert step(verdict("w1", 1)) == [("pending", "drift.embedding")]
+    assert step(verdict("w2", 2, drift="ok")) == []
+    assert step(verdict("w3", 3)) == [("pending", "drift.embedding")]
+    assert step(verdict("w4", 4)) == [("alert", "drift.embedding")]
+    assert len(receiver.received) == 1
+    other = dataclasses.replace(verdict("w5", 5), model_version="4")
+    assert step(other) == [("pending", "drift.embedding")]
+    # From Alertmanager: acted on at once.
+    check = dataclasses.replace(verdict("w6", 6).checks[0], extra={"source": "alertmanager"},
+                                context="night")  # a condition not firing yet
+    raised = dataclasses.replace(verdict("w6", 6), model_version="5", checks=[check])
+    assert step(raised) == [("alert", "drift.embedding")]

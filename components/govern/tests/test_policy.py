@@ -211,9 +211,15 @@ def test_the_default_policy_grades_a_statistics_only_shift_as_a_warning(tmp_path
     # product owner.
     monkeypatch.delenv("MLOPS_ALERT_PRODUCT_OWNER_URL", raising=False)
     monkeypatch.delenv("MLOPS_ALERT_QA_URL", raising=False)
-    verdict = Verdict("pet-classifier", "3", "2026-11-19T10:00:00+00:00",
-                      "2026-11-19T11:00:00+00:00", "w1", 300, 0, _window())
-    taken = govern(verdict, policy, store_uri=str(tmp_path))
+    first = Verdict("pet-classifier", "3", "2026-11-19T10:00:00+00:00",
+                    "2026-11-19T11:00:00+00:00", "w1", 300, 0, _window())
+    second = Verdict("pet-classifier", "3", "2026-11-19T10:30:00+00:00",
+                     "2026-11-19T11:30:00+00:00", "w2", 300, 0, _window())
+    # One window is a chance result the rule waits on (for_windows: 2); the second acts.
+    taken = govern(first, policy, store_uri=str(tmp_path), previous=[])
+    assert [(a["action"], a["rule"]) for a in taken] == [
+        ("pending", "input-statistics-shift")]
+    taken = govern(second, policy, store_uri=str(tmp_path), previous=[first])
     assert [(a["action"], a["rule"], a.get("severity")) for a in taken] == [
         ("alert", "input-statistics-shift", "info")]
     assert list(taken[0]["delivered"]) == ["qa-expert"]
