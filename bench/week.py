@@ -105,8 +105,8 @@ def judge(loop: Loop, receiver, day: int, period: str) -> dict:
         "alarm_details": [{"check": c.key, "kind": c.kind, "context": c.context,
                            "value": c.value, "threshold": c.threshold, "detail": c.detail,
                            "p_val": (c.extra or {}).get("p_val")} for c in alarms],
-        "actions": [{k: a.get(k) for k in ("action", "rule", "episode", "detail")}
-                    for a in actions],
+        "actions": [{k: a.get(k) for k in ("action", "rule", "episode", "detail", "check",
+                                           "context")} for a in actions],
         # The policy's rules that matched the verdict (acted on, or suppressed as a repeat).
         "rules": sorted({a["rule"] for a in actions if a.get("rule") and a["action"] in (
             "alert", "alert_suppressed", "retrain", "retrain_skipped", "rollback", "hold")}),
@@ -195,6 +195,14 @@ def summarise(loop: Loop, week: dict, days: int, owner_rules: set[str],
         detection[ctx] = {"first_request": first, "delay": delay, "day": hit["day"],
                           "checks": [k for k in hit["alerting"] if k.endswith(f"[{ctx}]")],
                           "rules": hit["rules"]}
+        # When the policy acted for it: an alert to the product owner (or a retraining) on a
+        # check of this context (a rule may wait for a second window: for_windows).
+        told = next((w for w in windows if w["requests"] > first and any(
+            a.get("context") == ctx and a.get("rule") in owner_rules
+            and a["action"] in ("alert", "alert_suppressed", "retrain", "retrain_skipped")
+            for a in w["actions"])), None)
+        detection[ctx]["told_delay"] = None if told is None else sum(
+            1 for s in loop.served[first:told["requests"]] if s.condition == ctx)
     clean_p = [p for w in windows if not w["moved"] for p in w["embedding_p"].values()]
     estimates = Counter(f"{'moved' if w['moved'] else 'unmoved'} {e['status']}"
                         for w in windows for e in w["estimate"])
@@ -397,15 +405,20 @@ def doc_section(summary: dict, args) -> str:
             f"{total(day, 'qa_resolved')} | {sum(len(r['episodes']) for r in rows)} | {acc} |")
     lines += ["", "Detection of the moved camera, per week (requests of that context served "
                   "from its first moved frame to the end of the first window with an alarm "
-                  f"of that context; granularity {args.check_every} requests):", "",
+                  f"of that context; granularity {args.check_every} requests; in brackets, "
+                  "to the window in which the policy told the product owner or retrained, "
+                  "which may wait for a second window):", "",
               "| week | day context | night context | retraining episodes (day recorded) |",
               "|---|---|---|---|"]
     for k, w in enumerate(weeks, 1):
         cells = []
         for ctx in CONTEXTS:
             d = w["detection"].get(ctx)
+            told = "" if d is None else (f" [told after {d['told_delay']}]"
+                                         if d.get("told_delay") is not None
+                                         else " [never told]")
             cells.append("not reached" if d is None else "not detected" if d["delay"] is None
-                         else f"{d['delay']} ({', '.join(d['checks'])})")
+                         else f"{d['delay']} ({', '.join(d['checks'])}){told}")
         eps = [f"{e} (day {r['day']})" for r in w["per_day"] for e in r["episodes"]]
         lines.append(f"| {k} | {cells[0]} | {cells[1]} | {', '.join(eps) or 'none'} |")
     false = [(k, fd) for k, w in enumerate(weeks, 1) for fd in w["false_alarm_details"]]

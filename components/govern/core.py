@@ -72,36 +72,51 @@ def history(store_uri: str, model: str) -> list[tuple[str, Verdict]]:
     return sorted(out, key=lambda x: (x[1].window_end, x[1].created))
 
 
-def _confirmed(verdict: Verdict, policy: Policy, matched, previous, store_uri: str):
+class _Before:
+    """The verdicts of a model before one verdict, oldest first: given, or read from the
+    monitoring history the first time a rule needs them."""
+
+    def __init__(self, verdict: Verdict, previous, store_uri: str):
+        self.verdict, self._list, self.store_uri = verdict, previous, store_uri
+
+    def verdicts(self) -> list[Verdict]:
+        if self._list is None:
+            every = [v for _, v in history(self.store_uri, self.verdict.model)]
+            self._list = every[:next((j for j, v in enumerate(every)
+                                      if v.run_id == self.verdict.run_id), len(every))]
+        return self._list
+
+    def streak(self, policy: Policy, rule: Rule, key: str, matching: bool, most: int) -> int:
+        """How many of the windows just before this one, of its model version (at most
+        ``most``), the rule matched the check ``key`` in (``matching``) or did not."""
+        n = 0
+        for v in reversed(self.verdicts()[-most:] if most else []):
+            hit = any(r.name == rule.name and c.key == key for r, c in policy.matched(v.checks))
+            if v.model_version != self.verdict.model_version or hit != matching:
+                break
+            n += 1
+        return n
+
+
+def _waits(rule: Rule, check: Check) -> bool:
+    """A rule that waits for consecutive windows, on a check the monitor judged (a condition
+    Prometheus raised through Alertmanager has held for its alerting rule's ``for:``)."""
+    return rule.for_windows > 1 and (check.extra or {}).get("source") != "alertmanager"
+
+
+def _confirmed(verdict: Verdict, policy: Policy, matched, before: _Before):
     """The matches a rule acts on now, and a ``pending`` action for each one that waits.
 
     A rule with ``for_windows`` N acts when its condition (the same check of the same
     context) also held in the N - 1 windows of this model version just before this one; a
     window of another version, or one where the condition did not hold, starts the count
-    again. A condition Prometheus raised (through Alertmanager) has held for its alerting
-    rule's ``for:`` already and is acted on at once. Returns (matches to act on, pending
-    actions)."""
-    waiting = [(rule, check) for rule, check in matched if rule.for_windows > 1
-               and (check.extra or {}).get("source") != "alertmanager"]
-    if not waiting:
-        return matched, []
-    if previous is None:
-        previous = [v for _, v in history(store_uri, verdict.model)]
-        previous = previous[:next((j for j, v in enumerate(previous)
-                                   if v.run_id == verdict.run_id), len(previous))]
+    again. A condition Prometheus raised (through Alertmanager) is acted on at once. Returns
+    (matches to act on, pending actions)."""
     act, pending = [], []
     for rule, check in matched:
-        if not any(r is rule and c is check for r, c in waiting):
-            act.append((rule, check))
-            continue
         need = rule.for_windows - 1
-        held = 0
-        for v in reversed(previous[-need:] if need else []):
-            if v.model_version != verdict.model_version or not any(
-                    r.name == rule.name and c.key == check.key
-                    for r, c in policy.matched(v.checks)):
-                break
-            held += 1
+        held = before.streak(policy, rule, check.key, True, need) if _waits(rule, check) \
+            else need
         if held >= need:
             act.append((rule, check))
             continue
@@ -160,10 +175,10 @@ def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: st
     taken: list[dict] = []
     if redeliver:
         taken += redeliver_alerts(gov, policy, sinks, sleep)
-    matched, pending = _confirmed(verdict, policy, policy.matched(verdict.checks), previous,
-                                  store_uri)
+    before = _Before(verdict, previous, store_uri)
+    matched, pending = _confirmed(verdict, policy, policy.matched(verdict.checks), before)
     taken += pending
-    taken += _alerts(gov, verdict, policy, matched, sinks, sleep)
+    taken += _alerts(gov, verdict, policy, matched, sinks, sleep, before)
     taken += _production_actions(verdict, policy, matched, audit, registry_uri, target)
     taken += _retrain(gov, audit, verdict, policy, matched, launcher, store_uri, verdict_uri)
     gov.create(f"{GOVERNED}/{verdict.run_id}.json", {
@@ -290,7 +305,8 @@ def _alert_record(verdict: Verdict, rule: Rule, check: Check, status: str,
             "starts_at": starts_at, "created": now_iso()}
 
 
-def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> list[dict]:
+def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep,
+            before: _Before) -> list[dict]:
     book = AlertBook(gov)
     last = book.last_by_condition()
     at = _verdict_time(verdict)
@@ -330,7 +346,13 @@ def _alerts(gov, verdict: Verdict, policy: Policy, matched, sinks, sleep) -> lis
             check = verdict.check(prev["check"], prev.get("context"))
             if prev["status"] != "firing" or fp in firing_now or rule is None or check is None \
                     or check.status == "unknown" or rule.match.matches(check, verdict.checks) \
-                    or _still_warning(rule, check):
+                    or _still_warning(rule, check) \
+                    or (_waits(rule, check) and before.streak(
+                        policy, rule, check.key, False, rule.for_windows - 1)
+                        < rule.for_windows - 1):
+                # A rule that waits for N windows to fire also waits for N clean ones to
+                # resolve: a test that wavers about its level is one alert, not a
+                # "resolved" and a new alert every other window.
                 continue
             alert = book.create(_alert_record(verdict, rule, check, "resolved",
                                               prev["recipients"], prev["severity"],

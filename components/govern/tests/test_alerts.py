@@ -253,17 +253,23 @@ def test_a_rule_with_for_windows_acts_on_consecutive_windows_of_one_version_only
     def step(v):
         append_history(store, v)
         return [(a["action"], a.get("check")) for a in govern(v, policy, store_uri=store)
-                if a["action"] in ("pending", "alert")]
+                if a["action"] in ("pending", "alert", "resolved")]
 
     assert step(verdict("w1", 1)) == [("pending", "drift.embedding")]
     assert step(verdict("w2", 2, drift="ok")) == []
     assert step(verdict("w3", 3)) == [("pending", "drift.embedding")]
     assert step(verdict("w4", 4)) == [("alert", "drift.embedding")]
     assert len(receiver.received) == 1
-    other = dataclasses.replace(verdict("w5", 5), model_version="4")
+    # It resolves after two clean windows in a row too: one clean window is no "resolved".
+    assert step(verdict("w5", 5, drift="ok")) == []
+    assert step(verdict("w6", 6)) == [("pending", "drift.embedding")]  # still firing
+    assert step(verdict("w7", 7, drift="ok")) == []
+    assert step(verdict("w8", 8, drift="ok")) == [("resolved", "drift.embedding")]
+    assert len(receiver.received) == 2
+    other = dataclasses.replace(verdict("w9", 9), model_version="4")
     assert step(other) == [("pending", "drift.embedding")]
     # From Alertmanager: acted on at once.
-    check = dataclasses.replace(verdict("w6", 6).checks[0], extra={"source": "alertmanager"},
-                                context="night")  # a condition not firing yet
-    raised = dataclasses.replace(verdict("w6", 6), model_version="5", checks=[check])
+    check = dataclasses.replace(verdict("w10", 10).checks[0],
+                                extra={"source": "alertmanager"}, context="night")
+    raised = dataclasses.replace(verdict("w10", 10), model_version="5", checks=[check])
     assert step(raised) == [("alert", "drift.embedding")]
