@@ -55,6 +55,7 @@ EXPECTED = [
     ("components.monitor.reference", "ReferenceDataError", 2, 400),
     ("components.monitor.reference", "ReferenceMissing", 2, 400),
     ("components.package.core", "PackageError", 1, 500),
+    ("components.retrain.core", "NothingToRetrainError", 2, 400),
     ("components.serve.bodies", "BadRequest", 2, 400),
     ("components.serve.kserve_patches", "UnsupportedKServe", 1, 500),
     ("components.train.core", "TrainError", 2, 400),
