@@ -72,6 +72,14 @@ def history(store_uri: str, model: str) -> list[tuple[str, Verdict]]:
     return sorted(out, key=lambda x: (x[1].window_end, x[1].created))
 
 
+def _before(hist: list[tuple[str, Verdict]], run_id: str) -> list[Verdict]:
+    """The verdicts of a history (oldest first) before the one called ``run_id`` (all of
+    them when it is not there)."""
+    verdicts = [v for _, v in hist]
+    return verdicts[:next((j for j, v in enumerate(verdicts) if v.run_id == run_id),
+                          len(verdicts))]
+
+
 class _Before:
     """The verdicts of a model before one verdict, oldest first: given, or read from the
     monitoring history the first time a rule needs them."""
@@ -81,9 +89,8 @@ class _Before:
 
     def verdicts(self) -> list[Verdict]:
         if self._list is None:
-            every = [v for _, v in history(self.store_uri, self.verdict.model)]
-            self._list = every[:next((j for j, v in enumerate(every)
-                                      if v.run_id == self.verdict.run_id), len(every))]
+            self._list = _before(history(self.store_uri, self.verdict.model),
+                                 self.verdict.run_id)
         return self._list
 
     def streak(self, policy: Policy, rule: Rule, key: str, matching: bool, most: int) -> int:
@@ -180,7 +187,8 @@ def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: st
     taken += pending
     taken += _alerts(gov, verdict, policy, matched, sinks, sleep, before)
     taken += _production_actions(verdict, policy, matched, audit, registry_uri, target)
-    taken += _retrain(gov, audit, verdict, policy, matched, launcher, store_uri, verdict_uri)
+    taken += _retrain(gov, audit, verdict, policy, matched, launcher, store_uri, verdict_uri,
+                      before)
     gov.create(f"{GOVERNED}/{verdict.run_id}.json", {
         "verdict": verdict.run_id, "model_version": verdict.model_version,
         "window_end": verdict.window_end, "status": verdict.status, "at": now_iso(),
@@ -202,7 +210,8 @@ def govern_pending(store_uri: str, model: str, policy: Policy, *, limit: int = 2
     """
     gov = GovernanceStore(store_uri, model)
     done = {o.key.rsplit("/", 1)[1][:-5] for o in gov.store.list(GOVERNED)}
-    pending = [(uri, v) for uri, v in history(store_uri, model) if v.run_id not in done]
+    hist = history(store_uri, model)
+    pending = [(uri, v) for uri, v in hist if v.run_id not in done]
     if limit and len(pending) > limit:
         # Older windows than the newest `limit` are not governed now or later (their
         # conditions are judged again by the newer windows); each is marked as skipped.
@@ -213,13 +222,11 @@ def govern_pending(store_uri: str, model: str, policy: Policy, *, limit: int = 2
                 "skipped": f"older than the newest {limit} ungoverned verdicts", "actions": []})
         pending = pending[-limit:]
     out = []
-    everything = [v for _, v in history(store_uri, model)]
     for i, (uri, verdict) in enumerate(pending):
-        before = everything[:next((j for j, v in enumerate(everything)
-                                   if v.run_id == verdict.run_id), len(everything))]
         out.append((verdict.run_id, govern(verdict, policy, store_uri=store_uri,
                                            verdict_uri=uri, redeliver=(i == 0),
-                                           previous=before, **kwargs)))
+                                           previous=_before(hist, verdict.run_id),
+                                           **kwargs)))
     if not pending:
         out.append(("", redeliver_alerts(gov, policy, kwargs.get("sinks"),
                                          kwargs.get("sleep", time.sleep))))
@@ -442,7 +449,7 @@ def _clean(verdict: Verdict, rules: list[Rule]) -> bool:
 
 
 def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri,
-             verdict_uri) -> list[dict]:
+             verdict_uri, before: _Before) -> list[dict]:
     rules = _retrain_rules(policy)
     hits = [(r, c) for r, c in matched if r.does("retrain")]
     episodes = Episodes(gov)
@@ -454,9 +461,8 @@ def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri
         if current is None or not _clean(verdict, rules):
             return []
         # The episode ends after `clear_after` consecutive clean windows of this version.
-        recent = [v for _, v in history(store_uri, verdict.model)
-                  if str(v.model_version) == version and v.run_id != verdict.run_id
-                  and v.window_end <= verdict.window_end]
+        recent = [v for v in before.verdicts()
+                  if str(v.model_version) == version and v.window_end <= verdict.window_end]
         window = (recent + [verdict])[-policy.retrain.clear_after:]
         if len(window) < policy.retrain.clear_after or not all(_clean(v, rules)
                                                                for v in window):
