@@ -187,8 +187,7 @@ def govern(verdict: Verdict, policy: Policy, *, store_uri: str, registry_uri: st
     taken += pending
     taken += _alerts(gov, verdict, policy, matched, sinks, sleep, before)
     taken += _production_actions(verdict, policy, matched, audit, registry_uri, target)
-    taken += _retrain(gov, audit, verdict, policy, matched, launcher, store_uri, verdict_uri,
-                      before)
+    taken += _retrain(gov, audit, verdict, policy, matched, launcher, verdict_uri, before)
     gov.create(f"{GOVERNED}/{verdict.run_id}.json", {
         "verdict": verdict.run_id, "model_version": verdict.model_version,
         "window_end": verdict.window_end, "status": verdict.status, "at": now_iso(),
@@ -448,8 +447,8 @@ def _clean(verdict: Verdict, rules: list[Rule]) -> bool:
         not any(r.match.matches(c, verdict.checks) for r in rules for c in verdict.checks)
 
 
-def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, store_uri,
-             verdict_uri, before: _Before) -> list[dict]:
+def _retrain(gov, audit: AuditLog, verdict, policy, matched, launcher, verdict_uri,
+             before: _Before) -> list[dict]:
     rules = _retrain_rules(policy)
     hits = [(r, c) for r, c in matched if r.does("retrain")]
     episodes = Episodes(gov)
